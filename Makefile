@@ -1,0 +1,100 @@
+# averis — FP4 (NVFP4) training in C. `make` builds the library and the
+# `averis` binary with no optional dependency; optional ones are detected.
+CC      ?= cc
+BUILD   ?= build
+WERROR  ?= 0
+CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -ffp-contract=off -Iinclude -Isrc
+ifeq ($(WERROR),1)
+CFLAGS_BASE += -Werror
+endif
+LDLIBS  := -lm
+SAN     ?=
+ifneq ($(SAN),)
+CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+# ---- optional features, detected ------------------------------------------
+# $(call probe,FLAGS,PROGRAM) → 1 if PROGRAM (a printf format; \043 is '#') compiles and links
+probe = $(shell printf $(2) | $(CC) -x c - -o /dev/null $(1) >/dev/null 2>&1 && echo 1 || echo 0)
+HAVE_OPENMP := $(call probe,-fopenmp,'int main(void){return 0;}')
+HAVE_X86    := $(call probe,-mavx512f -mavx512bw -mavx512vl -mavx512dq,'\043include <immintrin.h>\nint main(void){__m512 v=_mm512_setzero_ps();(void)v;return 0;}')
+HAVE_BLAS   := 0
+BLAS_LIB    :=
+ifeq ($(call probe,-lopenblas,'\043include <cblas.h>\nint main(void){cblas_sgemm(CblasRowMajor,CblasNoTrans,CblasNoTrans,0,0,0,0,0,0,0,0,0,0,0);return 0;}'),1)
+HAVE_BLAS := 1
+BLAS_LIB  := -lopenblas
+endif
+NVCC        ?= nvcc
+HAVE_CUDA   := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
+
+ifeq ($(HAVE_OPENMP),1)
+CFLAGS_BASE += -fopenmp
+LDFLAGS += -fopenmp
+endif
+ifeq ($(HAVE_X86),1)
+CFLAGS_BASE += -DAVERIS_HAVE_X86
+endif
+CFLAGS  ?=
+ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
+
+yesno = $(if $(filter 1,$(1)),✓,✗)
+
+# ---- sources ----------------------------------------------------------------
+LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c
+SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
+TOOL_SRC  := tools/averis.c tools/cmd_quant.c
+TEST_SRC  := $(wildcard tests/test_*.c)
+OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
+LIB       = $(BUILD)/libaveris.a
+BIN       = $(BUILD)/averis
+TEST_BIN  = $(BUILD)/test_averis
+BENCH_BIN = $(BUILD)/bench_quant
+
+.PHONY: all features test test-fast test-asan bench clean fixtures
+all: features $(BIN)
+
+features:
+	@echo "averis build features:"
+	@echo "  $(call yesno,$(HAVE_OPENMP)) OpenMP"
+	@echo "  $(call yesno,$(HAVE_X86)) AVX2/AVX-512 kernels (chosen at run time)"
+	@echo "  $(call yesno,$(HAVE_BLAS)) BLAS (OpenBLAS)"
+	@echo "  $(call yesno,$(HAVE_CUDA)) CUDA toolkit (nvcc)"
+
+$(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
+$(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
+
+$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIB): $(OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(patsubst %.c,$(BUILD)/%.o,$(TOOL_SRC)) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(TEST_BIN): $(patsubst %.c,$(BUILD)/%.o,$(TEST_SRC)) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BENCH_BIN): $(BUILD)/bench/bench_quant.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The README's test command: the suite, then the same suite under ASan+UBSan.
+test:
+	@bash tests/run.sh
+
+# One build flavour only (used by tests/run.sh).
+test-fast: $(BIN) $(TEST_BIN)
+	@$(TEST_BIN) && bash tests/test_cli.sh $(BIN)
+
+bench: $(BENCH_BIN)
+	$(BENCH_BIN)
+
+# Regenerate the PyTorch fixtures (needs torch; see tests/fixtures/README.md).
+fixtures:
+	python3 tests/gen_fixtures.py tests/fixtures/nvfp4
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,484 @@
+/* nvfp4.c — the NVFP4 tensor quantizer: scalar reference (the spec), the
+ * dispatching fast path (SIMD kernels + OpenMP over row groups), dequantize,
+ * and the Averis column statistics. */
+#include "averis/nvfp4.h"
+#include "internal.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* --------------------------------------------------------- CPU / impl */
+int nvfp4_cpu_has_avx2(void) {
+#if defined(AVERIS_HAVE_X86)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+int nvfp4_cpu_has_avx512(void) {
+#if defined(AVERIS_HAVE_X86)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
+nvfp4_impl nvfp4_impl_resolve(nvfp4_impl want) {
+    const char *env = getenv("AVERIS_IMPL"); /* lets tests/benches pin a path */
+    if (want == NVFP4_IMPL_AUTO && env) {
+        if (!strcmp(env, "scalar")) want = NVFP4_IMPL_SCALAR;
+        else if (!strcmp(env, "avx2")) want = NVFP4_IMPL_AVX2;
+        else if (!strcmp(env, "avx512")) want = NVFP4_IMPL_AVX512;
+    }
+    if (want == NVFP4_IMPL_AVX512 && !nvfp4_cpu_has_avx512()) want = NVFP4_IMPL_AUTO;
+    if (want == NVFP4_IMPL_AVX2 && !nvfp4_cpu_has_avx2()) want = NVFP4_IMPL_AUTO;
+    if (want == NVFP4_IMPL_AUTO)
+        want = nvfp4_cpu_has_avx512() ? NVFP4_IMPL_AVX512
+             : nvfp4_cpu_has_avx2()   ? NVFP4_IMPL_AVX2
+                                      : NVFP4_IMPL_SCALAR;
+    return want;
+}
+
+const char *nvfp4_impl_name(nvfp4_impl impl) {
+    switch (impl) {
+    case NVFP4_IMPL_SCALAR: return "scalar";
+    case NVFP4_IMPL_AVX2: return "avx2";
+    case NVFP4_IMPL_AVX512: return "avx512";
+    default: return "auto";
+    }
+}
+
+typedef struct {
+    nvfp4_quant_rows_fn quant_rows;
+    nvfp4_amax_fn amax;
+    void (*rht_rows)(float *x, int64_t n16);
+} kernels;
+
+static void rht_rows_scalar(float *x, int64_t n16) {
+    for (int64_t g = 0; g < n16; g++) nvfp4_rht16_ref(x + 16 * g, x + 16 * g);
+}
+
+static kernels kernels_for(nvfp4_impl impl) {
+    kernels k = {nvfp4_quant_rows_scalar, nvfp4_amax_scalar, rht_rows_scalar};
+#if defined(AVERIS_HAVE_X86)
+    if (impl == NVFP4_IMPL_AVX2) k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2};
+    if (impl == NVFP4_IMPL_AVX512)
+        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512};
+#else
+    (void)impl;
+#endif
+    return k;
+}
+
+/* ------------------------------------------------------------ tensors */
+nvfp4_opts nvfp4_opts_default(void) {
+    nvfp4_opts o;
+    memset(&o, 0, sizeof o);
+    o.block = NVFP4_BLOCK_1X16;
+    o.amax_hint = -1.0f;
+    return o;
+}
+
+int64_t nvfp4_cols_padded(int64_t cols) { return (cols + 15) / 16 * 16; }
+
+int64_t nvfp4_scale_count(int64_t rows, int64_t cols, nvfp4_block_kind block) {
+    int64_t nb = nvfp4_cols_padded(cols) / 16;
+    return (block == NVFP4_BLOCK_16X16 ? (rows + 15) / 16 : rows) * nb;
+}
+
+averis_status nvfp4_tensor_alloc(nvfp4_tensor *t, int64_t rows, int64_t cols, nvfp4_block_kind block) {
+    memset(t, 0, sizeof *t);
+    if (rows <= 0 || cols <= 0)
+        return averis_fail(AVERIS_EINVAL, "nvfp4: empty tensor (%lld x %lld)", (long long)rows,
+                           (long long)cols);
+    if (block != NVFP4_BLOCK_1X16 && block != NVFP4_BLOCK_16X16)
+        return averis_fail(AVERIS_EINVAL, "nvfp4: unknown block kind %d", (int)block);
+    t->rows = rows;
+    t->cols = cols;
+    t->cols_padded = nvfp4_cols_padded(cols);
+    t->block = block;
+    t->codes = calloc((size_t)(rows * t->cols_padded / 2), 1);
+    t->scales = calloc((size_t)nvfp4_scale_count(rows, cols, block), 1);
+    if (!t->codes || !t->scales) {
+        nvfp4_tensor_free(t);
+        return averis_fail(AVERIS_ENOMEM, "nvfp4: out of memory for %lld x %lld tensor",
+                           (long long)rows, (long long)cols);
+    }
+    return AVERIS_OK;
+}
+
+void nvfp4_tensor_free(nvfp4_tensor *t) {
+    free(t->codes);
+    free(t->scales);
+    t->codes = t->scales = NULL;
+}
+
+/* ------------------------------------------------------ scalar kernels */
+float nvfp4_amax_scalar(const float *x, int64_t n) {
+    float m = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > m) m = a; /* NaN compares false: ignored */
+    }
+    return m;
+}
+
+void nvfp4_quant_rows_scalar(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
+                             int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
+    int64_t nb = cp / 16;
+    for (int64_t b = 0; b < nb; b++) {
+        int r0 = 0, r1 = h;
+        while (r0 < h) {
+            if (!tile) r1 = r0 + 1;
+            float bamax = 0.0f;
+            for (int r = r0; r < r1; r++) bamax = fmaxf(bamax, nvfp4_amax_scalar(x + r * ldx + 16 * b, 16));
+            uint8_t sc = nvfp4_block_scale_ref(bamax, s_enc);
+            scales[(tile ? 0 : r0 * lds) + b] = sc;
+            float enc = nvfp4_block_enc(sc, s_dec);
+            int sat = 0;
+            for (int r = r0; r < r1; r++) {
+                const float *xb = x + r * ldx + 16 * b;
+                uint8_t *cb = codes + r * ldc + 8 * b;
+                for (int i = 0; i < 16; i += 2) {
+                    uint8_t q0 = nvfp4_code_one(xb[i], enc, sr, sr ? sr->row0 + r : 0, 16 * b + i, &sat);
+                    uint8_t q1 = nvfp4_code_one(xb[i + 1], enc, sr, sr ? sr->row0 + r : 0, 16 * b + i + 1, &sat);
+                    cb[i / 2] = (uint8_t)(q0 | (q1 << 4));
+                    for (int k = 0; k < 2; k++) {
+                        float v = xb[i + k];
+                        uint8_t q = k ? q1 : q0;
+                        if (v != 0.0f) cnt->nonzero++;
+                        /* flushed: dequantizes to 0 (zero code, or a scale that underflowed) */
+                        if (v != 0.0f && ((q & 7) == 0 || sc == 0)) cnt->flushed++;
+                        if (isnan(v)) cnt->nan++;
+                        if (isinf(v)) cnt->inf++;
+                    }
+                }
+            }
+            cnt->sat_blocks += sat && sc != 0;
+            r0 = r1;
+        }
+    }
+}
+
+/* ----------------------------------------------------- row preparation */
+/* Row r of the source → fp32 [cp]: convert, subtract the mean, zero-pad,
+ * RHT. This is the quantizer's input. */
+static void load_row(const void *src, nvfp4_dtype dt, int64_t ld, int64_t r, int64_t cols,
+                     int64_t cp, const nvfp4_opts *o, void (*rht_rows)(float *, int64_t),
+                     float *dst) {
+    switch (dt) {
+    case NVFP4_F32: memcpy(dst, (const float *)src + r * ld, (size_t)cols * sizeof(float)); break;
+    case NVFP4_BF16: {
+        const uint16_t *s = (const uint16_t *)src + r * ld;
+        for (int64_t c = 0; c < cols; c++) dst[c] = nvfp4_bf16_to_f32(s[c]);
+        break;
+    }
+    case NVFP4_F16: {
+        const uint16_t *s = (const uint16_t *)src + r * ld;
+        for (int64_t c = 0; c < cols; c++) dst[c] = nvfp4_f16_to_f32(s[c]);
+        break;
+    }
+    }
+    if (o->mean)
+        for (int64_t c = 0; c < cols; c++) dst[c] -= o->mean[c];
+    for (int64_t c = cols; c < cp; c++) dst[c] = 0.0f;
+    if (o->rht) rht_rows(dst, cp / 16);
+}
+
+static averis_status check_args(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols,
+                                int64_t ld, const nvfp4_opts *o, nvfp4_tensor *out) {
+    if (!src || !o || !out) return averis_fail(AVERIS_EINVAL, "nvfp4_quantize: NULL argument");
+    if (rows <= 0 || cols <= 0)
+        return averis_fail(AVERIS_EINVAL, "nvfp4_quantize: empty tensor (%lld x %lld)",
+                           (long long)rows, (long long)cols);
+    if (ld < cols)
+        return averis_fail(AVERIS_EINVAL, "nvfp4_quantize: row stride %lld < cols %lld",
+                           (long long)ld, (long long)cols);
+    if (dtype != NVFP4_F32 && dtype != NVFP4_BF16 && dtype != NVFP4_F16)
+        return averis_fail(AVERIS_EINVAL, "nvfp4_quantize: unknown dtype %d", (int)dtype);
+    if (out->rows != rows || out->cols != cols || out->block != o->block || !out->codes)
+        return averis_fail(AVERIS_EINVAL,
+                           "nvfp4_quantize: output tensor is %lld x %lld (block %d), input %lld x %lld (block %d)",
+                           (long long)out->rows, (long long)out->cols, (int)out->block,
+                           (long long)rows, (long long)cols, (int)o->block);
+    return AVERIS_OK;
+}
+
+static void fill_stats(nvfp4_stats *st, const nvfp4_qcount *c, const nvfp4_tensor *t, int rht) {
+    if (!st) return;
+    st->n = t->rows * (rht ? t->cols_padded : t->cols);
+    st->n_nonzero = c->nonzero;
+    st->n_flushed = c->flushed;
+    st->n_blocks = nvfp4_scale_count(t->rows, t->cols, t->block);
+    st->n_sat_blocks = c->sat_blocks;
+    st->n_nan = c->nan;
+    st->n_inf = c->inf;
+}
+
+/* --------------------------------------------------- the scalar spec */
+averis_status nvfp4_quantize_ref(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols,
+                                 int64_t ld, const nvfp4_opts *o, nvfp4_tensor *out,
+                                 nvfp4_stats *stats) {
+    averis_status st = check_args(src, dtype, rows, cols, ld, o, out);
+    if (st) return st;
+    int64_t cp = out->cols_padded, nb = cp / 16;
+    float *xq = malloc((size_t)(rows * cp) * sizeof(float)); /* the quantizer input */
+    if (!xq) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize_ref: out of memory");
+    for (int64_t r = 0; r < rows; r++) load_row(src, dtype, ld, r, cols, cp, o, rht_rows_scalar, xq + r * cp);
+
+    out->amax = nvfp4_amax_scalar(xq, rows * cp); /* amax_hint is an optimisation: ignored */
+    float s_enc, s_dec;
+    nvfp4_global_scales(out->amax, &s_enc, &s_dec);
+
+    nvfp4_qcount cnt = {0};
+    int tile = o->block == NVFP4_BLOCK_16X16;
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        int h = (int)(rows - r0 < 16 ? rows - r0 : 16);
+        nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
+        nvfp4_quant_rows_scalar(xq + r0 * cp, h, cp, cp, tile, s_enc, s_dec, &sr,
+                                out->codes + r0 * cp / 2, cp / 2,
+                                out->scales + (tile ? (r0 / 16) * nb : r0 * nb), nb, &cnt);
+    }
+    free(xq);
+    fill_stats(stats, &cnt, out, o->rht);
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------ the fast path */
+averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols,
+                             int64_t ld, const nvfp4_opts *o, nvfp4_tensor *out,
+                             nvfp4_stats *stats) {
+    averis_status st = check_args(src, dtype, rows, cols, ld, o, out);
+    if (st) return st;
+    kernels k = kernels_for(nvfp4_impl_resolve(o->impl));
+    int64_t cp = out->cols_padded, nb = cp / 16;
+    int direct = dtype == NVFP4_F32 && !o->mean && !o->rht && cols % 16 == 0;
+    int64_t ngroups = (rows + 15) / 16;
+    int nt = o->nthreads > 0 ? o->nthreads : 0;
+    int failed = 0;
+#ifndef _OPENMP
+    (void)nt;
+#endif
+
+    /* pass 1: the per-tensor amax of the quantizer input */
+    float amax = o->amax_hint;
+    if (!(amax >= 0.0f)) {
+        amax = 0.0f;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) reduction(max : amax)
+#endif
+        {
+            float *tmp = direct ? NULL : malloc((size_t)cp * sizeof(float));
+            if (!direct && !tmp) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                failed = 1;
+            }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t r = 0; r < rows; r++) {
+                if (failed) continue;
+                float m;
+                if (direct) {
+                    m = k.amax((const float *)src + r * ld, cols);
+                } else {
+                    load_row(src, dtype, ld, r, cols, cp, o, k.rht_rows, tmp);
+                    m = k.amax(tmp, cp);
+                }
+                if (m > amax) amax = m;
+            }
+            free(tmp);
+        }
+        if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
+    }
+    out->amax = amax;
+    float s_enc, s_dec;
+    nvfp4_global_scales(amax, &s_enc, &s_dec);
+
+    /* pass 2: quantize groups of 16 rows */
+    int tile = o->block == NVFP4_BLOCK_16X16;
+    nvfp4_qcount total = {0};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads())
+#endif
+    {
+        nvfp4_qcount cnt = {0};
+        float *tmp = direct ? NULL : malloc((size_t)(16 * cp) * sizeof(float));
+        if (!direct && !tmp) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t g = 0; g < ngroups; g++) {
+            if (failed) continue;
+            int64_t r0 = g * 16;
+            int h = (int)(rows - r0 < 16 ? rows - r0 : 16);
+            const float *xg;
+            int64_t ldx;
+            if (direct) {
+                xg = (const float *)src + r0 * ld;
+                ldx = ld;
+            } else {
+                for (int r = 0; r < h; r++) load_row(src, dtype, ld, r0 + r, cols, cp, o, k.rht_rows, tmp + r * cp);
+                xg = tmp;
+                ldx = cp;
+            }
+            nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
+            k.quant_rows(xg, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2, cp / 2,
+                         out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
+        }
+        free(tmp);
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+        {
+            total.nonzero += cnt.nonzero;
+            total.flushed += cnt.flushed;
+            total.sat_blocks += cnt.sat_blocks;
+            total.nan += cnt.nan;
+            total.inf += cnt.inf;
+        }
+    }
+    if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
+    fill_stats(stats, &total, out, o->rht);
+    return AVERIS_OK;
+}
+
+/* --------------------------------------------------------- dequantize */
+averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *out) {
+    if (!t || !t->codes || !out) return averis_fail(AVERIS_EINVAL, "nvfp4_dequantize: NULL argument");
+    int64_t cp = t->cols_padded, nb = cp / 16;
+    float s_enc, s_dec;
+    nvfp4_global_scales(t->amax, &s_enc, &s_dec);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+        float *row = malloc((size_t)cp * sizeof(float));
+        if (!row) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < t->rows; r++) {
+            if (failed) continue;
+            const uint8_t *sc = t->scales + (t->block == NVFP4_BLOCK_16X16 ? (r / 16) * nb : r * nb);
+            const uint8_t *cr = t->codes + r * cp / 2;
+            for (int64_t c = 0; c < cp; c++) {
+                uint8_t q = (cr[c / 2] >> (4 * (c & 1))) & 0xF;
+                row[c] = (nvfp4_e2m1_decode(q) * nvfp4_e4m3_decode(sc[c / 16])) * s_dec;
+            }
+            if (inverse_rht)
+                for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);
+            memcpy(out + r * t->cols, row, (size_t)t->cols * sizeof(float));
+        }
+        free(row);
+    }
+    if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_dequantize: out of memory");
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------- Averis column stats */
+static averis_status colstats_check(const float *x, int64_t rows, int64_t cols, int64_t ld,
+                                    const float *mean) {
+    if (!x || !mean) return averis_fail(AVERIS_EINVAL, "nvfp4_colstats: NULL argument");
+    if (rows <= 0 || cols <= 0 || ld < cols)
+        return averis_fail(AVERIS_EINVAL, "nvfp4_colstats: bad shape %lld x %lld (ld %lld)",
+                           (long long)rows, (long long)cols, (long long)ld);
+    return AVERIS_OK;
+}
+
+averis_status nvfp4_colstats_ref(const float *x, int64_t rows, int64_t cols, int64_t ld,
+                                 float *mean, float *col_max, float *col_min) {
+    averis_status st = colstats_check(x, rows, cols, ld, mean);
+    if (st) return st;
+    for (int64_t j = 0; j < cols; j++) {
+        double total = 0.0;
+        float mx = -INFINITY, mn = INFINITY;
+        for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
+            double part = 0.0;
+            int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
+            for (int64_t r = r0; r < r1; r++) {
+                float v = x[r * ld + j];
+                part += (double)v;
+                if (v > mx) mx = v;
+                if (v < mn) mn = v;
+            }
+            total += part;
+        }
+        mean[j] = (float)(total / (double)rows);
+        if (col_max) col_max[j] = mx;
+        if (col_min) col_min[j] = mn;
+    }
+    return AVERIS_OK;
+}
+
+/* Same arithmetic per column as the reference; columns split over threads
+ * and vectorised across columns, so the bits do not change. */
+averis_status nvfp4_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean,
+                             float *col_max, float *col_min) {
+    averis_status st = colstats_check(x, rows, cols, ld, mean);
+    if (st) return st;
+    enum { STRIP = 256 };
+    int64_t nstrips = (cols + STRIP - 1) / STRIP;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (int64_t s = 0; s < nstrips; s++) {
+        int64_t j0 = s * STRIP, w = cols - j0 < STRIP ? cols - j0 : STRIP;
+        double total[STRIP], part[STRIP];
+        float mx[STRIP], mn[STRIP];
+        for (int64_t j = 0; j < w; j++) { total[j] = 0.0; mx[j] = -INFINITY; mn[j] = INFINITY; }
+        for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
+            int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
+            for (int64_t j = 0; j < w; j++) part[j] = 0.0;
+            for (int64_t r = r0; r < r1; r++) {
+                const float *xr = x + r * ld + j0;
+                for (int64_t j = 0; j < w; j++) {
+                    float v = xr[j];
+                    part[j] += (double)v;
+                    mx[j] = v > mx[j] ? v : mx[j];
+                    mn[j] = v < mn[j] ? v : mn[j];
+                }
+            }
+            for (int64_t j = 0; j < w; j++) total[j] += part[j];
+        }
+        for (int64_t j = 0; j < w; j++) {
+            mean[j0 + j] = (float)(total[j] / (double)rows);
+            if (col_max) col_max[j0 + j] = mx[j];
+            if (col_min) col_min[j0 + j] = mn[j];
+        }
+    }
+    return AVERIS_OK;
+}
+
+float nvfp4_residual_amax(const float *mean, const float *col_max, const float *col_min, int64_t cols) {
+    float m = 0.0f;
+    for (int64_t j = 0; j < cols; j++) {
+        float a = fabsf(col_max[j] - mean[j]), b = fabsf(mean[j] - col_min[j]);
+        if (a > m) m = a;
+        if (b > m) m = b;
+    }
+    return m;
+}

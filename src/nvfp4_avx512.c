@@ -1,0 +1,172 @@
+/* nvfp4_avx512.c — AVX-512 kernels, bit-exact to the scalar spec in
+ * formats.c / nvfp4.c. Compiled with -mavx512f -mavx512bw -mavx512vl
+ * -mavx512dq; only called when the CPU has them (nvfp4_impl_resolve). */
+#include "internal.h"
+
+#if defined(AVERIS_HAVE_X86)
+#include <immintrin.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+float nvfp4_amax_avx512(const float *x, int64_t n) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    __m512 m0 = _mm512_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    int64_t i = 0;
+    /* max_ps(a, b) returns b when a is NaN: NaN inputs are ignored. */
+    for (; i + 64 <= n; i += 64) {
+        m0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i), absmask), m0);
+        m1 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i + 16), absmask), m1);
+        m2 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i + 32), absmask), m2);
+        m3 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i + 48), absmask), m3);
+    }
+    for (; i + 16 <= n; i += 16) m0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i), absmask), m0);
+    m0 = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
+    float m = _mm512_reduce_max_ps(m0);
+    for (; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > m) m = a;
+    }
+    return m;
+}
+
+/* |x| with NaN lanes replaced by 0, so a block max ignores NaN. */
+static inline __m512 abs_nonan(__m512 x) {
+    __m512 a = _mm512_and_ps(x, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF)));
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), a);
+}
+
+/* E4M3 RNE satfinite of 16 nonnegative values (the block scales), returning
+ * the codes as int32 lanes and the decoded scale in *dec. */
+static inline __m512i e4m3_encode16(__m512 v, __m512 *dec) {
+    v = _mm512_min_ps(v, _mm512_set1_ps(448.0f)); /* satfinite; inf → 448 */
+    __mmask16 sub = _mm512_cmp_ps_mask(v, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ);
+    /* subnormal range: RNE to a multiple of 2^-9 */
+    __m512 vs = _mm512_sub_ps(_mm512_add_ps(v, _mm512_set1_ps(16384.0f)), _mm512_set1_ps(16384.0f));
+    /* normal range: RNE to 3 mantissa bits */
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF), lsb));
+    u = _mm512_and_si512(u, _mm512_set1_epi32((int)0xFFF00000u));
+    __m512 vn = _mm512_castsi512_ps(u);
+    __m512 r = _mm512_mask_mov_ps(vn, sub, vs);
+    r = _mm512_min_ps(r, _mm512_set1_ps(448.0f));
+    __m512i code_n = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(r), 20), _mm512_set1_epi32(960));
+    __m512i code_s = _mm512_cvttps_epi32(_mm512_mul_ps(r, _mm512_set1_ps(512.0f)));
+    __mmask16 rsub = _mm512_cmp_ps_mask(r, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ);
+    *dec = r;
+    return _mm512_mask_mov_epi32(code_n, rsub, code_s);
+}
+
+/* E2M1 RN codes of y (16 lanes): idx = number of thresholds passed. */
+static inline __m512i e2m1_encode16(__m512 y) {
+    __m512 a = _mm512_and_ps(y, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF)));
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i idx = _mm512_setzero_si512();
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.25f), _CMP_GT_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.75f), _CMP_GE_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.25f), _CMP_GT_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.75f), _CMP_GE_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.5f), _CMP_GT_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.5f), _CMP_GE_OQ), idx, one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_set1_ps(5.0f), _CMP_GT_OQ), idx, one);
+    idx = _mm512_mask_mov_epi32(idx, _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), _mm512_set1_epi32(7));
+    __mmask16 neg = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_or_epi32(idx, neg, idx, _mm512_set1_epi32(8));
+}
+
+/* 16 int32 codes → 8 bytes, element 2j in the low nibble of byte j. */
+static inline void pack16(__m512i c, uint8_t *dst) {
+    __m512i p = _mm512_or_si512(c, _mm512_srli_epi64(c, 28));
+    _mm_storel_epi64((__m128i *)dst, _mm512_cvtepi64_epi8(p));
+}
+
+void nvfp4_quant_rows_avx512(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
+                             int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
+    if (sr && sr->enabled) { /* SR: the scalar kernel (Philox per element) */
+        nvfp4_quant_rows_scalar(x, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+        return;
+    }
+    const int64_t nb = cp / 16;
+    const __m512 c_scale = _mm512_set1_ps(s_enc * (1.0f / 6.0f));
+    const __m512 v_sdec = _mm512_set1_ps(s_dec);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    const int nrow_sets = tile ? 1 : h; /* sets of rows sharing scales */
+    int64_t nonzero = 0, flushed = 0, sat = 0, nnan = 0, ninf = 0;
+    for (int rs = 0; rs < nrow_sets; rs++) {
+        const int ra = tile ? 0 : rs, rb = tile ? h : rs + 1;
+        for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+            const int nbk = (int)(nb - b0 < 16 ? nb - b0 : 16);
+            float bamax[16] __attribute__((aligned(64)));
+            for (int i = 0; i < 16; i++) {
+                float m = 0.0f;
+                if (i < nbk) {
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int r = ra; r < rb; r++)
+                        acc = _mm512_max_ps(acc, abs_nonan(_mm512_loadu_ps(x + r * ldx + 16 * (b0 + i))));
+                    m = _mm512_reduce_max_ps(acc);
+                }
+                bamax[i] = m;
+            }
+            __m512 dec;
+            __m512i sc = e4m3_encode16(_mm512_mul_ps(_mm512_load_ps(bamax), c_scale), &dec);
+            __m512 enc = _mm512_min_ps(_mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(dec, v_sdec)),
+                                       _mm512_set1_ps(FLT_MAX));
+            uint8_t sc8[16];
+            _mm_storeu_si128((__m128i *)sc8, _mm512_cvtepi32_epi8(sc));
+            memcpy(scales + (tile ? 0 : rs * lds) + b0, sc8, (size_t)nbk);
+            float encs[16] __attribute__((aligned(64)));
+            _mm512_store_ps(encs, enc);
+            for (int i = 0; i < nbk; i++) {
+                const __m512 e = _mm512_set1_ps(encs[i]);
+                const __mmask16 zscale = sc8[i] == 0 ? 0xFFFF : 0; /* underflowed scale: all flush */
+                int bsat = 0;
+                for (int r = ra; r < rb; r++) {
+                    __m512 xv = _mm512_loadu_ps(x + r * ldx + 16 * (b0 + i));
+                    __m512 y = _mm512_mul_ps(xv, e);
+                    __m512i q = e2m1_encode16(y);
+                    pack16(q, codes + r * ldc + 8 * (b0 + i));
+                    __mmask16 nz = _mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+                    __mmask16 z = _mm512_cmpeq_epi32_mask(_mm512_and_si512(q, _mm512_set1_epi32(7)),
+                                                          _mm512_setzero_si512());
+                    nonzero += __builtin_popcount(nz);
+                    flushed += __builtin_popcount(nz & (z | zscale));
+                    nnan += __builtin_popcount(_mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q));
+                    __m512 ax = _mm512_and_ps(xv, absmask);
+                    ninf += __builtin_popcount(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ));
+                    bsat |= _mm512_cmp_ps_mask(_mm512_and_ps(y, absmask), _mm512_set1_ps(6.0f), _CMP_GT_OQ) != 0;
+                }
+                sat += bsat && sc8[i] != 0;
+            }
+        }
+    }
+    cnt->nonzero += nonzero;
+    cnt->flushed += flushed;
+    cnt->sat_blocks += sat;
+    cnt->nan += nnan;
+    cnt->inf += ninf;
+}
+
+/* In-place RHT of n16 groups: the spec's butterflies as lane permutes; each
+ * lane computes the same a+b or a−b as the scalar loop. */
+void nvfp4_rht16_rows_avx512(float *x, int64_t n16) {
+    const __m512 signs = _mm512_loadu_ps(nvfp4_rht_signs);
+    const __m512 quarter = _mm512_set1_ps(0.25f);
+    for (int64_t g = 0; g < n16; g++) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), signs);
+        __m512 p;
+        p = _mm512_permute_ps(v, 0xB1); /* j ^ 1 */
+        v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+        p = _mm512_permute_ps(v, 0x4E); /* j ^ 2 */
+        v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+        p = _mm512_shuffle_f32x4(v, v, 0xB1); /* j ^ 4 */
+        v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+        p = _mm512_shuffle_f32x4(v, v, 0x4E); /* j ^ 8 */
+        v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+        _mm512_storeu_ps(x + 16 * g, _mm512_mul_ps(quarter, v));
+    }
+}
+#else
+typedef int nvfp4_avx512_unused;
+#endif

@@ -1,0 +1,32 @@
+/* averis — one binary, subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: averis <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  quant      quantize a 2-D .npy tensor to NVFP4 and report the error\n"
+            "  features   print the CPU features and the kernels chosen\n"
+            "\n"
+            "Run 'averis <command> --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "quant")) return cmd_quant(argc - 1, argv + 1);
+    if (!strcmp(cmd, "features")) return cmd_features(argc - 1, argv + 1);
+    fprintf(stderr, "averis: unknown command '%s' (try 'averis --help')\n", cmd);
+    return 2;
+}
