@@ -51,7 +51,7 @@ BIN       = $(BUILD)/averis
 TEST_BIN  = $(BUILD)/test_averis
 BENCH_BIN = $(BUILD)/bench_quant
 
-.PHONY: all features test test-fast test-asan bench clean fixtures
+.PHONY: all features test test-fast build-tests print-build bench clean fixtures
 all: features $(BIN)
 
 features:
@@ -64,7 +64,7 @@ features:
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
 $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
 
-$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h
+$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h $(wildcard tests/*.h tests/*.def)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -85,9 +85,14 @@ $(BENCH_BIN): $(BUILD)/bench/bench_quant.o $(LIB)
 test:
 	@bash tests/run.sh
 
-# One build flavour only (used by tests/run.sh).
+# One build flavour, no sanitizer run (tests/run.sh drives both flavours).
 test-fast: $(BIN) $(TEST_BIN)
 	@$(TEST_BIN) && bash tests/test_cli.sh $(BIN)
+
+build-tests: $(BIN) $(TEST_BIN)
+
+print-build:
+	@echo $(BUILD)
 
 bench: $(BENCH_BIN)
 	$(BENCH_BIN)

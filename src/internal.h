@@ -51,15 +51,17 @@ float nvfp4_amax_avx512(const float *x, int64_t n);
 void nvfp4_rht16_rows_avx512(float *x, int64_t n16);
 #endif
 
-/* Quantize one 16-element block with a known encode factor (scalar spec). */
-static inline uint8_t nvfp4_code_one(float x, float enc, const nvfp4_sr_ctx *sr, int64_t row,
-                                     int64_t col, int *sat) {
-    float y = x * enc;
-    if (y > 6.0f || y < -6.0f) *sat = 1;
-    if (sr && sr->enabled)
-        return nvfp4_e2m1_encode_sr_ref(y, nvfp4_sr_u24(sr->seed, sr->stream,
-                                                        (uint64_t)(row * sr->cp + col)));
-    return nvfp4_e2m1_encode_ref(y);
+/* The 16 SR uniforms of the block starting at element index idx0 (a
+ * multiple of 4): one Philox call per 4 elements, as nvfp4_sr_u24 defines. */
+static inline void nvfp4_sr_u24_block(uint64_t seed, uint64_t stream, uint64_t idx0, uint32_t u[16]) {
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    for (int k = 0; k < 4; k++) {
+        uint64_t q = (idx0 >> 2) + (uint64_t)k;
+        uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
+        uint32_t out[4];
+        nvfp4_philox4x32_10(ctr, key, out);
+        for (int j = 0; j < 4; j++) u[4 * k + j] = out[j] >> 8;
+    }
 }
 
 #endif

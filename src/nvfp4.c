@@ -149,16 +149,22 @@ void nvfp4_quant_rows_scalar(const float *x, int h, int64_t cp, int64_t ldx, int
             for (int r = r0; r < r1; r++) {
                 const float *xb = x + r * ldx + 16 * b;
                 uint8_t *cb = codes + r * ldc + 8 * b;
+                uint32_t u[16];
+                if (sr && sr->enabled)
+                    nvfp4_sr_u24_block(sr->seed, sr->stream, (uint64_t)((sr->row0 + r) * sr->cp + 16 * b), u);
+                uint8_t q[16];
+                for (int i = 0; i < 16; i++) {
+                    float y = xb[i] * enc;
+                    if (y > 6.0f || y < -6.0f) sat = 1;
+                    q[i] = (sr && sr->enabled) ? nvfp4_e2m1_encode_sr_ref(y, u[i]) : nvfp4_e2m1_encode_ref(y);
+                }
                 for (int i = 0; i < 16; i += 2) {
-                    uint8_t q0 = nvfp4_code_one(xb[i], enc, sr, sr ? sr->row0 + r : 0, 16 * b + i, &sat);
-                    uint8_t q1 = nvfp4_code_one(xb[i + 1], enc, sr, sr ? sr->row0 + r : 0, 16 * b + i + 1, &sat);
-                    cb[i / 2] = (uint8_t)(q0 | (q1 << 4));
+                    cb[i / 2] = (uint8_t)(q[i] | (q[i + 1] << 4));
                     for (int k = 0; k < 2; k++) {
                         float v = xb[i + k];
-                        uint8_t q = k ? q1 : q0;
                         if (v != 0.0f) cnt->nonzero++;
                         /* flushed: dequantizes to 0 (zero code, or a scale that underflowed) */
-                        if (v != 0.0f && ((q & 7) == 0 || sc == 0)) cnt->flushed++;
+                        if (v != 0.0f && ((q[i + k] & 7) == 0 || sc == 0)) cnt->flushed++;
                         if (isnan(v)) cnt->nan++;
                         if (isinf(v)) cnt->inf++;
                     }

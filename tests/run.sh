@@ -1,2 +1,35 @@
 #!/usr/bin/env bash
-exit 0
+# run.sh — the whole suite (`make test`): the unit tests and the CLI tests,
+# first in the normal build, then again under ASan+UBSan. Prints a summary
+# line "N passed, N failed" last and exits non-zero on any failure.
+set -u
+cd "$(dirname "$0")/.."
+JOBS=$(nproc 2>/dev/null || echo 2)
+total_pass=0; total_fail=0; broken=0
+run_flavour() { # run_flavour NAME MAKE_ARGS...
+    local name=$1; shift
+    echo "== $name: build"
+    if ! make -s -j"$JOBS" "$@" build-tests >/dev/null; then
+        echo "== $name: BUILD FAILED"; broken=1; return
+    fi
+    local dir; dir=$(make -s "$@" print-build)
+    for cmd in "$dir/test_averis" "bash tests/test_cli.sh $dir/averis"; do
+        echo "== $name: $cmd"
+        local log; log=$(mktemp)
+        $cmd 2>&1 | tee "$log" | grep -v '^ok ' ; local rc=${PIPESTATUS[0]}
+        local line; line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+        rm -f "$log"
+        if [[ -z "$line" ]]; then echo "== $name: $cmd produced no summary (exit $rc)"; broken=1; continue; fi
+        local p f; read -r p _ f _ <<<"${line//,/}"
+        total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+        [[ $rc -ne 0 && $f -eq 0 ]] && { echo "== $name: $cmd exited $rc"; broken=1; }
+    done
+}
+run_flavour "release" WERROR="${WERROR:-0}"
+if [[ "${AVERIS_SKIP_ASAN:-0}" != 1 ]]; then
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
+        run_flavour "asan+ubsan" BUILD=build-asan SAN=1 WERROR="${WERROR:-0}"
+fi
+[[ $broken -ne 0 ]] && total_fail=$((total_fail + 1))
+echo "$total_pass passed, $total_fail failed"
+[[ $total_fail -eq 0 ]]

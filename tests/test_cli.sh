@@ -1,2 +1,97 @@
 #!/usr/bin/env bash
-echo "0 passed, 0 failed"
+# test_cli.sh — `averis quant` end to end: every PyTorch fixture through the
+# binary (packed bytes and output compared), and bad input → one-line error,
+# non-zero exit, no output file. Ends with "N passed, N failed".
+set -u
+BIN=${1:-build/averis}
+FX=${AVERIS_FIXTURES:-tests/fixtures/nvfp4}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "  FAIL $*" >&2; }
+
+# --- fixtures through the CLI -------------------------------------------------
+nfx=0
+while read -r case variant flags; do
+    [[ -z "$case" || "$case" == \#* ]] && continue
+    for impl in ref auto; do
+        extra=(); [[ $impl == ref ]] && extra=(--ref)
+        # shellcheck disable=SC2086
+        if ! "$BIN" quant "$FX/$case.in.npy" --out "$T/o.npy" --packed "$T/o.packed" $flags "${extra[@]}" >"$T/log" 2>&1; then
+            bad "fixture $case $variant ($impl): exit $? $(cat "$T/log")"; continue
+        fi
+        if ! cmp -s "$T/o.packed" "$FX/$case.$variant.packed"; then bad "fixture $case $variant ($impl): packed differs"; continue; fi
+        n=$(( $(stat -c %s "$FX/$case.$variant.deq.npy") - 128 ))
+        if ! cmp -s <(tail -c "$n" "$T/o.npy") <(tail -c "$n" "$FX/$case.$variant.deq.npy"); then
+            bad "fixture $case $variant ($impl): output differs"; continue
+        fi
+        grep -q '^rel_mse' "$T/log" && grep -q '^flushed' "$T/log" && grep -q '^saturated' "$T/log" \
+            || { bad "fixture $case $variant: statistics missing"; continue; }
+        ok
+    done
+    nfx=$((nfx + 1))
+done < "$FX/MANIFEST"
+[[ $nfx -ge 64 ]] && ok || bad "only $nfx fixtures in the manifest"
+
+# --- bad input ----------------------------------------------------------------
+mk() { # mk FILE HEADER_DICT DATA_BYTES
+    python3 - "$1" "$2" "$3" <<'PY'
+import struct, sys
+path, d, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+h = d.encode() + b" " * ((64 - (10 + len(d) + 1) % 64) % 64) + b"\n"
+open(path, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + b"\x00" * n)
+PY
+}
+printf 'hello world\n' > "$T/text.npy"
+head -c 300 "$FX/normal.in.npy" > "$T/trunc.npy"
+mk "$T/int.npy"   "{'descr': '<i4', 'fortran_order': False, 'shape': (4, 16), }" 256
+mk "$T/big.npy"   "{'descr': '>f4', 'fortran_order': False, 'shape': (4, 16), }" 256
+mk "$T/fort.npy"  "{'descr': '<f4', 'fortran_order': True, 'shape': (4, 16), }" 256
+mk "$T/three.npy" "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 16), }" 256
+mk "$T/one.npy"   "{'descr': '<f4', 'fortran_order': False, 'shape': (16,), }" 64
+mk "$T/empty.npy" "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 16), }" 0
+mk "$T/extra.npy" "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 16), }" 65
+mkdir -p "$T/ro"
+expect_error() { # expect_error NAME PATTERN ARGS...
+    local name=$1 pat=$2; shift 2
+    rm -f "$T/out.npy"
+    "$BIN" quant "$@" >"$T/stdout" 2>"$T/stderr"; local rc=$?
+    local lines; lines=$(wc -l < "$T/stderr")
+    if [[ $rc -eq 0 ]]; then bad "$name: exit 0"; return; fi
+    if [[ $rc -ge 128 ]]; then bad "$name: crashed (exit $rc)"; return; fi
+    if [[ $lines -ne 1 ]]; then bad "$name: want a one-line error, got $lines lines: $(cat "$T/stderr")"; return; fi
+    if ! grep -qi -- "$pat" "$T/stderr"; then bad "$name: error '$(cat "$T/stderr")' does not mention '$pat'"; return; fi
+    if [[ -e "$T/out.npy" ]] || ls "$T"/out.npy.tmp.* >/dev/null 2>&1; then bad "$name: left an output file"; return; fi
+    ok
+}
+expect_error "not npy"       "not a .npy"      "$T/text.npy"  --out "$T/out.npy"
+expect_error "truncated"     "truncated"       "$T/trunc.npy" --out "$T/out.npy"
+expect_error "wrong dtype"   "<i4"             "$T/int.npy"   --out "$T/out.npy"
+expect_error "big endian"    ">f4"             "$T/big.npy"   --out "$T/out.npy"
+expect_error "fortran"       "fortran"         "$T/fort.npy"  --out "$T/out.npy"
+expect_error "3-D"           "2-D"             "$T/three.npy" --out "$T/out.npy"
+expect_error "1-D"           "2-D"             "$T/one.npy"   --out "$T/out.npy"
+expect_error "empty"         "empty"           "$T/empty.npy" --out "$T/out.npy"
+expect_error "trailing"      "trailing"        "$T/extra.npy" --out "$T/out.npy"
+expect_error "missing file"  "cannot open"     "$T/nope.npy"  --out "$T/out.npy"
+expect_error "no --out"      "--out"           "$FX/normal.in.npy"
+expect_error "bad block"     "--block"         "$FX/normal.in.npy" --out "$T/out.npy" --block 8x8
+expect_error "bad seed"      "--seed"          "$FX/normal.in.npy" --out "$T/out.npy" --sr --seed x1
+expect_error "mean-fp4 alone" "--split"        "$FX/normal.in.npy" --out "$T/out.npy" --mean-fp4
+expect_error "unknown opt"   "unknown option"  "$FX/normal.in.npy" --out "$T/out.npy" --frobnicate
+# unwritable output: a missing directory, and a directory in the way
+if "$BIN" quant "$FX/normal.in.npy" --out "$T/nodir/out.npy" >/dev/null 2>"$T/stderr"; then bad "unwritable: exit 0"
+elif [[ $(wc -l < "$T/stderr") -ne 1 ]] || ! grep -q "nodir/out.npy" "$T/stderr"; then bad "unwritable: $(cat "$T/stderr")"
+elif ls "$T"/nodir >/dev/null 2>&1; then bad "unwritable: created something"; else ok; fi
+if "$BIN" quant "$FX/normal.in.npy" --out "$T/ro" >/dev/null 2>"$T/stderr"; then bad "dir as output: exit 0"
+elif [[ $(wc -l < "$T/stderr") -ne 1 ]]; then bad "dir as output: $(cat "$T/stderr")"
+elif ls "$T"/ro.tmp.* >/dev/null 2>&1; then bad "dir as output: left a temporary"; else ok; fi
+# an existing good output is not clobbered by a failing run
+echo keep > "$T/keep.npy"
+"$BIN" quant "$T/trunc.npy" --out "$T/keep.npy" >/dev/null 2>&1
+[[ $(cat "$T/keep.npy") == keep ]] && ok || bad "failing run overwrote an existing output"
+"$BIN" quant --help | grep -q -- '--split mean' && ok || bad "--help lists --split"
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
