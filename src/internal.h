@@ -23,31 +23,36 @@ typedef struct {
     int64_t cp;   /* padded row length: SR element index = row·cp + col */
 } nvfp4_sr_ctx;
 
-/* Quantize h rows of preprocessed fp32 values x (row stride ldx, cp columns,
- * cp a multiple of 16). tile=0: each row has its own 1×16 scales at
- * scales + r·lds; tile=1: h ≤ 16 rows share one scale per 16 columns. */
-typedef void (*nvfp4_quant_rows_fn)(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+/* Quantize h rows of fp32 values x − mean (row stride ldx, cp columns, cp a
+ * multiple of 16; mean [cp] or NULL). tile=0: each row has its own 1×16
+ * scales at scales + r·lds; tile=1: h ≤ 16 rows share one scale per 16 columns. */
+typedef void (*nvfp4_quant_rows_fn)(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                                     float s_enc, float s_dec, const nvfp4_sr_ctx *sr,
                                     uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds,
                                     nvfp4_qcount *cnt);
 /* max |x_i| over n values, NaN ignored. */
 typedef float (*nvfp4_amax_fn)(const float *x, int64_t n);
 
-void nvfp4_quant_rows_scalar(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+void nvfp4_quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
 float nvfp4_amax_scalar(const float *x, int64_t n);
+/* Adds row x[w] into the column accumulators (fp64 sum, NaN-ignoring max/min). */
+typedef void (*nvfp4_colacc_fn)(const float *x, int64_t w, double *part, float *mx, float *mn);
+void nvfp4_colacc_scalar(const float *x, int64_t w, double *part, float *mx, float *mn);
 
 #if defined(AVERIS_HAVE_X86)
-void nvfp4_quant_rows_avx2(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                            float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                            int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
 float nvfp4_amax_avx2(const float *x, int64_t n);
+void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_rht16_rows_avx2(float *x, int64_t n16); /* in place, n16 groups */
-void nvfp4_quant_rows_avx512(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
 float nvfp4_amax_avx512(const float *x, int64_t n);
+void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_rht16_rows_avx512(float *x, int64_t n16);
 #endif
 
@@ -63,5 +68,6 @@ static inline void nvfp4_sr_u24_block(uint64_t seed, uint64_t stream, uint64_t i
         for (int j = 0; j < 4; j++) u[4 * k + j] = out[j] >> 8;
     }
 }
+
 
 #endif

@@ -61,6 +61,7 @@ typedef struct {
     nvfp4_quant_rows_fn quant_rows;
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
+    nvfp4_colacc_fn colacc;
 } kernels;
 
 static void rht_rows_scalar(float *x, int64_t n16) {
@@ -68,11 +69,12 @@ static void rht_rows_scalar(float *x, int64_t n16) {
 }
 
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {nvfp4_quant_rows_scalar, nvfp4_amax_scalar, rht_rows_scalar};
+    kernels k = {nvfp4_quant_rows_scalar, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar};
 #if defined(AVERIS_HAVE_X86)
-    if (impl == NVFP4_IMPL_AVX2) k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2};
+    if (impl == NVFP4_IMPL_AVX2)
+        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2};
     if (impl == NVFP4_IMPL_AVX512)
-        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512};
+        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512};
 #else
     (void)impl;
 #endif
@@ -132,22 +134,35 @@ float nvfp4_amax_scalar(const float *x, int64_t n) {
     return m;
 }
 
-void nvfp4_quant_rows_scalar(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+void nvfp4_colacc_scalar(const float *x, int64_t w, double *part, float *mx, float *mn) {
+    for (int64_t j = 0; j < w; j++) {
+        float v = x[j];
+        part[j] += (double)v;
+        mx[j] = v > mx[j] ? v : mx[j]; /* NaN compares false: ignored */
+        mn[j] = v < mn[j] ? v : mn[j];
+    }
+}
+
+void nvfp4_quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
     int64_t nb = cp / 16;
+    float xr[16][16]; /* the quantizer input of one block column: x − mean */
     for (int64_t b = 0; b < nb; b++) {
+        for (int r = 0; r < h; r++)
+            for (int i = 0; i < 16; i++)
+                xr[r][i] = mean ? x[r * ldx + 16 * b + i] - mean[16 * b + i] : x[r * ldx + 16 * b + i];
         int r0 = 0, r1 = h;
         while (r0 < h) {
             if (!tile) r1 = r0 + 1;
             float bamax = 0.0f;
-            for (int r = r0; r < r1; r++) bamax = fmaxf(bamax, nvfp4_amax_scalar(x + r * ldx + 16 * b, 16));
+            for (int r = r0; r < r1; r++) bamax = fmaxf(bamax, nvfp4_amax_scalar(xr[r], 16));
             uint8_t sc = nvfp4_block_scale_ref(bamax, s_enc);
             scales[(tile ? 0 : r0 * lds) + b] = sc;
             float enc = nvfp4_block_enc(sc, s_dec);
             int sat = 0;
             for (int r = r0; r < r1; r++) {
-                const float *xb = x + r * ldx + 16 * b;
+                const float *xb = xr[r];
                 uint8_t *cb = codes + r * ldc + 8 * b;
                 uint32_t u[16];
                 if (sr && sr->enabled)
@@ -251,7 +266,7 @@ averis_status nvfp4_quantize_ref(const void *src, nvfp4_dtype dtype, int64_t row
     for (int64_t r0 = 0; r0 < rows; r0 += 16) {
         int h = (int)(rows - r0 < 16 ? rows - r0 : 16);
         nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
-        nvfp4_quant_rows_scalar(xq + r0 * cp, h, cp, cp, tile, s_enc, s_dec, &sr,
+        nvfp4_quant_rows_scalar(xq + r0 * cp, NULL, h, cp, cp, tile, s_enc, s_dec, &sr,
                                 out->codes + r0 * cp / 2, cp / 2,
                                 out->scales + (tile ? (r0 / 16) * nb : r0 * nb), nb, &cnt);
     }
@@ -268,7 +283,8 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
     if (st) return st;
     kernels k = kernels_for(nvfp4_impl_resolve(o->impl));
     int64_t cp = out->cols_padded, nb = cp / 16;
-    int direct = dtype == NVFP4_F32 && !o->mean && !o->rht && cols % 16 == 0;
+    /* direct: kernels read the source rows (and subtract the mean) in place */
+    int direct = dtype == NVFP4_F32 && !o->rht && cols % 16 == 0;
     int64_t ngroups = (rows + 15) / 16;
     int nt = o->nthreads > 0 ? o->nthreads : 0;
     int failed = 0;
@@ -284,8 +300,8 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
 #pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) reduction(max : amax)
 #endif
         {
-            float *tmp = direct ? NULL : malloc((size_t)cp * sizeof(float));
-            if (!direct && !tmp) {
+            float *tmp = malloc((size_t)cp * sizeof(float));
+            if (!tmp) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
@@ -297,7 +313,7 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
             for (int64_t r = 0; r < rows; r++) {
                 if (failed) continue;
                 float m;
-                if (direct) {
+                if (direct && !o->mean) {
                     m = k.amax((const float *)src + r * ld, cols);
                 } else {
                     load_row(src, dtype, ld, r, cols, cp, o, k.rht_rows, tmp);
@@ -346,7 +362,7 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
                 ldx = cp;
             }
             nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
-            k.quant_rows(xg, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2, cp / 2,
+            k.quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2, cp / 2,
                          out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
         }
         free(tmp);
@@ -440,42 +456,56 @@ averis_status nvfp4_colstats_ref(const float *x, int64_t rows, int64_t cols, int
     return AVERIS_OK;
 }
 
-/* Same arithmetic per column as the reference; columns split over threads
- * and vectorised across columns, so the bits do not change. */
+/* Same arithmetic per column as the reference; each thread owns a range of
+ * columns and streams its rows through the vectorised accumulator. */
 averis_status nvfp4_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean,
                              float *col_max, float *col_min) {
     averis_status st = colstats_check(x, rows, cols, ld, mean);
     if (st) return st;
-    enum { STRIP = 256 };
-    int64_t nstrips = (cols + STRIP - 1) / STRIP;
+    kernels k = kernels_for(nvfp4_impl_resolve(NVFP4_IMPL_AUTO));
+    int failed = 0;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
 #endif
-    for (int64_t s = 0; s < nstrips; s++) {
-        int64_t j0 = s * STRIP, w = cols - j0 < STRIP ? cols - j0 : STRIP;
-        double total[STRIP], part[STRIP];
-        float mx[STRIP], mn[STRIP];
-        for (int64_t j = 0; j < w; j++) { total[j] = 0.0; mx[j] = -INFINITY; mn[j] = INFINITY; }
-        for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
-            int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
-            for (int64_t j = 0; j < w; j++) part[j] = 0.0;
-            for (int64_t r = r0; r < r1; r++) {
-                const float *xr = x + r * ld + j0;
+    {
+        int nt = 1, id = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        int64_t per = (cols + 16 * nt - 1) / (16 * nt) * 16; /* multiple of 16 columns */
+        int64_t j0 = per * id, w = cols - j0 < per ? cols - j0 : per;
+        if (w > 0) {
+            double *total = malloc((size_t)w * sizeof(double)), *part = malloc((size_t)w * sizeof(double));
+            float *mx = malloc((size_t)w * sizeof(float)), *mn = malloc((size_t)w * sizeof(float));
+            if (!total || !part || !mx || !mn) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                failed = 1;
+            } else {
+                for (int64_t j = 0; j < w; j++) { total[j] = 0.0; mx[j] = -INFINITY; mn[j] = INFINITY; }
+                for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
+                    int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
+                    memset(part, 0, (size_t)w * sizeof(double));
+                    /* column tiles keep the accumulators (16 KB) in L1 */
+                    for (int64_t t0 = 0; t0 < w; t0 += 1024) {
+                        int64_t tw = w - t0 < 1024 ? w - t0 : 1024;
+                        for (int64_t r = r0; r < r1; r++)
+                            k.colacc(x + r * ld + j0 + t0, tw, part + t0, mx + t0, mn + t0);
+                    }
+                    for (int64_t j = 0; j < w; j++) total[j] += part[j];
+                }
                 for (int64_t j = 0; j < w; j++) {
-                    float v = xr[j];
-                    part[j] += (double)v;
-                    mx[j] = v > mx[j] ? v : mx[j];
-                    mn[j] = v < mn[j] ? v : mn[j];
+                    mean[j0 + j] = (float)(total[j] / (double)rows);
+                    if (col_max) col_max[j0 + j] = mx[j];
+                    if (col_min) col_min[j0 + j] = mn[j];
                 }
             }
-            for (int64_t j = 0; j < w; j++) total[j] += part[j];
-        }
-        for (int64_t j = 0; j < w; j++) {
-            mean[j0 + j] = (float)(total[j] / (double)rows);
-            if (col_max) col_max[j0 + j] = mx[j];
-            if (col_min) col_min[j0 + j] = mn[j];
+            free(total); free(part); free(mx); free(mn);
         }
     }
+    if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_colstats: out of memory");
     return AVERIS_OK;
 }
 

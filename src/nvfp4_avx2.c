@@ -92,11 +92,32 @@ static inline uint32_t pack8(__m256i c) {
     return lo | (hi << 16);
 }
 
-void nvfp4_quant_rows_avx2(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+/* See nvfp4_colacc_avx512: the same per-column ops, 8 columns at a time. */
+void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float *mn) {
+    int64_t j = 0;
+    for (; j + 8 <= w; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        _mm256_storeu_pd(part + j, _mm256_add_pd(_mm256_loadu_pd(part + j), lo));
+        _mm256_storeu_pd(part + j + 4, _mm256_add_pd(_mm256_loadu_pd(part + j + 4), hi));
+        _mm256_storeu_ps(mx + j, _mm256_max_ps(v, _mm256_loadu_ps(mx + j)));
+        _mm256_storeu_ps(mn + j, _mm256_min_ps(v, _mm256_loadu_ps(mn + j)));
+    }
+    if (j < w) nvfp4_colacc_scalar(x + j, w - j, part + j, mx + j, mn + j);
+}
+
+/* x − mean at column offset off (mean may be NULL). */
+static inline __m256 load_res8(const float *x, const float *mean, int64_t off) {
+    __m256 v = _mm256_loadu_ps(x);
+    return mean ? _mm256_sub_ps(v, _mm256_loadu_ps(mean + off)) : v;
+}
+
+void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                            float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                            int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
     if (sr && sr->enabled) {
-        nvfp4_quant_rows_scalar(x, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+        nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
         return;
     }
     const int64_t nb = cp / 16;
@@ -115,8 +136,8 @@ void nvfp4_quant_rows_avx2(const float *x, int h, int64_t cp, int64_t ldx, int t
                     __m256 acc = _mm256_setzero_ps();
                     for (int r = ra; r < rb; r++) {
                         const float *xb = x + r * ldx + 16 * (b0 + i);
-                        acc = _mm256_max_ps(acc, abs_nonan8(_mm256_loadu_ps(xb)));
-                        acc = _mm256_max_ps(acc, abs_nonan8(_mm256_loadu_ps(xb + 8)));
+                        acc = _mm256_max_ps(acc, abs_nonan8(load_res8(xb, mean, 16 * (b0 + i))));
+                        acc = _mm256_max_ps(acc, abs_nonan8(load_res8(xb + 8, mean, 16 * (b0 + i) + 8)));
                     }
                     m = hmax8(acc);
                 }
@@ -140,7 +161,7 @@ void nvfp4_quant_rows_avx2(const float *x, int h, int64_t cp, int64_t ldx, int t
                     const float *xb = x + r * ldx + 16 * (b0 + i);
                     uint32_t packed[2];
                     for (int half = 0; half < 2; half++) {
-                        __m256 xv = _mm256_loadu_ps(xb + 8 * half);
+                        __m256 xv = load_res8(xb + 8 * half, mean, 16 * (b0 + i) + 8 * half);
                         __m256 y = _mm256_mul_ps(xv, e);
                         __m256i q = e2m1_encode8(y);
                         packed[half] = pack8(q);

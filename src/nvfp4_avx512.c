@@ -81,11 +81,33 @@ static inline void pack16(__m512i c, uint8_t *dst) {
     _mm_storel_epi64((__m128i *)dst, _mm512_cvtepi64_epi8(p));
 }
 
-void nvfp4_quant_rows_avx512(const float *x, int h, int64_t cp, int64_t ldx, int tile,
+/* The reference's per-column ops: fp64 add; max/min as `v > m ? v : m`,
+ * which is exactly MAXPS(v, m) / MINPS(v, m), NaN included. */
+void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, float *mn) {
+    int64_t j = 0;
+    for (; j + 16 <= w; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        _mm512_storeu_pd(part + j, _mm512_add_pd(_mm512_loadu_pd(part + j), lo));
+        _mm512_storeu_pd(part + j + 8, _mm512_add_pd(_mm512_loadu_pd(part + j + 8), hi));
+        _mm512_storeu_ps(mx + j, _mm512_max_ps(v, _mm512_loadu_ps(mx + j)));
+        _mm512_storeu_ps(mn + j, _mm512_min_ps(v, _mm512_loadu_ps(mn + j)));
+    }
+    if (j < w) nvfp4_colacc_scalar(x + j, w - j, part + j, mx + j, mn + j);
+}
+
+/* x − mean at column offset off (mean may be NULL). */
+static inline __m512 load_res(const float *x, const float *mean, int64_t off) {
+    __m512 v = _mm512_loadu_ps(x);
+    return mean ? _mm512_sub_ps(v, _mm512_loadu_ps(mean + off)) : v;
+}
+
+void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
     if (sr && sr->enabled) { /* SR: the scalar kernel (Philox per element) */
-        nvfp4_quant_rows_scalar(x, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+        nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
         return;
     }
     const int64_t nb = cp / 16;
@@ -104,7 +126,7 @@ void nvfp4_quant_rows_avx512(const float *x, int h, int64_t cp, int64_t ldx, int
                 if (i < nbk) {
                     __m512 acc = _mm512_setzero_ps();
                     for (int r = ra; r < rb; r++)
-                        acc = _mm512_max_ps(acc, abs_nonan(_mm512_loadu_ps(x + r * ldx + 16 * (b0 + i))));
+                        acc = _mm512_max_ps(acc, abs_nonan(load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i))));
                     m = _mm512_reduce_max_ps(acc);
                 }
                 bamax[i] = m;
@@ -123,7 +145,7 @@ void nvfp4_quant_rows_avx512(const float *x, int h, int64_t cp, int64_t ldx, int
                 const __mmask16 zscale = sc8[i] == 0 ? 0xFFFF : 0; /* underflowed scale: all flush */
                 int bsat = 0;
                 for (int r = ra; r < rb; r++) {
-                    __m512 xv = _mm512_loadu_ps(x + r * ldx + 16 * (b0 + i));
+                    __m512 xv = load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i));
                     __m512 y = _mm512_mul_ps(xv, e);
                     __m512i q = e2m1_encode16(y);
                     pack16(q, codes + r * ldc + 8 * (b0 + i));

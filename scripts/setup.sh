@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# setup.sh — installs what the build and tests need, only what is missing
+# (idempotent; safe to run on every CI start). Needs root or sudo for apt.
+set -euo pipefail
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+# optional, used when present: OpenBLAS for the fp32 GEMMs
+[[ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h || -e /usr/include/openblas/cblas.h ]] \
+    || [[ "${AVERIS_NO_BLAS:-0}" == 1 ]] || need+=(libopenblas-dev)
+if [[ ${#need[@]} -eq 0 ]]; then
+    echo "setup: everything present"
+    exit 0
+fi
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+echo "setup: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "setup: done"
