@@ -24,6 +24,8 @@ BLAS_LIB    :=
 ifeq ($(call probe,-lopenblas,'\043include <cblas.h>\nint main(void){cblas_sgemm(CblasRowMajor,CblasNoTrans,CblasNoTrans,0,0,0,0,0,0,0,0,0,0,0);return 0;}'),1)
 HAVE_BLAS := 1
 BLAS_LIB  := -lopenblas
+CFLAGS_BASE += -DAVERIS_HAVE_BLAS
+LDLIBS += -lopenblas
 endif
 NVCC        ?= nvcc
 HAVE_CUDA   := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
@@ -41,7 +43,7 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 yesno = $(if $(filter 1,$(1)),✓,✗)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c
+LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cmd_quant.c
 TEST_SRC  := $(wildcard tests/test_*.c)
@@ -61,6 +63,7 @@ features:
 	@echo "  $(call yesno,$(HAVE_BLAS)) BLAS (OpenBLAS)"
 	@echo "  $(call yesno,$(HAVE_CUDA)) CUDA toolkit (nvcc)"
 
+$(BUILD)/src/gemm.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
 $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
 

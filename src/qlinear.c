@@ -1,0 +1,345 @@
+/* qlinear.c — the recipes of ../shared/AVERIS.md for one linear layer.
+ *
+ * Y = X·Wᵀ with X [l×m] (tokens × in), W [n×m], D = ∂L/∂Y [l×n]. A bar is
+ * an NVFP4 round trip (quantize, dequantize: exact emulation of FP4 GEMM
+ * operands, fp32 accumulation). μ_X = (1/l)·1ᵀX [m], X_R = X − 1·μ_X, and
+ * likewise μ_D [n], D_R.
+ *
+ *   nvfp4     Y  = X̄·W̄ᵀ              dX = D̄·W̄           dW += D̄ᵀ·X̄
+ *   averis    Y  = X̄_R·W̄ᵀ + 1·(μ̄_X·W̄ᵀ)
+ *             dX = D̄_R·W̄ + 1·(μ̄_D·W̄)
+ *             dW += D̄_Rᵀ·X̄_R + μ̄_Dᵀ·(1ᵀX̄_R) + (D̄_Rᵀ1)·μ̄_X + l·μ̄_Dᵀ·μ̄_X
+ *   *-rht     the wgrad copies (Xᵀ, Dᵀ, or their residuals) are transformed
+ *             by the 16-point RHT along tokens before quantizing; the GEMM
+ *             runs on the transformed operands (Hᵀ·H = I cancels inside it)
+ *   bf16      operands rounded to BF16, fp32 accumulation
+ *
+ * Weights: 16×16 tiles, round to nearest; activations 1×16 RN; output
+ * gradients 1×16 with SR. μ̄ is μ in fp32 (default) or its NVFP4 round trip.
+ * The rank-one terms are vector products: 1ᵀX̄_R is a column sum; no l×m or
+ * l×n outer product is formed.
+ */
+#include "averis/qlinear.h"
+#include "averis/gemm.h"
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- recipes */
+static const char *k_names[QLIN_NRECIPES] = {"bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+
+const char *qlin_recipe_name(qlin_recipe_id id) {
+    return (unsigned)id < QLIN_NRECIPES ? k_names[id] : "?";
+}
+
+static int parse_bool(const char *v, int *out) {
+    if (!strcmp(v, "1") || !strcmp(v, "on") || !strcmp(v, "true")) { *out = 1; return 1; }
+    if (!strcmp(v, "0") || !strcmp(v, "off") || !strcmp(v, "false")) { *out = 0; return 1; }
+    return 0;
+}
+
+averis_status qlin_recipe_parse(const char *spec, qlin_recipe *r) {
+    char buf[256];
+    if (!spec || strlen(spec) >= sizeof buf) return averis_fail(AVERIS_EINVAL, "recipe: missing or too long");
+    strcpy(buf, spec);
+    memset(r, 0, sizeof *r);
+    char *save = NULL, *tok = strtok_r(buf, ",", &save);
+    int id = -1;
+    for (int i = 0; tok && i < QLIN_NRECIPES; i++)
+        if (!strcmp(tok, k_names[i])) id = i;
+    if (id < 0)
+        return averis_fail(AVERIS_EINVAL, "recipe: unknown recipe '%s' (want bf16, nvfp4, nvfp4-rht, averis, averis-rht)",
+                           tok ? tok : "");
+    r->id = (qlin_recipe_id)id;
+    r->fp4 = id != QLIN_BF16;
+    r->split_x = r->split_d = id == QLIN_AVERIS || id == QLIN_AVERIS_RHT;
+    r->rht = id == QLIN_NVFP4_RHT || id == QLIN_AVERIS_RHT;
+    r->sr = r->fp4;
+    r->w_block = NVFP4_BLOCK_16X16;
+    while ((tok = strtok_r(NULL, ",", &save))) {
+        char *eq = strchr(tok, '=');
+        if (!eq) return averis_fail(AVERIS_EINVAL, "recipe '%s': option '%s' is not key=value", spec, tok);
+        *eq = 0;
+        const char *k = tok, *v = eq + 1;
+        int ok = 1;
+        if (!strcmp(k, "seed")) {
+            char *end;
+            r->seed = strtoull(v, &end, 10);
+            ok = *v && !*end && *v != '-';
+        } else if (!strcmp(k, "mean")) {
+            ok = !strcmp(v, "fp32") || !strcmp(v, "fp4");
+            r->mean_fp4 = !strcmp(v, "fp4");
+        } else if (!strcmp(k, "sr")) ok = parse_bool(v, &r->sr);
+        else if (!strcmp(k, "rht")) ok = parse_bool(v, &r->rht);
+        else if (!strcmp(k, "wblock")) {
+            ok = !strcmp(v, "16x16") || !strcmp(v, "1x16");
+            r->w_block = !strcmp(v, "1x16") ? NVFP4_BLOCK_1X16 : NVFP4_BLOCK_16X16;
+        } else return averis_fail(AVERIS_EINVAL, "recipe '%s': unknown option '%s'", spec, k);
+        if (!ok) return averis_fail(AVERIS_EINVAL, "recipe '%s': bad value '%s' for '%s'", spec, v, k);
+    }
+    if (!r->fp4 && (r->sr || r->rht || r->mean_fp4)) {
+        if (r->rht || r->mean_fp4) return averis_fail(AVERIS_EINVAL, "recipe '%s': bf16 takes no FP4 options", spec);
+    }
+    return AVERIS_OK;
+}
+
+/* ----------------------------------------------------------- workspace */
+void qlin_ws_free(qlin_ws *ws) {
+    for (int i = 0; i < QLIN_WS_SLOTS; i++) {
+        free(ws->buf[i]);
+        ws->buf[i] = NULL;
+        ws->cap[i] = 0;
+    }
+}
+
+static float *ws_get(qlin_ws *ws, int slot, int64_t n) {
+    if ((size_t)n > ws->cap[slot]) {
+        free(ws->buf[slot]);
+        ws->buf[slot] = malloc((size_t)n * sizeof(float));
+        ws->cap[slot] = ws->buf[slot] ? (size_t)n : 0;
+    }
+    return ws->buf[slot];
+}
+enum { WS_A, WS_B, WS_C, WS_T, WS_MEAN, WS_MEANQ, WS_VEC, WS_T2 };
+
+/* ----------------------------------------------------------- operands */
+static void record(qlin_opstat *st, const nvfp4_stats *q, float amax) {
+    if (!st) return;
+    st->q = *q;
+    st->amax = amax;
+}
+
+/* x [rows×cols] (row stride ld) → its NVFP4 round trip in out [rows×cols_padded]
+ * (still RHT-transformed if rht). mean [cols] is subtracted first, if given. */
+static averis_status roundtrip(const float *x, int64_t rows, int64_t cols, int64_t ld, nvfp4_block_kind block,
+                               const float *mean, float amax_hint, int rht, int sr, uint64_t seed, uint64_t stream,
+                               float *out, qlin_opstat *st) {
+    nvfp4_tensor t;
+    averis_status s = nvfp4_tensor_alloc(&t, rows, cols, block);
+    if (s) return s;
+    nvfp4_opts o = nvfp4_opts_default();
+    o.block = block;
+    o.mean = mean;
+    o.amax_hint = amax_hint;
+    o.rht = rht;
+    o.sr = sr;
+    o.seed = seed;
+    o.stream = stream;
+    nvfp4_stats q;
+    s = nvfp4_quantize(x, NVFP4_F32, rows, cols, ld, &o, &t, &q);
+    if (!s) {
+        /* dequantize the padded width: the wgrad GEMM runs over padded tokens */
+        nvfp4_tensor wide = t;
+        wide.cols = t.cols_padded;
+        s = nvfp4_dequantize(&wide, 0, out);
+        record(st, &q, t.amax);
+    }
+    nvfp4_tensor_free(&t);
+    return s;
+}
+
+/* μ = column means of x [rows×cols] (and the residual's exact amax);
+ * μ̄ = μ, or its NVFP4 round trip when the recipe says mean=fp4. */
+static averis_status split_means(const qlin_recipe *r, const float *x, int64_t rows, int64_t cols, float *mean,
+                                 float *mean_bar, float *res_amax, qlin_ws *ws) {
+    float *mx = ws_get(ws, WS_T2, 2 * cols);
+    if (!mx) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+    averis_status s = nvfp4_colstats(x, rows, cols, cols, mean, mx, mx + cols);
+    if (s) return s;
+    *res_amax = nvfp4_residual_amax(mean, mx, mx + cols, cols);
+    if (!r->mean_fp4) {
+        memcpy(mean_bar, mean, (size_t)cols * sizeof(float));
+        return AVERIS_OK;
+    }
+    float *tmp = ws_get(ws, WS_T2, nvfp4_cols_padded(cols));
+    if (!tmp) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+    s = roundtrip(mean, 1, cols, cols, NVFP4_BLOCK_1X16, NULL, -1.0f, 0, 0, 0, 0, tmp, NULL);
+    if (!s) memcpy(mean_bar, tmp, (size_t)cols * sizeof(float));
+    return s;
+}
+
+static void to_bf16(const float *x, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(x[i]));
+}
+
+static averis_status check_shape(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {
+    if (l <= 0 || m <= 0 || n <= 0)
+        return averis_fail(AVERIS_EINVAL, "qlinear: empty shape (tokens %lld, in %lld, out %lld)", (long long)l,
+                           (long long)m, (long long)n);
+    if (r->fp4 && (m % 16 || n % 16))
+        return averis_fail(AVERIS_EINVAL,
+                           "qlinear: recipe %s needs in and out to be multiples of 16 (got in %lld, out %lld)",
+                           qlin_recipe_name(r->id), (long long)m, (long long)n);
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------- forward */
+averis_status qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m, int64_t n,
+                           float *Y, qlin_ws *ws, qlin_stats *stats) {
+    averis_status s = check_shape(r, l, m, n);
+    if (s) return s;
+    float *Xq = ws_get(ws, WS_A, l * m), *Wq = ws_get(ws, WS_B, n * m);
+    if (!Xq || !Wq) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+    if (!r->fp4) {
+        to_bf16(X, l * m, Xq);
+        to_bf16(W, n * m, Wq);
+        averis_sgemm(0, 1, l, n, m, 1.0f, Xq, m, Wq, m, 0.0f, Y, n); /* Y = X·Wᵀ */
+        return AVERIS_OK;
+    }
+    /* W̄ (16×16 tiles along m); X̄ or X̄_R (1×16 along m) */
+    s = roundtrip(W, n, m, m, r->w_block, NULL, -1.0f, 0, 0, 0, 0, Wq, stats ? &stats->w : NULL);
+    if (s) return s;
+    float *mu = NULL, *mu_bar = NULL, amax = -1.0f;
+    if (r->split_x) {
+        mu = ws_get(ws, WS_MEAN, m);
+        mu_bar = ws_get(ws, WS_MEANQ, m);
+        if (!mu || !mu_bar) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        if ((s = split_means(r, X, l, m, mu, mu_bar, &amax, ws))) return s;
+    }
+    s = roundtrip(X, l, m, m, NVFP4_BLOCK_1X16, mu, amax, 0, 0, 0, 0, Xq, stats ? &stats->x_fwd : NULL);
+    if (s) return s;
+    averis_sgemm(0, 1, l, n, m, 1.0f, Xq, m, Wq, m, 0.0f, Y, n); /* Y = X̄(_R)·W̄ᵀ */
+    if (r->split_x) {                                          /* + 1·(μ̄_X·W̄ᵀ) */
+        float *v = ws_get(ws, WS_VEC, n);
+        if (!v) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        averis_sgemm(0, 1, 1, n, m, 1.0f, mu_bar, m, Wq, m, 0.0f, v, n);
+        for (int64_t t = 0; t < l; t++)
+            for (int64_t j = 0; j < n; j++) Y[t * n + j] += v[j];
+    }
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------ backward */
+static void transpose(const float *x, int64_t rows, int64_t cols, float *out) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t i = 0; i < rows; i++) out[j * rows + i] = x[i * cols + j];
+}
+
+/* The wgrad copy of x [l×c]: (x − 1·μ)ᵀ [c×l] quantized along tokens (RHT,
+ * SR as the recipe says) → out [c×lp]; colsum [c] gets Σ_t of the quantized
+ * residual in the token domain (inverse RHT first), if asked. */
+static averis_status wgrad_copy(const qlin_recipe *r, const float *x, const float *mu, int64_t l, int64_t c, int sr,
+                                uint64_t stream, float *out, float *colsum, qlin_ws *ws, qlin_opstat *st) {
+    int64_t lp = nvfp4_cols_padded(l);
+    float *xt = ws_get(ws, WS_T, c * l);
+    if (!xt) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (int64_t j = 0; j < c; j++)
+        for (int64_t t = 0; t < l; t++) xt[j * l + t] = mu ? x[t * c + j] - mu[j] : x[t * c + j];
+    averis_status s = roundtrip(xt, c, l, l, NVFP4_BLOCK_1X16, NULL, -1.0f, r->rht, sr, r->seed, stream, out, st);
+    if (s || !colsum) return s;
+    for (int64_t j = 0; j < c; j++) {
+        const float *row = out + j * lp;
+        double acc = 0.0;
+        for (int64_t g = 0; g < lp; g += 16) {
+            float tok[16];
+            if (r->rht) nvfp4_rht16_inv_ref(row + g, tok);
+            else memcpy(tok, row + g, sizeof tok);
+            for (int i = 0; i < 16; i++) acc += tok[i];
+        }
+        colsum[j] = (float)acc;
+    }
+    return AVERIS_OK;
+}
+
+averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W, const float *D, int64_t l,
+                            int64_t m, int64_t n, float *dX, float *dW, uint64_t sr_stream, qlin_ws *ws,
+                            qlin_stats *stats) {
+    averis_status s = check_shape(r, l, m, n);
+    if (s) return s;
+    if (!r->fp4) {
+        float *Db = ws_get(ws, WS_A, l * n), *Wb = ws_get(ws, WS_B, n * m), *Xb = ws_get(ws, WS_C, l * m);
+        if (!Db || !Wb || !Xb) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        to_bf16(D, l * n, Db);
+        if (dX) {
+            to_bf16(W, n * m, Wb);
+            averis_sgemm(0, 0, l, m, n, 1.0f, Db, n, Wb, m, 0.0f, dX, m); /* dX = D·W */
+        }
+        if (dW) {
+            to_bf16(X, l * m, Xb);
+            averis_sgemm(1, 0, n, m, l, 1.0f, Db, n, Xb, m, 1.0f, dW, m); /* dW += Dᵀ·X */
+        }
+        return AVERIS_OK;
+    }
+    float *mu_d = NULL, *mu_d_bar = NULL, amax_d = -1.0f;
+    if (r->split_d) {
+        mu_d = ws_get(ws, WS_MEAN, n);
+        mu_d_bar = ws_get(ws, WS_MEANQ, n);
+        if (!mu_d || !mu_d_bar) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        if ((s = split_means(r, D, l, n, mu_d, mu_d_bar, &amax_d, ws))) return s;
+    }
+    if (dX) {
+        /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR; W̄ along n */
+        float *Dq = ws_get(ws, WS_A, l * n), *Wq = ws_get(ws, WS_B, n * m);
+        if (!Dq || !Wq) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        s = roundtrip(D, l, n, n, NVFP4_BLOCK_1X16, mu_d, amax_d, 0, r->sr, r->seed, 2 * sr_stream, Dq,
+                      stats ? &stats->d_dgrad : NULL);
+        if (s) return s;
+        if (r->w_block == NVFP4_BLOCK_16X16) {
+            /* 16×16 tiles: W quantized along n has the values of W̄ (forward) */
+            s = roundtrip(W, n, m, m, NVFP4_BLOCK_16X16, NULL, -1.0f, 0, 0, 0, 0, Wq, stats ? &stats->w : NULL);
+            if (s) return s;
+            averis_sgemm(0, 0, l, m, n, 1.0f, Dq, n, Wq, m, 0.0f, dX, m);
+        } else {
+            float *Wt = ws_get(ws, WS_T, m * n);
+            if (!Wt) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+            transpose(W, n, m, Wt); /* Wᵀ [m×n], quantized along n */
+            s = roundtrip(Wt, m, n, n, NVFP4_BLOCK_1X16, NULL, -1.0f, 0, 0, 0, 0, Wq, stats ? &stats->w : NULL);
+            if (s) return s;
+            averis_sgemm(0, 1, l, m, n, 1.0f, Dq, n, Wq, n, 0.0f, dX, m);
+        }
+        if (r->split_d) {
+            float *v = ws_get(ws, WS_VEC, m);
+            if (!v) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+            if (r->w_block == NVFP4_BLOCK_16X16) averis_sgemm(0, 0, 1, m, n, 1.0f, mu_d_bar, n, Wq, m, 0.0f, v, m);
+            else averis_sgemm(0, 1, 1, m, n, 1.0f, mu_d_bar, n, Wq, n, 0.0f, v, m);
+            for (int64_t t = 0; t < l; t++)
+                for (int64_t j = 0; j < m; j++) dX[t * m + j] += v[j];
+        }
+    }
+    if (dW) {
+        /* dW += D̄_Rᵀ·X̄_R over padded tokens, then the rank-one terms */
+        int64_t lp = nvfp4_cols_padded(l);
+        float *Dt = ws_get(ws, WS_A, n * lp), *Xt = ws_get(ws, WS_C, m * lp);
+        float *sums = ws_get(ws, WS_VEC, n + m);
+        float *mu_x = NULL, *mu_x_bar = NULL;
+        if (!Dt || !Xt || !sums) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+        float *sD = sums, *sX = sums + n;
+        s = wgrad_copy(r, D, mu_d, l, n, r->sr, 2 * sr_stream + 1, Dt, r->split_x ? sD : NULL, ws,
+                       stats ? &stats->d_wgrad : NULL);
+        if (s) return s;
+        if (r->split_x) {
+            mu_x = malloc(2 * (size_t)m * sizeof(float));
+            if (!mu_x) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+            mu_x_bar = mu_x + m;
+            float unused;
+            if ((s = split_means(r, X, l, m, mu_x, mu_x_bar, &unused, ws))) { free(mu_x); return s; }
+        }
+        s = wgrad_copy(r, X, mu_x, l, m, 0, 0, Xt, r->split_d ? sX : NULL, ws, stats ? &stats->x_wgrad : NULL);
+        if (!s) {
+            averis_sgemm(0, 1, n, m, lp, 1.0f, Dt, lp, Xt, lp, 1.0f, dW, m);
+            if (r->split_x || r->split_d) {
+                /* dW_ij += μ̄_D[i]·(Σ_t X̄_R[t,j] + l·μ̄_X[j]) + (Σ_t D̄_R[t,i])·μ̄_X[j] */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+                for (int64_t i = 0; i < n; i++) {
+                    float md = r->split_d ? mu_d_bar[i] : 0.0f, sd = r->split_x ? sD[i] : 0.0f;
+                    for (int64_t j = 0; j < m; j++) {
+                        float mx = r->split_x ? mu_x_bar[j] : 0.0f, sx = r->split_d ? sX[j] : 0.0f;
+                        dW[i * m + j] += md * (sx + (float)l * mx) + sd * mx;
+                    }
+                }
+            }
+        }
+        free(mu_x);
+        if (s) return s;
+    }
+    return AVERIS_OK;
+}
