@@ -51,7 +51,7 @@ OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 LIB       = $(BUILD)/libaveris.a
 BIN       = $(BUILD)/averis
 TEST_BIN  = $(BUILD)/test_averis
-BENCH_BIN = $(BUILD)/bench_quant
+BENCH_BIN = $(BUILD)/bench_quant $(BUILD)/bench_qlinear
 
 .PHONY: all features test test-fast build-tests print-build bench clean fixtures
 all: features $(BIN)
@@ -81,7 +81,7 @@ $(BIN): $(patsubst %.c,$(BUILD)/%.o,$(TOOL_SRC)) $(LIB)
 $(TEST_BIN): $(patsubst %.c,$(BUILD)/%.o,$(TEST_SRC)) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BENCH_BIN): $(BUILD)/bench/bench_quant.o $(LIB)
+$(BUILD)/bench_%: $(BUILD)/bench/bench_%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The README's test command: the suite, then the same suite under ASan+UBSan.
@@ -98,7 +98,8 @@ print-build:
 	@echo $(BUILD)
 
 bench: $(BENCH_BIN)
-	$(BENCH_BIN)
+	$(BUILD)/bench_quant
+	$(BUILD)/bench_qlinear
 
 # Regenerate the PyTorch fixtures (needs torch; see tests/fixtures/README.md).
 fixtures:

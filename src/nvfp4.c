@@ -388,6 +388,9 @@ averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *ou
     int64_t cp = t->cols_padded, nb = cp / 16;
     float s_enc, s_dec;
     nvfp4_global_scales(t->amax, &s_enc, &s_dec);
+    float e4m3[256], e2m1[16]; /* decode tables: the same values as the codecs */
+    for (int c = 0; c < 256; c++) e4m3[c] = nvfp4_e4m3_decode((uint8_t)c);
+    for (int c = 0; c < 16; c++) e2m1[c] = nvfp4_e2m1_decode((uint8_t)c);
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel
@@ -407,9 +410,13 @@ averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *ou
             if (failed) continue;
             const uint8_t *sc = t->scales + (t->block == NVFP4_BLOCK_16X16 ? (r / 16) * nb : r * nb);
             const uint8_t *cr = t->codes + r * cp / 2;
-            for (int64_t c = 0; c < cp; c++) {
-                uint8_t q = (cr[c / 2] >> (4 * (c & 1))) & 0xF;
-                row[c] = (nvfp4_e2m1_decode(q) * nvfp4_e4m3_decode(sc[c / 16])) * s_dec;
+            for (int64_t b = 0; b < nb; b++) {
+                float sb = e4m3[sc[b]];
+                for (int i = 0; i < 8; i++) {
+                    uint8_t byte = cr[8 * b + i];
+                    row[16 * b + 2 * i] = (e2m1[byte & 0xF] * sb) * s_dec;
+                    row[16 * b + 2 * i + 1] = (e2m1[byte >> 4] * sb) * s_dec;
+                }
             }
             if (inverse_rht)
                 for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 float nvfp4_amax_avx512(const float *x, int64_t n) {
@@ -103,14 +104,89 @@ static inline __m512 load_res(const float *x, const float *mean, int64_t off) {
     return mean ? _mm512_sub_ps(v, _mm512_loadu_ps(mean + off)) : v;
 }
 
+/* 32×32 → high and low 32 bits, 16 lanes. */
+static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
+    __m512i pe = _mm512_mul_epu32(a, m);                          /* even lanes, 64-bit */
+    __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);   /* odd lanes */
+    *lo = _mm512_mullo_epi32(a, m);
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+}
+
+/* SR uniforms for n (multiple of 4) consecutive elements from index idx0
+ * (a multiple of 4): 16 Philox-4x32-10 instances per step, bit-exact to
+ * nvfp4_sr_u24. */
+static void sr_u24_row(uint64_t seed, uint64_t stream, uint64_t idx0, int64_t n, uint32_t *u) {
+    const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t e = 0; e < n; e += 64) {
+        uint64_t q0 = (idx0 + (uint64_t)e) >> 2;
+        __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)q0), lane);
+        /* carry into the high word where the low word wrapped */
+        __mmask16 wrap = _mm512_cmplt_epu32_mask(c0, _mm512_set1_epi32((int)(uint32_t)q0));
+        __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32((int)(uint32_t)(q0 >> 32)), wrap,
+                                           _mm512_set1_epi32((int)(uint32_t)(q0 >> 32)), _mm512_set1_epi32(1));
+        __m512i c2 = _mm512_set1_epi32((int)(uint32_t)stream), c3 = _mm512_set1_epi32((int)(uint32_t)(stream >> 32));
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int round = 0; round < 10; round++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo16(c0, M0, &hi0, &lo0);
+            mulhilo16(c2, M1, &hi1, &lo1);
+            c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)k0));
+            c1 = lo1;
+            c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
+            c3 = lo0;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        uint32_t w[4][16], out[64];
+        _mm512_storeu_si512(w[0], _mm512_srli_epi32(c0, 8));
+        _mm512_storeu_si512(w[1], _mm512_srli_epi32(c1, 8));
+        _mm512_storeu_si512(w[2], _mm512_srli_epi32(c2, 8));
+        _mm512_storeu_si512(w[3], _mm512_srli_epi32(c3, 8));
+        for (int k = 0; k < 16; k++)
+            for (int j = 0; j < 4; j++) out[4 * k + j] = w[j][k];
+        int64_t take = n - e < 64 ? n - e : 64;
+        memcpy(u + e, out, (size_t)take * sizeof(uint32_t));
+    }
+}
+
+/* E2M1 stochastic rounding of 16 lanes (nvfp4_e2m1_encode_sr_ref). */
+static inline __m512i e2m1_encode16_sr(__m512 y, __m512i u24) {
+    const __m512 mags = _mm512_setr_ps(0, 0.5f, 1, 1.5f, 2, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6);
+    __m512 a = _mm512_and_ps(y, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF)));
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i lo = _mm512_setzero_si512();
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.5f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.0f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.5f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.0f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.0f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(a, _mm512_set1_ps(4.0f), _CMP_GE_OQ), lo, one);
+    lo = _mm512_min_epi32(lo, _mm512_set1_epi32(6));
+    __m512 vlo = _mm512_permutexvar_ps(lo, mags), vhi = _mm512_permutexvar_ps(_mm512_add_epi32(lo, one), mags);
+    __m512 frac = _mm512_div_ps(_mm512_sub_ps(a, vlo), _mm512_sub_ps(vhi, vlo));
+    __m512 uf = _mm512_mul_ps(_mm512_cvtepi32_ps(u24), _mm512_set1_ps(0x1p-24f));
+    __m512i idx = _mm512_mask_add_epi32(lo, _mm512_cmp_ps_mask(uf, frac, _CMP_LT_OQ), lo, one);
+    __mmask16 sat = _mm512_cmp_ps_mask(a, _mm512_set1_ps(6.0f), _CMP_GE_OQ) | _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+    idx = _mm512_mask_mov_epi32(idx, sat, _mm512_set1_epi32(7));
+    __mmask16 neg = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_or_epi32(idx, neg, idx, _mm512_set1_epi32(8));
+}
+
 void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
-    if (sr && sr->enabled) { /* SR: the scalar kernel (Philox per element) */
-        nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
-        return;
-    }
     const int64_t nb = cp / 16;
+    const int use_sr = sr && sr->enabled;
+    uint32_t *u = NULL; /* SR uniforms of the h rows */
+    if (use_sr) {
+        u = malloc((size_t)(h * cp) * sizeof(uint32_t));
+        if (!u) { /* no memory for the batch: the scalar kernel gives the same bits */
+            nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+            return;
+        }
+        for (int r = 0; r < h; r++) sr_u24_row(sr->seed, sr->stream, (uint64_t)((sr->row0 + r) * sr->cp), cp, u + r * cp);
+    }
     const __m512 c_scale = _mm512_set1_ps(s_enc * (1.0f / 6.0f));
     const __m512 v_sdec = _mm512_set1_ps(s_dec);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
@@ -147,7 +223,8 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
                 for (int r = ra; r < rb; r++) {
                     __m512 xv = load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i));
                     __m512 y = _mm512_mul_ps(xv, e);
-                    __m512i q = e2m1_encode16(y);
+                    __m512i q = use_sr ? e2m1_encode16_sr(y, _mm512_loadu_si512(u + r * cp + 16 * (b0 + i)))
+                                       : e2m1_encode16(y);
                     pack16(q, codes + r * ldc + 8 * (b0 + i));
                     __mmask16 nz = _mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_NEQ_UQ);
                     __mmask16 z = _mm512_cmpeq_epi32_mask(_mm512_and_si512(q, _mm512_set1_epi32(7)),
@@ -163,6 +240,7 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
             }
         }
     }
+    free(u);
     cnt->nonzero += nonzero;
     cnt->flushed += flushed;
     cnt->sat_blocks += sat;

@@ -211,12 +211,24 @@ averis_status qlin_forward(const qlin_recipe *r, const float *X, const float *W,
 }
 
 /* ------------------------------------------------------------ backward */
-static void transpose(const float *x, int64_t rows, int64_t cols, float *out) {
+/* out [cols×rows] = (x − 1·mu)ᵀ for x [rows×cols] (mu [cols] or NULL), in
+ * 32×32 tiles so both sides stay in cache. */
+static void transpose_sub(const float *x, const float *mu, int64_t rows, int64_t cols, float *out) {
+    enum { TB = 32 };
+    int64_t ntj = (cols + TB - 1) / TB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (int64_t j = 0; j < cols; j++)
-        for (int64_t i = 0; i < rows; i++) out[j * rows + i] = x[i * cols + j];
+    for (int64_t tj = 0; tj < ntj; tj++) {
+        int64_t j0 = tj * TB, j1 = j0 + TB < cols ? j0 + TB : cols;
+        for (int64_t i0 = 0; i0 < rows; i0 += TB) {
+            int64_t i1 = i0 + TB < rows ? i0 + TB : rows;
+            for (int64_t j = j0; j < j1; j++) {
+                float m = mu ? mu[j] : 0.0f;
+                for (int64_t i = i0; i < i1; i++) out[j * rows + i] = mu ? x[i * cols + j] - m : x[i * cols + j];
+            }
+        }
+    }
 }
 
 /* The wgrad copy of x [l×c]: (x − 1·μ)ᵀ [c×l] quantized along tokens (RHT,
@@ -227,11 +239,7 @@ static averis_status wgrad_copy(const qlin_recipe *r, const float *x, const floa
     int64_t lp = nvfp4_cols_padded(l);
     float *xt = ws_get(ws, WS_T, c * l);
     if (!xt) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int64_t j = 0; j < c; j++)
-        for (int64_t t = 0; t < l; t++) xt[j * l + t] = mu ? x[t * c + j] - mu[j] : x[t * c + j];
+    transpose_sub(x, mu, l, c, xt);
     averis_status s = roundtrip(xt, c, l, l, NVFP4_BLOCK_1X16, NULL, -1.0f, r->rht, sr, r->seed, stream, out, st);
     if (s || !colsum) return s;
     for (int64_t j = 0; j < c; j++) {
@@ -289,7 +297,7 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
         } else {
             float *Wt = ws_get(ws, WS_T, m * n);
             if (!Wt) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-            transpose(W, n, m, Wt); /* Wᵀ [m×n], quantized along n */
+            transpose_sub(W, NULL, n, m, Wt); /* Wᵀ [m×n], quantized along n */
             s = roundtrip(Wt, m, n, n, NVFP4_BLOCK_1X16, NULL, -1.0f, 0, 0, 0, 0, Wq, stats ? &stats->w : NULL);
             if (s) return s;
             averis_sgemm(0, 1, l, m, n, 1.0f, Dq, n, Wq, n, 0.0f, dX, m);
