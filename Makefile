@@ -67,7 +67,7 @@ $(BUILD)/src/gemm.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
 $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
 
-$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h $(wildcard tests/*.h tests/*.def)
+$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h $(wildcard tests/*.h tests/*.def bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 

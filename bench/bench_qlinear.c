@@ -10,23 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "bench_util.h"
 #include "averis/gemm.h"
 #include "averis/qlinear.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     int64_t l = 2048, m = 1024, n = 3072;
@@ -56,13 +47,13 @@ int main(int argc, char **argv) {
     double t[32];
     /* the three GEMMs alone, on the same shapes */
     for (int r = 0; r <= reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         averis_sgemm(0, 1, l, n, m, 1.0f, X, m, W, m, 0.0f, Y, n);
         averis_sgemm(0, 0, l, m, n, 1.0f, D, n, W, m, 0.0f, dX, m);
         averis_sgemm(1, 0, n, m, l, 1.0f, D, n, X, m, 1.0f, dW, m);
-        if (r) t[r - 1] = now_s() - t0;
+        if (r) t[r - 1] = bench_now_s() - t0;
     }
-    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp_d);
     double tgemm = t[reps / 2];
     double gflop = 3.0 * 2.0 * (double)l * (double)m * (double)n * 1e-9;
     printf("3 GEMMs alone   %8.1f ms  (%.1f GFLOP/s)\n\n", tgemm * 1e3, gflop / tgemm);
@@ -75,16 +66,16 @@ int main(int argc, char **argv) {
     printf("%-11s %10s %10s %10s %14s\n", "recipe", "ms", "vs nvfp4", "vs bf16", "non-GEMM share");
     for (int r = 0; r <= reps; r++)
         for (int id = 0; id < QLIN_NRECIPES; id++) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (qlin_forward(&rc[id], X, W, l, m, n, Y, &ws, NULL) ||
                 qlin_backward(&rc[id], X, W, D, l, m, n, dX, dW, (uint64_t)r, &ws, NULL)) {
                 fprintf(stderr, "bench_qlinear: %s\n", averis_last_error());
                 return 1;
             }
-            if (r) tr[id][r - 1] = now_s() - t0;
+            if (r) tr[id][r - 1] = bench_now_s() - t0;
         }
     for (int id = 0; id < QLIN_NRECIPES; id++) {
-        qsort(tr[id], (size_t)reps, sizeof(double), cmp_d);
+        qsort(tr[id], (size_t)reps, sizeof(double), bench_cmp_d);
         trec[id] = tr[id][reps / 2];
     }
     for (int id = 0; id < QLIN_NRECIPES; id++)

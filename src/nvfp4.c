@@ -81,6 +81,19 @@ static kernels kernels_for(nvfp4_impl impl) {
     return k;
 }
 
+/* A thread's scratch buffer of n floats; on failure sets *failed (read by
+ * every thread, which then skips its work) and returns NULL. */
+static float *thread_buf(size_t n, int *failed) {
+    float *p = malloc(n * sizeof(float));
+    if (!p) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+        *failed = 1;
+    }
+    return p;
+}
+
 /* ------------------------------------------------------------ tensors */
 nvfp4_opts nvfp4_opts_default(void) {
     nvfp4_opts o;
@@ -300,13 +313,7 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
 #pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) reduction(max : amax)
 #endif
         {
-            float *tmp = malloc((size_t)cp * sizeof(float));
-            if (!tmp) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-                failed = 1;
-            }
+            float *tmp = thread_buf((size_t)cp, &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -337,13 +344,7 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
 #endif
     {
         nvfp4_qcount cnt = {0};
-        float *tmp = direct ? NULL : malloc((size_t)(16 * cp) * sizeof(float));
-        if (!direct && !tmp) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
+        float *tmp = direct ? NULL : thread_buf((size_t)(16 * cp), &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -396,13 +397,7 @@ averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *ou
 #pragma omp parallel
 #endif
     {
-        float *row = malloc((size_t)cp * sizeof(float));
-        if (!row) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
+        float *row = thread_buf((size_t)cp, &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
