@@ -78,9 +78,8 @@ averis_status qlin_recipe_parse(const char *spec, qlin_recipe *r) {
         } else return averis_fail(AVERIS_EINVAL, "recipe '%s': unknown option '%s'", spec, k);
         if (!ok) return averis_fail(AVERIS_EINVAL, "recipe '%s': bad value '%s' for '%s'", spec, v, k);
     }
-    if (!r->fp4 && (r->sr || r->rht || r->mean_fp4)) {
-        if (r->rht || r->mean_fp4) return averis_fail(AVERIS_EINVAL, "recipe '%s': bf16 takes no FP4 options", spec);
-    }
+    if (!r->fp4 && (r->rht || r->mean_fp4))
+        return averis_fail(AVERIS_EINVAL, "recipe '%s': bf16 takes no FP4 options", spec);
     return AVERIS_OK;
 }
 
@@ -101,7 +100,8 @@ static float *ws_get(qlin_ws *ws, int slot, int64_t n) {
     }
     return ws->buf[slot];
 }
-enum { WS_A, WS_B, WS_C, WS_T, WS_MEAN, WS_MEANQ, WS_VEC, WS_T2 };
+enum { WS_A, WS_B, WS_C, WS_T, WS_MEAN, WS_MEANQ, WS_VEC, WS_T2, WS_MEANX, WS_MEANXQ };
+_Static_assert(WS_MEANXQ < QLIN_WS_SLOTS, "qlin_ws has a slot per buffer");
 
 /* ----------------------------------------------------------- operands */
 static void record(qlin_opstat *st, const nvfp4_stats *q, float amax) {
@@ -174,6 +174,18 @@ static averis_status check_shape(const qlin_recipe *r, int64_t l, int64_t m, int
     return AVERIS_OK;
 }
 
+/* out [rows×cols] += 1·(μ̄·B): v = μ̄·B once (B [k×cols], or [cols×k] if
+ * transB), then added to every row; the outer product is never formed. */
+static averis_status add_mean_term(const float *mu_bar, const float *B, int transB, int64_t k, int64_t rows,
+                                   int64_t cols, float *out, qlin_ws *ws) {
+    float *v = ws_get(ws, WS_VEC, cols);
+    if (!v) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+    averis_sgemm(0, transB, 1, cols, k, 1.0f, mu_bar, k, B, transB ? k : cols, 0.0f, v, cols);
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t j = 0; j < cols; j++) out[t * cols + j] += v[j];
+    return AVERIS_OK;
+}
+
 /* ------------------------------------------------------------- forward */
 averis_status qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m, int64_t n,
                            float *Y, qlin_ws *ws, qlin_stats *stats) {
@@ -200,13 +212,7 @@ averis_status qlin_forward(const qlin_recipe *r, const float *X, const float *W,
     s = roundtrip(X, l, m, m, NVFP4_BLOCK_1X16, mu, amax, 0, 0, 0, 0, Xq, stats ? &stats->x_fwd : NULL);
     if (s) return s;
     averis_sgemm(0, 1, l, n, m, 1.0f, Xq, m, Wq, m, 0.0f, Y, n); /* Y = X̄(_R)·W̄ᵀ */
-    if (r->split_x) {                                          /* + 1·(μ̄_X·W̄ᵀ) */
-        float *v = ws_get(ws, WS_VEC, n);
-        if (!v) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-        averis_sgemm(0, 1, 1, n, m, 1.0f, mu_bar, m, Wq, m, 0.0f, v, n);
-        for (int64_t t = 0; t < l; t++)
-            for (int64_t j = 0; j < n; j++) Y[t * n + j] += v[j];
-    }
+    if (r->split_x) return add_mean_term(mu_bar, Wq, 1, m, l, n, Y, ws); /* + 1·(μ̄_X·W̄ᵀ) */
     return AVERIS_OK;
 }
 
@@ -302,14 +308,8 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
             if (s) return s;
             averis_sgemm(0, 1, l, m, n, 1.0f, Dq, n, Wq, n, 0.0f, dX, m);
         }
-        if (r->split_d) {
-            float *v = ws_get(ws, WS_VEC, m);
-            if (!v) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-            if (r->w_block == NVFP4_BLOCK_16X16) averis_sgemm(0, 0, 1, m, n, 1.0f, mu_d_bar, n, Wq, m, 0.0f, v, m);
-            else averis_sgemm(0, 1, 1, m, n, 1.0f, mu_d_bar, n, Wq, n, 0.0f, v, m);
-            for (int64_t t = 0; t < l; t++)
-                for (int64_t j = 0; j < m; j++) dX[t * m + j] += v[j];
-        }
+        if (r->split_d && (s = add_mean_term(mu_d_bar, Wq, r->w_block != NVFP4_BLOCK_16X16, n, l, m, dX, ws)))
+            return s;
     }
     if (dW) {
         /* dW += D̄_Rᵀ·X̄_R over padded tokens, then the rank-one terms */
@@ -323,31 +323,28 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
                        stats ? &stats->d_wgrad : NULL);
         if (s) return s;
         if (r->split_x) {
-            mu_x = malloc(2 * (size_t)m * sizeof(float));
-            if (!mu_x) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-            mu_x_bar = mu_x + m;
+            mu_x = ws_get(ws, WS_MEANX, m);
+            mu_x_bar = ws_get(ws, WS_MEANXQ, m);
+            if (!mu_x || !mu_x_bar) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
             float unused;
-            if ((s = split_means(r, X, l, m, mu_x, mu_x_bar, &unused, ws))) { free(mu_x); return s; }
+            if ((s = split_means(r, X, l, m, mu_x, mu_x_bar, &unused, ws))) return s;
         }
         s = wgrad_copy(r, X, mu_x, l, m, 0, 0, Xt, r->split_d ? sX : NULL, ws, stats ? &stats->x_wgrad : NULL);
-        if (!s) {
-            averis_sgemm(0, 1, n, m, lp, 1.0f, Dt, lp, Xt, lp, 1.0f, dW, m);
-            if (r->split_x || r->split_d) {
-                /* dW_ij += μ̄_D[i]·(Σ_t X̄_R[t,j] + l·μ̄_X[j]) + (Σ_t D̄_R[t,i])·μ̄_X[j] */
+        if (s) return s;
+        averis_sgemm(0, 1, n, m, lp, 1.0f, Dt, lp, Xt, lp, 1.0f, dW, m);
+        if (r->split_x || r->split_d) {
+            /* dW_ij += μ̄_D[i]·(Σ_t X̄_R[t,j] + l·μ̄_X[j]) + (Σ_t D̄_R[t,i])·μ̄_X[j] */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-                for (int64_t i = 0; i < n; i++) {
-                    float md = r->split_d ? mu_d_bar[i] : 0.0f, sd = r->split_x ? sD[i] : 0.0f;
-                    for (int64_t j = 0; j < m; j++) {
-                        float mx = r->split_x ? mu_x_bar[j] : 0.0f, sx = r->split_d ? sX[j] : 0.0f;
-                        dW[i * m + j] += md * (sx + (float)l * mx) + sd * mx;
-                    }
+            for (int64_t i = 0; i < n; i++) {
+                float md = r->split_d ? mu_d_bar[i] : 0.0f, sd = r->split_x ? sD[i] : 0.0f;
+                for (int64_t j = 0; j < m; j++) {
+                    float mx = r->split_x ? mu_x_bar[j] : 0.0f, sx = r->split_d ? sX[j] : 0.0f;
+                    dW[i * m + j] += md * (sx + (float)l * mx) + sd * mx;
                 }
             }
         }
-        free(mu_x);
-        if (s) return s;
     }
     return AVERIS_OK;
 }

@@ -51,7 +51,7 @@ typedef struct {
 } qlin_stats;
 
 /* Scratch buffers, grown on demand; zero-initialise, free with qlin_ws_free. */
-#define QLIN_WS_SLOTS 8
+#define QLIN_WS_SLOTS 10
 typedef struct {
     float *buf[QLIN_WS_SLOTS];
     size_t cap[QLIN_WS_SLOTS];
