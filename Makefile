@@ -43,7 +43,7 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 yesno = $(if $(filter 1,$(1)),✓,✗)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c
+LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cmd_quant.c
 TEST_SRC  := $(wildcard tests/test_*.c)

@@ -13,6 +13,7 @@
  *             by the 16-point RHT along tokens before quantizing; the GEMM
  *             runs on the transformed operands (Hᵀ·H = I cancels inside it)
  *   bf16      operands rounded to BF16, fp32 accumulation
+ *   fp32      plain fp32 (the model's reference check against transformers)
  *
  * Weights: 16×16 tiles, round to nearest; activations 1×16 RN; output
  * gradients 1×16 with SR. μ̄ is μ in fp32 (default) or its NVFP4 round trip.
@@ -27,7 +28,7 @@
 #include <string.h>
 
 /* ------------------------------------------------------------- recipes */
-static const char *k_names[QLIN_NRECIPES] = {"bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+static const char *k_names[QLIN_NRECIPES] = {"bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht", "fp32"};
 
 const char *qlin_recipe_name(qlin_recipe_id id) {
     return (unsigned)id < QLIN_NRECIPES ? k_names[id] : "?";
@@ -49,10 +50,10 @@ averis_status qlin_recipe_parse(const char *spec, qlin_recipe *r) {
     for (int i = 0; tok && i < QLIN_NRECIPES; i++)
         if (!strcmp(tok, k_names[i])) id = i;
     if (id < 0)
-        return averis_fail(AVERIS_EINVAL, "recipe: unknown recipe '%s' (want bf16, nvfp4, nvfp4-rht, averis, averis-rht)",
+        return averis_fail(AVERIS_EINVAL, "recipe: unknown recipe '%s' (want bf16, nvfp4, nvfp4-rht, averis, averis-rht, fp32)",
                            tok ? tok : "");
     r->id = (qlin_recipe_id)id;
-    r->fp4 = id != QLIN_BF16;
+    r->fp4 = id != QLIN_BF16 && id != QLIN_FP32;
     r->split_x = r->split_d = id == QLIN_AVERIS || id == QLIN_AVERIS_RHT;
     r->rht = id == QLIN_NVFP4_RHT || id == QLIN_AVERIS_RHT;
     r->sr = r->fp4;
@@ -79,7 +80,7 @@ averis_status qlin_recipe_parse(const char *spec, qlin_recipe *r) {
         if (!ok) return averis_fail(AVERIS_EINVAL, "recipe '%s': bad value '%s' for '%s'", spec, v, k);
     }
     if (!r->fp4 && (r->rht || r->mean_fp4))
-        return averis_fail(AVERIS_EINVAL, "recipe '%s': bf16 takes no FP4 options", spec);
+        return averis_fail(AVERIS_EINVAL, "recipe '%s': %s takes no FP4 options", spec, k_names[r->id]);
     return AVERIS_OK;
 }
 
@@ -160,6 +161,9 @@ static averis_status split_means(const qlin_recipe *r, const float *x, int64_t r
 }
 
 static void to_bf16(const float *x, int64_t n, float *out) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(x[i]));
 }
 
@@ -193,6 +197,10 @@ averis_status qlin_forward(const qlin_recipe *r, const float *X, const float *W,
     if (s) return s;
     float *Xq = ws_get(ws, WS_A, l * m), *Wq = ws_get(ws, WS_B, n * m);
     if (!Xq || !Wq) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
+    if (r->id == QLIN_FP32) {
+        averis_sgemm(0, 1, l, n, m, 1.0f, X, m, W, m, 0.0f, Y, n);
+        return AVERIS_OK;
+    }
     if (!r->fp4) {
         to_bf16(X, l * m, Xq);
         to_bf16(W, n * m, Wq);
@@ -267,6 +275,11 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
                             qlin_stats *stats) {
     averis_status s = check_shape(r, l, m, n);
     if (s) return s;
+    if (r->id == QLIN_FP32) {
+        if (dX) averis_sgemm(0, 0, l, m, n, 1.0f, D, n, W, m, 0.0f, dX, m);
+        if (dW) averis_sgemm(1, 0, n, m, l, 1.0f, D, n, X, m, 1.0f, dW, m);
+        return AVERIS_OK;
+    }
     if (!r->fp4) {
         float *Db = ws_get(ws, WS_A, l * n), *Wb = ws_get(ws, WS_B, n * m), *Xb = ws_get(ws, WS_C, l * m);
         if (!Db || !Wb || !Xb) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");

@@ -21,11 +21,11 @@
 extern "C" {
 #endif
 
-typedef enum { QLIN_BF16 = 0, QLIN_NVFP4, QLIN_NVFP4_RHT, QLIN_AVERIS, QLIN_AVERIS_RHT, QLIN_NRECIPES } qlin_recipe_id;
+typedef enum { QLIN_BF16 = 0, QLIN_NVFP4, QLIN_NVFP4_RHT, QLIN_AVERIS, QLIN_AVERIS_RHT, QLIN_FP32, QLIN_NRECIPES } qlin_recipe_id;
 
 typedef struct {
     qlin_recipe_id id;
-    int fp4;          /* 0: the bf16 recipe (BF16 operands, fp32 accumulation) */
+    int fp4;          /* 0: bf16 (BF16 operands, fp32 accumulation) or fp32 (plain) */
     int split_x;      /* Averis split of activations */
     int split_d;      /* Averis split of output gradients */
     int rht;          /* RHT on the wgrad copies (16-groups of tokens) */
@@ -35,7 +35,7 @@ typedef struct {
     uint64_t seed;    /* SR seed */
 } qlin_recipe;
 
-/* "NAME[,key=value...]": NAME in bf16|nvfp4|nvfp4-rht|averis|averis-rht;
+/* "NAME[,key=value...]": NAME in bf16|nvfp4|nvfp4-rht|averis|averis-rht|fp32;
  * keys: seed=N, mean=fp32|fp4, sr=0|1, rht=0|1, wblock=16x16|1x16.
  * Errors name the offending token. */
 averis_status qlin_recipe_parse(const char *spec, qlin_recipe *r);

@@ -1,0 +1,137 @@
+/* averis/model.h — the Qwen3 decoder: configuration, parameters with Hugging
+ * Face names, fp32 forward and hand-written backward. Every linear layer of
+ * the blocks runs through qlinear under the run's recipe; embeddings, norms,
+ * the attention core and the LM head stay fp32. */
+#ifndef AVERIS_MODEL_H
+#define AVERIS_MODEL_H
+
+#include "averis/qlinear.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The fields and names of Hugging Face's Qwen3Config that shape the model. */
+typedef struct {
+    int vocab_size;              /* V */
+    int hidden_size;             /* C */
+    int intermediate_size;       /* F */
+    int num_hidden_layers;       /* L */
+    int num_attention_heads;     /* H */
+    int num_key_value_heads;     /* KV (H % KV == 0) */
+    int head_dim;                /* Dh */
+    int max_position_embeddings; /* longest sequence */
+    int tie_word_embeddings;     /* LM head = embedding matrix */
+    double rope_theta;
+    double rms_norm_eps;
+} model_config;
+
+/* Presets: "tiny" (the CPU default), "qwen3-0.6b" (the paper's dense shape). */
+const char *model_preset_names(void);
+/* A preset name, or the path of a JSON file with Qwen3Config fields (missing
+ * fields take the tiny preset's values). Errors name the file and field. */
+averis_status model_config_load(const char *name_or_path, model_config *c);
+averis_status model_config_from_json(const char *text, size_t len, const char *what, model_config *c);
+averis_status model_config_validate(const model_config *c, const char *what);
+/* A config.json that transformers' Qwen3ForCausalLM.from_pretrained reads. */
+averis_status model_config_write_hf(const model_config *c, const char *path);
+int64_t model_config_nparams(const model_config *c);
+
+/* One parameter tensor inside the flat parameter buffer. */
+typedef struct {
+    char name[96];     /* Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight */
+    int ndim;
+    int64_t shape[2];
+    size_t offset, numel;
+    int decay;         /* AdamW weight decay applies (matrices, not norms) */
+} model_tensor;
+
+/* Pointers of one block into the parameter (or gradient) buffer. */
+typedef struct {
+    float *in_norm;   /* [C]        input_layernorm */
+    float *wq;        /* [H·Dh, C]  self_attn.q_proj */
+    float *wk;        /* [KV·Dh, C] self_attn.k_proj */
+    float *wv;        /* [KV·Dh, C] self_attn.v_proj */
+    float *wo;        /* [C, H·Dh]  self_attn.o_proj */
+    float *q_norm;    /* [Dh]       self_attn.q_norm */
+    float *k_norm;    /* [Dh]       self_attn.k_norm */
+    float *post_norm; /* [C]        post_attention_layernorm */
+    float *wg;        /* [F, C]     mlp.gate_proj */
+    float *wu;        /* [F, C]     mlp.up_proj */
+    float *wd;        /* [C, F]     mlp.down_proj */
+} model_block;
+
+typedef struct {
+    float *embed;     /* [V, C] */
+    float *final_norm;/* [C]    */
+    float *lm_head;   /* [V, C] (== embed when tied) */
+    model_block *blocks; /* [L] */
+} model_weights;
+
+/* Saved activations of one block for the backward. */
+typedef struct {
+    float *x_in, *h1, *rstd1;         /* [N,C], [N,C], [N] */
+    float *q_raw, *k_raw, *v;         /* [N,H·Dh], [N,KV·Dh], [N,KV·Dh] */
+    float *rstd_q, *rstd_k;           /* [N,H], [N,KV] */
+    float *q, *k;                     /* after head norm and rotary */
+    float *att;                       /* [B,H,T,T] softmax probabilities */
+    float *ao;                        /* [N,H·Dh] attention output */
+    float *x_mid, *h2, *rstd2;        /* [N,C], [N,C], [N] */
+    float *g, *u, *a;                 /* [N,F] gate, up, silu(gate)·up */
+} model_block_acts;
+
+typedef struct {
+    model_config cfg;
+    int ntensors;
+    model_tensor *tensors;
+    size_t nparams;
+    float *params, *grads;            /* [nparams] each (grads allocated on first backward) */
+    model_weights w, g;               /* views of params and grads */
+
+    /* run settings */
+    qlin_recipe recipe;
+    int bf16_last;                    /* keep the last N blocks in the bf16 recipe */
+
+    /* activations for the current B×T (grown on demand) */
+    int B, T;
+    float *act_mem;
+    size_t act_cap;
+    model_block_acts *acts;
+    float *x_out, *hf, *rstd_f, *probs; /* [N,C], [N,C], [N], [N,V] (logits, then probs) */
+    float *tok_loss;                  /* [N] per-token cross-entropy */
+    int *tokens;                      /* [2N]: inputs, then targets, of the last forward */
+    size_t tokens_cap;
+    const int *targets;               /* into tokens; NULL after a forward without targets or a backward */
+    float *scratch;                   /* backward buffers */
+    size_t scratch_cap;
+    float *rope_cos, *rope_sin;       /* [T, Dh/2] */
+    int rope_T;
+    qlin_ws ws;
+    float loss;                       /* mean cross-entropy of the last forward */
+} model;
+
+/* Allocates parameters for cfg (zeroed). */
+averis_status model_create(model *m, const model_config *cfg);
+void model_free(model *m);
+/* Hugging Face's init: linears and embedding N(0, 0.02), norms 1. */
+void model_init_weights(model *m, uint64_t seed);
+const model_tensor *model_find_tensor(const model *m, const char *name);
+
+/* Forward over tokens [B·T] (each row a sequence from position 0). With
+ * targets [B·T] it returns the mean cross-entropy in *loss and keeps what the
+ * backward needs; without, it leaves the logits in m->probs. */
+averis_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *loss);
+/* Backward of the last forward with targets: grads += d(loss_scale·loss)/dθ.
+ * sr_stream keys the recipe's stochastic rounding (step, micro-batch). */
+averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream);
+averis_status model_zero_grad(model *m);
+
+/* Weights as safetensors with Hugging Face names (what from_pretrained
+ * reads); loading checks every tensor's presence and shape. */
+averis_status model_save_weights(const model *m, const char *path);
+averis_status model_load_weights(model *m, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,740 @@
+/* model.c — the Qwen3 decoder, forward and backward, in fp32.
+ *
+ * Shapes: B sequences × T positions, N = B·T tokens; C width, F FFN width,
+ * H query heads and KV key/value heads of Dh, V vocabulary.
+ *
+ *   x      = E[tokens]                                        [N,C]
+ *   block (×L):
+ *     h1   = RMSNorm(x)·w_in                                  [N,C]
+ *     q    = RoPE(RMSNorm_Dh(h1·Wqᵀ)·w_qn)                    [N,H,Dh]
+ *     k    = RoPE(RMSNorm_Dh(h1·Wkᵀ)·w_kn)   v = h1·Wvᵀ        [N,KV,Dh]
+ *     ao_h = softmax(q_h·k_gᵀ/√Dh + causal)·v_g,  g = h/(H/KV)
+ *     x    = x + ao·Woᵀ
+ *     h2   = RMSNorm(x)·w_post
+ *     x    = x + (silu(h2·Wgᵀ) ⊙ h2·Wuᵀ)·Wdᵀ
+ *   logits = (RMSNorm(x)·w_f)·W_headᵀ                          [N,V]
+ *   loss   = mean_t −log softmax(logits_t)[target_t]
+ *
+ * Every ·Wᵀ of a block is qlin_forward under the run's recipe (the backward
+ * is qlin_backward); the rest is fp32. RMSNorm(x) = x·(mean(x²)+ε)^-½, the
+ * rotary pairs (i, i+Dh/2) rotate by pos·θ^(−2i/Dh), as in transformers.
+ * Reductions run in a fixed order, so the bits do not depend on threads.
+ */
+#include "averis/model.h"
+#include "averis/gemm.h"
+#include "averis/io.h"
+#include "averis/json.h"
+#include "averis/safetensors.h"
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ configs */
+static const struct {
+    const char *name;
+    model_config c;
+} k_presets[] = {
+    /* ~1.3M parameters: trains in minutes on two cores */
+    {"tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6}},
+    /* Qwen3-0.6B (the paper's dense model) */
+    {"qwen3-0.6b", {151936, 1024, 3072, 28, 16, 8, 128, 40960, 1, 1000000.0, 1e-6}},
+};
+#define NPRESETS (int)(sizeof k_presets / sizeof k_presets[0])
+
+const char *model_preset_names(void) { return "tiny, qwen3-0.6b"; }
+
+averis_status model_config_validate(const model_config *c, const char *what) {
+    const struct { const char *field; int v; int max; } f[] = {
+        {"vocab_size", c->vocab_size, 1 << 24},
+        {"hidden_size", c->hidden_size, 1 << 16},
+        {"intermediate_size", c->intermediate_size, 1 << 18},
+        {"num_hidden_layers", c->num_hidden_layers, 1024},
+        {"num_attention_heads", c->num_attention_heads, 1024},
+        {"num_key_value_heads", c->num_key_value_heads, 1024},
+        {"head_dim", c->head_dim, 4096},
+        {"max_position_embeddings", c->max_position_embeddings, 1 << 20},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].v < 1 || f[i].v > f[i].max)
+            return averis_fail(AVERIS_EINVAL, "%s: %s = %d is out of range (1..%d)", what, f[i].field, f[i].v,
+                               f[i].max);
+    if (c->num_attention_heads % c->num_key_value_heads)
+        return averis_fail(AVERIS_EINVAL, "%s: num_key_value_heads = %d does not divide num_attention_heads = %d",
+                           what, c->num_key_value_heads, c->num_attention_heads);
+    if (c->head_dim % 2)
+        return averis_fail(AVERIS_EINVAL, "%s: head_dim = %d must be even (rotary pairs)", what, c->head_dim);
+    if (!(c->rope_theta > 1.0) || !isfinite(c->rope_theta))
+        return averis_fail(AVERIS_EINVAL, "%s: rope_theta = %g must be > 1", what, c->rope_theta);
+    if (!(c->rms_norm_eps > 0.0) || c->rms_norm_eps > 1.0)
+        return averis_fail(AVERIS_EINVAL, "%s: rms_norm_eps = %g must be in (0, 1]", what, c->rms_norm_eps);
+    return AVERIS_OK;
+}
+
+static averis_status get_int(const json *o, const char *what, const char *key, int *v, int *present) {
+    const json *j = json_get(o, key);
+    if (present) *present = j != NULL;
+    if (!j) return AVERIS_OK;
+    if (j->type != JSON_NUM || j->num != floor(j->num) || fabs(j->num) > 2e9)
+        return averis_fail(AVERIS_EINVAL, "%s: field %s must be an integer", what, key);
+    *v = (int)j->num;
+    return AVERIS_OK;
+}
+
+averis_status model_config_from_json(const char *text, size_t len, const char *what, model_config *c) {
+    json root;
+    averis_status st = json_parse(text, len, what, &root);
+    if (st) return st;
+    if (root.type != JSON_OBJ) {
+        json_free(&root);
+        return averis_fail(AVERIS_EINVAL, "%s: expected a JSON object", what);
+    }
+    *c = k_presets[0].c;
+    int have_hd = 0, have_h = 0, have_c = 0;
+    static const char *const keys[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                       "num_attention_heads", "num_key_value_heads", "head_dim",
+                                       "max_position_embeddings"};
+    int *dst[] = {&c->vocab_size, &c->hidden_size, &c->intermediate_size, &c->num_hidden_layers,
+                  &c->num_attention_heads, &c->num_key_value_heads, &c->head_dim, &c->max_position_embeddings};
+    int present[8] = {0};
+    for (int i = 0; i < 8 && !st; i++) st = get_int(&root, what, keys[i], dst[i], &present[i]);
+    have_c = present[1], have_h = present[4], have_hd = present[6];
+    if (!st && !present[5] && have_h) c->num_key_value_heads = c->num_attention_heads;
+    if (!st && !have_hd && (have_c || have_h)) { /* Dh = C/H, as transformers derives it */
+        if (c->hidden_size % c->num_attention_heads)
+            st = averis_fail(AVERIS_EINVAL, "%s: num_attention_heads = %d does not divide hidden_size = %d", what,
+                             c->num_attention_heads, c->hidden_size);
+        else
+            c->head_dim = c->hidden_size / c->num_attention_heads;
+    }
+    const json *j;
+    if (!st && (j = json_get(&root, "tie_word_embeddings"))) {
+        if (j->type != JSON_BOOL) st = averis_fail(AVERIS_EINVAL, "%s: field tie_word_embeddings must be true or false", what);
+        else c->tie_word_embeddings = (int)j->num;
+    }
+    const json *rp = json_get(&root, "rope_parameters"); /* transformers ≥ 5 nests it */
+    if (!st && ((j = json_get(&root, "rope_theta")) || (j = json_get(rp, "rope_theta")))) {
+        if (j->type != JSON_NUM) st = averis_fail(AVERIS_EINVAL, "%s: field rope_theta must be a number", what);
+        else c->rope_theta = j->num;
+    }
+    if (!st && (j = json_get(&root, "rms_norm_eps"))) {
+        if (j->type != JSON_NUM) st = averis_fail(AVERIS_EINVAL, "%s: field rms_norm_eps must be a number", what);
+        else c->rms_norm_eps = j->num;
+    }
+    json_free(&root);
+    return st ? st : model_config_validate(c, what);
+}
+
+averis_status model_config_load(const char *name_or_path, model_config *c) {
+    for (int i = 0; i < NPRESETS; i++)
+        if (!strcmp(name_or_path, k_presets[i].name)) {
+            *c = k_presets[i].c;
+            return AVERIS_OK;
+        }
+    FILE *f = fopen(name_or_path, "rb");
+    if (!f)
+        return averis_fail(AVERIS_EIO, "config '%s': not a preset (%s) and not a readable file", name_or_path,
+                           model_preset_names());
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            char *nb = realloc(buf, cap = cap * 2 + 8192);
+            if (!nb) { free(buf); fclose(f); return averis_fail(AVERIS_ENOMEM, "config: out of memory"); }
+            buf = nb;
+        }
+        size_t r = fread(buf + len, 1, 4096, f);
+        len += r;
+        if (r < 4096) break;
+        if (len > (16u << 20)) { free(buf); fclose(f); return averis_fail(AVERIS_EFORMAT, "%s: too large for a config", name_or_path); }
+    }
+    int err = ferror(f);
+    fclose(f);
+    averis_status st = err ? averis_fail(AVERIS_EIO, "%s: read error", name_or_path)
+                           : model_config_from_json(buf, len, name_or_path, c);
+    free(buf);
+    return st;
+}
+
+averis_status model_config_write_hf(const model_config *c, const char *path) {
+    averis_afile af;
+    averis_status st = averis_afile_open(&af, path);
+    if (st) return st;
+    fprintf(af.f,
+            "{\n"
+            "  \"architectures\": [\"Qwen3ForCausalLM\"],\n"
+            "  \"model_type\": \"qwen3\",\n"
+            "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+            "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
+            "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"tie_word_embeddings\": %s,\n"
+            "  \"rope_theta\": %.17g,\n  \"rope_scaling\": null,\n  \"rms_norm_eps\": %.17g,\n"
+            "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n"
+            "  \"initializer_range\": 0.02,\n  \"use_cache\": true,\n  \"use_sliding_window\": false,\n"
+            "  \"torch_dtype\": \"float32\"\n"
+            "}\n",
+            c->vocab_size, c->hidden_size, c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
+            c->num_key_value_heads, c->head_dim, c->max_position_embeddings,
+            c->tie_word_embeddings ? "true" : "false", c->rope_theta, c->rms_norm_eps);
+    return averis_afile_commit(&af);
+}
+
+int64_t model_config_nparams(const model_config *c) {
+    int64_t C = c->hidden_size, F = c->intermediate_size, Dh = c->head_dim;
+    int64_t qd = (int64_t)c->num_attention_heads * Dh, kvd = (int64_t)c->num_key_value_heads * Dh;
+    int64_t block = C + qd * C + 2 * kvd * C + C * qd + 2 * Dh + C + 3 * F * C;
+    return (int64_t)c->vocab_size * C * (c->tie_word_embeddings ? 1 : 2) + c->num_hidden_layers * block + C;
+}
+
+/* ------------------------------------------------------------ parameters */
+static void add_tensor(model *m, const char *name, int ndim, int64_t d0, int64_t d1, size_t *off) {
+    model_tensor *t = &m->tensors[m->ntensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 1;
+    t->numel = (size_t)(d0 * t->shape[1]);
+    t->offset = *off;
+    t->decay = ndim == 2;
+    *off += t->numel;
+}
+
+/* Points w at the tensors of buffer base, in the order add_tensor made them. */
+static averis_status bind_weights(model *m, float *base, model_weights *w) {
+    int L = m->cfg.num_hidden_layers, i = 0;
+    if (!w->blocks && !(w->blocks = calloc((size_t)L, sizeof *w->blocks)))
+        return averis_fail(AVERIS_ENOMEM, "model: out of memory");
+    w->embed = base + m->tensors[i++].offset;
+    for (int l = 0; l < L; l++) {
+        model_block *b = &w->blocks[l];
+        float **p[] = {&b->in_norm, &b->wq, &b->wk, &b->wv, &b->wo, &b->q_norm, &b->k_norm,
+                       &b->post_norm, &b->wg, &b->wu, &b->wd};
+        for (int k = 0; k < 11; k++) *p[k] = base + m->tensors[i++].offset;
+    }
+    w->final_norm = base + m->tensors[i++].offset;
+    w->lm_head = m->cfg.tie_word_embeddings ? w->embed : base + m->tensors[i++].offset;
+    return AVERIS_OK;
+}
+
+averis_status model_create(model *m, const model_config *cfg) {
+    memset(m, 0, sizeof *m);
+    averis_status st = model_config_validate(cfg, "config");
+    if (st) return st;
+    m->cfg = *cfg;
+    int L = cfg->num_hidden_layers;
+    int64_t C = cfg->hidden_size, F = cfg->intermediate_size, Dh = cfg->head_dim;
+    int64_t qd = cfg->num_attention_heads * Dh, kvd = cfg->num_key_value_heads * Dh;
+    m->tensors = calloc((size_t)(11 * L + 3), sizeof *m->tensors);
+    if (!m->tensors) return averis_fail(AVERIS_ENOMEM, "model: out of memory");
+    size_t off = 0;
+    char nm[96];
+    add_tensor(m, "model.embed_tokens.weight", 2, cfg->vocab_size, C, &off);
+    for (int l = 0; l < L; l++) {
+        const struct { const char *s; int nd; int64_t d0, d1; } t[11] = {
+            {"input_layernorm", 1, C, 0},      {"self_attn.q_proj", 2, qd, C}, {"self_attn.k_proj", 2, kvd, C},
+            {"self_attn.v_proj", 2, kvd, C},   {"self_attn.o_proj", 2, C, qd}, {"self_attn.q_norm", 1, Dh, 0},
+            {"self_attn.k_norm", 1, Dh, 0},    {"post_attention_layernorm", 1, C, 0},
+            {"mlp.gate_proj", 2, F, C},        {"mlp.up_proj", 2, F, C},       {"mlp.down_proj", 2, C, F}};
+        for (int k = 0; k < 11; k++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, t[k].s);
+            add_tensor(m, nm, t[k].nd, t[k].d0, t[k].d1, &off);
+        }
+    }
+    add_tensor(m, "model.norm.weight", 1, C, 0, &off);
+    if (!cfg->tie_word_embeddings) add_tensor(m, "lm_head.weight", 2, cfg->vocab_size, C, &off);
+    m->nparams = off;
+    if (!(m->params = calloc(off, sizeof(float)))) {
+        model_free(m);
+        return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu parameters", off);
+    }
+    st = bind_weights(m, m->params, &m->w);
+    if (st) { model_free(m); return st; }
+    qlin_recipe_parse("bf16", &m->recipe);
+    return AVERIS_OK;
+}
+
+void model_free(model *m) {
+    free(m->tensors);
+    free(m->params);
+    free(m->grads);
+    free(m->w.blocks);
+    free(m->g.blocks);
+    free(m->act_mem);
+    free(m->acts);
+    free(m->scratch);
+    free(m->tokens);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    qlin_ws_free(&m->ws);
+    memset(m, 0, sizeof *m);
+}
+
+const model_tensor *model_find_tensor(const model *m, const char *name) {
+    for (int i = 0; i < m->ntensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void model_init_weights(model *m, uint64_t seed) {
+    for (int i = 0; i < m->ntensors; i++) {
+        const model_tensor *t = &m->tensors[i];
+        float *p = m->params + t->offset;
+        if (t->ndim == 1) {
+            for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+            continue;
+        }
+        uint64_t s = seed * 0x100000001B3ull + (uint64_t)i; /* one stream per tensor */
+        for (size_t k = 0; k < t->numel; k += 2) {           /* Box–Muller pairs */
+            double u1 = ((double)(splitmix64(&s) >> 11) + 0.5) * 0x1p-53;
+            double u2 = (double)(splitmix64(&s) >> 11) * 0x1p-53;
+            double r = sqrt(-2.0 * log(u1)) * 0.02;
+            p[k] = (float)(r * cos(6.283185307179586 * u2));
+            if (k + 1 < t->numel) p[k + 1] = (float)(r * sin(6.283185307179586 * u2));
+        }
+    }
+}
+
+/* ------------------------------------------------------------ activations */
+static averis_status ensure_acts(model *m, int B, int T) {
+    const model_config *c = &m->cfg;
+    if (T > c->max_position_embeddings)
+        return averis_fail(AVERIS_EINVAL, "sequence length %d exceeds max_position_embeddings %d", T,
+                           c->max_position_embeddings);
+    size_t N = (size_t)B * T, C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
+    size_t H = (size_t)c->num_attention_heads, KV = (size_t)c->num_key_value_heads, Dh = (size_t)c->head_dim;
+    size_t per_block = N * (4 * C + 2 + 2 * H * Dh + 3 * KV * Dh + H + KV + H * Dh + 3 * F + 1) + (size_t)B * H * T * T;
+    size_t need = (size_t)c->num_hidden_layers * per_block + N * (2 * C + 2) + N * (size_t)c->vocab_size;
+    if (need > m->act_cap) {
+        free(m->act_mem);
+        m->act_mem = malloc(need * sizeof(float));
+        if (!m->act_mem) {
+            m->act_cap = 0;
+            return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB of activations for B=%d T=%d",
+                               need * 4 >> 20, B, T);
+        }
+        m->act_cap = need;
+    }
+    if (!m->acts && !(m->acts = calloc((size_t)c->num_hidden_layers, sizeof *m->acts)))
+        return averis_fail(AVERIS_ENOMEM, "model: out of memory");
+    float *p = m->act_mem;
+#define TAKE(ptr, count) (ptr = p, p += (count))
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        model_block_acts *a = &m->acts[l];
+        TAKE(a->x_in, N * C); TAKE(a->h1, N * C); TAKE(a->rstd1, N);
+        TAKE(a->q_raw, N * H * Dh); TAKE(a->k_raw, N * KV * Dh); TAKE(a->v, N * KV * Dh);
+        TAKE(a->rstd_q, N * H); TAKE(a->rstd_k, N * KV);
+        TAKE(a->q, N * H * Dh); TAKE(a->k, N * KV * Dh);
+        TAKE(a->att, (size_t)B * H * T * T); TAKE(a->ao, N * H * Dh);
+        TAKE(a->x_mid, N * C); TAKE(a->h2, N * C); TAKE(a->rstd2, N);
+        TAKE(a->g, N * F); TAKE(a->u, N * F); TAKE(a->a, N * F);
+    }
+    TAKE(m->x_out, N * C); TAKE(m->hf, N * C); TAKE(m->rstd_f, N); TAKE(m->tok_loss, N); TAKE(m->probs, N * (size_t)c->vocab_size);
+#undef TAKE
+    if ((size_t)(2 * N) > m->tokens_cap) {
+        free(m->tokens);
+        if (!(m->tokens = malloc(2 * N * sizeof *m->tokens))) {
+            m->tokens_cap = 0;
+            return averis_fail(AVERIS_ENOMEM, "model: out of memory");
+        }
+        m->tokens_cap = 2 * N;
+    }
+    m->B = B;
+    m->T = T;
+    if (m->rope_T < T) { /* cos/sin of pos·θ^(−2i/Dh), the inverse frequency in fp32 as transformers has it */
+        size_t half = Dh / 2;
+        float *cs = malloc((size_t)T * half * sizeof *cs), *sn = malloc((size_t)T * half * sizeof *sn);
+        if (!cs || !sn) { free(cs); free(sn); return averis_fail(AVERIS_ENOMEM, "model: out of memory"); }
+        for (size_t i = 0; i < half; i++) {
+            float inv = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)Dh));
+            for (int t = 0; t < T; t++) {
+                float ang = (float)t * inv;
+                cs[(size_t)t * half + i] = (float)cos((double)ang);
+                sn[(size_t)t * half + i] = (float)sin((double)ang);
+            }
+        }
+        free(m->rope_cos); free(m->rope_sin);
+        m->rope_cos = cs; m->rope_sin = sn; m->rope_T = T;
+    }
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------ layers (fp32) */
+/* y[n,d] = w[d]·(x[n,d]·rstd[n]), rstd = (mean_d x² + ε)^-½; rows of d. */
+static void rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int64_t rows, int64_t d, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < d; i++) ss += xr[i] * xr[i];
+        float rs = 1.0f / sqrtf(ss / (float)d + eps);
+        rstd[r] = rs;
+        for (int64_t i = 0; i < d; i++) y[r * d + i] = w[i] * (xr[i] * rs);
+    }
+}
+
+/* dx (+= if accumulate) and dw += for y = w·x̂, x̂ = x·rstd:
+ * dx = rstd·(dy·w − x̂·mean(dy·w·x̂)), dw = Σ_rows dy·x̂. rows×d laid out
+ * with rows at stride d; dw is summed per column in row order. */
+static void rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *rstd, const float *w,
+                        int64_t rows, int64_t d, int accumulate) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d, *dyr = dy + r * d;
+        float rs = rstd[r], dot = 0.0f;
+        for (int64_t i = 0; i < d; i++) dot += dyr[i] * w[i] * (xr[i] * rs);
+        dot /= (float)d;
+        for (int64_t i = 0; i < d; i++) {
+            float v = rs * (dyr[i] * w[i] - (xr[i] * rs) * dot);
+            dx[r * d + i] = accumulate ? dx[r * d + i] + v : v;
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < d; i++) {
+        float s = 0.0f;
+        for (int64_t r = 0; r < rows; r++) s += dy[r * d + i] * (x[r * d + i] * rstd[r]);
+        dw[i] += s;
+    }
+}
+
+/* Rotates the (i, i+Dh/2) pairs of every head of x [N, nh, Dh] in place by
+ * the position t mod T; sign −1 applies the inverse (the backward). */
+static void rope_apply(float *x, int64_t N, int nh, int Dh, int T, const float *cs, const float *sn, float sign) {
+    int half = Dh / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *c = cs + (n % T) * half, *s = sn + (n % T) * half;
+        for (int h = 0; h < nh; h++) {
+            float *v = x + (n * nh + h) * Dh;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half], si = sign * s[i];
+                v[i] = a * c[i] - b * si;
+                v[i + half] = b * c[i] + a * si;
+            }
+        }
+    }
+}
+
+/* Causal grouped-query attention: ao[n,h] = Σ_{j≤t} p_tj·v[j,g],
+ * p_t = softmax_j(q[n,h]·k[j,g]/√Dh). Keeps p in att [B,H,T,T]. */
+static void attention_fwd(float *ao, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
+                          int KV, int Dh) {
+    float scale = 1.0f / sqrtf((float)Dh);
+    int grp = H / KV;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int g = h / grp;
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + ((int64_t)(b * T + t) * H + h) * Dh;
+                float *p = att + (((int64_t)b * H + h) * T + t) * T;
+                float mx = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const float *kj = k + ((int64_t)(b * T + j) * KV + g) * Dh;
+                    float s = 0.0f;
+                    for (int d = 0; d < Dh; d++) s += qt[d] * kj[d];
+                    p[j] = s * scale;
+                    if (p[j] > mx) mx = p[j];
+                }
+                float sum = 0.0f;
+                for (int j = 0; j <= t; j++) sum += (p[j] = expf(p[j] - mx));
+                float inv = 1.0f / sum;
+                for (int j = 0; j <= t; j++) p[j] *= inv;
+                for (int j = t + 1; j < T; j++) p[j] = 0.0f;
+                float *o = ao + ((int64_t)(b * T + t) * H + h) * Dh;
+                for (int d = 0; d < Dh; d++) o[d] = 0.0f;
+                for (int j = 0; j <= t; j++) {
+                    const float *vj = v + ((int64_t)(b * T + j) * KV + g) * Dh;
+                    for (int d = 0; d < Dh; d++) o[d] += p[j] * vj[d];
+                }
+            }
+        }
+}
+
+/* The backward of attention_fwd: dp_tj = dao_t·v_j, ds = p⊙(dp − p·dp),
+ * dq_t = Σ_j ds_tj·k_j/√Dh, dk_j = Σ_t ds_tj·q_t/√Dh, dv_j = Σ_t p_tj·dao_t.
+ * One task per (sequence, kv head) owns its dk and dv rows: no races. */
+static averis_status attention_bwd(float *dq, float *dk, float *dv, const float *dao, const float *att,
+                                   const float *q, const float *k, const float *v, int B, int T, int H, int KV,
+                                   int Dh) {
+    float scale = 1.0f / sqrtf((float)Dh);
+    int grp = H / KV, fail = 0;
+#pragma omp parallel
+    {
+        float *dp = malloc((size_t)T * sizeof *dp);
+        if (!dp) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int g = 0; g < KV; g++) {
+                if (!dp) continue;
+                for (int t = 0; t < T; t++) {
+                    float *dkr = dk + ((int64_t)(b * T + t) * KV + g) * Dh, *dvr = dv + ((int64_t)(b * T + t) * KV + g) * Dh;
+                    for (int d = 0; d < Dh; d++) dkr[d] = dvr[d] = 0.0f;
+                }
+                for (int h = g * grp; h < (g + 1) * grp; h++)
+                    for (int t = 0; t < T; t++) {
+                        const float *p = att + (((int64_t)b * H + h) * T + t) * T;
+                        const float *dot = dao + ((int64_t)(b * T + t) * H + h) * Dh;
+                        const float *qt = q + ((int64_t)(b * T + t) * H + h) * Dh;
+                        float *dqt = dq + ((int64_t)(b * T + t) * H + h) * Dh;
+                        float pdp = 0.0f;
+                        for (int j = 0; j <= t; j++) {
+                            const float *vj = v + ((int64_t)(b * T + j) * KV + g) * Dh;
+                            float *dvj = dv + ((int64_t)(b * T + j) * KV + g) * Dh;
+                            float s = 0.0f;
+                            for (int d = 0; d < Dh; d++) {
+                                s += dot[d] * vj[d];
+                                dvj[d] += p[j] * dot[d];
+                            }
+                            dp[j] = s;
+                            pdp += p[j] * s;
+                        }
+                        for (int d = 0; d < Dh; d++) dqt[d] = 0.0f;
+                        for (int j = 0; j <= t; j++) {
+                            float ds = p[j] * (dp[j] - pdp) * scale;
+                            const float *kj = k + ((int64_t)(b * T + j) * KV + g) * Dh;
+                            float *dkj = dk + ((int64_t)(b * T + j) * KV + g) * Dh;
+                            for (int d = 0; d < Dh; d++) {
+                                dqt[d] += ds * kj[d];
+                                dkj[d] += ds * qt[d];
+                            }
+                        }
+                    }
+            }
+        free(dp);
+    }
+    return fail ? averis_fail(AVERIS_ENOMEM, "attention: out of memory") : AVERIS_OK;
+}
+
+static const qlin_recipe *block_recipe(const model *m, int l) {
+    static qlin_recipe bf16;
+    static int init;
+    if (!init) { qlin_recipe_parse("bf16", &bf16); init = 1; }
+    return l >= m->cfg.num_hidden_layers - m->bf16_last ? &bf16 : &m->recipe;
+}
+
+/* ------------------------------------------------------------ forward */
+averis_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *loss) {
+    const model_config *c = &m->cfg;
+    if (B < 1 || T < 1) return averis_fail(AVERIS_EINVAL, "model_forward: B = %d, T = %d", B, T);
+    averis_status st = ensure_acts(m, B, T);
+    if (st) return st;
+    int64_t N = (int64_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    int H = c->num_attention_heads, KV = c->num_key_value_heads, Dh = c->head_dim;
+    int64_t qd = (int64_t)H * Dh, kvd = (int64_t)KV * Dh;
+    float eps = (float)c->rms_norm_eps;
+    for (int64_t n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return averis_fail(AVERIS_EINVAL, "token %d at position %lld is outside the vocabulary (0..%lld)",
+                               tokens[n], (long long)n, (long long)V - 1);
+
+    float *x = m->acts[0].x_in;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) memcpy(x + n * C, m->w.embed + (int64_t)tokens[n] * C, (size_t)C * sizeof *x);
+
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        model_block_acts *a = &m->acts[l];
+        const model_block *w = &m->w.blocks[l];
+        const qlin_recipe *r = block_recipe(m, l);
+        rmsnorm_fwd(a->h1, a->rstd1, a->x_in, w->in_norm, N, C, eps);
+        if ((st = qlin_forward(r, a->h1, w->wq, N, C, qd, a->q_raw, &m->ws, NULL)) ||
+            (st = qlin_forward(r, a->h1, w->wk, N, C, kvd, a->k_raw, &m->ws, NULL)) ||
+            (st = qlin_forward(r, a->h1, w->wv, N, C, kvd, a->v, &m->ws, NULL)))
+            return st;
+        rmsnorm_fwd(a->q, a->rstd_q, a->q_raw, w->q_norm, N * H, Dh, eps);
+        rmsnorm_fwd(a->k, a->rstd_k, a->k_raw, w->k_norm, N * KV, Dh, eps);
+        rope_apply(a->q, N, H, Dh, T, m->rope_cos, m->rope_sin, 1.0f);
+        rope_apply(a->k, N, KV, Dh, T, m->rope_cos, m->rope_sin, 1.0f);
+        attention_fwd(a->ao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh);
+        if ((st = qlin_forward(r, a->ao, w->wo, N, qd, C, a->x_mid, &m->ws, NULL))) return st;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N * C; i++) a->x_mid[i] += a->x_in[i];
+        rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, w->post_norm, N, C, eps);
+        if ((st = qlin_forward(r, a->h2, w->wg, N, C, F, a->g, &m->ws, NULL)) ||
+            (st = qlin_forward(r, a->h2, w->wu, N, C, F, a->u, &m->ws, NULL)))
+            return st;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N * F; i++) {
+            float gv = a->g[i];
+            a->a[i] = gv / (1.0f + expf(-gv)) * a->u[i];
+        }
+        float *xo = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x_in : m->x_out;
+        if ((st = qlin_forward(r, a->a, w->wd, N, F, C, xo, &m->ws, NULL))) return st;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N * C; i++) xo[i] += a->x_mid[i];
+    }
+    rmsnorm_fwd(m->hf, m->rstd_f, m->x_out, m->w.final_norm, N, C, eps);
+    averis_sgemm(0, 1, N, V, C, 1.0f, m->hf, C, m->w.lm_head, C, 0.0f, m->probs, V);
+    m->targets = NULL;
+    if (!targets) return AVERIS_OK;
+
+    for (int64_t n = 0; n < N; n++)
+        if (targets[n] < 0 || targets[n] >= V)
+            return averis_fail(AVERIS_EINVAL, "target %d at position %lld is outside the vocabulary (0..%lld)",
+                               targets[n], (long long)n, (long long)V - 1);
+    /* softmax in place; −log p_target = log Σ exp(z − max) − (z_target − max) */
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *z = m->probs + n * V;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < V; i++) sum += expf(z[i] - mx);
+        m->tok_loss[n] = logf(sum) - (z[targets[n]] - mx);
+        float inv = 1.0f / sum;
+        for (int64_t i = 0; i < V; i++) z[i] = expf(z[i] - mx) * inv;
+    }
+    double total = 0.0;
+    for (int64_t n = 0; n < N; n++) total += m->tok_loss[n];
+    memcpy(m->tokens, tokens, (size_t)N * sizeof *tokens);
+    memcpy(m->tokens + N, targets, (size_t)N * sizeof *targets);
+    m->targets = m->tokens + N;
+    m->loss = (float)(total / (double)N);
+    if (loss) *loss = m->loss;
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------ backward */
+averis_status model_zero_grad(model *m) {
+    if (!m->grads) {
+        if (!(m->grads = calloc(m->nparams, sizeof(float))))
+            return averis_fail(AVERIS_ENOMEM, "model: cannot allocate gradients");
+        return bind_weights(m, m->grads, &m->g);
+    }
+    memset(m->grads, 0, m->nparams * sizeof(float));
+    return AVERIS_OK;
+}
+
+static void add_into(float *y, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
+    const model_config *c = &m->cfg;
+    if (!m->targets) return averis_fail(AVERIS_EINVAL, "model_backward: the last forward had no targets");
+    averis_status st;
+    if (!m->grads && (st = model_zero_grad(m))) return st;
+    int B = m->B, T = m->T, H = c->num_attention_heads, KV = c->num_key_value_heads, Dh = c->head_dim;
+    int64_t N = (int64_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    int64_t qd = (int64_t)H * Dh, kvd = (int64_t)KV * Dh, wide = qd > C ? qd : C;
+    size_t need = (size_t)N * (size_t)(2 * C + wide + 2 * qd + 2 * kvd + 3 * F);
+    if (need > m->scratch_cap) {
+        free(m->scratch);
+        if (!(m->scratch = malloc(need * sizeof(float)))) {
+            m->scratch_cap = 0;
+            return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB for the backward", need * 4 >> 20);
+        }
+        m->scratch_cap = need;
+    }
+    float *p = m->scratch;
+    float *dx = p;          p += N * C;    /* ∂L/∂(residual stream) */
+    float *dh = p;          p += N * C;    /* ∂L/∂(normed block input) */
+    float *dtmp = p;        p += N * wide;
+    float *dao = p;         p += N * qd;
+    float *dq = p;          p += N * qd;
+    float *dk = p;          p += N * kvd;
+    float *dv = p;          p += N * kvd;
+    float *da = p;          p += N * F;
+    float *dg = p;          p += N * F;
+    float *du = p;
+
+    /* ∂loss/∂logits = (softmax − onehot)·scale/N, in place of the probabilities */
+    float dscale = loss_scale / (float)N;
+    const int *tg = m->targets;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *z = m->probs + n * V;
+        z[tg[n]] -= 1.0f;
+        for (int64_t i = 0; i < V; i++) z[i] *= dscale;
+    }
+    m->targets = NULL; /* the probabilities are gone: one backward per forward */
+    averis_sgemm(1, 0, V, C, N, 1.0f, m->probs, V, m->hf, C, 1.0f, m->g.lm_head, C);
+    averis_sgemm(0, 0, N, C, V, 1.0f, m->probs, V, m->w.lm_head, C, 0.0f, dh, C);
+    rmsnorm_bwd(dx, m->g.final_norm, dh, m->x_out, m->rstd_f, m->w.final_norm, N, C, 0);
+
+    for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
+        model_block_acts *a = &m->acts[l];
+        const model_block *w = &m->w.blocks[l];
+        model_block *gw = &m->g.blocks[l];
+        const qlin_recipe *r = block_recipe(m, l);
+        uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3); /* one SR stream per (step, layer, linear) */
+
+        /* MLP: x_out = x_mid + (silu(g)⊙u)·Wdᵀ */
+        if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, s0 | 6, &m->ws, NULL))) return st;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N * F; i++) {
+            float gv = a->g[i], sg = 1.0f / (1.0f + expf(-gv));
+            du[i] = da[i] * (gv * sg);
+            dg[i] = da[i] * a->u[i] * (sg * (1.0f + gv * (1.0f - sg)));
+        }
+        if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, s0 | 4, &m->ws, NULL)) ||
+            (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, s0 | 5, &m->ws, NULL)))
+            return st;
+        add_into(dh, dtmp, N * C);
+        rmsnorm_bwd(dx, gw->post_norm, dh, a->x_mid, a->rstd2, w->post_norm, N, C, 1);
+
+        /* attention: x_mid = x_in + ao·Woᵀ */
+        if ((st = qlin_backward(r, a->ao, w->wo, dx, N, qd, C, dao, gw->wo, s0 | 3, &m->ws, NULL))) return st;
+        if ((st = attention_bwd(dq, dk, dv, dao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh))) return st;
+        rope_apply(dq, N, H, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
+        rope_apply(dk, N, KV, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
+        float *dq_raw = dtmp, *dk_raw = dao; /* dao is spent */
+        rmsnorm_bwd(dq_raw, gw->q_norm, dq, a->q_raw, a->rstd_q, w->q_norm, N * H, Dh, 0);
+        rmsnorm_bwd(dk_raw, gw->k_norm, dk, a->k_raw, a->rstd_k, w->k_norm, N * KV, Dh, 0);
+        if ((st = qlin_backward(r, a->h1, w->wq, dq_raw, N, C, qd, dh, gw->wq, s0 | 0, &m->ws, NULL)) ||
+            (st = qlin_backward(r, a->h1, w->wk, dk_raw, N, C, kvd, dtmp, gw->wk, s0 | 1, &m->ws, NULL)))
+            return st;
+        add_into(dh, dtmp, N * C);
+        if ((st = qlin_backward(r, a->h1, w->wv, dv, N, C, kvd, dtmp, gw->wv, s0 | 2, &m->ws, NULL))) return st;
+        add_into(dh, dtmp, N * C);
+        rmsnorm_bwd(dx, gw->in_norm, dh, a->x_in, a->rstd1, w->in_norm, N, C, 1);
+    }
+    /* embedding rows, in token order (repeated tokens add up deterministically) */
+    for (int64_t n = 0; n < N; n++) {
+        float *ge = m->g.embed + (int64_t)m->tokens[n] * C;
+        const float *d = dx + n * C;
+        for (int64_t i = 0; i < C; i++) ge[i] += d[i];
+    }
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------ weights I/O */
+averis_status model_save_weights(const model *m, const char *path) {
+    st_out *t = calloc((size_t)m->ntensors, sizeof *t);
+    if (!t) return averis_fail(AVERIS_ENOMEM, "%s: out of memory", path);
+    for (int i = 0; i < m->ntensors; i++) {
+        const model_tensor *mt = &m->tensors[i];
+        t[i].name = mt->name;
+        t[i].data = m->params + mt->offset;
+        t[i].ndim = mt->ndim;
+        t[i].shape[0] = mt->shape[0];
+        t[i].shape[1] = mt->shape[1];
+    }
+    static const char *const meta[] = {"format", "pt", "producer", "averis", NULL};
+    averis_status st = st_write_f32(path, t, m->ntensors, meta);
+    free(t);
+    return st;
+}
+
+averis_status model_load_weights(model *m, const char *path) {
+    st_file f;
+    averis_status st = st_read(path, &f);
+    if (st) return st;
+    for (int i = 0; i < m->ntensors && !st; i++) {
+        const model_tensor *mt = &m->tensors[i];
+        st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
+    }
+    st_free(&f);
+    return st;
+}
