@@ -27,6 +27,11 @@ BLAS_LIB  := -lopenblas
 CFLAGS_BASE += -DAVERIS_HAVE_BLAS
 LDLIBS += -lopenblas
 endif
+HAVE_ZLIB   := $(call probe,-lz,'\043include <zlib.h>\nint main(void){return inflateInit((z_stream*)0);}')
+ifeq ($(HAVE_ZLIB),1)
+CFLAGS_BASE += -DAVERIS_HAVE_ZLIB
+LDLIBS += -lz
+endif
 NVCC        ?= nvcc
 HAVE_CUDA   := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
 
@@ -43,9 +48,9 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 yesno = $(if $(filter 1,$(1)),✓,✗)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c
+LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/tokenizer.c src/data.c src/train.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
-TOOL_SRC  := tools/averis.c tools/cmd_quant.c
+TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c
 TEST_SRC  := $(wildcard tests/test_*.c)
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 LIB       = $(BUILD)/libaveris.a
@@ -61,9 +66,10 @@ features:
 	@echo "  $(call yesno,$(HAVE_OPENMP)) OpenMP"
 	@echo "  $(call yesno,$(HAVE_X86)) AVX2/AVX-512 kernels (chosen at run time)"
 	@echo "  $(call yesno,$(HAVE_BLAS)) BLAS (OpenBLAS)"
+	@echo "  $(call yesno,$(HAVE_ZLIB)) zlib (reading the default corpus)"
 	@echo "  $(call yesno,$(HAVE_CUDA)) CUDA toolkit (nvcc)"
 
-$(BUILD)/src/gemm.o: ALL_CFLAGS += -O3
+$(BUILD)/src/gemm.o $(BUILD)/src/model.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
 $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
 

@@ -121,8 +121,37 @@ void averis_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K, float
     }
 #ifdef AVERIS_HAVE_BLAS
     if (averis_gemm_get_backend() == AVERIS_GEMM_BLAS) {
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, (int)M,
-                    (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+        /* Single-threaded BLAS calls on fixed tiles of the larger of M and N,
+         * spread over our OpenMP threads: no second thread pool spinning
+         * against OpenMP, and tiles that do not depend on the thread count. */
+        static int single;
+        if (!__atomic_load_n(&single, __ATOMIC_ACQUIRE)) {
+#pragma omp critical(averis_blas_init)
+            {
+                openblas_set_num_threads(1);
+                __atomic_store_n(&single, 1, __ATOMIC_RELEASE);
+            }
+        }
+        int split_m = M >= N;
+        int64_t dim = split_m ? M : N, tile = dim <= 2048 ? 64 : 256, ntiles = (dim + tile - 1) / tile;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (ntiles > 1)
+#endif
+        for (int64_t t = 0; t < ntiles; t++) {
+            int64_t a = t * tile, w = a + tile < dim ? tile : dim - a;
+            const float *At = A, *Bt = B;
+            float *Ct = C;
+            if (split_m) {
+                At = transA ? A + a : A + a * lda;
+                Ct = C + a * ldc;
+            } else {
+                Bt = transB ? B + a * ldb : B + a;
+                Ct = C + a;
+            }
+            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                        (int)(split_m ? w : M), (int)(split_m ? N : w), (int)K, alpha, At, (int)lda, Bt, (int)ldb,
+                        beta, Ct, (int)ldc);
+        }
         return;
     }
 #endif

@@ -422,96 +422,79 @@ static void rope_apply(float *x, int64_t N, int nh, int Dh, int T, const float *
     }
 }
 
-/* Causal grouped-query attention: ao[n,h] = Σ_{j≤t} p_tj·v[j,g],
- * p_t = softmax_j(q[n,h]·k[j,g]/√Dh). Keeps p in att [B,H,T,T]. */
+/* Causal grouped-query attention, per (sequence b, head h) with g = h/(H/KV):
+ *   S = Q_bh·K_bgᵀ/√Dh (T×T, GEMM),  P = softmax over j ≤ t (causal),
+ *   O_bh = P·V_bg (GEMM). Keeps P in att [B,H,T,T] (zeros above the diagonal).
+ * Q, K, V are token-major [N, heads, Dh]: a head's T×Dh slice has row
+ * stride heads·Dh. GEMMs called inside the parallel loop run serially. */
 static void attention_fwd(float *ao, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
                           int KV, int Dh) {
     float scale = 1.0f / sqrtf((float)Dh);
     int grp = H / KV;
+    int64_t ldq = (int64_t)H * Dh, ldk = (int64_t)KV * Dh;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             int g = h / grp;
+            const float *Q = q + (int64_t)b * T * ldq + (int64_t)h * Dh, *K = k + (int64_t)b * T * ldk + (int64_t)g * Dh,
+                        *Vv = v + (int64_t)b * T * ldk + (int64_t)g * Dh;
+            float *P = att + ((int64_t)b * H + h) * T * T;
+            averis_sgemm(0, 1, T, T, Dh, scale, Q, ldq, K, ldk, 0.0f, P, T);
             for (int t = 0; t < T; t++) {
-                const float *qt = q + ((int64_t)(b * T + t) * H + h) * Dh;
-                float *p = att + (((int64_t)b * H + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int j = 0; j <= t; j++) {
-                    const float *kj = k + ((int64_t)(b * T + j) * KV + g) * Dh;
-                    float s = 0.0f;
-                    for (int d = 0; d < Dh; d++) s += qt[d] * kj[d];
-                    p[j] = s * scale;
-                    if (p[j] > mx) mx = p[j];
-                }
-                float sum = 0.0f;
+                float *p = P + (int64_t)t * T, mx = -INFINITY, sum = 0.0f;
+                for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
                 for (int j = 0; j <= t; j++) sum += (p[j] = expf(p[j] - mx));
                 float inv = 1.0f / sum;
                 for (int j = 0; j <= t; j++) p[j] *= inv;
                 for (int j = t + 1; j < T; j++) p[j] = 0.0f;
-                float *o = ao + ((int64_t)(b * T + t) * H + h) * Dh;
-                for (int d = 0; d < Dh; d++) o[d] = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    const float *vj = v + ((int64_t)(b * T + j) * KV + g) * Dh;
-                    for (int d = 0; d < Dh; d++) o[d] += p[j] * vj[d];
-                }
             }
+            averis_sgemm(0, 0, T, Dh, T, 1.0f, P, T, Vv, ldk, 0.0f, ao + (int64_t)b * T * ldq + (int64_t)h * Dh, ldq);
         }
 }
 
-/* The backward of attention_fwd: dp_tj = dao_t·v_j, ds = p⊙(dp − p·dp),
- * dq_t = Σ_j ds_tj·k_j/√Dh, dk_j = Σ_t ds_tj·q_t/√Dh, dv_j = Σ_t p_tj·dao_t.
- * One task per (sequence, kv head) owns its dk and dv rows: no races. */
+/* The backward of attention_fwd, per (b, h):
+ *   dP = dO·Vᵀ,  dV += Pᵀ·dO,  dS = P⊙(dP − rowsum(P⊙dP))/√Dh,
+ *   dQ = dS·K,   dK += dSᵀ·Q.
+ * One task per (sequence, kv head) owns its dK and dV rows: no races. */
 static averis_status attention_bwd(float *dq, float *dk, float *dv, const float *dao, const float *att,
                                    const float *q, const float *k, const float *v, int B, int T, int H, int KV,
                                    int Dh) {
     float scale = 1.0f / sqrtf((float)Dh);
     int grp = H / KV, fail = 0;
+    int64_t ldq = (int64_t)H * Dh, ldk = (int64_t)KV * Dh;
 #pragma omp parallel
     {
-        float *dp = malloc((size_t)T * sizeof *dp);
-        if (!dp) {
+        float *dP = malloc((size_t)T * T * sizeof *dP);
+        if (!dP) {
 #pragma omp atomic write
             fail = 1;
         }
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++)
             for (int g = 0; g < KV; g++) {
-                if (!dp) continue;
-                for (int t = 0; t < T; t++) {
-                    float *dkr = dk + ((int64_t)(b * T + t) * KV + g) * Dh, *dvr = dv + ((int64_t)(b * T + t) * KV + g) * Dh;
-                    for (int d = 0; d < Dh; d++) dkr[d] = dvr[d] = 0.0f;
-                }
-                for (int h = g * grp; h < (g + 1) * grp; h++)
+                if (!dP) continue;
+                const float *K = k + (int64_t)b * T * ldk + (int64_t)g * Dh, *Vv = v + (int64_t)b * T * ldk + (int64_t)g * Dh;
+                float *dK = dk + (int64_t)b * T * ldk + (int64_t)g * Dh, *dV = dv + (int64_t)b * T * ldk + (int64_t)g * Dh;
+                for (int t = 0; t < T; t++)
+                    for (int d = 0; d < Dh; d++) dK[(int64_t)t * ldk + d] = dV[(int64_t)t * ldk + d] = 0.0f;
+                for (int h = g * grp; h < (g + 1) * grp; h++) {
+                    const float *P = att + ((int64_t)b * H + h) * T * T;
+                    const float *dO = dao + (int64_t)b * T * ldq + (int64_t)h * Dh, *Q = q + (int64_t)b * T * ldq + (int64_t)h * Dh;
+                    float *dQ = dq + (int64_t)b * T * ldq + (int64_t)h * Dh;
+                    averis_sgemm(0, 1, T, T, Dh, 1.0f, dO, ldq, Vv, ldk, 0.0f, dP, T);
+                    averis_sgemm(1, 0, T, Dh, T, 1.0f, P, T, dO, ldq, 1.0f, dV, ldk);
                     for (int t = 0; t < T; t++) {
-                        const float *p = att + (((int64_t)b * H + h) * T + t) * T;
-                        const float *dot = dao + ((int64_t)(b * T + t) * H + h) * Dh;
-                        const float *qt = q + ((int64_t)(b * T + t) * H + h) * Dh;
-                        float *dqt = dq + ((int64_t)(b * T + t) * H + h) * Dh;
-                        float pdp = 0.0f;
-                        for (int j = 0; j <= t; j++) {
-                            const float *vj = v + ((int64_t)(b * T + j) * KV + g) * Dh;
-                            float *dvj = dv + ((int64_t)(b * T + j) * KV + g) * Dh;
-                            float s = 0.0f;
-                            for (int d = 0; d < Dh; d++) {
-                                s += dot[d] * vj[d];
-                                dvj[d] += p[j] * dot[d];
-                            }
-                            dp[j] = s;
-                            pdp += p[j] * s;
-                        }
-                        for (int d = 0; d < Dh; d++) dqt[d] = 0.0f;
-                        for (int j = 0; j <= t; j++) {
-                            float ds = p[j] * (dp[j] - pdp) * scale;
-                            const float *kj = k + ((int64_t)(b * T + j) * KV + g) * Dh;
-                            float *dkj = dk + ((int64_t)(b * T + j) * KV + g) * Dh;
-                            for (int d = 0; d < Dh; d++) {
-                                dqt[d] += ds * kj[d];
-                                dkj[d] += ds * qt[d];
-                            }
-                        }
+                        const float *p = P + (int64_t)t * T;
+                        float *ds = dP + (int64_t)t * T, pdp = 0.0f;
+                        for (int j = 0; j <= t; j++) pdp += p[j] * ds[j];
+                        for (int j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - pdp) * scale;
+                        for (int j = t + 1; j < T; j++) ds[j] = 0.0f;
                     }
+                    averis_sgemm(0, 0, T, Dh, T, 1.0f, dP, T, K, ldk, 0.0f, dQ, ldq);
+                    averis_sgemm(1, 0, T, Dh, T, 1.0f, dP, T, Q, ldq, 1.0f, dK, ldk);
+                }
             }
-        free(dp);
+        free(dP);
     }
     return fail ? averis_fail(AVERIS_ENOMEM, "attention: out of memory") : AVERIS_OK;
 }
@@ -588,11 +571,11 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
         float *z = m->probs + n * V;
         float mx = -INFINITY;
         for (int64_t i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < V; i++) sum += expf(z[i] - mx);
-        m->tok_loss[n] = logf(sum) - (z[targets[n]] - mx);
+        float zt = z[targets[n]] - mx, sum = 0.0f;
+        for (int64_t i = 0; i < V; i++) sum += (z[i] = expf(z[i] - mx));
+        m->tok_loss[n] = logf(sum) - zt;
         float inv = 1.0f / sum;
-        for (int64_t i = 0; i < V; i++) z[i] = expf(z[i] - mx) * inv;
+        for (int64_t i = 0; i < V; i++) z[i] *= inv;
     }
     double total = 0.0;
     for (int64_t n = 0; n < N; n++) total += m->tok_loss[n];

@@ -11,6 +11,10 @@ static void usage(FILE *f) {
             "commands:\n"
             "  quant      quantize a 2-D .npy tensor to NVFP4 and report the error\n"
             "  features   print the CPU features and the kernels chosen\n"
+            "  prepare    build a tokenizer and token shards from text files\n"
+            "  train      train a Qwen3-style model under a recipe (bf16, nvfp4, averis, ...)\n"
+            "  eval       validation loss of a checkpoint\n"
+            "  sample     generate text from a checkpoint\n"
             "\n"
             "Run 'averis <command> --help' for a command's options.\n");
 }
@@ -27,6 +31,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "quant")) return cmd_quant(argc - 1, argv + 1);
     if (!strcmp(cmd, "features")) return cmd_features(argc - 1, argv + 1);
+    if (!strcmp(cmd, "prepare")) return cmd_prepare(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sample")) return cmd_sample(argc - 1, argv + 1);
     fprintf(stderr, "averis: unknown command '%s' (try 'averis --help')\n", cmd);
     return 2;
 }

@@ -1,0 +1,46 @@
+/* averis/tokenizer.h — byte-level BPE, trained in C.
+ *
+ * Ids 0..255 are the bytes, 256 is <|endoftext|> (between documents),
+ * 257.. are merges in the order they were learned. Text is first cut into
+ * chunks (a letter run, a digit run or a punctuation run, each taking one
+ * leading space; whitespace runs alone); merges never cross a chunk.
+ * File: "averis-bpe 1\nvocab_size V\nmerges M\n" then M lines "a b".
+ */
+#ifndef AVERIS_TOKENIZER_H
+#define AVERIS_TOKENIZER_H
+#include <stddef.h>
+#include <stdint.h>
+#include "averis/nvfp4.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BPE_EOT 256
+
+typedef struct {
+    int vocab_size;
+    int nmerges;
+    int32_t (*merges)[2];  /* [nmerges][2]: merge i makes id 257+i */
+    uint8_t **tok_bytes;   /* [vocab_size] the bytes of each id */
+    int *tok_len;
+    void *rank_map;        /* pair → merge index */
+} bpe_tokenizer;
+
+/* Learns vocab_size − 257 merges from text; progress (may be NULL) is
+ * called every 256 merges with (done, total). Ties go to the smaller pair. */
+averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                        void (*progress)(int done, int total));
+averis_status bpe_save(const bpe_tokenizer *tok, const char *path);
+averis_status bpe_load(bpe_tokenizer *tok, const char *path);
+void bpe_free(bpe_tokenizer *tok);
+/* Appends the ids of text to *ids (grown with realloc; *n, *cap updated). */
+averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap);
+/* Writes the bytes of ids into out (cap bytes); returns the byte count
+ * needed (as snprintf does). <|endoftext|> decodes to "\n<|endoftext|>\n". */
+size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

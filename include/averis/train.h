@@ -1,0 +1,64 @@
+/* averis/train.h — the training loop: AdamW, warmup + cosine LR, gradient
+ * clipping and accumulation, validation, NaN/Inf skipping, atomic
+ * checkpoints and bit-exact resume. */
+#ifndef AVERIS_TRAIN_H
+#define AVERIS_TRAIN_H
+
+#include "averis/data.h"
+#include "averis/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *config;     /* preset or config JSON path ("tiny") */
+    const char *recipe;     /* recipe spec ("bf16") */
+    const char *data_dir;   /* DIR with *train*.bin and *val*.bin */
+    const char *out_dir;    /* checkpoints, log.csv */
+    int steps;              /* optimizer steps in all */
+    int batch, seq;         /* B sequences of T tokens per micro-batch */
+    int accum;              /* micro-batches per step */
+    double lr, min_lr_frac; /* peak LR; cosine floor = lr·min_lr_frac */
+    int warmup;             /* linear warmup steps */
+    double beta1, beta2, eps, weight_decay, clip;
+    int val_every, val_batches;
+    int ckpt_every;         /* 0: only at the end */
+    int keep;               /* checkpoints kept (older ones are removed) */
+    int log_every;
+    uint64_t seed;          /* weight init (the recipe's SR seed is its own) */
+    int bf16_last;
+    int max_bad_steps;      /* stop after this many non-finite steps in a row */
+    int resume;             /* continue from out_dir's latest checkpoint */
+    int stop_after;         /* testing: stop (with a checkpoint) after this many steps, 0 = off */
+    int quiet;
+} train_opts;
+
+void train_opts_default(train_opts *o);
+
+typedef struct {
+    int steps_done;
+    int skipped;
+    float *losses;          /* [steps] train loss per step (NaN where not run in this call) */
+    float final_val_loss;
+    double tokens_per_s;
+} train_result;
+
+/* Runs (or resumes) training. Errors leave the last good checkpoint intact. */
+averis_status train_run(const train_opts *o, train_result *res);
+void train_result_free(train_result *r);
+
+/* The mean loss over the first nbatches B×T batches of the loader's data. */
+averis_status train_eval_loss(model *m, data_loader *dl, int B, int T, int nbatches, float *loss);
+
+/* Checkpoint directory I/O (used by eval and sample): the newest checkpoint
+ * under out_dir ("latest"), or a checkpoint directory itself. */
+averis_status ckpt_resolve(const char *path, char *dir, size_t cap);
+/* Loads config.json + model.safetensors of a checkpoint dir; recipe from
+ * its train.json when present (else fp32) unless recipe_override. */
+averis_status ckpt_load_model(const char *dir, const char *recipe_override, model *m, int *seq_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,352 @@
+/* tokenizer.c — byte-level BPE: chunking, training, encoding, decoding. */
+#include "averis/tokenizer.h"
+#include "averis/io.h"
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ u64 → i64 map */
+typedef struct {
+    uint64_t *key; /* key+1, 0 = empty */
+    int64_t *val;
+    size_t cap, n;
+} u64map;
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+static int u64map_init(u64map *m, size_t cap) {
+    m->cap = cap; m->n = 0;
+    m->key = calloc(cap, sizeof *m->key);
+    m->val = calloc(cap, sizeof *m->val);
+    return m->key && m->val;
+}
+static void u64map_free(u64map *m) { free(m->key); free(m->val); memset(m, 0, sizeof *m); }
+/* slot of key (inserted with val 0 if absent); NULL when out of memory */
+static int64_t *u64map_slot(u64map *m, uint64_t key) {
+    if (2 * (m->n + 1) > m->cap) {
+        u64map big;
+        if (!u64map_init(&big, m->cap * 2)) { u64map_free(&big); return NULL; }
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->key[i]) *u64map_slot(&big, m->key[i] - 1) = m->val[i];
+        u64map_free(m);
+        *m = big;
+    }
+    size_t i = mix64(key) & (m->cap - 1);
+    while (m->key[i] && m->key[i] != key + 1) i = (i + 1) & (m->cap - 1);
+    if (!m->key[i]) { m->key[i] = key + 1; m->val[i] = 0; m->n++; }
+    return &m->val[i];
+}
+static const int64_t *u64map_get(const u64map *m, uint64_t key) {
+    size_t i = mix64(key) & (m->cap - 1);
+    while (m->key[i]) {
+        if (m->key[i] == key + 1) return &m->val[i];
+        i = (i + 1) & (m->cap - 1);
+    }
+    return NULL;
+}
+#define PAIR(a, b) (((uint64_t)(uint32_t)(a) << 32) | (uint32_t)(b))
+
+/* ------------------------------------------------------------ chunking */
+static int is_letter(unsigned char c) { return (unsigned)((c | 32) - 'a') < 26u || c >= 0x80 || c == '\''; }
+static int is_digit(unsigned char c) { return (unsigned)(c - '0') < 10u; }
+static int is_space(unsigned char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; }
+static int cls(unsigned char c) { return is_letter(c) ? 1 : is_digit(c) ? 2 : is_space(c) ? 3 : 4; }
+
+/* Length of the chunk starting at s[0] (len > 0). */
+static size_t chunk_len(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    if (s[0] == ' ' && len > 1 && !is_space(s[1])) i = 1; /* a leading space joins the next run */
+    int k = cls(s[i]);
+    size_t j = i + 1;
+    while (j < len && cls(s[j]) == k) j++;
+    /* leave the last space of a whitespace run to lead the next chunk */
+    if (k == 3 && j < len && j - i > 1 && s[j - 1] == ' ') j--;
+    return j;
+}
+
+/* ------------------------------------------------------------ training */
+typedef struct {
+    int32_t *sym;
+    int len;
+    int64_t freq;
+} bpe_word;
+
+typedef struct { int64_t count; uint64_t pair; } heap_ent;
+typedef struct { heap_ent *e; size_t n, cap; } pair_heap;
+
+static int heap_less(const heap_ent *a, const heap_ent *b) { /* a ranks below b */
+    return a->count < b->count || (a->count == b->count && a->pair > b->pair);
+}
+static int heap_push(pair_heap *h, int64_t count, uint64_t pair) {
+    if (h->n == h->cap) {
+        size_t nc = h->cap ? 2 * h->cap : 1024;
+        heap_ent *ne = realloc(h->e, nc * sizeof *ne);
+        if (!ne) return 0;
+        h->e = ne; h->cap = nc;
+    }
+    size_t i = h->n++;
+    h->e[i] = (heap_ent){count, pair};
+    while (i && heap_less(&h->e[(i - 1) / 2], &h->e[i])) {
+        heap_ent t = h->e[i]; h->e[i] = h->e[(i - 1) / 2]; h->e[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+    return 1;
+}
+static heap_ent heap_pop(pair_heap *h) {
+    heap_ent top = h->e[0];
+    h->e[0] = h->e[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, b = i;
+        if (l < h->n && heap_less(&h->e[b], &h->e[l])) b = l;
+        if (r < h->n && heap_less(&h->e[b], &h->e[r])) b = r;
+        if (b == i) break;
+        heap_ent t = h->e[i]; h->e[i] = h->e[b]; h->e[b] = t;
+        i = b;
+    }
+    return top;
+}
+
+/* counts[pair] += sign·freq for every adjacent pair of w; pushes new counts */
+static int word_pairs(u64map *counts, pair_heap *h, const bpe_word *w, int sign) {
+    for (int i = 0; i + 1 < w->len; i++) {
+        uint64_t p = PAIR(w->sym[i], w->sym[i + 1]);
+        int64_t *c = u64map_slot(counts, p);
+        if (!c) return 0;
+        *c += sign * w->freq;
+        if (sign > 0 && !heap_push(h, *c, p)) return 0;
+    }
+    return 1;
+}
+
+static averis_status build_tables(bpe_tokenizer *tok);
+
+averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                        void (*progress)(int done, int total)) {
+    memset(tok, 0, sizeof *tok);
+    if (vocab_size < BPE_EOT + 1 || vocab_size > 65536)
+        return averis_fail(AVERIS_EINVAL, "bpe: vocab size %d out of range (257..65536)", vocab_size);
+    const unsigned char *s = (const unsigned char *)text;
+    /* 1. unique chunks and their counts: hash of bytes → word index */
+    u64map index = {0}, counts = {0};
+    bpe_word *words = NULL;
+    size_t nwords = 0, capw = 0;
+    pair_heap heap = {0};
+    averis_status st = AVERIS_OK;
+    if (!u64map_init(&index, 1 << 16) || !u64map_init(&counts, 1 << 16)) goto oom;
+    for (size_t i = 0; i < len;) {
+        size_t L = chunk_len(s + i, len - i);
+        uint64_t hsh = 1469598103934665603ull;
+        for (size_t k = 0; k < L; k++) hsh = (hsh ^ s[i + k]) * 1099511628211ull;
+        for (;; hsh++) { /* linear probing over hash values on a (rare) collision */
+            int64_t *slot = u64map_slot(&index, hsh);
+            if (!slot) goto oom;
+            if (*slot == 0) {
+                if (nwords == capw) {
+                    capw = capw ? 2 * capw : 4096;
+                    bpe_word *nw = realloc(words, capw * sizeof *nw);
+                    if (!nw) goto oom;
+                    words = nw;
+                }
+                bpe_word *w = &words[nwords];
+                if (!(w->sym = malloc(L * sizeof *w->sym))) goto oom;
+                for (size_t k = 0; k < L; k++) w->sym[k] = s[i + k];
+                w->len = (int)L;
+                w->freq = 1;
+                *slot = (int64_t)++nwords;
+                break;
+            }
+            bpe_word *w = &words[*slot - 1];
+            int same = (size_t)w->len == L;
+            for (size_t k = 0; same && k < L; k++) same = w->sym[k] == s[i + k];
+            if (same) { w->freq++; break; }
+        }
+        i += L;
+    }
+    u64map_free(&index);
+    /* 2. pair counts, then merges: best pair = highest count, ties to the smaller pair */
+    for (size_t w = 0; w < nwords; w++)
+        if (!word_pairs(&counts, &heap, &words[w], +1)) goto oom;
+    int total = vocab_size - BPE_EOT - 1;
+    if (!(tok->merges = malloc((size_t)(total > 0 ? total : 1) * sizeof *tok->merges))) goto oom;
+    tok->vocab_size = vocab_size;
+    while (tok->nmerges < total && heap.n) {
+        heap_ent top = heap_pop(&heap);
+        const int64_t *cur = u64map_get(&counts, top.pair);
+        if (!cur || *cur != top.count || top.count <= 0) continue; /* stale entry */
+        int32_t a = (int32_t)(top.pair >> 32), b = (int32_t)(uint32_t)top.pair, id = BPE_EOT + 1 + tok->nmerges;
+        tok->merges[tok->nmerges][0] = a;
+        tok->merges[tok->nmerges][1] = b;
+        tok->nmerges++;
+        for (size_t wi = 0; wi < nwords; wi++) {
+            bpe_word *w = &words[wi];
+            int hit = 0;
+            for (int i = 0; i + 1 < w->len && !hit; i++) hit = w->sym[i] == a && w->sym[i + 1] == b;
+            if (!hit) continue;
+            word_pairs(&counts, &heap, w, -1);
+            int o = 0;
+            for (int i = 0; i < w->len; i++) {
+                if (i + 1 < w->len && w->sym[i] == a && w->sym[i + 1] == b) { w->sym[o++] = id; i++; }
+                else w->sym[o++] = w->sym[i];
+            }
+            w->len = o;
+            if (!word_pairs(&counts, &heap, w, +1)) goto oom;
+        }
+        if (progress && (tok->nmerges % 256 == 0 || tok->nmerges == total)) progress(tok->nmerges, total);
+    }
+    tok->vocab_size = BPE_EOT + 1 + tok->nmerges; /* fewer if the text ran out of pairs */
+    st = build_tables(tok);
+    goto done;
+oom:
+    st = averis_fail(AVERIS_ENOMEM, "bpe: out of memory while training");
+done:
+    for (size_t w = 0; w < nwords; w++) free(words[w].sym);
+    free(words);
+    free(heap.e);
+    u64map_free(&index);
+    u64map_free(&counts);
+    if (st) bpe_free(tok);
+    return st;
+}
+
+/* token byte strings and the pair → rank map, from the merges */
+static averis_status build_tables(bpe_tokenizer *tok) {
+    int V = tok->vocab_size;
+    tok->tok_bytes = calloc((size_t)V, sizeof *tok->tok_bytes);
+    tok->tok_len = calloc((size_t)V, sizeof *tok->tok_len);
+    u64map *rank = calloc(1, sizeof *rank);
+    tok->rank_map = rank;
+    if (!tok->tok_bytes || !tok->tok_len || !rank || !u64map_init(rank, 1024))
+        return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+    for (int i = 0; i < V; i++) {
+        const uint8_t *a = NULL, *b = NULL;
+        int la = 0, lb = 0;
+        static const uint8_t eot[] = "\n<|endoftext|>\n";
+        if (i < 256) { static uint8_t bytes[256]; bytes[i] = (uint8_t)i; a = &bytes[i]; la = 1; }
+        else if (i == BPE_EOT) { a = eot; la = (int)sizeof eot - 1; }
+        else {
+            int x = tok->merges[i - 257][0], y = tok->merges[i - 257][1];
+            if (x < 0 || y < 0 || x >= i || y >= i || x == BPE_EOT || y == BPE_EOT)
+                return averis_fail(AVERIS_EFORMAT, "bpe: merge %d (%d %d) refers to an unknown id", i - 257, x, y);
+            a = tok->tok_bytes[x]; la = tok->tok_len[x];
+            b = tok->tok_bytes[y]; lb = tok->tok_len[y];
+            int64_t *r = u64map_slot(rank, PAIR(x, y));
+            if (!r) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+            *r = i - 257 + 1; /* rank + 1, so 0 means absent */
+        }
+        if (!(tok->tok_bytes[i] = malloc((size_t)(la + lb)))) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        memcpy(tok->tok_bytes[i], a, (size_t)la);
+        if (lb) memcpy(tok->tok_bytes[i] + la, b, (size_t)lb);
+        tok->tok_len[i] = la + lb;
+    }
+    return AVERIS_OK;
+}
+
+void bpe_free(bpe_tokenizer *tok) {
+    if (tok->tok_bytes)
+        for (int i = 0; i < tok->vocab_size; i++) free(tok->tok_bytes[i]);
+    free(tok->tok_bytes);
+    free(tok->tok_len);
+    free(tok->merges);
+    if (tok->rank_map) { u64map_free(tok->rank_map); free(tok->rank_map); }
+    memset(tok, 0, sizeof *tok);
+}
+
+/* ------------------------------------------------------------ files */
+averis_status bpe_save(const bpe_tokenizer *tok, const char *path) {
+    averis_afile af;
+    averis_status st = averis_afile_open(&af, path);
+    if (st) return st;
+    fprintf(af.f, "averis-bpe 1\nvocab_size %d\nmerges %d\n", tok->vocab_size, tok->nmerges);
+    for (int i = 0; i < tok->nmerges; i++) fprintf(af.f, "%d %d\n", tok->merges[i][0], tok->merges[i][1]);
+    return averis_afile_commit(&af);
+}
+
+averis_status bpe_load(bpe_tokenizer *tok, const char *path) {
+    memset(tok, 0, sizeof *tok);
+    FILE *f = fopen(path, "r");
+    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot open tokenizer", path);
+    int ver = 0, V = 0, M = -1;
+    if (fscanf(f, "averis-bpe %d vocab_size %d merges %d", &ver, &V, &M) != 3 || ver != 1 || M < 0 || M > 65536 ||
+        V != BPE_EOT + 1 + M) {
+        fclose(f);
+        return averis_fail(AVERIS_EFORMAT, "%s: not an averis-bpe 1 tokenizer (bad header)", path);
+    }
+    tok->vocab_size = V;
+    tok->merges = malloc((size_t)(M ? M : 1) * sizeof *tok->merges);
+    if (!tok->merges) { fclose(f); return averis_fail(AVERIS_ENOMEM, "bpe: out of memory"); }
+    for (int i = 0; i < M; i++) {
+        if (fscanf(f, "%d %d", &tok->merges[i][0], &tok->merges[i][1]) != 2) {
+            fclose(f);
+            bpe_free(tok);
+            return averis_fail(AVERIS_EFORMAT, "%s: merge line %d is missing or malformed (truncated file?)", path, i + 1);
+        }
+        tok->nmerges = i + 1;
+    }
+    fclose(f);
+    averis_status st = build_tables(tok);
+    if (st) {
+        bpe_free(tok);
+        return averis_fail(st, "%s: %s", path, averis_last_error());
+    }
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------------------ encode/decode */
+static int push_id(int **ids, size_t *n, size_t *cap, int id) {
+    if (*n == *cap) {
+        size_t nc = *cap ? 2 * *cap : 4096;
+        int *ni = realloc(*ids, nc * sizeof *ni);
+        if (!ni) return 0;
+        *ids = ni; *cap = nc;
+    }
+    (*ids)[(*n)++] = id;
+    return 1;
+}
+
+averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap) {
+    const unsigned char *s = (const unsigned char *)text;
+    const u64map *rank = tok->rank_map;
+    int32_t sym[512];
+    for (size_t i = 0; i < len;) {
+        size_t L = chunk_len(s + i, len - i);
+        if (L > 512) L = 512; /* very long runs are cut (merges rarely span them anyway) */
+        int k = (int)L;
+        for (int j = 0; j < k; j++) sym[j] = s[i + j];
+        for (;;) { /* merge the lowest-ranked adjacent pair, everywhere, until none */
+            int64_t best = 0;
+            for (int j = 0; j + 1 < k; j++) {
+                const int64_t *r = u64map_get(rank, PAIR(sym[j], sym[j + 1]));
+                if (r && (!best || *r < best)) best = *r;
+            }
+            if (!best) break;
+            int32_t a = tok->merges[best - 1][0], b = tok->merges[best - 1][1], id = (int32_t)(BPE_EOT + best);
+            int o = 0;
+            for (int j = 0; j < k; j++) {
+                if (j + 1 < k && sym[j] == a && sym[j + 1] == b) { sym[o++] = id; j++; }
+                else sym[o++] = sym[j];
+            }
+            k = o;
+        }
+        for (int j = 0; j < k; j++)
+            if (!push_id(ids, n, cap, sym[j])) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        i += L;
+    }
+    return AVERIS_OK;
+}
+
+size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= tok->vocab_size) continue;
+        int L = tok->tok_len[ids[i]];
+        if (k + (size_t)L < cap) memcpy(out + k, tok->tok_bytes[ids[i]], (size_t)L);
+        k += (size_t)L;
+    }
+    if (cap) out[k < cap ? k : cap - 1] = 0;
+    return k;
+}

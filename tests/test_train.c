@@ -1,0 +1,200 @@
+/* test_train.c — the training loop: bit-exact resume, checkpoints that
+ * survive bad runs, NaN handling. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "averis/train.h"
+#include "check.h"
+
+/* A tiny model and a Markov-chain corpus over 64 tokens in a fresh dir. */
+static void make_fixture(char *dir) {
+    strcpy(dir, "/tmp/averis_train_XXXXXX");
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    char p[512];
+    snprintf(p, sizeof p, "%s/model.json", dir);
+    FILE *f = fopen(p, "w");
+    fputs("{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,\n"
+          " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,\n"
+          " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true}\n", f);
+    fclose(f);
+    uint16_t tok[6000];
+    unsigned s = 7;
+    tok[0] = 0;
+    for (int i = 1; i < 6000; i++) {
+        s = s * 1103515245u + 12345u;
+        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
+    }
+    snprintf(p, sizeof p, "%s/data", dir);
+    mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/data/t_train.bin", dir);
+    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
+    snprintf(p, sizeof p, "%s/data/t_val.bin", dir);
+    CHECK(!shard_write(p, tok + 5000, 1000), "%s", averis_last_error());
+}
+
+static void rm_tree(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "rm -rf");
+}
+
+static void opts_for(train_opts *o, const char *dir, char *cfg, char *data, char *out, const char *sub) {
+    train_opts_default(o);
+    sprintf(cfg, "%s/model.json", dir);
+    sprintf(data, "%s/data", dir);
+    sprintf(out, "%s/%s", dir, sub);
+    o->config = cfg;
+    o->data_dir = data;
+    o->out_dir = out;
+    o->recipe = "averis-rht";
+    o->steps = 8;
+    o->batch = 2;
+    o->seq = 32;
+    o->accum = 2;
+    o->warmup = 2;
+    o->val_every = 4;
+    o->val_batches = 2;
+    o->quiet = 1;
+}
+
+static int same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb) same = 0;
+        if (ca == EOF || cb == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* 8 steps straight = 4 steps, stop, resume, 4 more: the same losses and
+ * the same final weights, bit for bit (averis-rht: SR, RHT, accumulation). */
+void test_train_resume_bit_exact(void) {
+    char dir[64], cfg[128], data[128], outa[128], outb[128], pa[256], pb[256];
+    make_fixture(dir);
+    train_opts o;
+    train_result ra, rb1, rb2;
+    opts_for(&o, dir, cfg, data, outa, "a");
+    CHECK(!train_run(&o, &ra), "run a: %s", averis_last_error());
+    opts_for(&o, dir, cfg, data, outb, "b");
+    o.stop_after = 4;
+    CHECK(!train_run(&o, &rb1) && rb1.steps_done == 4, "run b1: %s", averis_last_error());
+    o.stop_after = 0;
+    o.resume = 1;
+    CHECK(!train_run(&o, &rb2) && rb2.steps_done == 8, "run b2: %s", averis_last_error());
+    for (int i = 0; i < 8; i++) {
+        float lb = i < 4 ? rb1.losses[i] : rb2.losses[i];
+        CHECK(memcmp(&ra.losses[i], &lb, sizeof lb) == 0, "step %d: loss %.9g straight vs %.9g resumed", i + 1,
+              ra.losses[i], lb);
+    }
+    CHECK(ra.losses[7] < ra.losses[0], "the loss falls (%.4f → %.4f)", ra.losses[0], ra.losses[7]);
+    CHECK(ra.final_val_loss == rb2.final_val_loss, "val loss %.9g vs %.9g", ra.final_val_loss, rb2.final_val_loss);
+    snprintf(pa, sizeof pa, "%s/ckpt_00000008/model.safetensors", outa);
+    snprintf(pb, sizeof pb, "%s/ckpt_00000008/model.safetensors", outb);
+    CHECK(same_file(pa, pb), "final weights differ");
+    snprintf(pa, sizeof pa, "%s/ckpt_00000008/state.bin", outa);
+    snprintf(pb, sizeof pb, "%s/ckpt_00000008/state.bin", outb);
+    CHECK(same_file(pa, pb), "final optimizer state differs");
+    /* the log of the resumed run has each step once */
+    snprintf(pb, sizeof pb, "%s/log.csv", outb);
+    FILE *f = fopen(pb, "r");
+    int lines = 0;
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) lines++;
+    if (f) fclose(f);
+    CHECK(lines == 9, "log.csv has %d lines, want header + 8", lines);
+    train_result_free(&ra);
+    train_result_free(&rb1);
+    train_result_free(&rb2);
+    rm_tree(dir);
+}
+
+/* A fresh run refuses a directory with a checkpoint; a corrupt state or
+ * a bad shard is an error that leaves `latest` and its checkpoint intact. */
+void test_train_checkpoint_safety(void) {
+    char dir[64], cfg[128], data[128], out[128], p[256];
+    make_fixture(dir);
+    train_opts o;
+    train_result r;
+    opts_for(&o, dir, cfg, data, out, "run");
+    o.steps = 4;
+    o.recipe = "nvfp4";
+    CHECK(!train_run(&o, &r), "%s", averis_last_error());
+    train_result_free(&r);
+    snprintf(p, sizeof p, "%s/ckpt_00000004/model.safetensors", out);
+    FILE *f = fopen(p, "rb");
+    fseek(f, 0, SEEK_END);
+    long good_size = ftell(f);
+    fclose(f);
+    CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "--resume"), "fresh run over a checkpoint: %s",
+          averis_last_error());
+    train_result_free(&r);
+    o.resume = 1;
+    CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "not before --steps"), "resume past the end: %s",
+          averis_last_error());
+    train_result_free(&r);
+    o.steps = 6;
+    o.recipe = "averis";
+    CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "recipe nvfp4"), "recipe change: %s",
+          averis_last_error());
+    train_result_free(&r);
+    o.recipe = "nvfp4";
+    snprintf(p, sizeof p, "%s/ckpt_00000004/state.bin", out);
+    f = fopen(p, "r+b");
+    fseek(f, 200, SEEK_SET);
+    fputc(0x5A, f);
+    fclose(f);
+    CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "corrupt"), "corrupt state: %s", averis_last_error());
+    train_result_free(&r);
+    snprintf(p, sizeof p, "%s/ckpt_00000004/model.safetensors", out);
+    f = fopen(p, "rb");
+    fseek(f, 0, SEEK_END);
+    CHECK(ftell(f) == good_size, "the checkpoint was rewritten");
+    fclose(f);
+    char dirbuf[512];
+    CHECK(!ckpt_resolve(out, dirbuf, sizeof dirbuf) && strstr(dirbuf, "ckpt_00000004"), "latest: %s", dirbuf);
+    /* weights with a wrong shape are refused by name */
+    model m;
+    snprintf(p, sizeof p, "%s/ckpt_00000004", out);
+    CHECK(!ckpt_load_model(p, NULL, &m, NULL), "%s", averis_last_error());
+    CHECK(m.recipe.id == QLIN_NVFP4, "recipe from train.json");
+    model_free(&m);
+    /* a bad-magic train shard */
+    snprintf(p, sizeof p, "%s/data/t_train.bin", dir);
+    f = fopen(p, "r+b");
+    fputc(0, f);
+    fclose(f);
+    train_opts_default(&o);
+    opts_for(&o, dir, cfg, data, out, "run2");
+    CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "bad shard header"), "bad shard: %s",
+          averis_last_error());
+    train_result_free(&r);
+    rm_tree(dir);
+}
+
+/* An exploding run: non-finite steps are skipped, reported, and K in a row stop it. */
+void test_train_nonfinite_stops(void) {
+    char dir[64], cfg[128], data[128], out[128];
+    make_fixture(dir);
+    train_opts o;
+    train_result r;
+    opts_for(&o, dir, cfg, data, out, "run");
+    o.recipe = "fp32";
+    o.lr = 1e30;
+    o.warmup = 0;
+    o.clip = 0;
+    o.steps = 20;
+    o.max_bad_steps = 3;
+    averis_status st = train_run(&o, &r);
+    CHECK(st != AVERIS_OK && strstr(averis_last_error(), "3 non-finite steps in a row"), "got: %s", averis_last_error());
+    train_result_free(&r);
+    rm_tree(dir);
+}

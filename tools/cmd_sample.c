@@ -1,0 +1,209 @@
+/* averis eval / averis sample — validation loss and text from a checkpoint. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "averis/tokenizer.h"
+#include "averis/train.h"
+#include "cli.h"
+
+static void eval_usage(FILE *f) {
+    fprintf(f,
+            "usage: averis eval CKPT [options]\n"
+            "\n"
+            "Prints the mean validation loss of a checkpoint (a checkpoint directory,\n"
+            "or a training --out directory: its latest checkpoint) on DIR/*val*.bin.\n"
+            "The forward runs under the checkpoint's training recipe unless --recipe.\n"
+            "\n"
+            "options:\n"
+            "  --data DIR       shards directory (default data/default)\n"
+            "  --split NAME     val (default) or train\n"
+            "  --batch B        sequences per batch (default 8)\n"
+            "  --seq T          tokens per sequence (default: the training length)\n"
+            "  --batches N      batches to average (default 16)\n"
+            "  --recipe SPEC    evaluate under another recipe (e.g. fp32)\n"
+            "  --threads N      OpenMP threads\n"
+            "  -h, --help       this text\n");
+}
+
+static int set_threads(const char *a, const char *val) {
+    int nt;
+    if (!cli_parse_int(a, val, 1, 1024, &nt)) return 0;
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
+    return 1;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *ck = NULL, *data = "data/default", *split = "val", *recipe = NULL;
+    int B = 8, T = 0, nb = 16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { eval_usage(stdout); return 0; }
+        else if (!strcmp(a, "--data")) { CLI_NEED_VAL("eval"); data = val; }
+        else if (!strcmp(a, "--split")) { CLI_NEED_VAL("eval"); split = val; }
+        else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("eval"); recipe = val; }
+        else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 65536, &B); }
+        else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
+        else if (!strcmp(a, "--batches")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 1000000, &nb); }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("eval"); ok = set_threads(a, val); }
+        else if (a[0] == '-') { fprintf(stderr, "averis eval: unknown option '%s' (try --help)\n", a); return 2; }
+        else ck = a;
+        if (!ok) return 2;
+    }
+    if (!ck) { fprintf(stderr, "averis eval: no checkpoint given (try --help)\n"); return 2; }
+    char dir[4200];
+    model m;
+    data_loader dl;
+    int tseq = 0;
+    if (ckpt_resolve(ck, dir, sizeof dir) || ckpt_load_model(dir, recipe, &m, &tseq)) {
+        fprintf(stderr, "averis eval: %s\n", averis_last_error());
+        return 1;
+    }
+    if (!T) T = tseq ? tseq : 128;
+    if (loader_open(&dl, data, split)) {
+        fprintf(stderr, "averis eval: %s\n", averis_last_error());
+        model_free(&m);
+        return 1;
+    }
+    float loss = 0;
+    averis_status st = train_eval_loss(&m, &dl, B, T, nb, &loss); /* ids outside the vocabulary are errors */
+    if (st) fprintf(stderr, "averis eval: %s\n", averis_last_error());
+    else printf("%s: %s loss %.4f (recipe %s, %d×%d tokens × %d batches)\n", dir, split, loss,
+                qlin_recipe_name(m.recipe.id), B, T, nb);
+    loader_free(&dl);
+    model_free(&m);
+    return st ? 1 : 0;
+}
+
+static void sample_usage(FILE *f) {
+    fprintf(f,
+            "usage: averis sample CKPT [options]\n"
+            "\n"
+            "Generates text from a checkpoint (directory, or a training --out\n"
+            "directory: its latest), decoding with the tokenizer saved beside it.\n"
+            "\n"
+            "options:\n"
+            "  --prompt TEXT      text to continue (default: start of a document)\n"
+            "  --tokens N         tokens to generate (default 200)\n"
+            "  --temperature X    softmax temperature, 0 = greedy (default 0.8)\n"
+            "  --top-k K          sample from the K most likely tokens (default 40)\n"
+            "  --seed N           sampling seed (default 1)\n"
+            "  --tokenizer FILE   tokenizer (default CKPT/tokenizer.bpe)\n"
+            "  --recipe SPEC      forward under another recipe\n"
+            "  --threads N        OpenMP threads\n"
+            "  -h, --help         this text\n");
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A token drawn from the top-k of softmax(logits/temperature). */
+static int pick(const float *logits, int V, double temp, int topk, uint64_t *rng) {
+    int best = 0;
+    for (int i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    if (temp <= 0) return best;
+    if (topk < 1 || topk > V) topk = V;
+    int *idx = malloc((size_t)topk * sizeof *idx);
+    if (!idx) return best;
+    int n = 0;
+    for (int i = 0; i < V; i++) { /* insertion into a descending top-k list */
+        if (n == topk && logits[i] <= logits[idx[n - 1]]) continue;
+        int j = n < topk ? n++ : n - 1;
+        while (j > 0 && logits[idx[j - 1]] < logits[i]) { idx[j] = idx[j - 1]; j--; }
+        idx[j] = i;
+    }
+    double sum = 0, *w = malloc((size_t)n * sizeof *w);
+    if (!w) { free(idx); return best; }
+    for (int j = 0; j < n; j++) sum += (w[j] = exp((logits[idx[j]] - logits[idx[0]]) / temp));
+    double u = (double)(rng_next(rng) >> 11) * 0x1p-53 * sum;
+    int out = idx[n - 1];
+    for (int j = 0; j < n; j++) {
+        if ((u -= w[j]) < 0) { out = idx[j]; break; }
+    }
+    free(idx);
+    free(w);
+    return out;
+}
+
+int cmd_sample(int argc, char **argv) {
+    const char *ck = NULL, *prompt = NULL, *tokpath = NULL, *recipe = NULL;
+    int ntok = 200, topk = 40;
+    double temp = 0.8;
+    uint64_t seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { sample_usage(stdout); return 0; }
+        else if (!strcmp(a, "--prompt")) { CLI_NEED_VAL("sample"); prompt = val; }
+        else if (!strcmp(a, "--tokenizer")) { CLI_NEED_VAL("sample"); tokpath = val; }
+        else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("sample"); recipe = val; }
+        else if (!strcmp(a, "--tokens")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 1, 1000000, &ntok); }
+        else if (!strcmp(a, "--top-k")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 0, 1 << 24, &topk); }
+        else if (!strcmp(a, "--temperature")) { CLI_NEED_VAL("sample"); ok = cli_parse_double(a, val, 0.0, 100.0, &temp); }
+        else if (!strcmp(a, "--seed")) { CLI_NEED_VAL("sample"); ok = cli_parse_u64(a, val, &seed); }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("sample"); ok = set_threads(a, val); }
+        else if (a[0] == '-') { fprintf(stderr, "averis sample: unknown option '%s' (try --help)\n", a); return 2; }
+        else ck = a;
+        if (!ok) return 2;
+    }
+    if (!ck) { fprintf(stderr, "averis sample: no checkpoint given (try --help)\n"); return 2; }
+    char dir[4200], tp[4300];
+    model m;
+    int tseq = 0;
+    if (ckpt_resolve(ck, dir, sizeof dir) || ckpt_load_model(dir, recipe, &m, &tseq)) {
+        fprintf(stderr, "averis sample: %s\n", averis_last_error());
+        return 1;
+    }
+    snprintf(tp, sizeof tp, "%s/tokenizer.bpe", dir);
+    bpe_tokenizer tok;
+    if (bpe_load(&tok, tokpath ? tokpath : tp)) {
+        fprintf(stderr, "averis sample: %s\n", averis_last_error());
+        model_free(&m);
+        return 1;
+    }
+    int window = tseq ? tseq : 128, cap = ntok + 1, n = 0;
+    size_t pn = 0, pcap = 0;
+    int *ids = NULL;
+    if (prompt && bpe_encode(&tok, prompt, strlen(prompt), &ids, &pn, &pcap)) goto fail;
+    int *seq = malloc(((size_t)pn + (size_t)cap) * sizeof *seq);
+    if (!seq) goto fail;
+    seq[n++] = BPE_EOT;
+    for (size_t i = 0; i < pn; i++) seq[n++] = ids[i];
+    if (prompt) fputs(prompt, stdout);
+    uint64_t rng = seed;
+    char buf[1024];
+    for (int k = 0; k < ntok; k++) {
+        int start = n > window ? n - window : 0, L = n - start;
+        if (model_forward(&m, seq + start, NULL, 1, L, NULL)) { free(seq); goto fail; }
+        int next = pick(m.probs + (size_t)(L - 1) * m.cfg.vocab_size, m.cfg.vocab_size, temp, topk, &rng);
+        seq[n++] = next;
+        if (next < tok.vocab_size) {
+            size_t len = bpe_decode(&tok, &next, 1, buf, sizeof buf);
+            fwrite(buf, 1, len < sizeof buf ? len : sizeof buf - 1, stdout);
+            fflush(stdout);
+        }
+    }
+    fputc('\n', stdout);
+    free(seq);
+    free(ids);
+    bpe_free(&tok);
+    model_free(&m);
+    return 0;
+fail:
+    fprintf(stderr, "averis sample: %s\n", averis_last_error());
+    free(ids);
+    bpe_free(&tok);
+    model_free(&m);
+    return 1;
+}

@@ -1,0 +1,102 @@
+/* averis train — train a Qwen3-style model under a recipe. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "averis/train.h"
+#include "cli.h"
+
+static void train_usage(FILE *f) {
+    train_opts d;
+    train_opts_default(&d);
+    fprintf(f,
+            "usage: averis train [options]\n"
+            "\n"
+            "Trains a Qwen3-style decoder on token shards; every linear layer of the\n"
+            "blocks runs under the recipe. Writes OUT/log.csv (one row per step) and\n"
+            "checkpoints OUT/ckpt_NNNNNNNN/ (HF-loadable model.safetensors and\n"
+            "config.json, optimizer state, tokenizer); OUT/latest names the newest.\n"
+            "\n"
+            "options:\n"
+            "  --config NAME|FILE  preset (%s) or a Qwen3 config.json (default %s)\n"
+            "  --recipe SPEC       bf16|nvfp4|nvfp4-rht|averis|averis-rht|fp32[,seed=N,mean=fp32|fp4,\n"
+            "                      sr=0|1,rht=0|1,wblock=16x16|1x16] (default %s)\n"
+            "  --data DIR          DIR/*train*.bin and DIR/*val*.bin, llm.c shards (default %s)\n"
+            "  --out DIR           output directory (default %s)\n"
+            "  --steps N           optimizer steps (default %d)\n"
+            "  --batch B           sequences per micro-batch (default %d)\n"
+            "  --seq T             tokens per sequence (default %d)\n"
+            "  --accum K           micro-batches per step (default %d)\n"
+            "  --lr X              peak learning rate (default %g)\n"
+            "  --min-lr-frac X     cosine floor as a share of --lr (default %g)\n"
+            "  --warmup N          warmup steps (default steps/20)\n"
+            "  --wd X              AdamW weight decay, matrices only (default %g)\n"
+            "  --clip X            gradient-norm clip, 0 = off (default %g)\n"
+            "  --val-every N       validation every N steps (default steps/10)\n"
+            "  --val-batches N     validation batches (default %d)\n"
+            "  --ckpt-every N      checkpoint every N steps (default: at the end only)\n"
+            "  --keep N            checkpoints kept (default %d)\n"
+            "  --log-every N       progress line every N steps (default steps/20)\n"
+            "  --seed N            weight-init seed (default %llu)\n"
+            "  --bf16-last N       keep the last N blocks in bf16 (default 0)\n"
+            "  --max-bad N         stop after N non-finite steps in a row (default %d)\n"
+            "  --resume            continue from OUT's latest checkpoint\n"
+            "  --threads N         OpenMP threads (default: all)\n"
+            "  --quiet             no progress lines\n"
+            "  -h, --help          this text\n",
+            model_preset_names(), d.config, d.recipe, d.data_dir, d.out_dir, d.steps, d.batch, d.seq, d.accum, d.lr,
+            d.min_lr_frac, d.weight_decay, d.clip, d.val_batches, d.keep, (unsigned long long)d.seed, d.max_bad_steps);
+}
+
+int cmd_train(int argc, char **argv) {
+    train_opts o;
+    train_opts_default(&o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { train_usage(stdout); return 0; }
+        else if (!strcmp(a, "--config")) { CLI_NEED_VAL("train"); o.config = val; }
+        else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("train"); o.recipe = val; }
+        else if (!strcmp(a, "--data")) { CLI_NEED_VAL("train"); o.data_dir = val; }
+        else if (!strcmp(a, "--out")) { CLI_NEED_VAL("train"); o.out_dir = val; }
+        else if (!strcmp(a, "--steps")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 100000000, &o.steps); }
+        else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 65536, &o.batch); }
+        else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 2, 1 << 20, &o.seq); }
+        else if (!strcmp(a, "--accum")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 65536, &o.accum); }
+        else if (!strcmp(a, "--lr")) { CLI_NEED_VAL("train"); ok = cli_parse_double(a, val, 1e-12, 10.0, &o.lr); }
+        else if (!strcmp(a, "--min-lr-frac")) { CLI_NEED_VAL("train"); ok = cli_parse_double(a, val, 0.0, 1.0, &o.min_lr_frac); }
+        else if (!strcmp(a, "--warmup")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.warmup); }
+        else if (!strcmp(a, "--wd")) { CLI_NEED_VAL("train"); ok = cli_parse_double(a, val, 0.0, 10.0, &o.weight_decay); }
+        else if (!strcmp(a, "--clip")) { CLI_NEED_VAL("train"); ok = cli_parse_double(a, val, 0.0, 1e9, &o.clip); }
+        else if (!strcmp(a, "--val-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.val_every); }
+        else if (!strcmp(a, "--val-batches")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1000000, &o.val_batches); }
+        else if (!strcmp(a, "--ckpt-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.ckpt_every); }
+        else if (!strcmp(a, "--keep")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1000, &o.keep); }
+        else if (!strcmp(a, "--log-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 100000000, &o.log_every); }
+        else if (!strcmp(a, "--seed")) { CLI_NEED_VAL("train"); ok = cli_parse_u64(a, val, &o.seed); }
+        else if (!strcmp(a, "--bf16-last")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 1024, &o.bf16_last); }
+        else if (!strcmp(a, "--max-bad")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1000000, &o.max_bad_steps); }
+        else if (!strcmp(a, "--stop-after")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.stop_after); }
+        else if (!strcmp(a, "--resume")) o.resume = 1;
+        else if (!strcmp(a, "--quiet")) o.quiet = 1;
+        else if (!strcmp(a, "--threads")) {
+            CLI_NEED_VAL("train");
+            int nt;
+            ok = cli_parse_int(a, val, 1, 1024, &nt);
+#ifdef _OPENMP
+            if (ok) omp_set_num_threads(nt);
+#endif
+        } else { fprintf(stderr, "averis train: unknown option '%s' (try --help)\n", a); return 2; }
+        if (!ok) return 2;
+    }
+    train_result r;
+    averis_status st = train_run(&o, &r);
+    if (st) fprintf(stderr, "averis train: %s\n", averis_last_error());
+    else printf("final: steps %d, train loss %.4f, val loss %.4f, %.0f tokens/s, %d skipped\n", r.steps_done,
+                r.steps_done ? r.losses[r.steps_done - 1] : 0.0f, r.final_val_loss, r.tokens_per_s, r.skipped);
+    train_result_free(&r);
+    return st ? 1 : 0;
+}
