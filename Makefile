@@ -58,7 +58,7 @@ BIN       = $(BUILD)/averis
 TEST_BIN  = $(BUILD)/test_averis
 BENCH_BIN = $(BUILD)/bench_quant $(BUILD)/bench_qlinear
 
-.PHONY: all features test test-fast build-tests print-build bench clean fixtures
+.PHONY: all features test test-fast build-tests print-build bench clean fixtures demo data
 all: features $(BIN)
 
 features:
@@ -106,6 +106,13 @@ print-build:
 bench: $(BENCH_BIN)
 	$(BUILD)/bench_quant
 	$(BUILD)/bench_qlinear
+
+# The two-command quick start: `make demo` (or bash scripts/demo.sh) then `make test`.
+demo:
+	@bash scripts/demo.sh
+
+data: $(BIN)
+	@bash scripts/get_data.sh data/default
 
 # Regenerate the PyTorch fixtures (needs torch; see tests/fixtures/README.md).
 fixtures:

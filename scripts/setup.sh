@@ -6,6 +6,9 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# zlib reads the default corpus (R data files); apt-get download and dpkg-deb fetch it
+[[ -e /usr/include/zlib.h ]] || need+=(zlib1g-dev)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 # optional, used when present: OpenBLAS for the fp32 GEMMs
 [[ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h || -e /usr/include/openblas/cblas.h ]] \
     || [[ "${AVERIS_NO_BLAS:-0}" == 1 ]] || need+=(libopenblas-dev)

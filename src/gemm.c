@@ -3,6 +3,7 @@
  * parallel over blocks of rows, vectorised across columns. */
 #include "averis/gemm.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef AVERIS_HAVE_BLAS
@@ -35,6 +36,17 @@ averis_gemm_backend averis_gemm_get_backend(void) {
 
 const char *averis_gemm_backend_name(void) {
     return averis_gemm_get_backend() == AVERIS_GEMM_BLAS ? "openblas" : "own";
+}
+
+const char *averis_gemm_backend_describe(void) {
+#ifdef AVERIS_HAVE_BLAS
+    static char buf[128];
+    if (averis_gemm_get_backend() == AVERIS_GEMM_BLAS) {
+        snprintf(buf, sizeof buf, "openblas (%s kernels)", openblas_get_corename());
+        return buf;
+    }
+#endif
+    return averis_gemm_backend_name();
 }
 
 void averis_sgemm_ref(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha, const float *A,

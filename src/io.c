@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* -------------------------------------------------------- atomic files */
@@ -174,4 +175,23 @@ averis_status averis_npy_write_f32(const char *path, const float *data, int ndim
         return averis_fail(AVERIS_EIO, "%s: write failed", path);
     }
     return averis_afile_commit(&af);
+}
+
+averis_status averis_mkdir_p(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) return averis_fail(AVERIS_EINVAL, "mkdir: bad path '%s'", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != 0) continue;
+        char c = buf[i];
+        buf[i] = 0;
+        struct stat sb;
+        if (mkdir(buf, 0777) && (stat(buf, &sb) || !S_ISDIR(sb.st_mode))) {
+            buf[i] = c;
+            return averis_fail(AVERIS_EIO, "cannot create directory %s", path);
+        }
+        buf[i] = c;
+    }
+    return AVERIS_OK;
 }

@@ -39,12 +39,14 @@ static const struct {
 } k_presets[] = {
     /* ~1.3M parameters: trains in minutes on two cores */
     {"tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6}},
+    /* ~27M parameters: the larger CPU benchmark shape */
+    {"small", {4096, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6}},
     /* Qwen3-0.6B (the paper's dense model) */
     {"qwen3-0.6b", {151936, 1024, 3072, 28, 16, 8, 128, 40960, 1, 1000000.0, 1e-6}},
 };
 #define NPRESETS (int)(sizeof k_presets / sizeof k_presets[0])
 
-const char *model_preset_names(void) { return "tiny, qwen3-0.6b"; }
+const char *model_preset_names(void) { return "tiny, small, qwen3-0.6b"; }
 
 averis_status model_config_validate(const model_config *c, const char *what) {
     const struct { const char *field; int v; int max; } f[] = {
@@ -455,24 +457,17 @@ static void attention_fwd(float *ao, float *att, const float *q, const float *k,
 /* The backward of attention_fwd, per (b, h):
  *   dP = dO·Vᵀ,  dV += Pᵀ·dO,  dS = P⊙(dP − rowsum(P⊙dP))/√Dh,
  *   dQ = dS·K,   dK += dSᵀ·Q.
- * One task per (sequence, kv head) owns its dK and dV rows: no races. */
-static averis_status attention_bwd(float *dq, float *dk, float *dv, const float *dao, const float *att,
-                                   const float *q, const float *k, const float *v, int B, int T, int H, int KV,
-                                   int Dh) {
+ * One task per (sequence, kv head) owns its dK and dV rows (and a T×T
+ * slice of dP_all [B,KV,T,T]): no races. */
+static void attention_bwd(float *dq, float *dk, float *dv, const float *dao, const float *att, const float *q,
+                          const float *k, const float *v, int B, int T, int H, int KV, int Dh, float *dP_all) {
     float scale = 1.0f / sqrtf((float)Dh);
-    int grp = H / KV, fail = 0;
+    int grp = H / KV;
     int64_t ldq = (int64_t)H * Dh, ldk = (int64_t)KV * Dh;
-#pragma omp parallel
-    {
-        float *dP = malloc((size_t)T * T * sizeof *dP);
-        if (!dP) {
-#pragma omp atomic write
-            fail = 1;
-        }
-#pragma omp for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static)
         for (int b = 0; b < B; b++)
             for (int g = 0; g < KV; g++) {
-                if (!dP) continue;
+                float *dP = dP_all + ((int64_t)b * KV + g) * T * T; /* one T×T scratch per task */
                 const float *K = k + (int64_t)b * T * ldk + (int64_t)g * Dh, *Vv = v + (int64_t)b * T * ldk + (int64_t)g * Dh;
                 float *dK = dk + (int64_t)b * T * ldk + (int64_t)g * Dh, *dV = dv + (int64_t)b * T * ldk + (int64_t)g * Dh;
                 for (int t = 0; t < T; t++)
@@ -494,9 +489,6 @@ static averis_status attention_bwd(float *dq, float *dk, float *dv, const float 
                     averis_sgemm(1, 0, T, Dh, T, 1.0f, dP, T, Q, ldq, 1.0f, dK, ldk);
                 }
             }
-        free(dP);
-    }
-    return fail ? averis_fail(AVERIS_ENOMEM, "attention: out of memory") : AVERIS_OK;
 }
 
 static const qlin_recipe *block_recipe(const model *m, int l) {
@@ -611,7 +603,7 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
     int B = m->B, T = m->T, H = c->num_attention_heads, KV = c->num_key_value_heads, Dh = c->head_dim;
     int64_t N = (int64_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     int64_t qd = (int64_t)H * Dh, kvd = (int64_t)KV * Dh, wide = qd > C ? qd : C;
-    size_t need = (size_t)N * (size_t)(2 * C + wide + 2 * qd + 2 * kvd + 3 * F);
+    size_t need = (size_t)N * (size_t)(2 * C + wide + 2 * qd + 2 * kvd + 3 * F) + (size_t)B * KV * T * T;
     if (need > m->scratch_cap) {
         free(m->scratch);
         if (!(m->scratch = malloc(need * sizeof(float)))) {
@@ -630,7 +622,8 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
     float *dv = p;          p += N * kvd;
     float *da = p;          p += N * F;
     float *dg = p;          p += N * F;
-    float *du = p;
+    float *du = p;          p += N * F;
+    float *dP = p;                         /* [B,KV,T,T] attention scratch */
 
     /* ∂loss/∂logits = (softmax − onehot)·scale/N, in place of the probabilities */
     float dscale = loss_scale / (float)N;
@@ -669,7 +662,7 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
 
         /* attention: x_mid = x_in + ao·Woᵀ */
         if ((st = qlin_backward(r, a->ao, w->wo, dx, N, qd, C, dao, gw->wo, s0 | 3, &m->ws, NULL))) return st;
-        if ((st = attention_bwd(dq, dk, dv, dao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh))) return st;
+        attention_bwd(dq, dk, dv, dao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh, dP);
         rope_apply(dq, N, H, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
         rope_apply(dk, N, KV, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
         float *dq_raw = dtmp, *dk_raw = dao; /* dao is spent */

@@ -93,5 +93,58 @@ echo keep > "$T/keep.npy"
 [[ $(cat "$T/keep.npy") == keep ]] && ok || bad "failing run overwrote an existing output"
 "$BIN" quant --help | grep -q -- '--split mean' && ok || bad "--help lists --split"
 
+# --- prepare / train / eval / sample --------------------------------------------
+# expect_err NAME PATTERN CMD...: non-zero exit, one stderr line matching PATTERN
+expect_err() {
+    local name=$1 pat=$2; shift 2
+    if "$@" >/dev/null 2>"$T/stderr"; then bad "$name: exit 0"
+    elif [[ $(wc -l < "$T/stderr") -ne 1 ]] || ! grep -q -- "$pat" "$T/stderr"; then bad "$name: $(cat "$T/stderr")"
+    else ok; fi
+}
+for i in 1 2 3 4 5 6; do cat README.md; done > "$T/doc.txt"
+"$BIN" prepare --out "$T/d/nested" --vocab 400 "$T/doc.txt" >"$T/prep" 2>&1 && grep -q 'prepared' "$T/prep" \
+    && [[ -s $T/d/nested/train_000000.bin && -s $T/d/nested/val_000000.bin && -s $T/d/nested/tokenizer.bpe ]] \
+    && ok || bad "prepare: $(cat "$T/prep")"
+cat > "$T/cfg.json" <<'JSON'
+{"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+ "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64}
+JSON
+D=$T/d/nested
+TR=("$BIN" train --config "$T/cfg.json" --data "$D" --batch 2 --seq 32 --val-batches 2 --quiet)
+"${TR[@]}" --recipe averis --steps 6 --out "$T/run" >"$T/train.out" 2>&1 && grep -q '^final: steps 6' "$T/train.out" \
+    && [[ $(wc -l < "$T/run/log.csv") -eq 7 && -s $T/run/ckpt_00000006/model.safetensors && -s $T/run/ckpt_00000006/config.json ]] \
+    && ok || bad "train: $(cat "$T/train.out")"
+"$BIN" eval "$T/run" --data "$D" --batch 2 --batches 2 >"$T/eval" 2>&1 && grep -q 'val loss [0-9]' "$T/eval" && grep -q 'recipe averis' "$T/eval" \
+    && ok || bad "eval: $(cat "$T/eval")"
+"$BIN" sample "$T/run" --tokens 12 --prompt "The " --seed 3 >"$T/s1" 2>&1 && "$BIN" sample "$T/run" --tokens 12 --prompt "The " --seed 3 >"$T/s2" 2>&1 \
+    && [[ $(head -c 4 "$T/s1") == "The " ]] && cmp -s "$T/s1" "$T/s2" && ok || bad "sample: $(cat "$T/s1")"
+# bad input: each a one-line error and a non-zero exit
+expect_err "unknown recipe" "unknown recipe 'fp5'" "${TR[@]}" --recipe fp5 --steps 2 --out "$T/r2"
+echo '{"hidden_size": 30, "num_attention_heads": 4}' > "$T/bad.json"
+expect_err "heads not dividing width" "does not divide hidden_size" "$BIN" train --config "$T/bad.json" --data "$D" --out "$T/r3"
+echo '{"num_attention_heads": 4, "num_key_value_heads": 3}' > "$T/bad2.json"
+expect_err "kv heads" "num_key_value_heads = 3 does not divide" "$BIN" train --config "$T/bad2.json" --data "$D" --out "$T/r4"
+expect_err "fresh run over a checkpoint" "pass --resume" "${TR[@]}" --recipe averis --steps 6 --out "$T/run"
+expect_err "missing data" "no train shards" "${TR[@]}" --recipe bf16 --steps 2 --data "$T/nowhere" --out "$T/r5"
+expect_err "bad number" "--steps needs an integer" "$BIN" train --steps 1x
+expect_err "missing checkpoint" "no checkpoint here" "$BIN" eval "$T/nowhere" --data "$D"
+cp -r "$T/run/ckpt_00000006" "$T/ck"
+head -c 5000 "$T/run/ckpt_00000006/model.safetensors" > "$T/ck/model.safetensors"
+expect_err "truncated safetensors" "model.safetensors" "$BIN" eval "$T/ck" --data "$D"
+cp -r "$D" "$T/dbad" && head -c 1500 "$D/train_000000.bin" > "$T/dbad/train_000000.bin"
+expect_err "truncated shard" "truncated" "${TR[@]}" --recipe bf16 --steps 2 --data "$T/dbad" --out "$T/r6"
+printf 'XXXX' | dd of="$T/dbad/val_000000.bin" conv=notrunc status=none
+expect_err "bad shard magic" "bad shard header" "$BIN" eval "$T/run" --data "$T/dbad"
+sed 's/"hidden_size": 32/"hidden_size": 48/' "$T/run/ckpt_00000006/config.json" > "$T/ck/config.json"
+cp "$T/run/ckpt_00000006/model.safetensors" "$T/ck/model.safetensors"
+expect_err "wrong shapes" "has shape" "$BIN" eval "$T/ck" --data "$D"
+# resume: a killed run's state.bin corrupt → error, previous checkpoint intact
+sum=$(md5sum < "$T/run/ckpt_00000006/model.safetensors")
+printf 'junk' | dd of="$T/run/ckpt_00000006/state.bin" bs=1 seek=100 conv=notrunc status=none
+expect_err "corrupt state" "corrupt" "${TR[@]}" --recipe averis --steps 8 --out "$T/run" --resume
+[[ $(md5sum < "$T/run/ckpt_00000006/model.safetensors") == "$sum" && $(cat "$T/run/latest") == ckpt_00000006 ]] \
+    && ok || bad "corrupt-state resume touched the checkpoint"
+for c in prepare train eval sample; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

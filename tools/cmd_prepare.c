@@ -2,9 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "averis/data.h"
+#include "averis/io.h"
 #include "averis/tokenizer.h"
 #include "cli.h"
 
@@ -75,9 +75,8 @@ int cmd_prepare(int argc, char **argv) {
         free(files);
         return 2;
     }
-    struct stat sb;
-    if (mkdir(out, 0777) && (stat(out, &sb) || !S_ISDIR(sb.st_mode))) {
-        fprintf(stderr, "averis prepare: cannot create directory %s\n", out);
+    if (averis_mkdir_p(out)) {
+        fprintf(stderr, "averis prepare: %s\n", averis_last_error());
         free(files);
         return 1;
     }

@@ -7,6 +7,7 @@
 #include <omp.h>
 #endif
 
+#include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/nvfp4.h"
 #include "averis/quant.h"
@@ -169,5 +170,6 @@ int cmd_features(int argc, char **argv) {
 #else
     printf("openmp   no\n");
 #endif
+    printf("gemm     %s\n", averis_gemm_backend_describe());
     return 0;
 }

@@ -7,6 +7,7 @@
 #include <omp.h>
 #endif
 
+#include "averis/io.h"
 #include "averis/tokenizer.h"
 #include "averis/train.h"
 #include "cli.h"
@@ -26,6 +27,8 @@ static void eval_usage(FILE *f) {
             "  --seq T          tokens per sequence (default: the training length)\n"
             "  --batches N      batches to average (default 16)\n"
             "  --recipe SPEC    evaluate under another recipe (e.g. fp32)\n"
+            "  --dump PREFIX    also write the first batch's tokens and logits as\n"
+            "                   PREFIX.tokens.npy [B,T] and PREFIX.logits.npy [B,T,V] (float32)\n"
             "  --threads N      OpenMP threads\n"
             "  -h, --help       this text\n");
 }
@@ -39,8 +42,29 @@ static int set_threads(const char *a, const char *val) {
     return 1;
 }
 
+/* The first batch's tokens and logits as .npy (for checks against other
+ * implementations, e.g. tests/gen_qwen3_fixture.py --check-ckpt). */
+static averis_status dump_batch(model *m, data_loader *dl, int B, int T, const char *prefix) {
+    size_t N = (size_t)B * T;
+    int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
+    float *tf = malloc(N * sizeof *tf);
+    averis_status st = AVERIS_ENOMEM;
+    char path[4200];
+    dl->pos = 0;
+    if (in && tg && tf && !(st = loader_next(dl, B, T, in, tg)) && !(st = model_forward(m, in, NULL, B, T, NULL))) {
+        for (size_t i = 0; i < N; i++) tf[i] = (float)in[i];
+        int64_t ts[2] = {B, T}, ls[3] = {B, T, m->cfg.vocab_size};
+        snprintf(path, sizeof path, "%s.tokens.npy", prefix);
+        st = averis_npy_write_f32(path, tf, 2, ts);
+        snprintf(path, sizeof path, "%s.logits.npy", prefix);
+        if (!st) st = averis_npy_write_f32(path, m->probs, 3, ls);
+    }
+    free(in); free(tg); free(tf);
+    return st;
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *ck = NULL, *data = "data/default", *split = "val", *recipe = NULL;
+    const char *ck = NULL, *data = "data/default", *split = "val", *recipe = NULL, *dump = NULL;
     int B = 8, T = 0, nb = 16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -49,6 +73,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--data")) { CLI_NEED_VAL("eval"); data = val; }
         else if (!strcmp(a, "--split")) { CLI_NEED_VAL("eval"); split = val; }
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("eval"); recipe = val; }
+        else if (!strcmp(a, "--dump")) { CLI_NEED_VAL("eval"); dump = val; }
         else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 65536, &B); }
         else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
         else if (!strcmp(a, "--batches")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 1000000, &nb); }
@@ -74,6 +99,7 @@ int cmd_eval(int argc, char **argv) {
     }
     float loss = 0;
     averis_status st = train_eval_loss(&m, &dl, B, T, nb, &loss); /* ids outside the vocabulary are errors */
+    if (!st && dump) st = dump_batch(&m, &dl, B, T, dump);
     if (st) fprintf(stderr, "averis eval: %s\n", averis_last_error());
     else printf("%s: %s loss %.4f (recipe %s, %d×%d tokens × %d batches)\n", dir, split, loss,
                 qlin_recipe_name(m.recipe.id), B, T, nb);

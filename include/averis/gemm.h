@@ -24,6 +24,8 @@ void averis_gemm_set_backend(averis_gemm_backend b);
 averis_gemm_backend averis_gemm_get_backend(void);
 int averis_gemm_have_blas(void);
 const char *averis_gemm_backend_name(void);
+/* The backend and, for OpenBLAS, the kernel family it chose for this CPU. */
+const char *averis_gemm_backend_describe(void);
 
 #ifdef __cplusplus
 }

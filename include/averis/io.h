@@ -21,6 +21,9 @@ averis_status averis_afile_open(averis_afile *af, const char *path);
 averis_status averis_afile_commit(averis_afile *af);
 void averis_afile_abort(averis_afile *af);
 
+/* mkdir -p: creates path and its missing parents (0777 & umask). */
+averis_status averis_mkdir_p(const char *path);
+
 /* .npy arrays: version 1.0/2.0/3.0, C order, little endian. */
 typedef enum { AVERIS_NPY_F32 = 0, AVERIS_NPY_U16 = 1, AVERIS_NPY_F16 = 2, AVERIS_NPY_U8 = 3 } averis_npy_dtype;
 #define AVERIS_NPY_MAXDIM 8
