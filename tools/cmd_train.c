@@ -44,6 +44,7 @@ static void train_usage(FILE *f) {
             "  --bf16-last N       keep the last N blocks in bf16 (default 0)\n"
             "  --max-bad N         stop after N non-finite steps in a row (default %d)\n"
             "  --resume            continue from OUT's latest checkpoint\n"
+            "  --stop-after N      stop after N steps with a checkpoint (resume later)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n",
