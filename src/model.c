@@ -424,6 +424,27 @@ static void rope_apply(float *x, int64_t N, int nh, int Dh, int T, const float *
     }
 }
 
+/* e^x for x in [−87, 88] (clamped outside), relative error < 2e-7: x =
+ * k·ln2 + r, |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial, 2^k by
+ * exponent bits. Plain C, so loops over it vectorise (libm's expf does not). */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest integer */
+    float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f + r * (8.3333333e-3f + r * 1.3888889e-3f)))));
+    union { int32_t i; float f; } e = {.i = ((int32_t)k + 127) << 23};
+    return p * e.f;
+}
+
+/* z[i] ← e^(z[i] − mx) for n values; returns their sum, added in order. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static float exp_shift_sum(float *z, int64_t n, float mx) {
+    for (int64_t i = 0; i < n; i++) z[i] = exp_approx(z[i] - mx);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += z[i];
+    return sum;
+}
+
 /* Causal grouped-query attention, per (sequence b, head h) with g = h/(H/KV):
  *   S = Q_bh·K_bgᵀ/√Dh (T×T, GEMM),  P = softmax over j ≤ t (causal),
  *   O_bh = P·V_bg (GEMM). Keeps P in att [B,H,T,T] (zeros above the diagonal).
@@ -445,7 +466,7 @@ static void attention_fwd(float *ao, float *att, const float *q, const float *k,
             for (int t = 0; t < T; t++) {
                 float *p = P + (int64_t)t * T, mx = -INFINITY, sum = 0.0f;
                 for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
-                for (int j = 0; j <= t; j++) sum += (p[j] = expf(p[j] - mx));
+                sum = exp_shift_sum(p, t + 1, mx);
                 float inv = 1.0f / sum;
                 for (int j = 0; j <= t; j++) p[j] *= inv;
                 for (int j = t + 1; j < T; j++) p[j] = 0.0f;
@@ -541,7 +562,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * F; i++) {
             float gv = a->g[i];
-            a->a[i] = gv / (1.0f + expf(-gv)) * a->u[i];
+            a->a[i] = gv / (1.0f + exp_approx(-gv)) * a->u[i];
         }
         float *xo = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x_in : m->x_out;
         if ((st = qlin_forward(r, a->a, w->wd, N, F, C, xo, &m->ws, NULL))) return st;
@@ -563,8 +584,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
         float *z = m->probs + n * V;
         float mx = -INFINITY;
         for (int64_t i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        float zt = z[targets[n]] - mx, sum = 0.0f;
-        for (int64_t i = 0; i < V; i++) sum += (z[i] = expf(z[i] - mx));
+        float zt = z[targets[n]] - mx, sum = exp_shift_sum(z, V, mx);
         m->tok_loss[n] = logf(sum) - zt;
         float inv = 1.0f / sum;
         for (int64_t i = 0; i < V; i++) z[i] *= inv;
@@ -650,7 +670,7 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
         if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, s0 | 6, &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * F; i++) {
-            float gv = a->g[i], sg = 1.0f / (1.0f + expf(-gv));
+            float gv = a->g[i], sg = 1.0f / (1.0f + exp_approx(-gv));
             du[i] = da[i] * (gv * sg);
             dg[i] = da[i] * a->u[i] * (sg * (1.0f + gv * (1.0f - sg)));
         }
