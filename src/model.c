@@ -543,6 +543,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
         const model_block *w = &m->w.blocks[l];
         const qlin_recipe *r = block_recipe(m, l);
         rmsnorm_fwd(a->h1, a->rstd1, a->x_in, w->in_norm, N, C, eps);
+        if (m->tap) m->tap(m->tap_ctx, l, "attn_in", a->h1, N, C);
         if ((st = qlin_forward(r, a->h1, w->wq, N, C, qd, a->q_raw, &m->ws, NULL)) ||
             (st = qlin_forward(r, a->h1, w->wk, N, C, kvd, a->k_raw, &m->ws, NULL)) ||
             (st = qlin_forward(r, a->h1, w->wv, N, C, kvd, a->v, &m->ws, NULL)))
@@ -552,10 +553,12 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
         rope_apply(a->q, N, H, Dh, T, m->rope_cos, m->rope_sin, 1.0f);
         rope_apply(a->k, N, KV, Dh, T, m->rope_cos, m->rope_sin, 1.0f);
         attention_fwd(a->ao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh);
+        if (m->tap) m->tap(m->tap_ctx, l, "attn_out", a->ao, N, qd);
         if ((st = qlin_forward(r, a->ao, w->wo, N, qd, C, a->x_mid, &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * C; i++) a->x_mid[i] += a->x_in[i];
         rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, w->post_norm, N, C, eps);
+        if (m->tap) m->tap(m->tap_ctx, l, "ffn_in", a->h2, N, C);
         if ((st = qlin_forward(r, a->h2, w->wg, N, C, F, a->g, &m->ws, NULL)) ||
             (st = qlin_forward(r, a->h2, w->wu, N, C, F, a->u, &m->ws, NULL)))
             return st;
@@ -564,6 +567,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
             float gv = a->g[i];
             a->a[i] = gv / (1.0f + exp_approx(-gv)) * a->u[i];
         }
+        if (m->tap) m->tap(m->tap_ctx, l, "ffn_down_in", a->a, N, F);
         float *xo = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x_in : m->x_out;
         if ((st = qlin_forward(r, a->a, w->wd, N, F, C, xo, &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
@@ -667,12 +671,17 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
         uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3); /* one SR stream per (step, layer, linear) */
 
         /* MLP: x_out = x_mid + (silu(g)⊙u)·Wdᵀ */
+        if (m->tap) m->tap(m->tap_ctx, l, "grad_ffn_down", dx, N, C);
         if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, s0 | 6, &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * F; i++) {
             float gv = a->g[i], sg = 1.0f / (1.0f + exp_approx(-gv));
             du[i] = da[i] * (gv * sg);
             dg[i] = da[i] * a->u[i] * (sg * (1.0f + gv * (1.0f - sg)));
+        }
+        if (m->tap) {
+            m->tap(m->tap_ctx, l, "grad_ffn_gate", dg, N, F);
+            m->tap(m->tap_ctx, l, "grad_ffn_up", du, N, F);
         }
         if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, s0 | 4, &m->ws, NULL)) ||
             (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, s0 | 5, &m->ws, NULL)))
@@ -681,6 +690,7 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
         rmsnorm_bwd(dx, gw->post_norm, dh, a->x_mid, a->rstd2, w->post_norm, N, C, 1);
 
         /* attention: x_mid = x_in + ao·Woᵀ */
+        if (m->tap) m->tap(m->tap_ctx, l, "grad_attn_out", dx, N, C);
         if ((st = qlin_backward(r, a->ao, w->wo, dx, N, qd, C, dao, gw->wo, s0 | 3, &m->ws, NULL))) return st;
         attention_bwd(dq, dk, dv, dao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh, dP);
         rope_apply(dq, N, H, Dh, T, m->rope_cos, m->rope_sin, -1.0f);

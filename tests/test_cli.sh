@@ -144,7 +144,17 @@ printf 'junk' | dd of="$T/run/ckpt_00000006/state.bin" bs=1 seek=100 conv=notrun
 expect_err "corrupt state" "corrupt" "${TR[@]}" --recipe averis --steps 8 --out "$T/run" --resume
 [[ $(md5sum < "$T/run/ckpt_00000006/model.safetensors") == "$sum" && $(cat "$T/run/latest") == ckpt_00000006 ]] \
     && ok || bad "corrupt-state resume touched the checkpoint"
-for c in prepare train eval sample; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
+
+# --- analyze --------------------------------------------------------------------
+"$BIN" analyze --npy "$FX/meanbias.in.npy" --json "$T/an.json" >"$T/an.out" 2>&1 \
+    && grep -q '^R ' "$T/an.out" && grep -q 'nvfp4 split' "$T/an.out" && grep -q '"cos_mu_v1"' "$T/an.json" \
+    && ok || bad "analyze --npy: $(cat "$T/an.out")"
+"$BIN" analyze "$T/run" --data "$D" --batch 2 --seq 32 --out "$T/rows.csv" >"$T/an2.out" 2>&1 \
+    && [[ $(grep -c ',attn_in,' "$T/rows.csv") -eq 2 && $(grep -c ',grad_ffn_down,' "$T/rows.csv") -eq 2 \
+          && $(wc -l < "$T/rows.csv") -eq 17 ]] && ok || bad "analyze checkpoint: $(cat "$T/an2.out")"
+expect_err "analyze needs one input" "either --npy" "$BIN" analyze
+expect_err "analyze 3-D" "2-D float32" "$BIN" analyze --npy "$T/three.npy"
+for c in prepare train eval sample analyze; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

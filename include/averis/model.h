@@ -108,6 +108,12 @@ typedef struct {
     int rope_T;
     qlin_ws ws;
     float loss;                       /* mean cross-entropy of the last forward */
+    /* Optional observer of every quantized linear's input (forward) and
+     * output gradient (backward), e.g. for the mean-bias analysis. kinds:
+     * attn_in, attn_out, ffn_in, ffn_down_in; grad_attn_out, grad_ffn_gate,
+     * grad_ffn_up, grad_ffn_down. */
+    void (*tap)(void *ctx, int layer, const char *kind, const float *x, int64_t rows, int64_t cols);
+    void *tap_ctx;
 } model;
 
 /* Allocates parameters for cfg (zeroed). */

@@ -1,0 +1,244 @@
+/* analysis.c — mean-bias metrics (see averis/analysis.h for the math).
+ * Sums run in fp64 in a fixed order; the iterative parts (power and
+ * subspace iteration) start from fixed vectors, so results are repeatable. */
+#include "averis/analysis.h"
+#include "averis/gemm.h"
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *k_qnames[ANALYSIS_NQ] = {"plain", "split", "rht", "split_rht"};
+const char *analysis_quant_name(int k) { return k >= 0 && k < ANALYSIS_NQ ? k_qnames[k] : "?"; }
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static int cmp_float_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* A fixed pseudo-random start vector (not aligned with μ by construction). */
+static void start_vector(double *v, int64_t m, uint64_t seed) {
+    uint64_t s = seed;
+    for (int64_t j = 0; j < m; j++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        v[j] = (double)(s >> 11) * 0x1p-53 - 0.5;
+    }
+}
+
+static double normalize(double *v, int64_t m) {
+    double n = 0;
+    for (int64_t j = 0; j < m; j++) n += v[j] * v[j];
+    n = sqrt(n);
+    if (n > 0)
+        for (int64_t j = 0; j < m; j++) v[j] /= n;
+    return n;
+}
+
+/* y [m] = G [m×m] · v (G symmetric, fp32), in fp64 */
+static void symv(const float *G, const double *v, double *y, int64_t m) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++) {
+        double s = 0;
+        for (int64_t j = 0; j < m; j++) s += (double)G[i * m + j] * v[j];
+        y[i] = s;
+    }
+}
+
+/* Top-k eigenvalue sum of the PSD matrix G by subspace iteration (k ≤ m). */
+static double top_k_trace(const float *G, int64_t m, int k, double *V, double *W) {
+    for (int c = 0; c < k; c++) start_vector(V + (int64_t)c * m, m, 1234 + (uint64_t)c);
+    double prev = -1, trace = 0;
+    for (int it = 0; it < 300; it++) {
+        for (int c = 0; c < k; c++) symv(G, V + (int64_t)c * m, W + (int64_t)c * m, m);
+        trace = 0;
+        for (int c = 0; c < k; c++) { /* Rayleigh quotients before re-orthonormalising */
+            double q = 0;
+            for (int64_t j = 0; j < m; j++) q += V[(int64_t)c * m + j] * W[(int64_t)c * m + j];
+            trace += q;
+        }
+        for (int c = 0; c < k; c++) { /* modified Gram–Schmidt, twice for stability */
+            double *w = W + (int64_t)c * m;
+            for (int pass = 0; pass < 2; pass++)
+                for (int d = 0; d < c; d++) {
+                    const double *u = W + (int64_t)d * m;
+                    double dot = 0;
+                    for (int64_t j = 0; j < m; j++) dot += u[j] * w[j];
+                    for (int64_t j = 0; j < m; j++) w[j] -= dot * u[j];
+                }
+            if (normalize(w, m) == 0) start_vector(w, m, 99 + (uint64_t)c);
+        }
+        memcpy(V, W, (size_t)k * (size_t)m * sizeof *V);
+        if (it > 5 && fabs(trace - prev) <= 1e-10 * fabs(trace)) break;
+        prev = trace;
+    }
+    return trace;
+}
+
+averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_metrics *a) {
+    memset(a, 0, sizeof *a);
+    if (l < 1 || m < 1) return averis_fail(AVERIS_EINVAL, "analysis: empty matrix (%lld × %lld)", (long long)l, (long long)m);
+    a->rows = l;
+    a->cols = m;
+    double *mu = calloc((size_t)m, sizeof *mu), *v = malloc((size_t)m * sizeof *v), *w = malloc((size_t)m * sizeof *w);
+    double *xv = malloc((size_t)l * sizeof *xv);
+    float *Xc = malloc((size_t)(l * m) * sizeof *Xc), *G = malloc((size_t)(m * m) * sizeof *G);
+    float *mag = malloc((size_t)(l * m) * sizeof *mag), *y = malloc((size_t)(l * m) * sizeof *y);
+    int k = (int)ceil(0.01 * (double)(l < m ? l : m));
+    if (k < 1) k = 1;
+    double *V = malloc((size_t)k * (size_t)m * sizeof *V), *W = malloc((size_t)k * (size_t)m * sizeof *W);
+    averis_status st = AVERIS_OK;
+    if (!mu || !v || !w || !xv || !Xc || !G || !mag || !y || !V || !W) {
+        st = averis_fail(AVERIS_ENOMEM, "analysis: out of memory for %lld × %lld", (long long)l, (long long)m);
+        goto out;
+    }
+    /* μ, ‖X‖_F², R */
+    double total = 0;
+    for (int64_t t = 0; t < l; t++)
+        for (int64_t j = 0; j < m; j++) {
+            double x = X[t * m + j];
+            mu[j] += x;
+            total += x * x;
+        }
+    double mu2 = 0;
+    for (int64_t j = 0; j < m; j++) { mu[j] /= (double)l; mu2 += mu[j] * mu[j]; }
+    a->mean_norm = sqrt(mu2);
+    a->rms_token_norm = sqrt(total / (double)l);
+    a->R = total > 0 ? a->mean_norm / a->rms_token_norm : 0.0;
+    /* v₁ of X: power iteration v ← Xᵀ(X v) */
+    start_vector(v, m, 42);
+    normalize(v, m);
+    double lam = 0;
+    for (int it = 0; it < 500 && total > 0; it++) {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < l; t++) {
+            double s = 0;
+            for (int64_t j = 0; j < m; j++) s += (double)X[t * m + j] * v[j];
+            xv[t] = s;
+        }
+        for (int64_t j = 0; j < m; j++) w[j] = 0;
+        for (int64_t t = 0; t < l; t++)
+            for (int64_t j = 0; j < m; j++) w[j] += (double)X[t * m + j] * xv[t];
+        double nl = normalize(w, m), diff = 0;
+        for (int64_t j = 0; j < m; j++) diff += fabs(fabs(w[j]) - fabs(v[j]));
+        memcpy(v, w, (size_t)m * sizeof *v);
+        lam = nl;
+        if (diff < 1e-12 * (double)m) break;
+    }
+    a->sigma1 = sqrt(lam);
+    double dot = 0;
+    for (int64_t j = 0; j < m; j++) dot += mu[j] * v[j];
+    a->cos_mu_v1 = a->mean_norm > 0 ? fabs(dot) / a->mean_norm : 0.0;
+    /* energy: mean l‖μ‖², spike = top-k eigenvalues of XcᵀXc, tail = rest */
+    for (int64_t t = 0; t < l; t++)
+        for (int64_t j = 0; j < m; j++) Xc[t * m + j] = (float)((double)X[t * m + j] - mu[j]);
+    averis_sgemm(1, 0, m, m, l, 1.0f, Xc, m, Xc, m, 0.0f, G, m);
+    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = total > 0 ? top_k_trace(G, m, k, V, W) : 0.0;
+    if (e_c < 0) e_c = 0;
+    if (e_spike > e_c) e_spike = e_c;
+    a->spike_k = k;
+    if (total > 0) {
+        a->e_mean = e_mean / total;
+        a->e_spike = e_spike / total;
+        a->e_tail = (e_c - e_spike) / total;
+    }
+    /* ρ over the top 0.1% magnitudes */
+    int64_t n = l * m, cnt = (int64_t)ceil(0.001 * (double)n);
+    for (int64_t i = 0; i < n; i++) mag[i] = fabsf(X[i]);
+    qsort(mag, (size_t)n, sizeof *mag, cmp_float_desc);
+    float thr = mag[cnt - 1];
+    double *rho = malloc((size_t)cnt * sizeof *rho);
+    if (!rho) { st = averis_fail(AVERIS_ENOMEM, "analysis: out of memory"); goto out; }
+    int64_t r = 0;
+    if (thr > 0)
+        for (int64_t i = 0; i < n && r < cnt; i++)
+            if (fabsf(X[i]) >= thr) {
+                double x = X[i], mj = mu[i % m];
+                rho[r++] = mj * mj / (x * x);
+            }
+    a->top_count = r;
+    if (r > 0) {
+        qsort(rho, (size_t)r, sizeof *rho, cmp_double);
+        a->rho_median = r % 2 ? rho[r / 2] : 0.5 * (rho[r / 2 - 1] + rho[r / 2]);
+        int64_t half = 0;
+        for (int64_t i = 0; i < r; i++) half += rho[i] > 0.5;
+        a->rho_frac_half = (double)half / (double)r;
+    }
+    free(rho);
+    /* NVFP4 round trips along features */
+    for (int q = 0; q < ANALYSIS_NQ; q++) {
+        averis_qcfg cfg = {0};
+        cfg.block = NVFP4_BLOCK_1X16;
+        cfg.split = q == ANALYSIS_SPLIT || q == ANALYSIS_SPLIT_RHT;
+        cfg.rht = q == ANALYSIS_RHT || q == ANALYSIS_SPLIT_RHT;
+        averis_qresult res;
+        if ((st = averis_quant_roundtrip(X, l, m, &cfg, y, &res, NULL))) goto out;
+        a->q_rel_mse[q] = res.rel_mse;
+        a->q_flushed[q] = res.flushed_frac;
+    }
+out:
+    free(mu); free(v); free(w); free(xv); free(Xc); free(G); free(mag); free(y); free(V); free(W);
+    return st;
+}
+
+void analysis_csv_header(FILE *f, const char *prefix_cols) {
+    fprintf(f, "%s%srows,cols,R,mean_norm,rms_token_norm,sigma1,cos_mu_v1,spike_k,e_mean,e_spike,e_tail,top_count,"
+               "rho_median,rho_frac_half", prefix_cols ? prefix_cols : "", prefix_cols && *prefix_cols ? "," : "");
+    for (int q = 0; q < ANALYSIS_NQ; q++) fprintf(f, ",relmse_%s", k_qnames[q]);
+    for (int q = 0; q < ANALYSIS_NQ; q++) fprintf(f, ",flushed_%s", k_qnames[q]);
+    fputc('\n', f);
+}
+
+void analysis_csv_row(FILE *f, const char *prefix, const analysis_metrics *a) {
+    fprintf(f, "%s%s%lld,%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,%.6g,%lld,%.6g,%.6g", prefix ? prefix : "",
+            prefix && *prefix ? "," : "", (long long)a->rows, (long long)a->cols, a->R, a->mean_norm, a->rms_token_norm,
+            a->sigma1, a->cos_mu_v1, a->spike_k, a->e_mean, a->e_spike, a->e_tail, (long long)a->top_count,
+            a->rho_median, a->rho_frac_half);
+    for (int q = 0; q < ANALYSIS_NQ; q++) fprintf(f, ",%.6g", a->q_rel_mse[q]);
+    for (int q = 0; q < ANALYSIS_NQ; q++) fprintf(f, ",%.6g", a->q_flushed[q]);
+    fputc('\n', f);
+}
+
+void analysis_json(FILE *f, const analysis_metrics *a) {
+    fprintf(f, "{\"rows\": %lld, \"cols\": %lld, \"R\": %.9g, \"mean_norm\": %.9g, \"rms_token_norm\": %.9g, "
+               "\"sigma1\": %.9g, \"cos_mu_v1\": %.9g, \"spike_k\": %d, \"e_mean\": %.9g, \"e_spike\": %.9g, "
+               "\"e_tail\": %.9g, \"top_count\": %lld, \"rho_median\": %.9g, \"rho_frac_half\": %.9g",
+            (long long)a->rows, (long long)a->cols, a->R, a->mean_norm, a->rms_token_norm, a->sigma1, a->cos_mu_v1,
+            a->spike_k, a->e_mean, a->e_spike, a->e_tail, (long long)a->top_count, a->rho_median, a->rho_frac_half);
+    for (int q = 0; q < ANALYSIS_NQ; q++)
+        fprintf(f, ", \"relmse_%s\": %.9g, \"flushed_%s\": %.9g", k_qnames[q], a->q_rel_mse[q], k_qnames[q], a->q_flushed[q]);
+    fputc('}', f);
+}
+
+typedef struct {
+    FILE *f;
+    const char *prefix;
+    averis_status st;
+} csv_tap_ctx;
+
+static void csv_tap(void *ctx, int layer, const char *kind, const float *x, int64_t rows, int64_t cols) {
+    csv_tap_ctx *c = ctx;
+    if (c->st) return;
+    analysis_metrics a;
+    if ((c->st = analysis_compute(x, rows, cols, &a))) return;
+    char pre[512];
+    snprintf(pre, sizeof pre, "%s%s%d,%s", c->prefix, *c->prefix ? "," : "", layer, kind);
+    analysis_csv_row(c->f, pre, &a);
+}
+
+averis_status analysis_model_rows(model *m, const int *inputs, const int *targets, int B, int T, FILE *csv,
+                                  const char *prefix, uint64_t sr_stream) {
+    csv_tap_ctx ctx = {csv, prefix ? prefix : "", AVERIS_OK};
+    m->tap = csv_tap;
+    m->tap_ctx = &ctx;
+    averis_status st = model_forward(m, inputs, targets, B, T, NULL);
+    if (!st && !ctx.st) st = model_backward(m, 1.0f, sr_stream);
+    m->tap = NULL;
+    m->tap_ctx = NULL;
+    fflush(csv);
+    return st ? st : ctx.st;
+}

@@ -1,0 +1,85 @@
+/* test_analysis.c — the mean-bias metrics on matrices whose answers are
+ * known in closed form. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "averis/analysis.h"
+#include "check.h"
+
+#define NEAR(a, b, tol) (fabs((double)(a) - (double)(b)) <= (tol))
+
+/* X_t = μ + s_t·u with u ⟂ μ and s_t = ±a alternating (Σ s_t = 0):
+ *   R = ‖μ‖/√(‖μ‖² + a²‖u‖²), e_mean = ‖μ‖²/(‖μ‖² + a²‖u‖²), e_spike = rest,
+ *   v₁ = μ̂ if ‖μ‖ > a‖u‖ (cos 1), else û (cos 0). */
+void test_analysis_closed_forms(void) {
+    const int64_t l = 64, m = 32;
+    float *X = malloc(sizeof(float) * (size_t)(l * m));
+    double mu[32], u[32];
+    for (int j = 0; j < m; j++) {
+        mu[j] = (j % 2 ? 1.0 : 2.0) * (j < 16 ? 1 : -1);
+        u[j] = (j % 2 ? 2.0 : -1.0); /* μ·u = Σ(±(−2 + 2)) = 0 */
+    }
+    double mu2 = 0, u2 = 0, dot = 0;
+    for (int j = 0; j < m; j++) mu2 += mu[j] * mu[j], u2 += u[j] * u[j], dot += mu[j] * u[j];
+    CHECK(dot == 0, "u ⟂ μ (%g)", dot);
+    const double amps[2] = {0.5, 3.0};
+    for (int c = 0; c < 2; c++) {
+        double a = amps[c];
+        for (int64_t t = 0; t < l; t++)
+            for (int j = 0; j < m; j++) X[t * m + j] = (float)(mu[j] + (t % 2 ? a : -a) * u[j]);
+        analysis_metrics r;
+        CHECK(!analysis_compute(X, l, m, &r), "%s", averis_last_error());
+        double tot = mu2 + a * a * u2;
+        CHECK(NEAR(r.R, sqrt(mu2 / tot), 1e-6), "a=%g: R %.9f want %.9f", a, r.R, sqrt(mu2 / tot));
+        CHECK(NEAR(r.e_mean, mu2 / tot, 1e-6) && NEAR(r.e_spike, a * a * u2 / tot, 1e-5) && NEAR(r.e_tail, 0, 1e-5),
+              "a=%g: energy %.6f %.6f %.6f", a, r.e_mean, r.e_spike, r.e_tail);
+        double want_cos = mu2 > a * a * u2 ? 1.0 : 0.0;
+        CHECK(NEAR(r.cos_mu_v1, want_cos, 1e-6), "a=%g: cos %.9f want %g", a, r.cos_mu_v1, want_cos);
+        CHECK(NEAR(r.sigma1, sqrt((double)l * (mu2 > a * a * u2 ? mu2 : a * a * u2)), 1e-4 * r.sigma1), "a=%g: σ1 %.6f", a,
+              r.sigma1);
+        CHECK(r.spike_k == 1 && r.top_count == 3, "k %d, top %lld", r.spike_k, (long long)r.top_count);
+    }
+    /* every row the mean: R = 1, cos = 1, all energy in the mean, ρ = 1,
+     * and the split round trip is exact */
+    for (int64_t t = 0; t < l; t++)
+        for (int j = 0; j < m; j++) X[t * m + j] = (float)mu[j] * 0.37f;
+    analysis_metrics r;
+    CHECK(!analysis_compute(X, l, m, &r), "%s", averis_last_error());
+    CHECK(NEAR(r.R, 1, 1e-7) && NEAR(r.cos_mu_v1, 1, 1e-7) && NEAR(r.e_mean, 1, 1e-7) && NEAR(r.e_tail + r.e_spike, 0, 1e-7),
+          "constant rows: R %.9f cos %.9f e_mean %.9f", r.R, r.cos_mu_v1, r.e_mean);
+    CHECK(NEAR(r.rho_median, 1, 1e-6) && r.rho_frac_half == 1.0, "ρ median %.6f frac %.3f", r.rho_median, r.rho_frac_half);
+    CHECK(r.q_rel_mse[ANALYSIS_SPLIT] == 0 && r.q_flushed[ANALYSIS_SPLIT] == 0, "split exact: %g", r.q_rel_mse[ANALYSIS_SPLIT]);
+    /* zero-mean: ±c rows → R = 0, all energy in one spike direction, ρ = 0 */
+    for (int64_t t = 0; t < l; t++)
+        for (int j = 0; j < m; j++) X[t * m + j] = (float)(t % 2 ? mu[j] : -mu[j]);
+    CHECK(!analysis_compute(X, l, m, &r), "%s", averis_last_error());
+    CHECK(r.R == 0 && r.cos_mu_v1 == 0 && NEAR(r.e_spike, 1, 1e-6) && r.rho_median == 0, "zero mean: R %g spike %g",
+          r.R, r.e_spike);
+    /* all zeros: finite, zero */
+    memset(X, 0, sizeof(float) * (size_t)(l * m));
+    CHECK(!analysis_compute(X, l, m, &r), "%s", averis_last_error());
+    CHECK(r.R == 0 && r.e_mean == 0 && r.top_count == 0 && isfinite(r.cos_mu_v1), "zeros");
+    free(X);
+}
+
+/* The curse on a mean-biased matrix: small values share 1×16 blocks with a
+ * large per-feature mean, so plain NVFP4 flushes them to zero; the split
+ * keeps them. R and cos are high; k = 1% of 200 → 2 spike directions. */
+void test_analysis_mean_biased(void) {
+    const int64_t l = 256, m = 200;
+    float *X = malloc(sizeof(float) * (size_t)(l * m));
+    trng g = {11};
+    for (int64_t t = 0; t < l; t++)
+        for (int64_t j = 0; j < m; j++) X[t * m + j] = 0.05f * trng_normal(&g) + (j % 16 == 0 ? 8.0f : 0.0f);
+    analysis_metrics r;
+    CHECK(!analysis_compute(X, l, m, &r), "%s", averis_last_error());
+    CHECK(r.R > 0.95 && r.cos_mu_v1 > 0.99, "R %.4f cos %.5f", r.R, r.cos_mu_v1);
+    CHECK(r.q_rel_mse[ANALYSIS_SPLIT] * 10 < r.q_rel_mse[ANALYSIS_PLAIN], "split %.3e vs plain %.3e",
+          r.q_rel_mse[ANALYSIS_SPLIT], r.q_rel_mse[ANALYSIS_PLAIN]);
+    CHECK(r.q_flushed[ANALYSIS_PLAIN] > 0.5 && r.q_flushed[ANALYSIS_SPLIT] < 0.2, "flushed split %.4f plain %.4f",
+          r.q_flushed[ANALYSIS_SPLIT], r.q_flushed[ANALYSIS_PLAIN]);
+    CHECK(NEAR(r.e_mean + r.e_spike + r.e_tail, 1, 1e-9) && r.spike_k == 2, "energy sums to 1, k %d", r.spike_k);
+    CHECK(r.rho_frac_half > 0.9, "the largest magnitudes are mostly the mean: %.3f", r.rho_frac_half);
+    free(X);
+}
