@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/train.h"
+#include "averis/analysis.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/json.h"
@@ -401,6 +402,13 @@ static void fmt_eta(char *buf, size_t cap, double s) {
 }
 
 /* ------------------------------------------------------------ the loop */
+/* Mean-bias rows of the fixed analysis batch (ids in, tg) at this step. */
+static averis_status analyze_rows(model *m, const int *in, const int *tg, const train_opts *o, FILE *f, int step) {
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "%d", step);
+    return analysis_model_rows(m, in, tg, o->batch, o->seq, f, prefix, UINT64_MAX - (uint64_t)step);
+}
+
 averis_status train_run(const train_opts *oin, train_result *res) {
     train_opts o = *oin;
     memset(res, 0, sizeof *res);
@@ -416,7 +424,8 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     data_loader train = {0}, val = {0};
     float *mom = NULL, *var = NULL;
     int *in = NULL, *tg = NULL;
-    FILE *log = NULL;
+    FILE *log = NULL, *ana = NULL;
+    int *ana_in = NULL, *ana_tg = NULL;
     train_state s;
     memset(&s, 0, sizeof s);
     averis_status st = model_config_load(o.config, &cfg);
@@ -485,6 +494,22 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     int fresh_log = stat(p, &sb) != 0 || !(o.resume && latest[0]);
     if (!(log = fopen(p, fresh_log ? "w" : "a"))) { st = averis_fail(AVERIS_EIO, "%s: cannot open log", p); goto out; }
     if (fresh_log) fputs(k_log_header, log);
+    if (o.analyze_every > 0) { /* the first validation batch, fixed for the whole run */
+        char ap[4200];
+        path_join(ap, sizeof ap, o.out_dir, "analysis.csv");
+        int fresh = stat(ap, &sb) != 0 || !(o.resume && latest[0]);
+        if (!fresh && (st = log_truncate(ap, (int)s.step))) goto out;
+        if (!(ana = fopen(ap, fresh ? "w" : "a"))) { st = averis_fail(AVERIS_EIO, "%s: cannot open", ap); goto out; }
+        if (fresh) analysis_csv_header(ana, "step,layer,kind");
+        ana_in = malloc((size_t)o.batch * o.seq * sizeof *ana_in);
+        ana_tg = malloc((size_t)o.batch * o.seq * sizeof *ana_tg);
+        size_t vp = val.pos;
+        val.pos = 0;
+        if (!ana_in || !ana_tg) { st = averis_fail(AVERIS_ENOMEM, "train: out of memory"); goto out; }
+        if ((st = loader_next(&val, o.batch, o.seq, ana_in, ana_tg))) goto out;
+        val.pos = vp;
+        if (s.step == 0 && (st = analyze_rows(&m, ana_in, ana_tg, &o, ana, 0))) goto out;
+    }
     if (!o.quiet && strstr(averis_gemm_backend_describe(), "Prescott") && nvfp4_cpu_has_avx512())
         fprintf(stderr, "train: warning: OpenBLAS chose its slowest (Prescott) kernels on this AVX-512 CPU; "
                         "export OPENBLAS_CORETYPE=COOPERLAKE for up to 3x faster GEMMs\n");
@@ -553,6 +578,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
             fputc('\n', stderr);
         }
         if (do_val) res->final_val_loss = vloss;
+        if (ana && s.step % o.analyze_every == 0 && (st = analyze_rows(&m, ana_in, ana_tg, &o, ana, (int)s.step))) goto out;
         /* checkpoint */
         int stop = o.stop_after > 0 && s.step >= o.stop_after;
         if ((o.ckpt_every > 0 && s.step % o.ckpt_every == 0) || s.step == o.steps || stop)
@@ -567,6 +593,8 @@ averis_status train_run(const train_opts *oin, train_result *res) {
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);
 out:
     if (log) fclose(log);
+    if (ana) fclose(ana);
+    free(ana_in); free(ana_tg);
     free(mom); free(var); free(in); free(tg);
     loader_free(&train);
     loader_free(&val);

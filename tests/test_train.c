@@ -59,6 +59,7 @@ static void opts_for(train_opts *o, const char *dir, char *cfg, char *data, char
     o->warmup = 2;
     o->val_every = 4;
     o->val_batches = 2;
+    o->analyze_every = 4;
     o->quiet = 1;
 }
 
@@ -75,8 +76,8 @@ static int same_file(const char *a, const char *b) {
     return same;
 }
 
-/* 8 steps straight = 4 steps, stop, resume, 4 more: the same losses and
- * the same final weights, bit for bit (averis-rht: SR, RHT, accumulation). */
+/* 8 steps straight = 4 steps, stop, resume, 4 more: the same losses, final
+ * weights and analysis rows, bit for bit (averis-rht: SR, RHT, accumulation). */
 void test_train_resume_bit_exact(void) {
     char dir[64], cfg[128], data[128], outa[128], outb[128], pa[256], pb[256];
     make_fixture(dir);
@@ -111,6 +112,15 @@ void test_train_resume_bit_exact(void) {
     while (f && fgets(line, sizeof line, f)) lines++;
     if (f) fclose(f);
     CHECK(lines == 9, "log.csv has %d lines, want header + 8", lines);
+    /* the mean-bias rows (steps 0, 4, 8) do not perturb training and resume cleanly */
+    snprintf(pa, sizeof pa, "%s/analysis.csv", outa);
+    snprintf(pb, sizeof pb, "%s/analysis.csv", outb);
+    CHECK(same_file(pa, pb), "analysis.csv differs between the straight and the resumed run");
+    f = fopen(pa, "r");
+    lines = 0;
+    while (f && fgets(line, sizeof line, f)) lines++;
+    if (f) fclose(f);
+    CHECK(lines == 1 + 3 * 2 * 8, "analysis.csv has %d lines, want header + 3 steps × 2 layers × 8 kinds", lines);
     train_result_free(&ra);
     train_result_free(&rb1);
     train_result_free(&rb2);

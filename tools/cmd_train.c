@@ -45,6 +45,8 @@ static void train_usage(FILE *f) {
             "  --max-bad N         stop after N non-finite steps in a row (default %d)\n"
             "  --resume            continue from OUT's latest checkpoint\n"
             "  --stop-after N      stop after N steps with a checkpoint (resume later)\n"
+            "  --analyze-every K   mean-bias rows (see 'averis analyze') of the first validation\n"
+            "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n",
@@ -81,6 +83,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--bf16-last")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 1024, &o.bf16_last); }
         else if (!strcmp(a, "--max-bad")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1000000, &o.max_bad_steps); }
         else if (!strcmp(a, "--stop-after")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.stop_after); }
+        else if (!strcmp(a, "--analyze-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.analyze_every); }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--threads")) {

@@ -30,7 +30,8 @@ typedef struct {
     int bf16_last;
     int max_bad_steps;      /* stop after this many non-finite steps in a row */
     int resume;             /* continue from out_dir's latest checkpoint */
-    int stop_after;         /* testing: stop (with a checkpoint) after this many steps, 0 = off */
+    int stop_after;         /* stop (with a checkpoint) after this many steps, 0 = off */
+    int analyze_every;      /* mean-bias rows into OUT/analysis.csv every K steps (and at step 0), 0 = off */
     int quiet;
 } train_opts;
 
