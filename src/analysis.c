@@ -134,10 +134,19 @@ averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_me
     for (int64_t j = 0; j < m; j++) dot += mu[j] * v[j];
     a->cos_mu_v1 = a->mean_norm > 0 ? fabs(dot) / a->mean_norm : 0.0;
     /* energy: mean l‖μ‖², spike = top-k eigenvalues of XcᵀXc, tail = rest */
+    /* X − 1μ scaled by 1/max|·| so the fp32 Gram neither overflows nor underflows */
+    double cmax = 0;
     for (int64_t t = 0; t < l; t++)
-        for (int64_t j = 0; j < m; j++) Xc[t * m + j] = (float)((double)X[t * m + j] - mu[j]);
+        for (int64_t j = 0; j < m; j++) {
+            double d = fabs((double)X[t * m + j] - mu[j]);
+            cmax = d > cmax ? d : cmax;
+        }
+    double inv = cmax > 0 ? 1.0 / cmax : 0.0;
+    for (int64_t t = 0; t < l; t++)
+        for (int64_t j = 0; j < m; j++) Xc[t * m + j] = (float)(((double)X[t * m + j] - mu[j]) * inv);
     averis_sgemm(1, 0, m, m, l, 1.0f, Xc, m, Xc, m, 0.0f, G, m);
-    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = total > 0 ? top_k_trace(G, m, k, V, W) : 0.0;
+    double e_mean = (double)l * mu2, e_c = total - e_mean;
+    double e_spike = total > 0 && cmax > 0 ? top_k_trace(G, m, k, V, W) * cmax * cmax : 0.0;
     if (e_c < 0) e_c = 0;
     if (e_spike > e_c) e_spike = e_c;
     a->spike_k = k;

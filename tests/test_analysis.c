@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "averis/analysis.h"
+#include "averis/io.h"
+#include "averis/json.h"
 #include "check.h"
 
 #define NEAR(a, b, tol) (fabs((double)(a) - (double)(b)) <= (tol))
@@ -82,4 +84,45 @@ void test_analysis_mean_biased(void) {
     CHECK(NEAR(r.e_mean + r.e_spike + r.e_tail, 1, 1e-9) && r.spike_k == 2, "energy sums to 1, k %d", r.spike_k);
     CHECK(r.rho_frac_half > 0.9, "the largest magnitudes are mostly the mean: %.3f", r.rho_frac_half);
     free(X);
+}
+
+/* Against numpy (fp64, exact SVD): tests/ref_analysis.py wrote the metrics
+ * of the nvfp4 fixture tensors to tests/fixtures/analysis/expected.json.
+ * Tolerances: 1e-6 absolute on shares and ratios, 1e-6 relative on σ₁ and
+ * the ρ median; counts exact. */
+void test_analysis_vs_numpy(void) {
+    FILE *f = fopen("tests/fixtures/analysis/expected.json", "rb");
+    CHECK(f != NULL, "expected.json missing");
+    if (!f) return;
+    char *buf = malloc(1 << 16);
+    size_t n = fread(buf, 1, 1 << 16, f);
+    fclose(f);
+    json root;
+    CHECK(!json_parse(buf, n, "expected.json", &root), "%s", averis_last_error());
+    int seen = 0;
+    for (int i = 0; i < root.n; i++) {
+        if (root.keys[i][0] == '_') continue;
+        const json *e = &root.items[i];
+        char path[256];
+        snprintf(path, sizeof path, "tests/fixtures/nvfp4/%s.in.npy", root.keys[i]);
+        averis_npy x;
+        CHECK(!averis_npy_read(path, &x), "%s", averis_last_error());
+        analysis_metrics a;
+        CHECK(!analysis_compute(x.data, x.shape[0], x.shape[1], &a), "%s", averis_last_error());
+        averis_npy_free(&x);
+        const struct { const char *k; double got, tol; int rel; } c[] = {
+            {"R", a.R, 1e-6, 0}, {"cos_mu_v1", a.cos_mu_v1, 1e-6, 0}, {"e_mean", a.e_mean, 1e-6, 0},
+            {"e_spike", a.e_spike, 1e-6, 0}, {"e_tail", a.e_tail, 1e-6, 0}, {"sigma1", a.sigma1, 1e-6, 1},
+            {"rho_median", a.rho_median, 1e-6, 1}, {"rho_frac_half", a.rho_frac_half, 0, 0},
+            {"spike_k", a.spike_k, 0, 0}, {"top_count", (double)a.top_count, 0, 0}};
+        for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {
+            const json *w = json_get(e, c[k].k);
+            double want = w ? w->num : NAN, tol = c[k].rel ? c[k].tol * fabs(want) : c[k].tol;
+            CHECK(w && fabs(c[k].got - want) <= tol, "%s: %s = %.9g, numpy %.9g", root.keys[i], c[k].k, c[k].got, want);
+        }
+        seen++;
+    }
+    CHECK(seen == 5, "%d tensors in expected.json", seen);
+    json_free(&root);
+    free(buf);
 }
