@@ -5,6 +5,9 @@
 #include <stdlib.h>
 
 #include "cli.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 int cli_parse_int(const char *opt, const char *s, long lo, long hi, int *out) {
     char *end;
@@ -27,5 +30,14 @@ int cli_parse_double(const char *opt, const char *s, double lo, double hi, doubl
         return 0;
     }
     *out = v;
+    return 1;
+}
+
+int cli_set_threads(const char *opt, const char *s) {
+    int nt;
+    if (!cli_parse_int(opt, s, 1, 1024, &nt)) return 0;
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
     return 1;
 }

@@ -18,6 +18,8 @@ int cli_parse_u64(const char *opt, const char *s, uint64_t *out);
 /* An integer in [lo, hi] / a finite number in [lo, hi]; 0 and a message on failure. */
 int cli_parse_int(const char *opt, const char *s, long lo, long hi, int *out);
 int cli_parse_double(const char *opt, const char *s, double lo, double hi, double *out);
+/* --threads N: sets the OpenMP thread count; 0 and a message on a bad value. */
+int cli_set_threads(const char *opt, const char *s);
 
 /* In an argv loop with `a` = argv[i], `val` = argv[i+1] or NULL. */
 #define CLI_NEED_VAL(cmd)                                                  \

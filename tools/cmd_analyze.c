@@ -68,14 +68,8 @@ int cmd_analyze(int argc, char **argv) {
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("analyze"); recipe = val; }
         else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("analyze"); ok = cli_parse_int(a, val, 1, 65536, &B); }
         else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("analyze"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
-        else if (!strcmp(a, "--threads")) {
-            CLI_NEED_VAL("analyze");
-            int nt;
-            ok = cli_parse_int(a, val, 1, 1024, &nt);
-#ifdef _OPENMP
-            if (ok) omp_set_num_threads(nt);
-#endif
-        } else if (a[0] == '-') { fprintf(stderr, "averis analyze: unknown option '%s' (try --help)\n", a); return 2; }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("analyze"); ok = cli_set_threads(a, val); }
+        else if (a[0] == '-') { fprintf(stderr, "averis analyze: unknown option '%s' (try --help)\n", a); return 2; }
         else ck = a;
         if (!ok) return 2;
     }

@@ -33,14 +33,6 @@ static void eval_usage(FILE *f) {
             "  -h, --help       this text\n");
 }
 
-static int set_threads(const char *a, const char *val) {
-    int nt;
-    if (!cli_parse_int(a, val, 1, 1024, &nt)) return 0;
-#ifdef _OPENMP
-    omp_set_num_threads(nt);
-#endif
-    return 1;
-}
 
 /* The first batch's tokens and logits as .npy (for checks against other
  * implementations, e.g. tests/gen_qwen3_fixture.py --check-ckpt). */
@@ -77,7 +69,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 65536, &B); }
         else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
         else if (!strcmp(a, "--batches")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 1000000, &nb); }
-        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("eval"); ok = set_threads(a, val); }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("eval"); ok = cli_set_threads(a, val); }
         else if (a[0] == '-') { fprintf(stderr, "averis eval: unknown option '%s' (try --help)\n", a); return 2; }
         else ck = a;
         if (!ok) return 2;
@@ -178,7 +170,7 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 0, 1 << 24, &topk); }
         else if (!strcmp(a, "--temperature")) { CLI_NEED_VAL("sample"); ok = cli_parse_double(a, val, 0.0, 100.0, &temp); }
         else if (!strcmp(a, "--seed")) { CLI_NEED_VAL("sample"); ok = cli_parse_u64(a, val, &seed); }
-        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("sample"); ok = set_threads(a, val); }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("sample"); ok = cli_set_threads(a, val); }
         else if (a[0] == '-') { fprintf(stderr, "averis sample: unknown option '%s' (try --help)\n", a); return 2; }
         else ck = a;
         if (!ok) return 2;

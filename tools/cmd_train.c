@@ -86,14 +86,8 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--analyze-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.analyze_every); }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
-        else if (!strcmp(a, "--threads")) {
-            CLI_NEED_VAL("train");
-            int nt;
-            ok = cli_parse_int(a, val, 1, 1024, &nt);
-#ifdef _OPENMP
-            if (ok) omp_set_num_threads(nt);
-#endif
-        } else { fprintf(stderr, "averis train: unknown option '%s' (try --help)\n", a); return 2; }
+        else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("train"); ok = cli_set_threads(a, val); }
+        else { fprintf(stderr, "averis train: unknown option '%s' (try --help)\n", a); return 2; }
         if (!ok) return 2;
     }
     train_result r;
