@@ -31,32 +31,10 @@ static averis_status docs_push(text_docs *d, char *text, size_t len) {
     return AVERIS_OK;
 }
 
-static averis_status slurp(const char *path, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot open", path);
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    for (;;) {
-        if (!b) { fclose(f); return averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); }
-        n += fread(b + n, 1, cap - n - 1, f);
-        if (n < cap - 1) break;
-        char *nb = realloc(b, cap *= 2);
-        if (!nb) free(b);
-        b = nb;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) { free(b); return averis_fail(AVERIS_EIO, "%s: read error", path); }
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return AVERIS_OK;
-}
-
 averis_status text_read_file(const char *path, text_docs *d) {
     char *b;
     size_t n;
-    averis_status st = slurp(path, &b, &n);
+    averis_status st = averis_read_file(path, &b, &n);
     if (st) return st;
     return docs_push(d, b, text_clean(b, n));
 }
@@ -135,7 +113,7 @@ averis_status rdata_read_texts(const char *path, text_docs *d) {
 #else
     char *buf;
     size_t n;
-    averis_status st = slurp(path, &buf, &n);
+    averis_status st = averis_read_file(path, &buf, &n);
     if (st) return st;
     const uint8_t *p = (const uint8_t *)buf;
     size_t i = 0;

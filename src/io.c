@@ -195,3 +195,25 @@ averis_status averis_mkdir_p(const char *path) {
     }
     return AVERIS_OK;
 }
+
+averis_status averis_read_file(const char *path, char **buf, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot open", path);
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (!b) { fclose(f); return averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); }
+        n += fread(b + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
+        char *nb = realloc(b, cap *= 2);
+        if (!nb) free(b);
+        b = nb;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(b); return averis_fail(AVERIS_EIO, "%s: read error", path); }
+    b[n] = 0;
+    *buf = b;
+    *len = n;
+    return AVERIS_OK;
+}

@@ -135,27 +135,13 @@ averis_status model_config_load(const char *name_or_path, model_config *c) {
             *c = k_presets[i].c;
             return AVERIS_OK;
         }
-    FILE *f = fopen(name_or_path, "rb");
-    if (!f)
+    char *buf;
+    size_t len;
+    if (averis_read_file(name_or_path, &buf, &len))
         return averis_fail(AVERIS_EIO, "config '%s': not a preset (%s) and not a readable file", name_or_path,
                            model_preset_names());
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 > cap) {
-            char *nb = realloc(buf, cap = cap * 2 + 8192);
-            if (!nb) { free(buf); fclose(f); return averis_fail(AVERIS_ENOMEM, "config: out of memory"); }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, 4096, f);
-        len += r;
-        if (r < 4096) break;
-        if (len > (16u << 20)) { free(buf); fclose(f); return averis_fail(AVERIS_EFORMAT, "%s: too large for a config", name_or_path); }
-    }
-    int err = ferror(f);
-    fclose(f);
-    averis_status st = err ? averis_fail(AVERIS_EIO, "%s: read error", name_or_path)
-                           : model_config_from_json(buf, len, name_or_path, c);
+    averis_status st = len > (16u << 20) ? averis_fail(AVERIS_EFORMAT, "%s: too large for a config", name_or_path)
+                                         : model_config_from_json(buf, len, name_or_path, c);
     free(buf);
     return st;
 }

@@ -23,17 +23,13 @@ void st_free(st_file *f) {
 averis_status st_read(const char *path, st_file *f) {
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return averis_fail(AVERIS_EIO, "%s: cannot open", path);
-    if (fseek(fp, 0, SEEK_END)) { fclose(fp); return averis_fail(AVERIS_EIO, "%s: cannot seek", path); }
-    long size = ftell(fp);
-    rewind(fp);
-    if (size < 8) { fclose(fp); return averis_fail(AVERIS_EFORMAT, "%s: truncated safetensors (%ld bytes)", path, size); }
-    f->buf = malloc((size_t)size);
-    if (!f->buf) { fclose(fp); return averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); }
-    size_t got = fread(f->buf, 1, (size_t)size, fp);
-    fclose(fp);
-    if (got != (size_t)size) { st_free(f); return averis_fail(AVERIS_EIO, "%s: read error", path); }
+    char *raw;
+    size_t len;
+    averis_status rs = averis_read_file(path, &raw, &len);
+    if (rs) return rs;
+    f->buf = (uint8_t *)raw;
+    long size = (long)len;
+    if (size < 8) { st_free(f); return averis_fail(AVERIS_EFORMAT, "%s: truncated safetensors (%ld bytes)", path, size); }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->buf[i];
     if (hlen > (uint64_t)size - 8 || hlen > (100u << 20)) {

@@ -356,13 +356,15 @@ averis_status ckpt_load_model(const char *dir, const char *recipe_override, mode
     char recipe[128] = "fp32";
     if (seq_len) *seq_len = 0;
     path_join(p, sizeof p, dir, "train.json");
-    FILE *f = fopen(p, "rb");
-    if (f) {
-        char buf[8192];
-        size_t n = fread(buf, 1, sizeof buf, f);
-        fclose(f);
+    char *buf;
+    size_t n;
+    struct stat sb;
+    if (!stat(p, &sb)) { /* optional: a plain HF checkpoint has none */
+        if ((st = averis_read_file(p, &buf, &n))) { model_free(m); return st; }
         json j;
-        if (json_parse(buf, n, p, &j)) { model_free(m); return AVERIS_EFORMAT; }
+        st = json_parse(buf, n, p, &j);
+        free(buf);
+        if (st) { model_free(m); return st; }
         const json *r = json_get(&j, "recipe"), *t = json_get(&j, "seq"), *bl = json_get(&j, "bf16_last");
         if (r && r->type == JSON_STR) snprintf(recipe, sizeof recipe, "%s", r->str);
         if (t && t->type == JSON_NUM && seq_len) *seq_len = (int)t->num;

@@ -21,6 +21,10 @@ averis_status averis_afile_open(averis_afile *af, const char *path);
 averis_status averis_afile_commit(averis_afile *af);
 void averis_afile_abort(averis_afile *af);
 
+/* Reads a whole file into *buf (malloc'd, NUL-terminated; *len bytes
+ * without the NUL). Errors name the file. */
+averis_status averis_read_file(const char *path, char **buf, size_t *len);
+
 /* mkdir -p: creates path and its missing parents (0777 & umask). */
 averis_status averis_mkdir_p(const char *path);
 
