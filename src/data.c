@@ -226,17 +226,25 @@ averis_status loader_open(data_loader *dl, const char *dir, const char *split) {
     return AVERIS_OK;
 }
 
-averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targets) {
+averis_status loader_batch_at(const data_loader *dl, size_t pos, int B, int T, int *inputs, int *targets) {
     size_t need = (size_t)B * (size_t)T + 1;
     if (dl->n < need)
         return averis_fail(AVERIS_EINVAL, "data: %zu tokens, fewer than one batch of B×T+1 = %zu", dl->n, need);
-    if (dl->pos + need > dl->n) { dl->pos = 0; dl->epoch++; }
+    if (pos + need > dl->n)
+        return averis_fail(AVERIS_EINVAL, "data: a batch at token %zu runs past the end (%zu tokens)", pos, dl->n);
     for (size_t i = 0; i + 1 < need; i++) {
-        inputs[i] = dl->tok[dl->pos + i];
-        targets[i] = dl->tok[dl->pos + i + 1];
+        inputs[i] = dl->tok[pos + i];
+        targets[i] = dl->tok[pos + i + 1];
     }
-    dl->pos += need - 1;
     return AVERIS_OK;
+}
+
+averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targets) {
+    size_t step = (size_t)B * (size_t)T;
+    if (dl->n > step && dl->pos + step + 1 > dl->n) { dl->pos = 0; dl->epoch++; }
+    averis_status st = loader_batch_at(dl, dl->pos, B, T, inputs, targets);
+    if (!st) dl->pos += step;
+    return st;
 }
 
 void loader_free(data_loader *dl) {

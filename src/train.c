@@ -110,26 +110,22 @@ static void adamw_step(model *m, float *mom, float *var, const train_opts *o, do
     }
 }
 
-averis_status train_eval_loss(model *m, data_loader *dl, int B, int T, int nbatches, float *loss) {
+averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int nbatches, float *loss) {
     size_t N = (size_t)B * T;
     int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
     if (!in || !tg) { free(in); free(tg); return averis_fail(AVERIS_ENOMEM, "eval: out of memory"); }
-    size_t saved_pos = dl->pos;
-    uint64_t saved_epoch = dl->epoch;
-    dl->pos = 0;
     double total = 0.0;
     int done = 0;
     averis_status st = AVERIS_OK;
     for (int b = 0; b < nbatches && !st; b++) {
-        if (b > 0 && dl->pos + N + 1 > dl->n) break; /* the data ran out: average what was seen */
+        size_t pos = (size_t)b * N;
+        if (b > 0 && pos + N + 1 > dl->n) break; /* the data ran out: average what was seen */
         float l = 0;
-        if (!(st = loader_next(dl, B, T, in, tg)) && !(st = model_forward(m, in, tg, B, T, &l))) {
+        if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) && !(st = model_forward(m, in, tg, B, T, &l))) {
             total += l;
             done++;
         }
     }
-    dl->pos = saved_pos;
-    dl->epoch = saved_epoch;
     free(in);
     free(tg);
     if (!st) *loss = (float)(total / (done ? done : 1));
@@ -505,11 +501,8 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         if (fresh) analysis_csv_header(ana, "step,layer,kind");
         ana_in = malloc((size_t)o.batch * o.seq * sizeof *ana_in);
         ana_tg = malloc((size_t)o.batch * o.seq * sizeof *ana_tg);
-        size_t vp = val.pos;
-        val.pos = 0;
         if (!ana_in || !ana_tg) { st = averis_fail(AVERIS_ENOMEM, "train: out of memory"); goto out; }
-        if ((st = loader_next(&val, o.batch, o.seq, ana_in, ana_tg))) goto out;
-        val.pos = vp;
+        if ((st = loader_batch_at(&val, 0, o.batch, o.seq, ana_in, ana_tg))) goto out;
         if (s.step == 0 && (st = analyze_rows(&m, ana_in, ana_tg, &o, ana, 0))) goto out;
     }
     if (!o.quiet && strstr(averis_gemm_backend_describe(), "Prescott") && nvfp4_cpu_has_avx512())

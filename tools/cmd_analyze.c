@@ -115,7 +115,7 @@ int cmd_analyze(int argc, char **argv) {
     }
     int *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
     averis_afile af;
-    averis_status st = !in || !tg ? AVERIS_ENOMEM : loader_next(&dl, B, T, in, tg);
+    averis_status st = !in || !tg ? AVERIS_ENOMEM : loader_batch_at(&dl, 0, B, T, in, tg);
     if (!st) st = averis_afile_open(&af, out);
     if (!st) {
         analysis_csv_header(af.f, "layer,kind");

@@ -36,14 +36,13 @@ static void eval_usage(FILE *f) {
 
 /* The first batch's tokens and logits as .npy (for checks against other
  * implementations, e.g. tests/gen_qwen3_fixture.py --check-ckpt). */
-static averis_status dump_batch(model *m, data_loader *dl, int B, int T, const char *prefix) {
+static averis_status dump_batch(model *m, const data_loader *dl, int B, int T, const char *prefix) {
     size_t N = (size_t)B * T;
     int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
     float *tf = malloc(N * sizeof *tf);
     averis_status st = AVERIS_ENOMEM;
     char path[4200];
-    dl->pos = 0;
-    if (in && tg && tf && !(st = loader_next(dl, B, T, in, tg)) && !(st = model_forward(m, in, NULL, B, T, NULL))) {
+    if (in && tg && tf && !(st = loader_batch_at(dl, 0, B, T, in, tg)) && !(st = model_forward(m, in, NULL, B, T, NULL))) {
         for (size_t i = 0; i < N; i++) tf[i] = (float)in[i];
         int64_t ts[2] = {B, T}, ls[3] = {B, T, m->cfg.vocab_size};
         snprintf(path, sizeof path, "%s.tokens.npy", prefix);

@@ -45,6 +45,9 @@ typedef struct {
     int max_id;     /* largest token id present */
 } data_loader;
 averis_status loader_open(data_loader *dl, const char *dir, const char *split);
+/* The batch whose first input is token pos (no state changes); fails if
+ * it runs past the end. */
+averis_status loader_batch_at(const data_loader *dl, size_t pos, int B, int T, int *inputs, int *targets);
 /* Next batch; fails if the data holds fewer than B·T+1 tokens. */
 averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targets);
 void loader_free(data_loader *dl);

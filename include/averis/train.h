@@ -50,7 +50,7 @@ averis_status train_run(const train_opts *o, train_result *res);
 void train_result_free(train_result *r);
 
 /* The mean loss over the first nbatches B×T batches of the loader's data. */
-averis_status train_eval_loss(model *m, data_loader *dl, int B, int T, int nbatches, float *loss);
+averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int nbatches, float *loss);
 
 /* Checkpoint directory I/O (used by eval and sample): the newest checkpoint
  * under out_dir ("latest"), or a checkpoint directory itself. */
