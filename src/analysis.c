@@ -224,7 +224,7 @@ void analysis_json(FILE *f, const analysis_metrics *a) {
 }
 
 typedef struct {
-    FILE *f;
+    FILE *f, *table;
     const char *prefix;
     averis_status st;
 } csv_tap_ctx;
@@ -237,11 +237,18 @@ static void csv_tap(void *ctx, int layer, const char *kind, const float *x, int6
     char pre[512];
     snprintf(pre, sizeof pre, "%s%s%d,%s", c->prefix, *c->prefix ? "," : "", layer, kind);
     analysis_csv_row(c->f, pre, &a);
+    if (c->table)
+        fprintf(c->table, "%-5d %-14s %7.4f %7.4f %7.4f %9.4f %9.4f %10.3e %10.3e\n", layer, kind, a.R, a.cos_mu_v1,
+                a.e_mean, a.q_flushed[ANALYSIS_PLAIN], a.q_flushed[ANALYSIS_SPLIT], a.q_rel_mse[ANALYSIS_PLAIN],
+                a.q_rel_mse[ANALYSIS_SPLIT]);
 }
 
 averis_status analysis_model_rows(model *m, const int *inputs, const int *targets, int B, int T, FILE *csv,
-                                  const char *prefix, uint64_t sr_stream) {
-    csv_tap_ctx ctx = {csv, prefix ? prefix : "", AVERIS_OK};
+                                  const char *prefix, uint64_t sr_stream, FILE *table) {
+    csv_tap_ctx ctx = {csv, table, prefix ? prefix : "", AVERIS_OK};
+    if (table)
+        fprintf(table, "%-5s %-14s %7s %7s %7s %9s %9s %10s %10s\n", "layer", "kind", "R", "cos", "e_mean", "flush",
+                "flush_sp", "mse", "mse_sp");
     m->tap = csv_tap;
     m->tap_ctx = &ctx;
     averis_status st = model_forward(m, inputs, targets, B, T, NULL);

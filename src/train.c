@@ -404,7 +404,7 @@ static void fmt_eta(char *buf, size_t cap, double s) {
 static averis_status analyze_rows(model *m, const int *in, const int *tg, const train_opts *o, FILE *f, int step) {
     char prefix[32];
     snprintf(prefix, sizeof prefix, "%d", step);
-    return analysis_model_rows(m, in, tg, o->batch, o->seq, f, prefix, UINT64_MAX - (uint64_t)step);
+    return analysis_model_rows(m, in, tg, o->batch, o->seq, f, prefix, UINT64_MAX - (uint64_t)step, NULL);
 }
 
 averis_status train_run(const train_opts *oin, train_result *res) {

@@ -119,31 +119,13 @@ int cmd_analyze(int argc, char **argv) {
     if (!st) st = averis_afile_open(&af, out);
     if (!st) {
         analysis_csv_header(af.f, "layer,kind");
-        st = analysis_model_rows(&m, in, tg, B, T, af.f, "", 0);
+        st = analysis_model_rows(&m, in, tg, B, T, af.f, "", 0, stdout);
         if (st) averis_afile_abort(&af);
         else st = averis_afile_commit(&af);
     }
     if (st) fprintf(stderr, "averis analyze: %s\n", st == AVERIS_ENOMEM ? "out of memory" : averis_last_error());
-    else {
-        /* a compact view of what was written */
-        FILE *f = fopen(out, "r");
-        char line[2048];
-        printf("%-5s %-14s %7s %7s %7s %9s %9s %10s %10s\n", "layer", "kind", "R", "cos", "e_mean", "flush", "flush_sp",
-               "mse", "mse_sp");
-        while (f && fgets(line, sizeof line, f)) {
-            if (!strncmp(line, "layer,", 6)) continue;
-            char kind[64];
-            int layer;
-            double v[24];
-            if (sscanf(line, "%d,%63[^,],%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf,%lf",
-                       &layer, kind, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &v[11],
-                       &v[12], &v[13], &v[14], &v[15], &v[16], &v[17], &v[18], &v[19], &v[20], &v[21]) == 24)
-                printf("%-5d %-14s %7.4f %7.4f %7.4f %9.4f %9.4f %10.3e %10.3e\n", layer, kind, v[2], v[6], v[8],
-                       v[18], v[19], v[14], v[15]);
-        }
-        if (f) fclose(f);
+    else
         printf("rows: %s (%s, recipe %s, %d×%d tokens)\n", out, dir, qlin_recipe_name(m.recipe.id), B, T);
-    }
     free(in);
     free(tg);
     loader_free(&dl);

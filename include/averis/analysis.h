@@ -52,10 +52,11 @@ void analysis_json(FILE *f, const analysis_metrics *a);
 
 /* One forward + backward of the model on a batch with targets, writing a
  * CSV row "PREFIX,layer,kind,metrics..." for the input of every quantized
- * linear and the output gradient of every layer (the kinds of model.tap).
+ * linear and the output gradient of every layer (the kinds of model.tap),
+ * and, if table is not NULL, a compact line per tensor there as it goes.
  * The model's gradients are overwritten (zero them before the next step). */
 averis_status analysis_model_rows(model *m, const int *inputs, const int *targets, int B, int T, FILE *csv,
-                                  const char *prefix, uint64_t sr_stream);
+                                  const char *prefix, uint64_t sr_stream, FILE *table);
 
 #ifdef __cplusplus
 }
