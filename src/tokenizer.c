@@ -297,15 +297,16 @@ averis_status bpe_load(bpe_tokenizer *tok, const char *path) {
 }
 
 /* ------------------------------------------------------------ encode/decode */
-static int push_id(int **ids, size_t *n, size_t *cap, int id) {
+averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id) {
     if (*n == *cap) {
         size_t nc = *cap ? 2 * *cap : 4096;
         int *ni = realloc(*ids, nc * sizeof *ni);
-        if (!ni) return 0;
-        *ids = ni; *cap = nc;
+        if (!ni) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        *ids = ni;
+        *cap = nc;
     }
     (*ids)[(*n)++] = id;
-    return 1;
+    return AVERIS_OK;
 }
 
 averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap) {
@@ -333,7 +334,7 @@ averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len,
             k = o;
         }
         for (int j = 0; j < k; j++)
-            if (!push_id(ids, n, cap, sym[j])) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+            if (bpe_append(ids, n, cap, sym[j])) return AVERIS_ENOMEM;
         i += L;
     }
     return AVERIS_OK;

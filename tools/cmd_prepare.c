@@ -36,18 +36,6 @@ static void progress(int done, int total) {
     if (done == total) fputc('\n', stderr);
 }
 
-static averis_status push_id(int **ids, size_t *n, size_t *cap, int id) {
-    if (*n == *cap) {
-        size_t nc = *cap ? 2 * *cap : 4096;
-        int *ni = realloc(*ids, nc * sizeof *ni);
-        if (!ni) return AVERIS_ENOMEM;
-        *ids = ni;
-        *cap = nc;
-    }
-    (*ids)[(*n)++] = id;
-    return AVERIS_OK;
-}
-
 static int ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && !strcmp(s + a - b, suf);
@@ -126,9 +114,9 @@ int cmd_prepare(int argc, char **argv) {
     snprintf(tpath, sizeof tpath, "%s/tokenizer.bpe", out);
     if (bpe_save(&tok, tpath)) { fprintf(stderr, "averis prepare: %s\n", averis_last_error()); free(cut); goto done; }
     for (int d = 0; d < docs.n; d++) { /* every document starts with <|endoftext|>, as in llm.c */
-        averis_status st = push_id(&tr, &ntr, &ctr, BPE_EOT);
+        averis_status st = bpe_append(&tr, &ntr, &ctr, BPE_EOT);
         if (!st) st = bpe_encode(&tok, docs.text[d], cut[d], &tr, &ntr, &ctr);
-        if (!st) st = push_id(&va, &nva, &cva, BPE_EOT);
+        if (!st) st = bpe_append(&va, &nva, &cva, BPE_EOT);
         if (!st) st = bpe_encode(&tok, docs.text[d] + cut[d], docs.len[d] - cut[d], &va, &nva, &cva);
         if (st) {
             fprintf(stderr, "averis prepare: %s\n", averis_last_error());

@@ -34,6 +34,8 @@ averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokeni
 averis_status bpe_save(const bpe_tokenizer *tok, const char *path);
 averis_status bpe_load(bpe_tokenizer *tok, const char *path);
 void bpe_free(bpe_tokenizer *tok);
+/* Appends one id to *ids (grown with realloc; *n, *cap updated). */
+averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id);
 /* Appends the ids of text to *ids (grown with realloc; *n, *cap updated). */
 averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap);
 /* Writes the bytes of ids into out (cap bytes); returns the byte count
