@@ -238,7 +238,8 @@ averis_status model_create(model *m, const model_config *cfg) {
     }
     st = bind_weights(m, m->params, &m->w);
     if (st) { model_free(m); return st; }
-    qlin_recipe_parse("bf16", &m->recipe);
+    qlin_recipe_parse("bf16", &m->bf16_recipe);
+    m->recipe = m->bf16_recipe;
     return AVERIS_OK;
 }
 
@@ -499,10 +500,7 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dao, con
 }
 
 static const qlin_recipe *block_recipe(const model *m, int l) {
-    static qlin_recipe bf16;
-    static int init;
-    if (!init) { qlin_recipe_parse("bf16", &bf16); init = 1; }
-    return l >= m->cfg.num_hidden_layers - m->bf16_last ? &bf16 : &m->recipe;
+    return l >= m->cfg.num_hidden_layers - m->bf16_last ? &m->bf16_recipe : &m->recipe;
 }
 
 /* ------------------------------------------------------------ forward */

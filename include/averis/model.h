@@ -91,6 +91,7 @@ typedef struct {
     /* run settings */
     qlin_recipe recipe;
     int bf16_last;                    /* keep the last N blocks in the bf16 recipe */
+    qlin_recipe bf16_recipe;          /* what those blocks run under */
 
     /* activations for the current B×T (grown on demand) */
     int B, T;
