@@ -633,18 +633,13 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
     float *du = p;          p += N * F;
     float *dP = p;                         /* [B,KV,T,T] attention scratch */
 
-    /* ∂loss/∂logits = (softmax − onehot)·scale/N, in place of the probabilities */
+    /* ∂loss/∂logits = (softmax − onehot)·scale/N: the one-hot is subtracted in
+     * place of the probabilities, the scale rides on the two GEMMs' alpha */
     float dscale = loss_scale / (float)N;
-    const int *tg = m->targets;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        float *z = m->probs + n * V;
-        z[tg[n]] -= 1.0f;
-        for (int64_t i = 0; i < V; i++) z[i] *= dscale;
-    }
+    for (int64_t n = 0; n < N; n++) m->probs[n * V + m->targets[n]] -= 1.0f;
     m->targets = NULL; /* the probabilities are gone: one backward per forward */
-    averis_sgemm(1, 0, V, C, N, 1.0f, m->probs, V, m->hf, C, 1.0f, m->g.lm_head, C);
-    averis_sgemm(0, 0, N, C, V, 1.0f, m->probs, V, m->w.lm_head, C, 0.0f, dh, C);
+    averis_sgemm(1, 0, V, C, N, dscale, m->probs, V, m->hf, C, 1.0f, m->g.lm_head, C);
+    averis_sgemm(0, 0, N, C, V, dscale, m->probs, V, m->w.lm_head, C, 0.0f, dh, C);
     rmsnorm_bwd(dx, m->g.final_norm, dh, m->x_out, m->rstd_f, m->w.final_norm, N, C, 0);
 
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) {
