@@ -392,6 +392,18 @@ static averis_status log_truncate(const char *path, int last_step) {
     return averis_afile_commit(&af);
 }
 
+/* Opens a per-step CSV (log.csv, analysis.csv) for appending: a fresh run
+ * starts it anew (*fresh: write the header); a resumed run keeps its rows
+ * up to the checkpoint's step. */
+static averis_status open_step_csv(const char *path, int resuming, int step, FILE **f, int *fresh) {
+    struct stat sb;
+    *fresh = !resuming || stat(path, &sb) != 0;
+    averis_status st = *fresh ? AVERIS_OK : log_truncate(path, step);
+    if (st) return st;
+    if (!(*f = fopen(path, *fresh ? "w" : "a"))) return averis_fail(AVERIS_EIO, "%s: cannot open", path);
+    return AVERIS_OK;
+}
+
 static void fmt_eta(char *buf, size_t cap, double s) {
     if (!(s >= 0) || s > 1e7) { snprintf(buf, cap, "?"); return; }
     int t = (int)(s + 0.5);
@@ -450,7 +462,6 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     if ((st = model_zero_grad(&m))) goto out;
 
     /* fresh start or resume */
-    struct stat sb;
     if ((st = averis_mkdir_p(o.out_dir))) goto out;
     char latest[256], p[4200];
     if ((st = read_latest(o.out_dir, latest, sizeof latest))) goto out;
@@ -474,7 +485,6 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         }
         train.pos = (size_t)s.data_pos;
         train.epoch = s.data_epoch;
-        if ((st = log_truncate(p, (int)s.step))) goto out;
         if (!o.quiet) fprintf(stderr, "resuming from %s (step %lld)\n", dir, (long long)s.step);
     } else {
         if (latest[0]) {
@@ -489,15 +499,13 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         s.seed = o.seed;
     }
     s.steps = o.steps;
-    int fresh_log = stat(p, &sb) != 0 || !(o.resume && latest[0]);
-    if (!(log = fopen(p, fresh_log ? "w" : "a"))) { st = averis_fail(AVERIS_EIO, "%s: cannot open log", p); goto out; }
-    if (fresh_log) fputs(k_log_header, log);
+    int resuming = o.resume && latest[0], fresh;
+    if ((st = open_step_csv(p, resuming, (int)s.step, &log, &fresh))) goto out;
+    if (fresh) fputs(k_log_header, log);
     if (o.analyze_every > 0) { /* the first validation batch, fixed for the whole run */
         char ap[4200];
         path_join(ap, sizeof ap, o.out_dir, "analysis.csv");
-        int fresh = stat(ap, &sb) != 0 || !(o.resume && latest[0]);
-        if (!fresh && (st = log_truncate(ap, (int)s.step))) goto out;
-        if (!(ana = fopen(ap, fresh ? "w" : "a"))) { st = averis_fail(AVERIS_EIO, "%s: cannot open", ap); goto out; }
+        if ((st = open_step_csv(ap, resuming, (int)s.step, &ana, &fresh))) goto out;
         if (fresh) analysis_csv_header(ana, "step,layer,kind");
         ana_in = malloc((size_t)o.batch * o.seq * sizeof *ana_in);
         ana_tg = malloc((size_t)o.batch * o.seq * sizeof *ana_tg);
