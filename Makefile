@@ -34,6 +34,18 @@ LDLIBS += -lz
 endif
 NVCC        ?= nvcc
 HAVE_CUDA   := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
+# CUDA=0 builds without the GPU path even where nvcc exists (the sanitizer
+# build does: ASan and the CUDA runtime do not mix). CUDA_ARCH: sm_90 (Hopper).
+CUDA        ?= $(if $(SAN),0,$(HAVE_CUDA))
+CUDA_ARCH   ?= 90
+CUDA_HOME   ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC) 2>/dev/null)))
+NVCCFLAGS   := -std=c++17 -O3 -g -lineinfo -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) \
+               --fmad=false -prec-div=true -prec-sqrt=true -Iinclude -Isrc \
+               -Xcompiler -Wall,-Wextra $(if $(filter 1,$(WERROR)),-Xcompiler -Werror -Werror all-warnings)
+ifeq ($(CUDA),1)
+CFLAGS_BASE += -DAVERIS_HAVE_CUDA
+LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lpthread
+endif
 
 ifeq ($(HAVE_OPENMP),1)
 CFLAGS_BASE += -fopenmp
@@ -52,13 +64,19 @@ LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qline
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
+CUDA_SRC  := cuda/quant.cu cuda/qlinear.cu cuda/model.cu
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
+ifeq ($(CUDA),1)
+OBJ      += $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
+else
+OBJ      += $(BUILD)/src/cuda_stub.o
+endif
 LIB       = $(BUILD)/libaveris.a
 BIN       = $(BUILD)/averis
 TEST_BIN  = $(BUILD)/test_averis
 BENCH_BIN = $(BUILD)/bench_quant $(BUILD)/bench_qlinear
 
-.PHONY: all features test test-fast build-tests print-build bench clean fixtures demo data
+.PHONY: cuda-tests all features test test-fast build-tests print-build bench clean fixtures demo data
 all: features $(BIN)
 
 features:
@@ -67,7 +85,7 @@ features:
 	@echo "  $(call yesno,$(HAVE_X86)) AVX2/AVX-512 kernels (chosen at run time)"
 	@echo "  $(call yesno,$(HAVE_BLAS)) BLAS (OpenBLAS)"
 	@echo "  $(call yesno,$(HAVE_ZLIB)) zlib (reading the default corpus)"
-	@echo "  $(call yesno,$(HAVE_CUDA)) CUDA toolkit (nvcc)"
+	@echo "  $(call yesno,$(CUDA)) CUDA path (nvcc, sm_$(CUDA_ARCH)$(if $(filter 1,$(HAVE_CUDA)),,: no toolkit))"
 
 $(BUILD)/src/gemm.o $(BUILD)/src/model.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
@@ -76,6 +94,18 @@ $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx
 $(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h $(wildcard tests/*.h tests/*.def bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# The device checks (run on a GPU by scripts/device_check.sh; CI only builds them).
+CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda
+cuda-tests: $(CUDA_TEST_BIN)
+$(BUILD)/test_cuda: $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bench_cuda: $(BUILD)/cuda/bench_cuda.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(LIB): $(OBJ)
 	@rm -f $@

@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/train.h"
+#include "averis/cuda.h"
 #include "averis/analysis.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
@@ -122,6 +123,37 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
         if (b > 0 && pos + N + 1 > dl->n) break; /* the data ran out: average what was seen */
         float l = 0;
         if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) && !(st = model_forward(m, in, tg, B, T, &l))) {
+            total += l;
+            done++;
+        }
+    }
+    free(in);
+    free(tg);
+    if (!st) *loss = (float)(total / (done ? done : 1));
+    return st;
+}
+
+/* One micro-batch's forward and backward, on the CPU model or its GPU copy. */
+static averis_status micro_step(model *m, avc_model *gm, const int *in, const int *tg, int B, int T, float scale,
+                                uint64_t stream, float *loss) {
+    if (gm) return avc_model_step(gm, in, tg, 1, scale, stream, loss);
+    averis_status st = model_forward(m, in, tg, B, T, loss);
+    return st ? st : model_backward(m, scale, stream);
+}
+
+/* train_eval_loss on the GPU copy: the same batches, forward only. */
+static averis_status eval_loss_dev(avc_model *gm, const data_loader *dl, int B, int T, int nbatches, float *loss) {
+    size_t N = (size_t)B * T;
+    int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
+    if (!in || !tg) { free(in); free(tg); return averis_fail(AVERIS_ENOMEM, "eval: out of memory"); }
+    double total = 0.0;
+    int done = 0;
+    averis_status st = AVERIS_OK;
+    for (int b = 0; b < nbatches && !st; b++) {
+        size_t pos = (size_t)b * N;
+        if (b > 0 && pos + N + 1 > dl->n) break;
+        float l = 0;
+        if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) && !(st = avc_model_step(gm, in, tg, 0, 1.0f, 0, &l))) {
             total += l;
             done++;
         }
@@ -436,10 +468,13 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     int *in = NULL, *tg = NULL;
     FILE *log = NULL, *ana = NULL;
     int *ana_in = NULL, *ana_tg = NULL;
+    avc_model *gm = NULL; /* the GPU copy (--device cuda): steps run there, the host holds checkpoints */
     train_state s;
     memset(&s, 0, sizeof s);
-    averis_status st = model_config_load(o.config, &cfg);
+    char gpu_desc[256] = "";
+    averis_status st = o.device ? avc_init(o.gpu, gpu_desc, sizeof gpu_desc) : AVERIS_OK; /* before any file is written */
     if (st) return st;
+    if ((st = model_config_load(o.config, &cfg))) return st;
     if (o.seq > cfg.max_position_embeddings)
         return averis_fail(AVERIS_EINVAL, "train: --seq %d exceeds the config's max_position_embeddings %d", o.seq,
                            cfg.max_position_embeddings);
@@ -522,23 +557,31 @@ averis_status train_run(const train_opts *oin, train_result *res) {
 
     const int B = o.batch, T = o.seq;
     const double tokens_per_step = (double)B * T * o.accum;
+    if (o.device) {
+        if ((st = avc_model_create(&gm, &m, B, T)) || (st = avc_model_upload(gm, m.params, mom, var))) goto out;
+        if (!o.quiet) fprintf(stderr, "train: on %s\n", gpu_desc);
+    }
     double t_start = now_s(), t_steps = 0.0;
     int steps_timed = 0;
     for (int step = (int)s.step; step < o.steps; step++) {
         double t0 = now_s();
         double lr = lr_at(&o, step);
         /* load batch → forward → loss → backward, per micro-batch */
-        if ((st = model_zero_grad(&m))) goto out;
+        if ((st = gm ? avc_model_zero_grad(gm) : model_zero_grad(&m))) goto out;
         double loss = 0.0;
         for (int k = 0; k < o.accum; k++) {
             float l = 0;
-            if ((st = loader_next(&train, B, T, in, tg)) || (st = model_forward(&m, in, tg, B, T, &l)) ||
-                (st = model_backward(&m, 1.0f / (float)o.accum, (uint64_t)step * (uint64_t)o.accum + (uint64_t)k)))
+            if ((st = loader_next(&train, B, T, in, tg)) ||
+                (st = micro_step(&m, gm, in, tg, B, T, 1.0f / (float)o.accum, (uint64_t)step * (uint64_t)o.accum + (uint64_t)k, &l)))
                 goto out;
             loss += l / o.accum;
         }
         /* clip */
-        double norm = grad_norm(m.grads, m.nparams);
+        double norm = 0.0;
+        if (gm) {
+            if ((st = avc_model_grad_norm(gm, &norm))) goto out;
+        } else
+            norm = grad_norm(m.grads, m.nparams);
         int bad = !isfinite(loss) || !isfinite(norm);
         /* step (or skip) */
         if (bad) {
@@ -554,7 +597,10 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         } else {
             s.bad_run = 0;
             float gscale = (o.clip > 0 && norm > o.clip) ? (float)(o.clip / norm) : 1.0f;
-            adamw_step(&m, mom, var, &o, lr, ++s.adam_t, gscale);
+            if (gm) {
+                if ((st = avc_model_adamw(gm, lr, o.beta1, o.beta2, o.eps, o.weight_decay, ++s.adam_t, gscale))) goto out;
+            } else
+                adamw_step(&m, mom, var, &o, lr, ++s.adam_t, gscale);
         }
         s.step = step + 1;
         s.data_pos = train.pos;
@@ -566,7 +612,9 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         /* log, validate */
         int do_val = o.val_every > 0 && (s.step % o.val_every == 0 || s.step == o.steps);
         float vloss = NAN;
-        if (do_val && (st = train_eval_loss(&m, &val, B, T, o.val_batches, &vloss))) goto out;
+        if (do_val && (st = gm ? eval_loss_dev(gm, &val, B, T, o.val_batches, &vloss)
+                               : train_eval_loss(&m, &val, B, T, o.val_batches, &vloss)))
+            goto out;
         double tps = tokens_per_step / dt;
         fprintf(log, "%lld,%.0f,%.6g,%.6f,%.6g,", (long long)s.step, tokens_per_step * (double)s.step, lr, loss, norm);
         if (do_val) fprintf(log, "%.6f", vloss);
@@ -581,11 +629,15 @@ averis_status train_run(const train_opts *oin, train_result *res) {
             fputc('\n', stderr);
         }
         if (do_val) res->final_val_loss = vloss;
-        if (ana && s.step % o.analyze_every == 0 && (st = analyze_rows(&m, ana_in, ana_tg, &o, ana, (int)s.step))) goto out;
-        /* checkpoint */
         int stop = o.stop_after > 0 && s.step >= o.stop_after;
-        if ((o.ckpt_every > 0 && s.step % o.ckpt_every == 0) || s.step == o.steps || stop)
-            if ((st = ckpt_write(&o, &m, &s, mom, var))) goto out;
+        int do_ana = ana && s.step % o.analyze_every == 0;
+        int do_ckpt = (o.ckpt_every > 0 && s.step % o.ckpt_every == 0) || s.step == o.steps || stop;
+        /* the GPU run's weights and moments come to the host for analysis and checkpoints */
+        if (gm && (do_ana || do_ckpt) && (st = avc_model_download(gm, m.params, do_ckpt ? mom : NULL, do_ckpt ? var : NULL)))
+            goto out;
+        if (do_ana && (st = analyze_rows(&m, ana_in, ana_tg, &o, ana, (int)s.step))) goto out;
+        /* checkpoint */
+        if (do_ckpt && (st = ckpt_write(&o, &m, &s, mom, var))) goto out;
         res->steps_done = (int)s.step;
         if (stop) break;
     }
@@ -595,6 +647,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);
 out:
+    avc_model_free(gm);
     if (log) fclose(log);
     if (ana) fclose(ana);
     free(ana_in); free(ana_tg);

@@ -47,6 +47,9 @@ static void train_usage(FILE *f) {
             "  --stop-after N      stop after N steps with a checkpoint (resume later)\n"
             "  --analyze-every K   mean-bias rows (see 'averis analyze') of the first validation\n"
             "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
+            "  --device cpu|cuda   where the steps run (default cpu); cuda needs a build with the\n"
+            "                      CUDA toolkit and an sm_90+ GPU; checkpoints are interchangeable\n"
+            "  --gpu N             CUDA device index (default 0)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n",
@@ -84,6 +87,13 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--max-bad")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1000000, &o.max_bad_steps); }
         else if (!strcmp(a, "--stop-after")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.stop_after); }
         else if (!strcmp(a, "--analyze-every")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 100000000, &o.analyze_every); }
+        else if (!strcmp(a, "--device")) {
+            CLI_NEED_VAL("train");
+            if (!strcmp(val, "cpu")) o.device = 0;
+            else if (!strcmp(val, "cuda")) o.device = 1;
+            else { fprintf(stderr, "averis train: --device must be cpu or cuda (got '%s')\n", val); return 2; }
+        }
+        else if (!strcmp(a, "--gpu")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 1023, &o.gpu); }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("train"); ok = cli_set_threads(a, val); }

@@ -33,6 +33,8 @@ typedef struct {
     int stop_after;         /* stop (with a checkpoint) after this many steps, 0 = off */
     int analyze_every;      /* mean-bias rows into OUT/analysis.csv every K steps (and at step 0), 0 = off */
     int quiet;
+    int device;             /* 0: CPU, 1: CUDA (the fast path of cuda/; the same loop, data and checkpoints) */
+    int gpu;                /* CUDA device index */
 } train_opts;
 
 void train_opts_default(train_opts *o);

@@ -1,0 +1,222 @@
+/* bench_cuda.cu — device benchmarks, ratios measured in the same run.
+ *
+ *   bench_cuda quant   NVFP4 quantize kernels (numbered versions) in GB/s of
+ *                      the bytes they must move (input read once + packed
+ *                      codes and scales written) vs a device-to-device copy
+ *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]
+ *                      one training step (zero grad, forward, backward, norm,
+ *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
+ *                      the paper reports (averis / nvfp4, ...) vs bf16
+ * Times are medians of CUDA-event (quant) or synchronised host-clock (step)
+ * measurements after warm-up.
+ */
+#include "common.cuh"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define DEV(call)                                                                                          \
+    do {                                                                                                    \
+        cudaError_t e_ = (call);                                                                            \
+        if (e_ != cudaSuccess) {                                                                            \
+            fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);       \
+            exit(2);                                                                                        \
+        }                                                                                                   \
+    } while (0)
+#define OK(call)                                                                                           \
+    do {                                                                                                    \
+        if ((call) != AVERIS_OK) {                                                                          \
+            fprintf(stderr, "%s: %s\n", #call, averis_last_error());                                        \
+            exit(2);                                                                                        \
+        }                                                                                                   \
+    } while (0)
+
+template <typename F> static double median_ms(F fn, int reps = 20) {
+    cudaEvent_t a, b;
+    DEV(cudaEventCreate(&a));
+    DEV(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) fn();
+    std::vector<float> t;
+    for (int i = 0; i < reps; i++) {
+        DEV(cudaEventRecord(a));
+        fn();
+        DEV(cudaEventRecord(b));
+        DEV(cudaEventSynchronize(b));
+        float ms;
+        DEV(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    DEV(cudaGetLastError());
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+__global__ void k_fill(float *x, int64_t n, int64_t cols, uint32_t seed) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    float u = (float)(h >> 8) * 0x1p-24f - 0.5f;
+    x[i] = 2.0f * u + ((i % cols) % 7 == 0 ? 1.5f : 0.2f); /* a mean bias on some features */
+}
+
+static int bench_quant(void) {
+    const int64_t rows = 16384, cols = 4096, n = rows * cols; /* 256 MiB fp32: far beyond L2 */
+    float *x;
+    __nv_bfloat16 *xb;
+    uint8_t *codes, *scales, *copy_dst;
+    float *amax, *mean, *res;
+    DEV(cudaMalloc(&x, n * 4));
+    DEV(cudaMalloc(&xb, n * 2));
+    DEV(cudaMalloc(&codes, n / 2));
+    DEV(cudaMalloc(&scales, n / 16));
+    DEV(cudaMalloc(&copy_dst, n * 4));
+    DEV(cudaMalloc(&amax, 4));
+    DEV(cudaMalloc(&mean, cols * 4));
+    DEV(cudaMalloc(&res, 4));
+    k_fill<<<avc_blocks(n, 256), 256>>>(x, n, cols, 12345);
+    OK(avq_to_bf16(x, xb, n, 0));
+    DEV(cudaDeviceSynchronize());
+
+    printf("quantize kernels, %lld x %lld, GB/s of input read once + codes + scales written\n", (long long)rows,
+           (long long)cols);
+    printf("%-44s %9s %9s %9s\n", "kernel", "ms", "GB/s", "vs copy");
+    double copy_f32 = median_ms([&] { cudaMemcpyAsync(copy_dst, x, n * 4, cudaMemcpyDeviceToDevice); });
+    double copy_gbs = 2.0 * n * 4 / (copy_f32 * 1e6);
+    printf("%-44s %9.3f %9.0f %9s\n", "device-to-device copy (read + write)", copy_f32, copy_gbs, "1.00");
+    struct row { const char *name; int bf16, tile, rht, mean_split, sr, transpose, amax_known, novec; };
+    const row rowsv[] = {
+        {"v1 1x16 fp32, amax known (element loads)", 0, 0, 0, 0, 0, 0, 1, 1},
+        {"v2 1x16 fp32, amax known (16B loads)", 0, 0, 0, 0, 0, 0, 1, 0},
+        {"v2 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 0},
+        {"v2 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 0},
+        {"v2 1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 0},
+        {"v2 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 0},
+        {"v2 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 0},
+        {"v2 16x16 fp32 (weights), two passes", 0, 1, 0, 0, 0, 0, 0, 0},
+        {"v2 averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 0},
+        {"v1 wgrad copy (transposed) + RHT + SR", 0, 0, 1, 0, 1, 1, 0, 0},
+    };
+    for (const row &r : rowsv) {
+        avq_job j = {};
+        j.src = r.bf16 ? (const void *)xb : (const void *)x;
+        j.bf16_in = r.bf16;
+        j.srows = rows, j.scols = cols, j.ld = cols;
+        j.tile = r.tile, j.rht = r.rht, j.sr = r.sr, j.seed = 1, j.stream = 2, j.transpose = r.transpose;
+        j.amax = amax, j.codes = codes, j.scales = scales, j.novec = r.novec;
+        if (r.amax_known) {
+            OK(avq_quantize(&j, 0)); /* the amax once, outside the timing */
+            j.amax_in = amax;
+        }
+        double ms = median_ms([&] {
+            if (r.mean_split) {
+                avq_colstats(x, rows, cols, cols, mean, res, nullptr, nullptr, 0);
+                j.mean = mean, j.amax_in = res;
+            }
+            avq_quantize(&j, 0);
+        });
+        double bytes = (double)n * (r.bf16 ? 2 : 4) + n / 2 + n / 16;
+        double gbs = bytes / (ms * 1e6);
+        printf("%-44s %9.3f %9.0f %9.2f\n", r.name, ms, gbs, gbs / copy_gbs);
+    }
+    printf("(two-pass kernels read the input twice: their bound is ~0.53x of copy for fp32 unless the tensor fits in L2)\n");
+    return 0;
+}
+
+static double now_s(void) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static int bench_step(int argc, char **argv) {
+    const char *config = "qwen3-0.6b", *recipes = "bf16,nvfp4,nvfp4-rht,averis,averis-rht";
+    int B = 8, T = 1024, steps = 5;
+    for (int i = 0; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+        else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--recipes")) recipes = argv[i + 1];
+        else { fprintf(stderr, "bench_cuda step: unknown option %s\n", argv[i]); return 2; }
+    }
+    model_config cfg;
+    OK(model_config_load(config, &cfg));
+    model m;
+    OK(model_create(&m, &cfg));
+    model_init_weights(&m, 1);
+    int64_t N = (int64_t)B * T;
+    std::vector<int> tok(N), tgt(N);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        tok[i] = (int)((s >> 33) % (uint64_t)cfg.vocab_size);
+    }
+    for (int64_t i = 0; i < N; i++) tgt[i] = tok[(i + 1) % N];
+    /* flops per token: 6·params (matmuls fwd+bwd, the tied head once) + attention QKᵀ and PV over all T² */
+    double flops_tok = 6.0 * (double)model_config_nparams(&cfg) +
+                       12.0 * cfg.num_hidden_layers * (double)cfg.num_attention_heads * cfg.head_dim * T;
+    printf("training step, %s, %d x %d tokens, %d timed steps after 2 warm-up\n", config, B, T, steps);
+    printf("%-12s %10s %12s %8s %10s\n", "recipe", "ms/step", "tokens/s", "MFU", "loss");
+    std::vector<std::pair<std::string, double>> res;
+    std::string list = recipes;
+    size_t p0 = 0;
+    while (p0 <= list.size()) {
+        size_t p1 = list.find(',', p0);
+        if (p1 == std::string::npos) p1 = list.size();
+        std::string name = list.substr(p0, p1 - p0);
+        p0 = p1 + 1;
+        if (name.empty()) continue;
+        OK(qlin_recipe_parse(name.c_str(), &m.recipe));
+        m.recipe.seed = 7;
+        avc_model *g;
+        OK(avc_model_create(&g, &m, B, T));
+        std::vector<double> t;
+        float loss = 0;
+        for (int k = 0; k < steps + 2; k++) {
+            double t0 = now_s();
+            double norm;
+            OK(avc_model_zero_grad(g));
+            OK(avc_model_step(g, tok.data(), tgt.data(), 1, 1.0f, (uint64_t)k, &loss));
+            OK(avc_model_grad_norm(g, &norm));
+            OK(avc_model_adamw(g, 1e-4, 0.9, 0.95, 1e-8, 0.1, k + 1, norm > 1.0 ? (float)(1.0 / norm) : 1.0f));
+            DEV(cudaDeviceSynchronize());
+            if (k >= 2) t.push_back(now_s() - t0);
+        }
+        std::sort(t.begin(), t.end());
+        double sec = t[t.size() / 2];
+        double mfu = flops_tok * N / sec / 989e12;
+        printf("%-12s %10.1f %12.0f %7.1f%% %10.4f\n", name.c_str(), sec * 1e3, N / sec, 100 * mfu, loss);
+        fflush(stdout);
+        res.push_back({name, sec});
+        avc_model_free(g);
+    }
+    auto get = [&](const char *nm) {
+        for (auto &r : res)
+            if (r.first == nm) return r.second;
+        return 0.0;
+    };
+    printf("ratios (same run): ");
+    const char *pairs[][2] = {{"averis", "nvfp4"}, {"nvfp4-rht", "nvfp4"}, {"averis-rht", "nvfp4"}, {"nvfp4", "bf16"}};
+    for (auto &pr : pairs)
+        if (get(pr[0]) > 0 && get(pr[1]) > 0) printf("%s/%s %.3f  ", pr[0], pr[1], get(pr[0]) / get(pr[1]));
+    printf("\n(MFU against 989 TFLOP/s, the H100 SXM dense BF16 peak; flops/token = 6·params + 12·L·H·Dh·T)\n");
+    model_free(&m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    char desc[256];
+    if (avc_init(0, desc, sizeof desc)) {
+        fprintf(stderr, "bench_cuda: %s\n", averis_last_error());
+        return 2;
+    }
+    printf("device: %s\n", desc);
+    if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
+    if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
+    fprintf(stderr, "usage: bench_cuda quant | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]\n");
+    return 2;
+}

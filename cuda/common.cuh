@@ -1,0 +1,70 @@
+/* common.cuh — what every CUDA source of averis shares: error checks that
+ * return an averis_status with a message (library code never exits), and
+ * the internal launchers of quant.cu used by qlinear.cu and model.cu.
+ *
+ * Layering (STYLE.md #6): kernels (quant.cu) → GEMM + linear layer
+ * (qlinear.cu) → model and optimizer (model.cu) → C API (include/averis/cuda.h).
+ */
+#ifndef AVERIS_CUDA_COMMON_CUH
+#define AVERIS_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cstdint>
+
+#include "averis/cuda.h"
+
+extern "C" averis_status averis_fail(averis_status st, const char *fmt, ...);
+
+#define AVC_TRY(call)                                                                                       \
+    do {                                                                                                    \
+        cudaError_t e_ = (call);                                                                            \
+        if (e_ != cudaSuccess)                                                                              \
+            return averis_fail(AVERIS_EIO, "cuda: %s failed at %s:%d: %s", #call, __FILE__, __LINE__,       \
+                               cudaGetErrorString(e_));                                                     \
+    } while (0)
+/* after a launch: a bad configuration shows up here */
+#define AVC_LAUNCHED() AVC_TRY(cudaGetLastError())
+#define AVC_OK(expr)                                                                                        \
+    do {                                                                                                    \
+        averis_status s_ = (expr);                                                                          \
+        if (s_) return s_;                                                                                  \
+    } while (0)
+
+static inline unsigned avc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+/* ---------------------------------------------------------------- quant.cu
+ * One NVFP4 quantization of a device tensor src [srows × scols] (row stride
+ * ld) of float or bf16, along its rows (transpose = 0: the quantized tensor
+ * is [srows × scols]) or along its columns (transpose = 1: [scols × srows],
+ * the wgrad copies, quantized along tokens). */
+struct avq_job {
+    const void *src;
+    int bf16_in;            /* src holds bf16 (else fp32) */
+    int64_t srows, scols, ld;
+    int transpose;
+    int tile;               /* 16×16 tiles (transpose = 0 only) */
+    int rht, sr;
+    uint64_t seed, stream;
+    const float *mean;      /* [scols] subtracted first, or NULL */
+    const float *amax_in;   /* the quantizer input's amax, known (skips the first pass), or NULL */
+    float *amax;            /* [1] out: the per-tensor amax (may equal amax_in) */
+    uint8_t *codes;         /* packed E2M1 [qrows × cp/2], or NULL */
+    uint8_t *scales;        /* E4M3 block scales, or NULL */
+    __nv_bfloat16 *bf16_out;/* e2m1·e4m3 per element (exact in bf16, no S_dec) [qrows × ld_out], or NULL */
+    int64_t ld_out;
+    int novec;              /* kernel lab: v1, element loads instead of 16-byte vectors */
+    float *rowsum;          /* transpose only: [qrows] Σ of the dequantized values over tokens (after the
+                               inverse RHT), or NULL */
+};
+averis_status avq_quantize(const avq_job *j, cudaStream_t s);
+/* Averis column statistics of x [rows × cols] (exactly nvfp4_colstats):
+ * mean [cols], and the residual's amax [1]; col_max/col_min may be NULL. */
+averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
+                           float *col_max, float *col_min, cudaStream_t s);
+/* y = bf16(x), n elements */
+averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s);
+/* out = a·b on device scalars: the GEMM alpha S_decA·S_decB from two amaxes */
+averis_status avq_alpha(const float *amax_a, const float *amax_b, float *alpha, cudaStream_t s);
+
+#endif

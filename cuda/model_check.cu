@@ -1,0 +1,102 @@
+/* model_check.cu — the device model against model.c: one forward and
+ * backward of the tiny config per recipe: the loss, and the gradient as one
+ * vector (relative L2 error); the worst single tensor is printed too.
+ * The GPU's LM head and attention operands are BF16 where the CPU is fp32,
+ * so the bounds are BF16-sized. Under FP4 recipes those small differences
+ * flip some quantization decisions (a whole FP4 step each), which shows
+ * most in tensors whose gradient is a near-cancelling sum (the q/k norm
+ * weights at init). So the bound is relative to the CPU's own sensitivity:
+ * the CPU model rerun with its embedding (= the tied LM head) rounded to
+ * BF16, as the GPU's head is, moves the gradient by `sens`; the GPU must
+ * stay within 2·sens + 1e-2 of the CPU. The tiny training comparison in
+ * scripts/device_check.sh is the end-to-end check. */
+#include "common.cuh"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "../tests/check.h"
+}
+
+extern "C" void test_model_vs_cpu(void) {
+    const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+    /* loss and gradient bounds (relative): fp32/bf16 differ by BF16 rounding of
+     * the LM head and attention operands; FP4 recipes also flip a few
+     * quantization decisions at rounding boundaries */
+    const double loss_tol = 2e-3;
+    model_config cfg;
+    model_config_load("tiny", &cfg);
+    const int B = 2, T = 64, N = B * T;
+    std::vector<int> tok(N), tgt(N);
+    trng r = {77};
+    for (int i = 0; i < N; i++) tok[i] = (int)(trng_u64(&r) % (unsigned long long)cfg.vocab_size);
+    for (int i = 0; i < N; i++) tgt[i] = i + 1 < N ? tok[i + 1] : 0;
+    printf("  %-11s %12s %12s %10s %10s %10s  %s\n", "recipe", "loss cpu", "loss gpu", "rel", "grad rel", "cpu sens",
+           "worst tensor (rel)");
+    for (int ri = 0; ri < 6; ri++) {
+        model m;
+        CHECK(model_create(&m, &cfg) == AVERIS_OK, "model_create");
+        model_init_weights(&m, 5);
+        qlin_recipe_parse(recipes[ri], &m.recipe);
+        m.recipe.seed = 3;
+        float lc = 0, lg = 0;
+        model_zero_grad(&m);
+        CHECK(model_forward(&m, tok.data(), tgt.data(), B, T, &lc) == AVERIS_OK, "cpu forward");
+        CHECK(model_backward(&m, 1.0f, 12) == AVERIS_OK, "cpu backward");
+        /* the CPU's sensitivity: the same step with the embedding rounded to BF16 */
+        double sens = 0.0;
+        {
+            model m2;
+            model_create(&m2, &cfg);
+            memcpy(m2.params, m.params, m.nparams * sizeof(float));
+            m2.recipe = m.recipe;
+            const model_tensor *e = model_find_tensor(&m2, "model.embed_tokens.weight");
+            for (size_t i = 0; i < e->numel; i++)
+                m2.params[e->offset + i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(m2.params[e->offset + i]));
+            float l2;
+            model_zero_grad(&m2);
+            model_forward(&m2, tok.data(), tgt.data(), B, T, &l2);
+            model_backward(&m2, 1.0f, 12);
+            double num = 0, den = 0;
+            for (size_t i = 0; i < m.nparams; i++) {
+                double d = (double)m2.grads[i] - m.grads[i];
+                num += d * d;
+                den += (double)m.grads[i] * m.grads[i];
+            }
+            sens = sqrt(num / den);
+            model_free(&m2);
+        }
+        avc_model *g = nullptr;
+        averis_status st = avc_model_create(&g, &m, B, T);
+        CHECK(st == AVERIS_OK, "%s: avc_model_create: %s", recipes[ri], averis_last_error());
+        if (st) { model_free(&m); continue; }
+        CHECK(avc_model_step(g, tok.data(), tgt.data(), 1, 1.0f, 12, &lg) == AVERIS_OK, "%s: gpu step: %s", recipes[ri],
+              averis_last_error());
+        std::vector<float> gg(m.nparams);
+        avc_model_grads(g, gg.data());
+        double worst = 0.0, tnum = 0.0, tden = 0.0;
+        const char *wname = "";
+        for (int t = 0; t < m.ntensors; t++) {
+            const model_tensor &mt = m.tensors[t];
+            double num = 0, den = 0;
+            for (size_t i = 0; i < mt.numel; i++) {
+                double d = (double)gg[mt.offset + i] - m.grads[mt.offset + i];
+                num += d * d;
+                den += (double)m.grads[mt.offset + i] * m.grads[mt.offset + i];
+            }
+            double e = den > 0 ? sqrt(num / den) : sqrt(num);
+            if (!(e <= worst)) { worst = e; wname = mt.name; }
+            tnum += num, tden += den;
+        }
+        double lrel = fabs((double)lg - lc) / fabs((double)lc), grel = sqrt(tnum / tden);
+        printf("  %-11s %12.6f %12.6f %10.2e %10.2e %10.2e  %s (%.2e)\n", recipes[ri], lc, lg, lrel, grel, sens, wname,
+               worst);
+        CHECK(lrel <= loss_tol, "%s: loss %.6f (gpu) vs %.6f (cpu)", recipes[ri], lg, lc);
+        CHECK(grel <= 2 * sens + 1e-2, "%s: gradient differs by %.3g (bound 2·%.3g + 1e-2)", recipes[ri], grel, sens);
+        avc_model_free(g);
+        model_free(&m);
+    }
+}

@@ -1,0 +1,473 @@
+/* qlinear.cu — cuBLASLt GEMMs and the device linear layer (see qlinear.cuh
+ * for the math). The recipes and SR streams are those of src/qlinear.c, so
+ * the quantized operands are the CPU's bits; only the GEMM accumulation
+ * order and the split-BF16 rank-one columns differ. */
+#include "qlinear.cuh"
+#include "nvfp4_device.cuh"
+
+#include <cstring>
+#include <mutex>
+
+/* ================================================================ cuBLASLt */
+namespace {
+
+#define LT_TRY(call)                                                                                        \
+    do {                                                                                                    \
+        cublasStatus_t e_ = (call);                                                                         \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+            return averis_fail(AVERIS_EIO, "cublasLt: %s failed at %s:%d: status %d", #call, __FILE__,      \
+                               __LINE__, (int)e_);                                                          \
+    } while (0)
+
+struct lt_key {
+    int ta_op, tb_op;
+    int64_t M, N, K, lda, ldb, ldd;
+    cudaDataType_t ta, tb, td;
+    int bias, c_is_d;
+    unsigned align[4];
+    bool operator==(const lt_key &o) const { return !memcmp(this, &o, sizeof o); }
+};
+
+struct lt_plan {
+    lt_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    int bias_in_epilogue; /* else the bias is added by a kernel */
+};
+
+enum { LT_MAX_PLANS = 256 };
+struct lt_state {
+    cublasLtHandle_t h = nullptr;
+    void *ws = nullptr;
+    size_t ws_size = 32u << 20;
+    float *consts = nullptr; /* {0, 1} */
+    lt_plan plans[LT_MAX_PLANS];
+    int nplans = 0;
+};
+lt_state g_lt;
+std::mutex g_lt_mu;
+
+averis_status lt_init() {
+    if (g_lt.h) return AVERIS_OK;
+    LT_TRY(cublasLtCreate(&g_lt.h));
+    AVC_TRY(cudaMalloc(&g_lt.ws, g_lt.ws_size));
+    AVC_TRY(cudaMalloc(&g_lt.consts, 2 * sizeof(float)));
+    const float c[2] = {0.0f, 1.0f};
+    AVC_TRY(cudaMemcpy(g_lt.consts, c, sizeof c, cudaMemcpyHostToDevice));
+    return AVERIS_OK;
+}
+
+unsigned align_of(const void *p) {
+    uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    unsigned al = 256;
+    while (al > 1 && a % al) al >>= 1;
+    return al;
+}
+
+__global__ void k_add_bias(float *D, int64_t M, int64_t N, int64_t ldd, const float *bias) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < M * N) D[(i / N) * ldd + i % N] += bias[i % N];
+}
+
+averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
+    p->key = k;
+    int64_t mm = k.N, nn = k.M; /* column-major view: D' [N×M] */
+    cublasOperation_t opA = k.ta_op ? CUBLAS_OP_T : CUBLAS_OP_N, opB = k.tb_op ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
+    cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm));
+    /* A' (= row-major B): N×K if not transposed, K×N if; B' (= row-major A): K×M or M×K */
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->a, k.ta, opA == CUBLAS_OP_N ? mm : k.K, opA == CUBLAS_OP_N ? k.K : mm, k.ldb));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->b, k.tb, opB == CUBLAS_OP_N ? k.K : nn, opB == CUBLAS_OP_N ? nn : k.K, k.lda));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->c, k.td, mm, nn, k.ldd));
+    cublasLtMatmulPreference_t pref;
+    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt.ws_size,
+                                                sizeof g_lt.ws_size));
+    const cublasLtMatmulPreferenceAttributes_t al[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++) {
+        uint32_t v = k.align[i];
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, al[i], &v, sizeof v));
+    }
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    p->bias_in_epilogue = 0;
+    if (k.bias) { /* the bias epilogue if cuBLASLt has one for these types, else a kernel */
+        cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        if (cublasLtMatmulAlgoGetHeuristic(g_lt.h, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found) ==
+                CUBLAS_STATUS_SUCCESS && found > 0)
+            p->bias_in_epilogue = 1;
+        else {
+            ep = CUBLASLT_EPILOGUE_DEFAULT;
+            LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+            found = 0;
+        }
+    }
+    if (!found) {
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt.h, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+        if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+            cublasLtMatmulPreferenceDestroy(pref);
+            return averis_fail(AVERIS_EUNSUPPORTED, "cublasLt: no algorithm for a %lldx%lldx%lld GEMM (types %d,%d→%d)",
+                               (long long)k.M, (long long)k.N, (long long)k.K, (int)k.ta, (int)k.tb, (int)k.td);
+        }
+    }
+    p->algo = res.algo;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return AVERIS_OK;
+}
+
+} // namespace
+
+const float *gq_zero(void) { return g_lt.consts; }
+const float *gq_one(void) { return g_lt.consts + 1; }
+
+averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
+                        cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
+                        const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s) {
+    lt_plan *p = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(g_lt_mu);
+        AVC_OK(lt_init());
+        lt_key k;
+        memset(&k, 0, sizeof k);
+        /* column-major: A' = B (op transB), B' = A (op transA) */
+        k.ta_op = transB, k.tb_op = transA;
+        k.M = M, k.N = N, k.K = K, k.lda = lda, k.ldb = ldb, k.ldd = ldd;
+        k.ta = tb, k.tb = ta, k.td = td;
+        k.bias = bias != nullptr;
+        k.c_is_d = C == D;
+        k.align[0] = align_of(B), k.align[1] = align_of(A), k.align[2] = align_of(C), k.align[3] = align_of(D);
+        for (int i = 0; i < g_lt.nplans && !p; i++)
+            if (g_lt.plans[i].key == k) p = &g_lt.plans[i];
+        if (!p) {
+            if (g_lt.nplans == LT_MAX_PLANS) return averis_fail(AVERIS_ENOMEM, "cublasLt: plan cache full");
+            p = &g_lt.plans[g_lt.nplans];
+            AVC_OK(lt_make_plan(k, p));
+            g_lt.nplans++;
+        }
+    }
+    if (p->bias_in_epilogue)
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    LT_TRY(cublasLtMatmul(g_lt.h, p->op, alpha, B, p->a, A, p->b, beta, C, p->c, D, p->c, &p->algo, g_lt.ws,
+                          g_lt.ws_size, s));
+    if (bias && !p->bias_in_epilogue) {
+        k_add_bias<<<avc_blocks(M * N, 256), 256, 0, s>>>(static_cast<float *>(D), M, N, ldd, bias);
+        AVC_LAUNCHED();
+    }
+    return AVERIS_OK;
+}
+
+/* ===================================================== the linear layer */
+namespace {
+
+/* bias[o] = S_dec(W)·Σ_i μ[i]·W̄[o][i]: one warp per output row */
+__global__ void k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float *w_amax, int64_t n, int64_t m,
+                           float *bias) {
+    int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (o >= n) return;
+    float acc = 0.0f;
+    for (int64_t i = lane; i < m; i += 32) acc += mu[i] * __bfloat162float(wq[o * m + i]);
+#pragma unroll
+    for (int k = 16; k >= 1; k >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, k);
+    if (lane == 0) {
+        float e, d;
+        avd_global_scales(*w_amax, &e, &d);
+        bias[o] = acc * d;
+    }
+}
+
+/* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i]: a 32×32 block per 32 columns */
+__global__ void k_mean_dgrad(const float *mu, const __nv_bfloat16 *wq, const float *w_amax, int64_t n, int64_t m,
+                             float *bias) {
+    __shared__ float part[32][33];
+    int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.0f;
+    if (i < m)
+        for (int64_t o = threadIdx.y; o < n; o += 32) acc += mu[o] * __bfloat162float(wq[o * m + i]);
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && i < m) {
+        float s = 0.0f;
+        for (int y = 0; y < 32; y++) s += part[y][threadIdx.x];
+        float e, d;
+        avd_global_scales(*w_amax, &e, &d);
+        bias[i] = s * d;
+    }
+}
+
+__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16 &hi, __nv_bfloat16 &lo) {
+    hi = __float2bfloat16_rn(v);
+    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+}
+
+/* The X side of the folded rank-one wgrad terms: columns lp..lp+15 of xt row j
+ * hold [v1h, v1l, v1h, v2h, v2l, v2h, 0…], v1 = ΣX̄_R + l·μ̄_X, v2 = μ̄_X. */
+__global__ void k_fill_x(__nv_bfloat16 *xt, int64_t kp, int64_t lp, int64_t m, int64_t l, const float *sum_x,
+                         const float *mean_x) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= m) return;
+    float v1 = sum_x[j] + (float)l * mean_x[j], v2 = mean_x[j];
+    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
+    split_bf16(v1, h1, l1);
+    split_bf16(v2, h2, l2);
+    __nv_bfloat16 *c = xt + j * kp + lp;
+    c[0] = h1, c[1] = l1, c[2] = h1, c[3] = h2, c[4] = l2, c[5] = h2;
+    for (int e = 6; e < 16; e++) c[e] = z;
+}
+
+/* The D side: [U1h, U1h, U1l, U2h, U2h, U2l, 0…], U1 = μ̄_D/α, U2 = ΣD̄_R/α */
+__global__ void k_fill_d(__nv_bfloat16 *dt, int64_t kp, int64_t lp, int64_t n, const float *mean_d, const float *sum_d,
+                         const float *alpha) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float a = *alpha;
+    float u1 = a != 0.0f ? mean_d[i] / a : 0.0f, u2 = a != 0.0f ? sum_d[i] / a : 0.0f;
+    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
+    split_bf16(u1, h1, l1);
+    split_bf16(u2, h2, l2);
+    __nv_bfloat16 *c = dt + i * kp + lp;
+    c[0] = h1, c[1] = h1, c[2] = l1, c[3] = h2, c[4] = h2, c[5] = l2;
+    for (int e = 6; e < 16; e++) c[e] = z;
+}
+
+enum { S_RES_D = 0, S_AMAX_DQ, S_AMAX_DT, S_ALPHA_F, S_ALPHA_DG, S_ALPHA_WG };
+
+} // namespace
+
+int64_t gq_kp(const qlin_recipe *r, int64_t l) {
+    int64_t lp = (l + 15) / 16 * 16;
+    return r->split_x ? lp + 16 : lp;
+}
+
+averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {
+    if (l <= 0 || m <= 0 || n <= 0) return averis_fail(AVERIS_EINVAL, "cuda qlinear: empty shape");
+    if (r->fp4 && (m % 16 || n % 16))
+        return averis_fail(AVERIS_EINVAL, "cuda qlinear: recipe %s needs in and out to be multiples of 16 (got %lld, %lld)",
+                           qlin_recipe_name(r->id), (long long)m, (long long)n);
+    if (r->fp4 && (r->mean_fp4 || r->w_block != NVFP4_BLOCK_16X16))
+        return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: mean=fp4 and wblock=1x16 run on the CPU only");
+    if (r->split_x != r->split_d) return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: split X and D together");
+    return AVERIS_OK;
+}
+
+averis_status gq_prep_w(const qlin_recipe *r, gq_w *w, cudaStream_t s) {
+    if (r->id == QLIN_FP32) return AVERIS_OK;
+    if (!r->fp4) return avq_to_bf16(w->w, w->wq, w->n * w->m, s);
+    avq_job j = {};
+    j.src = w->w, j.srows = w->n, j.scols = w->m, j.ld = w->m;
+    j.tile = 1;
+    j.amax = w->amax;
+    j.bf16_out = w->wq, j.ld_out = w->m;
+    return avq_quantize(&j, s);
+}
+
+averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s) {
+    x->xt_ready = 0;
+    x->amax_valid = r->fp4;
+    if (r->id == QLIN_FP32) return AVERIS_OK;
+    if (!r->fp4) return avq_to_bf16(x->x, x->xq, x->l * x->m, s);
+    if (r->split_x) AVC_OK(avq_colstats(x->x, x->l, x->m, x->m, x->mean, x->res_amax, nullptr, nullptr, s));
+    avq_job j = {};
+    j.src = x->x, j.srows = x->l, j.scols = x->m, j.ld = x->m;
+    j.mean = r->split_x ? x->mean : nullptr;
+    j.amax_in = r->split_x ? x->res_amax : nullptr;
+    j.amax = x->amax;
+    j.bf16_out = x->xq, j.ld_out = x->m;
+    return avq_quantize(&j, s);
+}
+
+averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, float *Y, const float *residual,
+                         gq_scratch *scr, cudaStream_t s) {
+    int64_t l = x->l, m = x->m, n = w->n;
+    AVC_OK(lt_init()); /* before gq_one()/gq_zero(): the constants live in its state */
+    const float *beta = residual ? gq_one() : gq_zero();
+    const void *C = residual ? residual : Y;
+    if (r->id == QLIN_FP32)
+        return lt_matmul(0, 1, l, n, m, gq_one(), x->x, CUDA_R_32F, m, w->w, CUDA_R_32F, m, beta, C, Y, CUDA_R_32F, n,
+                         nullptr, s);
+    if (!r->fp4)
+        return lt_matmul(0, 1, l, n, m, gq_one(), x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, CUDA_R_32F,
+                         n, nullptr, s);
+    float *alpha = scr->scal + S_ALPHA_F;
+    AVC_OK(avq_alpha(x->amax, w->amax, alpha, s));
+    const float *bias = nullptr;
+    if (r->split_x) {
+        k_mean_fwd<<<avc_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, scr->bias);
+        AVC_LAUNCHED();
+        bias = scr->bias;
+    }
+    return lt_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, CUDA_R_32F, n,
+                     bias, s);
+}
+
+averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const float *D, float *dX, int dx_acc,
+                          float *dW, uint64_t sr_stream, gq_scratch *scr, cudaStream_t s) {
+    int64_t l = x->l, m = x->m, n = w->n;
+    AVC_OK(lt_init());
+    const float *beta_dx = dx_acc ? gq_one() : gq_zero();
+    if (r->id == QLIN_FP32) {
+        if (dX) AVC_OK(lt_matmul(0, 0, l, m, n, gq_one(), D, CUDA_R_32F, n, w->w, CUDA_R_32F, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
+        if (dW) AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), D, CUDA_R_32F, n, x->x, CUDA_R_32F, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
+        return AVERIS_OK;
+    }
+    if (!r->fp4) {
+        AVC_OK(avq_to_bf16(D, scr->dq, l * n, s));
+        if (dX) AVC_OK(lt_matmul(0, 0, l, m, n, gq_one(), scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
+        if (dW) {
+            if (!x->xt_ready) AVC_OK(avq_to_bf16(x->x, x->xq, l * m, s));
+            x->xt_ready = 1; /* xq holds bf16(X) again */
+            AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), scr->dq, CUDA_R_16BF, n, x->xq, CUDA_R_16BF, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
+        }
+        return AVERIS_OK;
+    }
+    float *res_d = scr->scal + S_RES_D;
+    if (r->split_d) AVC_OK(avq_colstats(D, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
+    if (dX) {
+        /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR stream 2·sr_stream */
+        avq_job j = {};
+        j.src = D, j.srows = l, j.scols = n, j.ld = n;
+        j.sr = r->sr, j.seed = r->seed, j.stream = 2 * sr_stream;
+        j.mean = r->split_d ? scr->mean_d : nullptr;
+        j.amax_in = r->split_d ? res_d : nullptr;
+        j.amax = scr->scal + S_AMAX_DQ;
+        j.bf16_out = scr->dq, j.ld_out = n;
+        AVC_OK(avq_quantize(&j, s));
+        float *alpha = scr->scal + S_ALPHA_DG;
+        AVC_OK(avq_alpha(j.amax, w->amax, alpha, s));
+        const float *bias = nullptr;
+        if (r->split_d) {
+            k_mean_dgrad<<<avc_blocks(m, 32), dim3(32, 32), 0, s>>>(scr->mean_d, w->wq, w->amax, n, m, scr->bias);
+            AVC_LAUNCHED();
+            bias = scr->bias;
+        }
+        AVC_OK(lt_matmul(0, 0, l, m, n, alpha, scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F,
+                         m, bias, s));
+    }
+    if (dW) {
+        int64_t lp = (l + 15) / 16 * 16, kp = gq_kp(r, l);
+        /* the wgrad copies: along tokens, RHT, SR stream 2·sr_stream+1 for D */
+        avq_job j = {};
+        j.src = D, j.srows = l, j.scols = n, j.ld = n, j.transpose = 1;
+        j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = 2 * sr_stream + 1;
+        j.mean = r->split_d ? scr->mean_d : nullptr;
+        /* without the RHT the copy holds the dgrad operand's values: the same amax, no first pass */
+        j.amax_in = !r->rht && dX ? scr->scal + S_AMAX_DQ : nullptr;
+        j.amax = scr->scal + S_AMAX_DT;
+        j.bf16_out = scr->dt, j.ld_out = kp;
+        j.rowsum = r->split_x ? scr->sum_d : nullptr;
+        AVC_OK(avq_quantize(&j, s));
+        if (!x->xt_ready) {
+            if (r->split_x && !r->split_d) return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: split X without D");
+            avq_job jx = {};
+            jx.src = x->x, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;
+            jx.rht = r->rht;
+            jx.mean = r->split_x ? x->mean : nullptr;
+            jx.amax_in = !r->rht && x->amax_valid ? x->amax : nullptr; /* the forward operand's values */
+            jx.amax = x->xt_amax;
+            jx.bf16_out = x->xt, jx.ld_out = kp;
+            jx.rowsum = r->split_d ? x->xt_sum : nullptr;
+            AVC_OK(avq_quantize(&jx, s));
+            if (r->split_x) {
+                k_fill_x<<<avc_blocks(m, 128), 128, 0, s>>>(x->xt, kp, lp, m, l, x->xt_sum, x->mean);
+                AVC_LAUNCHED();
+            }
+            x->xt_ready = 1;
+        }
+        float *alpha = scr->scal + S_ALPHA_WG;
+        AVC_OK(avq_alpha(j.amax, x->xt_amax, alpha, s));
+        if (r->split_x) {
+            k_fill_d<<<avc_blocks(n, 128), 128, 0, s>>>(scr->dt, kp, lp, n, scr->mean_d, scr->sum_d, alpha);
+            AVC_LAUNCHED();
+        }
+        AVC_OK(lt_matmul(0, 1, n, m, kp, alpha, scr->dt, CUDA_R_16BF, kp, x->xt, CUDA_R_16BF, kp, gq_one(), dW, dW,
+                         CUDA_R_32F, m, nullptr, s));
+    }
+    return AVERIS_OK;
+}
+
+/* ================================================================== C API */
+namespace {
+struct dev_arena {
+    char *base = nullptr;
+    size_t used = 0;
+    template <typename T> T *take(int64_t n) {
+        T *p = reinterpret_cast<T *>(base + used);
+        used += ((size_t)n * sizeof(T) + 255) / 256 * 256;
+        return p;
+    }
+};
+} // namespace
+
+/* The standalone layer (tests): device scratch per call, synchronous. */
+static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, int64_t n, gq_x *x, gq_w *w,
+                                   gq_scratch *scr, char **mem) {
+    int64_t kp = gq_kp(r, l);
+    size_t need = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        dev_arena a;
+        a.base = *mem;
+        w->wq = a.take<__nv_bfloat16>(n * m);
+        w->amax = a.take<float>(1);
+        x->xq = a.take<__nv_bfloat16>(l * m);
+        x->amax = a.take<float>(1);
+        x->mean = a.take<float>(m);
+        x->res_amax = a.take<float>(1);
+        x->xt = a.take<__nv_bfloat16>(m * kp);
+        x->xt_amax = a.take<float>(1);
+        x->xt_sum = a.take<float>(m);
+        scr->dq = a.take<__nv_bfloat16>(l * n);
+        scr->dt = a.take<__nv_bfloat16>(n * kp);
+        scr->mean_d = a.take<float>(n);
+        scr->sum_d = a.take<float>(n);
+        scr->scal = a.take<float>(8);
+        scr->bias = a.take<float>(m > n ? m : n);
+        need = a.used;
+        if (pass == 0) AVC_TRY(cudaMalloc(mem, need));
+    }
+    return AVERIS_OK;
+}
+
+extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m,
+                                          int64_t n, float *Y) {
+    AVC_OK(gq_check(r, l, m, n));
+    gq_x x = {};
+    gq_w w = {};
+    gq_scratch scr = {};
+    char *mem = nullptr;
+    averis_status st = layer_buffers(r, l, m, n, &x, &w, &scr, &mem);
+    x.x = X, x.l = l, x.m = m;
+    w.w = W, w.n = n, w.m = m;
+    if (!st) st = gq_prep_w(r, &w, 0);
+    if (!st) st = gq_prep_x(r, &x, 0);
+    if (!st) st = gq_forward(r, &x, &w, Y, nullptr, &scr, 0);
+    cudaError_t e = cudaDeviceSynchronize();
+    cudaFree(mem);
+    if (!st && e != cudaSuccess) st = averis_fail(AVERIS_EIO, "cuda qlinear forward: %s", cudaGetErrorString(e));
+    return st;
+}
+
+extern "C" averis_status avc_qlin_backward(const qlin_recipe *r, const float *X, const float *W, const float *D,
+                                           int64_t l, int64_t m, int64_t n, float *dX, float *dW, uint64_t sr_stream) {
+    AVC_OK(gq_check(r, l, m, n));
+    gq_x x = {};
+    gq_w w = {};
+    gq_scratch scr = {};
+    char *mem = nullptr;
+    averis_status st = layer_buffers(r, l, m, n, &x, &w, &scr, &mem);
+    x.x = X, x.l = l, x.m = m;
+    w.w = W, w.n = n, w.m = m;
+    if (!st) st = gq_prep_w(r, &w, 0);
+    if (!st && r->split_x) st = avq_colstats(X, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0);
+    if (!st) st = gq_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
+    cudaError_t e = cudaDeviceSynchronize();
+    cudaFree(mem);
+    if (!st && e != cudaSuccess) st = averis_fail(AVERIS_EIO, "cuda qlinear backward: %s", cudaGetErrorString(e));
+    return st;
+}

@@ -1,0 +1,69 @@
+/* qlinear.cuh — the emulated W4A4G4 linear layer on device (internal to
+ * cuda/): cuBLASLt GEMMs on operands prepared by quant.cu.
+ *
+ *   forward  Y  = α_xw·X̄(_R)·W̄ᵀ + 1·b,      b  = μ̄_X·W̄ᵀ (bias epilogue)
+ *   dgrad    dX = α_dw·D̄(_R)·W̄ + 1·b',       b' = μ̄_D·W̄  (bias epilogue)
+ *   wgrad    dW += α·[D̄_Rᵀ | U]·[X̄_Rᵀ | V]ᵀ  (K extended by 16 columns)
+ * where α = S_decA·S_decB rides on the GEMM's alpha (device pointer) and the
+ * rank-one terms of the Averis wgrad, μ̄_D⊗(ΣX̄_R + l·μ̄_X) + (ΣD̄_R)⊗μ̄_X,
+ * are folded into the GEMM as 6 extra K columns: each fp32 factor split
+ * into BF16 hi + lo parts (hi·hi + hi·lo + lo·hi, relative error ~2^-16),
+ * the D side divided by α. No l×n outer product is ever formed.
+ */
+#ifndef AVERIS_CUDA_QLINEAR_CUH
+#define AVERIS_CUDA_QLINEAR_CUH
+
+#include "common.cuh"
+
+#include <cublasLt.h>
+
+/* D[M×N] = α·op(A)·op(B) + β·C + 1·biasᵀ, all row-major; α, β device
+ * scalars; bias [N] fp32 or NULL; C may equal D. */
+averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
+                        cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
+                        const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s);
+/* device constants 0.0f and 1.0f */
+const float *gq_zero(void);
+const float *gq_one(void);
+
+/* A weight W [n×m] fp32, with its operand for the run's recipe. */
+struct gq_w {
+    const float *w;
+    int64_t n, m;
+    __nv_bfloat16 *wq; /* BF16 operand [n×m]: e2m1·e4m3 (FP4) or bf16(W) */
+    float *amax;       /* [1] FP4 only */
+};
+/* An activation X [l×m] and its forward operand. */
+struct gq_x {
+    const float *x;
+    int64_t l, m;
+    __nv_bfloat16 *xq; /* [l×m] */
+    float *amax;       /* [1] */
+    int amax_valid;    /* amax holds the forward operand's amax (gq_prep_x ran) */
+    float *mean;       /* [m] split only */
+    float *res_amax;   /* [1] split only */
+    /* the wgrad copy [m × kp], prepared on first use in the backward */
+    __nv_bfloat16 *xt;
+    float *xt_amax, *xt_sum; /* [1], [m] */
+    int xt_ready;
+};
+/* Scratch for one backward of an [l×n] output gradient. */
+struct gq_scratch {
+    __nv_bfloat16 *dq, *dt; /* [l×n], [n×kp] */
+    float *mean_d, *sum_d;  /* [n], [n] */
+    float *scal;            /* [8]: res_amax_d, amax_dq, amax_dt, α fwd/dgrad/wgrad */
+    float *bias;            /* [max(m, n)] */
+};
+
+int64_t gq_kp(const qlin_recipe *r, int64_t l); /* K of the wgrad GEMM */
+averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n);
+averis_status gq_prep_w(const qlin_recipe *r, gq_w *w, cudaStream_t s);
+averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s);
+/* Y = X·Wᵀ (+ residual, if given; Y may alias it). scr gives α and bias room. */
+averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, float *Y, const float *residual,
+                         gq_scratch *scr, cudaStream_t s);
+/* dX (= or +=, by dx_acc) and dW += from D [l×n]. */
+averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const float *D, float *dX, int dx_acc,
+                          float *dW, uint64_t sr_stream, gq_scratch *scr, cudaStream_t s);
+
+#endif

@@ -1,0 +1,519 @@
+/* quant.cu — NVFP4 quantization kernels (the kernel lab of STYLE.md #9:
+ * versions are kept in bench/bench_cuda.cu's table, checked bit for bit
+ * against the CPU spec by cuda/test_cuda.cu).
+ *
+ * A thread owns one 16-element block of the quantized tensor: it loads the
+ * 16 inputs (a row segment, or for the transposed wgrad copies 16 tokens of
+ * one feature, coalesced across the warp), subtracts the Averis mean,
+ * applies the RHT in registers, and either
+ *   pass 1: reduces the block amax into the per-tensor amax (atomicMax on
+ *           the bits of a non-negative float), or
+ *   pass 2: computes the E4M3 scale, encodes 16 E2M1 codes (RN or Philox
+ *           SR keyed as on the CPU) and writes codes, scale, and optionally
+ *           the BF16 operand e2m1·e4m3 for the emulated GEMM.
+ * Pass 1 is skipped when the amax is known: for the Averis split it follows
+ * exactly from the column statistics (max_j max(max_j − μ_j, μ_j − min_j),
+ * fp32 subtraction being monotonic), so the split costs no extra pass.
+ * 16×16 tiles: the 16 threads of a tile are 16 consecutive lanes and share
+ * the tile amax by shuffles.
+ */
+#include "common.cuh"
+#include "nvfp4_device.cuh"
+
+#include <cfloat>
+#include <cstdio>
+#include <cstring>
+
+namespace {
+
+struct qparams {
+    const void *src;
+    int64_t srows, scols, ld;
+    int64_t cp, nb;        /* quantized row length (padded) and blocks per row */
+    int64_t nthreads;      /* threads with work */
+    int vec, tile, rht, sr, transpose;
+    uint64_t seed, stream;
+    const float *mean;
+    float *amax;           /* pass 1: reduced into; pass 2: read */
+    uint8_t *codes, *scales;
+    __nv_bfloat16 *bf16_out;
+    int64_t ld_out;
+    double *rowsum_part;   /* [ceil(nb/TG) × qrows] per-thread sums (transpose) */
+};
+
+/* transposed copies: a thread quantizes TG consecutive 16-token blocks of one
+ * feature (32 contiguous code bytes, one row-sum partial) */
+enum { TG = 4 };
+
+template <typename T> __device__ __forceinline__ float ld_elem(const T *p);
+template <> __device__ __forceinline__ float ld_elem<float>(const float *p) { return __ldg(p); }
+template <> __device__ __forceinline__ float ld_elem<__nv_bfloat16>(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+
+/* 16 consecutive elements of a row; `vec`: aligned, in bounds → 16-byte loads */
+template <typename T>
+__device__ __forceinline__ void load_row16(const T *row, int64_t c0, int64_t scols, int vec, float v[16]) {
+    if (vec) {
+        if (sizeof(T) == 4) {
+            const float4 *p = reinterpret_cast<const float4 *>(reinterpret_cast<const float *>(row) + c0);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float4 f = __ldg(p + k);
+                v[4 * k] = f.x; v[4 * k + 1] = f.y; v[4 * k + 2] = f.z; v[4 * k + 3] = f.w;
+            }
+        } else {
+            const uint4 *p = reinterpret_cast<const uint4 *>(reinterpret_cast<const __nv_bfloat16 *>(row) + c0);
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                uint4 u = __ldg(p + k);
+                uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    v[8 * k + 2 * i] = __uint_as_float(w[i] << 16);
+                    v[8 * k + 2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+                }
+            }
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) v[i] = c0 + i < scols ? ld_elem(row + c0 + i) : 0.0f;
+}
+
+/* The quantizer input of thread `gid`'s block, and where it goes:
+ * qrow (row of the quantized tensor), b (block in that row), valid. */
+template <typename T>
+__device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float v[16], int64_t &qrow, int64_t &b,
+                                            bool &valid) {
+    const T *src = static_cast<const T *>(p.src);
+    valid = gid < p.nthreads;
+    if (p.transpose) {
+        /* quantized row j = source column j; block b = tokens 16b..16b+15;
+         * here gid already names (j, b) (the caller loops over its TG blocks) */
+        int64_t j = gid % p.scols;
+        b = gid / p.scols;
+        qrow = j;
+        valid = b < p.nb;
+        float mu = (p.mean && valid) ? p.mean[j] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int64_t t = 16 * b + i;
+            /* padded tokens are 0 after the subtraction, as on the CPU */
+            v[i] = (valid && t < p.srows) ? ld_elem(src + t * p.ld + j) - (p.mean ? mu : 0.0f) : 0.0f;
+        }
+    } else {
+        if (p.tile) {
+            int64_t tile = gid / 16;
+            int lane16 = (int)(gid % 16);
+            b = tile % p.nb;
+            qrow = (tile / p.nb) * 16 + lane16;
+        } else {
+            qrow = gid / p.nb;
+            b = gid % p.nb;
+        }
+        valid = valid && qrow < p.srows;
+        if (valid) {
+            load_row16(src + qrow * p.ld, 16 * b, p.scols, p.vec, v);
+            if (p.mean) {
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+                    if (16 * b + i < p.scols) v[i] = v[i] - p.mean[16 * b + i];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 16; i++) v[i] = 0.0f;
+        }
+    }
+    if (p.rht) avd_rht16(v);
+}
+
+__device__ __forceinline__ float block_amax(const qparams &p, const float v[16]) {
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float a = fabsf(v[i]);
+        m = a > m ? a : m; /* NaN ignored */
+    }
+    if (p.tile) {
+#pragma unroll
+        for (int o = 8; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    }
+    return m;
+}
+
+/* pass 1: the per-tensor amax */
+template <typename T> __global__ void k_amax(qparams p) {
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float v[16];
+    int64_t qrow, b;
+    bool valid;
+    float m = 0.0f;
+    if (p.transpose) {
+        int64_t j = gid % p.scols, b0 = (gid / p.scols) * TG;
+        for (int k = 0; k < TG; k++) {
+            block_input<T>(p, (b0 + k) * p.scols + j, v, qrow, b, valid);
+            if (gid < p.nthreads) m = fmaxf(m, block_amax(p, v));
+        }
+    } else {
+        block_input<T>(p, gid, v, qrow, b, valid);
+        m = block_amax(p, v);
+    }
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    __shared__ float warp_max[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) warp_max[w] = m;
+    __syncthreads();
+    if (w == 0) {
+        m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(p.amax), __float_as_uint(m));
+    }
+}
+
+/* pass 2: scales, codes, BF16 operand, row sums */
+template <typename T>
+__device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, float s_enc, float s_dec);
+
+template <typename T> __global__ void k_quant(qparams p) {
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float s_enc, s_dec;
+    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    if (!p.transpose) {
+        quant_block<T>(p, gid, s_enc, s_dec);
+        return;
+    }
+    if (gid >= p.nthreads) return;
+    int64_t j = gid % p.scols, bt = gid / p.scols;
+    double acc = 0.0;
+    for (int k = 0; k < TG; k++) acc += quant_block<T>(p, (bt * TG + k) * p.scols + j, s_enc, s_dec);
+    if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
+}
+
+/* one 16-element block; returns Σ of its dequantized values (after the
+ * inverse RHT) when row sums are asked for */
+template <typename T>
+__device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, float s_enc, float s_dec) {
+    float v[16];
+    int64_t qrow, b;
+    bool valid;
+    block_input<T>(p, gid, v, qrow, b, valid);
+    float bamax = block_amax(p, v);
+    if (!valid) return 0.0; /* after the tile shuffles */
+    uint32_t sc = avd_block_scale(bamax, s_enc);
+    float enc = avd_block_enc(sc, s_dec);
+    uint32_t u[16];
+    if (p.sr) avd_sr_u24_block(p.seed, p.stream, (uint64_t)(qrow * p.cp + 16 * b), u);
+    uint32_t q[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float y = v[i] * enc;
+        q[i] = p.sr ? avd_e2m1_sr(y, u[i]) : avd_e2m1_rn(y);
+    }
+    if (p.codes) {
+        uint32_t lo = 0, hi = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            lo |= q[i] << (4 * i);
+            hi |= q[8 + i] << (4 * i);
+        }
+        *reinterpret_cast<uint2 *>(p.codes + qrow * (p.cp / 2) + 8 * b) = make_uint2(lo, hi);
+    }
+    if (p.scales) {
+        if (!p.tile) p.scales[qrow * p.nb + b] = (uint8_t)sc;
+        else if ((gid & 15) == 0) p.scales[(qrow / 16) * p.nb + b] = (uint8_t)sc;
+    }
+    float sb = avd_e4m3_decode(sc);
+    if (p.bf16_out) {
+        uint32_t w[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            /* e2m1·e4m3 has ≤ 6 significant bits: exact in BF16, the truncation is exact */
+            uint32_t a = __float_as_uint(avd_e2m1_decode(q[2 * i]) * sb) >> 16;
+            uint32_t c = __float_as_uint(avd_e2m1_decode(q[2 * i + 1]) * sb) >> 16;
+            w[i] = a | (c << 16);
+        }
+        uint4 *o = reinterpret_cast<uint4 *>(p.bf16_out + qrow * p.ld_out + 16 * b);
+        o[0] = make_uint4(w[0], w[1], w[2], w[3]);
+        o[1] = make_uint4(w[4], w[5], w[6], w[7]);
+    }
+    double acc = 0.0;
+    if (p.rowsum_part) {
+        float d[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) d[i] = (avd_e2m1_decode(q[i]) * sb) * s_dec;
+        if (p.rht) avd_rht16_inv(d);
+#pragma unroll
+        for (int i = 0; i < 16; i++) acc += (double)d[i];
+    }
+    return acc;
+}
+
+__global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *out) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= qrows) return;
+    double acc = 0.0;
+    for (int64_t b = 0; b < nb; b++) acc += part[b * qrows + j];
+    out[j] = (float)acc;
+}
+
+/* ------------------------------------------------------ column statistics */
+/* part[c][j] = Σ of rows of chunk c (NVFP4_SPLIT_CHUNK, in order, fp64),
+ * and the chunk's max and min (NaN ignored) */
+__global__ void k_colstats_part(const float *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
+                                float *pmn) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t c = blockIdx.y;
+    if (j >= cols) return;
+    int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
+    double s = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    /* 16 loads in flight, then the in-order fp64 sum the spec fixes */
+    enum { U = 16 };
+    int64_t r = r0;
+    for (; r + U <= r1; r += U) {
+        float v[U];
+#pragma unroll
+        for (int k = 0; k < U; k++) v[k] = __ldg(x + (r + k) * ld + j);
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            s += (double)v[k];
+            mx = v[k] > mx ? v[k] : mx;
+            mn = v[k] < mn ? v[k] : mn;
+        }
+    }
+    for (; r < r1; r++) {
+        float v = __ldg(x + r * ld + j);
+        s += (double)v;
+        mx = v > mx ? v : mx;
+        mn = v < mn ? v : mn;
+    }
+    part[c * cols + j] = s;
+    pmx[c * cols + j] = mx;
+    pmn[c * cols + j] = mn;
+}
+
+__global__ void k_colstats_final(const double *part, const float *pmx, const float *pmn, int64_t nchunk, int64_t rows,
+                                 int64_t cols, float *mean, float *col_max, float *col_min, float *res_amax) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    double total = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    for (int64_t c = 0; c < nchunk; c++) {
+        total += part[c * cols + j];
+        float a = pmx[c * cols + j], b = pmn[c * cols + j];
+        mx = a > mx ? a : mx;
+        mn = b < mn ? b : mn;
+    }
+    float mu = (float)(total / (double)rows);
+    mean[j] = mu;
+    if (col_max) col_max[j] = mx;
+    if (col_min) col_min[j] = mn;
+    float a = fabsf(mx - mu), b = fabsf(mu - mn), m = 0.0f;
+    if (a > m) m = a;
+    if (b > m) m = b;
+    if (m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(res_amax), __float_as_uint(m));
+}
+
+__global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+__global__ void k_alpha(const float *amax_a, const float *amax_b, float *alpha) {
+    float ea, da, eb, db;
+    avd_global_scales(*amax_a, &ea, &da);
+    avd_global_scales(*amax_b, &eb, &db);
+    *alpha = da * db;
+}
+
+__global__ void k_dequant(const uint8_t *codes, const uint8_t *scales, const float *amax, int64_t rows, int64_t cols,
+                          int64_t cp, int tile, float *out) {
+    int64_t nb = cp / 16, gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gid >= rows * nb) return;
+    int64_t r = gid / nb, b = gid % nb;
+    float s_enc, s_dec;
+    avd_global_scales(*amax, &s_enc, &s_dec);
+    float sb = avd_e4m3_decode(scales[(tile ? (r / 16) : r) * nb + b]);
+    const uint8_t *c = codes + r * (cp / 2) + 8 * b;
+    for (int i = 0; i < 16; i++) {
+        int64_t col = 16 * b + i;
+        uint32_t code = (c[i / 2] >> (4 * (i & 1))) & 15u;
+        if (col < cols) out[r * cols + col] = (avd_e2m1_decode(code) * sb) * s_dec;
+    }
+}
+
+} // namespace
+
+/* ================================================================ launchers */
+averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
+    if (j->srows <= 0 || j->scols <= 0 || j->ld < j->scols)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: bad shape %lld x %lld (ld %lld)", (long long)j->srows,
+                           (long long)j->scols, (long long)j->ld);
+    if (j->transpose && j->tile) return averis_fail(AVERIS_EINVAL, "cuda quantize: 16x16 tiles along columns");
+    qparams p = {};
+    p.src = j->src;
+    p.srows = j->srows, p.scols = j->scols, p.ld = j->ld;
+    int64_t qrows = j->transpose ? j->scols : j->srows, qcols = j->transpose ? j->srows : j->scols;
+    p.cp = (qcols + 15) / 16 * 16;
+    p.nb = p.cp / 16;
+    p.tile = j->tile, p.rht = j->rht, p.sr = j->sr, p.transpose = j->transpose;
+    p.seed = j->seed, p.stream = j->stream;
+    p.mean = j->mean;
+    p.amax = j->amax;
+    p.codes = j->codes, p.scales = j->scales;
+    p.bf16_out = j->bf16_out, p.ld_out = j->ld_out;
+    if (p.bf16_out && (p.ld_out < p.cp || p.ld_out % 8 || reinterpret_cast<uintptr_t>(p.bf16_out) % 16))
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: BF16 output needs ld_out ≥ %lld, a multiple of 8, 16-byte aligned",
+                           (long long)p.cp);
+    p.nthreads = p.tile ? (qrows + 15) / 16 * 16 * p.nb
+               : p.transpose ? qrows * ((p.nb + TG - 1) / TG)
+                             : qrows * p.nb;
+    size_t esz = j->bf16_in ? 2 : 4;
+    p.vec = !j->novec && !j->transpose && j->scols % 16 == 0 && (j->ld * esz) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(j->src) % 16 == 0;
+    const int threads = 256;
+    unsigned grid = avc_blocks(p.nthreads, threads);
+    if (j->amax_in) {
+        if (j->amax_in != j->amax) AVC_TRY(cudaMemcpyAsync(j->amax, j->amax_in, sizeof(float), cudaMemcpyDeviceToDevice, s));
+    } else {
+        AVC_TRY(cudaMemsetAsync(j->amax, 0, sizeof(float), s));
+        if (j->bf16_in) k_amax<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+        else k_amax<float><<<grid, threads, 0, s>>>(p);
+        AVC_LAUNCHED();
+    }
+    double *part = nullptr;
+    if (j->rowsum) {
+        if (!j->transpose) return averis_fail(AVERIS_EINVAL, "cuda quantize: row sums are for the transposed copies");
+        AVC_TRY(cudaMallocAsync(&part, (size_t)((p.nb + TG - 1) / TG * qrows) * sizeof(double), s));
+        p.rowsum_part = part;
+    }
+    if (j->bf16_in) k_quant<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+    else k_quant<float><<<grid, threads, 0, s>>>(p);
+    AVC_LAUNCHED();
+    if (part) {
+        k_rowsum<<<avc_blocks(qrows, 256), 256, 0, s>>>(part, (p.nb + TG - 1) / TG, qrows, j->rowsum);
+        AVC_LAUNCHED();
+        AVC_TRY(cudaFreeAsync(part, s));
+    }
+    return AVERIS_OK;
+}
+
+averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
+                           float *col_max, float *col_min, cudaStream_t s) {
+    if (rows <= 0 || cols <= 0 || ld < cols)
+        return averis_fail(AVERIS_EINVAL, "cuda colstats: bad shape %lld x %lld", (long long)rows, (long long)cols);
+    int64_t nchunk = (rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK;
+    if (nchunk > 65535) return averis_fail(AVERIS_EINVAL, "cuda colstats: %lld rows is too many", (long long)rows);
+    char *buf = nullptr;
+    size_t n = (size_t)(nchunk * cols);
+    AVC_TRY(cudaMallocAsync(&buf, n * (sizeof(double) + 2 * sizeof(float)), s));
+    double *part = reinterpret_cast<double *>(buf);
+    float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
+    AVC_TRY(cudaMemsetAsync(res_amax, 0, sizeof(float), s));
+    dim3 grid(avc_blocks(cols, 128), (unsigned)nchunk);
+    k_colstats_part<<<grid, 128, 0, s>>>(x, rows, cols, ld, part, pmx, pmn);
+    AVC_LAUNCHED();
+    k_colstats_final<<<avc_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
+                                                           res_amax);
+    AVC_LAUNCHED();
+    AVC_TRY(cudaFreeAsync(buf, s));
+    return AVERIS_OK;
+}
+
+averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s) {
+    k_to_bf16<<<avc_blocks(n, 256), 256, 0, s>>>(x, y, n);
+    AVC_LAUNCHED();
+    return AVERIS_OK;
+}
+
+averis_status avq_alpha(const float *amax_a, const float *amax_b, float *alpha, cudaStream_t s) {
+    k_alpha<<<1, 1, 0, s>>>(amax_a, amax_b, alpha);
+    AVC_LAUNCHED();
+    return AVERIS_OK;
+}
+
+/* ================================================================== C API */
+extern "C" {
+
+int avc_compiled(void) { return 1; }
+
+averis_status avc_init(int device, char *desc, size_t cap) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+        return averis_fail(AVERIS_EUNSUPPORTED, "cuda: no usable GPU (%s)",
+                           e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
+    if (device < 0 || device >= n)
+        return averis_fail(AVERIS_EINVAL, "cuda: device %d does not exist (%d GPU%s)", device, n, n == 1 ? "" : "s");
+    AVC_TRY(cudaSetDevice(device));
+    cudaDeviceProp pr;
+    AVC_TRY(cudaGetDeviceProperties(&pr, device));
+    if (pr.major < 8)
+        return averis_fail(AVERIS_EUNSUPPORTED, "cuda: %s is sm_%d%d; averis needs sm_80 or newer (BF16 tensor cores)",
+                           pr.name, pr.major, pr.minor);
+    int drv = 0;
+    cudaDriverGetVersion(&drv);
+    if (desc) snprintf(desc, cap, "%s (sm_%d%d, %d SMs, driver %d.%d)", pr.name, pr.major, pr.minor,
+                       pr.multiProcessorCount, drv / 1000, (drv % 1000) / 10);
+    return AVERIS_OK;
+}
+
+averis_status avc_tensor_alloc(avc_tensor *t, int64_t rows, int64_t cols, nvfp4_block_kind block) {
+    memset(t, 0, sizeof *t);
+    if (rows <= 0 || cols <= 0) return averis_fail(AVERIS_EINVAL, "cuda: empty tensor (%lld x %lld)", (long long)rows, (long long)cols);
+    t->rows = rows, t->cols = cols, t->cols_padded = nvfp4_cols_padded(cols), t->block = block;
+    AVC_TRY(cudaMalloc(&t->codes_dev, (size_t)(rows * t->cols_padded / 2)));
+    AVC_TRY(cudaMalloc(&t->scales_dev, (size_t)nvfp4_scale_count(rows, cols, block)));
+    AVC_TRY(cudaMalloc(&t->amax_dev, sizeof(float)));
+    return AVERIS_OK;
+}
+
+void avc_tensor_free(avc_tensor *t) {
+    cudaFree(t->codes_dev);
+    cudaFree(t->scales_dev);
+    cudaFree(t->amax_dev);
+    memset(t, 0, sizeof *t);
+}
+
+averis_status avc_tensor_download(const avc_tensor *t, nvfp4_tensor *h) {
+    if (h->rows != t->rows || h->cols != t->cols || h->block != t->block)
+        return averis_fail(AVERIS_EINVAL, "cuda: download into a tensor of another shape");
+    AVC_TRY(cudaMemcpy(h->codes, t->codes_dev, (size_t)(t->rows * t->cols_padded / 2), cudaMemcpyDeviceToHost));
+    AVC_TRY(cudaMemcpy(h->scales, t->scales_dev, (size_t)nvfp4_scale_count(t->rows, t->cols, t->block),
+                       cudaMemcpyDeviceToHost));
+    AVC_TRY(cudaMemcpy(&h->amax, t->amax_dev, sizeof(float), cudaMemcpyDeviceToHost));
+    return AVERIS_OK;
+}
+
+averis_status avc_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols, int64_t ld,
+                           const avc_qopts *o, avc_tensor *out, void *stream) {
+    if (dtype != NVFP4_F32 && dtype != NVFP4_BF16)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: dtype must be fp32 or bf16");
+    if (out->rows != rows || out->cols != cols || out->block != o->block)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: output tensor shape differs from the input");
+    avq_job j = {};
+    j.src = src, j.bf16_in = dtype == NVFP4_BF16;
+    j.srows = rows, j.scols = cols, j.ld = ld;
+    j.tile = o->block == NVFP4_BLOCK_16X16;
+    j.rht = o->rht, j.sr = o->sr, j.seed = o->seed, j.stream = o->stream;
+    j.mean = o->mean_dev;
+    j.amax = out->amax_dev;
+    j.codes = out->codes_dev, j.scales = out->scales_dev;
+    return avq_quantize(&j, (cudaStream_t)stream);
+}
+
+averis_status avc_dequantize(const avc_tensor *t, float *out, void *stream) {
+    int64_t nb = t->cols_padded / 16;
+    k_dequant<<<avc_blocks(t->rows * nb, 256), 256, 0, (cudaStream_t)stream>>>(
+        t->codes_dev, t->scales_dev, t->amax_dev, t->rows, t->cols, t->cols_padded, t->block == NVFP4_BLOCK_16X16, out);
+    AVC_LAUNCHED();
+    return AVERIS_OK;
+}
+
+averis_status avc_colstats(const float *x, int64_t rows, int64_t cols, float *mean, float *col_max, float *col_min,
+                           float *res_amax, void *stream) {
+    return avq_colstats(x, rows, cols, cols, mean, res_amax, col_max, col_min, (cudaStream_t)stream);
+}
+
+} // extern "C"

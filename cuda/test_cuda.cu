@@ -1,0 +1,346 @@
+/* test_cuda.cu — the CUDA path against the CPU spec, on a GPU.
+ *
+ *   quantize   bit-identical codes, scales and amax to nvfp4_quantize_ref over
+ *              the adversarial corpus (tests/test_patterns.c) × shapes ×
+ *              {1×16, 16×16} × RHT × mean split × SR × {fp32, bf16}, and the
+ *              transposed wgrad copies with their BF16 operands and row sums
+ *   colstats   bit-identical mean, max, min and residual amax
+ *   dequantize bit-identical to nvfp4_dequantize
+ *   qlinear    forward, dgrad and wgrad per recipe within a stated relative
+ *              error of qlin_forward / qlin_backward
+ * Ends with "N passed, N failed"; exit status 1 on any failure.
+ */
+#include "common.cuh"
+#include "averis/qlinear.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "../tests/check.h"
+}
+
+int g_check_failed;
+
+#define DEV(call)                                                                                          \
+    do {                                                                                                    \
+        cudaError_t e_ = (call);                                                                            \
+        if (e_ != cudaSuccess) {                                                                            \
+            fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);       \
+            exit(2);                                                                                        \
+        }                                                                                                   \
+    } while (0)
+
+template <typename T> static T *dev_copy(const T *h, size_t n) {
+    T *d;
+    DEV(cudaMalloc(&d, n * sizeof(T) + 16));
+    DEV(cudaMemcpy(d, h, n * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+template <typename T> static std::vector<T> host_copy(const T *d, size_t n) {
+    std::vector<T> h(n);
+    DEV(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+static const int64_t k_shapes[][2] = {{1, 16}, {17, 48}, {33, 100}, {64, 256}, {5, 7}, {300, 1024}};
+static const int k_nshapes = 6;
+
+/* ------------------------------------------------------------ quantize */
+static void test_quantize_bitexact(void) {
+    trng r = {4321};
+    int compared = 0;
+    for (int s = 0; s < k_nshapes; s++) {
+        int64_t rows = k_shapes[s][0], cols = k_shapes[s][1], n = rows * cols;
+        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
+        std::vector<uint16_t> xb(n);
+        for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
+            test_fill_pattern(x.data(), n, cols, pat, &r);
+            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
+            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
+            float *dx = dev_copy(x.data(), n), *dmean = dev_copy(mean.data(), cols);
+            uint16_t *dxb = dev_copy(xb.data(), n);
+            for (int variant = 0; variant < 32; variant++) {
+                nvfp4_opts o = nvfp4_opts_default();
+                o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
+                o.rht = (variant >> 1) & 1;
+                o.mean = ((variant >> 2) & 1) ? mean.data() : NULL;
+                o.sr = (variant >> 3) & 1;
+                o.seed = 0x1234567890ull + (uint64_t)pat;
+                o.stream = (uint64_t)variant << 40 | 5;
+                nvfp4_dtype dt = ((variant >> 4) & 1) && !o.mean ? NVFP4_BF16 : NVFP4_F32;
+                if (((variant >> 4) & 1) && o.mean) continue;
+                const void *hsrc = dt == NVFP4_BF16 ? (const void *)xb.data() : (const void *)x.data();
+                const void *dsrc = dt == NVFP4_BF16 ? (const void *)dxb : (const void *)dx;
+                nvfp4_tensor ref, got;
+                nvfp4_tensor_alloc(&ref, rows, cols, o.block);
+                nvfp4_tensor_alloc(&got, rows, cols, o.block);
+                CHECK(nvfp4_quantize_ref(hsrc, dt, rows, cols, cols, &o, &ref, NULL) == AVERIS_OK, "ref");
+                avc_tensor t;
+                CHECK(avc_tensor_alloc(&t, rows, cols, o.block) == AVERIS_OK, "alloc: %s", averis_last_error());
+                DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
+                avc_qopts q = {o.block, o.rht, o.sr, o.seed, o.stream, o.mean ? dmean : NULL};
+                CHECK(avc_quantize(dsrc, dt, rows, cols, cols, &q, &t, NULL) == AVERIS_OK, "quantize: %s",
+                      averis_last_error());
+                CHECK(avc_tensor_download(&t, &got) == AVERIS_OK, "download: %s", averis_last_error());
+                int64_t ncodes = rows * ref.cols_padded / 2, nsc = nvfp4_scale_count(rows, cols, o.block);
+                int64_t bad = -1;
+                for (int64_t i = 0; i < ncodes && bad < 0; i++)
+                    if (ref.codes[i] != got.codes[i]) bad = i;
+                CHECK(bad < 0, "codes differ: %lldx%lld pattern %d variant %d at byte %lld: want %02x got %02x",
+                      (long long)rows, (long long)cols, pat, variant, (long long)bad, bad < 0 ? 0 : ref.codes[bad],
+                      bad < 0 ? 0 : got.codes[bad]);
+                CHECK(!memcmp(ref.scales, got.scales, (size_t)nsc), "scales differ: %lldx%lld pattern %d variant %d",
+                      (long long)rows, (long long)cols, pat, variant);
+                CHECK(!memcmp(&ref.amax, &got.amax, 4), "amax differs: pattern %d variant %d: %a vs %a", pat, variant,
+                      (double)ref.amax, (double)got.amax);
+                /* dequantize */
+                if (!o.rht) {
+                    std::vector<float> dref(n);
+                    nvfp4_dequantize(&ref, 0, dref.data());
+                    float *dd;
+                    DEV(cudaMalloc(&dd, n * sizeof(float)));
+                    CHECK(avc_dequantize(&t, dd, NULL) == AVERIS_OK, "dequantize");
+                    std::vector<float> dgot = host_copy(dd, n);
+                    CHECK(!memcmp(dref.data(), dgot.data(), n * sizeof(float)), "dequantize differs: pattern %d variant %d",
+                          pat, variant);
+                    cudaFree(dd);
+                }
+                compared++;
+                avc_tensor_free(&t);
+                nvfp4_tensor_free(&ref);
+                nvfp4_tensor_free(&got);
+            }
+            cudaFree(dx);
+            cudaFree(dmean);
+            cudaFree(dxb);
+        }
+    }
+    printf("  quantize: %d tensors compared bit for bit\n", compared);
+    CHECK(compared == k_nshapes * TEST_NPATTERNS * 24, "ran every comparison (%d)", compared);
+}
+
+/* The transposed wgrad copy: (x − μ)ᵀ quantized along tokens, its BF16
+ * operand and its row sums, against the CPU on the host-transposed input. */
+static void test_transposed_copies(void) {
+    trng r = {99};
+    int compared = 0;
+    for (int s = 0; s < k_nshapes; s++) {
+        int64_t rows = k_shapes[s][0], cols = k_shapes[s][1], n = rows * cols;
+        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
+        for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
+            if (pat == 7) continue; /* NaN rows make the row sums NaN on both sides: compared elsewhere */
+            test_fill_pattern(x.data(), n, cols, pat, &r);
+            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
+            float *dx = dev_copy(x.data(), n), *dmean = dev_copy(mean.data(), cols);
+            for (int variant = 0; variant < 8; variant++) {
+                int rht = variant & 1, use_mean = (variant >> 1) & 1, sr = (variant >> 2) & 1;
+                std::vector<float> xt((size_t)cols * rows);
+                for (int64_t t = 0; t < rows; t++)
+                    for (int64_t j = 0; j < cols; j++) xt[j * rows + t] = use_mean ? x[t * cols + j] - mean[j] : x[t * cols + j];
+                nvfp4_opts o = nvfp4_opts_default();
+                o.rht = rht, o.sr = sr, o.seed = 7, o.stream = 11;
+                nvfp4_tensor ref;
+                nvfp4_tensor_alloc(&ref, cols, rows, NVFP4_BLOCK_1X16);
+                nvfp4_quantize_ref(xt.data(), NVFP4_F32, cols, rows, rows, &o, &ref, NULL);
+                int64_t lp = ref.cols_padded, kp = lp + 16;
+                std::vector<float> deq((size_t)cols * lp);
+                nvfp4_tensor wide = ref;
+                wide.cols = lp;
+                nvfp4_dequantize(&wide, 0, deq.data());
+                std::vector<float> sum_ref(cols);
+                for (int64_t j = 0; j < cols; j++) {
+                    double acc = 0.0;
+                    for (int64_t g = 0; g < lp; g += 16) {
+                        float tok[16];
+                        if (rht) nvfp4_rht16_inv_ref(&deq[j * lp + g], tok);
+                        else memcpy(tok, &deq[j * lp + g], sizeof tok);
+                        for (int i = 0; i < 16; i++) acc += tok[i];
+                    }
+                    sum_ref[j] = (float)acc;
+                }
+                avc_tensor t;
+                avc_tensor_alloc(&t, cols, rows, NVFP4_BLOCK_1X16);
+                __nv_bfloat16 *bf;
+                float *dsum;
+                DEV(cudaMalloc(&bf, (size_t)cols * kp * 2));
+                DEV(cudaMalloc(&dsum, cols * sizeof(float)));
+                DEV(cudaMemset(bf, 0xFF, (size_t)cols * kp * 2));
+                avq_job j = {};
+                j.src = dx, j.srows = rows, j.scols = cols, j.ld = cols, j.transpose = 1;
+                j.rht = rht, j.sr = sr, j.seed = 7, j.stream = 11;
+                j.mean = use_mean ? dmean : NULL;
+                j.amax = t.amax_dev, j.codes = t.codes_dev, j.scales = t.scales_dev;
+                j.bf16_out = bf, j.ld_out = kp, j.rowsum = dsum;
+                CHECK(avq_quantize(&j, 0) == AVERIS_OK, "transposed quantize: %s", averis_last_error());
+                nvfp4_tensor got;
+                nvfp4_tensor_alloc(&got, cols, rows, NVFP4_BLOCK_1X16);
+                avc_tensor_download(&t, &got);
+                CHECK(!memcmp(ref.codes, got.codes, (size_t)(cols * lp / 2)) &&
+                          !memcmp(ref.scales, got.scales, (size_t)(cols * lp / 16)) && ref.amax == got.amax,
+                      "transposed copy differs: %lldx%lld pattern %d variant %d", (long long)rows, (long long)cols, pat,
+                      variant);
+                /* the BF16 operand times S_dec is the CPU's dequantized value */
+                std::vector<uint16_t> hb = host_copy(reinterpret_cast<uint16_t *>(bf), (size_t)cols * kp);
+                float s_enc, s_dec;
+                nvfp4_global_scales(ref.amax, &s_enc, &s_dec);
+                int64_t bad = -1;
+                for (int64_t jj = 0; jj < cols && bad < 0; jj++)
+                    for (int64_t c = 0; c < lp && bad < 0; c++) {
+                        float v = nvfp4_bf16_to_f32(hb[jj * kp + c]) * s_dec;
+                        float w = deq[jj * lp + c];
+                        if (memcmp(&v, &w, 4) && !(std::isnan(v) && std::isnan(w))) bad = jj * lp + c;
+                    }
+                CHECK(bad < 0, "BF16 operand × S_dec differs from the CPU dequantization at %lld (pattern %d variant %d)",
+                      (long long)bad, pat, variant);
+                std::vector<float> hs = host_copy(dsum, cols);
+                double worst = 0.0;
+                for (int64_t jj = 0; jj < cols; jj++) {
+                    double d = fabs((double)hs[jj] - sum_ref[jj]), sc = fabs((double)sum_ref[jj]) + 1e-30;
+                    if (d / sc > worst && d > 1e-38) worst = d / sc;
+                }
+                CHECK(worst <= 1e-6, "row sums: relative error %.3g (pattern %d variant %d)", worst, pat, variant);
+                compared++;
+                cudaFree(bf);
+                cudaFree(dsum);
+                avc_tensor_free(&t);
+                nvfp4_tensor_free(&ref);
+                nvfp4_tensor_free(&got);
+            }
+            cudaFree(dx);
+            cudaFree(dmean);
+        }
+    }
+    printf("  transposed copies: %d compared\n", compared);
+}
+
+static void test_colstats_bitexact(void) {
+    trng r = {555};
+    const int64_t shapes[][2] = {{1, 3}, {255, 17}, {256, 64}, {1000, 100}, {4097, 48}};
+    for (int s = 0; s < 5; s++) {
+        int64_t rows = shapes[s][0], cols = shapes[s][1], n = rows * cols;
+        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
+        for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
+            test_fill_pattern(x.data(), n, cols, pat, &r);
+            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
+            float ra = nvfp4_residual_amax(mean.data(), mx.data(), mn.data(), cols);
+            float *dx = dev_copy(x.data(), n), *out;
+            DEV(cudaMalloc(&out, (3 * cols + 1) * sizeof(float)));
+            CHECK(avc_colstats(dx, rows, cols, out, out + cols, out + 2 * cols, out + 3 * cols, NULL) == AVERIS_OK,
+                  "colstats: %s", averis_last_error());
+            std::vector<float> h = host_copy(out, 3 * cols + 1);
+            /* NaN means (pattern 7: inf − inf) are NaN on both sides; their payload bits differ by ISA */
+            int64_t bad = -1;
+            for (int64_t j = 0; j < cols && bad < 0; j++)
+                if (memcmp(&h[j], &mean[j], 4) && !(std::isnan(h[j]) && std::isnan(mean[j]))) bad = j;
+            CHECK(bad < 0, "means differ: %lldx%lld pattern %d column %lld: %a vs %a", (long long)rows, (long long)cols,
+                  pat, (long long)bad, bad < 0 ? 0.0 : (double)mean[bad], bad < 0 ? 0.0 : (double)h[bad]);
+            CHECK(!memcmp(h.data() + cols, mx.data(), cols * 4) && !memcmp(h.data() + 2 * cols, mn.data(), cols * 4),
+                  "max/min differ: pattern %d", pat);
+            CHECK(!memcmp(h.data() + 3 * cols, &ra, 4), "residual amax differs: pattern %d: %a vs %a", pat, (double)ra,
+                  (double)h[3 * cols]);
+            cudaFree(dx);
+            cudaFree(out);
+        }
+    }
+}
+
+/* -------------------------------------------------------------- qlinear */
+static double rel_err(const float *a, const float *ref, int64_t n) {
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void test_qlinear_vs_cpu(void) {
+    const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+    const int64_t shapes[][3] = {{100, 64, 48}, {256, 128, 96}, {1000, 256, 512}};
+    trng rg = {2024};
+    printf("  %-11s %-14s %10s %10s %10s\n", "recipe", "l×m×n", "Y", "dX", "dW");
+    for (int si = 0; si < 3; si++) {
+        int64_t l = shapes[si][0], m = shapes[si][1], n = shapes[si][2];
+        std::vector<float> X(l * m), W(n * m), D(l * n);
+        for (auto &v : X) v = trng_normal(&rg) + 0.7f; /* a mean bias, as in LLM activations */
+        for (auto &v : W) v = 0.05f * trng_normal(&rg);
+        for (auto &v : D) v = 1e-3f * trng_normal(&rg) + 2e-4f;
+        float *dX_in = dev_copy(X.data(), X.size()), *dW_in = dev_copy(W.data(), W.size()),
+              *dD = dev_copy(D.data(), D.size());
+        float *dY, *ddX, *ddW;
+        DEV(cudaMalloc(&dY, l * n * 4));
+        DEV(cudaMalloc(&ddX, l * m * 4));
+        DEV(cudaMalloc(&ddW, n * m * 4));
+        for (const char *name : recipes) {
+            qlin_recipe rc;
+            qlin_recipe_parse(name, &rc);
+            rc.seed = 42;
+            std::vector<float> Y(l * n), dXc(l * m), dWc(n * m, 0.25f);
+            qlin_ws ws = {};
+            qlin_forward(&rc, X.data(), W.data(), l, m, n, Y.data(), &ws, NULL);
+            qlin_backward(&rc, X.data(), W.data(), D.data(), l, m, n, dXc.data(), dWc.data(), 9, &ws, NULL);
+            qlin_ws_free(&ws);
+            DEV(cudaMemset(dY, 0xFF, l * n * 4)); /* NaN: an unwritten element fails */
+            DEV(cudaMemset(ddX, 0xFF, l * m * 4));
+            std::vector<float> w0(n * m, 0.25f); /* dW accumulates */
+            DEV(cudaMemcpy(ddW, w0.data(), n * m * 4, cudaMemcpyHostToDevice));
+            CHECK(avc_qlin_forward(&rc, dX_in, dW_in, l, m, n, dY) == AVERIS_OK, "%s forward: %s", name,
+                  averis_last_error());
+            CHECK(avc_qlin_backward(&rc, dX_in, dW_in, dD, l, m, n, ddX, ddW, 9) == AVERIS_OK, "%s backward: %s", name,
+                  averis_last_error());
+            std::vector<float> gy = host_copy(dY, l * n), gx = host_copy(ddX, l * m), gw = host_copy(ddW, n * m);
+            for (auto &v : gw) v -= 0.25f;
+            for (auto &v : dWc) v -= 0.25f;
+            double ey = rel_err(gy.data(), Y.data(), l * n), ex = rel_err(gx.data(), dXc.data(), l * m),
+                   ew = rel_err(gw.data(), dWc.data(), n * m);
+            char shp[32];
+            snprintf(shp, sizeof shp, "%lldx%lldx%lld", (long long)l, (long long)m, (long long)n);
+            printf("  %-11s %-14s %10.2e %10.2e %10.2e\n", name, shp, ey, ex, ew);
+            /* Operands are the CPU's bits; GEMM accumulation order and the
+             * BF16 hi/lo rank-one columns differ: 1e-4 of the norm. */
+            const double tol = 1e-4;
+            CHECK(ey <= tol && ex <= tol && ew <= tol, "%s %s: relative errors Y %.3g dX %.3g dW %.3g exceed %.0e", name,
+                  shp, ey, ex, ew, tol);
+        }
+        cudaFree(dX_in); cudaFree(dW_in); cudaFree(dD); cudaFree(dY); cudaFree(ddX); cudaFree(ddW);
+    }
+}
+
+extern "C" void test_model_vs_cpu(void); /* model_check.cu */
+
+static const test_case k_tests[] = {
+    {"quantize_bitexact", test_quantize_bitexact},
+    {"transposed_copies", test_transposed_copies},
+    {"colstats_bitexact", test_colstats_bitexact},
+    {"qlinear_vs_cpu", test_qlinear_vs_cpu},
+    {"model_vs_cpu", test_model_vs_cpu},
+};
+
+int main(int argc, char **argv) {
+    char desc[256];
+    if (avc_init(0, desc, sizeof desc)) {
+        fprintf(stderr, "test_cuda: %s\n", averis_last_error());
+        return 2;
+    }
+    printf("device: %s\n", desc);
+    int passed = 0, failed = 0;
+    for (const test_case &t : k_tests) {
+        if (argc > 1 && !strstr(t.name, argv[1])) continue;
+        g_check_failed = 0;
+        t.fn();
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) {
+            fprintf(stderr, "  CUDA error after %s: %s\n", t.name, cudaGetErrorString(e));
+            g_check_failed++;
+        }
+        printf("%s  %s\n", g_check_failed ? "FAIL" : "ok  ", t.name);
+        (g_check_failed ? failed : passed)++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

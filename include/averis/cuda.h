@@ -1,0 +1,94 @@
+/* averis/cuda.h — the CUDA fast path (cuda/), for NVIDIA GPUs from sm_90.
+ *
+ * Hopper has no FP4 tensor cores: every NVFP4 GEMM is emulated exactly
+ * (../shared/NVFP4.md): the quantize kernels write each element's
+ * e2m1·e4m3 value, exact in BF16, and a cuBLASLt BF16 GEMM with fp32
+ * accumulation takes S_decA·S_decB as alpha.
+ *
+ * All pointers named *_dev are device memory; `stream` is a cudaStream_t
+ * (NULL: the default stream). A build without the CUDA toolkit links
+ * src/cuda_stub.c, whose functions return AVERIS_EUNSUPPORTED.
+ */
+#ifndef AVERIS_CUDA_H
+#define AVERIS_CUDA_H
+
+#include "averis/model.h"
+#include "averis/nvfp4.h"
+#include "averis/qlinear.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 if this build has the CUDA path. */
+int avc_compiled(void);
+/* Selects GPU `device` and writes "NAME (sm_XY, N SMs, driver D)" to desc.
+ * Fails with a message when there is no usable GPU. */
+averis_status avc_init(int device, char *desc, size_t cap);
+
+/* ------------------------------------------------- quantization on device */
+/* Packed NVFP4 tensor in device memory, laid out as nvfp4_tensor. */
+typedef struct {
+    int64_t rows, cols, cols_padded;
+    nvfp4_block_kind block;
+    uint8_t *codes_dev, *scales_dev;
+    float *amax_dev; /* [1] */
+} avc_tensor;
+averis_status avc_tensor_alloc(avc_tensor *t, int64_t rows, int64_t cols, nvfp4_block_kind block);
+void avc_tensor_free(avc_tensor *t);
+/* Copies codes, scales and amax into a host tensor of the same shape. */
+averis_status avc_tensor_download(const avc_tensor *t, nvfp4_tensor *host);
+
+typedef struct {
+    nvfp4_block_kind block;
+    int rht, sr;
+    uint64_t seed, stream;
+    const float *mean_dev; /* [cols] or NULL */
+} avc_qopts;
+/* The same bits as nvfp4_quantize on the same input and options. src_dev
+ * [rows × cols] (row stride ld) of NVFP4_F32 or NVFP4_BF16. */
+averis_status avc_quantize(const void *src_dev, nvfp4_dtype dtype, int64_t rows, int64_t cols, int64_t ld,
+                           const avc_qopts *o, avc_tensor *out, void *stream);
+/* The same bits as nvfp4_dequantize(t, 0, out): out_dev [rows × cols] fp32. */
+averis_status avc_dequantize(const avc_tensor *t, float *out_dev, void *stream);
+/* The same bits as nvfp4_colstats + nvfp4_residual_amax. */
+averis_status avc_colstats(const float *x_dev, int64_t rows, int64_t cols, float *mean_dev, float *col_max_dev,
+                           float *col_min_dev, float *res_amax_dev, void *stream);
+
+/* ------------------------------------------- the linear layer on device */
+/* qlin_forward / qlin_backward on device pointers (fp32 in and out), for
+ * the five recipes and fp32; W blocks 16×16, μ in fp32 (mean=fp4 and
+ * wblock=1x16 are CPU-only and refused here). Within a stated tolerance of
+ * the CPU (GEMM accumulation order, BF16 attention-free operands); the
+ * quantized operands are the CPU's bits. */
+averis_status avc_qlin_forward(const qlin_recipe *r, const float *X_dev, const float *W_dev, int64_t l, int64_t m,
+                               int64_t n, float *Y_dev);
+averis_status avc_qlin_backward(const qlin_recipe *r, const float *X_dev, const float *W_dev, const float *D_dev,
+                                int64_t l, int64_t m, int64_t n, float *dX_dev, float *dW_dev, uint64_t sr_stream);
+
+/* -------------------------------------------------- the model on device */
+typedef struct avc_model avc_model;
+/* A device copy of m (its config, recipe, bf16_last and parameters) for
+ * micro-batches of B×T tokens; fp32 master weights and AdamW moments. */
+averis_status avc_model_create(avc_model **g, const model *m, int B, int T);
+void avc_model_free(avc_model *g);
+/* params/mom/var [nparams] host ↔ device (mom/var may be NULL) */
+averis_status avc_model_upload(avc_model *g, const float *params, const float *mom, const float *var);
+averis_status avc_model_download(avc_model *g, float *params, float *mom, float *var);
+averis_status avc_model_zero_grad(avc_model *g);
+/* grads [nparams] device → host (tests) */
+averis_status avc_model_grads(avc_model *g, float *grads);
+/* Forward over tokens/targets [B·T] (host) → mean loss; with `backward`
+ * also grads += d(loss_scale·loss)/dθ (sr_stream keys SR as on the CPU). */
+averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
+                             uint64_t sr_stream, float *loss);
+/* ‖grads‖₂ (deterministic) */
+averis_status avc_model_grad_norm(avc_model *g, double *norm);
+/* AdamW as train.c's adamw_step: t is the step count after this update. */
+averis_status avc_model_adamw(avc_model *g, double lr, double beta1, double beta2, double eps, double weight_decay,
+                              int64_t t, float gscale);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# device_check.sh — the CUDA path's correctness checks in one call, on a GPU
+# machine (issue: "the device correctness script passes in one call"):
+#   1. build (CPU library + CUDA path) and the device test binary
+#   2. test_cuda: quantize kernels bit-exact vs the CPU spec over the
+#      adversarial corpus, colstats, dequantize, qlinear per recipe, one
+#      model step per recipe vs model.c
+#   3. compute-sanitizer memcheck on the device tests
+#   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
+#   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
+#      build, and resumed on the CPU
+# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step.
+# Needs: nvcc, a GPU, data/default (scripts/get_data.sh; carried to the
+# device). Writes logs to $OUT (or out/device_check). Exit status: failures.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device_check}   # logs and tables
+RUNS=${RUNS:-/tmp/averis_device_runs}   # training runs (checkpoints are large)
+mkdir -p "$OUT" "$RUNS"
+JOBS=$(nproc 2>/dev/null || echo 4)
+fail=0
+step() { echo; echo "=== $*"; }
+note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
+
+# OpenBLAS for the CPU reference, from carried .debs when the system has none
+if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
+    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
+    L=$S/usr/lib/x86_64-linux-gnu
+    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
+else
+    MAKE_CC=()
+fi
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-COOPERLAKE}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+step "build"
+if ! make -s -j"$JOBS" "${MAKE_CC[@]}" CUDA=1 all cuda-tests >"$RUNS/build.log" 2>&1; then
+    tail -30 "$RUNS/build.log"; echo "BUILD FAILED"; exit 1
+fi
+grep -E "✓|✗" "$RUNS/build.log" | head -8
+
+step "test_cuda (kernels bit-exact, qlinear and model vs CPU)"
+build/test_cuda 2>&1 | tee "$OUT/test_cuda.log" || note_fail "test_cuda"
+
+step "compute-sanitizer memcheck"
+if command -v compute-sanitizer >/dev/null; then
+    timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_cuda \
+        >"$OUT/memcheck.log" 2>&1
+    rc=$?
+    tail -3 "$OUT/memcheck.log"
+    # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
+    [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck (exit $rc)"
+    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || note_fail "memcheck reported errors"
+else
+    note_fail "compute-sanitizer not found"
+fi
+
+step "tiny: first 50 steps, CPU vs GPU"
+TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 3e-3 --seed 1 --val-every 25 --log-every 25)
+for r in bf16 averis; do
+    rm -rf "$RUNS/tiny_cpu_$r" "$RUNS/tiny_gpu_$r"
+    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")"
+    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$r" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$r.err" || note_fail "gpu train $r: $(tail -1 "$RUNS/tiny_gpu_$r.err")"
+    # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
+    python3 - "$RUNS/tiny_cpu_$r/log.csv" "$RUNS/tiny_gpu_$r/log.csv" $r <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
+import csv, sys
+a = list(csv.DictReader(open(sys.argv[1]))); b = list(csv.DictReader(open(sys.argv[2])))
+assert len(a) == len(b) == 50, (len(a), len(b))
+d = [abs(float(x['loss']) - float(y['loss'])) / float(x['loss']) for x, y in zip(a, b)]
+first = abs(float(a[0]['loss']) - float(b[0]['loss'])) / float(a[0]['loss'])
+va = [float(x['val_loss']) for x in a if x['val_loss']]; vb = [float(y['val_loss']) for y in b if y['val_loss']]
+tps_a = sum(float(x['tokens_per_s']) for x in a[5:]) / 45; tps_b = sum(float(y['tokens_per_s']) for y in b[5:]) / 45
+print(f"{sys.argv[3]}: step 1 loss cpu {a[0]['loss']} gpu {b[0]['loss']} (rel {first:.2e}); "
+      f"max rel diff over 50 steps {max(d):.2e} (mean {sum(d)/len(d):.2e}); "
+      f"val cpu {va} gpu {vb}; tokens/s cpu {tps_a:.0f} gpu {tps_b:.0f}")
+tol_first, tol = 2e-3, 2e-2
+ok = first <= tol_first and max(d) <= tol and all(abs(x - y) / x <= tol for x, y in zip(va, vb))
+print("within bounds (step 1: %.0e, every step and val: %.0e)" % (tol_first, tol) if ok else "OUT OF BOUNDS")
+sys.exit(0 if ok else 1)
+EOF
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "tiny $r losses"
+done
+
+step "checkpoints: GPU checkpoint read by the CPU build, and resumed on the CPU"
+ck="$RUNS/tiny_gpu_averis"
+gpu_val=$(awk -F, 'NR > 1 && $6 != "" { v = $6 } END { print v }' "$ck/log.csv")
+cpu_val=$(build/averis eval "$ck" --data data/default --batch 8 --seq 128 2>"$RUNS/eval.err" | grep -oE "val loss [0-9.]+" | awk '{print $3}')
+echo "GPU-logged val loss $gpu_val, CPU eval of the GPU checkpoint $cpu_val"
+python3 -c "import sys; a, b = float('$gpu_val'), float('${cpu_val:-nan}'); sys.exit(0 if abs(a - b) / a <= 2e-2 else 1)" \
+    || note_fail "eval of the GPU checkpoint on the CPU"
+rm -rf "$RUNS/tiny_mix" && cp -r "$ck" "$RUNS/tiny_mix"
+build/averis train "${TRAIN[@]}" --steps 60 --recipe averis --out "$RUNS/tiny_mix" --resume >/dev/null 2>"$RUNS/tiny_mix.err" \
+    && echo "resumed the GPU checkpoint on the CPU to step $(tail -1 "$RUNS/tiny_mix/log.csv" | cut -d, -f1)" \
+    || note_fail "CPU resume of a GPU checkpoint: $(tail -1 "$RUNS/tiny_mix.err")"
+# and the other way: a CPU checkpoint resumed on the GPU
+rm -rf "$RUNS/tiny_mix2" && cp -r "$RUNS/tiny_cpu_averis" "$RUNS/tiny_mix2"
+build/averis train "${TRAIN[@]}" --steps 60 --recipe averis --out "$RUNS/tiny_mix2" --resume --device cuda >/dev/null 2>"$RUNS/tiny_mix2.err" \
+    && echo "resumed the CPU checkpoint on the GPU to step $(tail -1 "$RUNS/tiny_mix2/log.csv" | cut -d, -f1)" \
+    || note_fail "GPU resume of a CPU checkpoint: $(tail -1 "$RUNS/tiny_mix2.err")"
+
+step "Qwen3-0.6B on the default corpus, --device cuda (averis)"
+rm -rf "$RUNS/q06"
+build/averis train --config qwen3-0.6b --recipe averis --device cuda --data data/default --out "$RUNS/q06" \
+    --steps ${Q06_STEPS:-60} --batch 8 --seq 1024 --lr 3e-4 --val-every 30 --val-batches 4 --log-every 10 2>&1 | tail -9
+[[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "0.6B training"
+cp "$RUNS/q06/log.csv" "$OUT/q06_log.csv" 2>/dev/null || note_fail "0.6B log"
+
+if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
+    step "bench: quantize kernels"
+    build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
+    step "bench: Qwen3-0.6B training step"
+    build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
+    if [[ "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
+        step "peer: the same step in PyTorch (eager, torch.compile)"
+        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/bench_torch.txt"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer"
+    fi
+fi
+
+echo
+echo "device_check: $fail failure(s)"
+exit $((fail > 0))

@@ -1,0 +1,25 @@
+/* cuda_stub.c — the CUDA API of a build without the CUDA path: every call
+ * says so (built with CUDA=0, or no nvcc found). */
+#include "averis/cuda.h"
+#include "internal.h"
+
+#define NO_CUDA averis_fail(AVERIS_EUNSUPPORTED, "this averis was built without CUDA (no nvcc found, or CUDA=0); rebuild with the CUDA toolkit for --device cuda")
+
+int avc_compiled(void) { return 0; }
+averis_status avc_init(int device, char *desc, size_t cap) { (void)device; if (desc && cap) desc[0] = 0; return NO_CUDA; }
+averis_status avc_model_create(avc_model **g, const model *m, int B, int T) { (void)m; (void)B; (void)T; *g = NULL; return NO_CUDA; }
+void avc_model_free(avc_model *g) { (void)g; }
+averis_status avc_model_upload(avc_model *g, const float *p, const float *m, const float *v) { (void)g; (void)p; (void)m; (void)v; return NO_CUDA; }
+averis_status avc_model_download(avc_model *g, float *p, float *m, float *v) { (void)g; (void)p; (void)m; (void)v; return NO_CUDA; }
+averis_status avc_model_zero_grad(avc_model *g) { (void)g; return NO_CUDA; }
+averis_status avc_model_grads(avc_model *g, float *grads) { (void)g; (void)grads; return NO_CUDA; }
+averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
+                             uint64_t sr_stream, float *loss) {
+    (void)g; (void)tokens; (void)targets; (void)backward; (void)loss_scale; (void)sr_stream; (void)loss;
+    return NO_CUDA;
+}
+averis_status avc_model_grad_norm(avc_model *g, double *norm) { (void)g; (void)norm; return NO_CUDA; }
+averis_status avc_model_adamw(avc_model *g, double lr, double b1, double b2, double eps, double wd, int64_t t, float gscale) {
+    (void)g; (void)lr; (void)b1; (void)b2; (void)eps; (void)wd; (void)t; (void)gscale;
+    return NO_CUDA;
+}
