@@ -177,6 +177,7 @@ static int bench_step(int argc, char **argv) {
         std::vector<double> t;
         float loss = 0;
         for (int k = 0; k < steps + 2; k++) {
+            if (k == 2) avc_prof_reset();
             double t0 = now_s();
             double norm;
             OK(avc_model_zero_grad(g));
@@ -190,6 +191,7 @@ static int bench_step(int argc, char **argv) {
         double sec = t[t.size() / 2];
         double mfu = flops_tok * N / sec / 989e12;
         printf("%-12s %10.1f %12.0f %7.1f%% %10.4f\n", name.c_str(), sec * 1e3, N / sec, 100 * mfu, loss);
+        avc_prof_report(steps); /* AVERIS_CUDA_PROFILE=1: where the step's device time goes */
         fflush(stdout);
         res.push_back({name, sec});
         avc_model_free(g);

@@ -67,4 +67,21 @@ averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStrea
 /* out = a·b on device scalars: the GEMM alpha S_decA·S_decB from two amaxes */
 averis_status avq_alpha(const float *amax_a, const float *amax_b, float *alpha, cudaStream_t s);
 
+/* AVERIS_CUDA_PROFILE=1: device time per category of work, from event pairs
+ * around each scope (only the outermost of nested scopes counts). For the
+ * benchmarks; when off, a scope costs a flag test. */
+struct avc_prof_scope {
+    avc_prof_scope(const char *label, cudaStream_t s);
+    ~avc_prof_scope();
+    const char *label;
+    cudaStream_t s;
+    cudaEvent_t a = nullptr;
+};
+void avc_prof_reset(void);
+/* after a sync: device ms per step over `steps` steps, by category */
+void avc_prof_report(int steps);
+#define AVC_PROF_CAT2(a, b) a##b
+#define AVC_PROF_CAT(a, b) AVC_PROF_CAT2(a, b)
+#define AVC_PROF(label, stream) avc_prof_scope AVC_PROF_CAT(avc_prof_, __LINE__)(label, stream)
+
 #endif

@@ -369,6 +369,7 @@ averis_status bgemm(avc_model *g, int transA, int transB, int64_t M, int64_t N, 
 
 averis_status rmsnorm_bwd(avc_model *g, float *dx, float *dw, const float *dy, const float *x, const float *rstd,
                           const float *w, int64_t rows, int64_t d, int acc) {
+    AVC_PROF("norms bwd", g->s);
     k_rmsnorm_bwd<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(dx, dy, x, rstd, w, rows, d, acc);
     AVC_LAUNCHED();
     int64_t nchunk = (rows + NORM_CHUNK - 1) / NORM_CHUNK;
@@ -381,6 +382,7 @@ averis_status rmsnorm_bwd(avc_model *g, float *dx, float *dw, const float *dy, c
 
 averis_status prep_weights(avc_model *g) {
     if (g->weights_ready) return AVERIS_OK;
+    AVC_PROF("weight operands", g->s);
     for (int l = 0; l < g->cfg.num_hidden_layers; l++)
         for (int k = 0; k < 7; k++) AVC_OK(gq_prep_w(g->rec(l), &g->wops[7 * l + k], g->s));
     AVC_OK(avq_to_bf16(g->lm_head, g->head_bf16, g->V * g->C, g->s));
@@ -390,6 +392,7 @@ averis_status prep_weights(avc_model *g) {
 
 /* Attention forward of layer l: S = Q·Kᵀ/√Dh, P = softmax, ao = P·V */
 averis_status attention_fwd(avc_model *g, layer_io &a) {
+    AVC_PROF("attention fwd", g->s);
     int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV;
     float scale = 1.0f / sqrtf((float)Dh);
     AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, scale, a.qh, CUDA_R_16BF, Dh, grp * T * Dh, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
@@ -409,6 +412,7 @@ averis_status attention_fwd(avc_model *g, layer_io &a) {
  * (per kv group, its heads stacked: dV and dK sum over them in the GEMM);
  * dq, dk come out token-major with the rotation undone. */
 averis_status attention_bwd(avc_model *g, layer_io &a) {
+    AVC_PROF("attention bwd", g->s);
     int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV, N = g->N;
     float scale = 1.0f / sqrtf((float)Dh);
     k_tokens_to_heads<<<avc_blocks(N * g->qd, 256), 256, 0, g->s>>>(g->dao, g->doh, N, g->H, g->Dh, g->T);
@@ -594,30 +598,42 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         blockw &w = g->w[l];
         const qlin_recipe *r = g->rec(l);
         gq_w *wo = &g->wops[7 * l];
-        k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_in, w.in_norm, a.h1, a.rstd1, N, C, eps);
+        {
+            AVC_PROF("norms fwd + rope", s);
+            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_in, w.in_norm, a.h1, a.rstd1, N, C, eps);
+        }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h1, s));
         AVC_OK(gq_forward(r, &a.in_h1, &wo[0], a.q_raw, nullptr, &g->scr, s));
         AVC_OK(gq_forward(r, &a.in_h1, &wo[1], a.k_raw, nullptr, &g->scr, s));
         AVC_OK(gq_forward(r, &a.in_h1, &wo[2], a.v, nullptr, &g->scr, s));
-        size_t smem = (size_t)8 * Dh * sizeof(float);
-        k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(a.q_raw, w.q_norm, g->rope_cos, g->rope_sin, N, H,
-                                                                       Dh, T, eps, a.rstd_q, a.qh);
-        AVC_LAUNCHED();
-        k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(a.k_raw, w.k_norm, g->rope_cos, g->rope_sin, N,
-                                                                        KV, Dh, T, eps, a.rstd_k, a.kh);
-        AVC_LAUNCHED();
-        k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(a.v, a.vh, N, KV, Dh, T);
-        AVC_LAUNCHED();
+        {
+            AVC_PROF("norms fwd + rope", s);
+            size_t smem = (size_t)8 * Dh * sizeof(float);
+            k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(a.q_raw, w.q_norm, g->rope_cos, g->rope_sin, N,
+                                                                           H, Dh, T, eps, a.rstd_q, a.qh);
+            AVC_LAUNCHED();
+            k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(a.k_raw, w.k_norm, g->rope_cos, g->rope_sin,
+                                                                            N, KV, Dh, T, eps, a.rstd_k, a.kh);
+            AVC_LAUNCHED();
+            k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(a.v, a.vh, N, KV, Dh, T);
+            AVC_LAUNCHED();
+        }
         AVC_OK(attention_fwd(g, a));
         AVC_OK(gq_prep_x(r, &a.in_ao, s));
         AVC_OK(gq_forward(r, &a.in_ao, &wo[3], a.x_mid, a.x_in, &g->scr, s)); /* x_mid = x_in + ao·Woᵀ */
-        k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_mid, w.post_norm, a.h2, a.rstd2, N, C, eps);
+        {
+            AVC_PROF("norms fwd + rope", s);
+            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_mid, w.post_norm, a.h2, a.rstd2, N, C, eps);
+        }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h2, s));
         AVC_OK(gq_forward(r, &a.in_h2, &wo[4], a.g, nullptr, &g->scr, s));
         AVC_OK(gq_forward(r, &a.in_h2, &wo[5], a.u, nullptr, &g->scr, s));
-        k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(a.g, a.u, a.a, N * F);
+        {
+            AVC_PROF("elementwise", s);
+            k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(a.g, a.u, a.a, N * F);
+        }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_a, s));
         float *xo = l + 1 < Lc ? g->L[l + 1].x_in : g->x_out;
@@ -630,6 +646,7 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
      * dlogits = (softmax − onehot)·scale/N feed dhf and dE at once */
     float dscale = loss_scale / (float)N;
     for (int64_t r0 = 0; r0 < N; r0 += g->chunk) {
+        AVC_PROF("lm head + xent", s);
         int64_t cn = std::min(g->chunk, N - r0);
         AVC_OK(lt_matmul(0, 1, cn, V, C, gq_one(), g->hf_bf16 + r0 * C, CUDA_R_16BF, C, g->head_bf16, CUDA_R_16BF, C,
                          gq_zero(), g->logits, g->logits, CUDA_R_32F, V, nullptr, s));
@@ -664,7 +681,10 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         a.in_a.xt_ready = a.in_h2.xt_ready = a.in_ao.xt_ready = a.in_h1.xt_ready = 0;
         /* MLP */
         AVC_OK(gq_backward(r, &a.in_a, &wo[6], g->dx, g->da, 0, gw.wd, s0 | 6, &g->scr, s));
-        k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, a.g, a.u, g->dg, g->du, N * F);
+        {
+            AVC_PROF("elementwise", s);
+            k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, a.g, a.u, g->dg, g->du, N * F);
+        }
         AVC_LAUNCHED();
         AVC_OK(gq_backward(r, &a.in_h2, &wo[4], g->dg, g->dh, 0, gw.wg, s0 | 4, &g->scr, s));
         AVC_OK(gq_backward(r, &a.in_h2, &wo[5], g->du, g->dh, 1, gw.wu, s0 | 5, &g->scr, s));
@@ -702,6 +722,7 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
     std::copy(start, start + nu + 1, packed.begin() + nu);
     std::copy(pos, pos + N, packed.begin() + 2 * nu + 1);
     AVC_TRY(cudaMemcpyAsync(g->emb_idx, packed.data(), packed.size() * sizeof(int), cudaMemcpyHostToDevice, s));
+    AVC_PROF("embedding bwd", s);
     k_embed_bwd<<<(unsigned)nu, 256, 0, s>>>(g->dx, g->emb_idx, g->emb_idx + nu, g->emb_idx + 2 * nu + 1, C, g->g_embed);
     AVC_LAUNCHED();
     AVC_TRY(cudaStreamSynchronize(s)); /* the host buffers above must outlive their copies */
@@ -778,6 +799,7 @@ averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets
 }
 
 averis_status avc_model_grad_norm(avc_model *g, double *norm) {
+    AVC_PROF("grad norm", g->s);
     int64_t nchunk = ((int64_t)g->nparams + 65535) / 65536;
     k_sumsq<<<(unsigned)nchunk, 256, 0, g->s>>>(g->grads, (int64_t)g->nparams, g->norm_part);
     AVC_LAUNCHED();
@@ -794,6 +816,7 @@ averis_status avc_model_adamw(avc_model *g, double lr, double beta1, double beta
                               int64_t t, float gscale) {
     /* the same float conversions as train.c's adamw_step */
     float c1 = (float)(1.0 - pow(beta1, (double)t)), c2 = (float)(1.0 - pow(beta2, (double)t));
+    AVC_PROF("adamw", g->s);
     /* one launch per run of tensors with the same decay */
     size_t k = 0;
     while (k < g->tensors.size()) {

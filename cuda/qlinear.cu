@@ -130,6 +130,7 @@ const float *gq_one(void) { return g_lt.consts + 1; }
 averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
                         cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
                         const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s) {
+    AVC_PROF(ta == CUDA_R_32F ? "gemm fp32" : bias ? "gemm + bias epilogue" : "gemm", s);
     lt_plan *p = nullptr;
     {
         std::lock_guard<std::mutex> lock(g_lt_mu);
@@ -296,9 +297,13 @@ averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, flo
         return lt_matmul(0, 1, l, n, m, gq_one(), x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, CUDA_R_32F,
                          n, nullptr, s);
     float *alpha = scr->scal + S_ALPHA_F;
-    AVC_OK(avq_alpha(x->amax, w->amax, alpha, s));
+    {
+        AVC_PROF("alpha", s);
+        AVC_OK(avq_alpha(x->amax, w->amax, alpha, s));
+    }
     const float *bias = nullptr;
     if (r->split_x) {
+        AVC_PROF("averis mean gemv", s);
         k_mean_fwd<<<avc_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, scr->bias);
         AVC_LAUNCHED();
         bias = scr->bias;
@@ -343,6 +348,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         AVC_OK(avq_alpha(j.amax, w->amax, alpha, s));
         const float *bias = nullptr;
         if (r->split_d) {
+            AVC_PROF("averis mean gemv", s);
             k_mean_dgrad<<<avc_blocks(m, 32), dim3(32, 32), 0, s>>>(scr->mean_d, w->wq, w->amax, n, m, scr->bias);
             AVC_LAUNCHED();
             bias = scr->bias;
@@ -375,6 +381,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
             jx.rowsum = r->split_d ? x->xt_sum : nullptr;
             AVC_OK(avq_quantize(&jx, s));
             if (r->split_x) {
+                AVC_PROF("averis fill", s);
                 k_fill_x<<<avc_blocks(m, 128), 128, 0, s>>>(x->xt, kp, lp, m, l, x->xt_sum, x->mean);
                 AVC_LAUNCHED();
             }
@@ -383,6 +390,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         float *alpha = scr->scal + S_ALPHA_WG;
         AVC_OK(avq_alpha(j.amax, x->xt_amax, alpha, s));
         if (r->split_x) {
+            AVC_PROF("averis fill", s);
             k_fill_d<<<avc_blocks(n, 128), 128, 0, s>>>(scr->dt, kp, lp, n, scr->mean_d, scr->sum_d, alpha);
             AVC_LAUNCHED();
         }

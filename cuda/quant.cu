@@ -20,8 +20,10 @@
 #include "common.cuh"
 #include "nvfp4_device.cuh"
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -345,8 +347,79 @@ __global__ void k_dequant(const uint8_t *codes, const uint8_t *scales, const flo
 
 } // namespace
 
+/* ================================================================ profiler */
+#include <map>
+#include <string>
+#include <vector>
+namespace {
+struct prof_state {
+    int on = -1, depth = 0;
+    struct pend { const char *label; cudaEvent_t a, b; };
+    std::vector<pend> pending;
+    std::map<std::string, std::pair<double, long>> total;
+};
+prof_state g_prof;
+bool prof_on() {
+    if (g_prof.on < 0) g_prof.on = getenv("AVERIS_CUDA_PROFILE") && atoi(getenv("AVERIS_CUDA_PROFILE")) > 0;
+    return g_prof.on > 0;
+}
+void prof_collect() {
+    for (auto &p : g_prof.pending) {
+        float ms = 0;
+        if (cudaEventSynchronize(p.b) == cudaSuccess && cudaEventElapsedTime(&ms, p.a, p.b) == cudaSuccess) {
+            auto &t = g_prof.total[p.label];
+            t.first += ms;
+            t.second++;
+        }
+        cudaEventDestroy(p.a);
+        cudaEventDestroy(p.b);
+    }
+    g_prof.pending.clear();
+}
+} // namespace
+
+avc_prof_scope::avc_prof_scope(const char *l, cudaStream_t st) : label(l), s(st) {
+    if (!prof_on() || g_prof.depth++ > 0) return;
+    cudaEventCreate(&a);
+    cudaEventRecord(a, s);
+}
+
+avc_prof_scope::~avc_prof_scope() {
+    if (!prof_on()) return;
+    g_prof.depth--;
+    if (!a) return;
+    cudaEvent_t b;
+    cudaEventCreate(&b);
+    cudaEventRecord(b, s);
+    g_prof.pending.push_back({label, a, b});
+    if (g_prof.pending.size() > 4096) prof_collect();
+}
+
+void avc_prof_reset(void) {
+    prof_collect();
+    g_prof.total.clear();
+}
+
+void avc_prof_report(int steps) {
+    if (!prof_on()) return;
+    prof_collect();
+    std::vector<std::pair<double, std::string>> rows;
+    double all = 0;
+    for (auto &t : g_prof.total) {
+        rows.push_back({t.second.first / steps, t.first});
+        all += t.second.first / steps;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    for (auto &r : rows) printf("    %-28s %8.2f ms  %5.1f%%\n", r.second.c_str(), r.first, 100 * r.first / all);
+    printf("    %-28s %8.2f ms\n", "(profiled total)", all);
+    g_prof.total.clear();
+}
+
 /* ================================================================ launchers */
 averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
+    AVC_PROF(j->transpose ? (j->amax_in ? "quant wgrad copy" : "quant wgrad copy + amax")
+             : j->tile    ? "quant weight 16x16 + amax"
+             : j->amax_in ? "quant rows" : "quant rows + amax", s);
     if (j->srows <= 0 || j->scols <= 0 || j->ld < j->scols)
         return averis_fail(AVERIS_EINVAL, "cuda quantize: bad shape %lld x %lld (ld %lld)", (long long)j->srows,
                            (long long)j->scols, (long long)j->ld);
@@ -401,6 +474,7 @@ averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
 
 averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
                            float *col_max, float *col_min, cudaStream_t s) {
+    AVC_PROF("averis colstats", s);
     if (rows <= 0 || cols <= 0 || ld < cols)
         return averis_fail(AVERIS_EINVAL, "cuda colstats: bad shape %lld x %lld", (long long)rows, (long long)cols);
     int64_t nchunk = (rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK;
@@ -422,6 +496,7 @@ averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t l
 }
 
 averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s) {
+    AVC_PROF("to bf16", s);
     k_to_bf16<<<avc_blocks(n, 256), 256, 0, s>>>(x, y, n);
     AVC_LAUNCHED();
     return AVERIS_OK;

@@ -127,6 +127,12 @@ expect_err "kv heads" "num_key_value_heads = 3 does not divide" "$BIN" train --c
 expect_err "fresh run over a checkpoint" "pass --resume" "${TR[@]}" --recipe averis --steps 6 --out "$T/run"
 expect_err "missing data" "no train shards" "${TR[@]}" --recipe bf16 --steps 2 --data "$T/nowhere" --out "$T/r5"
 expect_err "bad number" "--steps needs an integer" "$BIN" train --steps 1x
+expect_err "bad device" "--device must be cpu or cuda (got 'tpu')" "${TR[@]}" --device tpu --steps 2 --out "$T/r7"
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+    # no GPU here: a one-line reason (no GPU, or a build without CUDA), and nothing written
+    expect_err "cuda without a GPU" "no usable GPU\|built without CUDA" "${TR[@]}" --device cuda --steps 2 --out "$T/r8"
+    [[ ! -e $T/r8 ]] && ok || bad "train --device cuda without a GPU created $T/r8"
+fi
 expect_err "missing checkpoint" "no checkpoint here" "$BIN" eval "$T/nowhere" --data "$D"
 cp -r "$T/run/ckpt_00000006" "$T/ck"
 head -c 5000 "$T/run/ckpt_00000006/model.safetensors" > "$T/ck/model.safetensors"
