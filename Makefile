@@ -128,7 +128,9 @@ test:
 test-fast: $(BIN) $(TEST_BIN)
 	@$(TEST_BIN) && bash tests/test_cli.sh $(BIN)
 
-build-tests: $(BIN) $(TEST_BIN)
+# With the CUDA path, the device test and bench binaries are built too (CI
+# compiles them; they run on a GPU: scripts/device_check.sh).
+build-tests: $(BIN) $(TEST_BIN) $(if $(filter 1,$(CUDA)),$(CUDA_TEST_BIN))
 
 print-build:
 	@echo $(BUILD)

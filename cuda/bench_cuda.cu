@@ -89,18 +89,23 @@ static int bench_quant(void) {
     double copy_f32 = median_ms([&] { cudaMemcpyAsync(copy_dst, x, n * 4, cudaMemcpyDeviceToDevice); });
     double copy_gbs = 2.0 * n * 4 / (copy_f32 * 1e6);
     printf("%-44s %9.3f %9.0f %9s\n", "device-to-device copy (read + write)", copy_f32, copy_gbs, "1.00");
-    struct row { const char *name; int bf16, tile, rht, mean_split, sr, transpose, amax_known, novec; };
+    struct row { const char *name; int bf16, tile, rht, mean_split, sr, transpose, amax_known, version; };
     const row rowsv[] = {
         {"v1 1x16 fp32, amax known (element loads)", 0, 0, 0, 0, 0, 0, 1, 1},
-        {"v2 1x16 fp32, amax known (16B loads)", 0, 0, 0, 0, 0, 0, 1, 0},
-        {"v2 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 0},
-        {"v2 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 0},
-        {"v2 1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 0},
-        {"v2 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 0},
-        {"v2 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 0},
+        {"v2 1x16 fp32, amax known (thread/block)", 0, 0, 0, 0, 0, 0, 1, 2},
+        {"v3 1x16 fp32, amax known (4 threads/block)", 0, 0, 0, 0, 0, 0, 1, 3},
+        {"v2 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 2},
+        {"v3 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 3},
+        {"v2 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 2},
+        {"v3 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 3},
+        {"v3 1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 3},
+        {"v2 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 2},
+        {"v3 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 3},
+        {"v2 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 2},
+        {"v3 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 3},
         {"v2 16x16 fp32 (weights), two passes", 0, 1, 0, 0, 0, 0, 0, 0},
-        {"v2 averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 0},
-        {"v1 wgrad copy (transposed) + RHT + SR", 0, 0, 1, 0, 1, 1, 0, 0},
+        {"v3 averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 3},
+        {"v2 wgrad copy (transposed) + RHT + SR", 0, 0, 1, 0, 1, 1, 0, 0},
     };
     for (const row &r : rowsv) {
         avq_job j = {};
@@ -108,7 +113,7 @@ static int bench_quant(void) {
         j.bf16_in = r.bf16;
         j.srows = rows, j.scols = cols, j.ld = cols;
         j.tile = r.tile, j.rht = r.rht, j.sr = r.sr, j.seed = 1, j.stream = 2, j.transpose = r.transpose;
-        j.amax = amax, j.codes = codes, j.scales = scales, j.novec = r.novec;
+        j.amax = amax, j.codes = codes, j.scales = scales, j.version = r.version;
         if (r.amax_known) {
             OK(avq_quantize(&j, 0)); /* the amax once, outside the timing */
             j.amax_in = amax;

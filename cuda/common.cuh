@@ -53,11 +53,17 @@ struct avq_job {
     uint8_t *scales;        /* E4M3 block scales, or NULL */
     __nv_bfloat16 *bf16_out;/* e2m1·e4m3 per element (exact in bf16, no S_dec) [qrows × ld_out], or NULL */
     int64_t ld_out;
-    int novec;              /* kernel lab: v1, element loads instead of 16-byte vectors */
+    int version;            /* kernel lab (rows, 1×16): 0 = the default (v2); 1 = v1 element loads;
+                               2 = v2, a thread per block, 16-byte loads; 3 = v3, four threads per block */
     float *rowsum;          /* transpose only: [qrows] Σ of the dequantized values over tokens (after the
                                inverse RHT), or NULL */
 };
 averis_status avq_quantize(const avq_job *j, cudaStream_t s);
+/* Optional device scratch for avq_quantize's row sums and avq_colstats's
+ * partials (else they allocate per call, stream-ordered): set once by the
+ * model; avq_ws_bytes says how much a rows×cols tensor needs. */
+void avq_set_workspace(void *ws, size_t bytes);
+size_t avq_ws_bytes(int64_t rows, int64_t cols);
 /* Averis column statistics of x [rows × cols] (exactly nvfp4_colstats):
  * mean [cols], and the residual's amax [1]; col_max/col_min may be NULL. */
 averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,

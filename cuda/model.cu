@@ -43,7 +43,8 @@ namespace {
 /* ================================================================ kernels */
 __global__ void k_embed(const int *tok, const float *E, float *x, int64_t N, int64_t C) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N * C) x[i] = E[(int64_t)tok[i / C] * C + i % C];
+    uint32_t i32 = (uint32_t)i, c32 = (uint32_t)C; /* 32-bit index math: sizes checked at setup */
+    if (i < N * C) x[i] = E[(int64_t)tok[i32 / c32] * C + i32 % c32];
 }
 
 /* y = w·(x·rstd), rstd = (mean x² + ε)^-½: one warp per row */
@@ -107,8 +108,9 @@ __global__ void k_headnorm_rope(const float *raw, const float *w, const float *c
     int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
     float *v = sm + warp * Dh;
     if (row >= N * nh) return;
-    int64_t n = row / nh;
-    int h = (int)(row % nh), t = (int)(n % T), b = (int)(n / T), half = Dh / 2;
+    uint32_t n = (uint32_t)row / (uint32_t)nh;
+    int h = (int)((uint32_t)row - n * (uint32_t)nh), b = (int)(n / (uint32_t)T), t = (int)(n - (uint32_t)b * T),
+        half = Dh / 2;
     const float *x = raw + row * Dh;
     float ss = 0.0f;
     for (int i = lane; i < Dh; i += 32) ss += x[i] * x[i];
@@ -131,9 +133,9 @@ __global__ void k_headnorm_rope(const float *raw, const float *w, const float *c
 __global__ void k_tokens_to_heads(const float *x, __nv_bfloat16 *y, int64_t N, int nh, int Dh, int T) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N * nh * Dh) return;
-    int64_t d = i % Dh, h = (i / Dh) % nh, n = i / ((int64_t)Dh * nh);
-    int64_t b = n / T, t = n % T;
-    y[((b * nh + h) * T + t) * Dh + d] = __float2bfloat16_rn(x[i]);
+    uint32_t i32 = (uint32_t)i, q = i32 / (uint32_t)Dh, d = i32 - q * (uint32_t)Dh;
+    uint32_t n = q / (uint32_t)nh, h = q - n * (uint32_t)nh, b = n / (uint32_t)T, t = n - b * (uint32_t)T;
+    y[(((int64_t)b * nh + h) * T + t) * Dh + d] = __float2bfloat16_rn(x[i]);
 }
 
 /* [B, nh, T, Dh] fp32 → [N, nh, Dh] fp32, optionally rotating each pair
@@ -144,15 +146,15 @@ __global__ void k_heads_to_tokens(const float *x, float *y, int64_t N, int nh, i
     int half = Dh / 2;
     int64_t per = cs ? half : Dh;
     if (i >= N * nh * per) return;
-    int64_t d = i % per, h = (i / per) % nh, n = i / (per * nh);
-    int64_t b = n / T, t = n % T;
-    const float *src = x + ((b * nh + h) * T + t) * Dh;
-    float *dst = y + (n * nh + h) * Dh;
+    uint32_t i32 = (uint32_t)i, q = i32 / (uint32_t)per, d = i32 - q * (uint32_t)per;
+    uint32_t n = q / (uint32_t)nh, h = q - n * (uint32_t)nh, b = n / (uint32_t)T, t = n - b * (uint32_t)T;
+    const float *src = x + (((int64_t)b * nh + h) * T + t) * Dh;
+    float *dst = y + ((int64_t)n * nh + h) * Dh;
     if (!cs) {
         dst[d] = src[d];
         return;
     }
-    float a = src[d], bb = src[d + half], c = cs[t * half + d], s = -sn[t * half + d];
+    float a = src[d], bb = src[d + half], c = cs[(int64_t)t * half + d], s = -sn[(int64_t)t * half + d];
     dst[d] = a * c - bb * s;
     dst[d + half] = bb * c + a * s;
 }
@@ -163,7 +165,7 @@ __global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T)
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
-    int t = (int)(r % T);
+    int t = (int)((uint32_t)r % (uint32_t)T);
     const float *s = S + r * T;
     float mx = -INFINITY;
     for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, s[j]);
@@ -184,7 +186,7 @@ __global__ void k_softmax_bwd(const __nv_bfloat16 *P, const float *dP, __nv_bflo
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
-    int t = (int)(r % T);
+    int t = (int)((uint32_t)r % (uint32_t)T);
     const __nv_bfloat16 *p = P + r * T;
     const float *dp = dP + r * T;
     float pdp = 0.0f;
@@ -213,30 +215,38 @@ __global__ void k_swiglu_bwd(const float *da, const float *g, const float *u, fl
     }
 }
 
-/* One row of logits per block: loss = log Σ e^(z−max) − (z_target − max);
- * with dl, also dl = (softmax − onehot)·dscale in BF16 */
+/* One row of logits per block: loss = log Σ e^(z−max) − (z_target − max),
+ * max and Σ in one pass (online rescaling); with dl, a second pass writes
+ * dl = (softmax − onehot)·dscale in BF16 */
+__device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2) {
+    float mx = fmaxf(m, m2);
+    s = (m == -INFINITY ? 0.0f : s * expf(m - mx)) + (m2 == -INFINITY ? 0.0f : s2 * expf(m2 - mx));
+    m = mx;
+}
+
 __global__ void k_xent(const float *logits, const int *targets, int64_t V, float *loss, __nv_bfloat16 *dl, float dscale) {
-    __shared__ float red[32];
+    __shared__ float red_m[32], red_s[32];
     int64_t r = blockIdx.x;
     const float *z = logits + r * V;
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
-    float mx = -INFINITY;
-    for (int64_t i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, z[i]);
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t i = tid; i < V; i += blockDim.x) {
+        float v = z[i];
+        if (v > mx) {
+            sum = (mx == -INFINITY ? 0.0f : sum * expf(mx - v)) + 1.0f;
+            mx = v;
+        } else
+            sum += expf(v - mx);
+    }
 #pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) red[w] = mx;
+    for (int o = 16; o >= 1; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
+        lse_merge(mx, sum, m2, s2);
+    }
+    if (lane == 0) red_m[w] = mx, red_s[w] = sum;
     __syncthreads();
-    mx = -INFINITY;
-    for (int k = 0; k < nw; k++) mx = fmaxf(mx, red[k]);
-    __syncthreads();
-    float sum = 0.0f;
-    for (int64_t i = tid; i < V; i += blockDim.x) sum += expf(z[i] - mx);
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) red[w] = sum;
-    __syncthreads();
-    sum = 0.0f;
-    for (int k = 0; k < nw; k++) sum += red[k];
+    mx = -INFINITY, sum = 0.0f;
+    for (int k = 0; k < nw; k++) lse_merge(mx, sum, red_m[k], red_s[k]);
     int tg = targets[r];
     if (tid == 0) loss[r] = logf(sum) - (z[tg] - mx);
     if (!dl) return;
@@ -467,6 +477,10 @@ averis_status setup(avc_model *g, const model *m) {
         return averis_fail(AVERIS_EINVAL, "cuda: sequence length %d exceeds max_position_embeddings %d", g->T,
                            c.max_position_embeddings);
     int64_t N = g->N, C = g->C, F = g->F, V = g->V, qd = g->qd, kvd = g->kvd, T = g->T;
+    /* the layout kernels index with 32-bit arithmetic */
+    if (N * std::max({C, F, qd}) >= ((int64_t)1 << 31) || (int64_t)g->B * g->H * T * T >= ((int64_t)1 << 40))
+        return averis_fail(AVERIS_EINVAL, "cuda: batch × seq = %lld tokens is too large for one micro-batch; use --accum",
+                           (long long)N);
     for (const qlin_recipe *r : {&g->recipe, &g->bf16_recipe}) {
         AVC_OK(gq_check(r, N, C, qd));
         AVC_OK(gq_check(r, N, C, F));
@@ -542,12 +556,21 @@ averis_status setup(avc_model *g, const model *m) {
     AVC_OK(g->alloc(&g->scr.dq, N * wmax)); AVC_OK(g->alloc(&g->scr.dt, wmax * kp));
     AVC_OK(g->alloc(&g->scr.mean_d, wmax)); AVC_OK(g->alloc(&g->scr.sum_d, wmax));
     AVC_OK(g->alloc(&g->scr.scal, 8)); AVC_OK(g->alloc(&g->scr.bias, wmax));
+    AVC_OK(g->alloc(&g->scr.mean_part, GQ_MEAN_SLICES * wmax));
+    {
+        size_t wsb = avq_ws_bytes(N, wmax);
+        char *ws = nullptr;
+        AVC_OK(g->alloc(&ws, (int64_t)wsb));
+        avq_set_workspace(ws, wsb); /* the colstats and row-sum scratch, without per-call allocations */
+    }
     AVC_OK(g->alloc(&g->dx, N * C)); AVC_OK(g->alloc(&g->dh, N * C)); AVC_OK(g->alloc(&g->dtmp, N * wmax));
     AVC_OK(g->alloc(&g->dao, N * qd)); AVC_OK(g->alloc(&g->dq, N * qd)); AVC_OK(g->alloc(&g->dk, N * kvd));
     AVC_OK(g->alloc(&g->dv, N * kvd)); AVC_OK(g->alloc(&g->da, N * F)); AVC_OK(g->alloc(&g->dg, N * F));
     AVC_OK(g->alloc(&g->du, N * F));
-    int64_t maxrows = N * std::max(g->H, 1);
-    AVC_OK(g->alloc(&g->normw_part, ((maxrows + NORM_CHUNK - 1) / NORM_CHUNK) * std::max<int64_t>(C, g->Dh)));
+    /* norm-weight partials: 256-row chunks of the model-width and head-width norms */
+    int64_t np = std::max(((N + NORM_CHUNK - 1) / NORM_CHUNK) * C,
+                          ((N * std::max(g->H, g->KV) + NORM_CHUNK - 1) / NORM_CHUNK) * (int64_t)g->Dh);
+    AVC_OK(g->alloc(&g->normw_part, np));
     AVC_OK(g->alloc(&g->norm_part, ((int64_t)g->nparams + 65535) / 65536));
     AVC_OK(g->alloc(&g->tok, N)); AVC_OK(g->alloc(&g->tgt, N)); AVC_OK(g->alloc(&g->emb_idx, 3 * N + 1));
     /* rotary tables as model.c computes them */
@@ -755,6 +778,7 @@ averis_status avc_model_create(avc_model **out, const model *m, int B, int T) {
 void avc_model_free(avc_model *g) {
     if (!g) return;
     if (g->s) cudaStreamSynchronize(g->s);
+    avq_set_workspace(nullptr, 0);
     for (void *p : g->allocs) cudaFree(p);
     if (g->cb) cublasDestroy(g->cb);
     if (g->s) cudaStreamDestroy(g->s);

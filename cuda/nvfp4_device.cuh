@@ -170,6 +170,15 @@ AVD void avd_rht16(float v[16]) {
     for (int i = 0; i < 16; i++) v[i] = 0.25f * v[i];
 }
 
+/* Σ_i of the inverse RHT's output per unit input k: ¼·Σ_i s_i·H16[i][k],
+ * H16[i][k] = (−1)^popcount(i & k). Folds to a constant in unrolled loops. */
+AVD float avd_rht_colsum(int k) {
+    int acc = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++) acc += (((0xD7E8u >> i) & 1u) ? -1 : 1) * ((__popc(i & k) & 1) ? -1 : 1);
+    return 0.25f * (float)acc;
+}
+
 AVD void avd_rht16_inv(float v[16]) {
     avd_fwht16(v);
 #pragma unroll

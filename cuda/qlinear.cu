@@ -167,14 +167,26 @@ averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
 /* ===================================================== the linear layer */
 namespace {
 
-/* bias[o] = S_dec(W)·Σ_i μ[i]·W̄[o][i]: one warp per output row */
+/* bias[o] = S_dec(W)·Σ_i μ[i]·W̄[o][i]: one warp per output row, 8 weights
+ * (16 bytes) per lane and load (m % 8 == 0: FP4 recipes have m % 16 == 0) */
 __global__ void k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float *w_amax, int64_t n, int64_t m,
                            float *bias) {
     int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (o >= n) return;
     float acc = 0.0f;
-    for (int64_t i = lane; i < m; i += 32) acc += mu[i] * __bfloat162float(wq[o * m + i]);
+    const uint4 *wr = reinterpret_cast<const uint4 *>(wq + o * m);
+    for (int64_t k = lane; k < m / 8; k += 32) {
+        uint4 u = __ldg(wr + k);
+        float4 a = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k), c = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k + 1);
+        const float f[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            acc += f[2 * i] * __uint_as_float(w[i] << 16);
+            acc += f[2 * i + 1] * __uint_as_float(w[i] & 0xFFFF0000u);
+        }
+    }
 #pragma unroll
     for (int k = 16; k >= 1; k >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, k);
     if (lane == 0) {
@@ -184,23 +196,45 @@ __global__ void k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float
     }
 }
 
-/* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i]: a 32×32 block per 32 columns */
-__global__ void k_mean_dgrad(const float *mu, const __nv_bfloat16 *wq, const float *w_amax, int64_t n, int64_t m,
-                             float *bias) {
-    __shared__ float part[32][33];
-    int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
-    float acc = 0.0f;
-    if (i < m)
-        for (int64_t o = threadIdx.y; o < n; o += 32) acc += mu[o] * __bfloat162float(wq[o * m + i]);
-    part[threadIdx.y][threadIdx.x] = acc;
+/* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i], in two steps for parallelism:
+ * part[y][i] over rows slice y (GQ_MEAN_SLICES of them), then the sum over y.
+ * A (32, 8) block covers 256 columns, 8 per thread from one 16-byte load. */
+__global__ void k_mean_dgrad_part(const float *mu, const __nv_bfloat16 *wq, int64_t n, int64_t m, float *part) {
+    __shared__ float red[8][256 + 8];
+    int64_t c8 = (int64_t)blockIdx.x * 32 + threadIdx.x; /* 8-column group */
+    int64_t per = (n + GQ_MEAN_SLICES - 1) / GQ_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (c8 * 8 < m)
+        for (int64_t o = o0 + threadIdx.y; o < o1; o += 8) {
+            uint4 u = __ldg(reinterpret_cast<const uint4 *>(wq + o * m) + c8);
+            float mo = __ldg(mu + o);
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                acc[2 * i] += mo * __uint_as_float(w[i] << 16);
+                acc[2 * i + 1] += mo * __uint_as_float(w[i] & 0xFFFF0000u);
+            }
+        }
+#pragma unroll
+    for (int i = 0; i < 8; i++) red[threadIdx.y][threadIdx.x * 8 + i] = acc[i];
     __syncthreads();
-    if (threadIdx.y == 0 && i < m) {
-        float s = 0.0f;
-        for (int y = 0; y < 32; y++) s += part[y][threadIdx.x];
-        float e, d;
-        avd_global_scales(*w_amax, &e, &d);
-        bias[i] = s * d;
+    int t = threadIdx.y * 32 + threadIdx.x; /* 256 threads, one column each */
+    int64_t col = (int64_t)blockIdx.x * 256 + t;
+    if (col < m) {
+        float sum = 0.0f;
+        for (int y = 0; y < 8; y++) sum += red[y][t];
+        part[blockIdx.y * m + col] = sum;
     }
+}
+
+__global__ void k_mean_dgrad_sum(const float *part, int64_t m, const float *w_amax, float *bias) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m) return;
+    float s = 0.0f;
+    for (int y = 0; y < GQ_MEAN_SLICES; y++) s += part[y * m + i];
+    float e, d;
+    avd_global_scales(*w_amax, &e, &d);
+    bias[i] = s * d;
 }
 
 __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16 &hi, __nv_bfloat16 &lo) {
@@ -218,9 +252,10 @@ __global__ void k_fill_x(__nv_bfloat16 *xt, int64_t kp, int64_t lp, int64_t m, i
     __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
     split_bf16(v1, h1, l1);
     split_bf16(v2, h2, l2);
-    __nv_bfloat16 *c = xt + j * kp + lp;
-    c[0] = h1, c[1] = l1, c[2] = h1, c[3] = h2, c[4] = l2, c[5] = h2;
-    for (int e = 6; e < 16; e++) c[e] = z;
+    __align__(16) __nv_bfloat16 c[16] = {h1, l1, h1, h2, l2, h2, z, z, z, z, z, z, z, z, z, z};
+    uint4 *dst = reinterpret_cast<uint4 *>(xt + j * kp + lp); /* kp, lp multiples of 16 */
+    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
+    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
 }
 
 /* The D side: [U1h, U1h, U1l, U2h, U2h, U2l, 0…], U1 = μ̄_D/α, U2 = ΣD̄_R/α */
@@ -233,9 +268,10 @@ __global__ void k_fill_d(__nv_bfloat16 *dt, int64_t kp, int64_t lp, int64_t n, c
     __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
     split_bf16(u1, h1, l1);
     split_bf16(u2, h2, l2);
-    __nv_bfloat16 *c = dt + i * kp + lp;
-    c[0] = h1, c[1] = h1, c[2] = l1, c[3] = h2, c[4] = h2, c[5] = l2;
-    for (int e = 6; e < 16; e++) c[e] = z;
+    __align__(16) __nv_bfloat16 c[16] = {h1, h1, l1, h2, h2, l2, z, z, z, z, z, z, z, z, z, z};
+    uint4 *dst = reinterpret_cast<uint4 *>(dt + i * kp + lp);
+    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
+    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
 }
 
 enum { S_RES_D = 0, S_AMAX_DQ, S_AMAX_DT, S_ALPHA_F, S_ALPHA_DG, S_ALPHA_WG };
@@ -349,7 +385,10 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         const float *bias = nullptr;
         if (r->split_d) {
             AVC_PROF("averis mean gemv", s);
-            k_mean_dgrad<<<avc_blocks(m, 32), dim3(32, 32), 0, s>>>(scr->mean_d, w->wq, w->amax, n, m, scr->bias);
+            k_mean_dgrad_part<<<dim3(avc_blocks(m, 256), GQ_MEAN_SLICES), dim3(32, 8), 0, s>>>(scr->mean_d, w->wq, n, m,
+                                                                                             scr->mean_part);
+            AVC_LAUNCHED();
+            k_mean_dgrad_sum<<<avc_blocks(m, 256), 256, 0, s>>>(scr->mean_part, m, w->amax, scr->bias);
             AVC_LAUNCHED();
             bias = scr->bias;
         }
@@ -436,6 +475,7 @@ static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, i
         scr->sum_d = a.take<float>(n);
         scr->scal = a.take<float>(8);
         scr->bias = a.take<float>(m > n ? m : n);
+        scr->mean_part = a.take<float>(GQ_MEAN_SLICES * (m > n ? m : n));
         need = a.used;
         if (pass == 0) AVC_TRY(cudaMalloc(mem, need));
     }

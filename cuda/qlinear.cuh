@@ -53,7 +53,9 @@ struct gq_scratch {
     float *mean_d, *sum_d;  /* [n], [n] */
     float *scal;            /* [8]: res_amax_d, amax_dq, amax_dt, α fwd/dgrad/wgrad */
     float *bias;            /* [max(m, n)] */
+    float *mean_part;       /* [GQ_MEAN_SLICES × max(m, n)] partial sums of the dgrad mean term */
 };
+enum { GQ_MEAN_SLICES = 16 };
 
 int64_t gq_kp(const qlin_recipe *r, int64_t l); /* K of the wgrad GEMM */
 averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n);

@@ -90,9 +90,11 @@ __device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float
     valid = gid < p.nthreads;
     if (p.transpose) {
         /* quantized row j = source column j; block b = tokens 16b..16b+15;
-         * here gid already names (j, b) (the caller loops over its TG blocks) */
-        int64_t j = gid % p.scols;
-        b = gid / p.scols;
+         * here gid already names (j, b) (the caller loops over its TG blocks).
+         * 32-bit division: 64-bit division costs ~5x more instructions */
+        uint32_t g32 = (uint32_t)gid, sc32 = (uint32_t)p.scols;
+        int64_t j = g32 % sc32;
+        b = g32 / sc32;
         qrow = j;
         valid = b < p.nb;
         float mu = (p.mean && valid) ? p.mean[j] : 0.0f;
@@ -103,14 +105,15 @@ __device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float
             v[i] = (valid && t < p.srows) ? ld_elem(src + t * p.ld + j) - (p.mean ? mu : 0.0f) : 0.0f;
         }
     } else {
+        uint32_t g32 = (uint32_t)gid, nb32 = (uint32_t)p.nb;
         if (p.tile) {
-            int64_t tile = gid / 16;
-            int lane16 = (int)(gid % 16);
-            b = tile % p.nb;
-            qrow = (tile / p.nb) * 16 + lane16;
+            uint32_t tile = g32 >> 4;
+            int lane16 = (int)(g32 & 15);
+            b = tile % nb32;
+            qrow = (int64_t)(tile / nb32) * 16 + lane16;
         } else {
-            qrow = gid / p.nb;
-            b = gid % p.nb;
+            qrow = g32 / nb32;
+            b = g32 % nb32;
         }
         valid = valid && qrow < p.srows;
         if (valid) {
@@ -150,7 +153,7 @@ template <typename T> __global__ void k_amax(qparams p) {
     bool valid;
     float m = 0.0f;
     if (p.transpose) {
-        int64_t j = gid % p.scols, b0 = (gid / p.scols) * TG;
+        int64_t j = (uint32_t)gid % (uint32_t)p.scols, b0 = (int64_t)((uint32_t)gid / (uint32_t)p.scols) * TG;
         for (int k = 0; k < TG; k++) {
             block_input<T>(p, (b0 + k) * p.scols + j, v, qrow, b, valid);
             if (gid < p.nthreads) m = fmaxf(m, block_amax(p, v));
@@ -186,7 +189,7 @@ template <typename T> __global__ void k_quant(qparams p) {
         return;
     }
     if (gid >= p.nthreads) return;
-    int64_t j = gid % p.scols, bt = gid / p.scols;
+    int64_t j = (uint32_t)gid % (uint32_t)p.scols, bt = (uint32_t)gid / (uint32_t)p.scols;
     double acc = 0.0;
     for (int k = 0; k < TG; k++) acc += quant_block<T>(p, (bt * TG + k) * p.scols + j, s_enc, s_dec);
     if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
@@ -241,22 +244,141 @@ __device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, flo
     }
     double acc = 0.0;
     if (p.rowsum_part) {
-        float d[16];
+        /* Σ over the block's tokens of the dequantized values (after the inverse
+         * RHT): Σ_k w_k·e2m1_k·sb·S_dec with w_k = 1, or with the RHT the column
+         * sums of the inverse transform, w_k = ¼·Σ_i s_i·H16[i][k] (multiples of
+         * ¼ in [−4, 4]). Σ_k w_k·e2m1_k is exact in fp32 (multiples of ⅛ below
+         * 400), so is its product with sb (≤ 16 significant bits): only the
+         * final ·S_dec rounds, once per block; the blocks add up in fp64
+         * (a mean-subtracted row sums to almost nothing). */
+        float t = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 16; i++) d[i] = (avd_e2m1_decode(q[i]) * sb) * s_dec;
-        if (p.rht) avd_rht16_inv(d);
-#pragma unroll
-        for (int i = 0; i < 16; i++) acc += (double)d[i];
+        for (int k = 0; k < 16; k++) t += (p.rht ? avd_rht_colsum(k) : 1.0f) * avd_e2m1_decode(q[k]);
+        acc = (double)((t * sb) * s_dec);
     }
     return acc;
 }
 
+/* v3 (rows, 1×16): four threads per 16-element block, four elements each, so
+ * a warp's load reads 512 contiguous bytes; the block amax by two shuffles;
+ * the RHT's butterflies of stride 4 and 8 cross threads by shuffles (the
+ * same fp32 operations: the lower index gets a+b, the upper a−b); one
+ * Philox call per thread is exactly the SR counter of its four elements.
+ * MODE 0: the per-tensor amax; MODE 1: quantize. */
+template <typename T, int MODE> __global__ void k_rows4(qparams p) {
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int q = (int)(gid & 3);
+    uint32_t blk32 = (uint32_t)(gid >> 2), nb32 = (uint32_t)p.nb;
+    int64_t blk = gid >> 2, r = blk32 / nb32, b = blk32 % nb32, c0 = 16 * b + 4 * q;
+    bool valid = blk < p.nthreads;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (valid) {
+        const T *row = static_cast<const T *>(p.src) + r * p.ld;
+        if (p.vec) {
+            if (sizeof(T) == 4) {
+                float4 f = __ldg(reinterpret_cast<const float4 *>(reinterpret_cast<const float *>(row) + c0));
+                v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+            } else {
+                uint2 u = __ldg(reinterpret_cast<const uint2 *>(reinterpret_cast<const __nv_bfloat16 *>(row) + c0));
+                v[0] = __uint_as_float(u.x << 16), v[1] = __uint_as_float(u.x & 0xFFFF0000u);
+                v[2] = __uint_as_float(u.y << 16), v[3] = __uint_as_float(u.y & 0xFFFF0000u);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; i++) v[i] = c0 + i < p.scols ? ld_elem(row + c0 + i) : 0.0f;
+        }
+        if (p.mean) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                if (c0 + i < p.scols) v[i] = v[i] - p.mean[c0 + i];
+        }
+    }
+    if (p.rht) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = v[i] * avd_rht_sign(4 * q + i);
+        float a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
+        v[0] = a0 + a1, v[1] = a0 - a1, v[2] = a2 + a3, v[3] = a2 - a3; /* h = 1 */
+        a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
+        v[0] = a0 + a2, v[2] = a0 - a2, v[1] = a1 + a3, v[3] = a1 - a3; /* h = 2 */
+#pragma unroll
+        for (int h = 1; h <= 2; h <<= 1) { /* h = 4, 8: partner thread q ^ h */
+            bool lower = (q & h) == 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float o = __shfl_xor_sync(0xffffffffu, v[i], h);
+                v[i] = lower ? v[i] + o : o - v[i];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = 0.25f * v[i];
+    }
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float a = fabsf(v[i]);
+        m = a > m ? a : m;
+    }
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    if (MODE == 0) {
+#pragma unroll
+        for (int o = 4; o <= 16; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        __shared__ float warp_max[32];
+        int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+        if (lane == 0) warp_max[w] = m;
+        __syncthreads();
+        if (w == 0) {
+            m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(p.amax), __float_as_uint(m));
+        }
+        return;
+    }
+    if (!valid) return;
+    float s_enc, s_dec;
+    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    uint32_t sc = avd_block_scale(m, s_enc);
+    float enc = avd_block_enc(sc, s_dec);
+    uint32_t u[4] = {0, 0, 0, 0};
+    if (p.sr) {
+        uint64_t ctr = (uint64_t)(r * p.cp + c0) >> 2;
+        avd_philox((uint32_t)ctr, (uint32_t)(ctr >> 32), (uint32_t)p.stream, (uint32_t)(p.stream >> 32),
+                   (uint32_t)p.seed, (uint32_t)(p.seed >> 32), u);
+    }
+    uint32_t cq[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float y = v[i] * enc;
+        cq[i] = p.sr ? avd_e2m1_sr(y, u[i] >> 8) : avd_e2m1_rn(y);
+    }
+    if (p.codes)
+        *reinterpret_cast<uint16_t *>(p.codes + r * (p.cp / 2) + 8 * b + 2 * q) =
+            (uint16_t)(cq[0] | (cq[1] << 4) | (cq[2] << 8) | (cq[3] << 12));
+    if (p.scales && q == 0) p.scales[r * p.nb + b] = (uint8_t)sc;
+    if (p.bf16_out) {
+        float sb = avd_e4m3_decode(sc);
+        uint32_t w0 = (__float_as_uint(avd_e2m1_decode(cq[0]) * sb) >> 16) | (__float_as_uint(avd_e2m1_decode(cq[1]) * sb) & 0xFFFF0000u);
+        uint32_t w1 = (__float_as_uint(avd_e2m1_decode(cq[2]) * sb) >> 16) | (__float_as_uint(avd_e2m1_decode(cq[3]) * sb) & 0xFFFF0000u);
+        *reinterpret_cast<uint2 *>(p.bf16_out + r * p.ld_out + c0) = make_uint2(w0, w1);
+    }
+}
+
+/* out[j] = Σ_b part[b][j]: a (32, 8) block per 32 rows, 8 strided partial
+ * sums then a fixed tree: deterministic, and 8 loads in flight per row */
 __global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *out) {
-    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= qrows) return;
+    __shared__ double red[8][33];
+    int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
     double acc = 0.0;
-    for (int64_t b = 0; b < nb; b++) acc += part[b * qrows + j];
-    out[j] = (float)acc;
+    if (j < qrows)
+        for (int64_t b = threadIdx.y; b < nb; b += 8) acc += part[b * qrows + j];
+    red[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < qrows) {
+        double t = ((red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x])) +
+                   ((red[4][threadIdx.x] + red[5][threadIdx.x]) + (red[6][threadIdx.x] + red[7][threadIdx.x]));
+        out[j] = (float)t;
+    }
 }
 
 /* ------------------------------------------------------ column statistics */
@@ -270,8 +392,9 @@ __global__ void k_colstats_part(const float *x, int64_t rows, int64_t cols, int6
     int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
     double s = 0.0;
     float mx = -INFINITY, mn = INFINITY;
-    /* 16 loads in flight, then the in-order fp64 sum the spec fixes */
-    enum { U = 16 };
+    /* 64 loads in flight, then the in-order fp64 sum the spec fixes: few
+     * threads (columns × chunks) must keep enough bytes in flight */
+    enum { U = 64 };
     int64_t r = r0;
     for (; r + U <= r1; r += U) {
         float v[U];
@@ -315,6 +438,19 @@ __global__ void k_colstats_final(const double *part, const float *pmx, const flo
     if (a > m) m = a;
     if (b > m) m = b;
     if (m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(res_amax), __float_as_uint(m));
+}
+
+/* 8 elements a thread: two 16-byte loads, one 16-byte store (n % 8 == 0, aligned) */
+__global__ void k_to_bf16_v8(const float *x, __nv_bfloat16 *y, int64_t n8) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float4 a = __ldg(reinterpret_cast<const float4 *>(x) + 2 * i), b = __ldg(reinterpret_cast<const float4 *>(x) + 2 * i + 1);
+    __nv_bfloat162 p0 = __floats2bfloat162_rn(a.x, a.y), p1 = __floats2bfloat162_rn(a.z, a.w),
+                    p2 = __floats2bfloat162_rn(b.x, b.y), p3 = __floats2bfloat162_rn(b.z, b.w);
+    uint4 o;
+    o.x = *reinterpret_cast<uint32_t *>(&p0), o.y = *reinterpret_cast<uint32_t *>(&p1);
+    o.z = *reinterpret_cast<uint32_t *>(&p2), o.w = *reinterpret_cast<uint32_t *>(&p3);
+    reinterpret_cast<uint4 *>(y)[i] = o;
 }
 
 __global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n) {
@@ -416,6 +552,28 @@ void avc_prof_report(int steps) {
 }
 
 /* ================================================================ launchers */
+static void *g_ws = nullptr;
+static size_t g_ws_bytes = 0;
+void avq_set_workspace(void *ws, size_t bytes) { g_ws = ws, g_ws_bytes = bytes; }
+size_t avq_ws_bytes(int64_t rows, int64_t cols) {
+    size_t colstats = (size_t)((rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK * cols) * (sizeof(double) + 2 * sizeof(float));
+    size_t rowsum = (size_t)(((rows + 15) / 16 + TG - 1) / TG * cols) * sizeof(double);
+    return colstats > rowsum ? colstats : rowsum;
+}
+/* scratch from the workspace when it fits, else a stream-ordered allocation */
+static averis_status ws_take(void **p, size_t bytes, cudaStream_t s) {
+    if (g_ws && bytes <= g_ws_bytes) {
+        *p = g_ws;
+        return AVERIS_OK;
+    }
+    AVC_TRY(cudaMallocAsync(p, bytes, s));
+    return AVERIS_OK;
+}
+static averis_status ws_give(void *p, cudaStream_t s) {
+    if (p != g_ws) AVC_TRY(cudaFreeAsync(p, s));
+    return AVERIS_OK;
+}
+
 averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
     AVC_PROF(j->transpose ? (j->amax_in ? "quant wgrad copy" : "quant wgrad copy + amax")
              : j->tile    ? "quant weight 16x16 + amax"
@@ -443,31 +601,41 @@ averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
                : p.transpose ? qrows * ((p.nb + TG - 1) / TG)
                              : qrows * p.nb;
     size_t esz = j->bf16_in ? 2 : 4;
-    p.vec = !j->novec && !j->transpose && j->scols % 16 == 0 && (j->ld * esz) % 16 == 0 &&
+    p.vec = j->version != 1 && !j->transpose && j->scols % 16 == 0 && (j->ld * esz) % 16 == 0 &&
             reinterpret_cast<uintptr_t>(j->src) % 16 == 0;
     const int threads = 256;
     unsigned grid = avc_blocks(p.nthreads, threads);
+    /* the thread indices use 32-bit division */
+    if (4 * p.nthreads + 1024 > (int64_t)UINT32_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: %lld blocks of 16 is too many for one call", (long long)p.nthreads);
+    /* rows, 1×16: v2 (the default: v3 measured no faster, bench/results) unless the lab asks for v1/v3 */
+    bool v3 = !p.transpose && !p.tile && j->version == 3;
+    unsigned grid4 = avc_blocks(4 * p.nthreads, threads);
     if (j->amax_in) {
         if (j->amax_in != j->amax) AVC_TRY(cudaMemcpyAsync(j->amax, j->amax_in, sizeof(float), cudaMemcpyDeviceToDevice, s));
     } else {
         AVC_TRY(cudaMemsetAsync(j->amax, 0, sizeof(float), s));
-        if (j->bf16_in) k_amax<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+        if (v3 && j->bf16_in) k_rows4<__nv_bfloat16, 0><<<grid4, threads, 0, s>>>(p);
+        else if (v3) k_rows4<float, 0><<<grid4, threads, 0, s>>>(p);
+        else if (j->bf16_in) k_amax<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
         else k_amax<float><<<grid, threads, 0, s>>>(p);
         AVC_LAUNCHED();
     }
     double *part = nullptr;
     if (j->rowsum) {
         if (!j->transpose) return averis_fail(AVERIS_EINVAL, "cuda quantize: row sums are for the transposed copies");
-        AVC_TRY(cudaMallocAsync(&part, (size_t)((p.nb + TG - 1) / TG * qrows) * sizeof(double), s));
+        AVC_OK(ws_take(reinterpret_cast<void **>(&part), (size_t)((p.nb + TG - 1) / TG * qrows) * sizeof(double), s));
         p.rowsum_part = part;
     }
-    if (j->bf16_in) k_quant<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+    if (v3 && j->bf16_in) k_rows4<__nv_bfloat16, 1><<<grid4, threads, 0, s>>>(p);
+    else if (v3) k_rows4<float, 1><<<grid4, threads, 0, s>>>(p);
+    else if (j->bf16_in) k_quant<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
     else k_quant<float><<<grid, threads, 0, s>>>(p);
     AVC_LAUNCHED();
     if (part) {
-        k_rowsum<<<avc_blocks(qrows, 256), 256, 0, s>>>(part, (p.nb + TG - 1) / TG, qrows, j->rowsum);
+        k_rowsum<<<avc_blocks(qrows, 32), dim3(32, 8), 0, s>>>(part, (p.nb + TG - 1) / TG, qrows, j->rowsum);
         AVC_LAUNCHED();
-        AVC_TRY(cudaFreeAsync(part, s));
+        AVC_OK(ws_give(part, s));
     }
     return AVERIS_OK;
 }
@@ -481,7 +649,7 @@ averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t l
     if (nchunk > 65535) return averis_fail(AVERIS_EINVAL, "cuda colstats: %lld rows is too many", (long long)rows);
     char *buf = nullptr;
     size_t n = (size_t)(nchunk * cols);
-    AVC_TRY(cudaMallocAsync(&buf, n * (sizeof(double) + 2 * sizeof(float)), s));
+    AVC_OK(ws_take(reinterpret_cast<void **>(&buf), n * (sizeof(double) + 2 * sizeof(float)), s));
     double *part = reinterpret_cast<double *>(buf);
     float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
     AVC_TRY(cudaMemsetAsync(res_amax, 0, sizeof(float), s));
@@ -491,13 +659,16 @@ averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t l
     k_colstats_final<<<avc_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
                                                            res_amax);
     AVC_LAUNCHED();
-    AVC_TRY(cudaFreeAsync(buf, s));
+    AVC_OK(ws_give(buf, s));
     return AVERIS_OK;
 }
 
 averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s) {
     AVC_PROF("to bf16", s);
-    k_to_bf16<<<avc_blocks(n, 256), 256, 0, s>>>(x, y, n);
+    if (n % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0)
+        k_to_bf16_v8<<<avc_blocks(n / 8, 256), 256, 0, s>>>(x, y, n / 8);
+    else
+        k_to_bf16<<<avc_blocks(n, 256), 256, 0, s>>>(x, y, n);
     AVC_LAUNCHED();
     return AVERIS_OK;
 }

@@ -57,12 +57,15 @@ else
 fi
 
 step "tiny: first 50 steps, CPU vs GPU"
-TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 3e-3 --seed 1 --val-every 25 --log-every 25)
+# lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
+# steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
+TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
 for r in bf16 averis; do
     rm -rf "$RUNS/tiny_cpu_$r" "$RUNS/tiny_gpu_$r"
     build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")"
     build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$r" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$r.err" || note_fail "gpu train $r: $(tail -1 "$RUNS/tiny_gpu_$r.err")"
     # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
+    # (measured: bf16 4e-5, averis 8e-4)
     python3 - "$RUNS/tiny_cpu_$r/log.csv" "$RUNS/tiny_gpu_$r/log.csv" $r <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
 import csv, sys
 a = list(csv.DictReader(open(sys.argv[1]))); b = list(csv.DictReader(open(sys.argv[2])))
@@ -74,7 +77,7 @@ tps_a = sum(float(x['tokens_per_s']) for x in a[5:]) / 45; tps_b = sum(float(y['
 print(f"{sys.argv[3]}: step 1 loss cpu {a[0]['loss']} gpu {b[0]['loss']} (rel {first:.2e}); "
       f"max rel diff over 50 steps {max(d):.2e} (mean {sum(d)/len(d):.2e}); "
       f"val cpu {va} gpu {vb}; tokens/s cpu {tps_a:.0f} gpu {tps_b:.0f}")
-tol_first, tol = 2e-3, 2e-2
+tol_first, tol = 2e-3, 5e-3
 ok = first <= tol_first and max(d) <= tol and all(abs(x - y) / x <= tol for x, y in zip(va, vb))
 print("within bounds (step 1: %.0e, every step and val: %.0e)" % (tol_first, tol) if ok else "OUT OF BOUNDS")
 sys.exit(0 if ok else 1)
