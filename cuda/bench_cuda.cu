@@ -11,6 +11,7 @@
  * measurements after warm-up.
  */
 #include "common.cuh"
+#include "tool_util.cuh"
 
 #include <algorithm>
 #include <chrono>
@@ -20,14 +21,6 @@
 #include <string>
 #include <vector>
 
-#define DEV(call)                                                                                          \
-    do {                                                                                                    \
-        cudaError_t e_ = (call);                                                                            \
-        if (e_ != cudaSuccess) {                                                                            \
-            fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);       \
-            exit(2);                                                                                        \
-        }                                                                                                   \
-    } while (0)
 #define OK(call)                                                                                           \
     do {                                                                                                    \
         if ((call) != AVERIS_OK) {                                                                          \

@@ -30,13 +30,7 @@
 #include <cstring>
 #include <vector>
 
-#define CB_TRY(call)                                                                                        \
-    do {                                                                                                    \
-        cublasStatus_t e_ = (call);                                                                         \
-        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                    \
-            return averis_fail(AVERIS_EIO, "cublas: %s failed at %s:%d: status %d", #call, __FILE__,        \
-                               __LINE__, (int)e_);                                                          \
-    } while (0)
+#define CB_TRY AVC_CUBLAS_TRY
 
 namespace {
 

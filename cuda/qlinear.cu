@@ -11,13 +11,7 @@
 /* ================================================================ cuBLASLt */
 namespace {
 
-#define LT_TRY(call)                                                                                        \
-    do {                                                                                                    \
-        cublasStatus_t e_ = (call);                                                                         \
-        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                    \
-            return averis_fail(AVERIS_EIO, "cublasLt: %s failed at %s:%d: status %d", #call, __FILE__,      \
-                               __LINE__, (int)e_);                                                          \
-    } while (0)
+#define LT_TRY AVC_CUBLAS_TRY
 
 struct lt_key {
     int ta_op, tb_op;
@@ -482,8 +476,10 @@ static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, i
     return AVERIS_OK;
 }
 
-extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m,
-                                          int64_t n, float *Y) {
+/* The standalone layer: device scratch for the call, run, synchronise, free. */
+template <typename F>
+static averis_status standalone(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m, int64_t n,
+                                const char *what, F body) {
     AVC_OK(gq_check(r, l, m, n));
     gq_x x = {};
     gq_w w = {};
@@ -493,29 +489,25 @@ extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, 
     x.x = X, x.l = l, x.m = m;
     w.w = W, w.n = n, w.m = m;
     if (!st) st = gq_prep_w(r, &w, 0);
-    if (!st) st = gq_prep_x(r, &x, 0);
-    if (!st) st = gq_forward(r, &x, &w, Y, nullptr, &scr, 0);
+    if (!st) st = body(x, w, scr);
     cudaError_t e = cudaDeviceSynchronize();
     cudaFree(mem);
-    if (!st && e != cudaSuccess) st = averis_fail(AVERIS_EIO, "cuda qlinear forward: %s", cudaGetErrorString(e));
+    if (!st && e != cudaSuccess) st = averis_fail(AVERIS_EIO, "cuda qlinear %s: %s", what, cudaGetErrorString(e));
     return st;
+}
+
+extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m,
+                                          int64_t n, float *Y) {
+    return standalone(r, X, W, l, m, n, "forward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
+        averis_status st = gq_prep_x(r, &x, 0);
+        return st ? st : gq_forward(r, &x, &w, Y, nullptr, &scr, 0);
+    });
 }
 
 extern "C" averis_status avc_qlin_backward(const qlin_recipe *r, const float *X, const float *W, const float *D,
                                            int64_t l, int64_t m, int64_t n, float *dX, float *dW, uint64_t sr_stream) {
-    AVC_OK(gq_check(r, l, m, n));
-    gq_x x = {};
-    gq_w w = {};
-    gq_scratch scr = {};
-    char *mem = nullptr;
-    averis_status st = layer_buffers(r, l, m, n, &x, &w, &scr, &mem);
-    x.x = X, x.l = l, x.m = m;
-    w.w = W, w.n = n, w.m = m;
-    if (!st) st = gq_prep_w(r, &w, 0);
-    if (!st && r->split_x) st = avq_colstats(X, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0);
-    if (!st) st = gq_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
-    cudaError_t e = cudaDeviceSynchronize();
-    cudaFree(mem);
-    if (!st && e != cudaSuccess) st = averis_fail(AVERIS_EIO, "cuda qlinear backward: %s", cudaGetErrorString(e));
-    return st;
+    return standalone(r, X, W, l, m, n, "backward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
+        averis_status st = r->split_x ? avq_colstats(X, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0) : AVERIS_OK;
+        return st ? st : gq_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
+    });
 }

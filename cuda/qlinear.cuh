@@ -17,6 +17,15 @@
 
 #include <cublasLt.h>
 
+/* a cuBLAS or cuBLASLt call's status as an averis_status with its message */
+#define AVC_CUBLAS_TRY(call)                                                                                \
+    do {                                                                                                    \
+        cublasStatus_t e_ = (call);                                                                         \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                    \
+            return averis_fail(AVERIS_EIO, "cublas: %s failed at %s:%d: status %d", #call, __FILE__,        \
+                               __LINE__, (int)e_);                                                          \
+    } while (0)
+
 /* D[M×N] = α·op(A)·op(B) + β·C + 1·biasᵀ, all row-major; α, β device
  * scalars; bias [N] fp32 or NULL; C may equal D. */
 averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,

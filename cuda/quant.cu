@@ -145,6 +145,24 @@ __device__ __forceinline__ float block_amax(const qparams &p, const float v[16])
     return m;
 }
 
+/* The block's max of m (≥ 0, NaN-free) into *amax: warp tree, then warp 0
+ * over the warps' maxima; atomicMax on the bits of a non-negative float
+ * (order-free, so deterministic). Every thread of the block must call it. */
+__device__ __forceinline__ void reduce_amax(float m, float *amax) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    __shared__ float warp_max[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) warp_max[w] = m;
+    __syncthreads();
+    if (w == 0) {
+        m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(amax), __float_as_uint(m));
+    }
+}
+
 /* pass 1: the per-tensor amax */
 template <typename T> __global__ void k_amax(qparams p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -162,18 +180,7 @@ template <typename T> __global__ void k_amax(qparams p) {
         block_input<T>(p, gid, v, qrow, b, valid);
         m = block_amax(p, v);
     }
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    __shared__ float warp_max[32];
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (lane == 0) warp_max[w] = m;
-    __syncthreads();
-    if (w == 0) {
-        m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
-#pragma unroll
-        for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(p.amax), __float_as_uint(m));
-    }
+    reduce_amax(m, p.amax);
 }
 
 /* pass 2: scales, codes, BF16 operand, row sums */
@@ -321,18 +328,7 @@ template <typename T, int MODE> __global__ void k_rows4(qparams p) {
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
     if (MODE == 0) {
-#pragma unroll
-        for (int o = 4; o <= 16; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        __shared__ float warp_max[32];
-        int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-        if (lane == 0) warp_max[w] = m;
-        __syncthreads();
-        if (w == 0) {
-            m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
-#pragma unroll
-            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-            if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(p.amax), __float_as_uint(m));
-        }
+        reduce_amax(m, p.amax); /* the quad's lanes hold the same value: the tree still holds */
         return;
     }
     if (!valid) return;

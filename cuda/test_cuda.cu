@@ -11,6 +11,7 @@
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #include "common.cuh"
+#include "tool_util.cuh"
 #include "averis/qlinear.h"
 
 #include <cmath>
@@ -25,14 +26,6 @@ extern "C" {
 
 int g_check_failed;
 
-#define DEV(call)                                                                                          \
-    do {                                                                                                    \
-        cudaError_t e_ = (call);                                                                            \
-        if (e_ != cudaSuccess) {                                                                            \
-            fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);       \
-            exit(2);                                                                                        \
-        }                                                                                                   \
-    } while (0)
 
 template <typename T> static T *dev_copy(const T *h, size_t n) {
     T *d;

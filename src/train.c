@@ -111,7 +111,10 @@ static void adamw_step(model *m, float *mom, float *var, const train_opts *o, do
     }
 }
 
-averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int nbatches, float *loss) {
+/* The mean loss over the first nbatches B×T batches, on the CPU model or
+ * (gm) its GPU copy: forward only. */
+static averis_status eval_loss_on(model *m, avc_model *gm, const data_loader *dl, int B, int T, int nbatches,
+                                  float *loss) {
     size_t N = (size_t)B * T;
     int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
     if (!in || !tg) { free(in); free(tg); return averis_fail(AVERIS_ENOMEM, "eval: out of memory"); }
@@ -122,7 +125,8 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
         size_t pos = (size_t)b * N;
         if (b > 0 && pos + N + 1 > dl->n) break; /* the data ran out: average what was seen */
         float l = 0;
-        if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) && !(st = model_forward(m, in, tg, B, T, &l))) {
+        if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) &&
+            !(st = gm ? avc_model_step(gm, in, tg, 0, 1.0f, 0, &l) : model_forward(m, in, tg, B, T, &l))) {
             total += l;
             done++;
         }
@@ -131,6 +135,10 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
     free(tg);
     if (!st) *loss = (float)(total / (done ? done : 1));
     return st;
+}
+
+averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int nbatches, float *loss) {
+    return eval_loss_on(m, NULL, dl, B, T, nbatches, loss);
 }
 
 /* One micro-batch's forward and backward, on the CPU model or its GPU copy. */
@@ -139,29 +147,6 @@ static averis_status micro_step(model *m, avc_model *gm, const int *in, const in
     if (gm) return avc_model_step(gm, in, tg, 1, scale, stream, loss);
     averis_status st = model_forward(m, in, tg, B, T, loss);
     return st ? st : model_backward(m, scale, stream);
-}
-
-/* train_eval_loss on the GPU copy: the same batches, forward only. */
-static averis_status eval_loss_dev(avc_model *gm, const data_loader *dl, int B, int T, int nbatches, float *loss) {
-    size_t N = (size_t)B * T;
-    int *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg);
-    if (!in || !tg) { free(in); free(tg); return averis_fail(AVERIS_ENOMEM, "eval: out of memory"); }
-    double total = 0.0;
-    int done = 0;
-    averis_status st = AVERIS_OK;
-    for (int b = 0; b < nbatches && !st; b++) {
-        size_t pos = (size_t)b * N;
-        if (b > 0 && pos + N + 1 > dl->n) break;
-        float l = 0;
-        if (!(st = loader_batch_at(dl, pos, B, T, in, tg)) && !(st = avc_model_step(gm, in, tg, 0, 1.0f, 0, &l))) {
-            total += l;
-            done++;
-        }
-    }
-    free(in);
-    free(tg);
-    if (!st) *loss = (float)(total / (done ? done : 1));
-    return st;
 }
 
 /* ------------------------------------------------------------ state file */
@@ -612,9 +597,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         /* log, validate */
         int do_val = o.val_every > 0 && (s.step % o.val_every == 0 || s.step == o.steps);
         float vloss = NAN;
-        if (do_val && (st = gm ? eval_loss_dev(gm, &val, B, T, o.val_batches, &vloss)
-                               : train_eval_loss(&m, &val, B, T, o.val_batches, &vloss)))
-            goto out;
+        if (do_val && (st = eval_loss_on(&m, gm, &val, B, T, o.val_batches, &vloss))) goto out;
         double tps = tokens_per_step / dt;
         fprintf(log, "%lld,%.0f,%.6g,%.6f,%.6g,", (long long)s.step, tokens_per_step * (double)s.step, lr, loss, norm);
         if (do_val) fprintf(log, "%.6f", vloss);
