@@ -90,4 +90,15 @@ void avc_prof_report(int steps);
 #define AVC_PROF_CAT(a, b) AVC_PROF_CAT2(a, b)
 #define AVC_PROF(label, stream) avc_prof_scope AVC_PROF_CAT(avc_prof_, __LINE__)(label, stream)
 
+/* ---------------------------------------------------------------- flash.cu
+ * Causal GQA attention without materialising P (see flash.cu). Q, K, V, dO
+ * BF16 head-major [B, heads, T, Dh]; ao, dao fp32 token-major [B·T, H·Dh];
+ * lse, Dv [B·H·T]; dq [B,H,T,Dh], dk, dv [B,KV,T,Dh] fp32. */
+int avf_supported(int T, int Dh);
+averis_status avf_forward(const __nv_bfloat16 *qh, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh, float *ao,
+                          float *lse, int B, int T, int H, int KV, int Dh, cudaStream_t s);
+averis_status avf_backward(const __nv_bfloat16 *qh, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh,
+                           const __nv_bfloat16 *doh, const float *dao, const float *ao, const float *lse, float *Dv,
+                           float *dq, float *dk, float *dv, int B, int T, int H, int KV, int Dh, cudaStream_t s);
+
 #endif

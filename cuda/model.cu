@@ -295,7 +295,8 @@ __global__ void k_sumsq(const float *g, int64_t n, double *part) {
 /* ========================================================= the model */
 struct layer_io {
     float *x_in, *h1, *rstd1, *q_raw, *k_raw, *v, *rstd_q, *rstd_k, *ao, *x_mid, *h2, *rstd2, *g, *u, *a;
-    __nv_bfloat16 *qh, *kh, *vh, *P;
+    __nv_bfloat16 *qh, *kh, *vh, *P; /* P: the materialising path only */
+    float *lse;                      /* [B·H·T] flash path: log Σ exp of each score row */
     gq_x in_h1, in_ao, in_h2, in_a;
 };
 
@@ -309,6 +310,7 @@ struct avc_model {
     model_config cfg;
     qlin_recipe recipe, bf16_recipe;
     int bf16_last;
+    int flash; /* attention by cuda/flash.cu (else cuBLAS + materialised P) */
     int B, T;
     int64_t N, C, F, V, qd, kvd;
     int H, KV, Dh;
@@ -326,6 +328,7 @@ struct avc_model {
     __nv_bfloat16 *hf_bf16 = nullptr;
     float *rope_cos = nullptr, *rope_sin = nullptr;
     /* transient */
+    float *Dv = nullptr;                  /* [B·H·T] flash backward: rowsum(dO⊙O) */
     float *S = nullptr;                   /* [B·H·T·T] scores / dP */
     __nv_bfloat16 *dS = nullptr;          /* [B·H·T·T] */
     float *oh = nullptr;                  /* [N·max(qd, kvd)] head-major fp32 (O, dQ) */
@@ -397,6 +400,7 @@ averis_status prep_weights(avc_model *g) {
 /* Attention forward of layer l: S = Q·Kᵀ/√Dh, P = softmax, ao = P·V */
 averis_status attention_fwd(avc_model *g, layer_io &a) {
     AVC_PROF("attention fwd", g->s);
+    if (g->flash) return avf_forward(a.qh, a.kh, a.vh, a.ao, a.lse, g->B, g->T, g->H, g->KV, g->Dh, g->s);
     int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV;
     float scale = 1.0f / sqrtf((float)Dh);
     AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, scale, a.qh, CUDA_R_16BF, Dh, grp * T * Dh, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
@@ -412,15 +416,9 @@ averis_status attention_fwd(avc_model *g, layer_io &a) {
     return AVERIS_OK;
 }
 
-/* The backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dS = softmax_bwd, dQ = dS·K, dK = dSᵀ·Q
- * (per kv group, its heads stacked: dV and dK sum over them in the GEMM);
- * dq, dk come out token-major with the rotation undone. */
-averis_status attention_bwd(avc_model *g, layer_io &a) {
-    AVC_PROF("attention bwd", g->s);
-    int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV, N = g->N;
-    float scale = 1.0f / sqrtf((float)Dh);
-    k_tokens_to_heads<<<avc_blocks(N * g->qd, 256), 256, 0, g->s>>>(g->dao, g->doh, N, g->H, g->Dh, g->T);
-    AVC_LAUNCHED();
+/* The materialising backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dS, dQ = dS·K, dK = dSᵀ·Q
+ * into the head-major g->oh, oh2, oh3 */
+averis_status attention_bwd_naive(avc_model *g, layer_io &a, int64_t T, int64_t Dh, int64_t grp, int64_t nb, float scale) {
     AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, 1.0f, g->doh, CUDA_R_16BF, Dh, grp * T * Dh, a.vh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
                  g->S, CUDA_R_32F, T, grp * T * T, nb));
     AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, a.P, CUDA_R_16BF, T, grp * T * T, g->doh, CUDA_R_16BF, Dh, grp * T * Dh,
@@ -432,6 +430,23 @@ averis_status attention_bwd(avc_model *g, layer_io &a) {
                  g->oh, CUDA_R_32F, Dh, grp * T * Dh, nb));
     AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, g->dS, CUDA_R_16BF, T, grp * T * T, a.qh, CUDA_R_16BF, Dh, grp * T * Dh,
                  0.0f, g->oh2, CUDA_R_32F, Dh, T * Dh, nb));
+    return AVERIS_OK;
+}
+
+/* The backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dS = softmax_bwd, dQ = dS·K, dK = dSᵀ·Q
+ * (per kv group, its heads stacked: dV and dK sum over them in the GEMM);
+ * dq, dk come out token-major with the rotation undone. */
+averis_status attention_bwd(avc_model *g, layer_io &a) {
+    AVC_PROF("attention bwd", g->s);
+    int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV, N = g->N;
+    float scale = 1.0f / sqrtf((float)Dh);
+    k_tokens_to_heads<<<avc_blocks(N * g->qd, 256), 256, 0, g->s>>>(g->dao, g->doh, N, g->H, g->Dh, g->T);
+    AVC_LAUNCHED();
+    if (g->flash)
+        AVC_OK(avf_backward(a.qh, a.kh, a.vh, g->doh, g->dao, a.ao, a.lse, g->Dv, g->oh, g->oh2, g->oh3, g->B, g->T,
+                            g->H, g->KV, g->Dh, g->s));
+    else
+        AVC_OK(attention_bwd_naive(g, a, T, Dh, grp, nb, scale));
     int half = g->Dh / 2;
     k_heads_to_tokens<<<avc_blocks(N * g->H * half, 256), 256, 0, g->s>>>(g->oh, g->dq, N, g->H, g->Dh, g->T,
                                                                            g->rope_cos, g->rope_sin);
@@ -481,6 +496,22 @@ averis_status setup(avc_model *g, const model *m) {
         AVC_OK(gq_check(r, N, qd, C));
         AVC_OK(gq_check(r, N, C, kvd));
     }
+    /* Attention: cuBLAS with P materialised (faster here: 159 vs 501 ms per
+     * 0.6B step, bench/results) unless P would take over a quarter of the GPU's
+     * memory, then flash.cu; AVERIS_ATTN=flash|naive forces one. */
+    {
+        const char *attn = getenv("AVERIS_ATTN");
+        int sup = avf_supported(g->T, g->Dh);
+        if (attn && strcmp(attn, "flash") && strcmp(attn, "naive"))
+            return averis_fail(AVERIS_EINVAL, "AVERIS_ATTN=%s: want flash or naive", attn);
+        if (attn && !strcmp(attn, "flash") && !sup)
+            return averis_fail(AVERIS_EUNSUPPORTED, "AVERIS_ATTN=flash needs seq %% 64 == 0 and head_dim 32, 64 or 128 (got %d, %d)",
+                               g->T, g->Dh);
+        double p_bytes = (double)g->B * g->H * g->T * (double)g->T * (2.0 * c.num_hidden_layers + 6.0);
+        size_t free_b = 0, total_b = 0;
+        AVC_TRY(cudaMemGetInfo(&free_b, &total_b));
+        g->flash = attn ? !strcmp(attn, "flash") : sup && p_bytes > 0.25 * (double)total_b;
+    }
     g->nparams = m->nparams;
     g->tensors.assign(m->tensors, m->tensors + m->ntensors);
     AVC_TRY(cudaStreamCreateWithFlags(&g->s, cudaStreamNonBlocking));
@@ -528,7 +559,8 @@ averis_status setup(avc_model *g, const model *m) {
         AVC_OK(g->alloc(&a.rstd2, N)); AVC_OK(g->alloc(&a.g, N * F)); AVC_OK(g->alloc(&a.u, N * F));
         AVC_OK(g->alloc(&a.a, N * F));
         AVC_OK(g->alloc(&a.qh, N * qd)); AVC_OK(g->alloc(&a.kh, N * kvd)); AVC_OK(g->alloc(&a.vh, N * kvd));
-        AVC_OK(g->alloc(&a.P, (int64_t)g->B * g->H * T * T));
+        if (g->flash) AVC_OK(g->alloc(&a.lse, (int64_t)g->B * g->H * T));
+        else AVC_OK(g->alloc(&a.P, (int64_t)g->B * g->H * T * T));
         gq_x *ins[4] = {&a.in_h1, &a.in_ao, &a.in_h2, &a.in_a};
         const float *xs[4] = {a.h1, a.ao, a.h2, a.a};
         int64_t ms[4] = {C, qd, C, F};
@@ -542,7 +574,12 @@ averis_status setup(avc_model *g, const model *m) {
     }
     AVC_OK(g->alloc(&g->x_out, N * C)); AVC_OK(g->alloc(&g->hf, N * C)); AVC_OK(g->alloc(&g->rstd_f, N));
     AVC_OK(g->alloc(&g->tok_loss, N)); AVC_OK(g->alloc(&g->hf_bf16, N * C));
-    AVC_OK(g->alloc(&g->S, (int64_t)g->B * g->H * T * T)); AVC_OK(g->alloc(&g->dS, (int64_t)g->B * g->H * T * T));
+    if (g->flash) {
+        AVC_OK(g->alloc(&g->Dv, (int64_t)g->B * g->H * T));
+    } else {
+        AVC_OK(g->alloc(&g->S, (int64_t)g->B * g->H * T * T));
+        AVC_OK(g->alloc(&g->dS, (int64_t)g->B * g->H * T * T));
+    }
     AVC_OK(g->alloc(&g->oh, N * std::max(qd, kvd))); AVC_OK(g->alloc(&g->oh2, N * kvd)); AVC_OK(g->alloc(&g->oh3, N * kvd));
     AVC_OK(g->alloc(&g->doh, N * qd));
     g->chunk = std::min<int64_t>(N, std::max<int64_t>(16, ((int64_t)1 << 28) / V)); /* ≤ 1.5 GiB of logits */

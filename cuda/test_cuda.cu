@@ -326,14 +326,129 @@ static void test_qlinear_vs_cpu(void) {
     }
 }
 
+/* Flash attention (cuda/flash.cu) against causal GQA attention in fp64 on the
+ * same BF16 inputs: O, dQ, dK, dV. P and dS pass through BF16 on the GPU,
+ * so the bound is BF16-sized (2e-2 relative; measured values printed). */
+static void test_flash_attention(void) {
+    trng r = {31};
+    const int cases[][5] = {{2, 4, 2, 128, 32}, {1, 4, 4, 64, 64}, {1, 16, 8, 192, 128}}; /* B H KV T Dh */
+    for (const auto &cs : cases) {
+        int B = cs[0], H = cs[1], KV = cs[2], T = cs[3], Dh = cs[4], grp = H / KV;
+        size_t nq = (size_t)B * H * T * Dh, nk = (size_t)B * KV * T * Dh;
+        std::vector<uint16_t> q(nq), k(nk), v(nk), dob(nq);
+        std::vector<float> qf(nq), kf(nk), vf(nk), dof(nq);
+        auto fill = [&](std::vector<uint16_t> &b, std::vector<float> &f, float sc) {
+            for (size_t i = 0; i < b.size(); i++) {
+                b[i] = nvfp4_bf16_from_f32(sc * trng_normal(&r));
+                f[i] = nvfp4_bf16_to_f32(b[i]);
+            }
+        };
+        fill(q, qf, 1.5f), fill(k, kf, 1.5f), fill(v, vf, 1.0f), fill(dob, dof, 1.0f);
+        double scale = 1.0 / sqrt((double)Dh);
+        /* reference, fp64: O token-major [B·T, H·Dh]; grads head-major */
+        std::vector<double> O((size_t)B * T * H * Dh), dQ(nq, 0.0), dK(nk, 0.0), dV(nk, 0.0);
+        std::vector<double> P(T), dP(T);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                int g = h / grp;
+                const float *Q = &qf[((size_t)(b * H + h) * T) * Dh], *K = &kf[((size_t)(b * KV + g) * T) * Dh],
+                            *V = &vf[((size_t)(b * KV + g) * T) * Dh], *dO = &dof[((size_t)(b * H + h) * T) * Dh];
+                for (int t = 0; t < T; t++) {
+                    double mx = -1e300, sum = 0.0;
+                    for (int j = 0; j <= t; j++) {
+                        double sdot = 0.0;
+                        for (int d = 0; d < Dh; d++) sdot += (double)Q[t * Dh + d] * K[j * Dh + d];
+                        P[j] = sdot * scale;
+                        mx = P[j] > mx ? P[j] : mx;
+                    }
+                    for (int j = 0; j <= t; j++) sum += (P[j] = exp(P[j] - mx));
+                    for (int j = 0; j <= t; j++) P[j] /= sum;
+                    double *o = &O[(((size_t)b * T + t) * H + h) * Dh];
+                    for (int d = 0; d < Dh; d++) {
+                        double acc = 0.0;
+                        for (int j = 0; j <= t; j++) acc += P[j] * V[j * Dh + d];
+                        o[d] = acc;
+                    }
+                    double pdp = 0.0;
+                    for (int j = 0; j <= t; j++) {
+                        double acc = 0.0;
+                        for (int d = 0; d < Dh; d++) acc += (double)dO[t * Dh + d] * V[j * Dh + d];
+                        dP[j] = acc;
+                        pdp += P[j] * acc;
+                    }
+                    for (int j = 0; j <= t; j++) {
+                        double ds = P[j] * (dP[j] - pdp) * scale;
+                        for (int d = 0; d < Dh; d++) {
+                            dQ[((size_t)(b * H + h) * T + t) * Dh + d] += ds * K[j * Dh + d];
+                            dK[((size_t)(b * KV + g) * T + j) * Dh + d] += ds * Q[t * Dh + d];
+                            dV[((size_t)(b * KV + g) * T + j) * Dh + d] += P[j] * dO[t * Dh + d];
+                        }
+                    }
+                }
+            }
+        /* device */
+        uint16_t *dq_in = dev_copy(q.data(), nq), *dk_in = dev_copy(k.data(), nk), *dv_in = dev_copy(v.data(), nk),
+                 *ddo = dev_copy(dob.data(), nq);
+        std::vector<float> dof_tok((size_t)B * T * H * Dh); /* dO token-major fp32 for D = rowsum(dO⊙O) */
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++)
+                    for (int d = 0; d < Dh; d++)
+                        dof_tok[(((size_t)b * T + t) * H + h) * Dh + d] = dof[(((size_t)b * H + h) * T + t) * Dh + d];
+        float *ddao = dev_copy(dof_tok.data(), dof_tok.size());
+        float *dao_out, *dlse, *dDv, *gq, *gk, *gv;
+        DEV(cudaMalloc(&dao_out, O.size() * 4));
+        DEV(cudaMalloc(&dlse, (size_t)B * H * T * 4));
+        DEV(cudaMalloc(&dDv, (size_t)B * H * T * 4));
+        DEV(cudaMalloc(&gq, nq * 4));
+        DEV(cudaMalloc(&gk, nk * 4));
+        DEV(cudaMalloc(&gv, nk * 4));
+        DEV(cudaMemset(dao_out, 0xFF, O.size() * 4));
+        DEV(cudaMemset(gq, 0xFF, nq * 4));
+        DEV(cudaMemset(gk, 0xFF, nk * 4));
+        DEV(cudaMemset(gv, 0xFF, nk * 4));
+        typedef const __nv_bfloat16 *cbp;
+        CHECK(avf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
+              "flash forward: %s", averis_last_error());
+        CHECK(avf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, dlse, dDv, gq, gk, gv, B, T, H, KV,
+                           Dh, 0) == AVERIS_OK,
+              "flash backward: %s", averis_last_error());
+        DEV(cudaDeviceSynchronize());
+        auto rel = [](const std::vector<float> &got, const std::vector<double> &ref) {
+            double num = 0, den = 0;
+            for (size_t i = 0; i < ref.size(); i++) {
+                double d = (double)got[i] - ref[i];
+                num += d * d;
+                den += ref[i] * ref[i];
+            }
+            return sqrt(num / den); /* NaN (an unwritten element) fails the bound */
+        };
+        double eo = rel(host_copy(dao_out, O.size()), O), eq = rel(host_copy(gq, nq), dQ), ek = rel(host_copy(gk, nk), dK),
+               ev = rel(host_copy(gv, nk), dV);
+        printf("  flash B%d H%d KV%d T%d Dh%d: O %.2e dQ %.2e dK %.2e dV %.2e\n", B, H, KV, T, Dh, eo, eq, ek, ev);
+        CHECK(eo <= 2e-2 && eq <= 2e-2 && ek <= 2e-2 && ev <= 2e-2,
+              "flash attention Dh %d: relative errors O %.3g dQ %.3g dK %.3g dV %.3g exceed 2e-2", Dh, eo, eq, ek, ev);
+        cudaFree(dq_in); cudaFree(dk_in); cudaFree(dv_in); cudaFree(ddo); cudaFree(ddao);
+        cudaFree(dao_out); cudaFree(dlse); cudaFree(dDv); cudaFree(gq); cudaFree(gk); cudaFree(gv);
+    }
+}
+
 extern "C" void test_model_vs_cpu(void); /* model_check.cu */
+/* the model check again with attention through flash.cu */
+static void test_model_vs_cpu_flash(void) {
+    setenv("AVERIS_ATTN", "flash", 1);
+    test_model_vs_cpu();
+    unsetenv("AVERIS_ATTN");
+}
 
 static const test_case k_tests[] = {
     {"quantize_bitexact", test_quantize_bitexact},
     {"transposed_copies", test_transposed_copies},
     {"colstats_bitexact", test_colstats_bitexact},
     {"qlinear_vs_cpu", test_qlinear_vs_cpu},
+    {"flash_attention", test_flash_attention},
     {"model_vs_cpu", test_model_vs_cpu},
+    {"model_vs_cpu_flash", test_model_vs_cpu_flash},
 };
 
 int main(int argc, char **argv) {

@@ -60,13 +60,16 @@ step "tiny: first 50 steps, CPU vs GPU"
 # lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
 # steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
 TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
-for r in bf16 averis; do
-    rm -rf "$RUNS/tiny_cpu_$r" "$RUNS/tiny_gpu_$r"
-    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")"
-    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$r" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$r.err" || note_fail "gpu train $r: $(tail -1 "$RUNS/tiny_gpu_$r.err")"
+# averis:flash = the GPU run with attention through cuda/flash.cu (AVERIS_ATTN=flash)
+for spec in bf16 averis averis:flash; do
+    r=${spec%%:*} attn=naive tag=$spec
+    [[ $spec == *:flash ]] && attn=flash tag=${r}_flash
+    rm -rf "$RUNS/tiny_cpu_$tag" "$RUNS/tiny_gpu_$tag"
+    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$tag" >/dev/null 2>"$RUNS/tiny_cpu_$tag.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$tag.err")"
+    AVERIS_ATTN=$attn build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$tag" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$tag.err" || note_fail "gpu train $spec: $(tail -1 "$RUNS/tiny_gpu_$tag.err")"
     # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
     # (measured: bf16 4e-5, averis 8e-4)
-    python3 - "$RUNS/tiny_cpu_$r/log.csv" "$RUNS/tiny_gpu_$r/log.csv" $r <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
+    python3 - "$RUNS/tiny_cpu_$tag/log.csv" "$RUNS/tiny_gpu_$tag/log.csv" $spec <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
 import csv, sys
 a = list(csv.DictReader(open(sys.argv[1]))); b = list(csv.DictReader(open(sys.argv[2])))
 assert len(a) == len(b) == 50, (len(a), len(b))
@@ -82,7 +85,7 @@ ok = first <= tol_first and max(d) <= tol and all(abs(x - y) / x <= tol for x, y
 print("within bounds (step 1: %.0e, every step and val: %.0e)" % (tol_first, tol) if ok else "OUT OF BOUNDS")
 sys.exit(0 if ok else 1)
 EOF
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "tiny $r losses"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "tiny $spec losses"
 done
 
 step "checkpoints: GPU checkpoint read by the CPU build, and resumed on the CPU"
@@ -114,6 +117,9 @@ if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
     step "bench: Qwen3-0.6B training step"
     build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
+    echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"
+    AVERIS_ATTN=flash build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+        | tail -5 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
     if [[ "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
         step "peer: the same step in PyTorch (eager, torch.compile)"
         PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/bench_torch.txt"
