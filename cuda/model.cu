@@ -604,17 +604,10 @@ averis_status setup(avc_model *g, const model *m) {
     AVC_OK(g->alloc(&g->normw_part, np));
     AVC_OK(g->alloc(&g->norm_part, ((int64_t)g->nparams + 65535) / 65536));
     AVC_OK(g->alloc(&g->tok, N)); AVC_OK(g->alloc(&g->tgt, N)); AVC_OK(g->alloc(&g->emb_idx, 3 * N + 1));
-    /* rotary tables as model.c computes them */
+    /* the CPU model's rotary tables */
     int64_t half = g->Dh / 2;
     std::vector<float> cs((size_t)(T * half)), sn((size_t)(T * half));
-    for (int64_t i = 0; i < half; i++) {
-        float inv = (float)(1.0 / pow(c.rope_theta, (double)(2 * i) / (double)g->Dh));
-        for (int64_t t = 0; t < T; t++) {
-            float ang = (float)t * inv;
-            cs[(size_t)(t * half + i)] = (float)cos((double)ang);
-            sn[(size_t)(t * half + i)] = (float)sin((double)ang);
-        }
-    }
+    model_rope_tables(&c, (int)T, cs.data(), sn.data());
     AVC_OK(g->alloc(&g->rope_cos, T * half)); AVC_OK(g->alloc(&g->rope_sin, T * half));
     AVC_TRY(cudaMemcpy(g->rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
     AVC_TRY(cudaMemcpy(g->rope_sin, sn.data(), sn.size() * 4, cudaMemcpyHostToDevice));
@@ -631,14 +624,8 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
     int H = g->H, KV = g->KV, Dh = g->Dh, T = g->T, Lc = c.num_hidden_layers;
     float eps = (float)c.rms_norm_eps;
     cudaStream_t s = g->s;
-    for (int64_t n = 0; n < N; n++) {
-        if (tokens[n] < 0 || tokens[n] >= V)
-            return averis_fail(AVERIS_EINVAL, "token %d at position %lld is outside the vocabulary (0..%lld)", tokens[n],
-                               (long long)n, (long long)V - 1);
-        if (targets[n] < 0 || targets[n] >= V)
-            return averis_fail(AVERIS_EINVAL, "target %d at position %lld is outside the vocabulary (0..%lld)",
-                               targets[n], (long long)n, (long long)V - 1);
-    }
+    AVC_OK(model_check_ids(&c, tokens, N, "token"));
+    AVC_OK(model_check_ids(&c, targets, N, "target"));
     AVC_TRY(cudaMemcpyAsync(g->tok, tokens, N * sizeof(int), cudaMemcpyHostToDevice, s));
     AVC_TRY(cudaMemcpyAsync(g->tgt, targets, N * sizeof(int), cudaMemcpyHostToDevice, s));
     AVC_OK(prep_weights(g));
@@ -754,30 +741,22 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         AVC_OK(gq_backward(r, &a.in_h1, &wo[2], g->dv, g->dh, 1, gw.wv, s0 | 2, &g->scr, s));
         AVC_OK(rmsnorm_bwd(g, g->dx, gw.in_norm, g->dh, a.x_in, a.rstd1, w.in_norm, N, C, 1));
     }
-    /* embedding rows: positions grouped by token on the host, summed in order */
-    std::vector<int> order((size_t)N), idx((size_t)(3 * N + 1));
-    for (int64_t n = 0; n < N; n++) order[(size_t)n] = (int)n;
-    std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return tokens[x] < tokens[y]; });
+    /* embedding rows: positions grouped by token on the host, summed in order.
+     * emb_idx = [uniq: N | start: N+1 | pos: N]; pos is the stable sort order */
+    std::vector<int> idx((size_t)(3 * N + 1));
+    int *uniq = idx.data(), *start = uniq + N, *pos = start + N + 1;
+    for (int64_t n = 0; n < N; n++) pos[n] = (int)n;
+    std::stable_sort(pos, pos + N, [&](int x, int y) { return tokens[x] < tokens[y]; });
     int nu = 0;
-    int *uniq = idx.data(), *start = idx.data() + N, *pos = idx.data() + 2 * N + 1;
-    for (int64_t k = 0; k < N; k++) {
-        int t = tokens[order[(size_t)k]];
-        if (k == 0 || t != tokens[order[(size_t)k - 1]]) {
-            uniq[nu] = t;
-            start[nu] = (int)k;
-            nu++;
+    for (int64_t k = 0; k < N; k++)
+        if (k == 0 || tokens[pos[k]] != tokens[pos[k - 1]]) {
+            uniq[nu] = tokens[pos[k]];
+            start[nu++] = (int)k;
         }
-        pos[k] = order[(size_t)k];
-    }
     start[nu] = (int)N;
-    /* uniq [nu], start [nu+1] (packed after uniq), pos [N] */
-    std::vector<int> packed((size_t)(2 * nu + 1 + N));
-    std::copy(uniq, uniq + nu, packed.begin());
-    std::copy(start, start + nu + 1, packed.begin() + nu);
-    std::copy(pos, pos + N, packed.begin() + 2 * nu + 1);
-    AVC_TRY(cudaMemcpyAsync(g->emb_idx, packed.data(), packed.size() * sizeof(int), cudaMemcpyHostToDevice, s));
+    AVC_TRY(cudaMemcpyAsync(g->emb_idx, idx.data(), idx.size() * sizeof(int), cudaMemcpyHostToDevice, s));
     AVC_PROF("embedding bwd", s);
-    k_embed_bwd<<<(unsigned)nu, 256, 0, s>>>(g->dx, g->emb_idx, g->emb_idx + nu, g->emb_idx + 2 * nu + 1, C, g->g_embed);
+    k_embed_bwd<<<(unsigned)nu, 256, 0, s>>>(g->dx, g->emb_idx, g->emb_idx + N, g->emb_idx + 2 * N + 1, C, g->g_embed);
     AVC_LAUNCHED();
     AVC_TRY(cudaStreamSynchronize(s)); /* the host buffers above must outlive their copies */
     double total = 0.0;

@@ -403,7 +403,6 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         j.rowsum = r->split_x ? scr->sum_d : nullptr;
         AVC_OK(avq_quantize(&j, s));
         if (!x->xt_ready) {
-            if (r->split_x && !r->split_d) return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: split X without D");
             avq_job jx = {};
             jx.src = x->x, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;
             jx.rht = r->rht;

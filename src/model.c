@@ -291,6 +291,26 @@ void model_init_weights(model *m, uint64_t seed) {
     }
 }
 
+void model_rope_tables(const model_config *c, int T, float *cs, float *sn) {
+    size_t half = (size_t)c->head_dim / 2;
+    for (size_t i = 0; i < half; i++) {
+        float inv = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim));
+        for (int t = 0; t < T; t++) {
+            float ang = (float)t * inv;
+            cs[(size_t)t * half + i] = (float)cos((double)ang);
+            sn[(size_t)t * half + i] = (float)sin((double)ang);
+        }
+    }
+}
+
+averis_status model_check_ids(const model_config *c, const int *ids, int64_t n, const char *what) {
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return averis_fail(AVERIS_EINVAL, "%s %d at position %lld is outside the vocabulary (0..%d)", what, ids[i],
+                               (long long)i, c->vocab_size - 1);
+    return AVERIS_OK;
+}
+
 /* ------------------------------------------------------------ activations */
 static averis_status ensure_acts(model *m, int B, int T) {
     const model_config *c = &m->cfg;
@@ -337,18 +357,11 @@ static averis_status ensure_acts(model *m, int B, int T) {
     }
     m->B = B;
     m->T = T;
-    if (m->rope_T < T) { /* cos/sin of pos·θ^(−2i/Dh), the inverse frequency in fp32 as transformers has it */
+    if (m->rope_T < T) {
         size_t half = Dh / 2;
         float *cs = malloc((size_t)T * half * sizeof *cs), *sn = malloc((size_t)T * half * sizeof *sn);
         if (!cs || !sn) { free(cs); free(sn); return averis_fail(AVERIS_ENOMEM, "model: out of memory"); }
-        for (size_t i = 0; i < half; i++) {
-            float inv = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)Dh));
-            for (int t = 0; t < T; t++) {
-                float ang = (float)t * inv;
-                cs[(size_t)t * half + i] = (float)cos((double)ang);
-                sn[(size_t)t * half + i] = (float)sin((double)ang);
-            }
-        }
+        model_rope_tables(c, T, cs, sn);
         free(m->rope_cos); free(m->rope_sin);
         m->rope_cos = cs; m->rope_sin = sn; m->rope_T = T;
     }
@@ -513,10 +526,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
     int H = c->num_attention_heads, KV = c->num_key_value_heads, Dh = c->head_dim;
     int64_t qd = (int64_t)H * Dh, kvd = (int64_t)KV * Dh;
     float eps = (float)c->rms_norm_eps;
-    for (int64_t n = 0; n < N; n++)
-        if (tokens[n] < 0 || tokens[n] >= V)
-            return averis_fail(AVERIS_EINVAL, "token %d at position %lld is outside the vocabulary (0..%lld)",
-                               tokens[n], (long long)n, (long long)V - 1);
+    if ((st = model_check_ids(c, tokens, N, "token"))) return st;
 
     float *x = m->acts[0].x_in;
 #pragma omp parallel for schedule(static)
@@ -562,10 +572,7 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
     m->targets = NULL;
     if (!targets) return AVERIS_OK;
 
-    for (int64_t n = 0; n < N; n++)
-        if (targets[n] < 0 || targets[n] >= V)
-            return averis_fail(AVERIS_EINVAL, "target %d at position %lld is outside the vocabulary (0..%lld)",
-                               targets[n], (long long)n, (long long)V - 1);
+    if ((st = model_check_ids(c, targets, N, "target"))) return st;
     /* softmax in place; −log p_target = log Σ exp(z − max) − (z_target − max) */
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {

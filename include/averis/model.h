@@ -36,6 +36,13 @@ averis_status model_config_validate(const model_config *c, const char *what);
 /* A config.json that transformers' Qwen3ForCausalLM.from_pretrained reads. */
 averis_status model_config_write_hf(const model_config *c, const char *path);
 int64_t model_config_nparams(const model_config *c);
+/* The rotary tables for positions 0..T-1: cos/sin [T × Dh/2] of pos·θ^(−2i/Dh),
+ * the inverse frequency in fp32 as transformers has it (the CPU and GPU
+ * models share them). */
+void model_rope_tables(const model_config *c, int T, float *cos_out, float *sin_out);
+/* Every id of ids [n] is in 0..vocab_size-1, or an error naming the first
+ * that is not; `what` names them ("token", "target"). */
+averis_status model_check_ids(const model_config *c, const int *ids, int64_t n, const char *what);
 
 /* One parameter tensor inside the flat parameter buffer. */
 typedef struct {
