@@ -113,7 +113,7 @@ static int bench_quant(void) {
         }
         double ms = median_ms([&] {
             if (r.mean_split) {
-                avq_colstats(x, rows, cols, cols, mean, res, nullptr, nullptr, 0);
+                avq_colstats(x, 0, rows, cols, cols, mean, res, nullptr, nullptr, 0);
                 j.mean = mean, j.amax_in = res;
             }
             avq_quantize(&j, 0);
@@ -172,6 +172,7 @@ static int bench_step(int argc, char **argv) {
         m.recipe.seed = 7;
         avc_model *g;
         OK(avc_model_create(&g, &m, B, T));
+        if (res.empty()) printf("(%s)\n", avc_model_describe(g));
         std::vector<double> t;
         float loss = 0;
         for (int k = 0; k < steps + 2; k++) {

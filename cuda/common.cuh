@@ -33,6 +33,13 @@ extern "C" averis_status averis_fail(averis_status st, const char *fmt, ...);
 
 static inline unsigned avc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
+/* Activations are fp32 or BF16 (the model's choice, AVERIS_ACT): kernels
+ * load and store either through these, computing in fp32. */
+__device__ __forceinline__ float avc_ld(const float *p) { return *p; }
+__device__ __forceinline__ float avc_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void avc_st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void avc_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
 /* ---------------------------------------------------------------- quant.cu
  * One NVFP4 quantization of a device tensor src [srows × scols] (row stride
  * ld) of float or bf16, along its rows (transpose = 0: the quantized tensor
@@ -64,9 +71,10 @@ averis_status avq_quantize(const avq_job *j, cudaStream_t s);
  * model; avq_ws_bytes says how much a rows×cols tensor needs. */
 void avq_set_workspace(void *ws, size_t bytes);
 size_t avq_ws_bytes(int64_t rows, int64_t cols);
-/* Averis column statistics of x [rows × cols] (exactly nvfp4_colstats):
- * mean [cols], and the residual's amax [1]; col_max/col_min may be NULL. */
-averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
+/* Averis column statistics of x [rows × cols] of fp32 or (bf16_in) BF16,
+ * exactly nvfp4_colstats of its fp32 values: mean [cols], and the
+ * residual's amax [1]; col_max/col_min may be NULL. */
+averis_status avq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
                            float *col_max, float *col_min, cudaStream_t s);
 /* y = bf16(x), n elements */
 averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s);
@@ -92,13 +100,15 @@ void avc_prof_report(int steps);
 
 /* ---------------------------------------------------------------- flash.cu
  * Causal GQA attention without materialising P (see flash.cu). Q, K, V, dO
- * BF16 head-major [B, heads, T, Dh]; ao, dao fp32 token-major [B·T, H·Dh];
- * lse, Dv [B·H·T]; dq [B,H,T,Dh], dk, dv [B,KV,T,Dh] fp32. */
+ * BF16 head-major [B, heads, T, Dh]; ao token-major [B·T, H·Dh], fp32 or
+ * (ao_bf16) BF16; dao fp32 token-major; lse, Dv [B·H·T]; dq [B,H,T,Dh],
+ * dk, dv [B,KV,T,Dh] fp32. */
 int avf_supported(int T, int Dh);
-averis_status avf_forward(const __nv_bfloat16 *qh, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh, float *ao,
-                          float *lse, int B, int T, int H, int KV, int Dh, cudaStream_t s);
+averis_status avf_forward(const __nv_bfloat16 *qh, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh, void *ao,
+                          int ao_bf16, float *lse, int B, int T, int H, int KV, int Dh, cudaStream_t s);
 averis_status avf_backward(const __nv_bfloat16 *qh, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh,
-                           const __nv_bfloat16 *doh, const float *dao, const float *ao, const float *lse, float *Dv,
+                           const __nv_bfloat16 *doh, const float *dao, const void *ao, int ao_bf16, const float *lse,
+                           float *Dv,
                            float *dq, float *dk, float *dv, int B, int T, int H, int KV, int Dh, cudaStream_t s);
 
 #endif

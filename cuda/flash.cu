@@ -73,8 +73,8 @@ template <int DH> __device__ __forceinline__ void mm_acc(float *Acc, const bf16 
     }
 }
 
-template <int DH> __global__ void __launch_bounds__(128)
-k_flash_fwd(const bf16 *qh, const bf16 *kh, const bf16 *vh, float *ao, float *lse, int T, int H, int KV, float scale) {
+template <int DH, typename OT> __global__ void __launch_bounds__(128)
+k_flash_fwd(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, float *lse, int T, int H, int KV, float scale) {
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *sQ = reinterpret_cast<bf16 *>(smem), *sK = sQ + FT * DH, *sV = sK + FT * DH;
     float *sS = reinterpret_cast<float *>(sV + FT * DH);       /* [FW][16][64] */
@@ -116,20 +116,21 @@ k_flash_fwd(const bf16 *qh, const bf16 *kh, const bf16 *vh, float *ao, float *ls
     }
     float inv = 1.0f / l_i;
     int t = qt * FT + warp * 16 + r;
-    float *dst = ao + (((size_t)b * T + t) * H + h) * DH;
-    for (int d = half * (DH / 2); d < (half + 1) * (DH / 2); d++) dst[d] = O[r * DH + d] * inv;
+    OT *dst = ao + (((size_t)b * T + t) * H + h) * DH;
+    for (int d = half * (DH / 2); d < (half + 1) * (DH / 2); d++) avc_st(dst + d, O[r * DH + d] * inv);
     if (half == 0) lse[(size_t)bh * T + t] = m_i + logf(l_i);
 }
 
 /* D[bh][t] = Σ_d dO·O, from the token-major fp32 dao and ao: a warp per row */
-__global__ void k_flash_dvec(const float *dao, const float *ao, float *D, int64_t rows, int T, int H, int DH) {
+template <typename OT>
+__global__ void k_flash_dvec(const float *dao, const OT *ao, float *D, int64_t rows, int T, int H, int DH) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
     uint32_t t = (uint32_t)(row % T), bh = (uint32_t)(row / T), b = bh / H, h = bh % H;
     size_t off = (((size_t)b * T + t) * H + h) * DH;
     float s = 0.0f;
-    for (int d = lane; d < DH; d += 32) s += dao[off + d] * ao[off + d];
+    for (int d = lane; d < DH; d += 32) s += dao[off + d] * avc_ld(ao + off + d);
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) D[row] = s;
@@ -249,15 +250,15 @@ template <int DH> size_t smem_fwd() { return (size_t)3 * FT * DH * 2 + FW * 16 *
 template <int DH> size_t smem_dkdv() { return (size_t)4 * FT * DH * 2 + FW * 16 * 64 * (4 + 2) + 2 * FW * 16 * DH * 4 + 2 * FT * 4; }
 template <int DH> size_t smem_dq() { return (size_t)4 * FT * DH * 2 + FW * 16 * 64 * (4 + 2) + FW * 16 * DH * 4; }
 
-template <int DH>
-averis_status fwd_dh(const bf16 *qh, const bf16 *kh, const bf16 *vh, float *ao, float *lse, int B, int T, int H, int KV,
+template <int DH, typename OT>
+averis_status fwd_dh(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, float *lse, int B, int T, int H, int KV,
                      float scale, cudaStream_t s) {
     static bool attr = false;
     if (!attr) {
-        AVC_TRY(cudaFuncSetAttribute(k_flash_fwd<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_fwd<DH>()));
+        AVC_TRY(cudaFuncSetAttribute(k_flash_fwd<DH, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_fwd<DH>()));
         attr = true;
     }
-    k_flash_fwd<DH><<<dim3(T / FT, B * H), 128, smem_fwd<DH>(), s>>>(qh, kh, vh, ao, lse, T, H, KV, scale);
+    k_flash_fwd<DH, OT><<<dim3(T / FT, B * H), 128, smem_fwd<DH>(), s>>>(qh, kh, vh, ao, lse, T, H, KV, scale);
     AVC_LAUNCHED();
     return AVERIS_OK;
 }
@@ -282,8 +283,9 @@ averis_status bwd_dh(const bf16 *qh, const bf16 *kh, const bf16 *vh, const bf16 
 
 int avf_supported(int T, int Dh) { return T % FT == 0 && (Dh == 32 || Dh == 64 || Dh == 128); }
 
-averis_status avf_forward(const bf16 *qh, const bf16 *kh, const bf16 *vh, float *ao, float *lse, int B, int T, int H,
-                          int KV, int Dh, cudaStream_t s) {
+template <typename OT>
+averis_status fwd_any(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, float *lse, int B, int T, int H, int KV,
+                      int Dh, cudaStream_t s) {
     float scale = 1.0f / sqrtf((float)Dh);
     switch (Dh) {
     case 32: return fwd_dh<32>(qh, kh, vh, ao, lse, B, T, H, KV, scale, s);
@@ -293,11 +295,20 @@ averis_status avf_forward(const bf16 *qh, const bf16 *kh, const bf16 *vh, float 
     return averis_fail(AVERIS_EUNSUPPORTED, "flash attention: head_dim %d", Dh);
 }
 
+averis_status avf_forward(const bf16 *qh, const bf16 *kh, const bf16 *vh, void *ao, int ao_bf16, float *lse, int B,
+                          int T, int H, int KV, int Dh, cudaStream_t s) {
+    if (ao_bf16) return fwd_any(qh, kh, vh, static_cast<bf16 *>(ao), lse, B, T, H, KV, Dh, s);
+    return fwd_any(qh, kh, vh, static_cast<float *>(ao), lse, B, T, H, KV, Dh, s);
+}
+
 averis_status avf_backward(const bf16 *qh, const bf16 *kh, const bf16 *vh, const bf16 *doh, const float *dao,
-                           const float *ao, const float *lse, float *Dv, float *dq, float *dk, float *dv, int B, int T,
-                           int H, int KV, int Dh, cudaStream_t s) {
+                           const void *ao, int ao_bf16, const float *lse, float *Dv, float *dq, float *dk, float *dv,
+                           int B, int T, int H, int KV, int Dh, cudaStream_t s) {
     int64_t rows = (int64_t)B * H * T;
-    k_flash_dvec<<<avc_blocks(rows * 32, 256), 256, 0, s>>>(dao, ao, Dv, rows, T, H, Dh);
+    if (ao_bf16)
+        k_flash_dvec<<<avc_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const bf16 *>(ao), Dv, rows, T, H, Dh);
+    else
+        k_flash_dvec<<<avc_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const float *>(ao), Dv, rows, T, H, Dh);
     AVC_LAUNCHED();
     float scale = 1.0f / sqrtf((float)Dh);
     switch (Dh) {

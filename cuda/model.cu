@@ -1,7 +1,9 @@
 /* model.cu — the Qwen3 decoder of src/model.c on the GPU: the same math,
- * parameters, recipes and SR streams, with fp32 master weights and fp32
- * activations between the kernels; every GEMM runs on BF16 operands with
- * fp32 accumulation (exact NVFP4 emulation for the quantized linears).
+ * parameters, recipes and SR streams, with fp32 master weights, an fp32
+ * residual stream and BF16 activations between the kernels (fp32 with
+ * AVERIS_ACT=fp32: forward_backward<A> is one template for both); every
+ * GEMM runs on BF16 operands with fp32 accumulation (exact NVFP4 emulation
+ * for the quantized linears).
  *
  *   x      = E[tokens]                                      k_embed
  *   block (×L):
@@ -14,8 +16,8 @@
  *     h2   = RMSNorm(x)·w_post; x = x + qlin_d(silu(qlin_g(h2))⊙qlin_u(h2))
  *   loss   = CE((RMSNorm(x)·w_f)·Eᵀ)                        chunks of tokens: logits,
  *                                                           loss and dlogits together
- * Attention materialises P (BF16, B·H·T² per layer) instead of a flash
- * kernel: simple and exact, and memory-hungry at long T.
+ * Attention materialises P (BF16, B·H·T² per layer) by default, and runs
+ * flash.cu where P would not fit (see setup).
  * Determinism: no float atomics; reductions run in fixed orders, so a run
  * replays bit for bit on the same GPU.
  */
@@ -41,8 +43,9 @@ __global__ void k_embed(const int *tok, const float *E, float *x, int64_t N, int
     if (i < N * C) x[i] = E[(int64_t)tok[i32 / c32] * C + i32 % c32];
 }
 
-/* y = w·(x·rstd), rstd = (mean x² + ε)^-½: one warp per row */
-__global__ void k_rmsnorm(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t d, float eps) {
+/* y = w·(x·rstd), rstd = (mean x² + ε)^-½: one warp per row; y fp32 or BF16 */
+template <typename Y>
+__global__ void k_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int64_t rows, int64_t d, float eps) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -53,35 +56,44 @@ __global__ void k_rmsnorm(const float *x, const float *w, float *y, float *rstd,
     for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (lane == 0) rstd[r] = rs;
-    for (int64_t i = lane; i < d; i += 32) y[r * d + i] = w[i] * (xr[i] * rs);
+    for (int64_t i = lane; i < d; i += 32) avc_st(y + r * d + i, w[i] * (xr[i] * rs));
 }
 
-/* dx (= or +=) rstd·(dy·w − x̂·mean(dy·w·x̂)), x̂ = x·rstd: one warp per row */
-__global__ void k_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *rstd, const float *w, int64_t rows,
-                              int64_t d, int acc) {
+/* dx (= or +=) rstd·(dy·w − x̂·mean(dy·w·x̂)), x̂ = x·rstd: one warp per row.
+ * x + mb: mb (or NULL) is the split recipes' fp32 mean term beside a BF16 x,
+ * [nh·d] for rows (token, head) (see gq_forward) */
+template <typename X>
+__global__ void k_rmsnorm_bwd(float *dx, const float *dy, const X *x, const float *mb, int nh, const float *rstd,
+                              const float *w, int64_t rows, int64_t d, int acc) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
-    const float *xr = x + r * d, *dyr = dy + r * d;
+    const X *xr = x + r * d;
+    const float *dyr = dy + r * d, *mr = mb ? mb + ((uint32_t)r % (uint32_t)nh) * d : nullptr;
     float rs = rstd[r], dot = 0.0f;
-    for (int64_t i = lane; i < d; i += 32) dot += dyr[i] * w[i] * (xr[i] * rs);
+    for (int64_t i = lane; i < d; i += 32) dot += dyr[i] * w[i] * ((avc_ld(xr + i) + (mr ? mr[i] : 0.0f)) * rs);
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     dot /= (float)d;
     for (int64_t i = lane; i < d; i += 32) {
-        float v = rs * (dyr[i] * w[i] - (xr[i] * rs) * dot);
+        float v = rs * (dyr[i] * w[i] - ((avc_ld(xr + i) + (mr ? mr[i] : 0.0f)) * rs) * dot);
         dx[r * d + i] = acc ? dx[r * d + i] + v : v;
     }
 }
 
 /* part[c][i] = Σ_{rows of chunk c} dy·x·rstd (the norm weight's gradient) */
 enum { NORM_CHUNK = 256 };
-__global__ void k_normw_part(const float *dy, const float *x, const float *rstd, int64_t rows, int64_t d, float *part) {
+template <typename X>
+__global__ void k_normw_part(const float *dy, const X *x, const float *mb, int nh, const float *rstd, int64_t rows,
+                             int64_t d, float *part) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
     if (i >= d) return;
     int64_t r0 = c * NORM_CHUNK, r1 = min(r0 + (int64_t)NORM_CHUNK, rows);
     float s = 0.0f;
-    for (int64_t r = r0; r < r1; r++) s += dy[r * d + i] * (x[r * d + i] * rstd[r]);
+    for (int64_t r = r0; r < r1; r++) {
+        float xv = avc_ld(x + r * d + i) + (mb ? mb[((uint32_t)r % (uint32_t)nh) * d + i] : 0.0f);
+        s += dy[r * d + i] * (xv * rstd[r]);
+    }
     part[c * d + i] = s;
 }
 __global__ void k_normw_sum(const float *part, int64_t nchunk, int64_t d, float *dw) {
@@ -95,7 +107,8 @@ __global__ void k_normw_sum(const float *part, int64_t nchunk, int64_t d, float 
 /* Per (token n, head h): head RMSNorm with weight w [Dh], then the rotary
  * pairs (i, i+Dh/2) by position t = n mod T; writes fp32-exact BF16 to the
  * head-major out [B, nh, T, Dh] and rstd [N·nh]. One warp per (n, h). */
-__global__ void k_headnorm_rope(const float *raw, const float *w, const float *cs, const float *sn, int64_t N, int nh,
+template <typename A>
+__global__ void k_headnorm_rope(const A *raw, const float *mb, const float *w, const float *cs, const float *sn, int64_t N, int nh,
                                 int Dh, int T, float eps, float *rstd, __nv_bfloat16 *out) {
     extern __shared__ float sm[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -105,14 +118,17 @@ __global__ void k_headnorm_rope(const float *raw, const float *w, const float *c
     uint32_t n = (uint32_t)row / (uint32_t)nh;
     int h = (int)((uint32_t)row - n * (uint32_t)nh), b = (int)(n / (uint32_t)T), t = (int)(n - (uint32_t)b * T),
         half = Dh / 2;
-    const float *x = raw + row * Dh;
+    const A *x = raw + row * Dh;
+    const float *m = mb ? mb + h * Dh : nullptr; /* the split recipes' fp32 mean term, or NULL */
+    for (int i = lane; i < Dh; i += 32) v[i] = avc_ld(x + i) + (m ? m[i] : 0.0f);
+    __syncwarp();
     float ss = 0.0f;
-    for (int i = lane; i < Dh; i += 32) ss += x[i] * x[i];
+    for (int i = lane; i < Dh; i += 32) ss += v[i] * v[i];
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     float rs = 1.0f / sqrtf(ss / (float)Dh + eps);
     if (lane == 0) rstd[row] = rs;
-    for (int i = lane; i < Dh; i += 32) v[i] = w[i] * (x[i] * rs);
+    for (int i = lane; i < Dh; i += 32) v[i] = w[i] * (v[i] * rs);
     __syncwarp();
     __nv_bfloat16 *o = out + (((int64_t)b * nh + h) * T + t) * Dh;
     const float *c = cs + (int64_t)t * half, *s = sn + (int64_t)t * half;
@@ -123,18 +139,20 @@ __global__ void k_headnorm_rope(const float *raw, const float *w, const float *c
     }
 }
 
-/* [N, nh, Dh] fp32 → [B, nh, T, Dh] BF16 */
-__global__ void k_tokens_to_heads(const float *x, __nv_bfloat16 *y, int64_t N, int nh, int Dh, int T) {
+/* [N, nh, Dh] fp32 or BF16 (+ mb [nh·Dh], a mean term, or NULL) → [B, nh, T, Dh] BF16 */
+template <typename X>
+__global__ void k_tokens_to_heads(const X *x, const float *mb, __nv_bfloat16 *y, int64_t N, int nh, int Dh, int T) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N * nh * Dh) return;
     uint32_t i32 = (uint32_t)i, q = i32 / (uint32_t)Dh, d = i32 - q * (uint32_t)Dh;
     uint32_t n = q / (uint32_t)nh, h = q - n * (uint32_t)nh, b = n / (uint32_t)T, t = n - b * (uint32_t)T;
-    y[(((int64_t)b * nh + h) * T + t) * Dh + d] = __float2bfloat16_rn(x[i]);
+    y[(((int64_t)b * nh + h) * T + t) * Dh + d] = __float2bfloat16_rn(avc_ld(x + i) + (mb ? mb[h * Dh + d] : 0.0f));
 }
 
-/* [B, nh, T, Dh] fp32 → [N, nh, Dh] fp32, optionally rotating each pair
- * back (the RoPE backward: the same rotation with −sin) */
-__global__ void k_heads_to_tokens(const float *x, float *y, int64_t N, int nh, int Dh, int T, const float *cs,
+/* [B, nh, T, Dh] fp32 → [N, nh, Dh] fp32 or BF16, optionally rotating each
+ * pair back (the RoPE backward: the same rotation with −sin) */
+template <typename Y>
+__global__ void k_heads_to_tokens(const float *x, Y *y, int64_t N, int nh, int Dh, int T, const float *cs,
                                   const float *sn) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int half = Dh / 2;
@@ -143,14 +161,14 @@ __global__ void k_heads_to_tokens(const float *x, float *y, int64_t N, int nh, i
     uint32_t i32 = (uint32_t)i, q = i32 / (uint32_t)per, d = i32 - q * (uint32_t)per;
     uint32_t n = q / (uint32_t)nh, h = q - n * (uint32_t)nh, b = n / (uint32_t)T, t = n - b * (uint32_t)T;
     const float *src = x + (((int64_t)b * nh + h) * T + t) * Dh;
-    float *dst = y + ((int64_t)n * nh + h) * Dh;
+    Y *dst = y + ((int64_t)n * nh + h) * Dh;
     if (!cs) {
-        dst[d] = src[d];
+        avc_st(dst + d, src[d]);
         return;
     }
     float a = src[d], bb = src[d + half], c = cs[(int64_t)t * half + d], s = -sn[(int64_t)t * half + d];
-    dst[d] = a * c - bb * s;
-    dst[d + half] = bb * c + a * s;
+    avc_st(dst + d, a * c - bb * s);
+    avc_st(dst + d + half, bb * c + a * s);
 }
 
 /* P = softmax over j ≤ t of S (scaled already), BF16, zeros above the
@@ -192,20 +210,37 @@ __global__ void k_softmax_bwd(const __nv_bfloat16 *P, const float *dP, __nv_bflo
         ds[j] = __float2bfloat16_rn(j <= t ? __bfloat162float(p[j]) * (dp[j] - pdp) * scale : 0.0f);
 }
 
-__global__ void k_swiglu(const float *g, const float *u, float *a, int64_t n) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float gv = g[i];
-        a[i] = gv / (1.0f + expf(-gv)) * u[i];
+/* g, u [n/F × F] fp32 or BF16, each + its mean term [F] (mg, mu, or NULL) */
+template <typename A>
+__device__ __forceinline__ void gu_load(const A *g, const A *u, const float *mg, const float *mu, int64_t i, int64_t F,
+                                        float &gv, float &uv) {
+    gv = avc_ld(g + i), uv = avc_ld(u + i);
+    if (mg) {
+        uint32_t c = (uint32_t)i % (uint32_t)F;
+        gv += mg[c], uv += mu[c];
     }
 }
 
-__global__ void k_swiglu_bwd(const float *da, const float *g, const float *u, float *dg, float *du, int64_t n) {
+template <typename A>
+__global__ void k_swiglu(const A *g, const A *u, const float *mg, const float *mu, A *a, int64_t n, int64_t F) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float gv = g[i], sg = 1.0f / (1.0f + expf(-gv));
+        float gv, uv;
+        gu_load(g, u, mg, mu, i, F, gv, uv);
+        avc_st(a + i, gv / (1.0f + expf(-gv)) * uv);
+    }
+}
+
+template <typename A>
+__global__ void k_swiglu_bwd(const float *da, const A *g, const A *u, const float *mg, const float *mu, float *dg,
+                             float *du, int64_t n, int64_t F) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float gv, uv;
+        gu_load(g, u, mg, mu, i, F, gv, uv);
+        float sg = 1.0f / (1.0f + expf(-gv));
         du[i] = da[i] * (gv * sg);
-        dg[i] = da[i] * u[i] * (sg * (1.0f + gv * (1.0f - sg)));
+        dg[i] = da[i] * uv * (sg * (1.0f + gv * (1.0f - sg)));
     }
 }
 
@@ -294,7 +329,11 @@ __global__ void k_sumsq(const float *g, int64_t n, double *part) {
 
 /* ========================================================= the model */
 struct layer_io {
-    float *x_in, *h1, *rstd1, *q_raw, *k_raw, *v, *rstd_q, *rstd_k, *ao, *x_mid, *h2, *rstd2, *g, *u, *a;
+    float *x_in, *x_mid, *rstd1, *rstd_q, *rstd_k, *rstd2; /* fp32: the residual stream, norm statistics */
+    void *h1, *q_raw, *k_raw, *v, *ao, *h2, *g, *u, *a;    /* activations: fp32 or BF16 (avc_model.act_bf16) */
+    /* BF16 activations under a split recipe: q_raw … u hold the residual
+     * product, their fp32 mean terms live here (gq_forward's mean_out) */
+    float *mb_q, *mb_k, *mb_v, *mb_g, *mb_u;
     __nv_bfloat16 *qh, *kh, *vh, *P; /* P: the materialising path only */
     float *lse;                      /* [B·H·T] flash path: log Σ exp of each score row */
     gq_x in_h1, in_ao, in_h2, in_a;
@@ -310,7 +349,9 @@ struct avc_model {
     model_config cfg;
     qlin_recipe recipe, bf16_recipe;
     int bf16_last;
-    int flash; /* attention by cuda/flash.cu (else cuBLAS + materialised P) */
+    int flash;    /* attention by cuda/flash.cu (else cuBLAS + materialised P) */
+    int act_bf16; /* activations between kernels in BF16 (else fp32); the residual stream stays fp32 */
+    char desc[128];
     int B, T;
     int64_t N, C, F, V, qd, kvd;
     int H, KV, Dh;
@@ -324,7 +365,7 @@ struct avc_model {
     __nv_bfloat16 *head_bf16 = nullptr;
     int weights_ready = 0;
     std::vector<layer_io> L;
-    float *x_out = nullptr, *hf = nullptr, *rstd_f = nullptr, *tok_loss = nullptr;
+    float *x_out = nullptr, *hf = nullptr, *rstd_f = nullptr, *tok_loss = nullptr; /* hf: fp32 activations only */
     __nv_bfloat16 *hf_bf16 = nullptr;
     float *rope_cos = nullptr, *rope_sin = nullptr;
     /* transient */
@@ -358,6 +399,13 @@ struct avc_model {
         *p = static_cast<T *>(q);
         return AVERIS_OK;
     }
+    /* n activation elements (fp32 or BF16) */
+    averis_status alloc_act(void **p, int64_t n) {
+        char *q = nullptr;
+        AVC_OK(alloc(&q, n * (act_bf16 ? 2 : 4)));
+        *p = q;
+        return AVERIS_OK;
+    }
     const qlin_recipe *rec(int l) const { return l >= cfg.num_hidden_layers - bf16_last ? &bf16_recipe : &recipe; }
 };
 
@@ -374,13 +422,17 @@ averis_status bgemm(avc_model *g, int transA, int transB, int64_t M, int64_t N, 
     return AVERIS_OK;
 }
 
-averis_status rmsnorm_bwd(avc_model *g, float *dx, float *dw, const float *dy, const float *x, const float *rstd,
-                          const float *w, int64_t rows, int64_t d, int acc) {
+/* the norm backward of x (+ mb, a mean term for rows (token, head) of nh
+ * heads, or NULL) */
+template <typename X>
+averis_status rmsnorm_bwd(avc_model *g, float *dx, float *dw, const float *dy, const X *x, const float *mb, int nh,
+                          const float *rstd, const float *w, int64_t rows, int64_t d, int acc) {
     AVC_PROF("norms bwd", g->s);
-    k_rmsnorm_bwd<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(dx, dy, x, rstd, w, rows, d, acc);
+    k_rmsnorm_bwd<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(dx, dy, x, mb, nh, rstd, w, rows, d, acc);
     AVC_LAUNCHED();
     int64_t nchunk = (rows + NORM_CHUNK - 1) / NORM_CHUNK;
-    k_normw_part<<<dim3(avc_blocks(d, 128), (unsigned)nchunk), 128, 0, g->s>>>(dy, x, rstd, rows, d, g->normw_part);
+    k_normw_part<<<dim3(avc_blocks(d, 128), (unsigned)nchunk), 128, 0, g->s>>>(dy, x, mb, nh, rstd, rows, d,
+                                                                            g->normw_part);
     AVC_LAUNCHED();
     k_normw_sum<<<avc_blocks(d, 128), 128, 0, g->s>>>(g->normw_part, nchunk, d, dw);
     AVC_LAUNCHED();
@@ -398,9 +450,9 @@ averis_status prep_weights(avc_model *g) {
 }
 
 /* Attention forward of layer l: S = Q·Kᵀ/√Dh, P = softmax, ao = P·V */
-averis_status attention_fwd(avc_model *g, layer_io &a) {
+template <typename A> averis_status attention_fwd(avc_model *g, layer_io &a) {
     AVC_PROF("attention fwd", g->s);
-    if (g->flash) return avf_forward(a.qh, a.kh, a.vh, a.ao, a.lse, g->B, g->T, g->H, g->KV, g->Dh, g->s);
+    if (g->flash) return avf_forward(a.qh, a.kh, a.vh, a.ao, g->act_bf16, a.lse, g->B, g->T, g->H, g->KV, g->Dh, g->s);
     int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV;
     float scale = 1.0f / sqrtf((float)Dh);
     AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, scale, a.qh, CUDA_R_16BF, Dh, grp * T * Dh, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
@@ -410,8 +462,8 @@ averis_status attention_fwd(avc_model *g, layer_io &a) {
     AVC_LAUNCHED();
     AVC_OK(bgemm(g, 0, 0, grp * T, Dh, T, 1.0f, a.P, CUDA_R_16BF, T, grp * T * T, a.vh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
                  g->oh, CUDA_R_32F, Dh, grp * T * Dh, nb));
-    k_heads_to_tokens<<<avc_blocks(g->N * g->qd, 256), 256, 0, g->s>>>(g->oh, a.ao, g->N, g->H, g->Dh, g->T, nullptr,
-                                                                        nullptr);
+    k_heads_to_tokens<<<avc_blocks(g->N * g->qd, 256), 256, 0, g->s>>>(g->oh, static_cast<A *>(a.ao), g->N, g->H, g->Dh,
+                                                                        g->T, nullptr, nullptr);
     AVC_LAUNCHED();
     return AVERIS_OK;
 }
@@ -436,14 +488,14 @@ averis_status attention_bwd_naive(avc_model *g, layer_io &a, int64_t T, int64_t 
 /* The backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dS = softmax_bwd, dQ = dS·K, dK = dSᵀ·Q
  * (per kv group, its heads stacked: dV and dK sum over them in the GEMM);
  * dq, dk come out token-major with the rotation undone. */
-averis_status attention_bwd(avc_model *g, layer_io &a) {
+template <typename A> averis_status attention_bwd(avc_model *g, layer_io &a) {
     AVC_PROF("attention bwd", g->s);
     int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV, N = g->N;
     float scale = 1.0f / sqrtf((float)Dh);
-    k_tokens_to_heads<<<avc_blocks(N * g->qd, 256), 256, 0, g->s>>>(g->dao, g->doh, N, g->H, g->Dh, g->T);
+    k_tokens_to_heads<<<avc_blocks(N * g->qd, 256), 256, 0, g->s>>>(g->dao, nullptr, g->doh, N, g->H, g->Dh, g->T);
     AVC_LAUNCHED();
     if (g->flash)
-        AVC_OK(avf_backward(a.qh, a.kh, a.vh, g->doh, g->dao, a.ao, a.lse, g->Dv, g->oh, g->oh2, g->oh3, g->B, g->T,
+        AVC_OK(avf_backward(a.qh, a.kh, a.vh, g->doh, g->dao, a.ao, g->act_bf16, a.lse, g->Dv, g->oh, g->oh2, g->oh3, g->B, g->T,
                             g->H, g->KV, g->Dh, g->s));
     else
         AVC_OK(attention_bwd_naive(g, a, T, Dh, grp, nb, scale));
@@ -512,6 +564,21 @@ averis_status setup(avc_model *g, const model *m) {
         AVC_TRY(cudaMemGetInfo(&free_b, &total_b));
         g->flash = attn ? !strcmp(attn, "flash") : sup && p_bytes > 0.25 * (double)total_b;
     }
+    /* Activations: BF16 by default (half the memory and traffic; the CPU
+     * model keeps fp32, so the GPU then differs by one BF16 rounding of q, k,
+     * v, g, u and attention's output); AVERIS_ACT=fp32 keeps them fp32 to
+     * follow the CPU closely. The fp32 recipe takes fp32. */
+    {
+        const char *act = getenv("AVERIS_ACT");
+        if (act && strcmp(act, "bf16") && strcmp(act, "fp32"))
+            return averis_fail(AVERIS_EINVAL, "AVERIS_ACT=%s: want bf16 or fp32", act);
+        int fp32_recipe = g->recipe.id == QLIN_FP32 || (g->bf16_last > 0 && g->bf16_recipe.id == QLIN_FP32);
+        if (act && !strcmp(act, "bf16") && fp32_recipe)
+            return averis_fail(AVERIS_EINVAL, "AVERIS_ACT=bf16: the fp32 recipe takes fp32 activations");
+        g->act_bf16 = act ? !strcmp(act, "bf16") : !fp32_recipe;
+        snprintf(g->desc, sizeof g->desc, "%s activations, attention %s", g->act_bf16 ? "BF16" : "fp32",
+                 g->flash ? "by flash.cu" : "by cuBLAS with P materialised");
+    }
     g->nparams = m->nparams;
     g->tensors.assign(m->tensors, m->tensors + m->ntensors);
     AVC_TRY(cudaStreamCreateWithFlags(&g->s, cudaStreamNonBlocking));
@@ -552,27 +619,33 @@ averis_status setup(avc_model *g, const model *m) {
     AVC_OK(g->alloc(&g->xt, wmax * kp));
     for (int l = 0; l < Lc; l++) {
         layer_io &a = g->L[l];
-        AVC_OK(g->alloc(&a.x_in, N * C)); AVC_OK(g->alloc(&a.h1, N * C)); AVC_OK(g->alloc(&a.rstd1, N));
-        AVC_OK(g->alloc(&a.q_raw, N * qd)); AVC_OK(g->alloc(&a.k_raw, N * kvd)); AVC_OK(g->alloc(&a.v, N * kvd));
+        AVC_OK(g->alloc(&a.x_in, N * C)); AVC_OK(g->alloc_act(&a.h1, N * C)); AVC_OK(g->alloc(&a.rstd1, N));
+        AVC_OK(g->alloc_act(&a.q_raw, N * qd)); AVC_OK(g->alloc_act(&a.k_raw, N * kvd));
+        AVC_OK(g->alloc_act(&a.v, N * kvd));
         AVC_OK(g->alloc(&a.rstd_q, N * g->H)); AVC_OK(g->alloc(&a.rstd_k, N * g->KV));
-        AVC_OK(g->alloc(&a.ao, N * qd)); AVC_OK(g->alloc(&a.x_mid, N * C)); AVC_OK(g->alloc(&a.h2, N * C));
-        AVC_OK(g->alloc(&a.rstd2, N)); AVC_OK(g->alloc(&a.g, N * F)); AVC_OK(g->alloc(&a.u, N * F));
-        AVC_OK(g->alloc(&a.a, N * F));
+        AVC_OK(g->alloc_act(&a.ao, N * qd)); AVC_OK(g->alloc(&a.x_mid, N * C)); AVC_OK(g->alloc_act(&a.h2, N * C));
+        AVC_OK(g->alloc(&a.rstd2, N)); AVC_OK(g->alloc_act(&a.g, N * F)); AVC_OK(g->alloc_act(&a.u, N * F));
+        AVC_OK(g->alloc_act(&a.a, N * F));
+        if (g->act_bf16) {
+            AVC_OK(g->alloc(&a.mb_q, qd)); AVC_OK(g->alloc(&a.mb_k, kvd)); AVC_OK(g->alloc(&a.mb_v, kvd));
+            AVC_OK(g->alloc(&a.mb_g, F)); AVC_OK(g->alloc(&a.mb_u, F));
+        }
         AVC_OK(g->alloc(&a.qh, N * qd)); AVC_OK(g->alloc(&a.kh, N * kvd)); AVC_OK(g->alloc(&a.vh, N * kvd));
         if (g->flash) AVC_OK(g->alloc(&a.lse, (int64_t)g->B * g->H * T));
         else AVC_OK(g->alloc(&a.P, (int64_t)g->B * g->H * T * T));
         gq_x *ins[4] = {&a.in_h1, &a.in_ao, &a.in_h2, &a.in_a};
-        const float *xs[4] = {a.h1, a.ao, a.h2, a.a};
+        const void *xs[4] = {a.h1, a.ao, a.h2, a.a};
         int64_t ms[4] = {C, qd, C, F};
         for (int k = 0; k < 4; k++) {
             gq_x &x = *ins[k];
-            x.x = xs[k], x.l = N, x.m = ms[k];
+            x.x = xs[k], x.bf16 = g->act_bf16, x.l = N, x.m = ms[k];
             x.xq = g->xq, x.xt = g->xt;
             AVC_OK(g->alloc(&x.amax, 1)); AVC_OK(g->alloc(&x.mean, ms[k])); AVC_OK(g->alloc(&x.res_amax, 1));
             AVC_OK(g->alloc(&x.xt_amax, 1)); AVC_OK(g->alloc(&x.xt_sum, ms[k]));
         }
     }
-    AVC_OK(g->alloc(&g->x_out, N * C)); AVC_OK(g->alloc(&g->hf, N * C)); AVC_OK(g->alloc(&g->rstd_f, N));
+    AVC_OK(g->alloc(&g->x_out, N * C)); AVC_OK(g->alloc(&g->rstd_f, N));
+    if (!g->act_bf16) AVC_OK(g->alloc(&g->hf, N * C));
     AVC_OK(g->alloc(&g->tok_loss, N)); AVC_OK(g->alloc(&g->hf_bf16, N * C));
     if (g->flash) {
         AVC_OK(g->alloc(&g->Dv, (int64_t)g->B * g->H * T));
@@ -617,6 +690,8 @@ averis_status setup(avc_model *g, const model *m) {
     return AVERIS_OK;
 }
 
+/* A: the activations' type (float or BF16) */
+template <typename A>
 averis_status forward_backward(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
                                uint64_t sr_stream, float *loss) {
     const model_config &c = g->cfg;
@@ -641,48 +716,58 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         gq_w *wo = &g->wops[7 * l];
         {
             AVC_PROF("norms fwd + rope", s);
-            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_in, w.in_norm, a.h1, a.rstd1, N, C, eps);
+            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_in, w.in_norm, static_cast<A *>(a.h1), a.rstd1, N, C, eps);
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h1, s));
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[0], a.q_raw, nullptr, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[1], a.k_raw, nullptr, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[2], a.v, nullptr, &g->scr, s));
+        /* BF16 activations of a split recipe: the mean terms, else NULL */
+        bool mt = g->act_bf16 && r->split_x;
+        float *mq = mt ? a.mb_q : nullptr, *mk = mt ? a.mb_k : nullptr, *mv = mt ? a.mb_v : nullptr,
+              *mg = mt ? a.mb_g : nullptr, *mu = mt ? a.mb_u : nullptr;
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[0], a.q_raw, g->act_bf16, nullptr, mq, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[1], a.k_raw, g->act_bf16, nullptr, mk, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[2], a.v, g->act_bf16, nullptr, mv, &g->scr, s));
         {
             AVC_PROF("norms fwd + rope", s);
             size_t smem = (size_t)8 * Dh * sizeof(float);
-            k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(a.q_raw, w.q_norm, g->rope_cos, g->rope_sin, N,
+            k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.q_raw), mq, w.q_norm, g->rope_cos, g->rope_sin, N,
                                                                            H, Dh, T, eps, a.rstd_q, a.qh);
             AVC_LAUNCHED();
-            k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(a.k_raw, w.k_norm, g->rope_cos, g->rope_sin,
+            k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.k_raw), mk, w.k_norm, g->rope_cos, g->rope_sin,
                                                                             N, KV, Dh, T, eps, a.rstd_k, a.kh);
             AVC_LAUNCHED();
-            k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(a.v, a.vh, N, KV, Dh, T);
+            k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(static_cast<const A *>(a.v), mv, a.vh, N, KV, Dh, T);
             AVC_LAUNCHED();
         }
-        AVC_OK(attention_fwd(g, a));
+        AVC_OK(attention_fwd<A>(g, a));
         AVC_OK(gq_prep_x(r, &a.in_ao, s));
-        AVC_OK(gq_forward(r, &a.in_ao, &wo[3], a.x_mid, a.x_in, &g->scr, s)); /* x_mid = x_in + ao·Woᵀ */
+        AVC_OK(gq_forward(r, &a.in_ao, &wo[3], a.x_mid, 0, a.x_in, nullptr, &g->scr, s)); /* x_mid = x_in + ao·Woᵀ */
         {
             AVC_PROF("norms fwd + rope", s);
-            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_mid, w.post_norm, a.h2, a.rstd2, N, C, eps);
+            k_rmsnorm<<<rowsN, 256, 0, s>>>(a.x_mid, w.post_norm, static_cast<A *>(a.h2), a.rstd2, N, C, eps);
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h2, s));
-        AVC_OK(gq_forward(r, &a.in_h2, &wo[4], a.g, nullptr, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h2, &wo[5], a.u, nullptr, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h2, &wo[4], a.g, g->act_bf16, nullptr, mg, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h2, &wo[5], a.u, g->act_bf16, nullptr, mu, &g->scr, s));
         {
             AVC_PROF("elementwise", s);
-            k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(a.g, a.u, a.a, N * F);
+            k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(static_cast<const A *>(a.g), static_cast<const A *>(a.u), mg,
+                                                            mu, static_cast<A *>(a.a), N * F, F);
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_a, s));
         float *xo = l + 1 < Lc ? g->L[l + 1].x_in : g->x_out;
-        AVC_OK(gq_forward(r, &a.in_a, &wo[6], xo, a.x_mid, &g->scr, s)); /* x_out = x_mid + a·Wdᵀ */
+        AVC_OK(gq_forward(r, &a.in_a, &wo[6], xo, 0, a.x_mid, nullptr, &g->scr, s)); /* x_out = x_mid + a·Wdᵀ */
     }
-    k_rmsnorm<<<rowsN, 256, 0, s>>>(g->x_out, g->final_norm, g->hf, g->rstd_f, N, C, eps);
-    AVC_LAUNCHED();
-    AVC_OK(avq_to_bf16(g->hf, g->hf_bf16, N * C, s));
+    if (g->act_bf16) {
+        k_rmsnorm<<<rowsN, 256, 0, s>>>(g->x_out, g->final_norm, g->hf_bf16, g->rstd_f, N, C, eps);
+        AVC_LAUNCHED();
+    } else {
+        k_rmsnorm<<<rowsN, 256, 0, s>>>(g->x_out, g->final_norm, g->hf, g->rstd_f, N, C, eps);
+        AVC_LAUNCHED();
+        AVC_OK(avq_to_bf16(g->hf, g->hf_bf16, N * C, s));
+    }
     /* LM head and cross-entropy per chunk of tokens; with the backward,
      * dlogits = (softmax − onehot)·scale/N feed dhf and dE at once */
     float dscale = loss_scale / (float)N;
@@ -712,7 +797,7 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
     }
 
     /* ----------------------------------------------------------- backward */
-    AVC_OK(rmsnorm_bwd(g, g->dx, g->g_final_norm, g->dh, g->x_out, g->rstd_f, g->final_norm, N, C, 0));
+    AVC_OK(rmsnorm_bwd(g, g->dx, g->g_final_norm, g->dh, g->x_out, nullptr, 1, g->rstd_f, g->final_norm, N, C, 0));
     for (int l = Lc - 1; l >= 0; l--) {
         layer_io &a = g->L[l];
         blockw &w = g->w[l], &gw = g->g[l];
@@ -720,26 +805,33 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         gq_w *wo = &g->wops[7 * l];
         uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3);
         a.in_a.xt_ready = a.in_h2.xt_ready = a.in_ao.xt_ready = a.in_h1.xt_ready = 0;
+        bool mt = g->act_bf16 && r->split_x; /* as in the forward */
+        float *mq = mt ? a.mb_q : nullptr, *mk = mt ? a.mb_k : nullptr, *mg = mt ? a.mb_g : nullptr,
+              *mu = mt ? a.mb_u : nullptr;
         /* MLP */
         AVC_OK(gq_backward(r, &a.in_a, &wo[6], g->dx, g->da, 0, gw.wd, s0 | 6, &g->scr, s));
         {
             AVC_PROF("elementwise", s);
-            k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, a.g, a.u, g->dg, g->du, N * F);
+            k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, static_cast<const A *>(a.g),
+                                                                static_cast<const A *>(a.u), mg, mu, g->dg, g->du, N * F,
+                                                                F);
         }
         AVC_LAUNCHED();
         AVC_OK(gq_backward(r, &a.in_h2, &wo[4], g->dg, g->dh, 0, gw.wg, s0 | 4, &g->scr, s));
         AVC_OK(gq_backward(r, &a.in_h2, &wo[5], g->du, g->dh, 1, gw.wu, s0 | 5, &g->scr, s));
-        AVC_OK(rmsnorm_bwd(g, g->dx, gw.post_norm, g->dh, a.x_mid, a.rstd2, w.post_norm, N, C, 1));
+        AVC_OK(rmsnorm_bwd(g, g->dx, gw.post_norm, g->dh, a.x_mid, nullptr, 1, a.rstd2, w.post_norm, N, C, 1));
         /* attention */
         AVC_OK(gq_backward(r, &a.in_ao, &wo[3], g->dx, g->dao, 0, gw.wo, s0 | 3, &g->scr, s));
-        AVC_OK(attention_bwd(g, a));
+        AVC_OK(attention_bwd<A>(g, a));
         float *dq_raw = g->dtmp, *dk_raw = g->dao; /* dao is spent */
-        AVC_OK(rmsnorm_bwd(g, dq_raw, gw.q_norm, g->dq, a.q_raw, a.rstd_q, w.q_norm, N * H, Dh, 0));
-        AVC_OK(rmsnorm_bwd(g, dk_raw, gw.k_norm, g->dk, a.k_raw, a.rstd_k, w.k_norm, N * KV, Dh, 0));
+        AVC_OK(rmsnorm_bwd(g, dq_raw, gw.q_norm, g->dq, static_cast<const A *>(a.q_raw), mq, H, a.rstd_q, w.q_norm, N * H,
+                           Dh, 0));
+        AVC_OK(rmsnorm_bwd(g, dk_raw, gw.k_norm, g->dk, static_cast<const A *>(a.k_raw), mk, KV, a.rstd_k, w.k_norm,
+                           N * KV, Dh, 0));
         AVC_OK(gq_backward(r, &a.in_h1, &wo[0], dq_raw, g->dh, 0, gw.wq, s0 | 0, &g->scr, s));
         AVC_OK(gq_backward(r, &a.in_h1, &wo[1], dk_raw, g->dh, 1, gw.wk, s0 | 1, &g->scr, s));
         AVC_OK(gq_backward(r, &a.in_h1, &wo[2], g->dv, g->dh, 1, gw.wv, s0 | 2, &g->scr, s));
-        AVC_OK(rmsnorm_bwd(g, g->dx, gw.in_norm, g->dh, a.x_in, a.rstd1, w.in_norm, N, C, 1));
+        AVC_OK(rmsnorm_bwd(g, g->dx, gw.in_norm, g->dh, a.x_in, nullptr, 1, a.rstd1, w.in_norm, N, C, 1));
     }
     /* embedding rows: positions grouped by token on the host, summed in order.
      * emb_idx = [uniq: N | start: N+1 | pos: N]; pos is the stable sort order */
@@ -827,10 +919,14 @@ averis_status avc_model_grads(avc_model *g, float *grads) {
 
 averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
                              uint64_t sr_stream, float *loss) {
-    averis_status st = forward_backward(g, tokens, targets, backward, loss_scale, sr_stream, loss);
+    averis_status st = g->act_bf16
+                           ? forward_backward<__nv_bfloat16>(g, tokens, targets, backward, loss_scale, sr_stream, loss)
+                           : forward_backward<float>(g, tokens, targets, backward, loss_scale, sr_stream, loss);
     if (st) cudaStreamSynchronize(g->s);
     return st;
 }
+
+const char *avc_model_describe(const avc_model *g) { return g->desc; }
 
 averis_status avc_model_grad_norm(avc_model *g, double *norm) {
     AVC_PROF("grad norm", g->s);

@@ -125,6 +125,8 @@ averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
                         const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s) {
     AVC_PROF(ta == CUDA_R_32F ? "gemm fp32" : bias ? "gemm + bias epilogue" : "gemm", s);
+    if (bias && td != CUDA_R_32F) /* cuBLASLt's BF16 D takes a BF16 bias only: ours stay fp32 */
+        return averis_fail(AVERIS_EINVAL, "lt_matmul: a bias needs an fp32 D");
     lt_plan *p = nullptr;
     {
         std::lock_guard<std::mutex> lock(g_lt_mu);
@@ -299,14 +301,25 @@ averis_status gq_prep_w(const qlin_recipe *r, gq_w *w, cudaStream_t s) {
     return avq_quantize(&j, s);
 }
 
+/* the BF16 recipe's X operand: x itself when it is BF16, else the copy in xq */
+static const __nv_bfloat16 *x_bf16(const gq_x *x) {
+    return x->bf16 ? static_cast<const __nv_bfloat16 *>(x->x) : x->xq;
+}
+static averis_status fp32_only(const qlin_recipe *r, const gq_x *x) {
+    if (r->id == QLIN_FP32 && x->bf16)
+        return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: the fp32 recipe takes fp32 activations");
+    return AVERIS_OK;
+}
+
 averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s) {
     x->xt_ready = 0;
     x->amax_valid = r->fp4;
+    AVC_OK(fp32_only(r, x));
     if (r->id == QLIN_FP32) return AVERIS_OK;
-    if (!r->fp4) return avq_to_bf16(x->x, x->xq, x->l * x->m, s);
-    if (r->split_x) AVC_OK(avq_colstats(x->x, x->l, x->m, x->m, x->mean, x->res_amax, nullptr, nullptr, s));
+    if (!r->fp4) return x->bf16 ? AVERIS_OK : avq_to_bf16(static_cast<const float *>(x->x), x->xq, x->l * x->m, s);
+    if (r->split_x) AVC_OK(avq_colstats(x->x, x->bf16, x->l, x->m, x->m, x->mean, x->res_amax, nullptr, nullptr, s));
     avq_job j = {};
-    j.src = x->x, j.srows = x->l, j.scols = x->m, j.ld = x->m;
+    j.src = x->x, j.bf16_in = x->bf16, j.srows = x->l, j.scols = x->m, j.ld = x->m;
     j.mean = r->split_x ? x->mean : nullptr;
     j.amax_in = r->split_x ? x->res_amax : nullptr;
     j.amax = x->amax;
@@ -314,18 +327,23 @@ averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s) {
     return avq_quantize(&j, s);
 }
 
-averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, float *Y, const float *residual,
-                         gq_scratch *scr, cudaStream_t s) {
+averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, void *Y, int y_bf16,
+                         const float *residual, float *mean_out, gq_scratch *scr, cudaStream_t s) {
     int64_t l = x->l, m = x->m, n = w->n;
+    AVC_OK(fp32_only(r, x));
+    if (residual && y_bf16) return averis_fail(AVERIS_EINVAL, "cuda qlinear: a residual sum is kept in fp32");
+    if (r->split_x && y_bf16 && !mean_out)
+        return averis_fail(AVERIS_EINVAL, "cuda qlinear: a BF16 output of a split recipe needs room for its mean term");
     AVC_OK(lt_init()); /* before gq_one()/gq_zero(): the constants live in its state */
     const float *beta = residual ? gq_one() : gq_zero();
     const void *C = residual ? residual : Y;
+    cudaDataType_t ty = y_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (r->id == QLIN_FP32)
-        return lt_matmul(0, 1, l, n, m, gq_one(), x->x, CUDA_R_32F, m, w->w, CUDA_R_32F, m, beta, C, Y, CUDA_R_32F, n,
-                         nullptr, s);
+        return lt_matmul(0, 1, l, n, m, gq_one(), x->x, CUDA_R_32F, m, w->w, CUDA_R_32F, m, beta, C, Y, ty, n, nullptr,
+                         s);
     if (!r->fp4)
-        return lt_matmul(0, 1, l, n, m, gq_one(), x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, CUDA_R_32F,
-                         n, nullptr, s);
+        return lt_matmul(0, 1, l, n, m, gq_one(), x_bf16(x), CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n,
+                         nullptr, s);
     float *alpha = scr->scal + S_ALPHA_F;
     {
         AVC_PROF("alpha", s);
@@ -334,17 +352,18 @@ averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, flo
     const float *bias = nullptr;
     if (r->split_x) {
         AVC_PROF("averis mean gemv", s);
-        k_mean_fwd<<<avc_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, scr->bias);
+        float *b = y_bf16 ? mean_out : scr->bias;
+        k_mean_fwd<<<avc_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, b);
         AVC_LAUNCHED();
-        bias = scr->bias;
+        bias = y_bf16 ? nullptr : b; /* a BF16 Y leaves it to the consumer */
     }
-    return lt_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, CUDA_R_32F, n,
-                     bias, s);
+    return lt_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n, bias, s);
 }
 
 averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const float *D, float *dX, int dx_acc,
                           float *dW, uint64_t sr_stream, gq_scratch *scr, cudaStream_t s) {
     int64_t l = x->l, m = x->m, n = w->n;
+    AVC_OK(fp32_only(r, x));
     AVC_OK(lt_init());
     const float *beta_dx = dx_acc ? gq_one() : gq_zero();
     if (r->id == QLIN_FP32) {
@@ -356,14 +375,14 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         AVC_OK(avq_to_bf16(D, scr->dq, l * n, s));
         if (dX) AVC_OK(lt_matmul(0, 0, l, m, n, gq_one(), scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
         if (dW) {
-            if (!x->xt_ready) AVC_OK(avq_to_bf16(x->x, x->xq, l * m, s));
+            if (!x->xt_ready && !x->bf16) AVC_OK(avq_to_bf16(static_cast<const float *>(x->x), x->xq, l * m, s));
             x->xt_ready = 1; /* xq holds bf16(X) again */
-            AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), scr->dq, CUDA_R_16BF, n, x->xq, CUDA_R_16BF, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
+            AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), scr->dq, CUDA_R_16BF, n, x_bf16(x), CUDA_R_16BF, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
         }
         return AVERIS_OK;
     }
     float *res_d = scr->scal + S_RES_D;
-    if (r->split_d) AVC_OK(avq_colstats(D, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
+    if (r->split_d) AVC_OK(avq_colstats(D, 0, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
     if (dX) {
         /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR stream 2·sr_stream */
         avq_job j = {};
@@ -404,7 +423,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         AVC_OK(avq_quantize(&j, s));
         if (!x->xt_ready) {
             avq_job jx = {};
-            jx.src = x->x, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;
+            jx.src = x->x, jx.bf16_in = x->bf16, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;
             jx.rht = r->rht;
             jx.mean = r->split_x ? x->mean : nullptr;
             jx.amax_in = !r->rht && x->amax_valid ? x->amax : nullptr; /* the forward operand's values */
@@ -499,14 +518,14 @@ extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, 
                                           int64_t n, float *Y) {
     return standalone(r, X, W, l, m, n, "forward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
         averis_status st = gq_prep_x(r, &x, 0);
-        return st ? st : gq_forward(r, &x, &w, Y, nullptr, &scr, 0);
+        return st ? st : gq_forward(r, &x, &w, Y, 0, nullptr, nullptr, &scr, 0);
     });
 }
 
 extern "C" averis_status avc_qlin_backward(const qlin_recipe *r, const float *X, const float *W, const float *D,
                                            int64_t l, int64_t m, int64_t n, float *dX, float *dW, uint64_t sr_stream) {
     return standalone(r, X, W, l, m, n, "backward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
-        averis_status st = r->split_x ? avq_colstats(X, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0) : AVERIS_OK;
+        averis_status st = r->split_x ? avq_colstats(X, 0, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0) : AVERIS_OK;
         return st ? st : gq_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
     });
 }

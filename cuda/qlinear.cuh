@@ -27,7 +27,7 @@
     } while (0)
 
 /* D[M×N] = α·op(A)·op(B) + β·C + 1·biasᵀ, all row-major; α, β device
- * scalars; bias [N] fp32 or NULL; C may equal D. */
+ * scalars; bias [N] fp32 (with an fp32 D) or NULL; C may equal D. */
 averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
                         cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
                         const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s);
@@ -42,9 +42,10 @@ struct gq_w {
     __nv_bfloat16 *wq; /* BF16 operand [n×m]: e2m1·e4m3 (FP4) or bf16(W) */
     float *amax;       /* [1] FP4 only */
 };
-/* An activation X [l×m] and its forward operand. */
+/* An activation X [l×m], fp32 or BF16, and its forward operand. */
 struct gq_x {
-    const float *x;
+    const void *x;
+    int bf16;          /* x holds BF16 (then the BF16 recipe's operand is x itself) */
     int64_t l, m;
     __nv_bfloat16 *xq; /* [l×m] */
     float *amax;       /* [1] */
@@ -70,9 +71,14 @@ int64_t gq_kp(const qlin_recipe *r, int64_t l); /* K of the wgrad GEMM */
 averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n);
 averis_status gq_prep_w(const qlin_recipe *r, gq_w *w, cudaStream_t s);
 averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s);
-/* Y = X·Wᵀ (+ residual, if given; Y may alias it). scr gives α and bias room. */
-averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, float *Y, const float *residual,
-                         gq_scratch *scr, cudaStream_t s);
+/* Y = X·Wᵀ (+ residual, if given; Y may alias it), Y fp32 or (y_bf16, no
+ * residual) BF16 rounded from the fp32 accumulator. The split recipes' mean
+ * term 1·(μ̄_X·W̄ᵀ) rides on the bias epilogue into an fp32 Y; with a BF16 Y
+ * it stays fp32 in mean_out [n] instead, for the consumer to add as it
+ * loads (Y + 1·mean_out: only the residual product is rounded to BF16).
+ * scr gives α and bias room. */
+averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, void *Y, int y_bf16,
+                         const float *residual, float *mean_out, gq_scratch *scr, cudaStream_t s);
 /* dX (= or +=, by dx_acc) and dW += from D [l×n]. */
 averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const float *D, float *dX, int dx_acc,
                           float *dW, uint64_t sr_stream, gq_scratch *scr, cudaStream_t s);

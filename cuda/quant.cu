@@ -380,7 +380,8 @@ __global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *o
 /* ------------------------------------------------------ column statistics */
 /* part[c][j] = Σ of rows of chunk c (NVFP4_SPLIT_CHUNK, in order, fp64),
  * and the chunk's max and min (NaN ignored) */
-__global__ void k_colstats_part(const float *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
+template <typename T>
+__global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
                                 float *pmn) {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t c = blockIdx.y;
@@ -395,7 +396,7 @@ __global__ void k_colstats_part(const float *x, int64_t rows, int64_t cols, int6
     for (; r + U <= r1; r += U) {
         float v[U];
 #pragma unroll
-        for (int k = 0; k < U; k++) v[k] = __ldg(x + (r + k) * ld + j);
+        for (int k = 0; k < U; k++) v[k] = ld_elem(x + (r + k) * ld + j);
 #pragma unroll
         for (int k = 0; k < U; k++) {
             s += (double)v[k];
@@ -404,7 +405,7 @@ __global__ void k_colstats_part(const float *x, int64_t rows, int64_t cols, int6
         }
     }
     for (; r < r1; r++) {
-        float v = __ldg(x + r * ld + j);
+        float v = ld_elem(x + r * ld + j);
         s += (double)v;
         mx = v > mx ? v : mx;
         mn = v < mn ? v : mn;
@@ -636,8 +637,8 @@ averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
     return AVERIS_OK;
 }
 
-averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
-                           float *col_max, float *col_min, cudaStream_t s) {
+averis_status avq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean,
+                           float *res_amax, float *col_max, float *col_min, cudaStream_t s) {
     AVC_PROF("averis colstats", s);
     if (rows <= 0 || cols <= 0 || ld < cols)
         return averis_fail(AVERIS_EINVAL, "cuda colstats: bad shape %lld x %lld", (long long)rows, (long long)cols);
@@ -650,7 +651,10 @@ averis_status avq_colstats(const float *x, int64_t rows, int64_t cols, int64_t l
     float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
     AVC_TRY(cudaMemsetAsync(res_amax, 0, sizeof(float), s));
     dim3 grid(avc_blocks(cols, 128), (unsigned)nchunk);
-    k_colstats_part<<<grid, 128, 0, s>>>(x, rows, cols, ld, part, pmx, pmn);
+    if (bf16_in)
+        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn);
+    else
+        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const float *>(x), rows, cols, ld, part, pmx, pmn);
     AVC_LAUNCHED();
     k_colstats_final<<<avc_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
                                                            res_amax);
@@ -755,7 +759,7 @@ averis_status avc_dequantize(const avc_tensor *t, float *out, void *stream) {
 
 averis_status avc_colstats(const float *x, int64_t rows, int64_t cols, float *mean, float *col_max, float *col_min,
                            float *res_amax, void *stream) {
-    return avq_colstats(x, rows, cols, cols, mean, res_amax, col_max, col_min, (cudaStream_t)stream);
+    return avq_colstats(x, 0, rows, cols, cols, mean, res_amax, col_max, col_min, (cudaStream_t)stream);
 }
 
 } // extern "C"

@@ -257,6 +257,25 @@ static void test_colstats_bitexact(void) {
                   "max/min differ: pattern %d", pat);
             CHECK(!memcmp(h.data() + 3 * cols, &ra, 4), "residual amax differs: pattern %d: %a vs %a", pat, (double)ra,
                   (double)h[3 * cols]);
+            /* BF16 input (the model's activations): the statistics of its fp32 values */
+            std::vector<uint16_t> xb(n);
+            std::vector<float> xr(n);
+            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]), xr[i] = nvfp4_bf16_to_f32(xb[i]);
+            nvfp4_colstats_ref(xr.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
+            ra = nvfp4_residual_amax(mean.data(), mx.data(), mn.data(), cols);
+            uint16_t *dxb = dev_copy(xb.data(), n);
+            CHECK(avq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
+                  "colstats bf16: %s", averis_last_error());
+            h = host_copy(out, 3 * cols + 1);
+            bad = -1;
+            for (int64_t j = 0; j < cols && bad < 0; j++)
+                if (memcmp(&h[j], &mean[j], 4) && !(std::isnan(h[j]) && std::isnan(mean[j]))) bad = j;
+            CHECK(bad < 0, "bf16 means differ: %lldx%lld pattern %d column %lld", (long long)rows, (long long)cols, pat,
+                  (long long)bad);
+            CHECK(!memcmp(h.data() + cols, mx.data(), cols * 4) && !memcmp(h.data() + 2 * cols, mn.data(), cols * 4) &&
+                      !memcmp(h.data() + 3 * cols, &ra, 4),
+                  "bf16 max/min/residual amax differ: pattern %d", pat);
+            cudaFree(dxb);
             cudaFree(dx);
             cudaFree(out);
         }
@@ -409,9 +428,9 @@ static void test_flash_attention(void) {
         DEV(cudaMemset(gk, 0xFF, nk * 4));
         DEV(cudaMemset(gv, 0xFF, nk * 4));
         typedef const __nv_bfloat16 *cbp;
-        CHECK(avf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
+        CHECK(avf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, 0, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
               "flash forward: %s", averis_last_error());
-        CHECK(avf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, dlse, dDv, gq, gk, gv, B, T, H, KV,
+        CHECK(avf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, 0, dlse, dDv, gq, gk, gv, B, T, H, KV,
                            Dh, 0) == AVERIS_OK,
               "flash backward: %s", averis_last_error());
         DEV(cudaDeviceSynchronize());
@@ -428,10 +447,21 @@ static void test_flash_attention(void) {
 }
 
 extern "C" void test_model_vs_cpu(void); /* model_check.cu */
-/* the model check again with attention through flash.cu */
+/* the model check with fp32 activations (the CPU's), with BF16 (the
+ * default), and with attention through flash.cu */
+static void test_model_vs_cpu_fp32act(void) {
+    setenv("AVERIS_ACT", "fp32", 1);
+    test_model_vs_cpu();
+    unsetenv("AVERIS_ACT");
+}
+static void test_model_vs_cpu_bf16act(void) {
+    setenv("AVERIS_ACT", "bf16", 1);
+    test_model_vs_cpu();
+    unsetenv("AVERIS_ACT");
+}
 static void test_model_vs_cpu_flash(void) {
     setenv("AVERIS_ATTN", "flash", 1);
-    test_model_vs_cpu();
+    test_model_vs_cpu_bf16act();
     unsetenv("AVERIS_ATTN");
 }
 
@@ -441,7 +471,8 @@ static const test_case k_tests[] = {
     {"colstats_bitexact", test_colstats_bitexact},
     {"qlinear_vs_cpu", test_qlinear_vs_cpu},
     {"flash_attention", test_flash_attention},
-    {"model_vs_cpu", test_model_vs_cpu},
+    {"model_vs_cpu_fp32act", test_model_vs_cpu_fp32act},
+    {"model_vs_cpu_bf16act", test_model_vs_cpu_bf16act},
     {"model_vs_cpu_flash", test_model_vs_cpu_flash},
 };
 

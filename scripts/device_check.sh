@@ -7,6 +7,8 @@
 #      model step per recipe vs model.c
 #   3. compute-sanitizer memcheck on the device tests
 #   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
+#      (BF16 activations, the default), averis with fp32 activations, and
+#      averis with flash attention
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
 #      build, and resumed on the CPU
 # Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step.
@@ -60,15 +62,17 @@ step "tiny: first 50 steps, CPU vs GPU"
 # lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
 # steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
 TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
-# averis:flash = the GPU run with attention through cuda/flash.cu (AVERIS_ATTN=flash)
-for spec in bf16 averis averis:flash; do
-    r=${spec%%:*} attn=naive tag=$spec
+# averis:flash = the GPU run with attention through cuda/flash.cu (AVERIS_ATTN=flash);
+# averis:fp32act = with fp32 activations between kernels (AVERIS_ACT=fp32), as the CPU keeps them
+for spec in bf16 averis averis:fp32act averis:flash; do
+    r=${spec%%:*} attn=naive act=bf16 tag=$spec
     [[ $spec == *:flash ]] && attn=flash tag=${r}_flash
+    [[ $spec == *:fp32act ]] && act=fp32 tag=${r}_fp32act
     rm -rf "$RUNS/tiny_cpu_$tag" "$RUNS/tiny_gpu_$tag"
     build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$tag" >/dev/null 2>"$RUNS/tiny_cpu_$tag.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$tag.err")"
-    AVERIS_ATTN=$attn build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$tag" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$tag.err" || note_fail "gpu train $spec: $(tail -1 "$RUNS/tiny_gpu_$tag.err")"
+    AVERIS_ATTN=$attn AVERIS_ACT=$act build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$tag" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$tag.err" || note_fail "gpu train $spec: $(tail -1 "$RUNS/tiny_gpu_$tag.err")"
     # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
-    # (measured: bf16 4e-5, averis 8e-4)
+    # (measured with fp32 activations: bf16 4e-5, averis 8e-4)
     python3 - "$RUNS/tiny_cpu_$tag/log.csv" "$RUNS/tiny_gpu_$tag/log.csv" $spec <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
 import csv, sys
 a = list(csv.DictReader(open(sys.argv[1]))); b = list(csv.DictReader(open(sys.argv[2])))
@@ -119,7 +123,10 @@ if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
     echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"
     AVERIS_ATTN=flash build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
-        | tail -5 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
+        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
+    echo "--- the same with fp32 activations between kernels (AVERIS_ACT=fp32)" | tee -a "$OUT/bench_step.txt"
+    AVERIS_ACT=fp32 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fp32 activations)"
     if [[ "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
         step "peer: the same step in PyTorch (eager, torch.compile)"
         PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/bench_torch.txt"

@@ -544,7 +544,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     const double tokens_per_step = (double)B * T * o.accum;
     if (o.device) {
         if ((st = avc_model_create(&gm, &m, B, T)) || (st = avc_model_upload(gm, m.params, mom, var))) goto out;
-        if (!o.quiet) fprintf(stderr, "train: on %s\n", gpu_desc);
+        if (!o.quiet) fprintf(stderr, "train: on %s; %s\n", gpu_desc, avc_model_describe(gm));
     }
     double t_start = now_s(), t_steps = 0.0;
     int steps_timed = 0;

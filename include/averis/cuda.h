@@ -69,9 +69,14 @@ averis_status avc_qlin_backward(const qlin_recipe *r, const float *X_dev, const 
 /* -------------------------------------------------- the model on device */
 typedef struct avc_model avc_model;
 /* A device copy of m (its config, recipe, bf16_last and parameters) for
- * micro-batches of B×T tokens; fp32 master weights and AdamW moments. */
+ * micro-batches of B×T tokens; fp32 master weights and AdamW moments, BF16
+ * activations between kernels (fp32 with AVERIS_ACT=fp32) and an fp32
+ * residual stream. */
 averis_status avc_model_create(avc_model **g, const model *m, int B, int T);
 void avc_model_free(avc_model *g);
+/* how it runs, one line: activation type (AVERIS_ACT=bf16, the default, or
+ * fp32) and attention path (AVERIS_ATTN=naive or flash) */
+const char *avc_model_describe(const avc_model *g);
 /* params/mom/var [nparams] host ↔ device (mom/var may be NULL) */
 averis_status avc_model_upload(avc_model *g, const float *params, const float *mom, const float *var);
 averis_status avc_model_download(avc_model *g, float *params, float *mom, float *var);
