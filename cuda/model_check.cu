@@ -1,8 +1,9 @@
 /* model_check.cu — the device model against model.c: one forward and
  * backward of the tiny config per recipe: the loss, and the gradient as one
  * vector (relative L2 error); the worst single tensor is printed too.
- * The GPU's LM head and attention operands are BF16 where the CPU is fp32,
- * so the bounds are BF16-sized. Under FP4 recipes those small differences
+ * The GPU's LM head and attention operands are BF16 where the CPU is fp32
+ * (and, with AVERIS_ACT=bf16, the activations between kernels), so the
+ * bounds are BF16-sized. Under FP4 recipes those small differences
  * flip some quantization decisions (a whole FP4 step each), which shows
  * most in tensors whose gradient is a near-cancelling sum (the q/k norm
  * weights at init). So the bound is relative to the CPU's own sensitivity:
