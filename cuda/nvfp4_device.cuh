@@ -14,8 +14,9 @@
 
 #define AVD __device__ __forceinline__
 
-/* E2M1 magnitude index, round to nearest even (formats.c e2m1_idx_rn). */
-AVD uint32_t avd_e2m1_idx_rn(float a) {
+/* E2M1 magnitude index, round to nearest even (formats.c e2m1_idx_rn): the
+ * line-for-line port, kept as the reference of the bit versions below. */
+AVD uint32_t avd_e2m1_idx_rn_ladder(float a) {
     if (a <= 0.25f) return 0;
     if (a < 0.75f) return 1;
     if (a <= 1.25f) return 2;
@@ -26,11 +27,31 @@ AVD uint32_t avd_e2m1_idx_rn(float a) {
     return 7; /* > 5, +inf, NaN */
 }
 
+/* The same index from the fp32 bits (the quantize kernels are instruction-
+ * bound): below 1 the grid is 0, ½, 1, so rintf(2a) rounds to nearest even;
+ * from 1 on E2M1 is a float with one mantissa bit, so rounding the fp32
+ * mantissa to its top bit (ties to even) and reading exponent and that bit
+ * gives the index; 8 and beyond (a > 5 rounds up past 6, +inf, NaN) clamp
+ * to 7. test_cuda checks it against the ladder on every fp32 value. */
+AVD uint32_t avd_e2m1_idx_rn(float a) {
+    if (a < 1.0f) return (uint32_t)rintf(a + a);
+    uint32_t b = __float_as_uint(a);
+    b += 0x1FFFFFu + ((b >> 22) & 1u);
+    uint32_t idx = 2u + 2u * ((b >> 23) - 127u) + ((b >> 22) & 1u);
+    return idx < 7u ? idx : 7u;
+}
+
 AVD uint32_t avd_e2m1_rn(float x) { return (x < 0.0f ? 8u : 0u) | avd_e2m1_idx_rn(fabsf(x)); }
 
-AVD float avd_e2m1_mag(uint32_t idx) {
+AVD float avd_e2m1_mag_ladder(uint32_t idx) {
     /* {0, .5, 1, 1.5, 2, 3, 4, 6} without a memory table */
     return idx < 4 ? (float)idx * 0.5f : idx == 4 ? 2.0f : idx == 5 ? 3.0f : idx == 6 ? 4.0f : 6.0f;
+}
+
+/* the magnitude from the index's bits: from 2 on, exponent idx/2 − 1 and
+ * mantissa bit idx & 1 */
+AVD float avd_e2m1_mag(uint32_t idx) {
+    return idx < 2 ? (float)idx * 0.5f : __uint_as_float((((idx >> 1) + 126u) << 23) | ((idx & 1u) << 22));
 }
 
 AVD float avd_e2m1_decode(uint32_t code) {
@@ -38,8 +59,8 @@ AVD float avd_e2m1_decode(uint32_t code) {
     return (code & 8) ? -m : m;
 }
 
-/* E2M1 stochastic rounding (formats.c nvfp4_e2m1_encode_sr_ref). */
-AVD uint32_t avd_e2m1_sr(float x, uint32_t u24) {
+/* E2M1 stochastic rounding (formats.c nvfp4_e2m1_encode_sr_ref): the port */
+AVD uint32_t avd_e2m1_sr_ladder(float x, uint32_t u24) {
     if (isnan(x)) return 7;
     uint32_t sign = (x < 0.0f) ? 8u : 0u;
     float a = fabsf(x);
@@ -48,7 +69,32 @@ AVD uint32_t avd_e2m1_sr(float x, uint32_t u24) {
     uint32_t lo = (a >= 0.5f) + (a >= 1.0f) + (a >= 1.5f) + (a >= 2.0f) + (a >= 3.0f) + (a >= 4.0f);
     /* hi − lo is 0.5, 1 or 2: multiplying by its inverse is the exact quotient */
     float inv = lo < 4 ? 2.0f : lo < 6 ? 1.0f : 0.5f;
-    float frac = (a - avd_e2m1_mag(lo)) * inv;
+    float frac = (a - avd_e2m1_mag_ladder(lo)) * inv;
+    uint32_t idx = ((float)u24 * 0x1p-24f < frac) ? lo + 1 : lo;
+    return sign | idx;
+}
+
+/* the same from the bits: from 1 on, lo and mag(lo) are a's exponent and
+ * mantissa truncated to one bit, and hi − lo = 2^(e−1); the same fp32
+ * operations on the same operands, so the same bits (tested on device) */
+AVD uint32_t avd_e2m1_sr(float x, uint32_t u24) {
+    if (isnan(x)) return 7;
+    uint32_t sign = (x < 0.0f) ? 8u : 0u;
+    float a = fabsf(x);
+    if (a >= 6.0f) return sign | 7u;
+    uint32_t lo;
+    float mag, inv;
+    if (a < 1.0f) {
+        lo = a >= 0.5f;
+        mag = lo ? 0.5f : 0.0f;
+        inv = 2.0f;
+    } else {
+        uint32_t b = __float_as_uint(a), e = (b >> 23) - 127u;
+        lo = 2u + 2u * e + ((b >> 22) & 1u);
+        mag = __uint_as_float(b & 0xFFC00000u);
+        inv = __uint_as_float((128u - e) << 23);
+    }
+    float frac = (a - mag) * inv;
     uint32_t idx = ((float)u24 * 0x1p-24f < frac) ? lo + 1 : lo;
     return sign | idx;
 }

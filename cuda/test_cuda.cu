@@ -1,5 +1,6 @@
 /* test_cuda.cu — the CUDA path against the CPU spec, on a GPU.
  *
+ *   e2m1       the bit-trick E2M1 encoders = the ladders, on all 2^32 fp32 values
  *   quantize   bit-identical codes, scales and amax to nvfp4_quantize_ref over
  *              the adversarial corpus (tests/test_patterns.c) × shapes ×
  *              {1×16, 16×16} × RHT × mean split × SR × {fp32, bf16}, and the
@@ -11,6 +12,7 @@
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #include "common.cuh"
+#include "nvfp4_device.cuh"
 #include "tool_util.cuh"
 #include "averis/qlinear.h"
 
@@ -43,6 +45,40 @@ static const int64_t k_shapes[][2] = {{1, 16}, {17, 48}, {33, 100}, {64, 256}, {
 static const int k_nshapes = 6;
 
 /* ------------------------------------------------------------ quantize */
+/* The E2M1 encoders from the fp32 bits against the line-for-line ladders,
+ * on every fp32 value (RNE, and SR with three uniforms each), and the
+ * magnitudes of the 8 indices. */
+__global__ void k_e2m1_exhaustive(unsigned long long *bad, uint32_t *first) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (1ull << 32);
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t bits = (uint32_t)i, u = (bits * 2654435761u) >> 8;
+        float x = __uint_as_float(bits);
+        bool ok = avd_e2m1_rn(x) == ((x < 0.0f ? 8u : 0u) | avd_e2m1_idx_rn_ladder(fabsf(x))) &&
+                  avd_e2m1_sr(x, u) == avd_e2m1_sr_ladder(x, u) && avd_e2m1_sr(x, 0) == avd_e2m1_sr_ladder(x, 0) &&
+                  avd_e2m1_sr(x, 0xFFFFFFu) == avd_e2m1_sr_ladder(x, 0xFFFFFFu);
+        if (i < 8) ok = ok && __float_as_uint(avd_e2m1_mag(bits)) == __float_as_uint(avd_e2m1_mag_ladder(bits));
+        if (!ok && atomicAdd(bad, 1ull) == 0) *first = bits;
+    }
+}
+
+static void test_e2m1_exhaustive(void) {
+    unsigned long long *bad;
+    uint32_t *first;
+    DEV(cudaMalloc(&bad, 8));
+    DEV(cudaMalloc(&first, 4));
+    DEV(cudaMemset(bad, 0, 8));
+    k_e2m1_exhaustive<<<1056, 256>>>(bad, first);
+    DEV(cudaDeviceSynchronize());
+    unsigned long long nbad = 0;
+    uint32_t f = 0;
+    DEV(cudaMemcpy(&nbad, bad, 8, cudaMemcpyDeviceToHost));
+    DEV(cudaMemcpy(&f, first, 4, cudaMemcpyDeviceToHost));
+    CHECK(nbad == 0, "E2M1 bit encoders differ from the ladders on %llu fp32 values (one: 0x%08x)", nbad, f);
+    printf("  E2M1 encoders: all 2^32 fp32 values, %llu differ\n", nbad);
+    cudaFree(bad);
+    cudaFree(first);
+}
+
 static void test_quantize_bitexact(void) {
     trng r = {4321};
     int compared = 0;
@@ -466,6 +502,7 @@ static void test_model_vs_cpu_flash(void) {
 }
 
 static const test_case k_tests[] = {
+    {"e2m1_exhaustive", test_e2m1_exhaustive},
     {"quantize_bitexact", test_quantize_bitexact},
     {"transposed_copies", test_transposed_copies},
     {"colstats_bitexact", test_colstats_bitexact},
