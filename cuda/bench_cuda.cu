@@ -123,6 +123,26 @@ static int bench_quant(void) {
         printf("%-44s %9.3f %9.0f %9.2f\n", r.name, ms, gbs, gbs / copy_gbs);
     }
     printf("(two-pass kernels read the input twice: their bound is ~0.53x of copy for fp32 unless the tensor fits in L2)\n");
+    /* the Averis column statistics alone (input read once) at this shape and at the 0.6B model's:
+     * an activation [8192 x 1024] BF16, an MLP output gradient [8192 x 3072] fp32 */
+    printf("\naveris column statistics alone, GB/s of the input read\n");
+    const struct { const char *name; int64_t r, c; int bf16; } cs[] = {
+        {"colstats fp32 16384x4096", rows, cols, 0},
+        {"colstats bf16 8192x1024", 8192, 1024, 1},
+        {"colstats fp32 8192x3072", 8192, 3072, 0},
+    };
+    void *ws = nullptr;
+    DEV(cudaMalloc(&ws, avq_ws_bytes(rows, cols)));
+    avq_set_workspace(ws, avq_ws_bytes(rows, cols)); /* as the model does: no allocation per call */
+    for (const auto &c : cs) {
+        double ms = median_ms([&] {
+            avq_colstats(c.bf16 ? (const void *)xb : (const void *)x, c.bf16, c.r, c.c, c.c, mean, res, nullptr, nullptr, 0);
+        });
+        double gbs = (double)c.r * c.c * (c.bf16 ? 2 : 4) / (ms * 1e6);
+        printf("%-52s %9.3f %9.0f %9.2f\n", c.name, ms, gbs, gbs / copy_gbs);
+    }
+    avq_set_workspace(nullptr, 0);
+    cudaFree(ws);
     return 0;
 }
 

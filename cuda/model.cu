@@ -83,13 +83,16 @@ __global__ void k_rmsnorm_bwd(float *dx, const float *dy, const X *x, const floa
 
 /* part[c][i] = Σ_{rows of chunk c} dy·x·rstd (the norm weight's gradient) */
 enum { NORM_CHUNK = 256 };
+/* (launch bounds: without them ptxas fits 32 registers and loads one row at
+ * a time; the grid is small, so loads in flight matter more than occupancy) */
 template <typename X>
-__global__ void k_normw_part(const float *dy, const X *x, const float *mb, int nh, const float *rstd, int64_t rows,
-                             int64_t d, float *part) {
+__global__ void __launch_bounds__(128, 4) k_normw_part(const float *dy, const X *x, const float *mb, int nh,
+                                                       const float *rstd, int64_t rows, int64_t d, float *part) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
     if (i >= d) return;
     int64_t r0 = c * NORM_CHUNK, r1 = min(r0 + (int64_t)NORM_CHUNK, rows);
     float s = 0.0f;
+#pragma unroll 16
     for (int64_t r = r0; r < r1; r++) {
         float xv = avc_ld(x + r * d + i) + (mb ? mb[((uint32_t)r % (uint32_t)nh) * d + i] : 0.0f);
         s += dy[r * d + i] * (xv * rstd[r]);
