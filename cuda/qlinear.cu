@@ -165,13 +165,14 @@ namespace {
 
 /* bias[o] = S_dec(W)·Σ_i μ[i]·W̄[o][i]: one warp per output row, 8 weights
  * (16 bytes) per lane and load (m % 8 == 0: FP4 recipes have m % 16 == 0) */
-__global__ void k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float *w_amax, int64_t n, int64_t m,
-                           float *bias) {
+__global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float *w_amax,
+                                                    int64_t n, int64_t m, float *bias) {
     int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (o >= n) return;
     float acc = 0.0f;
     const uint4 *wr = reinterpret_cast<const uint4 *>(wq + o * m);
+#pragma unroll 4
     for (int64_t k = lane; k < m / 8; k += 32) {
         uint4 u = __ldg(wr + k);
         float4 a = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k), c = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k + 1);
@@ -195,12 +196,14 @@ __global__ void k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float
 /* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i], in two steps for parallelism:
  * part[y][i] over rows slice y (GQ_MEAN_SLICES of them), then the sum over y.
  * A (32, 8) block covers 256 columns, 8 per thread from one 16-byte load. */
-__global__ void k_mean_dgrad_part(const float *mu, const __nv_bfloat16 *wq, int64_t n, int64_t m, float *part) {
+__global__ void __launch_bounds__(256, 4) k_mean_dgrad_part(const float *mu, const __nv_bfloat16 *wq, int64_t n, int64_t m,
+                                                            float *part) {
     __shared__ float red[8][256 + 8];
     int64_t c8 = (int64_t)blockIdx.x * 32 + threadIdx.x; /* 8-column group */
     int64_t per = (n + GQ_MEAN_SLICES - 1) / GQ_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     if (c8 * 8 < m)
+#pragma unroll 4
         for (int64_t o = o0 + threadIdx.y; o < o1; o += 8) {
             uint4 u = __ldg(reinterpret_cast<const uint4 *>(wq + o * m) + c8);
             float mo = __ldg(mu + o);

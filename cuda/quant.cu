@@ -384,9 +384,10 @@ __global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *o
  * and the chunk's max and min (NaN ignored) */
 template <typename T>
 __global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
-                                float *pmn) {
+                                float *pmn, float *res_amax) {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t c = blockIdx.y;
+    if (res_amax && j == 0 && c == 0) *res_amax = 0.0f; /* for k_colstats_final's atomicMax, which runs after */
     if (j >= cols) return;
     int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
     double s = 0.0;
@@ -651,12 +652,12 @@ averis_status avq_colstats(const void *x, int bf16_in, int64_t rows, int64_t col
     AVC_OK(ws_take(reinterpret_cast<void **>(&buf), n * (sizeof(double) + 2 * sizeof(float)), s));
     double *part = reinterpret_cast<double *>(buf);
     float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
-    AVC_TRY(cudaMemsetAsync(res_amax, 0, sizeof(float), s));
     dim3 grid(avc_blocks(cols, 128), (unsigned)nchunk);
     if (bf16_in)
-        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn);
+        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn,
+                                             res_amax);
     else
-        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const float *>(x), rows, cols, ld, part, pmx, pmn);
+        k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const float *>(x), rows, cols, ld, part, pmx, pmn, res_amax);
     AVC_LAUNCHED();
     k_colstats_final<<<avc_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
                                                            res_amax);
