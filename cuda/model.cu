@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #define CB_TRY AVC_CUBLAS_TRY
@@ -63,7 +64,7 @@ __global__ void k_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int
  * x + mb: mb (or NULL) is the split recipes' fp32 mean term beside a BF16 x,
  * [nh·d] for rows (token, head) (see gq_forward) */
 template <typename X>
-__global__ void k_rmsnorm_bwd(float *dx, const float *dy, const X *x, const float *mb, int nh, const float *rstd,
+__global__ void __launch_bounds__(256, 4) k_rmsnorm_bwd(float *dx, const float *dy, const X *x, const float *mb, int nh, const float *rstd,
                               const float *w, int64_t rows, int64_t d, int acc) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
@@ -196,21 +197,49 @@ __global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T)
 }
 
 /* dS = P⊙(dP − Σ_j P⊙dP)·scale, BF16; dP in fp32 */
-__global__ void k_softmax_bwd(const __nv_bfloat16 *P, const float *dP, __nv_bfloat16 *dS, int64_t rows, int T,
-                              float scale) {
+template <int NK>
+__global__ void __launch_bounds__(256, 2) k_softmax_bwd(const __nv_bfloat16 *P, const float *dP, __nv_bfloat16 *dS,
+                                                        int64_t rows, int T, float scale) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
     int t = (int)((uint32_t)r % (uint32_t)T);
     const __nv_bfloat16 *p = P + r * T;
     const float *dp = dP + r * T;
+    /* the row's first 32·NK columns read once into registers, the rest (T >
+     * 1024) from memory each pass: per lane the same operations in the same
+     * order (j = lane, lane + 32, …) as two passes over memory */
+    float pv[NK], dv[NK];
+#pragma unroll
+    for (int k = 0; k < NK; k++) {
+        int j = lane + 32 * k;
+        pv[k] = j <= t ? __bfloat162float(p[j]) : 0.0f;
+        dv[k] = j <= t ? dp[j] : 0.0f;
+    }
     float pdp = 0.0f;
-    for (int j = lane; j <= t; j += 32) pdp += __bfloat162float(p[j]) * dp[j];
+#pragma unroll
+    for (int k = 0; k < NK; k++)
+        if (lane + 32 * k <= t) pdp += pv[k] * dv[k];
+    for (int j = lane + 32 * NK; j <= t; j += 32) pdp += __bfloat162float(p[j]) * dp[j];
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) pdp += __shfl_xor_sync(0xffffffffu, pdp, o);
     __nv_bfloat16 *ds = dS + r * T;
-    for (int j = lane; j < T; j += 32)
+#pragma unroll
+    for (int k = 0; k < NK; k++) {
+        int j = lane + 32 * k;
+        if (j < T) ds[j] = __float2bfloat16_rn(j <= t ? pv[k] * (dv[k] - pdp) * scale : 0.0f);
+    }
+    for (int j = lane + 32 * NK; j < T; j += 32)
         ds[j] = __float2bfloat16_rn(j <= t ? __bfloat162float(p[j]) * (dp[j] - pdp) * scale : 0.0f);
+}
+
+/* k_softmax_bwd with NK = ⌈T/32⌉ rounded up to a power of two, at most 32 (longer rows: the tail loops) */
+template <typename F> averis_status by_nk(int T, F f) {
+    int nk = (T + 31) / 32;
+    if (nk <= 4) return f(std::integral_constant<int, 4>());
+    if (nk <= 8) return f(std::integral_constant<int, 8>());
+    if (nk <= 16) return f(std::integral_constant<int, 16>());
+    return f(std::integral_constant<int, 32>());
 }
 
 /* g, u [n/F × F] fp32 or BF16, each + its mean term [F] (mg, mu, or NULL) */
@@ -479,8 +508,12 @@ averis_status attention_bwd_naive(avc_model *g, layer_io &a, int64_t T, int64_t 
     AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, a.P, CUDA_R_16BF, T, grp * T * T, g->doh, CUDA_R_16BF, Dh, grp * T * Dh,
                  0.0f, g->oh3, CUDA_R_32F, Dh, T * Dh, nb));
     int64_t rows = (int64_t)g->B * g->H * T;
-    k_softmax_bwd<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(a.P, g->S, g->dS, rows, (int)T, scale);
-    AVC_LAUNCHED();
+    AVC_OK(by_nk((int)T, [&](auto nk) {
+        k_softmax_bwd<decltype(nk)::value><<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(a.P, g->S, g->dS, rows, (int)T,
+                                                                                          scale);
+        AVC_LAUNCHED();
+        return AVERIS_OK;
+    }));
     AVC_OK(bgemm(g, 0, 0, grp * T, Dh, T, 1.0f, g->dS, CUDA_R_16BF, T, grp * T * T, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
                  g->oh, CUDA_R_32F, Dh, grp * T * Dh, nb));
     AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, g->dS, CUDA_R_16BF, T, grp * T * T, a.qh, CUDA_R_16BF, Dh, grp * T * Dh,
