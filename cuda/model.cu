@@ -176,8 +176,9 @@ __global__ void k_heads_to_tokens(const float *x, Y *y, int64_t N, int nh, int D
 }
 
 /* P = softmax over j ≤ t of S (scaled already), BF16, zeros above the
- * diagonal: one warp per row of T */
-__global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T) {
+ * diagonal up to the end of the row's causal block of tb rows (the GEMMs
+ * read no further, see attention_fwd): one warp per row of T */
+__global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T, int tb) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -193,13 +194,15 @@ __global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T)
     for (int o = 16; o >= 1; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     float inv = 1.0f / sum;
     __nv_bfloat16 *p = P + r * T;
-    for (int j = lane; j < T; j += 32) p[j] = __float2bfloat16_rn(j <= t ? expf(s[j] - mx) * inv : 0.0f);
+    int lim = (t / tb + 1) * tb;
+    for (int j = lane; j < lim; j += 32) p[j] = __float2bfloat16_rn(j <= t ? expf(s[j] - mx) * inv : 0.0f);
 }
 
-/* dS = P⊙(dP − Σ_j P⊙dP)·scale, BF16; dP in fp32 */
+/* dS = P⊙(dP − Σ_j P⊙dP)·scale, BF16; dP in fp32; written to the end of
+ * the row's causal block of tb rows, as P */
 template <int NK>
 __global__ void __launch_bounds__(256, 2) k_softmax_bwd(const __nv_bfloat16 *P, const float *dP, __nv_bfloat16 *dS,
-                                                        int64_t rows, int T, float scale) {
+                                                        int64_t rows, int T, int tb, float scale) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (r >= rows) return;
@@ -224,12 +227,13 @@ __global__ void __launch_bounds__(256, 2) k_softmax_bwd(const __nv_bfloat16 *P, 
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) pdp += __shfl_xor_sync(0xffffffffu, pdp, o);
     __nv_bfloat16 *ds = dS + r * T;
+    int lim = (t / tb + 1) * tb;
 #pragma unroll
     for (int k = 0; k < NK; k++) {
         int j = lane + 32 * k;
-        if (j < T) ds[j] = __float2bfloat16_rn(j <= t ? pv[k] * (dv[k] - pdp) * scale : 0.0f);
+        if (j < lim) ds[j] = __float2bfloat16_rn(j <= t ? pv[k] * (dv[k] - pdp) * scale : 0.0f);
     }
-    for (int j = lane + 32 * NK; j < T; j += 32)
+    for (int j = lane + 32 * NK; j < lim; j += 32)
         ds[j] = __float2bfloat16_rn(j <= t ? __bfloat162float(p[j]) * (dp[j] - pdp) * scale : 0.0f);
 }
 
@@ -382,6 +386,7 @@ struct avc_model {
     qlin_recipe recipe, bf16_recipe;
     int bf16_last;
     int flash;    /* attention by cuda/flash.cu (else cuBLAS + materialised P) */
+    int nsplit;   /* the materialised path's causal row blocks (attention_fwd) */
     int act_bf16; /* activations between kernels in BF16 (else fp32); the residual stream stays fp32 */
     char desc[128];
     int B, T;
@@ -485,15 +490,26 @@ averis_status prep_weights(avc_model *g) {
 template <typename A> averis_status attention_fwd(avc_model *g, layer_io &a) {
     AVC_PROF("attention fwd", g->s);
     if (g->flash) return avf_forward(a.qh, a.kh, a.vh, a.ao, g->act_bf16, a.lse, g->B, g->T, g->H, g->KV, g->Dh, g->s);
-    int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV;
+    int64_t T = g->T, Dh = g->Dh, grp = g->H / g->KV, nb = (int64_t)g->B * g->KV, tb = T / g->nsplit;
     float scale = 1.0f / sqrtf((float)Dh);
-    AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, scale, a.qh, CUDA_R_16BF, Dh, grp * T * Dh, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
-                 g->S, CUDA_R_32F, T, grp * T * T, nb));
+    /* causal blocks: the tb query rows of block i see keys [0, (i+1)·tb) only, so each GEMM runs per (head
+     * of the kv group, row block) and skips the key blocks right of the diagonal block: (ns+1)/(2·ns) of
+     * the work and of S and P's traffic (5/8 at ns = 4). S and P rows of a (b, kv) batch: h·T + t. */
+    for (int64_t h = 0; h < grp; h++)
+        for (int64_t i = 0; i < g->nsplit; i++) {
+            int64_t r0 = h * T + i * tb;
+            AVC_OK(bgemm(g, 0, 1, tb, (i + 1) * tb, Dh, scale, a.qh + r0 * Dh, CUDA_R_16BF, Dh, grp * T * Dh, a.kh,
+                         CUDA_R_16BF, Dh, T * Dh, 0.0f, g->S + r0 * T, CUDA_R_32F, T, grp * T * T, nb));
+        }
     int64_t rows = (int64_t)g->B * g->H * T;
-    k_softmax<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(g->S, a.P, rows, (int)T);
+    k_softmax<<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(g->S, a.P, rows, (int)T, (int)tb);
     AVC_LAUNCHED();
-    AVC_OK(bgemm(g, 0, 0, grp * T, Dh, T, 1.0f, a.P, CUDA_R_16BF, T, grp * T * T, a.vh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
-                 g->oh, CUDA_R_32F, Dh, grp * T * Dh, nb));
+    for (int64_t h = 0; h < grp; h++)
+        for (int64_t i = 0; i < g->nsplit; i++) {
+            int64_t r0 = h * T + i * tb;
+            AVC_OK(bgemm(g, 0, 0, tb, Dh, (i + 1) * tb, 1.0f, a.P + r0 * T, CUDA_R_16BF, T, grp * T * T, a.vh,
+                         CUDA_R_16BF, Dh, T * Dh, 0.0f, g->oh + r0 * Dh, CUDA_R_32F, Dh, grp * T * Dh, nb));
+        }
     k_heads_to_tokens<<<avc_blocks(g->N * g->qd, 256), 256, 0, g->s>>>(g->oh, static_cast<A *>(a.ao), g->N, g->H, g->Dh,
                                                                         g->T, nullptr, nullptr);
     AVC_LAUNCHED();
@@ -501,23 +517,45 @@ template <typename A> averis_status attention_fwd(avc_model *g, layer_io &a) {
 }
 
 /* The materialising backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dS, dQ = dS·K, dK = dSᵀ·Q
- * into the head-major g->oh, oh2, oh3 */
+ * into the head-major g->oh, oh2, oh3, in the causal blocks of
+ * attention_fwd: dP and dQ per (head, query block i) over keys [0, (i+1)·tb);
+ * dV and dK per (key block k, head) over queries [k·tb, T), the heads of a
+ * kv group summed by β = 1 in a fixed order */
 averis_status attention_bwd_naive(avc_model *g, layer_io &a, int64_t T, int64_t Dh, int64_t grp, int64_t nb, float scale) {
-    AVC_OK(bgemm(g, 0, 1, grp * T, T, Dh, 1.0f, g->doh, CUDA_R_16BF, Dh, grp * T * Dh, a.vh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
-                 g->S, CUDA_R_32F, T, grp * T * T, nb));
-    AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, a.P, CUDA_R_16BF, T, grp * T * T, g->doh, CUDA_R_16BF, Dh, grp * T * Dh,
-                 0.0f, g->oh3, CUDA_R_32F, Dh, T * Dh, nb));
+    int64_t tb = T / g->nsplit, ns = g->nsplit;
+    for (int64_t h = 0; h < grp; h++)
+        for (int64_t i = 0; i < ns; i++) {
+            int64_t r0 = h * T + i * tb;
+            AVC_OK(bgemm(g, 0, 1, tb, (i + 1) * tb, Dh, 1.0f, g->doh + r0 * Dh, CUDA_R_16BF, Dh, grp * T * Dh, a.vh,
+                         CUDA_R_16BF, Dh, T * Dh, 0.0f, g->S + r0 * T, CUDA_R_32F, T, grp * T * T, nb));
+        }
+    for (int64_t k = 0; k < ns; k++)
+        for (int64_t h = 0; h < grp; h++) {
+            int64_t q0 = h * T + k * tb; /* rows of P from query k·tb on, columns of key block k */
+            AVC_OK(bgemm(g, 1, 0, tb, Dh, T - k * tb, 1.0f, a.P + q0 * T + k * tb, CUDA_R_16BF, T, grp * T * T,
+                         g->doh + q0 * Dh, CUDA_R_16BF, Dh, grp * T * Dh, h ? 1.0f : 0.0f, g->oh3 + k * tb * Dh,
+                         CUDA_R_32F, Dh, T * Dh, nb));
+        }
     int64_t rows = (int64_t)g->B * g->H * T;
     AVC_OK(by_nk((int)T, [&](auto nk) {
         k_softmax_bwd<decltype(nk)::value><<<avc_blocks(rows * 32, 256), 256, 0, g->s>>>(a.P, g->S, g->dS, rows, (int)T,
-                                                                                          scale);
+                                                                                          (int)tb, scale);
         AVC_LAUNCHED();
         return AVERIS_OK;
     }));
-    AVC_OK(bgemm(g, 0, 0, grp * T, Dh, T, 1.0f, g->dS, CUDA_R_16BF, T, grp * T * T, a.kh, CUDA_R_16BF, Dh, T * Dh, 0.0f,
-                 g->oh, CUDA_R_32F, Dh, grp * T * Dh, nb));
-    AVC_OK(bgemm(g, 1, 0, T, Dh, grp * T, 1.0f, g->dS, CUDA_R_16BF, T, grp * T * T, a.qh, CUDA_R_16BF, Dh, grp * T * Dh,
-                 0.0f, g->oh2, CUDA_R_32F, Dh, T * Dh, nb));
+    for (int64_t h = 0; h < grp; h++)
+        for (int64_t i = 0; i < ns; i++) {
+            int64_t r0 = h * T + i * tb;
+            AVC_OK(bgemm(g, 0, 0, tb, Dh, (i + 1) * tb, 1.0f, g->dS + r0 * T, CUDA_R_16BF, T, grp * T * T, a.kh,
+                         CUDA_R_16BF, Dh, T * Dh, 0.0f, g->oh + r0 * Dh, CUDA_R_32F, Dh, grp * T * Dh, nb));
+        }
+    for (int64_t k = 0; k < ns; k++)
+        for (int64_t h = 0; h < grp; h++) {
+            int64_t q0 = h * T + k * tb;
+            AVC_OK(bgemm(g, 1, 0, tb, Dh, T - k * tb, 1.0f, g->dS + q0 * T + k * tb, CUDA_R_16BF, T, grp * T * T,
+                         a.qh + q0 * Dh, CUDA_R_16BF, Dh, grp * T * Dh, h ? 1.0f : 0.0f, g->oh2 + k * tb * Dh,
+                         CUDA_R_32F, Dh, T * Dh, nb));
+        }
     return AVERIS_OK;
 }
 
@@ -599,6 +637,7 @@ averis_status setup(avc_model *g, const model *m) {
         size_t free_b = 0, total_b = 0;
         AVC_TRY(cudaMemGetInfo(&free_b, &total_b));
         g->flash = attn ? !strcmp(attn, "flash") : sup && p_bytes > 0.25 * (double)total_b;
+        g->nsplit = g->T % 64 == 0 ? 4 : 1; /* blocks of T/4 rows: multiples of 16, so every GEMM operand stays aligned */
     }
     /* Activations: BF16 by default (half the memory and traffic; the CPU
      * model keeps fp32, so the GPU then differs by one BF16 rounding of q, k,
