@@ -622,7 +622,7 @@ averis_status setup(avc_model *g, const model *m) {
         AVC_OK(gq_check(r, N, qd, C));
         AVC_OK(gq_check(r, N, C, kvd));
     }
-    /* Attention: cuBLAS with P materialised (faster here: 159 vs 501 ms per
+    /* Attention: cuBLAS with P materialised (faster here: 142 vs 491 ms per
      * 0.6B step, bench/results) unless P would take over a quarter of the GPU's
      * memory, then flash.cu; AVERIS_ATTN=flash|naive forces one. */
     {
