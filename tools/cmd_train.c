@@ -49,7 +49,9 @@ static void train_usage(FILE *f) {
             "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
             "  --device cpu|cuda   where the steps run (default cpu); cuda needs a build with the\n"
             "                      CUDA toolkit and an sm_90+ GPU; checkpoints are interchangeable\n"
-            "  --gpu N             CUDA device index (default 0)\n"
+            "  --gpu N             CUDA device index (default 0); with cuda, AVERIS_ACT=bf16|fp32\n"
+            "                      sets the activations between kernels (default bf16) and\n"
+            "                      AVERIS_ATTN=naive|flash the attention path (default: by memory)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n",
