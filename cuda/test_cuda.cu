@@ -483,6 +483,7 @@ static void test_flash_attention(void) {
 }
 
 extern "C" void test_model_vs_cpu(void); /* model_check.cu */
+extern "C" void test_model_vs_cpu_T(int T);
 /* the model check with fp32 activations (the CPU's), with BF16 (the
  * default), and with attention through flash.cu */
 static void test_model_vs_cpu_fp32act(void) {
@@ -493,6 +494,12 @@ static void test_model_vs_cpu_fp32act(void) {
 static void test_model_vs_cpu_bf16act(void) {
     setenv("AVERIS_ACT", "bf16", 1);
     test_model_vs_cpu();
+    unsetenv("AVERIS_ACT");
+}
+/* seq 48: the materialised attention unsplit (seq % 64 != 0), BF16 activations */
+static void test_model_vs_cpu_seq48(void) {
+    setenv("AVERIS_ACT", "bf16", 1);
+    test_model_vs_cpu_T(48);
     unsetenv("AVERIS_ACT");
 }
 static void test_model_vs_cpu_flash(void) {
@@ -510,6 +517,7 @@ static const test_case k_tests[] = {
     {"flash_attention", test_flash_attention},
     {"model_vs_cpu_fp32act", test_model_vs_cpu_fp32act},
     {"model_vs_cpu_bf16act", test_model_vs_cpu_bf16act},
+    {"model_vs_cpu_seq48", test_model_vs_cpu_seq48},
     {"model_vs_cpu_flash", test_model_vs_cpu_flash},
 };
 
