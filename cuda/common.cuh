@@ -33,6 +33,19 @@ extern "C" averis_status averis_fail(averis_status st, const char *fmt, ...);
 
 static inline unsigned avc_blocks(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
+/* Σ and max over a warp's 32 lanes by the xor butterfly: every lane gets
+ * the result, in a fixed order (deterministic) */
+__device__ __forceinline__ float avc_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float avc_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 /* Activations are fp32 or BF16 (the model's choice, AVERIS_ACT): kernels
  * load and store either through these, computing in fp32. */
 __device__ __forceinline__ float avc_ld(const float *p) { return *p; }

@@ -131,8 +131,7 @@ __global__ void k_flash_dvec(const float *dao, const OT *ao, float *D, int64_t r
     size_t off = (((size_t)b * T + t) * H + h) * DH;
     float s = 0.0f;
     for (int d = lane; d < DH; d += 32) s += dao[off + d] * avc_ld(ao + off + d);
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    s = avc_warp_sum(s);
     if (lane == 0) D[row] = s;
 }
 

@@ -53,8 +53,7 @@ __global__ void k_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int
     const float *xr = x + r * d;
     float ss = 0.0f;
     for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = avc_warp_sum(ss);
     float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (lane == 0) rstd[r] = rs;
     for (int64_t i = lane; i < d; i += 32) avc_st(y + r * d + i, w[i] * (xr[i] * rs));
@@ -71,13 +70,13 @@ __global__ void __launch_bounds__(256, 4) k_rmsnorm_bwd(float *dx, const float *
     if (r >= rows) return;
     const X *xr = x + r * d;
     const float *dyr = dy + r * d, *mr = mb ? mb + ((uint32_t)r % (uint32_t)nh) * d : nullptr;
+    auto xv = [&](int64_t i) { return avc_ld(xr + i) + (mr ? mr[i] : 0.0f); };
     float rs = rstd[r], dot = 0.0f;
-    for (int64_t i = lane; i < d; i += 32) dot += dyr[i] * w[i] * ((avc_ld(xr + i) + (mr ? mr[i] : 0.0f)) * rs);
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    for (int64_t i = lane; i < d; i += 32) dot += dyr[i] * w[i] * (xv(i) * rs);
+    dot = avc_warp_sum(dot);
     dot /= (float)d;
     for (int64_t i = lane; i < d; i += 32) {
-        float v = rs * (dyr[i] * w[i] - ((avc_ld(xr + i) + (mr ? mr[i] : 0.0f)) * rs) * dot);
+        float v = rs * (dyr[i] * w[i] - (xv(i) * rs) * dot);
         dx[r * d + i] = acc ? dx[r * d + i] + v : v;
     }
 }
@@ -128,8 +127,7 @@ __global__ void k_headnorm_rope(const A *raw, const float *mb, const float *w, c
     __syncwarp();
     float ss = 0.0f;
     for (int i = lane; i < Dh; i += 32) ss += v[i] * v[i];
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = avc_warp_sum(ss);
     float rs = 1.0f / sqrtf(ss / (float)Dh + eps);
     if (lane == 0) rstd[row] = rs;
     for (int i = lane; i < Dh; i += 32) v[i] = w[i] * (v[i] * rs);
@@ -186,12 +184,10 @@ __global__ void k_softmax(const float *S, __nv_bfloat16 *P, int64_t rows, int T,
     const float *s = S + r * T;
     float mx = -INFINITY;
     for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, s[j]);
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    mx = avc_warp_max(mx);
     float sum = 0.0f;
     for (int j = lane; j <= t; j += 32) sum += expf(s[j] - mx);
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    sum = avc_warp_sum(sum);
     float inv = 1.0f / sum;
     __nv_bfloat16 *p = P + r * T;
     int lim = (t / tb + 1) * tb;
@@ -224,8 +220,7 @@ __global__ void __launch_bounds__(256, 2) k_softmax_bwd(const __nv_bfloat16 *P, 
     for (int k = 0; k < NK; k++)
         if (lane + 32 * k <= t) pdp += pv[k] * dv[k];
     for (int j = lane + 32 * NK; j <= t; j += 32) pdp += __bfloat162float(p[j]) * dp[j];
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) pdp += __shfl_xor_sync(0xffffffffu, pdp, o);
+    pdp = avc_warp_sum(pdp);
     __nv_bfloat16 *ds = dS + r * T;
     int lim = (t / tb + 1) * tb;
 #pragma unroll
@@ -765,6 +760,17 @@ averis_status setup(avc_model *g, const model *m) {
     return AVERIS_OK;
 }
 
+/* BF16 activations under a split recipe keep the mean terms of q, k, v, g,
+ * u apart (gq_forward's mean_out); otherwise they are in the activations
+ * and these are NULL */
+struct mean_terms {
+    float *q, *k, *v, *g, *u;
+};
+mean_terms layer_means(const avc_model *g, const layer_io &a, const qlin_recipe *r) {
+    if (!(g->act_bf16 && r->split_x)) return {nullptr, nullptr, nullptr, nullptr, nullptr};
+    return {a.mb_q, a.mb_k, a.mb_v, a.mb_g, a.mb_u};
+}
+
 /* A: the activations' type (float or BF16) */
 template <typename A>
 averis_status forward_backward(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
@@ -795,23 +801,20 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h1, s));
-        /* BF16 activations of a split recipe: the mean terms, else NULL */
-        bool mt = g->act_bf16 && r->split_x;
-        float *mq = mt ? a.mb_q : nullptr, *mk = mt ? a.mb_k : nullptr, *mv = mt ? a.mb_v : nullptr,
-              *mg = mt ? a.mb_g : nullptr, *mu = mt ? a.mb_u : nullptr;
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[0], a.q_raw, g->act_bf16, nullptr, mq, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[1], a.k_raw, g->act_bf16, nullptr, mk, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h1, &wo[2], a.v, g->act_bf16, nullptr, mv, &g->scr, s));
+        const mean_terms mt = layer_means(g, a, r);
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[0], a.q_raw, g->act_bf16, nullptr, mt.q, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[1], a.k_raw, g->act_bf16, nullptr, mt.k, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h1, &wo[2], a.v, g->act_bf16, nullptr, mt.v, &g->scr, s));
         {
             AVC_PROF("norms fwd + rope", s);
             size_t smem = (size_t)8 * Dh * sizeof(float);
-            k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.q_raw), mq, w.q_norm, g->rope_cos, g->rope_sin, N,
+            k_headnorm_rope<<<avc_blocks(N * H * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.q_raw), mt.q, w.q_norm, g->rope_cos, g->rope_sin, N,
                                                                            H, Dh, T, eps, a.rstd_q, a.qh);
             AVC_LAUNCHED();
-            k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.k_raw), mk, w.k_norm, g->rope_cos, g->rope_sin,
+            k_headnorm_rope<<<avc_blocks(N * KV * 32, 256), 256, smem, s>>>(static_cast<const A *>(a.k_raw), mt.k, w.k_norm, g->rope_cos, g->rope_sin,
                                                                             N, KV, Dh, T, eps, a.rstd_k, a.kh);
             AVC_LAUNCHED();
-            k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(static_cast<const A *>(a.v), mv, a.vh, N, KV, Dh, T);
+            k_tokens_to_heads<<<avc_blocks(N * kvd, 256), 256, 0, s>>>(static_cast<const A *>(a.v), mt.v, a.vh, N, KV, Dh, T);
             AVC_LAUNCHED();
         }
         AVC_OK(attention_fwd<A>(g, a));
@@ -823,12 +826,12 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_h2, s));
-        AVC_OK(gq_forward(r, &a.in_h2, &wo[4], a.g, g->act_bf16, nullptr, mg, &g->scr, s));
-        AVC_OK(gq_forward(r, &a.in_h2, &wo[5], a.u, g->act_bf16, nullptr, mu, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h2, &wo[4], a.g, g->act_bf16, nullptr, mt.g, &g->scr, s));
+        AVC_OK(gq_forward(r, &a.in_h2, &wo[5], a.u, g->act_bf16, nullptr, mt.u, &g->scr, s));
         {
             AVC_PROF("elementwise", s);
-            k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(static_cast<const A *>(a.g), static_cast<const A *>(a.u), mg,
-                                                            mu, static_cast<A *>(a.a), N * F, F);
+            k_swiglu<<<avc_blocks(N * F, 256), 256, 0, s>>>(static_cast<const A *>(a.g), static_cast<const A *>(a.u), mt.g,
+                                                            mt.u, static_cast<A *>(a.a), N * F, F);
         }
         AVC_LAUNCHED();
         AVC_OK(gq_prep_x(r, &a.in_a, s));
@@ -880,15 +883,13 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         gq_w *wo = &g->wops[7 * l];
         uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3);
         a.in_a.xt_ready = a.in_h2.xt_ready = a.in_ao.xt_ready = a.in_h1.xt_ready = 0;
-        bool mt = g->act_bf16 && r->split_x; /* as in the forward */
-        float *mq = mt ? a.mb_q : nullptr, *mk = mt ? a.mb_k : nullptr, *mg = mt ? a.mb_g : nullptr,
-              *mu = mt ? a.mb_u : nullptr;
+        const mean_terms mt = layer_means(g, a, r);
         /* MLP */
         AVC_OK(gq_backward(r, &a.in_a, &wo[6], g->dx, g->da, 0, gw.wd, s0 | 6, &g->scr, s));
         {
             AVC_PROF("elementwise", s);
             k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, static_cast<const A *>(a.g),
-                                                                static_cast<const A *>(a.u), mg, mu, g->dg, g->du, N * F,
+                                                                static_cast<const A *>(a.u), mt.g, mt.u, g->dg, g->du, N * F,
                                                                 F);
         }
         AVC_LAUNCHED();
@@ -899,9 +900,9 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         AVC_OK(gq_backward(r, &a.in_ao, &wo[3], g->dx, g->dao, 0, gw.wo, s0 | 3, &g->scr, s));
         AVC_OK(attention_bwd<A>(g, a));
         float *dq_raw = g->dtmp, *dk_raw = g->dao; /* dao is spent */
-        AVC_OK(rmsnorm_bwd(g, dq_raw, gw.q_norm, g->dq, static_cast<const A *>(a.q_raw), mq, H, a.rstd_q, w.q_norm, N * H,
+        AVC_OK(rmsnorm_bwd(g, dq_raw, gw.q_norm, g->dq, static_cast<const A *>(a.q_raw), mt.q, H, a.rstd_q, w.q_norm, N * H,
                            Dh, 0));
-        AVC_OK(rmsnorm_bwd(g, dk_raw, gw.k_norm, g->dk, static_cast<const A *>(a.k_raw), mk, KV, a.rstd_k, w.k_norm,
+        AVC_OK(rmsnorm_bwd(g, dk_raw, gw.k_norm, g->dk, static_cast<const A *>(a.k_raw), mt.k, KV, a.rstd_k, w.k_norm,
                            N * KV, Dh, 0));
         AVC_OK(gq_backward(r, &a.in_h1, &wo[0], dq_raw, g->dh, 0, gw.wq, s0 | 0, &g->scr, s));
         AVC_OK(gq_backward(r, &a.in_h1, &wo[1], dk_raw, g->dh, 1, gw.wk, s0 | 1, &g->scr, s));

@@ -184,8 +184,7 @@ __global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv
             acc += f[2 * i + 1] * __uint_as_float(w[i] & 0xFFFF0000u);
         }
     }
-#pragma unroll
-    for (int k = 16; k >= 1; k >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, k);
+    acc = avc_warp_sum(acc);
     if (lane == 0) {
         float e, d;
         avd_global_scales(*w_amax, &e, &d);

@@ -149,16 +149,14 @@ __device__ __forceinline__ float block_amax(const qparams &p, const float v[16])
  * over the warps' maxima; atomicMax on the bits of a non-negative float
  * (order-free, so deterministic). Every thread of the block must call it. */
 __device__ __forceinline__ void reduce_amax(float m, float *amax) {
-#pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    m = avc_warp_max(m);
     __shared__ float warp_max[32];
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     if (lane == 0) warp_max[w] = m;
     __syncthreads();
     if (w == 0) {
         m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
-#pragma unroll
-        for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        m = avc_warp_max(m);
         if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(amax), __float_as_uint(m));
     }
 }

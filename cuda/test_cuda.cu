@@ -268,49 +268,45 @@ static void test_transposed_copies(void) {
     printf("  transposed copies: %d compared\n", compared);
 }
 
+/* the device statistics in out [mean | max | min | residual amax] against
+ * nvfp4_colstats_ref of the fp32 values x */
+static void check_colstats(const char *what, const float *out_dev, const float *x, int64_t rows, int64_t cols, int pat) {
+    std::vector<float> mean(cols), mx(cols), mn(cols);
+    nvfp4_colstats_ref(x, rows, cols, cols, mean.data(), mx.data(), mn.data());
+    float ra = nvfp4_residual_amax(mean.data(), mx.data(), mn.data(), cols);
+    std::vector<float> h = host_copy(out_dev, 3 * cols + 1);
+    /* NaN means (pattern 7: inf − inf) are NaN on both sides; their payload bits differ by ISA */
+    int64_t bad = -1;
+    for (int64_t j = 0; j < cols && bad < 0; j++)
+        if (memcmp(&h[j], &mean[j], 4) && !(std::isnan(h[j]) && std::isnan(mean[j]))) bad = j;
+    CHECK(bad < 0, "%s means differ: %lldx%lld pattern %d column %lld: %a vs %a", what, (long long)rows,
+          (long long)cols, pat, (long long)bad, bad < 0 ? 0.0 : (double)mean[bad], bad < 0 ? 0.0 : (double)h[bad]);
+    CHECK(!memcmp(h.data() + cols, mx.data(), cols * 4) && !memcmp(h.data() + 2 * cols, mn.data(), cols * 4),
+          "%s max/min differ: pattern %d", what, pat);
+    CHECK(!memcmp(h.data() + 3 * cols, &ra, 4), "%s residual amax differs: pattern %d: %a vs %a", what, pat, (double)ra,
+          (double)h[3 * cols]);
+}
+
 static void test_colstats_bitexact(void) {
     trng r = {555};
     const int64_t shapes[][2] = {{1, 3}, {255, 17}, {256, 64}, {1000, 100}, {4097, 48}};
     for (int s = 0; s < 5; s++) {
         int64_t rows = shapes[s][0], cols = shapes[s][1], n = rows * cols;
-        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
+        std::vector<float> x(n), xr(n);
+        std::vector<uint16_t> xb(n);
         for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
             test_fill_pattern(x.data(), n, cols, pat, &r);
-            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
-            float ra = nvfp4_residual_amax(mean.data(), mx.data(), mn.data(), cols);
             float *dx = dev_copy(x.data(), n), *out;
             DEV(cudaMalloc(&out, (3 * cols + 1) * sizeof(float)));
             CHECK(avc_colstats(dx, rows, cols, out, out + cols, out + 2 * cols, out + 3 * cols, NULL) == AVERIS_OK,
                   "colstats: %s", averis_last_error());
-            std::vector<float> h = host_copy(out, 3 * cols + 1);
-            /* NaN means (pattern 7: inf − inf) are NaN on both sides; their payload bits differ by ISA */
-            int64_t bad = -1;
-            for (int64_t j = 0; j < cols && bad < 0; j++)
-                if (memcmp(&h[j], &mean[j], 4) && !(std::isnan(h[j]) && std::isnan(mean[j]))) bad = j;
-            CHECK(bad < 0, "means differ: %lldx%lld pattern %d column %lld: %a vs %a", (long long)rows, (long long)cols,
-                  pat, (long long)bad, bad < 0 ? 0.0 : (double)mean[bad], bad < 0 ? 0.0 : (double)h[bad]);
-            CHECK(!memcmp(h.data() + cols, mx.data(), cols * 4) && !memcmp(h.data() + 2 * cols, mn.data(), cols * 4),
-                  "max/min differ: pattern %d", pat);
-            CHECK(!memcmp(h.data() + 3 * cols, &ra, 4), "residual amax differs: pattern %d: %a vs %a", pat, (double)ra,
-                  (double)h[3 * cols]);
+            check_colstats("fp32", out, x.data(), rows, cols, pat);
             /* BF16 input (the model's activations): the statistics of its fp32 values */
-            std::vector<uint16_t> xb(n);
-            std::vector<float> xr(n);
             for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]), xr[i] = nvfp4_bf16_to_f32(xb[i]);
-            nvfp4_colstats_ref(xr.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
-            ra = nvfp4_residual_amax(mean.data(), mx.data(), mn.data(), cols);
             uint16_t *dxb = dev_copy(xb.data(), n);
             CHECK(avq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
                   "colstats bf16: %s", averis_last_error());
-            h = host_copy(out, 3 * cols + 1);
-            bad = -1;
-            for (int64_t j = 0; j < cols && bad < 0; j++)
-                if (memcmp(&h[j], &mean[j], 4) && !(std::isnan(h[j]) && std::isnan(mean[j]))) bad = j;
-            CHECK(bad < 0, "bf16 means differ: %lldx%lld pattern %d column %lld", (long long)rows, (long long)cols, pat,
-                  (long long)bad);
-            CHECK(!memcmp(h.data() + cols, mx.data(), cols * 4) && !memcmp(h.data() + 2 * cols, mn.data(), cols * 4) &&
-                      !memcmp(h.data() + 3 * cols, &ra, 4),
-                  "bf16 max/min/residual amax differ: pattern %d", pat);
+            check_colstats("bf16", out, xr.data(), rows, cols, pat);
             cudaFree(dxb);
             cudaFree(dx);
             cudaFree(out);
