@@ -33,6 +33,21 @@ def label(path):
     return b.replace("analysis_", "").replace(".csv", "")
 
 
+def finish(fig, out, fname):
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, fname), dpi=110)
+    plt.close(fig)
+
+
+def line_pair(axes, titles, xlabel):
+    """two line plots side by side: titles, x label, grid, the legend on the first"""
+    for a, t in zip(axes, titles):
+        a.set_title(t)
+        a.set_xlabel(xlabel)
+        a.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+
+
 def main():
     out, paths = sys.argv[1], sys.argv[2:]
     runs = {label(p): load(p) for p in paths}
@@ -49,15 +64,8 @@ def main():
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], styles[ri % 4], color=c, marker="o", ms=3,
                          label=f"{kind} ({name})")
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], styles[ri % 4], color=c, marker="o", ms=3)
-    axes[0].set_title("mean-energy ratio R vs depth (last step)")
-    axes[1].set_title("|cos(μ, v₁)| vs depth (last step)")
-    for a in axes:
-        a.set_xlabel("layer")
-        a.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "meanbias_depth.png"), dpi=110)
-    plt.close(fig)
+    line_pair(axes, ["mean-energy ratio R vs depth (last step)", "|cos(μ, v₁)| vs depth (last step)"], "layer")
+    finish(fig, out, "meanbias_depth.png")
     # 2. vs step, mean over layers
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ri, (name, rows) in enumerate(runs.items()):
@@ -73,15 +81,8 @@ def main():
             C = [sum(r["cos_mu_v1"] for r in by[s]) / len(by[s]) for s in steps]
             axes[0].plot(steps, R, styles[ri % 4], color=f"C{ki}", label=f"{kind} ({name})")
             axes[1].plot(steps, C, styles[ri % 4], color=f"C{ki}")
-    axes[0].set_title("R over training (mean over layers)")
-    axes[1].set_title("|cos(μ, v₁)| over training (mean over layers)")
-    for a in axes:
-        a.set_xlabel("step")
-        a.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "meanbias_steps.png"), dpi=110)
-    plt.close(fig)
+    line_pair(axes, ["R over training (mean over layers)", "|cos(μ, v₁)| over training (mean over layers)"], "step")
+    finish(fig, out, "meanbias_steps.png")
     # 3. energy split, first run, last step
     name, rows = next(iter(runs.items()))
     last = max(r["step"] for r in rows)
@@ -96,9 +97,7 @@ def main():
     ax.set_xticklabels([f"{r['kind']}.{int(r['layer'])}" for r in sel], rotation=90, fontsize=6)
     ax.set_title(f"energy split of X ({name}, step {int(last)})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "energy_split.png"), dpi=110)
-    plt.close(fig)
+    finish(fig, out, "energy_split.png")
     # 4. quantization error per kind (mean over layers), last step, each run
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     kinds = ACT + GRAD
@@ -122,9 +121,7 @@ def main():
         a.set_xticklabels(kinds, rotation=30, fontsize=7)
         a.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "quant_error.png"), dpi=110)
-    plt.close(fig)
+    finish(fig, out, "quant_error.png")
     # summary table
     print("| run | kind | R at step 0 | R last | cos last | e_mean last | flushed plain → split | relMSE plain → split |")
     print("|---|---|---|---|---|---|---|---|")
