@@ -191,7 +191,9 @@ static int bench_step(int argc, char **argv) {
         OK(qlin_recipe_parse(name.c_str(), &m.recipe));
         m.recipe.seed = 7;
         avc_model *g;
-        OK(avc_model_create(&g, &m, B, T));
+        avc_model_opts gopts;
+        OK(avc_model_opts_parse(getenv("AVERIS_ACT"), getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &gopts));
+        OK(avc_model_create(&g, &m, B, T, &gopts));
         if (res.empty()) printf("(%s)\n", avc_model_describe(g));
         std::vector<double> t;
         float loss = 0;

@@ -382,6 +382,7 @@ struct avc_model {
     int bf16_last;
     int flash;    /* attention by cuda/flash.cu (else cuBLAS + materialised P) */
     int nsplit;   /* the materialised path's causal row blocks (attention_fwd) */
+    avc_model_opts opts = {};
     int act_bf16; /* activations between kernels in BF16 (else fp32); the residual stream stays fp32 */
     char desc[128];
     int B, T;
@@ -621,17 +622,14 @@ averis_status setup(avc_model *g, const model *m) {
      * 0.6B step, bench/results) unless P would take over a quarter of the GPU's
      * memory, then flash.cu; AVERIS_ATTN=flash|naive forces one. */
     {
-        const char *attn = getenv("AVERIS_ATTN");
         int sup = avf_supported(g->T, g->Dh);
-        if (attn && strcmp(attn, "flash") && strcmp(attn, "naive"))
-            return averis_fail(AVERIS_EINVAL, "AVERIS_ATTN=%s: want flash or naive", attn);
-        if (attn && !strcmp(attn, "flash") && !sup)
-            return averis_fail(AVERIS_EUNSUPPORTED, "AVERIS_ATTN=flash needs seq %% 64 == 0 and head_dim 32, 64 or 128 (got %d, %d)",
+        if (g->opts.attn == AVC_ATTN_FLASH && !sup)
+            return averis_fail(AVERIS_EUNSUPPORTED, "flash attention needs seq %% 64 == 0 and head_dim 32, 64 or 128 (got %d, %d)",
                                g->T, g->Dh);
         double p_bytes = (double)g->B * g->H * g->T * (double)g->T * (2.0 * c.num_hidden_layers + 6.0);
         size_t free_b = 0, total_b = 0;
         AVC_TRY(cudaMemGetInfo(&free_b, &total_b));
-        g->flash = attn ? !strcmp(attn, "flash") : sup && p_bytes > 0.25 * (double)total_b;
+        g->flash = g->opts.attn != AVC_ATTN_AUTO ? g->opts.attn == AVC_ATTN_FLASH : sup && p_bytes > 0.25 * (double)total_b;
         g->nsplit = g->T % 64 == 0 ? 4 : 1; /* blocks of T/4 rows: multiples of 16, so every GEMM operand stays aligned */
     }
     /* Activations: BF16 by default (half the memory and traffic; the CPU
@@ -639,13 +637,10 @@ averis_status setup(avc_model *g, const model *m) {
      * v, g, u and attention's output); AVERIS_ACT=fp32 keeps them fp32 to
      * follow the CPU closely. The fp32 recipe takes fp32. */
     {
-        const char *act = getenv("AVERIS_ACT");
-        if (act && strcmp(act, "bf16") && strcmp(act, "fp32"))
-            return averis_fail(AVERIS_EINVAL, "AVERIS_ACT=%s: want bf16 or fp32", act);
         int fp32_recipe = g->recipe.id == QLIN_FP32 || (g->bf16_last > 0 && g->bf16_recipe.id == QLIN_FP32);
-        if (act && !strcmp(act, "bf16") && fp32_recipe)
-            return averis_fail(AVERIS_EINVAL, "AVERIS_ACT=bf16: the fp32 recipe takes fp32 activations");
-        g->act_bf16 = act ? !strcmp(act, "bf16") : !fp32_recipe;
+        if (g->opts.act == AVC_ACT_BF16 && fp32_recipe)
+            return averis_fail(AVERIS_EINVAL, "BF16 activations: the fp32 recipe takes fp32 activations");
+        g->act_bf16 = g->opts.act != AVC_ACT_AUTO ? g->opts.act == AVC_ACT_BF16 : !fp32_recipe;
         snprintf(g->desc, sizeof g->desc, "%s activations, attention %s", g->act_bf16 ? "BF16" : "fp32",
                  g->flash ? "by flash.cu" : "by cuBLAS with P materialised");
     }
@@ -938,11 +933,12 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
 /* ================================================================== C API */
 extern "C" {
 
-averis_status avc_model_create(avc_model **out, const model *m, int B, int T) {
+averis_status avc_model_create(avc_model **out, const model *m, int B, int T, const avc_model_opts *opts) {
     *out = nullptr;
     if (B < 1 || T < 1) return averis_fail(AVERIS_EINVAL, "cuda model: B = %d, T = %d", B, T);
     avc_model *g = new avc_model();
     g->B = B, g->T = T;
+    if (opts) g->opts = *opts;
     averis_status st = setup(g, m);
     if (!st) st = avc_model_upload(g, m->params, nullptr, nullptr);
     if (st) {

@@ -74,8 +74,10 @@ extern "C" void test_model_vs_cpu_T(int T) {
             model_free(&m2);
         }
         avc_model *g = nullptr;
-        averis_status st = avc_model_create(&g, &m, B, T);
         const char *act = getenv("AVERIS_ACT");
+        avc_model_opts gopts;
+        averis_status st = avc_model_opts_parse(act, getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &gopts);
+        if (!st) st = avc_model_create(&g, &m, B, T, &gopts);
         if (ri == 0 && act && !strcmp(act, "bf16")) { /* the fp32 recipe refuses BF16 activations, saying so */
             CHECK(st != AVERIS_OK && strstr(averis_last_error(), "fp32 activations"), "fp32 recipe with AVERIS_ACT=bf16: %s",
                   st ? averis_last_error() : "accepted");

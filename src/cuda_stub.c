@@ -7,7 +7,7 @@
 
 int avc_compiled(void) { return 0; }
 averis_status avc_init(int device, char *desc, size_t cap) { (void)device; if (desc && cap) desc[0] = 0; return NO_CUDA; }
-averis_status avc_model_create(avc_model **g, const model *m, int B, int T) { (void)m; (void)B; (void)T; *g = NULL; return NO_CUDA; }
+averis_status avc_model_create(avc_model **g, const model *m, int B, int T, const avc_model_opts *o) { (void)m; (void)B; (void)T; (void)o; *g = NULL; return NO_CUDA; }
 void avc_model_free(avc_model *g) { (void)g; }
 const char *avc_model_describe(const avc_model *g) { (void)g; return "built without CUDA"; }
 averis_status avc_model_upload(avc_model *g, const float *p, const float *m, const float *v) { (void)g; (void)p; (void)m; (void)v; return NO_CUDA; }

@@ -543,7 +543,9 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     const int B = o.batch, T = o.seq;
     const double tokens_per_step = (double)B * T * o.accum;
     if (o.device) {
-        if ((st = avc_model_create(&gm, &m, B, T)) || (st = avc_model_upload(gm, m.params, mom, var))) goto out;
+        avc_model_opts gopts;
+        if ((st = avc_model_opts_parse(getenv("AVERIS_ACT"), getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &gopts)) ||
+            (st = avc_model_create(&gm, &m, B, T, &gopts)) || (st = avc_model_upload(gm, m.params, mom, var))) goto out;
         if (!o.quiet) fprintf(stderr, "train: on %s; %s\n", gpu_desc, avc_model_describe(gm));
     }
     double t_start = now_s(), t_steps = 0.0;

@@ -72,7 +72,19 @@ typedef struct avc_model avc_model;
  * micro-batches of B×T tokens; fp32 master weights and AdamW moments, BF16
  * activations between kernels (fp32 with AVERIS_ACT=fp32) and an fp32
  * residual stream. */
-averis_status avc_model_create(avc_model **g, const model *m, int B, int T);
+typedef enum { AVC_ACT_AUTO = 0, AVC_ACT_BF16 = 1, AVC_ACT_FP32 = 2 } avc_act;
+typedef enum { AVC_ATTN_AUTO = 0, AVC_ATTN_MATERIALISED = 1, AVC_ATTN_FLASH = 2 } avc_attn;
+/* How the GPU model runs. act: activations between kernels (AUTO: BF16,
+ * fp32 under the fp32 recipe, which refuses BF16). attn: AUTO materialises P
+ * unless it would take over a quarter of the GPU's memory, then flash.cu. */
+typedef struct { avc_act act; avc_attn attn; } avc_model_opts;
+/* Reads the CLI-level names ("bf16"/"fp32", "naive"/"flash"; NULL or "" =
+ * auto) into o; `what_act`/`what_attn` name their source in errors (e.g.
+ * "AVERIS_ACT"). Pure C: works in builds without CUDA. */
+averis_status avc_model_opts_parse(const char *act, const char *attn, const char *what_act, const char *what_attn,
+                                   avc_model_opts *o);
+/* opts NULL = all AUTO. */
+averis_status avc_model_create(avc_model **g, const model *m, int B, int T, const avc_model_opts *opts);
 void avc_model_free(avc_model *g);
 /* how it runs, one line: activation type (AVERIS_ACT=bf16, the default, or
  * fp32) and attention path (AVERIS_ATTN=naive or flash) */
