@@ -22,6 +22,7 @@
  * replays bit for bit on the same GPU.
  */
 #include "qlinear.cuh"
+#include "averis/model_spec.h"
 
 #include <cublas_v2.h>
 
@@ -334,19 +335,13 @@ __global__ void k_adamw(float *p, const float *g, float *m, float *v, int64_t n,
                         float decay, float c1, float c2, float gscale) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float gi = g[i] * gscale;
-    float mm = b1 * m[i] + (1.0f - b1) * gi;
-    float vv = b2 * v[i] + (1.0f - b2) * gi * gi;
-    m[i] = mm;
-    v[i] = vv;
-    float mh = mm / c1, vh = vv / c2;
-    p[i] = p[i] - lr * (mh / (sqrtf(vh) + eps) + decay * p[i]);
+    adamw_element(&p[i], &m[i], &v[i], g[i], gscale, b1, b2, c1, c2, lr, eps, decay);
 }
 
 /* Σ g² per 64K chunk in fp64 (block tree, fixed order) */
 __global__ void k_sumsq(const float *g, int64_t n, double *part) {
     __shared__ double red[256];
-    int64_t c0 = (int64_t)blockIdx.x * 65536, c1 = min(c0 + 65536, n);
+    int64_t c0 = (int64_t)blockIdx.x * TRAIN_GRADNORM_CHUNK, c1 = min(c0 + TRAIN_GRADNORM_CHUNK, n);
     double s = 0.0;
     for (int64_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) s += (double)g[i] * g[i];
     red[threadIdx.x] = s;
@@ -439,7 +434,7 @@ struct avc_model {
         *p = q;
         return AVERIS_OK;
     }
-    const qlin_recipe *rec(int l) const { return l >= cfg.num_hidden_layers - bf16_last ? &bf16_recipe : &recipe; }
+    const qlin_recipe *rec(int l) const { return model_block_is_bf16(cfg.num_hidden_layers, bf16_last, l) ? &bf16_recipe : &recipe; }
 };
 
 namespace {
@@ -740,7 +735,7 @@ averis_status setup(avc_model *g, const model *m) {
     int64_t np = std::max(((N + NORM_CHUNK - 1) / NORM_CHUNK) * C,
                           ((N * std::max(g->H, g->KV) + NORM_CHUNK - 1) / NORM_CHUNK) * (int64_t)g->Dh);
     AVC_OK(g->alloc(&g->normw_part, np));
-    AVC_OK(g->alloc(&g->norm_part, ((int64_t)g->nparams + 65535) / 65536));
+    AVC_OK(g->alloc(&g->norm_part, ((int64_t)g->nparams + TRAIN_GRADNORM_CHUNK - 1) / TRAIN_GRADNORM_CHUNK));
     AVC_OK(g->alloc(&g->tok, N)); AVC_OK(g->alloc(&g->tgt, N)); AVC_OK(g->alloc(&g->emb_idx, 3 * N + 1));
     /* the CPU model's rotary tables */
     int64_t half = g->Dh / 2;
@@ -876,11 +871,10 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
         blockw &w = g->w[l], &gw = g->g[l];
         const qlin_recipe *r = g->rec(l);
         gq_w *wo = &g->wops[7 * l];
-        uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3);
         a.in_a.xt_ready = a.in_h2.xt_ready = a.in_ao.xt_ready = a.in_h1.xt_ready = 0;
         const mean_terms mt = layer_means(g, a, r);
         /* MLP */
-        AVC_OK(gq_backward(r, &a.in_a, &wo[6], g->dx, g->da, 0, gw.wd, s0 | 6, &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_a, &wo[6], g->dx, g->da, 0, gw.wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &g->scr, s));
         {
             AVC_PROF("elementwise", s);
             k_swiglu_bwd<<<avc_blocks(N * F, 256), 256, 0, s>>>(g->da, static_cast<const A *>(a.g),
@@ -888,20 +882,20 @@ averis_status forward_backward(avc_model *g, const int *tokens, const int *targe
                                                                 F);
         }
         AVC_LAUNCHED();
-        AVC_OK(gq_backward(r, &a.in_h2, &wo[4], g->dg, g->dh, 0, gw.wg, s0 | 4, &g->scr, s));
-        AVC_OK(gq_backward(r, &a.in_h2, &wo[5], g->du, g->dh, 1, gw.wu, s0 | 5, &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_h2, &wo[4], g->dg, g->dh, 0, gw.wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_h2, &wo[5], g->du, g->dh, 1, gw.wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &g->scr, s));
         AVC_OK(rmsnorm_bwd(g, g->dx, gw.post_norm, g->dh, a.x_mid, nullptr, 1, a.rstd2, w.post_norm, N, C, 1));
         /* attention */
-        AVC_OK(gq_backward(r, &a.in_ao, &wo[3], g->dx, g->dao, 0, gw.wo, s0 | 3, &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_ao, &wo[3], g->dx, g->dao, 0, gw.wo, model_sr_stream(sr_stream, l, MODEL_LIN_O), &g->scr, s));
         AVC_OK(attention_bwd<A>(g, a));
         float *dq_raw = g->dtmp, *dk_raw = g->dao; /* dao is spent */
         AVC_OK(rmsnorm_bwd(g, dq_raw, gw.q_norm, g->dq, static_cast<const A *>(a.q_raw), mt.q, H, a.rstd_q, w.q_norm, N * H,
                            Dh, 0));
         AVC_OK(rmsnorm_bwd(g, dk_raw, gw.k_norm, g->dk, static_cast<const A *>(a.k_raw), mt.k, KV, a.rstd_k, w.k_norm,
                            N * KV, Dh, 0));
-        AVC_OK(gq_backward(r, &a.in_h1, &wo[0], dq_raw, g->dh, 0, gw.wq, s0 | 0, &g->scr, s));
-        AVC_OK(gq_backward(r, &a.in_h1, &wo[1], dk_raw, g->dh, 1, gw.wk, s0 | 1, &g->scr, s));
-        AVC_OK(gq_backward(r, &a.in_h1, &wo[2], g->dv, g->dh, 1, gw.wv, s0 | 2, &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_h1, &wo[0], dq_raw, g->dh, 0, gw.wq, model_sr_stream(sr_stream, l, MODEL_LIN_Q), &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_h1, &wo[1], dk_raw, g->dh, 1, gw.wk, model_sr_stream(sr_stream, l, MODEL_LIN_K), &g->scr, s));
+        AVC_OK(gq_backward(r, &a.in_h1, &wo[2], g->dv, g->dh, 1, gw.wv, model_sr_stream(sr_stream, l, MODEL_LIN_V), &g->scr, s));
         AVC_OK(rmsnorm_bwd(g, g->dx, gw.in_norm, g->dh, a.x_in, nullptr, 1, a.rstd1, w.in_norm, N, C, 1));
     }
     /* embedding rows: positions grouped by token on the host, summed in order.
@@ -1002,7 +996,7 @@ const char *avc_model_describe(const avc_model *g) { return g->desc; }
 
 averis_status avc_model_grad_norm(avc_model *g, double *norm) {
     AVC_PROF("grad norm", g->s);
-    int64_t nchunk = ((int64_t)g->nparams + 65535) / 65536;
+    int64_t nchunk = ((int64_t)g->nparams + TRAIN_GRADNORM_CHUNK - 1) / TRAIN_GRADNORM_CHUNK;
     k_sumsq<<<(unsigned)nchunk, 256, 0, g->s>>>(g->grads, (int64_t)g->nparams, g->norm_part);
     AVC_LAUNCHED();
     std::vector<double> part((size_t)nchunk);

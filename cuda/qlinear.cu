@@ -4,6 +4,7 @@
  * order and the split-BF16 rank-one columns differ. */
 #include "qlinear.cuh"
 #include "nvfp4_device.cuh"
+#include "averis/model_spec.h"
 
 #include <cstring>
 #include <mutex>
@@ -389,7 +390,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR stream 2·sr_stream */
         avq_job j = {};
         j.src = D, j.srows = l, j.scols = n, j.ld = n;
-        j.sr = r->sr, j.seed = r->seed, j.stream = 2 * sr_stream;
+        j.sr = r->sr, j.seed = r->seed, j.stream = qlin_dgrad_stream(sr_stream);
         j.mean = r->split_d ? scr->mean_d : nullptr;
         j.amax_in = r->split_d ? res_d : nullptr;
         j.amax = scr->scal + S_AMAX_DQ;
@@ -415,7 +416,7 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         /* the wgrad copies: along tokens, RHT, SR stream 2·sr_stream+1 for D */
         avq_job j = {};
         j.src = D, j.srows = l, j.scols = n, j.ld = n, j.transpose = 1;
-        j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = 2 * sr_stream + 1;
+        j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = qlin_wgrad_stream(sr_stream);
         j.mean = r->split_d ? scr->mean_d : nullptr;
         /* without the RHT the copy holds the dgrad operand's values: the same amax, no first pass */
         j.amax_in = !r->rht && dX ? scr->scal + S_AMAX_DQ : nullptr;

@@ -21,6 +21,7 @@
  * Reductions run in a fixed order, so the bits do not depend on threads.
  */
 #include "averis/model.h"
+#include "averis/model_spec.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/json.h"
@@ -513,7 +514,7 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dao, con
 }
 
 static const qlin_recipe *block_recipe(const model *m, int l) {
-    return l >= m->cfg.num_hidden_layers - m->bf16_last ? &m->bf16_recipe : &m->recipe;
+    return model_block_is_bf16(m->cfg.num_hidden_layers, m->bf16_last, l) ? &m->bf16_recipe : &m->recipe;
 }
 
 /* ------------------------------------------------------------ forward */
@@ -654,11 +655,10 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
         const model_block *w = &m->w.blocks[l];
         model_block *gw = &m->g.blocks[l];
         const qlin_recipe *r = block_recipe(m, l);
-        uint64_t s0 = (sr_stream << 16) | ((uint64_t)l << 3); /* one SR stream per (step, layer, linear) */
 
         /* MLP: x_out = x_mid + (silu(g)⊙u)·Wdᵀ */
         if (m->tap) m->tap(m->tap_ctx, l, "grad_ffn_down", dx, N, C);
-        if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, s0 | 6, &m->ws, NULL))) return st;
+        if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * F; i++) {
             float gv = a->g[i], sg = 1.0f / (1.0f + exp_approx(-gv));
@@ -669,26 +669,26 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
             m->tap(m->tap_ctx, l, "grad_ffn_gate", dg, N, F);
             m->tap(m->tap_ctx, l, "grad_ffn_up", du, N, F);
         }
-        if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, s0 | 4, &m->ws, NULL)) ||
-            (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, s0 | 5, &m->ws, NULL)))
+        if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &m->ws, NULL)) ||
+            (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &m->ws, NULL)))
             return st;
         add_into(dh, dtmp, N * C);
         rmsnorm_bwd(dx, gw->post_norm, dh, a->x_mid, a->rstd2, w->post_norm, N, C, 1);
 
         /* attention: x_mid = x_in + ao·Woᵀ */
         if (m->tap) m->tap(m->tap_ctx, l, "grad_attn_out", dx, N, C);
-        if ((st = qlin_backward(r, a->ao, w->wo, dx, N, qd, C, dao, gw->wo, s0 | 3, &m->ws, NULL))) return st;
+        if ((st = qlin_backward(r, a->ao, w->wo, dx, N, qd, C, dao, gw->wo, model_sr_stream(sr_stream, l, MODEL_LIN_O), &m->ws, NULL))) return st;
         attention_bwd(dq, dk, dv, dao, a->att, a->q, a->k, a->v, B, T, H, KV, Dh, dP);
         rope_apply(dq, N, H, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
         rope_apply(dk, N, KV, Dh, T, m->rope_cos, m->rope_sin, -1.0f);
         float *dq_raw = dtmp, *dk_raw = dao; /* dao is spent */
         rmsnorm_bwd(dq_raw, gw->q_norm, dq, a->q_raw, a->rstd_q, w->q_norm, N * H, Dh, 0);
         rmsnorm_bwd(dk_raw, gw->k_norm, dk, a->k_raw, a->rstd_k, w->k_norm, N * KV, Dh, 0);
-        if ((st = qlin_backward(r, a->h1, w->wq, dq_raw, N, C, qd, dh, gw->wq, s0 | 0, &m->ws, NULL)) ||
-            (st = qlin_backward(r, a->h1, w->wk, dk_raw, N, C, kvd, dtmp, gw->wk, s0 | 1, &m->ws, NULL)))
+        if ((st = qlin_backward(r, a->h1, w->wq, dq_raw, N, C, qd, dh, gw->wq, model_sr_stream(sr_stream, l, MODEL_LIN_Q), &m->ws, NULL)) ||
+            (st = qlin_backward(r, a->h1, w->wk, dk_raw, N, C, kvd, dtmp, gw->wk, model_sr_stream(sr_stream, l, MODEL_LIN_K), &m->ws, NULL)))
             return st;
         add_into(dh, dtmp, N * C);
-        if ((st = qlin_backward(r, a->h1, w->wv, dv, N, C, kvd, dtmp, gw->wv, s0 | 2, &m->ws, NULL))) return st;
+        if ((st = qlin_backward(r, a->h1, w->wv, dv, N, C, kvd, dtmp, gw->wv, model_sr_stream(sr_stream, l, MODEL_LIN_V), &m->ws, NULL))) return st;
         add_into(dh, dtmp, N * C);
         rmsnorm_bwd(dx, gw->in_norm, dh, a->x_in, a->rstd1, w->in_norm, N, C, 1);
     }

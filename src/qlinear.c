@@ -21,6 +21,7 @@
  * l×n outer product is formed.
  */
 #include "averis/qlinear.h"
+#include "averis/model_spec.h"
 #include "averis/gemm.h"
 #include "internal.h"
 
@@ -305,7 +306,7 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
         /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR; W̄ along n */
         float *Dq = ws_get(ws, WS_A, l * n), *Wq = ws_get(ws, WS_B, n * m);
         if (!Dq || !Wq) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
-        s = roundtrip(D, l, n, n, NVFP4_BLOCK_1X16, mu_d, amax_d, 0, r->sr, r->seed, 2 * sr_stream, Dq,
+        s = roundtrip(D, l, n, n, NVFP4_BLOCK_1X16, mu_d, amax_d, 0, r->sr, r->seed, qlin_dgrad_stream(sr_stream), Dq,
                       stats ? &stats->d_dgrad : NULL);
         if (s) return s;
         if (r->w_block == NVFP4_BLOCK_16X16) {
@@ -332,7 +333,7 @@ averis_status qlin_backward(const qlin_recipe *r, const float *X, const float *W
         float *mu_x = NULL, *mu_x_bar = NULL;
         if (!Dt || !Xt || !sums) return averis_fail(AVERIS_ENOMEM, "qlinear: out of memory");
         float *sD = sums, *sX = sums + n;
-        s = wgrad_copy(r, D, mu_d, l, n, r->sr, 2 * sr_stream + 1, Dt, r->split_x ? sD : NULL, ws,
+        s = wgrad_copy(r, D, mu_d, l, n, r->sr, qlin_wgrad_stream(sr_stream), Dt, r->split_x ? sD : NULL, ws,
                        stats ? &stats->d_wgrad : NULL);
         if (s) return s;
         if (r->split_x) {

@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/train.h"
+#include "averis/model_spec.h"
 #include "averis/cuda.h"
 #include "averis/analysis.h"
 #include "averis/gemm.h"
@@ -77,14 +78,14 @@ static double lr_at(const train_opts *o, int step) {
 
 /* ‖g‖₂ summed in fixed 64K chunks (the same bits for any thread count) */
 static double grad_norm(const float *g, size_t n) {
-    size_t nchunk = (n + 65535) / 65536;
+    size_t nchunk = (n + TRAIN_GRADNORM_CHUNK - 1) / TRAIN_GRADNORM_CHUNK;
     double *part = calloc(nchunk, sizeof *part), total = 0.0;
     if (!part) return NAN;
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < nchunk; c++) {
-        size_t e = (c + 1) * 65536 < n ? (c + 1) * 65536 : n;
+        size_t e = (c + 1) * TRAIN_GRADNORM_CHUNK < n ? (c + 1) * TRAIN_GRADNORM_CHUNK : n;
         double s = 0.0;
-        for (size_t i = c * 65536; i < e; i++) s += (double)g[i] * g[i];
+        for (size_t i = c * TRAIN_GRADNORM_CHUNK; i < e; i++) s += (double)g[i] * g[i];
         part[c] = s;
     }
     for (size_t c = 0; c < nchunk; c++) total += part[c];
@@ -101,13 +102,7 @@ static void adamw_step(model *m, float *mom, float *var, const train_opts *o, do
         float *p = m->params + mt->offset, *g = m->grads + mt->offset, *mm = mom + mt->offset, *vv = var + mt->offset;
         float decay = mt->decay ? wd : 0.0f;
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < mt->numel; i++) {
-            float gi = g[i] * gscale;
-            mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
-            vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
-            float mh = mm[i] / c1, vh = vv[i] / c2;
-            p[i] -= lrf * (mh / (sqrtf(vh) + eps) + decay * p[i]);
-        }
+        for (size_t i = 0; i < mt->numel; i++) adamw_element(&p[i], &mm[i], &vv[i], g[i], gscale, b1, b2, c1, c2, lrf, eps, decay);
     }
 }
 
