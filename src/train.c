@@ -116,6 +116,8 @@ typedef struct {
     FILE *log, *ana;          /* OUT/log.csv, OUT/analysis.csv */
     ckpt_state s;
     ckpt_run ck;
+    double tokens_per_step, t_steps; /* t_steps: seconds in the steps timed (not validation or checkpoints) */
+    int steps_timed;
 } trainer;
 
 static void trainer_free(trainer *t) {
@@ -152,7 +154,7 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
     if (o->keep < 1) o->keep = 1;
     static const train_backend *const k_by_device[2] = {&train_backend_cpu, &train_backend_cuda};
     t->be = o->backend ? o->backend : k_by_device[o->device];
-    averis_status st = t->be->create(&t->bctx, &(train_backend_opts){o->gpu, o->gpu_opts});
+    averis_status st = t->be->create(&t->bctx, &(train_backend_opts){.gpu = o->gpu, .gpu_opts = o->gpu_opts});
     if (st) return st;
     model_config cfg;
     if ((st = model_config_load(o->config, &cfg))) return st;
@@ -174,8 +176,11 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
     res->losses = malloc((size_t)o->steps * sizeof *res->losses);
     if (!t->mom || !t->var || !t->in || !t->tg || !res->losses) return averis_fail(AVERIS_ENOMEM, "train: out of memory");
     for (int i = 0; i < o->steps; i++) res->losses[i] = NAN;
-    t->ck = (ckpt_run){o->out_dir, o->data_dir, o->keep, o->steps, o->batch, o->seq, o->accum, o->warmup,
-                       o->bf16_last, o->lr, o->min_lr_frac, o->weight_decay, o->clip, o->seed};
+    t->tokens_per_step = (double)o->batch * o->seq * o->accum;
+    t->ck = (ckpt_run){.out_dir = o->out_dir, .data_dir = o->data_dir, .keep = o->keep, .steps = o->steps,
+                       .batch = o->batch, .seq = o->seq, .accum = o->accum, .warmup = o->warmup,
+                       .bf16_last = o->bf16_last, .lr = o->lr, .min_lr_frac = o->min_lr_frac,
+                       .weight_decay = o->weight_decay, .clip = o->clip, .seed = o->seed};
     return AVERIS_OK;
 }
 
@@ -266,57 +271,69 @@ static averis_status update(trainer *t, int step, double lr, double loss, double
     return AVERIS_OK;
 }
 
-averis_status train_run(const train_opts *oin, train_result *res) {
-    trainer t;
-    memset(&t, 0, sizeof t);
-    memset(res, 0, sizeof *res);
-    const train_opts *o = &t.o;
-    averis_status st;
-    if ((st = trainer_open(&t, oin, res)) || (st = trainer_start(&t))) goto out;
+/* The banner, then the backend gets the host's weights and moments. */
+static averis_status trainer_bind(trainer *t) {
+    const train_opts *o = &t->o;
     if (!o->quiet && strstr(averis_gemm_backend_describe(), "Prescott") && nvfp4_cpu_has_avx512())
         fprintf(stderr, "train: warning: OpenBLAS chose its slowest (Prescott) kernels on this AVX-512 CPU; "
                         "export OPENBLAS_CORETYPE=COOPERLAKE for up to 3x faster GEMMs\n");
     if (!o->quiet)
         fprintf(stderr, "train: %s (%.2fM params), recipe %s, %d steps × %d×%d tokens × %d, lr %g, data %zu tokens\n",
-                o->config, (double)t.m.nparams / 1e6, o->recipe, o->steps, o->batch, o->seq, o->accum, o->lr, t.train.n);
-    const train_backend *be = t.be;
-    if ((st = be->bind(t.bctx, &t.m, t.mom, t.var, o->batch, o->seq)) || (st = be->upload(t.bctx))) goto out;
-    const char *how = be->describe(t.bctx);
+                o->config, (double)t->m.nparams / 1e6, o->recipe, o->steps, o->batch, o->seq, o->accum, o->lr,
+                t->train.n);
+    averis_status st = t->be->bind(t->bctx, &t->m, t->mom, t->var, o->batch, o->seq);
+    if (st || (st = t->be->upload(t->bctx))) return st;
+    const char *how = t->be->describe(t->bctx);
     if (!o->quiet && how) fprintf(stderr, "train: %s\n", how);
+    return AVERIS_OK;
+}
 
-    const double tokens_per_step = (double)o->batch * o->seq * o->accum;
-    double t_start = now_s(), t_steps = 0.0;
-    int steps_timed = 0;
+/* A row of OUT/log.csv, and a progress line every log_every steps. */
+static void log_step(trainer *t, double lr, double loss, double norm, int bad, double dt, int do_val, float vloss) {
+    const train_opts *o = &t->o;
+    long long step = (long long)t->s.step;
+    fprintf(t->log, "%lld,%.0f,%.6g,%.6f,%.6g,", step, t->tokens_per_step * (double)step, lr, loss, norm);
+    if (do_val) fprintf(t->log, "%.6f", vloss);
+    fprintf(t->log, ",%.1f,%d\n", t->tokens_per_step / dt, bad);
+    fflush(t->log);
+    if (o->quiet || !(step % o->log_every == 0 || step == o->steps || do_val)) return;
+    char eta[32];
+    fmt_eta(eta, sizeof eta, t->t_steps / t->steps_timed * (double)(o->steps - step));
+    fprintf(stderr, "step %6lld/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f tok/s | ETA %s", step, o->steps, loss, lr,
+            norm, t->tokens_per_step * t->steps_timed / t->t_steps, eta);
+    if (do_val) fprintf(stderr, " | val %.4f", vloss);
+    fputc('\n', stderr);
+}
+
+averis_status train_run(const train_opts *oin, train_result *res) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    memset(res, 0, sizeof *res);
+    const train_opts *o = &t.o;
+    const train_backend *be;
+    averis_status st;
+    if ((st = trainer_open(&t, oin, res)) || (st = trainer_start(&t)) || (st = trainer_bind(&t))) goto out;
+    be = t.be;
+    double t_start = now_s();
     for (int step = (int)t.s.step; step < o->steps; step++) {
         double t0 = now_s(), lr = lr_at(o, step), loss, norm;
         int bad;
-        /* load batch → forward → loss → backward */
+        /* load batch → forward → loss → backward, × accum */
         if ((st = forward_backward(&t, step, &loss))) goto out;
-        /* clip and step */
+        /* clip → AdamW step (none on a non-finite loss or gradient) */
         if ((st = be->grad_norm(t.bctx, &norm)) || (st = update(&t, step, lr, loss, norm, &bad))) goto out;
         t.s.step = step + 1;
         t.s.data_pos = t.train.pos;
         t.s.data_epoch = t.train.epoch;
         res->losses[step] = (float)loss;
         double dt = now_s() - t0;
-        t_steps += dt;
-        steps_timed++;
+        t.t_steps += dt;
+        t.steps_timed++;
         /* validate, log */
         int do_val = o->val_every > 0 && (t.s.step % o->val_every == 0 || t.s.step == o->steps);
         float vloss = NAN;
         if (do_val && (st = eval_loss(be, t.bctx, &t.val, o->batch, o->seq, o->val_batches, &vloss))) goto out;
-        fprintf(t.log, "%lld,%.0f,%.6g,%.6f,%.6g,", (long long)t.s.step, tokens_per_step * (double)t.s.step, lr, loss, norm);
-        if (do_val) fprintf(t.log, "%.6f", vloss);
-        fprintf(t.log, ",%.1f,%d\n", tokens_per_step / dt, bad);
-        fflush(t.log);
-        if (!o->quiet && (t.s.step % o->log_every == 0 || t.s.step == o->steps || do_val)) {
-            char eta[32];
-            fmt_eta(eta, sizeof eta, t_steps / steps_timed * (o->steps - t.s.step));
-            fprintf(stderr, "step %6lld/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f tok/s | ETA %s", (long long)t.s.step,
-                    o->steps, loss, lr, norm, tokens_per_step * steps_timed / t_steps, eta);
-            if (do_val) fprintf(stderr, " | val %.4f", vloss);
-            fputc('\n', stderr);
-        }
+        log_step(&t, lr, loss, norm, bad, dt, do_val, vloss);
         if (do_val) res->final_val_loss = vloss;
         /* analyze, checkpoint: on the host, so the weights (and for a checkpoint the moments) come back first */
         int stop = o->stop_after > 0 && t.s.step >= o->stop_after;
@@ -329,7 +346,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         if (stop) break;
     }
     res->skipped = (int)t.s.skipped;
-    res->tokens_per_s = steps_timed ? tokens_per_step * steps_timed / t_steps : 0.0;
+    res->tokens_per_s = t.steps_timed ? t.tokens_per_step * t.steps_timed / t.t_steps : 0.0;
     if (!o->quiet)
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);
