@@ -8,8 +8,9 @@
 #endif
 
 #include "averis/analysis.h"
+#include "averis/ckpt.h"
+#include "averis/data.h"
 #include "averis/io.h"
-#include "averis/train.h"
 #include "cli.h"
 
 static void analyze_usage(FILE *f) {

@@ -7,9 +7,10 @@
 #include <omp.h>
 #endif
 
+#include "averis/ckpt.h"
 #include "averis/io.h"
 #include "averis/tokenizer.h"
-#include "averis/train.h"
+#include "averis/train.h" /* train_eval_loss: the validation loss as training logs it */
 #include "cli.h"
 
 static void eval_usage(FILE *f) {

@@ -6,6 +6,7 @@
 #include <omp.h>
 #endif
 
+#include "averis/cuda.h"
 #include "averis/train.h"
 #include "cli.h"
 
@@ -49,9 +50,12 @@ static void train_usage(FILE *f) {
             "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
             "  --device cpu|cuda   where the steps run (default cpu); cuda needs a build with the\n"
             "                      CUDA toolkit and an sm_90+ GPU; checkpoints are interchangeable\n"
-            "  --gpu N             CUDA device index (default 0); with cuda, AVERIS_ACT=bf16|fp32\n"
-            "                      sets the activations between kernels (default bf16) and\n"
-            "                      AVERIS_ATTN=naive|flash the attention path (default: by memory)\n"
+            "  --gpu N             CUDA device index (default 0)\n"
+            "  --gpu-act bf16|fp32 (cuda) activations between kernels (default $AVERIS_ACT, else\n"
+            "                      bf16; fp32 under the fp32 recipe)\n"
+            "  --gpu-attn naive|flash\n"
+            "                      (cuda) attention: P materialised, or flash (default\n"
+            "                      $AVERIS_ATTN, else naive unless P would take > 1/4 of the GPU)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n",
@@ -62,6 +66,8 @@ static void train_usage(FILE *f) {
 int cmd_train(int argc, char **argv) {
     train_opts o;
     train_opts_default(&o);
+    /* the GPU model's options: the flags, else the environment (read only for --device cuda) */
+    const char *act = NULL, *attn = NULL, *act_from = "--gpu-act", *attn_from = "--gpu-attn";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -96,11 +102,19 @@ int cmd_train(int argc, char **argv) {
             else { fprintf(stderr, "averis train: --device must be cpu or cuda (got '%s')\n", val); return 2; }
         }
         else if (!strcmp(a, "--gpu")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 1023, &o.gpu); }
+        else if (!strcmp(a, "--gpu-act")) { CLI_NEED_VAL("train"); act = val; }
+        else if (!strcmp(a, "--gpu-attn")) { CLI_NEED_VAL("train"); attn = val; }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("train"); ok = cli_set_threads(a, val); }
         else { fprintf(stderr, "averis train: unknown option '%s' (try --help)\n", a); return 2; }
         if (!ok) return 2;
+    }
+    if (o.device && !act) act = getenv("AVERIS_ACT"), act_from = "AVERIS_ACT";
+    if (o.device && !attn) attn = getenv("AVERIS_ATTN"), attn_from = "AVERIS_ATTN";
+    if (avc_model_opts_parse(act, attn, act_from, attn_from, &o.gpu_opts)) {
+        fprintf(stderr, "averis train: %s\n", averis_last_error());
+        return 2;
     }
     train_result r;
     averis_status st = train_run(&o, &r);

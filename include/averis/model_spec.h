@@ -1,5 +1,5 @@
 /* averis/model_spec.h — the decisions the CPU model (src/model.c,
- * src/qlinear.c, src/train.c) and the GPU model (cuda/) must make
+ * src/qlinear.c, src/backend_cpu.c) and the GPU model (cuda/) must make
  * identically for a run to mean the same on either device: which linear
  * gets which stochastic-rounding stream, which blocks run the bf16 recipe,
  * the AdamW element update, and the chunk size of the gradient norm's

@@ -1,9 +1,12 @@
 /* averis/train.h — the training loop: AdamW, warmup + cosine LR, gradient
  * clipping and accumulation, validation, NaN/Inf skipping, atomic
- * checkpoints and bit-exact resume. */
+ * checkpoints (averis/ckpt.h) and bit-exact resume, on a backend
+ * (averis/backend.h: the CPU or the GPU model). */
 #ifndef AVERIS_TRAIN_H
 #define AVERIS_TRAIN_H
 
+#include "averis/backend.h"
+#include "averis/ckpt.h"
 #include "averis/data.h"
 #include "averis/model.h"
 
@@ -35,6 +38,8 @@ typedef struct {
     int quiet;
     int device;             /* 0: CPU, 1: CUDA (the fast path of cuda/; the same loop, data and checkpoints) */
     int gpu;                /* CUDA device index */
+    avc_model_opts gpu_opts; /* CUDA: activations, attention path (zero: auto) */
+    const train_backend *backend; /* where the steps run; NULL: by device */
 } train_opts;
 
 void train_opts_default(train_opts *o);
@@ -51,15 +56,9 @@ typedef struct {
 averis_status train_run(const train_opts *o, train_result *res);
 void train_result_free(train_result *r);
 
-/* The mean loss over the first nbatches B×T batches of the loader's data. */
+/* The mean loss over the first nbatches B×T batches of the loader's data
+ * (the validation loss the trainer logs), on the CPU model m. */
 averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int nbatches, float *loss);
-
-/* Checkpoint directory I/O (used by eval and sample): the newest checkpoint
- * under out_dir ("latest"), or a checkpoint directory itself. */
-averis_status ckpt_resolve(const char *path, char *dir, size_t cap);
-/* Loads config.json + model.safetensors of a checkpoint dir; recipe from
- * its train.json when present (else fp32) unless recipe_override. */
-averis_status ckpt_load_model(const char *dir, const char *recipe_override, model *m, int *seq_len);
 
 #ifdef __cplusplus
 }

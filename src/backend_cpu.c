@@ -1,0 +1,93 @@
+/* backend_cpu.c — the training backend on the CPU: the host model (model.c)
+ * steps in place, so upload and download have nothing to move.
+ *
+ * AdamW (decoupled decay on matrices, none on norms) with bias correction:
+ *   m ← β1·m + (1−β1)·g,  v ← β2·v + (1−β2)·g²
+ *   θ ← θ − lr·( m/(1−β1ᵗ) / (√(v/(1−β2ᵗ)) + ε) + wd·θ )
+ * element by element as adamw_element (averis/model_spec.h) has it. */
+#include "averis/backend.h"
+#include "averis/model_spec.h"
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct {
+    model *m;
+    float *mom, *var; /* [nparams] */
+    int B, T;
+} cpu_backend;
+
+static averis_status cpu_create(void **be, const train_backend_opts *o) {
+    (void)o;
+    if (!(*be = calloc(1, sizeof(cpu_backend)))) return averis_fail(AVERIS_ENOMEM, "cpu backend: out of memory");
+    return AVERIS_OK;
+}
+
+static void cpu_destroy(void *be) { free(be); }
+
+static averis_status cpu_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+    cpu_backend *c = be;
+    c->m = m, c->mom = mom, c->var = var, c->B = B, c->T = T;
+    return mom ? model_zero_grad(m) : AVERIS_OK; /* a training run allocates its gradients up front */
+}
+
+static averis_status cpu_upload(void *be) { (void)be; return AVERIS_OK; }
+static averis_status cpu_download(void *be, int moments) { (void)be; (void)moments; return AVERIS_OK; }
+static averis_status cpu_zero_grad(void *be) { return model_zero_grad(((cpu_backend *)be)->m); }
+
+static averis_status cpu_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
+                              uint64_t sr_stream, float *loss) {
+    cpu_backend *c = be;
+    averis_status st = model_forward(c->m, tokens, targets, c->B, c->T, loss);
+    return st || !backward ? st : model_backward(c->m, loss_scale, sr_stream);
+}
+
+/* ‖g‖₂ summed in fixed chunks (the same bits for any thread count) */
+static averis_status cpu_grad_norm(void *be, double *norm) {
+    const model *m = ((cpu_backend *)be)->m;
+    const float *g = m->grads;
+    size_t n = m->nparams, nchunk = (n + TRAIN_GRADNORM_CHUNK - 1) / TRAIN_GRADNORM_CHUNK;
+    if (!g) return averis_fail(AVERIS_EINVAL, "grad norm: no gradients (no backward yet)");
+    double *part = calloc(nchunk, sizeof *part), total = 0.0;
+    if (!part) return averis_fail(AVERIS_ENOMEM, "grad norm: out of memory");
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunk; c++) {
+        size_t e = (c + 1) * TRAIN_GRADNORM_CHUNK < n ? (c + 1) * TRAIN_GRADNORM_CHUNK : n;
+        double s = 0.0;
+        for (size_t i = c * TRAIN_GRADNORM_CHUNK; i < e; i++) s += (double)g[i] * g[i];
+        part[c] = s;
+    }
+    for (size_t c = 0; c < nchunk; c++) total += part[c];
+    free(part);
+    *norm = sqrt(total);
+    return AVERIS_OK;
+}
+
+static averis_status cpu_adamw(void *be, double lr, double beta1, double beta2, double eps, double weight_decay,
+                               int64_t t, float gscale) {
+    cpu_backend *c = be;
+    model *m = c->m;
+    if (!c->mom || !c->var || !m->grads) return averis_fail(AVERIS_EINVAL, "cpu backend: adamw without moments or gradients");
+    float b1 = (float)beta1, b2 = (float)beta2, epsf = (float)eps;
+    float c1 = (float)(1.0 - pow(beta1, (double)t)), c2 = (float)(1.0 - pow(beta2, (double)t));
+    float lrf = (float)lr, wd = (float)weight_decay;
+    for (int k = 0; k < m->ntensors; k++) {
+        const model_tensor *mt = &m->tensors[k];
+        float *p = m->params + mt->offset, *g = m->grads + mt->offset, *mm = c->mom + mt->offset,
+              *vv = c->var + mt->offset;
+        float decay = mt->decay ? wd : 0.0f;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < mt->numel; i++)
+            adamw_element(&p[i], &mm[i], &vv[i], g[i], gscale, b1, b2, c1, c2, lrf, epsf, decay);
+    }
+    return AVERIS_OK;
+}
+
+static const char *cpu_describe(void *be) { (void)be; return NULL; }
+
+const train_backend train_backend_cpu = {
+    .name = "cpu", .create = cpu_create, .destroy = cpu_destroy, .bind = cpu_bind, .upload = cpu_upload,
+    .download = cpu_download, .zero_grad = cpu_zero_grad, .step = cpu_step, .grad_norm = cpu_grad_norm,
+    .adamw = cpu_adamw, .describe = cpu_describe,
+};

@@ -1,0 +1,77 @@
+/* backend_cuda.c — the training backend on a GPU: a thin adapter over the
+ * GPU model of averis/cuda.h, which keeps fp32 master weights and moments
+ * on the device. Compiled in every build: without CUDA, src/cuda_stub.c
+ * makes create fail with "built without CUDA". */
+#include "averis/backend.h"
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct {
+    avc_model_opts opts;
+    avc_model *gm;
+    model *m; /* the host copy: checkpoints and analysis read it */
+    float *mom, *var;
+    char gpu_desc[256], line[512];
+} cuda_backend;
+
+static averis_status cuda_create(void **be, const train_backend_opts *o) {
+    cuda_backend *c = calloc(1, sizeof *c);
+    if (!c) return averis_fail(AVERIS_ENOMEM, "cuda backend: out of memory");
+    averis_status st = avc_init(o->gpu, c->gpu_desc, sizeof c->gpu_desc);
+    if (st) { free(c); return st; }
+    c->opts = o->gpu_opts;
+    *be = c;
+    return AVERIS_OK;
+}
+
+static void cuda_destroy(void *be) {
+    cuda_backend *c = be;
+    if (c) avc_model_free(c->gm);
+    free(c);
+}
+
+static averis_status cuda_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+    cuda_backend *c = be;
+    c->m = m, c->mom = mom, c->var = var;
+    avc_model_free(c->gm);
+    c->gm = NULL;
+    return avc_model_create(&c->gm, m, B, T, &c->opts);
+}
+
+static averis_status cuda_upload(void *be) {
+    cuda_backend *c = be;
+    return avc_model_upload(c->gm, c->m->params, c->mom, c->var);
+}
+
+static averis_status cuda_download(void *be, int moments) {
+    cuda_backend *c = be;
+    return avc_model_download(c->gm, c->m->params, moments ? c->mom : NULL, moments ? c->var : NULL);
+}
+
+static averis_status cuda_zero_grad(void *be) { return avc_model_zero_grad(((cuda_backend *)be)->gm); }
+
+static averis_status cuda_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
+                               uint64_t sr_stream, float *loss) {
+    return avc_model_step(((cuda_backend *)be)->gm, tokens, targets, backward, loss_scale, sr_stream, loss);
+}
+
+static averis_status cuda_grad_norm(void *be, double *norm) { return avc_model_grad_norm(((cuda_backend *)be)->gm, norm); }
+
+static averis_status cuda_adamw(void *be, double lr, double beta1, double beta2, double eps, double weight_decay,
+                                int64_t t, float gscale) {
+    return avc_model_adamw(((cuda_backend *)be)->gm, lr, beta1, beta2, eps, weight_decay, t, gscale);
+}
+
+static const char *cuda_describe(void *be) {
+    cuda_backend *c = be;
+    snprintf(c->line, sizeof c->line, "on %s; %s", c->gpu_desc, c->gm ? avc_model_describe(c->gm) : "no model yet");
+    return c->line;
+}
+
+const train_backend train_backend_cuda = {
+    .name = "cuda", .create = cuda_create, .destroy = cuda_destroy, .bind = cuda_bind, .upload = cuda_upload,
+    .download = cuda_download, .zero_grad = cuda_zero_grad, .step = cuda_step, .grad_norm = cuda_grad_norm,
+    .adamw = cuda_adamw, .describe = cuda_describe,
+};
