@@ -64,7 +64,7 @@ LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qline
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
-CUDA_SRC  := cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/model.cu
+CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 ifeq ($(CUDA),1)
 OBJ      += $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))

@@ -72,8 +72,8 @@ static int bench_quant(void) {
     DEV(cudaMalloc(&amax, 4));
     DEV(cudaMalloc(&mean, cols * 4));
     DEV(cudaMalloc(&res, 4));
-    k_fill<<<avc_blocks(n, 256), 256>>>(x, n, cols, 12345);
-    OK(avq_to_bf16(x, xb, n, 0));
+    k_fill<<<cu_blocks(n, 256), 256>>>(x, n, cols, 12345);
+    OK(cq_to_bf16(x, xb, n, 0));
     DEV(cudaDeviceSynchronize());
 
     printf("quantize kernels, %lld x %lld, GB/s of input read once + codes + scales written\n", (long long)rows,
@@ -101,22 +101,22 @@ static int bench_quant(void) {
         {"v2 wgrad copy (transposed) + RHT + SR", 0, 0, 1, 0, 1, 1, 0, 0},
     };
     for (const row &r : rowsv) {
-        avq_job j = {};
+        cq_job j = {};
         j.src = r.bf16 ? (const void *)xb : (const void *)x;
         j.bf16_in = r.bf16;
         j.srows = rows, j.scols = cols, j.ld = cols;
         j.tile = r.tile, j.rht = r.rht, j.sr = r.sr, j.seed = 1, j.stream = 2, j.transpose = r.transpose;
         j.amax = amax, j.codes = codes, j.scales = scales, j.version = r.version;
         if (r.amax_known) {
-            OK(avq_quantize(&j, 0)); /* the amax once, outside the timing */
+            OK(cq_quantize(&j, 0)); /* the amax once, outside the timing */
             j.amax_in = amax;
         }
         double ms = median_ms([&] {
             if (r.mean_split) {
-                avq_colstats(x, 0, rows, cols, cols, mean, res, nullptr, nullptr, 0);
+                cq_colstats(x, 0, rows, cols, cols, mean, res, nullptr, nullptr, 0);
                 j.mean = mean, j.amax_in = res;
             }
-            avq_quantize(&j, 0);
+            cq_quantize(&j, 0);
         });
         double bytes = (double)n * (r.bf16 ? 2 : 4) + n / 2 + n / 16;
         double gbs = bytes / (ms * 1e6);
@@ -132,16 +132,16 @@ static int bench_quant(void) {
         {"colstats fp32 8192x3072", 8192, 3072, 0},
     };
     void *ws = nullptr;
-    DEV(cudaMalloc(&ws, avq_ws_bytes(rows, cols)));
-    avq_set_workspace(ws, avq_ws_bytes(rows, cols)); /* as the model does: no allocation per call */
+    DEV(cudaMalloc(&ws, cq_ws_bytes(rows, cols)));
+    cq_set_workspace(ws, cq_ws_bytes(rows, cols)); /* as the model does: no allocation per call */
     for (const auto &c : cs) {
         double ms = median_ms([&] {
-            avq_colstats(c.bf16 ? (const void *)xb : (const void *)x, c.bf16, c.r, c.c, c.c, mean, res, nullptr, nullptr, 0);
+            cq_colstats(c.bf16 ? (const void *)xb : (const void *)x, c.bf16, c.r, c.c, c.c, mean, res, nullptr, nullptr, 0);
         });
         double gbs = (double)c.r * c.c * (c.bf16 ? 2 : 4) / (ms * 1e6);
         printf("%-52s %9.3f %9.0f %9.2f\n", c.name, ms, gbs, gbs / copy_gbs);
     }
-    avq_set_workspace(nullptr, 0);
+    cq_set_workspace(nullptr, 0);
     cudaFree(ws);
     return 0;
 }
@@ -198,7 +198,7 @@ static int bench_step(int argc, char **argv) {
         std::vector<double> t;
         float loss = 0;
         for (int k = 0; k < steps + 2; k++) {
-            if (k == 2) avc_prof_reset();
+            if (k == 2) cu_prof_reset();
             double t0 = now_s();
             double norm;
             OK(avc_model_zero_grad(g));
@@ -212,7 +212,7 @@ static int bench_step(int argc, char **argv) {
         double sec = t[t.size() / 2];
         double mfu = flops_tok * N / sec / 989e12;
         printf("%-12s %10.1f %12.0f %7.1f%% %10.4f\n", name.c_str(), sec * 1e3, N / sec, 100 * mfu, loss);
-        avc_prof_report(steps); /* AVERIS_CUDA_PROFILE=1: where the step's device time goes */
+        cu_prof_report(steps); /* AVERIS_CUDA_PROFILE=1: where the step's device time goes */
         fflush(stdout);
         res.push_back({name, sec});
         avc_model_free(g);

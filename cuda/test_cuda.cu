@@ -128,14 +128,14 @@ static void test_quantize_bitexact(void) {
                       (double)ref.amax, (double)got.amax);
                 /* the kernel lab's older row versions (v1, v2) against the same spec */
                 for (int ver = 1; ver <= 2 && o.block == NVFP4_BLOCK_1X16; ver++) {
-                    avq_job jv = {};
+                    cq_job jv = {};
                     jv.src = dsrc, jv.bf16_in = dt == NVFP4_BF16;
                     jv.srows = rows, jv.scols = cols, jv.ld = cols;
                     jv.rht = o.rht, jv.sr = o.sr, jv.seed = o.seed, jv.stream = o.stream;
                     jv.mean = o.mean ? dmean : NULL;
                     jv.amax = t.amax_dev, jv.codes = t.codes_dev, jv.scales = t.scales_dev, jv.version = ver;
                     DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
-                    CHECK(avq_quantize(&jv, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
+                    CHECK(cq_quantize(&jv, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
                     nvfp4_tensor gv;
                     nvfp4_tensor_alloc(&gv, rows, cols, o.block);
                     avc_tensor_download(&t, &gv);
@@ -219,13 +219,13 @@ static void test_transposed_copies(void) {
                 DEV(cudaMalloc(&bf, (size_t)cols * kp * 2));
                 DEV(cudaMalloc(&dsum, cols * sizeof(float)));
                 DEV(cudaMemset(bf, 0xFF, (size_t)cols * kp * 2));
-                avq_job j = {};
+                cq_job j = {};
                 j.src = dx, j.srows = rows, j.scols = cols, j.ld = cols, j.transpose = 1;
                 j.rht = rht, j.sr = sr, j.seed = 7, j.stream = 11;
                 j.mean = use_mean ? dmean : NULL;
                 j.amax = t.amax_dev, j.codes = t.codes_dev, j.scales = t.scales_dev;
                 j.bf16_out = bf, j.ld_out = kp, j.rowsum = dsum;
-                CHECK(avq_quantize(&j, 0) == AVERIS_OK, "transposed quantize: %s", averis_last_error());
+                CHECK(cq_quantize(&j, 0) == AVERIS_OK, "transposed quantize: %s", averis_last_error());
                 nvfp4_tensor got;
                 nvfp4_tensor_alloc(&got, cols, rows, NVFP4_BLOCK_1X16);
                 avc_tensor_download(&t, &got);
@@ -304,7 +304,7 @@ static void test_colstats_bitexact(void) {
             /* BF16 input (the model's activations): the statistics of its fp32 values */
             for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]), xr[i] = nvfp4_bf16_to_f32(xb[i]);
             uint16_t *dxb = dev_copy(xb.data(), n);
-            CHECK(avq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
+            CHECK(cq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
                   "colstats bf16: %s", averis_last_error());
             check_colstats("bf16", out, xr.data(), rows, cols, pat);
             cudaFree(dxb);
@@ -460,9 +460,9 @@ static void test_flash_attention(void) {
         DEV(cudaMemset(gk, 0xFF, nk * 4));
         DEV(cudaMemset(gv, 0xFF, nk * 4));
         typedef const __nv_bfloat16 *cbp;
-        CHECK(avf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, 0, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
+        CHECK(cf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, 0, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
               "flash forward: %s", averis_last_error());
-        CHECK(avf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, 0, dlse, dDv, gq, gk, gv, B, T, H, KV,
+        CHECK(cf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, 0, dlse, dDv, gq, gk, gv, B, T, H, KV,
                            Dh, 0) == AVERIS_OK,
               "flash backward: %s", averis_last_error());
         DEV(cudaDeviceSynchronize());
