@@ -99,12 +99,19 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-# The device checks (run on a GPU by scripts/device_check.sh; CI only builds them).
-CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda
+# The device checks (run on a GPU by scripts/device_check.sh; CI only builds
+# them): tests/cuda (test_cuda), bench/cuda (bench_cuda) and the kernel lab
+# dev/cuda (quant_lab), which see cuda/'s internal headers.
+CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda $(BUILD)/quant_lab
 cuda-tests: $(CUDA_TEST_BIN)
-$(BUILD)/test_cuda: $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)
+$(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh) $(wildcard dev/cuda/*.cuh) $(wildcard include/averis/*.h) tests/check.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
+$(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/bench_cuda: $(BUILD)/cuda/bench_cuda.o $(LIB)
+$(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/quant_lab: $(BUILD)/dev/cuda/quant_lab.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(LIB): $(OBJ)

@@ -5,15 +5,17 @@
  *              the adversarial corpus (tests/test_patterns.c) × shapes ×
  *              {1×16, 16×16} × RHT × mean split × SR × {fp32, bf16}, and the
  *              transposed wgrad copies with their BF16 operands and row sums
+ *              (the kernel lab's other versions: build/quant_lab check)
  *   colstats   bit-identical mean, max, min and residual amax
  *   dequantize bit-identical to nvfp4_dequantize
  *   qlinear    forward, dgrad and wgrad per recipe within a stated relative
  *              error of qlin_forward / qlin_backward
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
-#include "common.cuh"
+#include "quant.cuh"
+#include "flash.cuh"
 #include "nvfp4_device.cuh"
-#include "tool_util.cuh"
+#include "../../dev/cuda/tool_util.cuh"
 #include "averis/qlinear.h"
 
 #include <cmath>
@@ -23,7 +25,7 @@
 #include <vector>
 
 extern "C" {
-#include "../tests/check.h"
+#include "../check.h"
 }
 
 int g_check_failed;
@@ -126,25 +128,6 @@ static void test_quantize_bitexact(void) {
                       (long long)rows, (long long)cols, pat, variant);
                 CHECK(!memcmp(&ref.amax, &got.amax, 4), "amax differs: pattern %d variant %d: %a vs %a", pat, variant,
                       (double)ref.amax, (double)got.amax);
-                /* the kernel lab's older row versions (v1, v2) against the same spec */
-                for (int ver = 1; ver <= 2 && o.block == NVFP4_BLOCK_1X16; ver++) {
-                    cq_job jv = {};
-                    jv.src = dsrc, jv.bf16_in = dt == NVFP4_BF16;
-                    jv.srows = rows, jv.scols = cols, jv.ld = cols;
-                    jv.rht = o.rht, jv.sr = o.sr, jv.seed = o.seed, jv.stream = o.stream;
-                    jv.mean = o.mean ? dmean : NULL;
-                    jv.amax = t.amax_dev, jv.codes = t.codes_dev, jv.scales = t.scales_dev, jv.version = ver;
-                    DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
-                    CHECK(cq_quantize(&jv, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
-                    nvfp4_tensor gv;
-                    nvfp4_tensor_alloc(&gv, rows, cols, o.block);
-                    avc_tensor_download(&t, &gv);
-                    CHECK(!memcmp(ref.codes, gv.codes, (size_t)ncodes) && !memcmp(ref.scales, gv.scales, (size_t)nsc) &&
-                              !memcmp(&ref.amax, &gv.amax, 4),
-                          "kernel v%d differs: %lldx%lld pattern %d variant %d", ver, (long long)rows, (long long)cols, pat,
-                          variant);
-                    nvfp4_tensor_free(&gv);
-                }
                 /* dequantize */
                 if (!o.rht) {
                     std::vector<float> dref(n);
@@ -203,10 +186,10 @@ static void test_transposed_copies(void) {
                 std::vector<double> sum_abs(cols);
                 for (int64_t j = 0; j < cols; j++) {
                     double acc = 0.0, aa = 0.0;
-                    for (int64_t g = 0; g < lp; g += 16) {
+                    for (int64_t b0 = 0; b0 < lp; b0 += 16) {
                         float tok[16];
-                        if (rht) nvfp4_rht16_inv_ref(&deq[j * lp + g], tok);
-                        else memcpy(tok, &deq[j * lp + g], sizeof tok);
+                        if (rht) nvfp4_rht16_inv_ref(&deq[j * lp + b0], tok);
+                        else memcpy(tok, &deq[j * lp + b0], sizeof tok);
                         for (int i = 0; i < 16; i++) acc += tok[i], aa += fabs(tok[i]);
                     }
                     sum_ref[j] = (float)acc;
@@ -402,9 +385,9 @@ static void test_flash_attention(void) {
         std::vector<double> P(T), dP(T);
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
-                int g = h / grp;
-                const float *Q = &qf[((size_t)(b * H + h) * T) * Dh], *K = &kf[((size_t)(b * KV + g) * T) * Dh],
-                            *V = &vf[((size_t)(b * KV + g) * T) * Dh], *dO = &dof[((size_t)(b * H + h) * T) * Dh];
+                int kvh = h / grp;
+                const float *Q = &qf[((size_t)(b * H + h) * T) * Dh], *K = &kf[((size_t)(b * KV + kvh) * T) * Dh],
+                            *V = &vf[((size_t)(b * KV + kvh) * T) * Dh], *dO = &dof[((size_t)(b * H + h) * T) * Dh];
                 for (int t = 0; t < T; t++) {
                     double mx = -1e300, sum = 0.0;
                     for (int j = 0; j <= t; j++) {
@@ -432,8 +415,8 @@ static void test_flash_attention(void) {
                         double ds = P[j] * (dP[j] - pdp) * scale;
                         for (int d = 0; d < Dh; d++) {
                             dQ[((size_t)(b * H + h) * T + t) * Dh + d] += ds * K[j * Dh + d];
-                            dK[((size_t)(b * KV + g) * T + j) * Dh + d] += ds * Q[t * Dh + d];
-                            dV[((size_t)(b * KV + g) * T + j) * Dh + d] += P[j] * dO[t * Dh + d];
+                            dK[((size_t)(b * KV + kvh) * T + j) * Dh + d] += ds * Q[t * Dh + d];
+                            dV[((size_t)(b * KV + kvh) * T + j) * Dh + d] += P[j] * dO[t * Dh + d];
                         }
                     }
                 }
@@ -478,30 +461,26 @@ static void test_flash_attention(void) {
     }
 }
 
-extern "C" void test_model_vs_cpu(void); /* model_check.cu */
-extern "C" void test_model_vs_cpu_T(int T);
+/* model_check.cu: one step of the tiny model per recipe vs the CPU */
+void test_model_vs_cpu_T(int T, const avc_model_opts *opts);
 /* the model check with fp32 activations (the CPU's), with BF16 (the
- * default), and with attention through flash.cu */
+ * default), with attention through flash.cu, and at seq 48: the
+ * materialised attention unsplit (seq % 64 != 0) */
 static void test_model_vs_cpu_fp32act(void) {
-    setenv("AVERIS_ACT", "fp32", 1);
-    test_model_vs_cpu();
-    unsetenv("AVERIS_ACT");
+    const avc_model_opts o = {AVC_ACT_FP32, AVC_ATTN_AUTO};
+    test_model_vs_cpu_T(64, &o);
 }
 static void test_model_vs_cpu_bf16act(void) {
-    setenv("AVERIS_ACT", "bf16", 1);
-    test_model_vs_cpu();
-    unsetenv("AVERIS_ACT");
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_AUTO};
+    test_model_vs_cpu_T(64, &o);
 }
-/* seq 48: the materialised attention unsplit (seq % 64 != 0), BF16 activations */
 static void test_model_vs_cpu_seq48(void) {
-    setenv("AVERIS_ACT", "bf16", 1);
-    test_model_vs_cpu_T(48);
-    unsetenv("AVERIS_ACT");
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_AUTO};
+    test_model_vs_cpu_T(48, &o);
 }
 static void test_model_vs_cpu_flash(void) {
-    setenv("AVERIS_ATTN", "flash", 1);
-    test_model_vs_cpu_bf16act();
-    unsetenv("AVERIS_ATTN");
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_FLASH};
+    test_model_vs_cpu_T(64, &o);
 }
 
 static const test_case k_tests[] = {
