@@ -104,7 +104,7 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.
 # dev/cuda (quant_lab), which see cuda/'s internal headers.
 CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda $(BUILD)/quant_lab
 cuda-tests: $(CUDA_TEST_BIN)
-$(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh) $(wildcard dev/cuda/*.cuh) $(wildcard include/averis/*.h) tests/check.h
+$(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include/averis/*.h) tests/check.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
 $(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)

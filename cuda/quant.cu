@@ -69,7 +69,7 @@ __device__ __forceinline__ void block_input(const cq_params &p, int64_t gid, flo
     if (p.transpose) {
         /* quantized row j = source column j; block b = tokens 16b..16b+15;
          * here gid already names (j, b) (the caller loops over its CQ_TG blocks).
-         * 32-bit division: 64-bit division costs ~5x more instructions */
+         * 32-bit division: 64-bit division takes several times the instructions */
         uint32_t g32 = (uint32_t)gid, sc32 = (uint32_t)p.scols;
         int64_t j = g32 % sc32;
         b = g32 / sc32;
@@ -147,8 +147,9 @@ template <typename T> __global__ void k_amax(cq_params p) {
 template <typename T>
 __device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, float s_enc, float s_dec);
 
-/* (launch bounds: 64 registers, 4 blocks an SM; at ptxas's own 76 the
- * kernel, which is instruction- and latency-bound, ran 15% slower) */
+/* (launch bounds: 64 registers, 4 blocks an SM; at ptxas's own register
+ * count the kernel, which is instruction- and latency-bound, runs slower:
+ * docs/cuda.md, docs/benchmarks.md) */
 template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_params p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float s_enc, s_dec;

@@ -9,7 +9,8 @@
  *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
  *                      the paper reports (averis / nvfp4, ...) vs bf16
  * Times are medians of CUDA-event (quant) or synchronised host-clock (step)
- * measurements after warm-up.
+ * measurements after warm-up. AVERIS_CUDA_PROFILE=1 turns on the library's
+ * profiler (cu_prof_enable): step then prints device time per category.
  */
 #include "common.cuh"
 #include "../../dev/cuda/tool_util.cuh"
@@ -151,12 +152,7 @@ static int bench_step(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    char desc[256];
-    if (avc_init(0, desc, sizeof desc)) {
-        fprintf(stderr, "bench_cuda: %s\n", averis_last_error());
-        return 2;
-    }
-    printf("device: %s\n", desc);
+    tool_device_init("bench_cuda");
     const char *prof = getenv("AVERIS_CUDA_PROFILE");
     cu_prof_enable(prof && atoi(prof) > 0); /* where the step's device time goes, by category */
     if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();

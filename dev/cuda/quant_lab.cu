@@ -25,6 +25,7 @@
 extern "C" {
 #include "../../tests/check.h"
 }
+#include "../../tests/cuda/quant_corpus.cuh"
 
 int g_check_failed;
 
@@ -155,98 +156,65 @@ static averis_status lab_quantize(const cq_job *j, int version, cudaStream_t s) 
     return AVERIS_OK;
 }
 
-/* Every version against nvfp4_quantize_ref, rows 1×16, on the corpus of
- * tests/cuda/test_cuda.cu's quantize check. */
+/* Every version against nvfp4_quantize_ref, rows 1×16, on test_cuda's
+ * quantize corpus: codes, scales and amax. */
 static void check_versions(void) {
-    const int64_t shapes[][2] = {{1, 16}, {17, 48}, {33, 100}, {64, 256}, {5, 7}, {300, 1024}};
-    trng r = {4321};
     int compared = 0;
-    for (const auto &shape : shapes) {
-        int64_t rows = shape[0], cols = shape[1], n = rows * cols;
-        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
-        std::vector<uint16_t> xb(n);
-        for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
-            test_fill_pattern(x.data(), n, cols, pat, &r);
-            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
-            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
-            float *dx, *dmean;
-            uint16_t *dxb;
-            DEV(cudaMalloc(&dx, n * 4 + 16));
-            DEV(cudaMalloc(&dmean, cols * 4));
-            DEV(cudaMalloc(&dxb, n * 2 + 16));
-            DEV(cudaMemcpy(dx, x.data(), n * 4, cudaMemcpyHostToDevice));
-            DEV(cudaMemcpy(dmean, mean.data(), cols * 4, cudaMemcpyHostToDevice));
-            DEV(cudaMemcpy(dxb, xb.data(), n * 2, cudaMemcpyHostToDevice));
-            /* test_cuda's variants with bit 0 clear (1×16): rht, mean, sr, bf16 input (not with the mean) */
-            for (int variant = 0; variant < 32; variant += 2) {
-                nvfp4_opts o = nvfp4_opts_default();
-                o.rht = (variant >> 1) & 1;
-                o.mean = ((variant >> 2) & 1) ? mean.data() : NULL;
-                o.sr = (variant >> 3) & 1;
-                o.seed = 0x1234567890ull + (uint64_t)pat;
-                o.stream = (uint64_t)variant << 40 | 5;
-                if (((variant >> 4) & 1) && o.mean) continue;
-                nvfp4_dtype dt = ((variant >> 4) & 1) ? NVFP4_BF16 : NVFP4_F32;
-                const void *hsrc = dt == NVFP4_BF16 ? (const void *)xb.data() : (const void *)x.data();
-                nvfp4_tensor ref, got;
-                nvfp4_tensor_alloc(&ref, rows, cols, NVFP4_BLOCK_1X16);
-                nvfp4_tensor_alloc(&got, rows, cols, NVFP4_BLOCK_1X16);
-                CHECK(nvfp4_quantize_ref(hsrc, dt, rows, cols, cols, &o, &ref, NULL) == AVERIS_OK, "ref");
-                avc_tensor t;
-                CHECK(avc_tensor_alloc(&t, rows, cols, NVFP4_BLOCK_1X16) == AVERIS_OK, "alloc: %s", averis_last_error());
-                int64_t ncodes = rows * ref.cols_padded / 2, nsc = nvfp4_scale_count(rows, cols, NVFP4_BLOCK_1X16);
-                for (int ver = 1; ver <= 3; ver++) {
-                    cq_job j = {};
-                    j.src = dt == NVFP4_BF16 ? (const void *)dxb : (const void *)dx, j.bf16_in = dt == NVFP4_BF16;
-                    j.srows = rows, j.scols = cols, j.ld = cols;
-                    j.rht = o.rht, j.sr = o.sr, j.seed = o.seed, j.stream = o.stream;
-                    j.mean = o.mean ? dmean : NULL;
-                    j.amax = t.amax_dev, j.codes = t.codes_dev, j.scales = t.scales_dev;
-                    DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)ncodes));
-                    CHECK(lab_quantize(&j, ver, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
-                    CHECK(avc_tensor_download(&t, &got) == AVERIS_OK, "download: %s", averis_last_error());
-                    int64_t bad = -1;
-                    for (int64_t i = 0; i < ncodes && bad < 0; i++)
-                        if (ref.codes[i] != got.codes[i]) bad = i;
-                    CHECK(bad < 0 && !memcmp(ref.scales, got.scales, (size_t)nsc) && !memcmp(&ref.amax, &got.amax, 4),
-                          "kernel v%d differs: %lldx%lld pattern %d variant %d (first code byte %lld; amax %a vs %a)", ver,
-                          (long long)rows, (long long)cols, pat, variant, (long long)bad, (double)ref.amax,
-                          (double)got.amax);
-                    compared++;
-                }
-                avc_tensor_free(&t);
-                nvfp4_tensor_free(&ref);
-                nvfp4_tensor_free(&got);
-            }
-            cudaFree(dx);
-            cudaFree(dmean);
-            cudaFree(dxb);
+    int cases = qcorpus_run(1, [&](const qcorpus_case &c) {
+        const nvfp4_tensor &ref = *c.ref;
+        nvfp4_tensor got;
+        nvfp4_tensor_alloc(&got, c.rows, c.cols, NVFP4_BLOCK_1X16);
+        avc_tensor t;
+        CHECK(avc_tensor_alloc(&t, c.rows, c.cols, NVFP4_BLOCK_1X16) == AVERIS_OK, "alloc: %s", averis_last_error());
+        int64_t ncodes = c.rows * ref.cols_padded / 2, nsc = nvfp4_scale_count(c.rows, c.cols, NVFP4_BLOCK_1X16);
+        for (int ver = 1; ver <= 3; ver++) {
+            cq_job j = {};
+            j.src = c.dsrc, j.bf16_in = c.dt == NVFP4_BF16;
+            j.srows = c.rows, j.scols = c.cols, j.ld = c.cols;
+            j.rht = c.o.rht, j.sr = c.o.sr, j.seed = c.o.seed, j.stream = c.o.stream;
+            j.mean = c.o.mean ? c.dmean : NULL;
+            j.amax = t.amax_dev, j.codes = t.codes_dev, j.scales = t.scales_dev;
+            DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)ncodes));
+            CHECK(lab_quantize(&j, ver, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
+            CHECK(avc_tensor_download(&t, &got) == AVERIS_OK, "download: %s", averis_last_error());
+            int64_t bad = -1;
+            for (int64_t i = 0; i < ncodes && bad < 0; i++)
+                if (ref.codes[i] != got.codes[i]) bad = i;
+            CHECK(bad < 0 && !memcmp(ref.scales, got.scales, (size_t)nsc) && !memcmp(&ref.amax, &got.amax, 4),
+                  "kernel v%d differs: %lldx%lld pattern %d variant %d (first code byte %lld; amax %a vs %a)", ver,
+                  (long long)c.rows, (long long)c.cols, c.pat, c.variant, (long long)bad, (double)ref.amax,
+                  (double)got.amax);
+            compared++;
         }
-    }
+        avc_tensor_free(&t);
+        nvfp4_tensor_free(&got);
+    });
     printf("  kernel versions v1, v2, v3: %d tensors compared bit for bit\n", compared);
-    const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
-    CHECK(compared == nshapes * TEST_NPATTERNS * 12 * 3, "ran every comparison (%d)", compared);
+    CHECK(cases == k_nshapes * TEST_NPATTERNS * 12 && compared == 3 * cases, "ran every comparison (%d)", compared);
 }
 
+/* each version on each input: fp32 or BF16, the amax known or two passes,
+ * SR, RHT, and the Averis split (column statistics first) */
 static void bench_versions(void) {
     qbench b;
     qbench_init(&b, 16384, 4096); /* 256 MiB fp32: far beyond L2 */
-    const qbench_row rowsv[] = {
-        {"v1 1x16 fp32, amax known (element loads)", 0, 0, 0, 0, 0, 0, 1, 1},
-        {"v2 1x16 fp32, amax known (thread/block)", 0, 0, 0, 0, 0, 0, 1, 2},
-        {"v3 1x16 fp32, amax known (4 threads/block)", 0, 0, 0, 0, 0, 0, 1, 3},
-        {"v2 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 2},
-        {"v3 1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 3},
-        {"v2 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 2},
-        {"v3 1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 3},
-        {"v3 1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 3},
-        {"v2 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 2},
-        {"v3 1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 3},
-        {"v2 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 2},
-        {"v3 1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 3},
-        {"v3 averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 3},
+    const qbench_row inputs[] = {
+        {"1x16 fp32, amax known", 0, 0, 0, 0, 0, 0, 1, 0},
+        {"1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 0},
+        {"1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 0},
+        {"1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 0},
+        {"1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 0},
+        {"1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 0},
+        {"averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 0},
     };
-    qbench_run(&b, rowsv, (int)(sizeof rowsv / sizeof rowsv[0]), lab_quantize);
+    for (const qbench_row &in : inputs)
+        for (int ver = 1; ver <= 3; ver++) {
+            char name[64];
+            snprintf(name, sizeof name, "v%d %s", ver, in.name);
+            qbench_row r = in;
+            r.name = name, r.version = ver;
+            qbench_run(&b, &r, 1, lab_quantize);
+        }
 }
 
 int main(int argc, char **argv) {
@@ -255,12 +223,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: quant_lab [check | bench]\n");
         return 2;
     }
-    char desc[256];
-    if (avc_init(0, desc, sizeof desc)) {
-        fprintf(stderr, "quant_lab: %s\n", averis_last_error());
-        return 2;
-    }
-    printf("device: %s\n", desc);
+    tool_device_init("quant_lab");
     int failed = 0;
     if (strcmp(what, "bench")) {
         g_check_failed = 0;

@@ -30,6 +30,29 @@
         }                                                                                                   \
     } while (0)
 
+/* a device copy of h [n] (16 bytes of slack), and a host copy of d [n] */
+template <typename T> static T *dev_copy(const T *h, size_t n) {
+    T *d;
+    DEV(cudaMalloc(&d, n * sizeof(T) + 16));
+    DEV(cudaMemcpy(d, h, n * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+template <typename T> static std::vector<T> host_copy(const T *d, size_t n) {
+    std::vector<T> h(n);
+    DEV(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+/* selects GPU 0 and prints it; ends the program (status 2) without one */
+static inline void tool_device_init(const char *prog) {
+    char desc[256];
+    if (avc_init(0, desc, sizeof desc)) {
+        fprintf(stderr, "%s: %s\n", prog, averis_last_error());
+        exit(2);
+    }
+    printf("device: %s\n", desc);
+}
+
 /* the median of `reps` CUDA-event timings of fn (ms), after 3 warm-up calls */
 template <typename F> static double median_ms(F fn, int reps = 20) {
     cudaEvent_t a, b;
