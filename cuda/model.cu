@@ -33,9 +33,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <vector>
 
 namespace {

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(256, 4) k_rmsnorm_bwd(float *dx, const float *
 }
 
 /* part[c][i] = Σ_{rows of chunk c} dy·x·rstd (the norm weight's gradient) */
-enum { NORM_CHUNK = 256 };
+enum { CN_ROW_CHUNK = 256 };
 /* (launch bounds: without them ptxas fits 32 registers and loads one row at
  * a time; the grid is small, so loads in flight matter more than occupancy) */
 template <typename X>
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(128, 4) k_normw_part(const float *dy, const X 
                                                        const float *rstd, int64_t rows, int64_t d, float *part) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
     if (i >= d) return;
-    int64_t r0 = c * NORM_CHUNK, r1 = min(r0 + (int64_t)NORM_CHUNK, rows);
+    int64_t r0 = c * CN_ROW_CHUNK, r1 = min(r0 + (int64_t)CN_ROW_CHUNK, rows);
     float s = 0.0f;
 #pragma unroll 16
     for (int64_t r = r0; r < r1; r++) {
@@ -127,8 +127,8 @@ averis_status cn_headnorm_rope(const A *raw, const float *mb, const float *w, co
     return AVERIS_OK;
 }
 
-/* Rows of the norm-weight partials cn_rmsnorm_bwd needs for rows × d */
-static inline int64_t cn_part_len(int64_t rows, int64_t d) { return (rows + NORM_CHUNK - 1) / NORM_CHUNK * d; }
+/* Elements of the norm-weight partials cn_rmsnorm_bwd needs for rows × d */
+static inline int64_t cn_part_len(int64_t rows, int64_t d) { return (rows + CN_ROW_CHUNK - 1) / CN_ROW_CHUNK * d; }
 
 /* The norm backward of x [rows × d] (+ mb, a mean term for rows (token,
  * head) of nh heads, or NULL): dx (= or +=, acc) and dw [d] +=, through
@@ -140,7 +140,7 @@ averis_status cn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const X *x, 
     CU_PROF("norms bwd", s);
     k_rmsnorm_bwd<<<cu_blocks(rows * 32, 256), 256, 0, s>>>(dx, dy, x, mb, nh, rstd, w, rows, d, acc);
     CU_LAUNCHED();
-    int64_t nchunk = (rows + NORM_CHUNK - 1) / NORM_CHUNK;
+    int64_t nchunk = (rows + CN_ROW_CHUNK - 1) / CN_ROW_CHUNK;
     k_normw_part<<<dim3(cu_blocks(d, 128), (unsigned)nchunk), 128, 0, s>>>(dy, x, mb, nh, rstd, rows, d, part);
     CU_LAUNCHED();
     k_normw_sum<<<cu_blocks(d, 128), 128, 0, s>>>(part, nchunk, d, dw);

@@ -8,6 +8,7 @@
 
 #include "quant.cuh"
 
+/* cq_job as the kernels take it (by value): the shape of the quantized tensor, qrows × cp */
 struct cq_params {
     const void *src;
     int64_t srows, scols, ld;
