@@ -79,7 +79,7 @@ averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
     cublasLtMatmulPreference_t pref;
     CU_CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
     CU_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt.ws_size,
-                                                sizeof g_lt.ws_size));
+                                                       sizeof g_lt.ws_size));
     const cublasLtMatmulPreferenceAttributes_t al[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
@@ -151,7 +151,7 @@ averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
     if (p->bias_in_epilogue)
         CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     CU_CUBLAS_TRY(cublasLtMatmul(g_lt.h, p->op, alpha, B, p->a, A, p->b, beta, C, p->c, D, p->c, &p->algo, g_lt.ws,
-                          g_lt.ws_size, s));
+                                 g_lt.ws_size, s));
     if (bias && !p->bias_in_epilogue) {
         k_add_bias<<<cu_blocks(M * N, 256), 256, 0, s>>>(static_cast<float *>(D), M, N, ldd, bias);
         CU_LAUNCHED();
