@@ -193,28 +193,12 @@ static void check_versions(void) {
     CHECK(cases == k_nshapes * TEST_NPATTERNS * 12 && compared == 3 * cases, "ran every comparison (%d)", compared);
 }
 
-/* each version on each input: fp32 or BF16, the amax known or two passes,
- * SR, RHT, and the Averis split (column statistics first) */
+/* each version on each input of the rows benchmark */
 static void bench_versions(void) {
     qbench b;
     qbench_init(&b, 16384, 4096); /* 256 MiB fp32: far beyond L2 */
-    const qbench_row inputs[] = {
-        {"1x16 fp32, amax known", 0, 0, 0, 0, 0, 0, 1, 0},
-        {"1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 0},
-        {"1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 0},
-        {"1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 0},
-        {"1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 0},
-        {"1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 0},
-        {"averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 0},
-    };
-    for (const qbench_row &in : inputs)
-        for (int ver = 1; ver <= 3; ver++) {
-            char name[64];
-            snprintf(name, sizeof name, "v%d %s", ver, in.name);
-            qbench_row r = in;
-            r.name = name, r.version = ver;
-            qbench_run(&b, &r, 1, lab_quantize);
-        }
+    const int versions[] = {1, 2, 3};
+    qbench_row_versions(&b, versions, 3, lab_quantize);
 }
 
 int main(int argc, char **argv) {

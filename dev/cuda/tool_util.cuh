@@ -150,4 +150,28 @@ static inline void qbench_run(const qbench *b, const qbench_row *rowsv, int nrow
     }
 }
 
+/* The rows-1×16 inputs both benchmarks time: fp32 or BF16, the amax known
+ * or two passes, SR, RHT, and the Averis split (column statistics first). */
+static const qbench_row k_qbench_row_inputs[] = {
+    {"1x16 fp32, amax known", 0, 0, 0, 0, 0, 0, 1, 0},
+    {"1x16 bf16, amax known", 1, 0, 0, 0, 0, 0, 1, 0},
+    {"1x16 fp32, two passes (amax + quantize)", 0, 0, 0, 0, 0, 0, 0, 0},
+    {"1x16 bf16, two passes", 1, 0, 0, 0, 0, 0, 0, 0},
+    {"1x16 fp32 + SR, two passes", 0, 0, 0, 0, 1, 0, 0, 0},
+    {"1x16 fp32 + RHT, two passes", 0, 0, 1, 0, 0, 0, 0, 0},
+    {"averis split: colstats + quantize", 0, 0, 0, 1, 0, 0, 0, 0},
+};
+
+/* each of those inputs with each kernel version of versions[nv], named "vN <input>" */
+static inline void qbench_row_versions(const qbench *b, const int *versions, int nv, qbench_quantize quantize) {
+    for (const qbench_row &in : k_qbench_row_inputs)
+        for (int k = 0; k < nv; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "v%d %s", versions[k], in.name);
+            qbench_row r = in;
+            r.name = name, r.version = versions[k];
+            qbench_run(b, &r, 1, quantize);
+        }
+}
+
 #endif
