@@ -143,9 +143,7 @@ void bind_blocks(const model *m, float *base, std::vector<cm_block> &out) {
 averis_status setup(avc_model *net, const model *m) {
     const model_config &c = m->cfg;
     net->cfg = c;
-    net->recipe = m->recipe;
-    net->bf16_recipe = m->bf16_recipe;
-    net->bf16_last = m->bf16_last;
+    net->recipe = m->recipe, net->bf16_recipe = m->bf16_recipe, net->bf16_last = m->bf16_last;
     net->N = (int64_t)net->B * net->T;
     net->C = c.hidden_size, net->F = c.intermediate_size, net->V = c.vocab_size;
     net->H = c.num_attention_heads, net->KV = c.num_key_value_heads, net->Dh = c.head_dim;
@@ -185,10 +183,8 @@ averis_status setup(avc_model *net, const model *m) {
     CU_CUBLAS_TRY(cublasCreate(&net->cb));
     CU_CUBLAS_TRY(cublasSetStream(net->cb, net->s));
     at.cb = net->cb, at.s = net->s;
-    CU_OK(net->alloc(&net->params, (int64_t)net->nparams));
-    CU_OK(net->alloc(&net->grads, (int64_t)net->nparams));
-    CU_OK(net->alloc(&net->mom, (int64_t)net->nparams));
-    CU_OK(net->alloc(&net->var, (int64_t)net->nparams));
+    CU_OK(net->alloc(&net->params, (int64_t)net->nparams)); CU_OK(net->alloc(&net->grads, (int64_t)net->nparams));
+    CU_OK(net->alloc(&net->mom, (int64_t)net->nparams)); CU_OK(net->alloc(&net->var, (int64_t)net->nparams));
     bind_blocks(m, net->params, net->blk_w);
     bind_blocks(m, net->grads, net->blk_grad);
     net->embed = net->params + (m->w.embed - m->params);
