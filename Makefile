@@ -64,7 +64,7 @@ LIB_SRC   := src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qline
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
-CUDA_SRC  := cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/model.cu
+CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 ifeq ($(CUDA),1)
 OBJ      += $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
@@ -99,12 +99,19 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-# The device checks (run on a GPU by scripts/device_check.sh; CI only builds them).
-CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda
+# The device checks (run on a GPU by scripts/device_check.sh; CI only builds
+# them): tests/cuda (test_cuda), bench/cuda (bench_cuda) and the kernel lab
+# dev/cuda (quant_lab), which see cuda/'s internal headers.
+CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda $(BUILD)/quant_lab
 cuda-tests: $(CUDA_TEST_BIN)
-$(BUILD)/test_cuda: $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)
+$(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include/averis/*.h) tests/check.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
+$(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/bench_cuda: $(BUILD)/cuda/bench_cuda.o $(LIB)
+$(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/quant_lab: $(BUILD)/dev/cuda/quant_lab.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(LIB): $(OBJ)

@@ -15,7 +15,7 @@
  * 4 warps, a warp owns 16 rows of the tile; fp32 accumulators of a warp live
  * in shared memory (WMMA fragments are opaque, the softmax rescales rows).
  */
-#include "common.cuh"
+#include "flash.cuh"
 
 #include <mma.h>
 
@@ -117,7 +117,7 @@ k_flash_fwd(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, float *lse, 
     float inv = 1.0f / l_i;
     int t = qt * FT + warp * 16 + r;
     OT *dst = ao + (((size_t)b * T + t) * H + h) * DH;
-    for (int d = half * (DH / 2); d < (half + 1) * (DH / 2); d++) avc_st(dst + d, O[r * DH + d] * inv);
+    for (int d = half * (DH / 2); d < (half + 1) * (DH / 2); d++) cu_st(dst + d, O[r * DH + d] * inv);
     if (half == 0) lse[(size_t)bh * T + t] = m_i + logf(l_i);
 }
 
@@ -130,8 +130,8 @@ __global__ void k_flash_dvec(const float *dao, const OT *ao, float *D, int64_t r
     uint32_t t = (uint32_t)(row % T), bh = (uint32_t)(row / T), b = bh / H, h = bh % H;
     size_t off = (((size_t)b * T + t) * H + h) * DH;
     float s = 0.0f;
-    for (int d = lane; d < DH; d += 32) s += dao[off + d] * avc_ld(ao + off + d);
-    s = avc_warp_sum(s);
+    for (int d = lane; d < DH; d += 32) s += dao[off + d] * cu_ld(ao + off + d);
+    s = cu_warp_sum(s);
     if (lane == 0) D[row] = s;
 }
 
@@ -254,11 +254,11 @@ averis_status fwd_dh(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, flo
                      float scale, cudaStream_t s) {
     static bool attr = false;
     if (!attr) {
-        AVC_TRY(cudaFuncSetAttribute(k_flash_fwd<DH, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_fwd<DH>()));
+        CU_TRY(cudaFuncSetAttribute(k_flash_fwd<DH, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_fwd<DH>()));
         attr = true;
     }
     k_flash_fwd<DH, OT><<<dim3(T / FT, B * H), 128, smem_fwd<DH>(), s>>>(qh, kh, vh, ao, lse, T, H, KV, scale);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     return AVERIS_OK;
 }
 
@@ -267,20 +267,20 @@ averis_status bwd_dh(const bf16 *qh, const bf16 *kh, const bf16 *vh, const bf16 
                      float *dq, float *dk, float *dv, int B, int T, int H, int KV, float scale, cudaStream_t s) {
     static bool attr = false;
     if (!attr) {
-        AVC_TRY(cudaFuncSetAttribute(k_flash_dkdv<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dkdv<DH>()));
-        AVC_TRY(cudaFuncSetAttribute(k_flash_dq<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dq<DH>()));
+        CU_TRY(cudaFuncSetAttribute(k_flash_dkdv<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dkdv<DH>()));
+        CU_TRY(cudaFuncSetAttribute(k_flash_dq<DH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_dq<DH>()));
         attr = true;
     }
     k_flash_dkdv<DH><<<dim3(T / FT, B * KV), 128, smem_dkdv<DH>(), s>>>(qh, kh, vh, doh, lse, Dv, dk, dv, T, H, KV, scale);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     k_flash_dq<DH><<<dim3(T / FT, B * H), 128, smem_dq<DH>(), s>>>(qh, kh, vh, doh, lse, Dv, dq, T, H, KV, scale);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     return AVERIS_OK;
 }
 
 } // namespace
 
-int avf_supported(int T, int Dh) { return T % FT == 0 && (Dh == 32 || Dh == 64 || Dh == 128); }
+int cf_supported(int T, int Dh) { return T % FT == 0 && (Dh == 32 || Dh == 64 || Dh == 128); }
 
 template <typename OT>
 averis_status fwd_any(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, float *lse, int B, int T, int H, int KV,
@@ -294,21 +294,21 @@ averis_status fwd_any(const bf16 *qh, const bf16 *kh, const bf16 *vh, OT *ao, fl
     return averis_fail(AVERIS_EUNSUPPORTED, "flash attention: head_dim %d", Dh);
 }
 
-averis_status avf_forward(const bf16 *qh, const bf16 *kh, const bf16 *vh, void *ao, int ao_bf16, float *lse, int B,
+averis_status cf_forward(const bf16 *qh, const bf16 *kh, const bf16 *vh, void *ao, int ao_bf16, float *lse, int B,
                           int T, int H, int KV, int Dh, cudaStream_t s) {
     if (ao_bf16) return fwd_any(qh, kh, vh, static_cast<bf16 *>(ao), lse, B, T, H, KV, Dh, s);
     return fwd_any(qh, kh, vh, static_cast<float *>(ao), lse, B, T, H, KV, Dh, s);
 }
 
-averis_status avf_backward(const bf16 *qh, const bf16 *kh, const bf16 *vh, const bf16 *doh, const float *dao,
+averis_status cf_backward(const bf16 *qh, const bf16 *kh, const bf16 *vh, const bf16 *doh, const float *dao,
                            const void *ao, int ao_bf16, const float *lse, float *Dv, float *dq, float *dk, float *dv,
                            int B, int T, int H, int KV, int Dh, cudaStream_t s) {
     int64_t rows = (int64_t)B * H * T;
     if (ao_bf16)
-        k_flash_dvec<<<avc_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const bf16 *>(ao), Dv, rows, T, H, Dh);
+        k_flash_dvec<<<cu_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const bf16 *>(ao), Dv, rows, T, H, Dh);
     else
-        k_flash_dvec<<<avc_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const float *>(ao), Dv, rows, T, H, Dh);
-    AVC_LAUNCHED();
+        k_flash_dvec<<<cu_blocks(rows * 32, 256), 256, 0, s>>>(dao, static_cast<const float *>(ao), Dv, rows, T, H, Dh);
+    CU_LAUNCHED();
     float scale = 1.0f / sqrtf((float)Dh);
     switch (Dh) {
     case 32: return bwd_dh<32>(qh, kh, vh, doh, lse, Dv, dq, dk, dv, B, T, H, KV, scale, s);

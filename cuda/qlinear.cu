@@ -12,8 +12,6 @@
 /* ================================================================ cuBLASLt */
 namespace {
 
-#define LT_TRY AVC_CUBLAS_TRY
-
 struct lt_key {
     int ta_op, tb_op;
     int64_t M, N, K, lda, ldb, ldd;
@@ -45,11 +43,11 @@ std::mutex g_lt_mu;
 
 averis_status lt_init() {
     if (g_lt.h) return AVERIS_OK;
-    LT_TRY(cublasLtCreate(&g_lt.h));
-    AVC_TRY(cudaMalloc(&g_lt.ws, g_lt.ws_size));
-    AVC_TRY(cudaMalloc(&g_lt.consts, 2 * sizeof(float)));
+    CU_CUBLAS_TRY(cublasLtCreate(&g_lt.h));
+    CU_TRY(cudaMalloc(&g_lt.ws, g_lt.ws_size));
+    CU_TRY(cudaMalloc(&g_lt.consts, 2 * sizeof(float)));
     const float c[2] = {0.0f, 1.0f};
-    AVC_TRY(cudaMemcpy(g_lt.consts, c, sizeof c, cudaMemcpyHostToDevice));
+    CU_TRY(cudaMemcpy(g_lt.consts, c, sizeof c, cudaMemcpyHostToDevice));
     return AVERIS_OK;
 }
 
@@ -69,38 +67,38 @@ averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
     p->key = k;
     int64_t mm = k.N, nn = k.M; /* column-major view: D' [N×M] */
     cublasOperation_t opA = k.ta_op ? CUBLAS_OP_T : CUBLAS_OP_N, opB = k.tb_op ? CUBLAS_OP_T : CUBLAS_OP_N;
-    LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
-    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
+    CU_CUBLAS_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
+    CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
     cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
-    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm));
+    CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm));
     /* A' (= row-major B): N×K if not transposed, K×N if; B' (= row-major A): K×M or M×K */
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->a, k.ta, opA == CUBLAS_OP_N ? mm : k.K, opA == CUBLAS_OP_N ? k.K : mm, k.ldb));
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->b, k.tb, opB == CUBLAS_OP_N ? k.K : nn, opB == CUBLAS_OP_N ? nn : k.K, k.lda));
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->c, k.td, mm, nn, k.ldd));
+    CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->a, k.ta, opA == CUBLAS_OP_N ? mm : k.K, opA == CUBLAS_OP_N ? k.K : mm, k.ldb));
+    CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->b, k.tb, opB == CUBLAS_OP_N ? k.K : nn, opB == CUBLAS_OP_N ? nn : k.K, k.lda));
+    CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->c, k.td, mm, nn, k.ldd));
     cublasLtMatmulPreference_t pref;
-    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt.ws_size,
-                                                sizeof g_lt.ws_size));
+    CU_CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    CU_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt.ws_size,
+                                                       sizeof g_lt.ws_size));
     const cublasLtMatmulPreferenceAttributes_t al[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4; i++) {
         uint32_t v = k.align[i];
-        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, al[i], &v, sizeof v));
+        CU_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, al[i], &v, sizeof v));
     }
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     p->bias_in_epilogue = 0;
     if (k.bias) { /* the bias epilogue if cuBLASLt has one for these types, else a kernel */
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         if (cublasLtMatmulAlgoGetHeuristic(g_lt.h, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found) ==
                 CUBLAS_STATUS_SUCCESS && found > 0)
             p->bias_in_epilogue = 1;
         else {
             ep = CUBLASLT_EPILOGUE_DEFAULT;
-            LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+            CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
             found = 0;
         }
     }
@@ -119,19 +117,19 @@ averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
 
 } // namespace
 
-const float *gq_zero(void) { return g_lt.consts; }
-const float *gq_one(void) { return g_lt.consts + 1; }
+const float *cl_zero(void) { return g_lt.consts; }
+const float *cl_one(void) { return g_lt.consts + 1; }
 
-averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
+averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
                         cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
                         const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s) {
-    AVC_PROF(ta == CUDA_R_32F ? "gemm fp32" : bias ? "gemm + bias epilogue" : "gemm", s);
+    CU_PROF(ta == CUDA_R_32F ? "gemm fp32" : bias ? "gemm + bias epilogue" : "gemm", s);
     if (bias && td != CUDA_R_32F) /* cuBLASLt's BF16 D takes a BF16 bias only: ours stay fp32 */
-        return averis_fail(AVERIS_EINVAL, "lt_matmul: a bias needs an fp32 D");
+        return averis_fail(AVERIS_EINVAL, "cl_matmul: a bias needs an fp32 D");
     lt_plan *p = nullptr;
     {
         std::lock_guard<std::mutex> lock(g_lt_mu);
-        AVC_OK(lt_init());
+        CU_OK(lt_init());
         lt_key k;
         memset(&k, 0, sizeof k);
         /* column-major: A' = B (op transB), B' = A (op transA) */
@@ -146,17 +144,17 @@ averis_status lt_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
         if (!p) {
             if (g_lt.nplans == LT_MAX_PLANS) return averis_fail(AVERIS_ENOMEM, "cublasLt: plan cache full");
             p = &g_lt.plans[g_lt.nplans];
-            AVC_OK(lt_make_plan(k, p));
+            CU_OK(lt_make_plan(k, p));
             g_lt.nplans++;
         }
     }
     if (p->bias_in_epilogue)
-        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    LT_TRY(cublasLtMatmul(g_lt.h, p->op, alpha, B, p->a, A, p->b, beta, C, p->c, D, p->c, &p->algo, g_lt.ws,
-                          g_lt.ws_size, s));
+        CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    CU_CUBLAS_TRY(cublasLtMatmul(g_lt.h, p->op, alpha, B, p->a, A, p->b, beta, C, p->c, D, p->c, &p->algo, g_lt.ws,
+                                 g_lt.ws_size, s));
     if (bias && !p->bias_in_epilogue) {
-        k_add_bias<<<avc_blocks(M * N, 256), 256, 0, s>>>(static_cast<float *>(D), M, N, ldd, bias);
-        AVC_LAUNCHED();
+        k_add_bias<<<cu_blocks(M * N, 256), 256, 0, s>>>(static_cast<float *>(D), M, N, ldd, bias);
+        CU_LAUNCHED();
     }
     return AVERIS_OK;
 }
@@ -185,7 +183,7 @@ __global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv
             acc += f[2 * i + 1] * __uint_as_float(w[i] & 0xFFFF0000u);
         }
     }
-    acc = avc_warp_sum(acc);
+    acc = cu_warp_sum(acc);
     if (lane == 0) {
         float e, d;
         avd_global_scales(*w_amax, &e, &d);
@@ -194,13 +192,13 @@ __global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv
 }
 
 /* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i], in two steps for parallelism:
- * part[y][i] over rows slice y (GQ_MEAN_SLICES of them), then the sum over y.
+ * part[y][i] over rows slice y (CL_MEAN_SLICES of them), then the sum over y.
  * A (32, 8) block covers 256 columns, 8 per thread from one 16-byte load. */
 __global__ void __launch_bounds__(256, 4) k_mean_dgrad_part(const float *mu, const __nv_bfloat16 *wq, int64_t n, int64_t m,
                                                             float *part) {
     __shared__ float red[8][256 + 8];
     int64_t c8 = (int64_t)blockIdx.x * 32 + threadIdx.x; /* 8-column group */
-    int64_t per = (n + GQ_MEAN_SLICES - 1) / GQ_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
+    int64_t per = (n + CL_MEAN_SLICES - 1) / CL_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     if (c8 * 8 < m)
 #pragma unroll 4
@@ -230,7 +228,7 @@ __global__ void k_mean_dgrad_sum(const float *part, int64_t m, const float *w_am
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m) return;
     float s = 0.0f;
-    for (int y = 0; y < GQ_MEAN_SLICES; y++) s += part[y * m + i];
+    for (int y = 0; y < CL_MEAN_SLICES; y++) s += part[y * m + i];
     float e, d;
     avd_global_scales(*w_amax, &e, &d);
     bias[i] = s * d;
@@ -277,12 +275,12 @@ enum { S_RES_D = 0, S_AMAX_DQ, S_AMAX_DT, S_ALPHA_F, S_ALPHA_DG, S_ALPHA_WG };
 
 } // namespace
 
-int64_t gq_kp(const qlin_recipe *r, int64_t l) {
+int64_t cl_kp(const qlin_recipe *r, int64_t l) {
     int64_t lp = (l + 15) / 16 * 16;
     return r->split_x ? lp + 16 : lp;
 }
 
-averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {
+averis_status cl_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {
     if (l <= 0 || m <= 0 || n <= 0) return averis_fail(AVERIS_EINVAL, "cuda qlinear: empty shape");
     if (r->fp4 && (m % 16 || n % 16))
         return averis_fail(AVERIS_EINVAL, "cuda qlinear: recipe %s needs in and out to be multiples of 16 (got %lld, %lld)",
@@ -293,128 +291,128 @@ averis_status gq_check(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {
     return AVERIS_OK;
 }
 
-averis_status gq_prep_w(const qlin_recipe *r, gq_w *w, cudaStream_t s) {
+averis_status cl_prep_w(const qlin_recipe *r, cl_weight *w, cudaStream_t s) {
     if (r->id == QLIN_FP32) return AVERIS_OK;
-    if (!r->fp4) return avq_to_bf16(w->w, w->wq, w->n * w->m, s);
-    avq_job j = {};
+    if (!r->fp4) return cq_to_bf16(w->w, w->wq, w->n * w->m, s);
+    cq_job j = {};
     j.src = w->w, j.srows = w->n, j.scols = w->m, j.ld = w->m;
     j.tile = 1;
     j.amax = w->amax;
     j.bf16_out = w->wq, j.ld_out = w->m;
-    return avq_quantize(&j, s);
+    return cq_quantize(&j, s);
 }
 
 /* the BF16 recipe's X operand: x itself when it is BF16, else the copy in xq */
-static const __nv_bfloat16 *x_bf16(const gq_x *x) {
+static const __nv_bfloat16 *x_bf16(const cl_input *x) {
     return x->bf16 ? static_cast<const __nv_bfloat16 *>(x->x) : x->xq;
 }
-static averis_status fp32_only(const qlin_recipe *r, const gq_x *x) {
+static averis_status fp32_only(const qlin_recipe *r, const cl_input *x) {
     if (r->id == QLIN_FP32 && x->bf16)
         return averis_fail(AVERIS_EUNSUPPORTED, "cuda qlinear: the fp32 recipe takes fp32 activations");
     return AVERIS_OK;
 }
 
-averis_status gq_prep_x(const qlin_recipe *r, gq_x *x, cudaStream_t s) {
+averis_status cl_prep_x(const qlin_recipe *r, cl_input *x, cudaStream_t s) {
     x->xt_ready = 0;
     x->amax_valid = r->fp4;
-    AVC_OK(fp32_only(r, x));
+    CU_OK(fp32_only(r, x));
     if (r->id == QLIN_FP32) return AVERIS_OK;
-    if (!r->fp4) return x->bf16 ? AVERIS_OK : avq_to_bf16(static_cast<const float *>(x->x), x->xq, x->l * x->m, s);
-    if (r->split_x) AVC_OK(avq_colstats(x->x, x->bf16, x->l, x->m, x->m, x->mean, x->res_amax, nullptr, nullptr, s));
-    avq_job j = {};
+    if (!r->fp4) return x->bf16 ? AVERIS_OK : cq_to_bf16(static_cast<const float *>(x->x), x->xq, x->l * x->m, s);
+    if (r->split_x) CU_OK(cq_colstats(x->x, x->bf16, x->l, x->m, x->m, x->mean, x->res_amax, nullptr, nullptr, s));
+    cq_job j = {};
     j.src = x->x, j.bf16_in = x->bf16, j.srows = x->l, j.scols = x->m, j.ld = x->m;
     j.mean = r->split_x ? x->mean : nullptr;
     j.amax_in = r->split_x ? x->res_amax : nullptr;
     j.amax = x->amax;
     j.bf16_out = x->xq, j.ld_out = x->m;
-    return avq_quantize(&j, s);
+    return cq_quantize(&j, s);
 }
 
-averis_status gq_forward(const qlin_recipe *r, const gq_x *x, const gq_w *w, void *Y, int y_bf16,
-                         const float *residual, float *mean_out, gq_scratch *scr, cudaStream_t s) {
+averis_status cl_forward(const qlin_recipe *r, const cl_input *x, const cl_weight *w, void *Y, int y_bf16,
+                         const float *residual, float *mean_out, cl_scratch *scr, cudaStream_t s) {
     int64_t l = x->l, m = x->m, n = w->n;
-    AVC_OK(fp32_only(r, x));
+    CU_OK(fp32_only(r, x));
     if (residual && y_bf16) return averis_fail(AVERIS_EINVAL, "cuda qlinear: a residual sum is kept in fp32");
     if (r->split_x && y_bf16 && !mean_out)
         return averis_fail(AVERIS_EINVAL, "cuda qlinear: a BF16 output of a split recipe needs room for its mean term");
-    AVC_OK(lt_init()); /* before gq_one()/gq_zero(): the constants live in its state */
-    const float *beta = residual ? gq_one() : gq_zero();
+    CU_OK(lt_init()); /* before cl_one()/cl_zero(): the constants live in its state */
+    const float *beta = residual ? cl_one() : cl_zero();
     const void *C = residual ? residual : Y;
     cudaDataType_t ty = y_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (r->id == QLIN_FP32)
-        return lt_matmul(0, 1, l, n, m, gq_one(), x->x, CUDA_R_32F, m, w->w, CUDA_R_32F, m, beta, C, Y, ty, n, nullptr,
+        return cl_matmul(0, 1, l, n, m, cl_one(), x->x, CUDA_R_32F, m, w->w, CUDA_R_32F, m, beta, C, Y, ty, n, nullptr,
                          s);
     if (!r->fp4)
-        return lt_matmul(0, 1, l, n, m, gq_one(), x_bf16(x), CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n,
+        return cl_matmul(0, 1, l, n, m, cl_one(), x_bf16(x), CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n,
                          nullptr, s);
     float *alpha = scr->scal + S_ALPHA_F;
     {
-        AVC_PROF("alpha", s);
-        AVC_OK(avq_alpha(x->amax, w->amax, alpha, s));
+        CU_PROF("alpha", s);
+        CU_OK(cq_alpha(x->amax, w->amax, alpha, s));
     }
     const float *bias = nullptr;
     if (r->split_x) {
-        AVC_PROF("averis mean gemv", s);
+        CU_PROF("averis mean gemv", s);
         float *b = y_bf16 ? mean_out : scr->bias;
-        k_mean_fwd<<<avc_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, b);
-        AVC_LAUNCHED();
+        k_mean_fwd<<<cu_blocks(n * 32, 256), 256, 0, s>>>(x->mean, w->wq, w->amax, n, m, b);
+        CU_LAUNCHED();
         bias = y_bf16 ? nullptr : b; /* a BF16 Y leaves it to the consumer */
     }
-    return lt_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n, bias, s);
+    return cl_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n, bias, s);
 }
 
-averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const float *D, float *dX, int dx_acc,
-                          float *dW, uint64_t sr_stream, gq_scratch *scr, cudaStream_t s) {
+averis_status cl_backward(const qlin_recipe *r, cl_input *x, const cl_weight *w, const float *D, float *dX, int dx_acc,
+                          float *dW, uint64_t sr_stream, cl_scratch *scr, cudaStream_t s) {
     int64_t l = x->l, m = x->m, n = w->n;
-    AVC_OK(fp32_only(r, x));
-    AVC_OK(lt_init());
-    const float *beta_dx = dx_acc ? gq_one() : gq_zero();
+    CU_OK(fp32_only(r, x));
+    CU_OK(lt_init());
+    const float *beta_dx = dx_acc ? cl_one() : cl_zero();
     if (r->id == QLIN_FP32) {
-        if (dX) AVC_OK(lt_matmul(0, 0, l, m, n, gq_one(), D, CUDA_R_32F, n, w->w, CUDA_R_32F, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
-        if (dW) AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), D, CUDA_R_32F, n, x->x, CUDA_R_32F, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
+        if (dX) CU_OK(cl_matmul(0, 0, l, m, n, cl_one(), D, CUDA_R_32F, n, w->w, CUDA_R_32F, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
+        if (dW) CU_OK(cl_matmul(1, 0, n, m, l, cl_one(), D, CUDA_R_32F, n, x->x, CUDA_R_32F, m, cl_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
         return AVERIS_OK;
     }
     if (!r->fp4) {
-        AVC_OK(avq_to_bf16(D, scr->dq, l * n, s));
-        if (dX) AVC_OK(lt_matmul(0, 0, l, m, n, gq_one(), scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
+        CU_OK(cq_to_bf16(D, scr->dq, l * n, s));
+        if (dX) CU_OK(cl_matmul(0, 0, l, m, n, cl_one(), scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F, m, nullptr, s));
         if (dW) {
-            if (!x->xt_ready && !x->bf16) AVC_OK(avq_to_bf16(static_cast<const float *>(x->x), x->xq, l * m, s));
+            if (!x->xt_ready && !x->bf16) CU_OK(cq_to_bf16(static_cast<const float *>(x->x), x->xq, l * m, s));
             x->xt_ready = 1; /* xq holds bf16(X) again */
-            AVC_OK(lt_matmul(1, 0, n, m, l, gq_one(), scr->dq, CUDA_R_16BF, n, x_bf16(x), CUDA_R_16BF, m, gq_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
+            CU_OK(cl_matmul(1, 0, n, m, l, cl_one(), scr->dq, CUDA_R_16BF, n, x_bf16(x), CUDA_R_16BF, m, cl_one(), dW, dW, CUDA_R_32F, m, nullptr, s));
         }
         return AVERIS_OK;
     }
     float *res_d = scr->scal + S_RES_D;
-    if (r->split_d) AVC_OK(avq_colstats(D, 0, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
+    if (r->split_d) CU_OK(cq_colstats(D, 0, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
     if (dX) {
         /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR stream 2·sr_stream */
-        avq_job j = {};
+        cq_job j = {};
         j.src = D, j.srows = l, j.scols = n, j.ld = n;
         j.sr = r->sr, j.seed = r->seed, j.stream = qlin_dgrad_stream(sr_stream);
         j.mean = r->split_d ? scr->mean_d : nullptr;
         j.amax_in = r->split_d ? res_d : nullptr;
         j.amax = scr->scal + S_AMAX_DQ;
         j.bf16_out = scr->dq, j.ld_out = n;
-        AVC_OK(avq_quantize(&j, s));
+        CU_OK(cq_quantize(&j, s));
         float *alpha = scr->scal + S_ALPHA_DG;
-        AVC_OK(avq_alpha(j.amax, w->amax, alpha, s));
+        CU_OK(cq_alpha(j.amax, w->amax, alpha, s));
         const float *bias = nullptr;
         if (r->split_d) {
-            AVC_PROF("averis mean gemv", s);
-            k_mean_dgrad_part<<<dim3(avc_blocks(m, 256), GQ_MEAN_SLICES), dim3(32, 8), 0, s>>>(scr->mean_d, w->wq, n, m,
+            CU_PROF("averis mean gemv", s);
+            k_mean_dgrad_part<<<dim3(cu_blocks(m, 256), CL_MEAN_SLICES), dim3(32, 8), 0, s>>>(scr->mean_d, w->wq, n, m,
                                                                                              scr->mean_part);
-            AVC_LAUNCHED();
-            k_mean_dgrad_sum<<<avc_blocks(m, 256), 256, 0, s>>>(scr->mean_part, m, w->amax, scr->bias);
-            AVC_LAUNCHED();
+            CU_LAUNCHED();
+            k_mean_dgrad_sum<<<cu_blocks(m, 256), 256, 0, s>>>(scr->mean_part, m, w->amax, scr->bias);
+            CU_LAUNCHED();
             bias = scr->bias;
         }
-        AVC_OK(lt_matmul(0, 0, l, m, n, alpha, scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F,
+        CU_OK(cl_matmul(0, 0, l, m, n, alpha, scr->dq, CUDA_R_16BF, n, w->wq, CUDA_R_16BF, m, beta_dx, dX, dX, CUDA_R_32F,
                          m, bias, s));
     }
     if (dW) {
-        int64_t lp = (l + 15) / 16 * 16, kp = gq_kp(r, l);
+        int64_t lp = (l + 15) / 16 * 16, kp = cl_kp(r, l);
         /* the wgrad copies: along tokens, RHT, SR stream 2·sr_stream+1 for D */
-        avq_job j = {};
+        cq_job j = {};
         j.src = D, j.srows = l, j.scols = n, j.ld = n, j.transpose = 1;
         j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = qlin_wgrad_stream(sr_stream);
         j.mean = r->split_d ? scr->mean_d : nullptr;
@@ -423,9 +421,9 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
         j.amax = scr->scal + S_AMAX_DT;
         j.bf16_out = scr->dt, j.ld_out = kp;
         j.rowsum = r->split_x ? scr->sum_d : nullptr;
-        AVC_OK(avq_quantize(&j, s));
+        CU_OK(cq_quantize(&j, s));
         if (!x->xt_ready) {
-            avq_job jx = {};
+            cq_job jx = {};
             jx.src = x->x, jx.bf16_in = x->bf16, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;
             jx.rht = r->rht;
             jx.mean = r->split_x ? x->mean : nullptr;
@@ -433,22 +431,22 @@ averis_status gq_backward(const qlin_recipe *r, gq_x *x, const gq_w *w, const fl
             jx.amax = x->xt_amax;
             jx.bf16_out = x->xt, jx.ld_out = kp;
             jx.rowsum = r->split_d ? x->xt_sum : nullptr;
-            AVC_OK(avq_quantize(&jx, s));
+            CU_OK(cq_quantize(&jx, s));
             if (r->split_x) {
-                AVC_PROF("averis fill", s);
-                k_fill_x<<<avc_blocks(m, 128), 128, 0, s>>>(x->xt, kp, lp, m, l, x->xt_sum, x->mean);
-                AVC_LAUNCHED();
+                CU_PROF("averis fill", s);
+                k_fill_x<<<cu_blocks(m, 128), 128, 0, s>>>(x->xt, kp, lp, m, l, x->xt_sum, x->mean);
+                CU_LAUNCHED();
             }
             x->xt_ready = 1;
         }
         float *alpha = scr->scal + S_ALPHA_WG;
-        AVC_OK(avq_alpha(j.amax, x->xt_amax, alpha, s));
+        CU_OK(cq_alpha(j.amax, x->xt_amax, alpha, s));
         if (r->split_x) {
-            AVC_PROF("averis fill", s);
-            k_fill_d<<<avc_blocks(n, 128), 128, 0, s>>>(scr->dt, kp, lp, n, scr->mean_d, scr->sum_d, alpha);
-            AVC_LAUNCHED();
+            CU_PROF("averis fill", s);
+            k_fill_d<<<cu_blocks(n, 128), 128, 0, s>>>(scr->dt, kp, lp, n, scr->mean_d, scr->sum_d, alpha);
+            CU_LAUNCHED();
         }
-        AVC_OK(lt_matmul(0, 1, n, m, kp, alpha, scr->dt, CUDA_R_16BF, kp, x->xt, CUDA_R_16BF, kp, gq_one(), dW, dW,
+        CU_OK(cl_matmul(0, 1, n, m, kp, alpha, scr->dt, CUDA_R_16BF, kp, x->xt, CUDA_R_16BF, kp, cl_one(), dW, dW,
                          CUDA_R_32F, m, nullptr, s));
     }
     return AVERIS_OK;
@@ -468,9 +466,9 @@ struct dev_arena {
 } // namespace
 
 /* The standalone layer (tests): device scratch per call, synchronous. */
-static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, int64_t n, gq_x *x, gq_w *w,
-                                   gq_scratch *scr, char **mem) {
-    int64_t kp = gq_kp(r, l);
+static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, int64_t n, cl_input *x, cl_weight *w,
+                                   cl_scratch *scr, char **mem) {
+    int64_t kp = cl_kp(r, l);
     size_t need = 0;
     for (int pass = 0; pass < 2; pass++) {
         dev_arena a;
@@ -490,9 +488,9 @@ static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, i
         scr->sum_d = a.take<float>(n);
         scr->scal = a.take<float>(8);
         scr->bias = a.take<float>(m > n ? m : n);
-        scr->mean_part = a.take<float>(GQ_MEAN_SLICES * (m > n ? m : n));
+        scr->mean_part = a.take<float>(CL_MEAN_SLICES * (m > n ? m : n));
         need = a.used;
-        if (pass == 0) AVC_TRY(cudaMalloc(mem, need));
+        if (pass == 0) CU_TRY(cudaMalloc(mem, need));
     }
     return AVERIS_OK;
 }
@@ -501,15 +499,15 @@ static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, i
 template <typename F>
 static averis_status standalone(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m, int64_t n,
                                 const char *what, F body) {
-    AVC_OK(gq_check(r, l, m, n));
-    gq_x x = {};
-    gq_w w = {};
-    gq_scratch scr = {};
+    CU_OK(cl_check(r, l, m, n));
+    cl_input x = {};
+    cl_weight w = {};
+    cl_scratch scr = {};
     char *mem = nullptr;
     averis_status st = layer_buffers(r, l, m, n, &x, &w, &scr, &mem);
     x.x = X, x.l = l, x.m = m;
     w.w = W, w.n = n, w.m = m;
-    if (!st) st = gq_prep_w(r, &w, 0);
+    if (!st) st = cl_prep_w(r, &w, 0);
     if (!st) st = body(x, w, scr);
     cudaError_t e = cudaDeviceSynchronize();
     cudaFree(mem);
@@ -519,16 +517,16 @@ static averis_status standalone(const qlin_recipe *r, const float *X, const floa
 
 extern "C" averis_status avc_qlin_forward(const qlin_recipe *r, const float *X, const float *W, int64_t l, int64_t m,
                                           int64_t n, float *Y) {
-    return standalone(r, X, W, l, m, n, "forward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
-        averis_status st = gq_prep_x(r, &x, 0);
-        return st ? st : gq_forward(r, &x, &w, Y, 0, nullptr, nullptr, &scr, 0);
+    return standalone(r, X, W, l, m, n, "forward", [&](cl_input &x, cl_weight &w, cl_scratch &scr) {
+        averis_status st = cl_prep_x(r, &x, 0);
+        return st ? st : cl_forward(r, &x, &w, Y, 0, nullptr, nullptr, &scr, 0);
     });
 }
 
 extern "C" averis_status avc_qlin_backward(const qlin_recipe *r, const float *X, const float *W, const float *D,
                                            int64_t l, int64_t m, int64_t n, float *dX, float *dW, uint64_t sr_stream) {
-    return standalone(r, X, W, l, m, n, "backward", [&](gq_x &x, gq_w &w, gq_scratch &scr) {
-        averis_status st = r->split_x ? avq_colstats(X, 0, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0) : AVERIS_OK;
-        return st ? st : gq_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
+    return standalone(r, X, W, l, m, n, "backward", [&](cl_input &x, cl_weight &w, cl_scratch &scr) {
+        averis_status st = r->split_x ? cq_colstats(X, 0, l, m, m, x.mean, x.res_amax, nullptr, nullptr, 0) : AVERIS_OK;
+        return st ? st : cl_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
     });
 }

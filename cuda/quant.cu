@@ -1,6 +1,7 @@
-/* quant.cu — NVFP4 quantization kernels (the kernel lab of STYLE.md #9:
- * versions are kept in bench/bench_cuda.cu's table, checked bit for bit
- * against the CPU spec by cuda/test_cuda.cu).
+/* quant.cu — NVFP4 quantization kernels, checked bit for bit against the
+ * CPU spec by tests/cuda/test_cuda.cu; the kernel lab (STYLE.md #9) with
+ * the other numbered versions, their checks and benchmarks is
+ * dev/cuda/quant_lab.cu.
  *
  * A thread owns one 16-element block of the quantized tensor: it loads the
  * 16 inputs (a row segment, or for the transposed wgrad copies 16 tokens of
@@ -17,7 +18,7 @@
  * 16×16 tiles: the 16 threads of a tile are 16 consecutive lanes and share
  * the tile amax by shuffles.
  */
-#include "common.cuh"
+#include "quant_block.cuh"
 #include "nvfp4_device.cuh"
 
 #include <algorithm>
@@ -27,29 +28,6 @@
 #include <cstring>
 
 namespace {
-
-struct qparams {
-    const void *src;
-    int64_t srows, scols, ld;
-    int64_t cp, nb;        /* quantized row length (padded) and blocks per row */
-    int64_t nthreads;      /* threads with work */
-    int vec, tile, rht, sr, transpose;
-    uint64_t seed, stream;
-    const float *mean;
-    float *amax;           /* pass 1: reduced into; pass 2: read */
-    uint8_t *codes, *scales;
-    __nv_bfloat16 *bf16_out;
-    int64_t ld_out;
-    double *rowsum_part;   /* [ceil(nb/TG) × qrows] per-thread sums (transpose) */
-};
-
-/* transposed copies: a thread quantizes TG consecutive 16-token blocks of one
- * feature (32 contiguous code bytes, one row-sum partial) */
-enum { TG = 4 };
-
-template <typename T> __device__ __forceinline__ float ld_elem(const T *p);
-template <> __device__ __forceinline__ float ld_elem<float>(const float *p) { return __ldg(p); }
-template <> __device__ __forceinline__ float ld_elem<__nv_bfloat16>(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
 /* 16 consecutive elements of a row; `vec`: aligned, in bounds → 16-byte loads */
 template <typename T>
@@ -78,20 +56,20 @@ __device__ __forceinline__ void load_row16(const T *row, int64_t c0, int64_t sco
         return;
     }
 #pragma unroll
-    for (int i = 0; i < 16; i++) v[i] = c0 + i < scols ? ld_elem(row + c0 + i) : 0.0f;
+    for (int i = 0; i < 16; i++) v[i] = c0 + i < scols ? cq_ld_elem(row + c0 + i) : 0.0f;
 }
 
 /* The quantizer input of thread `gid`'s block, and where it goes:
  * qrow (row of the quantized tensor), b (block in that row), valid. */
 template <typename T>
-__device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float v[16], int64_t &qrow, int64_t &b,
+__device__ __forceinline__ void block_input(const cq_params &p, int64_t gid, float v[16], int64_t &qrow, int64_t &b,
                                             bool &valid) {
     const T *src = static_cast<const T *>(p.src);
     valid = gid < p.nthreads;
     if (p.transpose) {
         /* quantized row j = source column j; block b = tokens 16b..16b+15;
-         * here gid already names (j, b) (the caller loops over its TG blocks).
-         * 32-bit division: 64-bit division costs ~5x more instructions */
+         * here gid already names (j, b) (the caller loops over its CQ_TG blocks).
+         * 32-bit division: 64-bit division takes several times the instructions */
         uint32_t g32 = (uint32_t)gid, sc32 = (uint32_t)p.scols;
         int64_t j = g32 % sc32;
         b = g32 / sc32;
@@ -102,7 +80,7 @@ __device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float
         for (int i = 0; i < 16; i++) {
             int64_t t = 16 * b + i;
             /* padded tokens are 0 after the subtraction, as on the CPU */
-            v[i] = (valid && t < p.srows) ? ld_elem(src + t * p.ld + j) - (p.mean ? mu : 0.0f) : 0.0f;
+            v[i] = (valid && t < p.srows) ? cq_ld_elem(src + t * p.ld + j) - (p.mean ? mu : 0.0f) : 0.0f;
         }
     } else {
         uint32_t g32 = (uint32_t)gid, nb32 = (uint32_t)p.nb;
@@ -131,7 +109,7 @@ __device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float
     if (p.rht) avd_rht16(v);
 }
 
-__device__ __forceinline__ float block_amax(const qparams &p, const float v[16]) {
+__device__ __forceinline__ float block_amax(const cq_params &p, const float v[16]) {
     float m = 0.0f;
 #pragma unroll
     for (int i = 0; i < 16; i++) {
@@ -145,32 +123,16 @@ __device__ __forceinline__ float block_amax(const qparams &p, const float v[16])
     return m;
 }
 
-/* The block's max of m (≥ 0, NaN-free) into *amax: warp tree, then warp 0
- * over the warps' maxima; atomicMax on the bits of a non-negative float
- * (order-free, so deterministic). Every thread of the block must call it. */
-__device__ __forceinline__ void reduce_amax(float m, float *amax) {
-    m = avc_warp_max(m);
-    __shared__ float warp_max[32];
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (lane == 0) warp_max[w] = m;
-    __syncthreads();
-    if (w == 0) {
-        m = lane < (int)(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
-        m = avc_warp_max(m);
-        if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(amax), __float_as_uint(m));
-    }
-}
-
 /* pass 1: the per-tensor amax */
-template <typename T> __global__ void k_amax(qparams p) {
+template <typename T> __global__ void k_amax(cq_params p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float v[16];
     int64_t qrow, b;
     bool valid;
     float m = 0.0f;
     if (p.transpose) {
-        int64_t j = (uint32_t)gid % (uint32_t)p.scols, b0 = (int64_t)((uint32_t)gid / (uint32_t)p.scols) * TG;
-        for (int k = 0; k < TG; k++) {
+        int64_t j = (uint32_t)gid % (uint32_t)p.scols, b0 = (int64_t)((uint32_t)gid / (uint32_t)p.scols) * CQ_TG;
+        for (int k = 0; k < CQ_TG; k++) {
             block_input<T>(p, (b0 + k) * p.scols + j, v, qrow, b, valid);
             if (gid < p.nthreads) m = fmaxf(m, block_amax(p, v));
         }
@@ -178,16 +140,17 @@ template <typename T> __global__ void k_amax(qparams p) {
         block_input<T>(p, gid, v, qrow, b, valid);
         m = block_amax(p, v);
     }
-    reduce_amax(m, p.amax);
+    cq_reduce_amax(m, p.amax);
 }
 
 /* pass 2: scales, codes, BF16 operand, row sums */
 template <typename T>
-__device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, float s_enc, float s_dec);
+__device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, float s_enc, float s_dec);
 
-/* (launch bounds: 64 registers, 4 blocks an SM; at ptxas's own 76 the
- * kernel, which is instruction- and latency-bound, ran 15% slower) */
-template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(qparams p) {
+/* (launch bounds: 64 registers, 4 blocks an SM; at ptxas's own register
+ * count the kernel, which is instruction- and latency-bound, runs slower:
+ * docs/cuda.md, docs/benchmarks.md) */
+template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_params p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float s_enc, s_dec;
     avd_global_scales(*p.amax, &s_enc, &s_dec);
@@ -198,14 +161,14 @@ template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(qparams 
     if (gid >= p.nthreads) return;
     int64_t j = (uint32_t)gid % (uint32_t)p.scols, bt = (uint32_t)gid / (uint32_t)p.scols;
     double acc = 0.0;
-    for (int k = 0; k < TG; k++) acc += quant_block<T>(p, (bt * TG + k) * p.scols + j, s_enc, s_dec);
+    for (int k = 0; k < CQ_TG; k++) acc += quant_block<T>(p, (bt * CQ_TG + k) * p.scols + j, s_enc, s_dec);
     if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
 }
 
 /* one 16-element block; returns Σ of its dequantized values (after the
  * inverse RHT) when row sums are asked for */
 template <typename T>
-__device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, float s_enc, float s_dec) {
+__device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, float s_enc, float s_dec) {
     float v[16];
     int64_t qrow, b;
     bool valid;
@@ -266,100 +229,6 @@ __device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, flo
     return acc;
 }
 
-/* v3 (rows, 1×16): four threads per 16-element block, four elements each, so
- * a warp's load reads 512 contiguous bytes; the block amax by two shuffles;
- * the RHT's butterflies of stride 4 and 8 cross threads by shuffles (the
- * same fp32 operations: the lower index gets a+b, the upper a−b); one
- * Philox call per thread is exactly the SR counter of its four elements.
- * MODE 0: the per-tensor amax; MODE 1: quantize. */
-template <typename T, int MODE> __global__ void k_rows4(qparams p) {
-    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int q = (int)(gid & 3);
-    uint32_t blk32 = (uint32_t)(gid >> 2), nb32 = (uint32_t)p.nb;
-    int64_t blk = gid >> 2, r = blk32 / nb32, b = blk32 % nb32, c0 = 16 * b + 4 * q;
-    bool valid = blk < p.nthreads;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (valid) {
-        const T *row = static_cast<const T *>(p.src) + r * p.ld;
-        if (p.vec) {
-            if (sizeof(T) == 4) {
-                float4 f = __ldg(reinterpret_cast<const float4 *>(reinterpret_cast<const float *>(row) + c0));
-                v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-            } else {
-                uint2 u = __ldg(reinterpret_cast<const uint2 *>(reinterpret_cast<const __nv_bfloat16 *>(row) + c0));
-                v[0] = __uint_as_float(u.x << 16), v[1] = __uint_as_float(u.x & 0xFFFF0000u);
-                v[2] = __uint_as_float(u.y << 16), v[3] = __uint_as_float(u.y & 0xFFFF0000u);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 4; i++) v[i] = c0 + i < p.scols ? ld_elem(row + c0 + i) : 0.0f;
-        }
-        if (p.mean) {
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                if (c0 + i < p.scols) v[i] = v[i] - p.mean[c0 + i];
-        }
-    }
-    if (p.rht) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = v[i] * avd_rht_sign(4 * q + i);
-        float a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
-        v[0] = a0 + a1, v[1] = a0 - a1, v[2] = a2 + a3, v[3] = a2 - a3; /* h = 1 */
-        a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
-        v[0] = a0 + a2, v[2] = a0 - a2, v[1] = a1 + a3, v[3] = a1 - a3; /* h = 2 */
-#pragma unroll
-        for (int h = 1; h <= 2; h <<= 1) { /* h = 4, 8: partner thread q ^ h */
-            bool lower = (q & h) == 0;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float o = __shfl_xor_sync(0xffffffffu, v[i], h);
-                v[i] = lower ? v[i] + o : o - v[i];
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = 0.25f * v[i];
-    }
-    float m = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float a = fabsf(v[i]);
-        m = a > m ? a : m;
-    }
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-    if (MODE == 0) {
-        reduce_amax(m, p.amax); /* the quad's lanes hold the same value: the tree still holds */
-        return;
-    }
-    if (!valid) return;
-    float s_enc, s_dec;
-    avd_global_scales(*p.amax, &s_enc, &s_dec);
-    uint32_t sc = avd_block_scale(m, s_enc);
-    float enc = avd_block_enc(sc, s_dec);
-    uint32_t u[4] = {0, 0, 0, 0};
-    if (p.sr) {
-        uint64_t ctr = (uint64_t)(r * p.cp + c0) >> 2;
-        avd_philox((uint32_t)ctr, (uint32_t)(ctr >> 32), (uint32_t)p.stream, (uint32_t)(p.stream >> 32),
-                   (uint32_t)p.seed, (uint32_t)(p.seed >> 32), u);
-    }
-    uint32_t cq[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float y = v[i] * enc;
-        cq[i] = p.sr ? avd_e2m1_sr(y, u[i] >> 8) : avd_e2m1_rn(y);
-    }
-    if (p.codes)
-        *reinterpret_cast<uint16_t *>(p.codes + r * (p.cp / 2) + 8 * b + 2 * q) =
-            (uint16_t)(cq[0] | (cq[1] << 4) | (cq[2] << 8) | (cq[3] << 12));
-    if (p.scales && q == 0) p.scales[r * p.nb + b] = (uint8_t)sc;
-    if (p.bf16_out) {
-        float sb = avd_e4m3_decode(sc);
-        uint32_t w0 = (__float_as_uint(avd_e2m1_decode(cq[0]) * sb) >> 16) | (__float_as_uint(avd_e2m1_decode(cq[1]) * sb) & 0xFFFF0000u);
-        uint32_t w1 = (__float_as_uint(avd_e2m1_decode(cq[2]) * sb) >> 16) | (__float_as_uint(avd_e2m1_decode(cq[3]) * sb) & 0xFFFF0000u);
-        *reinterpret_cast<uint2 *>(p.bf16_out + r * p.ld_out + c0) = make_uint2(w0, w1);
-    }
-}
-
 /* out[j] = Σ_b part[b][j]: a (32, 8) block per 32 rows, 8 strided partial
  * sums then a fixed tree: deterministic, and 8 loads in flight per row */
 __global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *out) {
@@ -397,7 +266,7 @@ __global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t 
     for (; r + U <= r1; r += U) {
         float v[U];
 #pragma unroll
-        for (int k = 0; k < U; k++) v[k] = ld_elem(x + (r + k) * ld + j);
+        for (int k = 0; k < U; k++) v[k] = cq_ld_elem(x + (r + k) * ld + j);
 #pragma unroll
         for (int k = 0; k < U; k++) {
             s += (double)v[k];
@@ -406,7 +275,7 @@ __global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t 
         }
     }
     for (; r < r1; r++) {
-        float v = ld_elem(x + r * ld + j);
+        float v = cq_ld_elem(x + r * ld + j);
         s += (double)v;
         mx = v > mx ? v : mx;
         mn = v < mn ? v : mn;
@@ -481,81 +350,13 @@ __global__ void k_dequant(const uint8_t *codes, const uint8_t *scales, const flo
 
 } // namespace
 
-/* ================================================================ profiler */
-#include <map>
-#include <string>
-#include <vector>
-namespace {
-struct prof_state {
-    int on = -1, depth = 0;
-    struct pend { const char *label; cudaEvent_t a, b; };
-    std::vector<pend> pending;
-    std::map<std::string, std::pair<double, long>> total;
-};
-prof_state g_prof;
-bool prof_on() {
-    if (g_prof.on < 0) g_prof.on = getenv("AVERIS_CUDA_PROFILE") && atoi(getenv("AVERIS_CUDA_PROFILE")) > 0;
-    return g_prof.on > 0;
-}
-void prof_collect() {
-    for (auto &p : g_prof.pending) {
-        float ms = 0;
-        if (cudaEventSynchronize(p.b) == cudaSuccess && cudaEventElapsedTime(&ms, p.a, p.b) == cudaSuccess) {
-            auto &t = g_prof.total[p.label];
-            t.first += ms;
-            t.second++;
-        }
-        cudaEventDestroy(p.a);
-        cudaEventDestroy(p.b);
-    }
-    g_prof.pending.clear();
-}
-} // namespace
-
-avc_prof_scope::avc_prof_scope(const char *l, cudaStream_t st) : label(l), s(st) {
-    if (!prof_on() || g_prof.depth++ > 0) return;
-    cudaEventCreate(&a);
-    cudaEventRecord(a, s);
-}
-
-avc_prof_scope::~avc_prof_scope() {
-    if (!prof_on()) return;
-    g_prof.depth--;
-    if (!a) return;
-    cudaEvent_t b;
-    cudaEventCreate(&b);
-    cudaEventRecord(b, s);
-    g_prof.pending.push_back({label, a, b});
-    if (g_prof.pending.size() > 4096) prof_collect();
-}
-
-void avc_prof_reset(void) {
-    prof_collect();
-    g_prof.total.clear();
-}
-
-void avc_prof_report(int steps) {
-    if (!prof_on()) return;
-    prof_collect();
-    std::vector<std::pair<double, std::string>> rows;
-    double all = 0;
-    for (auto &t : g_prof.total) {
-        rows.push_back({t.second.first / steps, t.first});
-        all += t.second.first / steps;
-    }
-    std::sort(rows.rbegin(), rows.rend());
-    for (auto &r : rows) printf("    %-28s %8.2f ms  %5.1f%%\n", r.second.c_str(), r.first, 100 * r.first / all);
-    printf("    %-28s %8.2f ms\n", "(profiled total)", all);
-    g_prof.total.clear();
-}
-
 /* ================================================================ launchers */
 static void *g_ws = nullptr;
 static size_t g_ws_bytes = 0;
-void avq_set_workspace(void *ws, size_t bytes) { g_ws = ws, g_ws_bytes = bytes; }
-size_t avq_ws_bytes(int64_t rows, int64_t cols) {
+void cq_set_workspace(void *ws, size_t bytes) { g_ws = ws, g_ws_bytes = bytes; }
+size_t cq_ws_bytes(int64_t rows, int64_t cols) {
     size_t colstats = (size_t)((rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK * cols) * (sizeof(double) + 2 * sizeof(float));
-    size_t rowsum = (size_t)(((rows + 15) / 16 + TG - 1) / TG * cols) * sizeof(double);
+    size_t rowsum = (size_t)(((rows + 15) / 16 + CQ_TG - 1) / CQ_TG * cols) * sizeof(double);
     return colstats > rowsum ? colstats : rowsum;
 }
 /* scratch from the workspace when it fits, else a stream-ordered allocation */
@@ -564,23 +365,20 @@ static averis_status ws_take(void **p, size_t bytes, cudaStream_t s) {
         *p = g_ws;
         return AVERIS_OK;
     }
-    AVC_TRY(cudaMallocAsync(p, bytes, s));
+    CU_TRY(cudaMallocAsync(p, bytes, s));
     return AVERIS_OK;
 }
 static averis_status ws_give(void *p, cudaStream_t s) {
-    if (p != g_ws) AVC_TRY(cudaFreeAsync(p, s));
+    if (p != g_ws) CU_TRY(cudaFreeAsync(p, s));
     return AVERIS_OK;
 }
 
-averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
-    AVC_PROF(j->transpose ? (j->amax_in ? "quant wgrad copy" : "quant wgrad copy + amax")
-             : j->tile    ? "quant weight 16x16 + amax"
-             : j->amax_in ? "quant rows" : "quant rows + amax", s);
+averis_status cq_plan(const cq_job *j, cq_params *pp) {
     if (j->srows <= 0 || j->scols <= 0 || j->ld < j->scols)
         return averis_fail(AVERIS_EINVAL, "cuda quantize: bad shape %lld x %lld (ld %lld)", (long long)j->srows,
                            (long long)j->scols, (long long)j->ld);
     if (j->transpose && j->tile) return averis_fail(AVERIS_EINVAL, "cuda quantize: 16x16 tiles along columns");
-    qparams p = {};
+    cq_params p = {};
     p.src = j->src;
     p.srows = j->srows, p.scols = j->scols, p.ld = j->ld;
     int64_t qrows = j->transpose ? j->scols : j->srows, qcols = j->transpose ? j->srows : j->scols;
@@ -596,87 +394,98 @@ averis_status avq_quantize(const avq_job *j, cudaStream_t s) {
         return averis_fail(AVERIS_EINVAL, "cuda quantize: BF16 output needs ld_out ≥ %lld, a multiple of 8, 16-byte aligned",
                            (long long)p.cp);
     p.nthreads = p.tile ? (qrows + 15) / 16 * 16 * p.nb
-               : p.transpose ? qrows * ((p.nb + TG - 1) / TG)
+               : p.transpose ? qrows * ((p.nb + CQ_TG - 1) / CQ_TG)
                              : qrows * p.nb;
     size_t esz = j->bf16_in ? 2 : 4;
-    p.vec = j->version != 1 && !j->transpose && j->scols % 16 == 0 && (j->ld * esz) % 16 == 0 &&
+    p.vec = !j->transpose && j->scols % 16 == 0 && (j->ld * esz) % 16 == 0 &&
             reinterpret_cast<uintptr_t>(j->src) % 16 == 0;
-    const int threads = 256;
-    unsigned grid = avc_blocks(p.nthreads, threads);
-    /* the thread indices use 32-bit division */
+    /* the thread indices use 32-bit division (the lab's 4-threads-a-block version too) */
     if (4 * p.nthreads + 1024 > (int64_t)UINT32_MAX)
         return averis_fail(AVERIS_EINVAL, "cuda quantize: %lld blocks of 16 is too many for one call", (long long)p.nthreads);
-    /* rows, 1×16: v2 (the default: v3 measured no faster, bench/results) unless the lab asks for v1/v3 */
-    bool v3 = !p.transpose && !p.tile && j->version == 3;
-    unsigned grid4 = avc_blocks(4 * p.nthreads, threads);
+    *pp = p;
+    return AVERIS_OK;
+}
+
+averis_status cq_run(const cq_job *j, const cq_params *plan, cudaStream_t s) {
+    cq_params p = *plan;
+    int64_t qrows = j->transpose ? j->scols : j->srows;
+    const int threads = 256;
+    unsigned grid = cu_blocks(p.nthreads, threads);
     if (j->amax_in) {
-        if (j->amax_in != j->amax) AVC_TRY(cudaMemcpyAsync(j->amax, j->amax_in, sizeof(float), cudaMemcpyDeviceToDevice, s));
+        if (j->amax_in != j->amax) CU_TRY(cudaMemcpyAsync(j->amax, j->amax_in, sizeof(float), cudaMemcpyDeviceToDevice, s));
     } else {
-        AVC_TRY(cudaMemsetAsync(j->amax, 0, sizeof(float), s));
-        if (v3 && j->bf16_in) k_rows4<__nv_bfloat16, 0><<<grid4, threads, 0, s>>>(p);
-        else if (v3) k_rows4<float, 0><<<grid4, threads, 0, s>>>(p);
-        else if (j->bf16_in) k_amax<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+        CU_TRY(cudaMemsetAsync(j->amax, 0, sizeof(float), s));
+        if (j->bf16_in) k_amax<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
         else k_amax<float><<<grid, threads, 0, s>>>(p);
-        AVC_LAUNCHED();
+        CU_LAUNCHED();
     }
     double *part = nullptr;
     if (j->rowsum) {
         if (!j->transpose) return averis_fail(AVERIS_EINVAL, "cuda quantize: row sums are for the transposed copies");
-        AVC_OK(ws_take(reinterpret_cast<void **>(&part), (size_t)((p.nb + TG - 1) / TG * qrows) * sizeof(double), s));
+        CU_OK(ws_take(reinterpret_cast<void **>(&part), (size_t)((p.nb + CQ_TG - 1) / CQ_TG * qrows) * sizeof(double), s));
         p.rowsum_part = part;
     }
-    if (v3 && j->bf16_in) k_rows4<__nv_bfloat16, 1><<<grid4, threads, 0, s>>>(p);
-    else if (v3) k_rows4<float, 1><<<grid4, threads, 0, s>>>(p);
-    else if (j->bf16_in) k_quant<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
+    if (j->bf16_in) k_quant<__nv_bfloat16><<<grid, threads, 0, s>>>(p);
     else k_quant<float><<<grid, threads, 0, s>>>(p);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     if (part) {
-        k_rowsum<<<avc_blocks(qrows, 32), dim3(32, 8), 0, s>>>(part, (p.nb + TG - 1) / TG, qrows, j->rowsum);
-        AVC_LAUNCHED();
-        AVC_OK(ws_give(part, s));
+        k_rowsum<<<cu_blocks(qrows, 32), dim3(32, 8), 0, s>>>(part, (p.nb + CQ_TG - 1) / CQ_TG, qrows, j->rowsum);
+        CU_LAUNCHED();
+        CU_OK(ws_give(part, s));
     }
     return AVERIS_OK;
 }
 
-averis_status avq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean,
+/* Rows 1×16: v2 of the kernel lab (a thread per 16-element block, 16-byte
+ * loads); v1 and v3 and their measurements: dev/cuda/quant_lab.cu. */
+averis_status cq_quantize(const cq_job *j, cudaStream_t s) {
+    CU_PROF(j->transpose ? (j->amax_in ? "quant wgrad copy" : "quant wgrad copy + amax")
+             : j->tile    ? "quant weight 16x16 + amax"
+             : j->amax_in ? "quant rows" : "quant rows + amax", s);
+    cq_params p;
+    CU_OK(cq_plan(j, &p));
+    return cq_run(j, &p, s);
+}
+
+averis_status cq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean,
                            float *res_amax, float *col_max, float *col_min, cudaStream_t s) {
-    AVC_PROF("averis colstats", s);
+    CU_PROF("averis colstats", s);
     if (rows <= 0 || cols <= 0 || ld < cols)
         return averis_fail(AVERIS_EINVAL, "cuda colstats: bad shape %lld x %lld", (long long)rows, (long long)cols);
     int64_t nchunk = (rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK;
     if (nchunk > 65535) return averis_fail(AVERIS_EINVAL, "cuda colstats: %lld rows is too many", (long long)rows);
     char *buf = nullptr;
     size_t n = (size_t)(nchunk * cols);
-    AVC_OK(ws_take(reinterpret_cast<void **>(&buf), n * (sizeof(double) + 2 * sizeof(float)), s));
+    CU_OK(ws_take(reinterpret_cast<void **>(&buf), n * (sizeof(double) + 2 * sizeof(float)), s));
     double *part = reinterpret_cast<double *>(buf);
     float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
-    dim3 grid(avc_blocks(cols, 128), (unsigned)nchunk);
+    dim3 grid(cu_blocks(cols, 128), (unsigned)nchunk);
     if (bf16_in)
         k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn,
                                              res_amax);
     else
         k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const float *>(x), rows, cols, ld, part, pmx, pmn, res_amax);
-    AVC_LAUNCHED();
-    k_colstats_final<<<avc_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
+    CU_LAUNCHED();
+    k_colstats_final<<<cu_blocks(cols, 128), 128, 0, s>>>(part, pmx, pmn, nchunk, rows, cols, mean, col_max, col_min,
                                                            res_amax);
-    AVC_LAUNCHED();
-    AVC_OK(ws_give(buf, s));
+    CU_LAUNCHED();
+    CU_OK(ws_give(buf, s));
     return AVERIS_OK;
 }
 
-averis_status avq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s) {
-    AVC_PROF("to bf16", s);
+averis_status cq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s) {
+    CU_PROF("to bf16", s);
     if (n % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0)
-        k_to_bf16_v8<<<avc_blocks(n / 8, 256), 256, 0, s>>>(x, y, n / 8);
+        k_to_bf16_v8<<<cu_blocks(n / 8, 256), 256, 0, s>>>(x, y, n / 8);
     else
-        k_to_bf16<<<avc_blocks(n, 256), 256, 0, s>>>(x, y, n);
-    AVC_LAUNCHED();
+        k_to_bf16<<<cu_blocks(n, 256), 256, 0, s>>>(x, y, n);
+    CU_LAUNCHED();
     return AVERIS_OK;
 }
 
-averis_status avq_alpha(const float *amax_a, const float *amax_b, float *alpha, cudaStream_t s) {
+averis_status cq_alpha(const float *amax_a, const float *amax_b, float *alpha, cudaStream_t s) {
     k_alpha<<<1, 1, 0, s>>>(amax_a, amax_b, alpha);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     return AVERIS_OK;
 }
 
@@ -693,9 +502,9 @@ averis_status avc_init(int device, char *desc, size_t cap) {
                            e != cudaSuccess ? cudaGetErrorString(e) : "device count is 0");
     if (device < 0 || device >= n)
         return averis_fail(AVERIS_EINVAL, "cuda: device %d does not exist (%d GPU%s)", device, n, n == 1 ? "" : "s");
-    AVC_TRY(cudaSetDevice(device));
+    CU_TRY(cudaSetDevice(device));
     cudaDeviceProp pr;
-    AVC_TRY(cudaGetDeviceProperties(&pr, device));
+    CU_TRY(cudaGetDeviceProperties(&pr, device));
     if (pr.major < 8)
         return averis_fail(AVERIS_EUNSUPPORTED, "cuda: %s is sm_%d%d; averis needs sm_80 or newer (BF16 tensor cores)",
                            pr.name, pr.major, pr.minor);
@@ -710,9 +519,9 @@ averis_status avc_tensor_alloc(avc_tensor *t, int64_t rows, int64_t cols, nvfp4_
     memset(t, 0, sizeof *t);
     if (rows <= 0 || cols <= 0) return averis_fail(AVERIS_EINVAL, "cuda: empty tensor (%lld x %lld)", (long long)rows, (long long)cols);
     t->rows = rows, t->cols = cols, t->cols_padded = nvfp4_cols_padded(cols), t->block = block;
-    AVC_TRY(cudaMalloc(&t->codes_dev, (size_t)(rows * t->cols_padded / 2)));
-    AVC_TRY(cudaMalloc(&t->scales_dev, (size_t)nvfp4_scale_count(rows, cols, block)));
-    AVC_TRY(cudaMalloc(&t->amax_dev, sizeof(float)));
+    CU_TRY(cudaMalloc(&t->codes_dev, (size_t)(rows * t->cols_padded / 2)));
+    CU_TRY(cudaMalloc(&t->scales_dev, (size_t)nvfp4_scale_count(rows, cols, block)));
+    CU_TRY(cudaMalloc(&t->amax_dev, sizeof(float)));
     return AVERIS_OK;
 }
 
@@ -726,10 +535,10 @@ void avc_tensor_free(avc_tensor *t) {
 averis_status avc_tensor_download(const avc_tensor *t, nvfp4_tensor *h) {
     if (h->rows != t->rows || h->cols != t->cols || h->block != t->block)
         return averis_fail(AVERIS_EINVAL, "cuda: download into a tensor of another shape");
-    AVC_TRY(cudaMemcpy(h->codes, t->codes_dev, (size_t)(t->rows * t->cols_padded / 2), cudaMemcpyDeviceToHost));
-    AVC_TRY(cudaMemcpy(h->scales, t->scales_dev, (size_t)nvfp4_scale_count(t->rows, t->cols, t->block),
+    CU_TRY(cudaMemcpy(h->codes, t->codes_dev, (size_t)(t->rows * t->cols_padded / 2), cudaMemcpyDeviceToHost));
+    CU_TRY(cudaMemcpy(h->scales, t->scales_dev, (size_t)nvfp4_scale_count(t->rows, t->cols, t->block),
                        cudaMemcpyDeviceToHost));
-    AVC_TRY(cudaMemcpy(&h->amax, t->amax_dev, sizeof(float), cudaMemcpyDeviceToHost));
+    CU_TRY(cudaMemcpy(&h->amax, t->amax_dev, sizeof(float), cudaMemcpyDeviceToHost));
     return AVERIS_OK;
 }
 
@@ -739,7 +548,7 @@ averis_status avc_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int
         return averis_fail(AVERIS_EINVAL, "cuda quantize: dtype must be fp32 or bf16");
     if (out->rows != rows || out->cols != cols || out->block != o->block)
         return averis_fail(AVERIS_EINVAL, "cuda quantize: output tensor shape differs from the input");
-    avq_job j = {};
+    cq_job j = {};
     j.src = src, j.bf16_in = dtype == NVFP4_BF16;
     j.srows = rows, j.scols = cols, j.ld = ld;
     j.tile = o->block == NVFP4_BLOCK_16X16;
@@ -747,20 +556,20 @@ averis_status avc_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int
     j.mean = o->mean_dev;
     j.amax = out->amax_dev;
     j.codes = out->codes_dev, j.scales = out->scales_dev;
-    return avq_quantize(&j, (cudaStream_t)stream);
+    return cq_quantize(&j, (cudaStream_t)stream);
 }
 
 averis_status avc_dequantize(const avc_tensor *t, float *out, void *stream) {
     int64_t nb = t->cols_padded / 16;
-    k_dequant<<<avc_blocks(t->rows * nb, 256), 256, 0, (cudaStream_t)stream>>>(
+    k_dequant<<<cu_blocks(t->rows * nb, 256), 256, 0, (cudaStream_t)stream>>>(
         t->codes_dev, t->scales_dev, t->amax_dev, t->rows, t->cols, t->cols_padded, t->block == NVFP4_BLOCK_16X16, out);
-    AVC_LAUNCHED();
+    CU_LAUNCHED();
     return AVERIS_OK;
 }
 
 averis_status avc_colstats(const float *x, int64_t rows, int64_t cols, float *mean, float *col_max, float *col_min,
                            float *res_amax, void *stream) {
-    return avq_colstats(x, 0, rows, cols, cols, mean, res_amax, col_max, col_min, (cudaStream_t)stream);
+    return cq_colstats(x, 0, rows, cols, cols, mean, res_amax, col_max, col_min, (cudaStream_t)stream);
 }
 
 } // extern "C"

@@ -2,16 +2,17 @@
 # device_check.sh — the CUDA path's correctness checks in one call, on a GPU
 # machine (issue: "the device correctness script passes in one call"):
 #   1. build (CPU library + CUDA path) and the device test binary
-#   2. test_cuda: quantize kernels bit-exact vs the CPU spec over the
-#      adversarial corpus, colstats, dequantize, qlinear per recipe, one
-#      model step per recipe vs model.c
-#   3. compute-sanitizer memcheck on the device tests
+#   2. test_cuda (tests/cuda): quantize kernels bit-exact vs the CPU spec
+#      over the adversarial corpus, colstats, dequantize, qlinear per recipe,
+#      one model step per recipe vs model.c; quant_lab check (dev/cuda): the
+#      kernel lab's other quantize versions bit-exact vs the same spec
+#   3. compute-sanitizer memcheck on the device tests and the lab's checks
 #   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
 #      (BF16 activations, the default), averis with fp32 activations, and
 #      averis with flash attention
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
 #      build, and resumed on the CPU
-# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step.
+# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step, quant_lab bench.
 # Needs: nvcc, a GPU, data/default (scripts/get_data.sh; carried to the
 # device). Writes logs to $OUT (or out/device_check). Exit status: failures.
 set -uo pipefail
@@ -44,16 +45,19 @@ grep -E "✓|✗" "$RUNS/build.log" | head -8
 
 step "test_cuda (kernels bit-exact, qlinear and model vs CPU)"
 build/test_cuda 2>&1 | tee "$OUT/test_cuda.log" || note_fail "test_cuda"
+build/quant_lab check 2>&1 | tee "$OUT/quant_lab_check.log" || note_fail "quant_lab check"
 
 step "compute-sanitizer memcheck"
 if command -v compute-sanitizer >/dev/null; then
-    timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_cuda \
-        >"$OUT/memcheck.log" 2>&1
-    rc=$?
-    tail -3 "$OUT/memcheck.log"
-    # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
-    [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck (exit $rc)"
-    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || note_fail "memcheck reported errors"
+    for prog in test_cuda "quant_lab check"; do
+        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog%% *}.log"
+        timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/$prog >"$log" 2>&1
+        rc=$?
+        tail -3 "$log"
+        # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
+        [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck $prog (exit $rc)"
+        grep -q "ERROR SUMMARY: 0 errors" "$log" || note_fail "memcheck $prog reported errors"
+    done
 else
     note_fail "compute-sanitizer not found"
 fi
@@ -119,6 +123,8 @@ cp "$RUNS/q06/log.csv" "$OUT/q06_log.csv" 2>/dev/null || note_fail "0.6B log"
 if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     step "bench: quantize kernels"
     build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
+    step "bench: the kernel lab's quantize versions"
+    build/quant_lab bench 2>&1 | tee "$OUT/bench_quant_lab.txt" || note_fail "quant_lab bench"
     step "bench: Qwen3-0.6B training step"
     build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
     echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"

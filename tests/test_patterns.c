@@ -1,5 +1,6 @@
-/* test_patterns.c — the adversarial input corpus, shared by the CPU suite
- * and the CUDA device test (cuda/test_cuda.cu). */
+/* test_patterns.c — the adversarial input corpus, shared by the CPU suite,
+ * the CUDA device test (tests/cuda/test_cuda.cu) and the kernel lab
+ * (dev/cuda/quant_lab.cu). */
 #include <math.h>
 
 #include "check.h"

@@ -2,7 +2,7 @@
  * backward of the tiny config per recipe: the loss, and the gradient as one
  * vector (relative L2 error); the worst single tensor is printed too.
  * The GPU's LM head and attention operands are BF16 where the CPU is fp32
- * (and, with AVERIS_ACT=bf16, the activations between kernels), so the
+ * (and, with BF16 activations, the activations between kernels), so the
  * bounds are BF16-sized. Under FP4 recipes those small differences
  * flip some quantization decisions (a whole FP4 step each), which shows
  * most in tensors whose gradient is a near-cancelling sum (the q/k norm
@@ -20,12 +20,12 @@
 #include <vector>
 
 extern "C" {
-#include "../tests/check.h"
+#include "../check.h"
 }
 
 /* T = 64: the materialised attention in 4 causal row blocks; T = 48 (not a
- * multiple of 64): in one */
-extern "C" void test_model_vs_cpu_T(int T) {
+ * multiple of 64): in one. opts: the GPU model's activations and attention. */
+void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     /* loss and gradient bounds (relative): fp32/bf16 differ by BF16 rounding of
      * the LM head and attention operands; FP4 recipes also flip a few
@@ -73,24 +73,21 @@ extern "C" void test_model_vs_cpu_T(int T) {
             sens = sqrt(num / den);
             model_free(&m2);
         }
-        avc_model *g = nullptr;
-        const char *act = getenv("AVERIS_ACT");
-        avc_model_opts gopts;
-        averis_status st = avc_model_opts_parse(act, getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &gopts);
-        if (!st) st = avc_model_create(&g, &m, B, T, &gopts);
-        if (ri == 0 && act && !strcmp(act, "bf16")) { /* the fp32 recipe refuses BF16 activations, saying so */
-            CHECK(st != AVERIS_OK && strstr(averis_last_error(), "fp32 activations"), "fp32 recipe with AVERIS_ACT=bf16: %s",
+        avc_model *net = nullptr;
+        averis_status st = avc_model_create(&net, &m, B, T, opts);
+        if (ri == 0 && opts->act == AVC_ACT_BF16) { /* the fp32 recipe refuses BF16 activations, saying so */
+            CHECK(st != AVERIS_OK && strstr(averis_last_error(), "fp32 activations"), "fp32 recipe with BF16 activations: %s",
                   st ? averis_last_error() : "accepted");
-            avc_model_free(g);
+            avc_model_free(net);
             model_free(&m);
             continue;
         }
         CHECK(st == AVERIS_OK, "%s: avc_model_create: %s", recipes[ri], averis_last_error());
         if (st) { model_free(&m); continue; }
-        CHECK(avc_model_step(g, tok.data(), tgt.data(), 1, 1.0f, 12, &lg) == AVERIS_OK, "%s: gpu step: %s", recipes[ri],
+        CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12, &lg) == AVERIS_OK, "%s: gpu step: %s", recipes[ri],
               averis_last_error());
         std::vector<float> gg(m.nparams);
-        avc_model_grads(g, gg.data());
+        avc_model_grads(net, gg.data());
         double worst = 0.0, tnum = 0.0, tden = 0.0;
         const char *wname = "";
         for (int t = 0; t < m.ntensors; t++) {
@@ -110,9 +107,7 @@ extern "C" void test_model_vs_cpu_T(int T) {
                worst);
         CHECK(lrel <= loss_tol, "%s: loss %.6f (gpu) vs %.6f (cpu)", recipes[ri], lg, lc);
         CHECK(grel <= 2 * sens + 1e-2, "%s: gradient differs by %.3g (bound 2·%.3g + 1e-2)", recipes[ri], grel, sens);
-        avc_model_free(g);
+        avc_model_free(net);
         model_free(&m);
     }
 }
-
-extern "C" void test_model_vs_cpu(void) { test_model_vs_cpu_T(64); }

@@ -5,15 +5,17 @@
  *              the adversarial corpus (tests/test_patterns.c) × shapes ×
  *              {1×16, 16×16} × RHT × mean split × SR × {fp32, bf16}, and the
  *              transposed wgrad copies with their BF16 operands and row sums
+ *              (the kernel lab's other versions: build/quant_lab check)
  *   colstats   bit-identical mean, max, min and residual amax
  *   dequantize bit-identical to nvfp4_dequantize
  *   qlinear    forward, dgrad and wgrad per recipe within a stated relative
  *              error of qlin_forward / qlin_backward
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
-#include "common.cuh"
+#include "quant.cuh"
+#include "flash.cuh"
 #include "nvfp4_device.cuh"
-#include "tool_util.cuh"
+#include "../../dev/cuda/tool_util.cuh"
 #include "averis/qlinear.h"
 
 #include <cmath>
@@ -23,26 +25,11 @@
 #include <vector>
 
 extern "C" {
-#include "../tests/check.h"
+#include "../check.h"
 }
+#include "quant_corpus.cuh"
 
 int g_check_failed;
-
-
-template <typename T> static T *dev_copy(const T *h, size_t n) {
-    T *d;
-    DEV(cudaMalloc(&d, n * sizeof(T) + 16));
-    DEV(cudaMemcpy(d, h, n * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
-template <typename T> static std::vector<T> host_copy(const T *d, size_t n) {
-    std::vector<T> h(n);
-    DEV(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-}
-
-static const int64_t k_shapes[][2] = {{1, 16}, {17, 48}, {33, 100}, {64, 256}, {5, 7}, {300, 1024}};
-static const int k_nshapes = 6;
 
 /* ------------------------------------------------------------ quantize */
 /* The E2M1 encoders from the fp32 bits against the line-for-line ladders,
@@ -80,93 +67,46 @@ static void test_e2m1_exhaustive(void) {
 }
 
 static void test_quantize_bitexact(void) {
-    trng r = {4321};
-    int compared = 0;
-    for (int s = 0; s < k_nshapes; s++) {
-        int64_t rows = k_shapes[s][0], cols = k_shapes[s][1], n = rows * cols;
-        std::vector<float> x(n), mean(cols), mx(cols), mn(cols);
-        std::vector<uint16_t> xb(n);
-        for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
-            test_fill_pattern(x.data(), n, cols, pat, &r);
-            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
-            nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
-            float *dx = dev_copy(x.data(), n), *dmean = dev_copy(mean.data(), cols);
-            uint16_t *dxb = dev_copy(xb.data(), n);
-            for (int variant = 0; variant < 32; variant++) {
-                nvfp4_opts o = nvfp4_opts_default();
-                o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
-                o.rht = (variant >> 1) & 1;
-                o.mean = ((variant >> 2) & 1) ? mean.data() : NULL;
-                o.sr = (variant >> 3) & 1;
-                o.seed = 0x1234567890ull + (uint64_t)pat;
-                o.stream = (uint64_t)variant << 40 | 5;
-                nvfp4_dtype dt = ((variant >> 4) & 1) && !o.mean ? NVFP4_BF16 : NVFP4_F32;
-                if (((variant >> 4) & 1) && o.mean) continue;
-                const void *hsrc = dt == NVFP4_BF16 ? (const void *)xb.data() : (const void *)x.data();
-                const void *dsrc = dt == NVFP4_BF16 ? (const void *)dxb : (const void *)dx;
-                nvfp4_tensor ref, got;
-                nvfp4_tensor_alloc(&ref, rows, cols, o.block);
-                nvfp4_tensor_alloc(&got, rows, cols, o.block);
-                CHECK(nvfp4_quantize_ref(hsrc, dt, rows, cols, cols, &o, &ref, NULL) == AVERIS_OK, "ref");
-                avc_tensor t;
-                CHECK(avc_tensor_alloc(&t, rows, cols, o.block) == AVERIS_OK, "alloc: %s", averis_last_error());
-                DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
-                avc_qopts q = {o.block, o.rht, o.sr, o.seed, o.stream, o.mean ? dmean : NULL};
-                CHECK(avc_quantize(dsrc, dt, rows, cols, cols, &q, &t, NULL) == AVERIS_OK, "quantize: %s",
-                      averis_last_error());
-                CHECK(avc_tensor_download(&t, &got) == AVERIS_OK, "download: %s", averis_last_error());
-                int64_t ncodes = rows * ref.cols_padded / 2, nsc = nvfp4_scale_count(rows, cols, o.block);
-                int64_t bad = -1;
-                for (int64_t i = 0; i < ncodes && bad < 0; i++)
-                    if (ref.codes[i] != got.codes[i]) bad = i;
-                CHECK(bad < 0, "codes differ: %lldx%lld pattern %d variant %d at byte %lld: want %02x got %02x",
-                      (long long)rows, (long long)cols, pat, variant, (long long)bad, bad < 0 ? 0 : ref.codes[bad],
-                      bad < 0 ? 0 : got.codes[bad]);
-                CHECK(!memcmp(ref.scales, got.scales, (size_t)nsc), "scales differ: %lldx%lld pattern %d variant %d",
-                      (long long)rows, (long long)cols, pat, variant);
-                CHECK(!memcmp(&ref.amax, &got.amax, 4), "amax differs: pattern %d variant %d: %a vs %a", pat, variant,
-                      (double)ref.amax, (double)got.amax);
-                /* the kernel lab's older row versions (v1, v2) against the same spec */
-                for (int ver = 1; ver <= 2 && o.block == NVFP4_BLOCK_1X16; ver++) {
-                    avq_job jv = {};
-                    jv.src = dsrc, jv.bf16_in = dt == NVFP4_BF16;
-                    jv.srows = rows, jv.scols = cols, jv.ld = cols;
-                    jv.rht = o.rht, jv.sr = o.sr, jv.seed = o.seed, jv.stream = o.stream;
-                    jv.mean = o.mean ? dmean : NULL;
-                    jv.amax = t.amax_dev, jv.codes = t.codes_dev, jv.scales = t.scales_dev, jv.version = ver;
-                    DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
-                    CHECK(avq_quantize(&jv, 0) == AVERIS_OK, "v%d: %s", ver, averis_last_error());
-                    nvfp4_tensor gv;
-                    nvfp4_tensor_alloc(&gv, rows, cols, o.block);
-                    avc_tensor_download(&t, &gv);
-                    CHECK(!memcmp(ref.codes, gv.codes, (size_t)ncodes) && !memcmp(ref.scales, gv.scales, (size_t)nsc) &&
-                              !memcmp(&ref.amax, &gv.amax, 4),
-                          "kernel v%d differs: %lldx%lld pattern %d variant %d", ver, (long long)rows, (long long)cols, pat,
-                          variant);
-                    nvfp4_tensor_free(&gv);
-                }
-                /* dequantize */
-                if (!o.rht) {
-                    std::vector<float> dref(n);
-                    nvfp4_dequantize(&ref, 0, dref.data());
-                    float *dd;
-                    DEV(cudaMalloc(&dd, n * sizeof(float)));
-                    CHECK(avc_dequantize(&t, dd, NULL) == AVERIS_OK, "dequantize");
-                    std::vector<float> dgot = host_copy(dd, n);
-                    CHECK(!memcmp(dref.data(), dgot.data(), n * sizeof(float)), "dequantize differs: pattern %d variant %d",
-                          pat, variant);
-                    cudaFree(dd);
-                }
-                compared++;
-                avc_tensor_free(&t);
-                nvfp4_tensor_free(&ref);
-                nvfp4_tensor_free(&got);
-            }
-            cudaFree(dx);
-            cudaFree(dmean);
-            cudaFree(dxb);
+    int compared = qcorpus_run(0, [](const qcorpus_case &c) {
+        const nvfp4_opts &o = c.o;
+        const nvfp4_tensor &ref = *c.ref;
+        int64_t rows = c.rows, cols = c.cols, n = rows * cols;
+        int pat = c.pat, variant = c.variant;
+        nvfp4_tensor got;
+        nvfp4_tensor_alloc(&got, rows, cols, o.block);
+        avc_tensor t;
+        CHECK(avc_tensor_alloc(&t, rows, cols, o.block) == AVERIS_OK, "alloc: %s", averis_last_error());
+        DEV(cudaMemset(t.codes_dev, 0xAB, (size_t)(rows * t.cols_padded / 2)));
+        avc_qopts q = {o.block, o.rht, o.sr, o.seed, o.stream, o.mean ? c.dmean : NULL};
+        CHECK(avc_quantize(c.dsrc, c.dt, rows, cols, cols, &q, &t, NULL) == AVERIS_OK, "quantize: %s",
+              averis_last_error());
+        CHECK(avc_tensor_download(&t, &got) == AVERIS_OK, "download: %s", averis_last_error());
+        int64_t ncodes = rows * ref.cols_padded / 2, nsc = nvfp4_scale_count(rows, cols, o.block);
+        int64_t bad = -1;
+        for (int64_t i = 0; i < ncodes && bad < 0; i++)
+            if (ref.codes[i] != got.codes[i]) bad = i;
+        CHECK(bad < 0, "codes differ: %lldx%lld pattern %d variant %d at byte %lld: want %02x got %02x",
+              (long long)rows, (long long)cols, pat, variant, (long long)bad, bad < 0 ? 0 : ref.codes[bad],
+              bad < 0 ? 0 : got.codes[bad]);
+        CHECK(!memcmp(ref.scales, got.scales, (size_t)nsc), "scales differ: %lldx%lld pattern %d variant %d",
+              (long long)rows, (long long)cols, pat, variant);
+        CHECK(!memcmp(&ref.amax, &got.amax, 4), "amax differs: pattern %d variant %d: %a vs %a", pat, variant,
+              (double)ref.amax, (double)got.amax);
+        /* dequantize */
+        if (!o.rht) {
+            std::vector<float> dref(n);
+            nvfp4_dequantize(&ref, 0, dref.data());
+            float *dd;
+            DEV(cudaMalloc(&dd, n * sizeof(float)));
+            CHECK(avc_dequantize(&t, dd, NULL) == AVERIS_OK, "dequantize");
+            std::vector<float> dgot = host_copy(dd, n);
+            CHECK(!memcmp(dref.data(), dgot.data(), n * sizeof(float)), "dequantize differs: pattern %d variant %d",
+                  pat, variant);
+            cudaFree(dd);
         }
-    }
+        avc_tensor_free(&t);
+        nvfp4_tensor_free(&got);
+    });
     printf("  quantize: %d tensors compared bit for bit\n", compared);
     CHECK(compared == k_nshapes * TEST_NPATTERNS * 24, "ran every comparison (%d)", compared);
 }
@@ -203,10 +143,10 @@ static void test_transposed_copies(void) {
                 std::vector<double> sum_abs(cols);
                 for (int64_t j = 0; j < cols; j++) {
                     double acc = 0.0, aa = 0.0;
-                    for (int64_t g = 0; g < lp; g += 16) {
+                    for (int64_t b0 = 0; b0 < lp; b0 += 16) {
                         float tok[16];
-                        if (rht) nvfp4_rht16_inv_ref(&deq[j * lp + g], tok);
-                        else memcpy(tok, &deq[j * lp + g], sizeof tok);
+                        if (rht) nvfp4_rht16_inv_ref(&deq[j * lp + b0], tok);
+                        else memcpy(tok, &deq[j * lp + b0], sizeof tok);
                         for (int i = 0; i < 16; i++) acc += tok[i], aa += fabs(tok[i]);
                     }
                     sum_ref[j] = (float)acc;
@@ -219,13 +159,13 @@ static void test_transposed_copies(void) {
                 DEV(cudaMalloc(&bf, (size_t)cols * kp * 2));
                 DEV(cudaMalloc(&dsum, cols * sizeof(float)));
                 DEV(cudaMemset(bf, 0xFF, (size_t)cols * kp * 2));
-                avq_job j = {};
+                cq_job j = {};
                 j.src = dx, j.srows = rows, j.scols = cols, j.ld = cols, j.transpose = 1;
                 j.rht = rht, j.sr = sr, j.seed = 7, j.stream = 11;
                 j.mean = use_mean ? dmean : NULL;
                 j.amax = t.amax_dev, j.codes = t.codes_dev, j.scales = t.scales_dev;
                 j.bf16_out = bf, j.ld_out = kp, j.rowsum = dsum;
-                CHECK(avq_quantize(&j, 0) == AVERIS_OK, "transposed quantize: %s", averis_last_error());
+                CHECK(cq_quantize(&j, 0) == AVERIS_OK, "transposed quantize: %s", averis_last_error());
                 nvfp4_tensor got;
                 nvfp4_tensor_alloc(&got, cols, rows, NVFP4_BLOCK_1X16);
                 avc_tensor_download(&t, &got);
@@ -304,7 +244,7 @@ static void test_colstats_bitexact(void) {
             /* BF16 input (the model's activations): the statistics of its fp32 values */
             for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]), xr[i] = nvfp4_bf16_to_f32(xb[i]);
             uint16_t *dxb = dev_copy(xb.data(), n);
-            CHECK(avq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
+            CHECK(cq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
                   "colstats bf16: %s", averis_last_error());
             check_colstats("bf16", out, xr.data(), rows, cols, pat);
             cudaFree(dxb);
@@ -402,9 +342,9 @@ static void test_flash_attention(void) {
         std::vector<double> P(T), dP(T);
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
-                int g = h / grp;
-                const float *Q = &qf[((size_t)(b * H + h) * T) * Dh], *K = &kf[((size_t)(b * KV + g) * T) * Dh],
-                            *V = &vf[((size_t)(b * KV + g) * T) * Dh], *dO = &dof[((size_t)(b * H + h) * T) * Dh];
+                int kvh = h / grp;
+                const float *Q = &qf[((size_t)(b * H + h) * T) * Dh], *K = &kf[((size_t)(b * KV + kvh) * T) * Dh],
+                            *V = &vf[((size_t)(b * KV + kvh) * T) * Dh], *dO = &dof[((size_t)(b * H + h) * T) * Dh];
                 for (int t = 0; t < T; t++) {
                     double mx = -1e300, sum = 0.0;
                     for (int j = 0; j <= t; j++) {
@@ -432,8 +372,8 @@ static void test_flash_attention(void) {
                         double ds = P[j] * (dP[j] - pdp) * scale;
                         for (int d = 0; d < Dh; d++) {
                             dQ[((size_t)(b * H + h) * T + t) * Dh + d] += ds * K[j * Dh + d];
-                            dK[((size_t)(b * KV + g) * T + j) * Dh + d] += ds * Q[t * Dh + d];
-                            dV[((size_t)(b * KV + g) * T + j) * Dh + d] += P[j] * dO[t * Dh + d];
+                            dK[((size_t)(b * KV + kvh) * T + j) * Dh + d] += ds * Q[t * Dh + d];
+                            dV[((size_t)(b * KV + kvh) * T + j) * Dh + d] += P[j] * dO[t * Dh + d];
                         }
                     }
                 }
@@ -460,9 +400,9 @@ static void test_flash_attention(void) {
         DEV(cudaMemset(gk, 0xFF, nk * 4));
         DEV(cudaMemset(gv, 0xFF, nk * 4));
         typedef const __nv_bfloat16 *cbp;
-        CHECK(avf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, 0, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
+        CHECK(cf_forward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, dao_out, 0, dlse, B, T, H, KV, Dh, 0) == AVERIS_OK,
               "flash forward: %s", averis_last_error());
-        CHECK(avf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, 0, dlse, dDv, gq, gk, gv, B, T, H, KV,
+        CHECK(cf_backward((cbp)dq_in, (cbp)dk_in, (cbp)dv_in, (cbp)ddo, ddao, dao_out, 0, dlse, dDv, gq, gk, gv, B, T, H, KV,
                            Dh, 0) == AVERIS_OK,
               "flash backward: %s", averis_last_error());
         DEV(cudaDeviceSynchronize());
@@ -478,30 +418,11 @@ static void test_flash_attention(void) {
     }
 }
 
-extern "C" void test_model_vs_cpu(void); /* model_check.cu */
-extern "C" void test_model_vs_cpu_T(int T);
-/* the model check with fp32 activations (the CPU's), with BF16 (the
- * default), and with attention through flash.cu */
-static void test_model_vs_cpu_fp32act(void) {
-    setenv("AVERIS_ACT", "fp32", 1);
-    test_model_vs_cpu();
-    unsetenv("AVERIS_ACT");
-}
-static void test_model_vs_cpu_bf16act(void) {
-    setenv("AVERIS_ACT", "bf16", 1);
-    test_model_vs_cpu();
-    unsetenv("AVERIS_ACT");
-}
-/* seq 48: the materialised attention unsplit (seq % 64 != 0), BF16 activations */
-static void test_model_vs_cpu_seq48(void) {
-    setenv("AVERIS_ACT", "bf16", 1);
-    test_model_vs_cpu_T(48);
-    unsetenv("AVERIS_ACT");
-}
-static void test_model_vs_cpu_flash(void) {
-    setenv("AVERIS_ATTN", "flash", 1);
-    test_model_vs_cpu_bf16act();
-    unsetenv("AVERIS_ATTN");
+/* model_check.cu: one step of the tiny model per recipe vs the CPU */
+void test_model_vs_cpu_T(int T, const avc_model_opts *opts);
+template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void) {
+    const avc_model_opts o = {ACT, ATTN};
+    test_model_vs_cpu_T(T, &o);
 }
 
 static const test_case k_tests[] = {
@@ -511,19 +432,17 @@ static const test_case k_tests[] = {
     {"colstats_bitexact", test_colstats_bitexact},
     {"qlinear_vs_cpu", test_qlinear_vs_cpu},
     {"flash_attention", test_flash_attention},
-    {"model_vs_cpu_fp32act", test_model_vs_cpu_fp32act},
-    {"model_vs_cpu_bf16act", test_model_vs_cpu_bf16act},
-    {"model_vs_cpu_seq48", test_model_vs_cpu_seq48},
-    {"model_vs_cpu_flash", test_model_vs_cpu_flash},
+    /* the model with fp32 activations (the CPU's), with BF16 (the default),
+     * at seq 48 (the materialised attention unsplit: seq % 64 != 0), and
+     * with attention through flash.cu */
+    {"model_vs_cpu_fp32act", test_model_vs_cpu<64, AVC_ACT_FP32, AVC_ATTN_AUTO>},
+    {"model_vs_cpu_bf16act", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_AUTO>},
+    {"model_vs_cpu_seq48", test_model_vs_cpu<48, AVC_ACT_BF16, AVC_ATTN_AUTO>},
+    {"model_vs_cpu_flash", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_FLASH>},
 };
 
 int main(int argc, char **argv) {
-    char desc[256];
-    if (avc_init(0, desc, sizeof desc)) {
-        fprintf(stderr, "test_cuda: %s\n", averis_last_error());
-        return 2;
-    }
-    printf("device: %s\n", desc);
+    tool_device_init("test_cuda");
     int passed = 0, failed = 0;
     for (const test_case &t : k_tests) {
         if (argc > 1 && !strstr(t.name, argv[1])) continue;

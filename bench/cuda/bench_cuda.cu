@@ -1,0 +1,158 @@
+/* bench_cuda.cu — device benchmarks, ratios measured in the same run.
+ *
+ *   bench_cuda quant   the library's NVFP4 quantize kernels in GB/s of the
+ *                      bytes they must move (input read once + packed codes
+ *                      and scales written) vs a device-to-device copy (the
+ *                      other numbered versions: build/quant_lab bench)
+ *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]
+ *                      one training step (zero grad, forward, backward, norm,
+ *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
+ *                      the paper reports (averis / nvfp4, ...) vs bf16
+ * Times are medians of CUDA-event (quant) or synchronised host-clock (step)
+ * measurements after warm-up. AVERIS_CUDA_PROFILE=1 turns on the library's
+ * profiler (cu_prof_enable): step then prints device time per category.
+ */
+#include "common.cuh"
+#include "../../dev/cuda/tool_util.cuh"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+/* the library's kernels (the numbered versions: dev/cuda/quant_lab.cu) */
+static averis_status library_quantize(const cq_job *j, int, cudaStream_t s) { return cq_quantize(j, s); }
+
+static int bench_quant(void) {
+    const int64_t rows = 16384, cols = 4096; /* 256 MiB fp32: far beyond L2 */
+    qbench b;
+    qbench_init(&b, rows, cols);
+    const int library_version = 2; /* the name of the library's rows kernel in the lab */
+    qbench_row_versions(&b, &library_version, 1, library_quantize);
+    const qbench_row rowsv[] = {
+        {"v2 16x16 fp32 (weights), two passes", 0, 1, 0, 0, 0, 0, 0, 0},
+        {"v2 wgrad copy (transposed) + RHT + SR", 0, 0, 1, 0, 1, 1, 0, 0},
+    };
+    qbench_run(&b, rowsv, (int)(sizeof rowsv / sizeof rowsv[0]), library_quantize);
+    printf("(two-pass kernels read the input twice: their bound is ~0.53x of copy for fp32 unless the tensor fits in L2)\n");
+    /* the Averis column statistics alone (input read once) at this shape and at the 0.6B model's:
+     * an activation [8192 x 1024] BF16, an MLP output gradient [8192 x 3072] fp32 */
+    printf("\naveris column statistics alone, GB/s of the input read\n");
+    const struct { const char *name; int64_t r, c; int bf16; } cs[] = {
+        {"colstats fp32 16384x4096", rows, cols, 0},
+        {"colstats bf16 8192x1024", 8192, 1024, 1},
+        {"colstats fp32 8192x3072", 8192, 3072, 0},
+    };
+    void *ws = nullptr;
+    DEV(cudaMalloc(&ws, cq_ws_bytes(rows, cols)));
+    cq_set_workspace(ws, cq_ws_bytes(rows, cols)); /* as the model does: no allocation per call */
+    for (const auto &c : cs) {
+        double ms = median_ms([&] {
+            cq_colstats(c.bf16 ? (const void *)b.xb : (const void *)b.x, c.bf16, c.r, c.c, c.c, b.mean, b.res, nullptr,
+                        nullptr, 0);
+        });
+        double gbs = (double)c.r * c.c * (c.bf16 ? 2 : 4) / (ms * 1e6);
+        printf("%-52s %9.3f %9.0f %9.2f\n", c.name, ms, gbs, gbs / b.copy_gbs);
+    }
+    cq_set_workspace(nullptr, 0);
+    cudaFree(ws);
+    return 0;
+}
+
+static double now_s(void) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static int bench_step(int argc, char **argv) {
+    const char *config = "qwen3-0.6b", *recipes = "bf16,nvfp4,nvfp4-rht,averis,averis-rht";
+    int B = 8, T = 1024, steps = 5;
+    for (int i = 0; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+        else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--recipes")) recipes = argv[i + 1];
+        else { fprintf(stderr, "bench_cuda step: unknown option %s\n", argv[i]); return 2; }
+    }
+    model_config cfg;
+    TOOL_OK(model_config_load(config, &cfg));
+    model m;
+    TOOL_OK(model_create(&m, &cfg));
+    model_init_weights(&m, 1);
+    int64_t N = (int64_t)B * T;
+    std::vector<int> tok(N), tgt(N);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        tok[i] = (int)((s >> 33) % (uint64_t)cfg.vocab_size);
+    }
+    for (int64_t i = 0; i < N; i++) tgt[i] = tok[(i + 1) % N];
+    /* flops per token: 6·params (matmuls fwd+bwd, the tied head once) + attention QKᵀ and PV over all T² */
+    double flops_tok = 6.0 * (double)model_config_nparams(&cfg) +
+                       12.0 * cfg.num_hidden_layers * (double)cfg.num_attention_heads * cfg.head_dim * T;
+    printf("training step, %s, %d x %d tokens, %d timed steps after 2 warm-up\n", config, B, T, steps);
+    printf("%-12s %10s %12s %8s %10s\n", "recipe", "ms/step", "tokens/s", "MFU", "loss");
+    std::vector<std::pair<std::string, double>> res;
+    std::string list = recipes;
+    size_t p0 = 0;
+    while (p0 <= list.size()) {
+        size_t p1 = list.find(',', p0);
+        if (p1 == std::string::npos) p1 = list.size();
+        std::string name = list.substr(p0, p1 - p0);
+        p0 = p1 + 1;
+        if (name.empty()) continue;
+        TOOL_OK(qlin_recipe_parse(name.c_str(), &m.recipe));
+        m.recipe.seed = 7;
+        avc_model *net;
+        avc_model_opts opts;
+        TOOL_OK(avc_model_opts_parse(getenv("AVERIS_ACT"), getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &opts));
+        TOOL_OK(avc_model_create(&net, &m, B, T, &opts));
+        if (res.empty()) printf("(%s)\n", avc_model_describe(net));
+        std::vector<double> t;
+        float loss = 0;
+        for (int k = 0; k < steps + 2; k++) {
+            if (k == 2) cu_prof_reset();
+            double t0 = now_s();
+            double norm;
+            TOOL_OK(avc_model_zero_grad(net));
+            TOOL_OK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, (uint64_t)k, &loss));
+            TOOL_OK(avc_model_grad_norm(net, &norm));
+            TOOL_OK(avc_model_adamw(net, 1e-4, 0.9, 0.95, 1e-8, 0.1, k + 1, norm > 1.0 ? (float)(1.0 / norm) : 1.0f));
+            DEV(cudaDeviceSynchronize());
+            if (k >= 2) t.push_back(now_s() - t0);
+        }
+        std::sort(t.begin(), t.end());
+        double sec = t[t.size() / 2];
+        double mfu = flops_tok * N / sec / 989e12;
+        printf("%-12s %10.1f %12.0f %7.1f%% %10.4f\n", name.c_str(), sec * 1e3, N / sec, 100 * mfu, loss);
+        cu_prof_report(steps); /* AVERIS_CUDA_PROFILE=1: where the step's device time goes */
+        fflush(stdout);
+        res.push_back({name, sec});
+        avc_model_free(net);
+    }
+    auto get = [&](const char *nm) {
+        for (auto &r : res)
+            if (r.first == nm) return r.second;
+        return 0.0;
+    };
+    printf("ratios (same run): ");
+    const char *pairs[][2] = {{"averis", "nvfp4"}, {"nvfp4-rht", "nvfp4"}, {"averis-rht", "nvfp4"}, {"nvfp4", "bf16"}};
+    for (auto &pr : pairs)
+        if (get(pr[0]) > 0 && get(pr[1]) > 0) printf("%s/%s %.3f  ", pr[0], pr[1], get(pr[0]) / get(pr[1]));
+    printf("\n(MFU against 989 TFLOP/s, the H100 SXM dense BF16 peak; flops/token = 6·params + 12·L·H·Dh·T)\n");
+    model_free(&m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    tool_device_init("bench_cuda");
+    const char *prof = getenv("AVERIS_CUDA_PROFILE");
+    cu_prof_enable(prof && atoi(prof) > 0); /* where the step's device time goes, by category */
+    if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
+    if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
+    fprintf(stderr, "usage: bench_cuda quant | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]\n");
+    return 2;
+}
