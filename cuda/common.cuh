@@ -13,8 +13,7 @@
 #include <cstdint>
 
 #include "averis/cuda.h"
-
-extern "C" averis_status averis_fail(averis_status st, const char *fmt, ...);
+#include "averis/status.h"
 
 #define AVC_TRY(call)                                                                                       \
     do {                                                                                                    \

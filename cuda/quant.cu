@@ -128,7 +128,7 @@ __device__ __forceinline__ void block_input(const qparams &p, int64_t gid, float
             for (int i = 0; i < 16; i++) v[i] = 0.0f;
         }
     }
-    if (p.rht) avd_rht16(v);
+    if (p.rht) nvfp4_spec_rht16(v);
 }
 
 __device__ __forceinline__ float block_amax(const qparams &p, const float v[16]) {
@@ -190,7 +190,7 @@ __device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, flo
 template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(qparams p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float s_enc, s_dec;
-    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
     if (!p.transpose) {
         quant_block<T>(p, gid, s_enc, s_dec);
         return;
@@ -215,7 +215,7 @@ __device__ __forceinline__ double quant_block(const qparams &p, int64_t gid, flo
     uint32_t sc = avd_block_scale(bamax, s_enc);
     float enc = avd_block_enc(sc, s_dec);
     uint32_t u[16];
-    if (p.sr) avd_sr_u24_block(p.seed, p.stream, (uint64_t)(qrow * p.cp + 16 * b), u);
+    if (p.sr) nvfp4_spec_sr_u24_block(p.seed, p.stream, (uint64_t)(qrow * p.cp + 16 * b), u);
     uint32_t q[16];
 #pragma unroll
     for (int i = 0; i < 16; i++) {
@@ -302,7 +302,7 @@ template <typename T, int MODE> __global__ void k_rows4(qparams p) {
     }
     if (p.rht) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = v[i] * avd_rht_sign(4 * q + i);
+        for (int i = 0; i < 4; i++) v[i] = v[i] * nvfp4_spec_rht_sign(4 * q + i);
         float a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
         v[0] = a0 + a1, v[1] = a0 - a1, v[2] = a2 + a3, v[3] = a2 - a3; /* h = 1 */
         a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
@@ -333,20 +333,18 @@ template <typename T, int MODE> __global__ void k_rows4(qparams p) {
     }
     if (!valid) return;
     float s_enc, s_dec;
-    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
     uint32_t sc = avd_block_scale(m, s_enc);
     float enc = avd_block_enc(sc, s_dec);
     uint32_t u[4] = {0, 0, 0, 0};
     if (p.sr) {
-        uint64_t ctr = (uint64_t)(r * p.cp + c0) >> 2;
-        avd_philox((uint32_t)ctr, (uint32_t)(ctr >> 32), (uint32_t)p.stream, (uint32_t)(p.stream >> 32),
-                   (uint32_t)p.seed, (uint32_t)(p.seed >> 32), u);
+        nvfp4_spec_sr_u24_quad(p.seed, p.stream, (uint64_t)(r * p.cp + c0) >> 2, u);
     }
     uint32_t cq[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         float y = v[i] * enc;
-        cq[i] = p.sr ? avd_e2m1_sr(y, u[i] >> 8) : avd_e2m1_rn(y);
+        cq[i] = p.sr ? avd_e2m1_sr(y, u[i]) : avd_e2m1_rn(y);
     }
     if (p.codes)
         *reinterpret_cast<uint16_t *>(p.codes + r * (p.cp / 2) + 8 * b + 2 * q) =
@@ -458,8 +456,8 @@ __global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n) {
 
 __global__ void k_alpha(const float *amax_a, const float *amax_b, float *alpha) {
     float ea, da, eb, db;
-    avd_global_scales(*amax_a, &ea, &da);
-    avd_global_scales(*amax_b, &eb, &db);
+    nvfp4_spec_global_scales(*amax_a, &ea, &da);
+    nvfp4_spec_global_scales(*amax_b, &eb, &db);
     *alpha = da * db;
 }
 
@@ -469,7 +467,7 @@ __global__ void k_dequant(const uint8_t *codes, const uint8_t *scales, const flo
     if (gid >= rows * nb) return;
     int64_t r = gid / nb, b = gid % nb;
     float s_enc, s_dec;
-    avd_global_scales(*amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*amax, &s_enc, &s_dec);
     float sb = avd_e4m3_decode(scales[(tile ? (r / 16) : r) * nb + b]);
     const uint8_t *c = codes + r * (cp / 2) + 8 * b;
     for (int i = 0; i < 16; i++) {

@@ -20,7 +20,7 @@
 #include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/json.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <dirent.h>
 #include <fcntl.h>
