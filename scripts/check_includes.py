@@ -52,7 +52,9 @@ MODULE_OF = [
 
 SOURCE_EXT = (".c", ".h", ".cu", ".cuh", ".cpp", ".hpp", ".def")
 SCAN = [("include/averis", False), ("src", False), ("tools", False), ("cuda", True), ("tests", True), ("bench", True)]
-INCLUDE_DIRS = ["include", "src"]  # the build's -I, after the including file's directory
+# where "..." is looked for after the including file's directory: the build's
+# -I, and cuda/ for device tests kept elsewhere (tests/cuda/)
+INCLUDE_DIRS = ["include", "src", "cuda"]
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
 
 
