@@ -95,8 +95,12 @@ AVD float avd_e4m3_decode(uint32_t code) {
 
 /* One block's scale and encode factor (nvfp4_spec_block_scale/_enc) with
  * the fast E4M3 codecs above. */
-AVD uint32_t avd_block_scale(float bamax, float s_enc) { return avd_e4m3_encode(nvfp4_spec_block_scale_f32(bamax, s_enc)); }
-AVD float avd_block_enc(uint32_t scale_code, float s_dec) { return nvfp4_spec_enc_factor(avd_e4m3_decode(scale_code), s_dec); }
+AVD uint32_t avd_block_scale(float bamax, float s_enc) {
+    return avd_e4m3_encode(nvfp4_spec_block_scale_f32(bamax, s_enc));
+}
+AVD float avd_block_enc(uint32_t scale_code, float s_dec) {
+    return nvfp4_spec_enc_factor(avd_e4m3_decode(scale_code), s_dec);
+}
 
 /* Σ_i of the inverse RHT's output per unit input k: ¼·Σ_i s_i·H16[i][k],
  * H16[i][k] = (−1)^popcount(i & k). Folds to a constant in unrolled loops. */

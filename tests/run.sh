@@ -31,7 +31,8 @@ run_flavour() { # run_flavour NAME MAKE_ARGS...
 for args in --self-test ""; do
     echo "== include graph: scripts/check_includes.py $args"
     # shellcheck disable=SC2086
-    if python3 scripts/check_includes.py $args; then total_pass=$((total_pass + 1)); else total_fail=$((total_fail + 1)); fi
+    if python3 scripts/check_includes.py $args; then total_pass=$((total_pass + 1))
+    else total_fail=$((total_fail + 1)); fi
 done
 run_flavour "release" WERROR="${WERROR:-0}"
 if [[ "${AVERIS_SKIP_ASAN:-0}" != 1 ]]; then
