@@ -25,8 +25,7 @@
 #include <cstdint>
 
 #include "averis/cuda.h"
-
-extern "C" averis_status averis_fail(averis_status st, const char *fmt, ...);
+#include "averis/status.h"
 
 #define CU_TRY(call)                                                                                       \
     do {                                                                                                    \

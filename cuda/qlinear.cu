@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv
     acc = cu_warp_sum(acc);
     if (lane == 0) {
         float e, d;
-        avd_global_scales(*w_amax, &e, &d);
+        nvfp4_spec_global_scales(*w_amax, &e, &d);
         bias[o] = acc * d;
     }
 }
@@ -230,7 +230,7 @@ __global__ void k_mean_dgrad_sum(const float *part, int64_t m, const float *w_am
     float s = 0.0f;
     for (int y = 0; y < CL_MEAN_SLICES; y++) s += part[y * m + i];
     float e, d;
-    avd_global_scales(*w_amax, &e, &d);
+    nvfp4_spec_global_scales(*w_amax, &e, &d);
     bias[i] = s * d;
 }
 

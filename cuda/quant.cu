@@ -106,7 +106,7 @@ __device__ __forceinline__ void block_input(const cq_params &p, int64_t gid, flo
             for (int i = 0; i < 16; i++) v[i] = 0.0f;
         }
     }
-    if (p.rht) avd_rht16(v);
+    if (p.rht) nvfp4_spec_rht16(v);
 }
 
 __device__ __forceinline__ float block_amax(const cq_params &p, const float v[16]) {
@@ -153,7 +153,7 @@ __device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, f
 template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_params p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float s_enc, s_dec;
-    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
     if (!p.transpose) {
         quant_block<T>(p, gid, s_enc, s_dec);
         return;
@@ -178,7 +178,7 @@ __device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, f
     uint32_t sc = avd_block_scale(bamax, s_enc);
     float enc = avd_block_enc(sc, s_dec);
     uint32_t u[16];
-    if (p.sr) avd_sr_u24_block(p.seed, p.stream, (uint64_t)(qrow * p.cp + 16 * b), u);
+    if (p.sr) nvfp4_spec_sr_u24_block(p.seed, p.stream, (uint64_t)(qrow * p.cp + 16 * b), u);
     uint32_t q[16];
 #pragma unroll
     for (int i = 0; i < 16; i++) {
@@ -327,8 +327,8 @@ __global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n) {
 
 __global__ void k_alpha(const float *amax_a, const float *amax_b, float *alpha) {
     float ea, da, eb, db;
-    avd_global_scales(*amax_a, &ea, &da);
-    avd_global_scales(*amax_b, &eb, &db);
+    nvfp4_spec_global_scales(*amax_a, &ea, &da);
+    nvfp4_spec_global_scales(*amax_b, &eb, &db);
     *alpha = da * db;
 }
 
@@ -338,7 +338,7 @@ __global__ void k_dequant(const uint8_t *codes, const uint8_t *scales, const flo
     if (gid >= rows * nb) return;
     int64_t r = gid / nb, b = gid % nb;
     float s_enc, s_dec;
-    avd_global_scales(*amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*amax, &s_enc, &s_dec);
     float sb = avd_e4m3_decode(scales[(tile ? (r / 16) : r) * nb + b]);
     const uint8_t *c = codes + r * (cp / 2) + 8 * b;
     for (int i = 0; i < 16; i++) {

@@ -3,7 +3,7 @@
  * subspace iteration) start from fixed vectors, so results are repeatable. */
 #include "averis/analysis.h"
 #include "averis/gemm.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <math.h>
 #include <stdlib.h>

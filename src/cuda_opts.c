@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "averis/cuda.h"
-#include "internal.h"
+#include "averis/status.h"
 
 averis_status avc_model_opts_parse(const char *act, const char *attn, const char *what_act, const char *what_attn,
                                    avc_model_opts *o) {

@@ -1,7 +1,7 @@
 /* cuda_stub.c — the CUDA API of a build without the CUDA path: every call
  * says so (built with CUDA=0, or no nvcc found). */
 #include "averis/cuda.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #define NO_CUDA averis_fail(AVERIS_EUNSUPPORTED, "this averis was built without CUDA (no nvcc found, or CUDA=0); rebuild with the CUDA toolkit for --device cuda")
 

@@ -2,7 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "averis/data.h"
 #include "averis/io.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <glob.h>
 #include <stdio.h>

@@ -1,15 +1,10 @@
-/* internal.h — library-private declarations shared by the scalar reference
- * and the SIMD kernels. Not installed. */
+/* internal.h — the tensor quantizer's private declarations, shared by the
+ * scalar reference (nvfp4.c) and the SIMD kernels. Not installed. */
 #ifndef AVERIS_INTERNAL_H
 #define AVERIS_INTERNAL_H
 
 #include "averis/nvfp4.h"
-
-averis_status averis_fail(averis_status st, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
+#include "averis/nvfp4_spec.h"
 
 /* Counters a kernel adds to (integers, so the sum is order-free). */
 typedef struct {
@@ -57,17 +52,9 @@ void nvfp4_rht16_rows_avx512(float *x, int64_t n16);
 #endif
 
 /* The 16 SR uniforms of the block starting at element index idx0 (a
- * multiple of 4): one Philox call per 4 elements, as nvfp4_sr_u24 defines. */
+ * multiple of 4), under the name the kernels use: the spec's. */
 static inline void nvfp4_sr_u24_block(uint64_t seed, uint64_t stream, uint64_t idx0, uint32_t u[16]) {
-    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    for (int k = 0; k < 4; k++) {
-        uint64_t q = (idx0 >> 2) + (uint64_t)k;
-        uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
-        uint32_t out[4];
-        nvfp4_philox4x32_10(ctr, key, out);
-        for (int j = 0; j < 4; j++) u[4 * k + j] = out[j] >> 8;
-    }
+    nvfp4_spec_sr_u24_block(seed, stream, idx0, u);
 }
-
 
 #endif

@@ -1,7 +1,7 @@
 /* io.c — atomic file writes and the .npy reader/writer. */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/io.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* json.c — recursive-descent JSON reader into a small tree. */
 #include "averis/json.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -26,7 +26,7 @@
 #include "averis/io.h"
 #include "averis/json.h"
 #include "averis/safetensors.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <math.h>
 #include <stdio.h>

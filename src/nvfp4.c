@@ -1,6 +1,7 @@
 /* nvfp4.c — the NVFP4 tensor quantizer: scalar reference (the spec), the
  * dispatching fast path (SIMD kernels + OpenMP over row groups), dequantize,
  * and the Averis column statistics. */
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "internal.h"
 
@@ -214,12 +215,12 @@ static void load_row(const void *src, nvfp4_dtype dt, int64_t ld, int64_t r, int
     case NVFP4_F32: memcpy(dst, (const float *)src + r * ld, (size_t)cols * sizeof(float)); break;
     case NVFP4_BF16: {
         const uint16_t *s = (const uint16_t *)src + r * ld;
-        for (int64_t c = 0; c < cols; c++) dst[c] = nvfp4_bf16_to_f32(s[c]);
+        for (int64_t c = 0; c < cols; c++) dst[c] = bf16_to_f32(s[c]);
         break;
     }
     case NVFP4_F16: {
         const uint16_t *s = (const uint16_t *)src + r * ld;
-        for (int64_t c = 0; c < cols; c++) dst[c] = nvfp4_f16_to_f32(s[c]);
+        for (int64_t c = 0; c < cols; c++) dst[c] = f16_to_f32(s[c]);
         break;
     }
     }

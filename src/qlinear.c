@@ -23,7 +23,8 @@
 #include "averis/qlinear.h"
 #include "averis/model_spec.h"
 #include "averis/gemm.h"
-#include "internal.h"
+#include "averis/half.h"
+#include "averis/status.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -165,7 +166,7 @@ static void to_bf16(const float *x, int64_t n, float *out) {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (int64_t i = 0; i < n; i++) out[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(x[i]));
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_to_f32(bf16_from_f32(x[i]));
 }
 
 static averis_status check_shape(const qlin_recipe *r, int64_t l, int64_t m, int64_t n) {

@@ -2,7 +2,7 @@
  * error statistics; the packed file. */
 #include "averis/quant.h"
 #include "averis/io.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,9 +1,10 @@
 /* safetensors.c — read and write the safetensors format. */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/safetensors.h"
+#include "averis/half.h"
 #include "averis/io.h"
 #include "averis/json.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,8 +116,8 @@ averis_status st_get_f32(const st_file *f, const char *name, int ndim, const int
         const uint8_t *p = t->data + i * (t->dtype == ST_F32 ? 4 : 2);
         switch (t->dtype) {
         case ST_F32: memcpy(&out[i], p, 4); break;
-        case ST_BF16: out[i] = nvfp4_bf16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
-        case ST_F16: out[i] = nvfp4_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
+        case ST_BF16: out[i] = bf16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
+        case ST_F16: out[i] = f16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
         default: return averis_fail(AVERIS_EFORMAT, "%s: tensor '%s' is not a float tensor", f->path, name);
         }
     }

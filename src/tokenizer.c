@@ -1,7 +1,7 @@
 /* tokenizer.c — byte-level BPE: chunking, training, encoding, decoding. */
 #include "averis/tokenizer.h"
 #include "averis/io.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <stdio.h>
 #include <stdlib.h>

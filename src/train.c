@@ -9,7 +9,7 @@
 #include "averis/analysis.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
-#include "internal.h"
+#include "averis/status.h"
 
 #include <math.h>
 #include <stdio.h>

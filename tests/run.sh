@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# run.sh — the whole suite (`make test`): the unit tests and the CLI tests,
-# first in the normal build, then again under ASan+UBSan. Prints a summary
-# line "N passed, N failed" last and exits non-zero on any failure.
+# run.sh — the whole suite (`make test`): the include graph check
+# (scripts/check_includes.py), then the unit tests and the CLI tests, first
+# in the normal build, then again under ASan+UBSan. Prints a summary line
+# "N passed, N failed" last and exits non-zero on any failure.
 set -u
 cd "$(dirname "$0")/.."
 JOBS=$(nproc 2>/dev/null || echo 2)
@@ -25,6 +26,14 @@ run_flavour() { # run_flavour NAME MAKE_ARGS...
         [[ $rc -ne 0 && $f -eq 0 ]] && { echo "== $name: $cmd exited $rc"; broken=1; }
     done
 }
+# The include graph (once: it does not depend on the build): the checker's
+# own cases, then the tree, no cycle and no upward edge.
+for args in --self-test ""; do
+    echo "== include graph: scripts/check_includes.py $args"
+    # shellcheck disable=SC2086
+    if python3 scripts/check_includes.py $args; then total_pass=$((total_pass + 1))
+    else total_fail=$((total_fail + 1)); fi
+done
 run_flavour "release" WERROR="${WERROR:-0}"
 if [[ "${AVERIS_SKIP_ASAN:-0}" != 1 ]]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "averis/io.h"
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "averis/quant.h"
 #include "check.h"
@@ -49,8 +50,8 @@ static float *load_f32(const char *path, int64_t *rows, int64_t *cols) {
     float *x = malloc(sizeof(float) * (size_t)a.count);
     for (int64_t i = 0; i < a.count; i++)
         x[i] = a.dtype == AVERIS_NPY_F32 ? ((float *)a.data)[i]
-             : a.dtype == AVERIS_NPY_U16 ? nvfp4_bf16_to_f32(((uint16_t *)a.data)[i])
-                                         : nvfp4_f16_to_f32(((uint16_t *)a.data)[i]);
+             : a.dtype == AVERIS_NPY_U16 ? bf16_to_f32(((uint16_t *)a.data)[i])
+                                         : f16_to_f32(((uint16_t *)a.data)[i]);
     *rows = a.shape[0];
     *cols = a.shape[1];
     averis_npy_free(&a);

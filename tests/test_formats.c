@@ -4,7 +4,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "averis/half.h"
 #include "averis/nvfp4.h"
+#include "averis/nvfp4_spec.h"
 #include "check.h"
 
 static uint32_t fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -110,18 +112,18 @@ void test_e2m1_codes_and_ties(void) {
 }
 
 void test_bf16_rne(void) {
-    CHECK(nvfp4_bf16_from_f32(1.0f) == 0x3F80, "1.0");
-    CHECK(nvfp4_bf16_from_f32(bitsf(0x3F808000)) == 0x3F80, "tie to even (down)");
-    CHECK(nvfp4_bf16_from_f32(bitsf(0x3F818000)) == 0x3F82, "tie to even (up)");
-    CHECK(nvfp4_bf16_from_f32(bitsf(0x3F808001)) == 0x3F81, "above tie");
-    CHECK(nvfp4_bf16_from_f32(bitsf(0x7F7FFFFF)) == 0x7F80, "FLT_MAX rounds to inf");
-    CHECK((nvfp4_bf16_from_f32(NAN) & 0x7FC0) == 0x7FC0, "NaN stays quiet NaN");
+    CHECK(bf16_from_f32(1.0f) == 0x3F80, "1.0");
+    CHECK(bf16_from_f32(bitsf(0x3F808000)) == 0x3F80, "tie to even (down)");
+    CHECK(bf16_from_f32(bitsf(0x3F818000)) == 0x3F82, "tie to even (up)");
+    CHECK(bf16_from_f32(bitsf(0x3F808001)) == 0x3F81, "above tie");
+    CHECK(bf16_from_f32(bitsf(0x7F7FFFFF)) == 0x7F80, "FLT_MAX rounds to inf");
+    CHECK((bf16_from_f32(NAN) & 0x7FC0) == 0x7FC0, "NaN stays quiet NaN");
     trng r = {7};
     for (int i = 0; i < 100000; i++) {
         float x = bitsf((uint32_t)trng_u64(&r));
         if (!isfinite(x)) continue;
-        uint16_t b = nvfp4_bf16_from_f32(x);
-        float y = nvfp4_bf16_to_f32(b);
+        uint16_t b = bf16_from_f32(x);
+        float y = bf16_to_f32(b);
         /* oracle: y is the nearer of the two bf16 neighbours, ties even */
         uint32_t lo = fbits(x) & 0xFFFF0000u;
         float a = bitsf(lo), c = bitsf(lo + 0x10000u);
@@ -134,13 +136,13 @@ void test_bf16_rne(void) {
 }
 
 void test_f16_decode(void) {
-    CHECK(nvfp4_f16_to_f32(0x3C00) == 1.0f, "1.0");
-    CHECK(nvfp4_f16_to_f32(0x0001) == 0x1p-24f, "smallest subnormal");
-    CHECK(nvfp4_f16_to_f32(0x7BFF) == 65504.0f, "max");
-    CHECK(nvfp4_f16_to_f32(0xC000) == -2.0f, "-2");
-    CHECK(isinf(nvfp4_f16_to_f32(0x7C00)) && nvfp4_f16_to_f32(0xFC00) < 0, "inf");
-    CHECK(isnan(nvfp4_f16_to_f32(0x7E00)), "NaN");
-    CHECK(signbit(nvfp4_f16_to_f32(0x8000)), "-0");
+    CHECK(f16_to_f32(0x3C00) == 1.0f, "1.0");
+    CHECK(f16_to_f32(0x0001) == 0x1p-24f, "smallest subnormal");
+    CHECK(f16_to_f32(0x7BFF) == 65504.0f, "max");
+    CHECK(f16_to_f32(0xC000) == -2.0f, "-2");
+    CHECK(isinf(f16_to_f32(0x7C00)) && f16_to_f32(0xFC00) < 0, "inf");
+    CHECK(isnan(f16_to_f32(0x7E00)), "NaN");
+    CHECK(signbit(f16_to_f32(0x8000)), "-0");
 }
 
 void test_global_scales(void) {
@@ -171,6 +173,29 @@ void test_philox_known_answers(void) {
         uint32_t out[4];
         nvfp4_philox4x32_10(ctr[t], key[t], out);
         for (int i = 0; i < 4; i++) CHECK(out[i] == want[t][i], "vector %d word %d: %08x != %08x", t, i, out[i], want[t][i]);
+    }
+}
+
+/* The spec's sign mask is NVFP4.md's s (the public array is built from it),
+ * and a block's 16 SR uniforms are the per-element ones, 64-bit counters included. */
+void test_spec_signs_and_sr_block(void) {
+    const float s_md[16] = {1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1};
+    for (int i = 0; i < 16; i++) {
+        CHECK(nvfp4_spec_rht_sign(i) == s_md[i], "spec sign %d: %g, NVFP4.md %g", i, (double)nvfp4_spec_rht_sign(i),
+              (double)s_md[i]);
+        CHECK(nvfp4_rht_signs[i] == s_md[i], "nvfp4_rht_signs[%d]: %g, NVFP4.md %g", i, (double)nvfp4_rht_signs[i],
+              (double)s_md[i]);
+    }
+    trng r = {11};
+    for (int t = 0; t < 200; t++) {
+        uint64_t seed = trng_u64(&r), stream = trng_u64(&r), idx0 = (trng_u64(&r) >> (t % 64)) & ~(uint64_t)3;
+        uint32_t u[16];
+        nvfp4_spec_sr_u24_block(seed, stream, idx0, u);
+        for (int j = 0; j < 16; j++) {
+            uint32_t want = nvfp4_sr_u24(seed, stream, idx0 + (uint64_t)j);
+            CHECK(u[j] == want && u[j] < (1u << 24), "block uniform %d at idx0 %llu: %u, element's %u", j,
+                  (unsigned long long)idx0, u[j], want);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "check.h"
 
@@ -232,7 +233,7 @@ void test_fast_paths_equal_reference(void) {
         float *mean = malloc(sizeof(float) * cols), *mx = malloc(sizeof(float) * cols), *mn = malloc(sizeof(float) * cols);
         for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
             test_fill_pattern(x, rows * cols, cols, pat, &r);
-            for (int64_t i = 0; i < rows * cols; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
+            for (int64_t i = 0; i < rows * cols; i++) xb[i] = bf16_from_f32(x[i]);
             nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
             for (int variant = 0; variant < 16; variant++) {
                 nvfp4_opts o = nvfp4_opts_default();

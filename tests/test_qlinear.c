@@ -7,6 +7,7 @@
 #endif
 
 #include "averis/gemm.h"
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "averis/qlinear.h"
 #include "check.h"
@@ -78,9 +79,9 @@ static void reference(const qlin_recipe *r, const float *X, const float *W, cons
     float *XtQ = calloc((size_t)(m * lp), 4), *DtQ = calloc((size_t)(n * lp), 4);
     float mu_x[512] = {0}, mu_xb[512] = {0}, mu_d[512] = {0}, mu_db[512] = {0};
     if (!r->fp4) {
-        for (int64_t i = 0; i < l * m; i++) Xq[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(X[i]));
-        for (int64_t i = 0; i < n * m; i++) Wq[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(W[i]));
-        for (int64_t i = 0; i < l * n; i++) Dq[i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(D[i]));
+        for (int64_t i = 0; i < l * m; i++) Xq[i] = bf16_to_f32(bf16_from_f32(X[i]));
+        for (int64_t i = 0; i < n * m; i++) Wq[i] = bf16_to_f32(bf16_from_f32(W[i]));
+        for (int64_t i = 0; i < l * n; i++) Dq[i] = bf16_to_f32(bf16_from_f32(D[i]));
         memcpy(Xr, X, (size_t)(l * m) * 4); /* unused */
         transpose(Wq, n, m, Wt);
         float *Xt = calloc((size_t)(m * l), 4), *Dt = calloc((size_t)(n * l), 4);

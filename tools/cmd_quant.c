@@ -9,6 +9,7 @@
 
 #include "averis/gemm.h"
 #include "averis/io.h"
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "averis/quant.h"
 #include "cli.h"
@@ -124,8 +125,8 @@ int cmd_quant(int argc, char **argv) {
     if (!x || !y) { fprintf(stderr, "averis quant: out of memory for %lld elements\n", (long long)a.count); goto done; }
     for (int64_t i = 0; i < a.count; i++) {
         if (a.dtype == AVERIS_NPY_F32) x[i] = ((const float *)a.data)[i];
-        else if (a.dtype == AVERIS_NPY_U16) x[i] = nvfp4_bf16_to_f32(((const uint16_t *)a.data)[i]);
-        else x[i] = nvfp4_f16_to_f32(((const uint16_t *)a.data)[i]);
+        else if (a.dtype == AVERIS_NPY_U16) x[i] = bf16_to_f32(((const uint16_t *)a.data)[i]);
+        else x[i] = f16_to_f32(((const uint16_t *)a.data)[i]);
     }
     averis_qresult res;
     memset(&res, 0, sizeof res);

@@ -67,7 +67,7 @@ template <typename T, int MODE> __global__ void k_rows4(cq_params p) {
     }
     if (p.rht) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = v[i] * avd_rht_sign(4 * q + i);
+        for (int i = 0; i < 4; i++) v[i] = v[i] * nvfp4_spec_rht_sign(4 * q + i);
         float a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
         v[0] = a0 + a1, v[1] = a0 - a1, v[2] = a2 + a3, v[3] = a2 - a3; /* h = 1 */
         a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
@@ -98,20 +98,18 @@ template <typename T, int MODE> __global__ void k_rows4(cq_params p) {
     }
     if (!valid) return;
     float s_enc, s_dec;
-    avd_global_scales(*p.amax, &s_enc, &s_dec);
+    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
     uint32_t sc = avd_block_scale(m, s_enc);
     float enc = avd_block_enc(sc, s_dec);
     uint32_t u[4] = {0, 0, 0, 0};
     if (p.sr) {
-        uint64_t ctr = (uint64_t)(r * p.cp + c0) >> 2;
-        avd_philox((uint32_t)ctr, (uint32_t)(ctr >> 32), (uint32_t)p.stream, (uint32_t)(p.stream >> 32),
-                   (uint32_t)p.seed, (uint32_t)(p.seed >> 32), u);
+        nvfp4_spec_sr_u24_quad(p.seed, p.stream, (uint64_t)(r * p.cp + c0) >> 2, u);
     }
     uint32_t cq[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         float y = v[i] * enc;
-        cq[i] = p.sr ? avd_e2m1_sr(y, u[i] >> 8) : avd_e2m1_rn(y);
+        cq[i] = p.sr ? avd_e2m1_sr(y, u[i]) : avd_e2m1_rn(y);
     }
     if (p.codes)
         *reinterpret_cast<uint16_t *>(p.codes + r * (p.cp / 2) + 8 * b + 2 * q) =

@@ -8,7 +8,7 @@
 #define AVERIS_DATA_H
 #include <stddef.h>
 #include <stdint.h>
-#include "averis/nvfp4.h"
+#include "averis/status.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -10,9 +10,16 @@
 
 #if defined(__CUDACC__)
 #define AVERIS_HD static __host__ __device__ __forceinline__
-#define AVERIS_UNROLL _Pragma("unroll")
 #else
 #define AVERIS_HD static inline
+#endif
+
+/* Before a fixed-trip-count loop: unrolled on the device, so its local
+ * arrays stay in registers; nothing for the host compiler, to which the
+ * pragma is unknown (nvcc's host pass included). */
+#if defined(__CUDA_ARCH__)
+#define AVERIS_UNROLL _Pragma("unroll")
+#else
 #define AVERIS_UNROLL
 #endif
 

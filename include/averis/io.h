@@ -2,8 +2,9 @@
 #ifndef AVERIS_IO_H
 #define AVERIS_IO_H
 
+#include <stdint.h>
 #include <stdio.h>
-#include "averis/nvfp4.h"
+#include "averis/status.h"
 
 #ifdef __cplusplus
 extern "C" {

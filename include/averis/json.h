@@ -3,7 +3,7 @@
 #ifndef AVERIS_JSON_H
 #define AVERIS_JSON_H
 #include <stddef.h>
-#include "averis/nvfp4.h"
+#include "averis/status.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -10,22 +10,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "averis/status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ---------------------------------------------------------------- status */
-typedef enum {
-    AVERIS_OK = 0,
-    AVERIS_EINVAL = 1,   /* bad argument (shape, option) */
-    AVERIS_ENOMEM = 2,   /* allocation failed */
-    AVERIS_EIO = 3,      /* file I/O failed */
-    AVERIS_EFORMAT = 4,  /* malformed file */
-    AVERIS_EUNSUPPORTED = 5
-} averis_status;
-
-/* Last error message of the calling thread ("" if none). */
-const char *averis_last_error(void);
 
 /* ============================================================ formats
  *
@@ -39,13 +28,10 @@ const char *averis_last_error(void);
  *     bit 7   6 5 4 3   2 1 0
  *        [s | e e e e | m m m]   e=0: m·2^-9 (subnormal); else (1+m/8)·2^(e-7)
  *
- * BF16: the top 16 bits of an fp32:
- *
- *     bit 15  14 ....... 7   6 ..... 0
- *        [s | e (8 bits)  | m (7 bits)]
+ * The functions below are the public names of the spec, averis/nvfp4_spec.h
+ * (one text for the CPU and the GPU). BF16 and FP16: averis/half.h.
  */
 typedef struct { uint8_t bits; } nvfp4_e4m3;   /* one block scale */
-typedef struct { uint16_t bits; } nvfp4_bf16;
 /* 16 E2M1 codes of one block: byte j = element 2j (low nibble) | 2j+1 (high). */
 typedef struct { uint8_t qs[8]; } nvfp4_block16;
 
@@ -63,12 +49,6 @@ uint8_t nvfp4_e2m1_encode_sr_ref(float x, uint32_t u24);
 /* E4M3: round to nearest even, saturate to ±448, subnormals kept. NaN → 0x7F|sign. */
 uint8_t nvfp4_e4m3_encode_ref(float x);
 float nvfp4_e4m3_decode(uint8_t code);
-
-/* BF16: round to nearest even; NaN stays a quiet NaN with its sign. */
-uint16_t nvfp4_bf16_from_f32(float x);
-float nvfp4_bf16_to_f32(uint16_t bits);
-/* IEEE binary16 → fp32 (exact, subnormals, inf, NaN). */
-float nvfp4_f16_to_f32(uint16_t bits);
 
 /* Per-tensor ("global") scales from amax (NVFP4.md):
  * S_enc = fminf(448·6/amax, FLT_MAX), 1 if amax == 0 or S_enc == 0; S_dec = 1/S_enc. */

@@ -7,7 +7,7 @@
 #ifndef AVERIS_SAFETENSORS_H
 #define AVERIS_SAFETENSORS_H
 #include <stdint.h>
-#include "averis/nvfp4.h"
+#include "averis/status.h"
 
 #ifdef __cplusplus
 extern "C" {

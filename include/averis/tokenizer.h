@@ -10,7 +10,7 @@
 #define AVERIS_TOKENIZER_H
 #include <stddef.h>
 #include <stdint.h>
-#include "averis/nvfp4.h"
+#include "averis/status.h"
 
 #ifdef __cplusplus
 extern "C" {

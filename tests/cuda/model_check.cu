@@ -12,6 +12,7 @@
  * stay within 2·sens + 1e-2 of the CPU. The tiny training comparison in
  * scripts/device_check.sh is the end-to-end check. */
 #include "common.cuh"
+#include "averis/half.h"
 
 #include <cmath>
 #include <cstdio>
@@ -59,7 +60,7 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
             m2.recipe = m.recipe;
             const model_tensor *e = model_find_tensor(&m2, "model.embed_tokens.weight");
             for (size_t i = 0; i < e->numel; i++)
-                m2.params[e->offset + i] = nvfp4_bf16_to_f32(nvfp4_bf16_from_f32(m2.params[e->offset + i]));
+                m2.params[e->offset + i] = bf16_to_f32(bf16_from_f32(m2.params[e->offset + i]));
             float l2;
             model_zero_grad(&m2);
             model_forward(&m2, tok.data(), tgt.data(), B, T, &l2);

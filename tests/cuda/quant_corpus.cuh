@@ -6,6 +6,7 @@
 #ifndef AVERIS_TESTS_CUDA_QUANT_CORPUS_CUH
 #define AVERIS_TESTS_CUDA_QUANT_CORPUS_CUH
 
+#include "averis/half.h"
 #include <vector>
 
 static const int64_t k_shapes[][2] = {{1, 16}, {17, 48}, {33, 100}, {64, 256}, {5, 7}, {300, 1024}};
@@ -34,7 +35,7 @@ template <typename F> static int qcorpus_run(int only_1x16, F fn) {
         std::vector<uint16_t> xb(n);
         for (int pat = 0; pat < TEST_NPATTERNS; pat++) {
             test_fill_pattern(x.data(), n, cols, pat, &r);
-            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
+            for (int64_t i = 0; i < n; i++) xb[i] = bf16_from_f32(x[i]);
             nvfp4_colstats_ref(x.data(), rows, cols, cols, mean.data(), mx.data(), mn.data());
             float *dx = dev_copy(x.data(), n), *dmean = dev_copy(mean.data(), cols);
             uint16_t *dxb = dev_copy(xb.data(), n);

@@ -1,6 +1,6 @@
 /* test_cuda.cu — the CUDA path against the CPU spec, on a GPU.
  *
- *   e2m1       the bit-trick E2M1 encoders = the ladders, on all 2^32 fp32 values
+ *   e2m1       the bit-trick E2M1 encoders = the spec's, on all 2^32 fp32 values
  *   quantize   bit-identical codes, scales and amax to nvfp4_quantize_ref over
  *              the adversarial corpus (tests/test_patterns.c) × shapes ×
  *              {1×16, 16×16} × RHT × mean split × SR × {fp32, bf16}, and the
@@ -16,6 +16,7 @@
 #include "flash.cuh"
 #include "nvfp4_device.cuh"
 #include "../../dev/cuda/tool_util.cuh"
+#include "averis/half.h"
 #include "averis/qlinear.h"
 
 #include <cmath>
@@ -32,18 +33,23 @@ extern "C" {
 int g_check_failed;
 
 /* ------------------------------------------------------------ quantize */
-/* The E2M1 encoders from the fp32 bits against the line-for-line ladders,
- * on every fp32 value (RNE, and SR with three uniforms each), and the
- * magnitudes of the 8 indices. */
+/* The GPU's bit-trick codecs against the spec (averis/nvfp4_spec.h), on
+ * every fp32 value: the E2M1 encoders (RNE, and SR with three uniforms
+ * each); and the magnitudes of the 8 indices and the E4M3 decode of the
+ * 256 codes (NaN = NaN). */
 __global__ void k_e2m1_exhaustive(unsigned long long *bad, uint32_t *first) {
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (1ull << 32);
          i += (uint64_t)gridDim.x * blockDim.x) {
         uint32_t bits = (uint32_t)i, u = (bits * 2654435761u) >> 8;
         float x = __uint_as_float(bits);
-        bool ok = avd_e2m1_rn(x) == ((x < 0.0f ? 8u : 0u) | avd_e2m1_idx_rn_ladder(fabsf(x))) &&
-                  avd_e2m1_sr(x, u) == avd_e2m1_sr_ladder(x, u) && avd_e2m1_sr(x, 0) == avd_e2m1_sr_ladder(x, 0) &&
-                  avd_e2m1_sr(x, 0xFFFFFFu) == avd_e2m1_sr_ladder(x, 0xFFFFFFu);
-        if (i < 8) ok = ok && __float_as_uint(avd_e2m1_mag(bits)) == __float_as_uint(avd_e2m1_mag_ladder(bits));
+        bool ok = avd_e2m1_rn(x) == nvfp4_spec_e2m1_rn(x) && avd_e2m1_sr(x, u) == nvfp4_spec_e2m1_sr(x, u) &&
+                  avd_e2m1_sr(x, 0) == nvfp4_spec_e2m1_sr(x, 0) &&
+                  avd_e2m1_sr(x, 0xFFFFFFu) == nvfp4_spec_e2m1_sr(x, 0xFFFFFFu);
+        if (i < 8) ok = ok && __float_as_uint(avd_e2m1_mag(bits)) == __float_as_uint(nvfp4_spec_e2m1_mag(bits));
+        if (i < 256) {
+            float d = avd_e4m3_decode(bits), s = nvfp4_spec_e4m3_decode(bits);
+            ok = ok && (__float_as_uint(d) == __float_as_uint(s) || (isnan(d) && isnan(s)));
+        }
         if (!ok && atomicAdd(bad, 1ull) == 0) *first = bits;
     }
 }
@@ -60,7 +66,7 @@ static void test_e2m1_exhaustive(void) {
     uint32_t f = 0;
     DEV(cudaMemcpy(&nbad, bad, 8, cudaMemcpyDeviceToHost));
     DEV(cudaMemcpy(&f, first, 4, cudaMemcpyDeviceToHost));
-    CHECK(nbad == 0, "E2M1 bit encoders differ from the ladders on %llu fp32 values (one: 0x%08x)", nbad, f);
+    CHECK(nbad == 0, "bit-trick codecs differ from the spec on %llu fp32 values (one: 0x%08x)", nbad, f);
     printf("  E2M1 encoders: all 2^32 fp32 values, %llu differ\n", nbad);
     cudaFree(bad);
     cudaFree(first);
@@ -180,7 +186,7 @@ static void test_transposed_copies(void) {
                 int64_t bad = -1;
                 for (int64_t jj = 0; jj < cols && bad < 0; jj++)
                     for (int64_t c = 0; c < lp && bad < 0; c++) {
-                        float v = nvfp4_bf16_to_f32(hb[jj * kp + c]) * s_dec;
+                        float v = bf16_to_f32(hb[jj * kp + c]) * s_dec;
                         float w = deq[jj * lp + c];
                         if (memcmp(&v, &w, 4) && !(std::isnan(v) && std::isnan(w))) bad = jj * lp + c;
                     }
@@ -242,7 +248,7 @@ static void test_colstats_bitexact(void) {
                   "colstats: %s", averis_last_error());
             check_colstats("fp32", out, x.data(), rows, cols, pat);
             /* BF16 input (the model's activations): the statistics of its fp32 values */
-            for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]), xr[i] = nvfp4_bf16_to_f32(xb[i]);
+            for (int64_t i = 0; i < n; i++) xb[i] = bf16_from_f32(x[i]), xr[i] = bf16_to_f32(xb[i]);
             uint16_t *dxb = dev_copy(xb.data(), n);
             CHECK(cq_colstats(dxb, 1, rows, cols, cols, out, out + 3 * cols, out + cols, out + 2 * cols, 0) == AVERIS_OK,
                   "colstats bf16: %s", averis_last_error());
@@ -331,8 +337,8 @@ static void test_flash_attention(void) {
         std::vector<float> qf(nq), kf(nk), vf(nk), dof(nq);
         auto fill = [&](std::vector<uint16_t> &b, std::vector<float> &f, float sc) {
             for (size_t i = 0; i < b.size(); i++) {
-                b[i] = nvfp4_bf16_from_f32(sc * trng_normal(&r));
-                f[i] = nvfp4_bf16_to_f32(b[i]);
+                b[i] = bf16_from_f32(sc * trng_normal(&r));
+                f[i] = bf16_to_f32(b[i]);
             }
         };
         fill(q, qf, 1.5f), fill(k, kf, 1.5f), fill(v, vf, 1.0f), fill(dob, dof, 1.0f);
