@@ -59,6 +59,10 @@ const char *nvfp4_impl_name(nvfp4_impl impl) {
 
 typedef struct {
     nvfp4_quant_rows_fn quant_rows;
+    /* quant_rows with the RHT fused in, and the amax of x − mean (RHT'd):
+     * NULL for the scalar path, which transforms whole rows into a buffer */
+    nvfp4_quant_rows_fn quant_rows_rht;
+    nvfp4_amax_res_fn amax_res;
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
     nvfp4_colacc_fn colacc;
@@ -69,12 +73,14 @@ static void rht_rows_scalar(float *x, int64_t n16) {
 }
 
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {nvfp4_quant_rows_scalar, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar};
+    kernels k = {nvfp4_quant_rows_scalar, NULL, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar};
 #if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2)
-        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2};
+        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_quant_rows_rht_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2,
+                      nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2};
     if (impl == NVFP4_IMPL_AVX512)
-        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512};
+        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_quant_rows_rht_avx512, nvfp4_amax_res_avx512,
+                      nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512};
 #else
     (void)impl;
 #endif
@@ -289,6 +295,15 @@ averis_status nvfp4_quantize_ref(const void *src, nvfp4_dtype dtype, int64_t row
 }
 
 /* ------------------------------------------------------ the fast path */
+/* Below this many elements the work is done on one thread: a parallel
+ * region costs more than it saves (the bits do not depend on it). */
+#define NVFP4_PAR_MIN 32768
+
+/* Two passes inside one parallel region: the per-tensor amax of the
+ * quantizer input (rows split across threads, max-reduced), then groups of
+ * 16 rows quantized. Direct (fp32, whole blocks, a kernel that fuses the
+ * RHT when asked): the kernels read the source rows, subtract the mean and
+ * transform in registers; otherwise each row is prepared into a buffer. */
 averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols,
                              int64_t ld, const nvfp4_opts *o, nvfp4_tensor *out,
                              nvfp4_stats *stats) {
@@ -296,55 +311,46 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
     if (st) return st;
     kernels k = kernels_for(nvfp4_impl_resolve(o->impl));
     int64_t cp = out->cols_padded, nb = cp / 16;
-    /* direct: kernels read the source rows (and subtract the mean) in place */
-    int direct = dtype == NVFP4_F32 && !o->rht && cols % 16 == 0;
+    int direct = dtype == NVFP4_F32 && cols % 16 == 0 && ((!o->rht && !o->mean) || k.amax_res);
+    nvfp4_quant_rows_fn quant_rows = direct && o->rht ? k.quant_rows_rht : k.quant_rows;
     int64_t ngroups = (rows + 15) / 16;
+    int tile = o->block == NVFP4_BLOCK_16X16;
     int nt = o->nthreads > 0 ? o->nthreads : 0;
     int failed = 0;
-#ifndef _OPENMP
+    float amax = o->amax_hint;
+    int need_amax = !(amax >= 0.0f);
+    if (need_amax) amax = 0.0f;
+    nvfp4_qcount total = {0};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) if (rows * cp >= NVFP4_PAR_MIN)
+#else
     (void)nt;
 #endif
-
-    /* pass 1: the per-tensor amax of the quantizer input */
-    float amax = o->amax_hint;
-    if (!(amax >= 0.0f)) {
-        amax = 0.0f;
+    {
+        float *tmp = direct ? NULL : thread_buf((size_t)(16 * cp), &failed);
+        /* pass 1: the per-tensor amax of the quantizer input */
+        if (need_amax) {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) reduction(max : amax)
-#endif
-        {
-            float *tmp = thread_buf((size_t)cp, &failed);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(max : amax)
 #endif
             for (int64_t r = 0; r < rows; r++) {
                 if (failed) continue;
                 float m;
-                if (direct && !o->mean) {
-                    m = k.amax((const float *)src + r * ld, cols);
+                if (direct) {
+                    const float *xr = (const float *)src + r * ld;
+                    m = k.amax_res ? k.amax_res(xr, o->mean, cols, o->rht) : k.amax(xr, cols);
                 } else {
                     load_row(src, dtype, ld, r, cols, cp, o, k.rht_rows, tmp);
                     m = k.amax(tmp, cp);
                 }
                 if (m > amax) amax = m;
             }
-            free(tmp);
         }
-        if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
-    }
-    out->amax = amax;
-    float s_enc, s_dec;
-    nvfp4_global_scales(amax, &s_enc, &s_dec);
+        float s_enc, s_dec;
+        nvfp4_global_scales(amax, &s_enc, &s_dec);
 
-    /* pass 2: quantize groups of 16 rows */
-    int tile = o->block == NVFP4_BLOCK_16X16;
-    nvfp4_qcount total = {0};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads())
-#endif
-    {
+        /* pass 2: quantize groups of 16 rows */
         nvfp4_qcount cnt = {0};
-        float *tmp = direct ? NULL : thread_buf((size_t)(16 * cp), &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -363,8 +369,8 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
                 ldx = cp;
             }
             nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
-            k.quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2, cp / 2,
-                         out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
+            quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2,
+                       cp / 2, out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
         }
         free(tmp);
 #ifdef _OPENMP
@@ -379,6 +385,7 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
         }
     }
     if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
+    out->amax = amax;
     fill_stats(stats, &total, out, o->rht);
     return AVERIS_OK;
 }
