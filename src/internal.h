@@ -44,7 +44,13 @@ float nvfp4_amax_scalar(const float *x, int64_t n);
 typedef void (*nvfp4_colacc_fn)(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_colacc_scalar(const float *x, int64_t w, double *part, float *mx, float *mn);
 
+/* One row of nb blocks → fp32 [16·nb]: x̂ = (e2m1(q)·e4m3[scale])·s_dec. */
+typedef void (*nvfp4_dequant_row_fn)(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                                     float s_dec, float *out);
+
 #if defined(AVERIS_HAVE_X86)
+void nvfp4_dequant_row_avx2(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                            float s_dec, float *out);
 void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                            float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                            int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);

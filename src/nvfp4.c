@@ -87,6 +87,10 @@ static kernels kernels_for(nvfp4_impl impl) {
     return k;
 }
 
+/* Below this many elements the work is done on one thread: a parallel
+ * region costs more than it saves (the bits do not depend on it). */
+#define NVFP4_PAR_MIN 32768
+
 /* A thread's scratch buffer of n floats; on failure sets *failed (read by
  * every thread, which then skips its work) and returns NULL. */
 static float *thread_buf(size_t n, int *failed) {
@@ -295,10 +299,6 @@ averis_status nvfp4_quantize_ref(const void *src, nvfp4_dtype dtype, int64_t row
 }
 
 /* ------------------------------------------------------ the fast path */
-/* Below this many elements the work is done on one thread: a parallel
- * region costs more than it saves (the bits do not depend on it). */
-#define NVFP4_PAR_MIN 32768
-
 /* Two passes inside one parallel region: the per-tensor amax of the
  * quantizer input (rows split across threads, max-reduced), then groups of
  * 16 rows quantized. Direct (fp32, whole blocks, a kernel that fuses the
@@ -391,35 +391,49 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
 }
 
 /* --------------------------------------------------------- dequantize */
+/* One row of nb blocks → fp32 [16·nb]: x̂ = (e2m1(q)·s_b)·S_dec, s_b the
+ * decoded scale (e4m3 [256], the codec's values as a table). */
+static void dequant_row_scalar(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                               float s_dec, float *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        float sb = e4m3[scales[b]];
+        for (int i = 0; i < 8; i++) {
+            uint8_t byte = codes[8 * b + i];
+            out[16 * b + 2 * i] = (nvfp4_e2m1_decode(byte & 0xF) * sb) * s_dec;
+            out[16 * b + 2 * i + 1] = (nvfp4_e2m1_decode(byte >> 4) * sb) * s_dec;
+        }
+    }
+}
+
 averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *out) {
     if (!t || !t->codes || !out) return averis_fail(AVERIS_EINVAL, "nvfp4_dequantize: NULL argument");
     int64_t cp = t->cols_padded, nb = cp / 16;
     float s_enc, s_dec;
     nvfp4_global_scales(t->amax, &s_enc, &s_dec);
-    float e4m3[256], e2m1[16]; /* decode tables: the same values as the codecs */
+    float e4m3[256]; /* decode table: the same values as the codec */
     for (int c = 0; c < 256; c++) e4m3[c] = nvfp4_e4m3_decode((uint8_t)c);
-    for (int c = 0; c < 16; c++) e2m1[c] = nvfp4_e2m1_decode((uint8_t)c);
+    nvfp4_dequant_row_fn dequant_row = dequant_row_scalar;
+#if defined(AVERIS_HAVE_X86)
+    nvfp4_impl impl = nvfp4_impl_resolve(NVFP4_IMPL_AUTO);
+    if (impl == NVFP4_IMPL_AVX2 || impl == NVFP4_IMPL_AVX512) dequant_row = nvfp4_dequant_row_avx2;
+#endif
+    /* direct: rows land in out as they are (no crop, no inverse transform) */
+    int direct = !inverse_rht && t->cols == cp;
     int failed = 0;
 #ifdef _OPENMP
-#pragma omp parallel
+#pragma omp parallel if (t->rows * cp >= NVFP4_PAR_MIN)
 #endif
     {
-        float *row = thread_buf((size_t)cp, &failed);
+        float *row = direct ? NULL : thread_buf((size_t)cp, &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < t->rows; r++) {
             if (failed) continue;
             const uint8_t *sc = t->scales + (t->block == NVFP4_BLOCK_16X16 ? (r / 16) * nb : r * nb);
-            const uint8_t *cr = t->codes + r * cp / 2;
-            for (int64_t b = 0; b < nb; b++) {
-                float sb = e4m3[sc[b]];
-                for (int i = 0; i < 8; i++) {
-                    uint8_t byte = cr[8 * b + i];
-                    row[16 * b + 2 * i] = (e2m1[byte & 0xF] * sb) * s_dec;
-                    row[16 * b + 2 * i + 1] = (e2m1[byte >> 4] * sb) * s_dec;
-                }
-            }
+            float *dst = direct ? out + r * cp : row;
+            dequant_row(t->codes + r * cp / 2, sc, e4m3, nb, s_dec, dst);
+            if (direct) continue;
             if (inverse_rht)
                 for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);
             memcpy(out + r * t->cols, row, (size_t)t->cols * sizeof(float));

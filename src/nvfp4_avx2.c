@@ -202,7 +202,7 @@ static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
     __m256i pe = _mm256_mul_epu32(a, m);                        /* even lanes, 64-bit */
     __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m); /* odd lanes */
     *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-    *lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+    *lo = _mm256_mullo_epi32(a, m);
 }
 
 typedef struct {
@@ -222,39 +222,46 @@ static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream)
     pk->c3 = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
 }
 
-/* The SR uniforms of the 32 elements 4·q0 … 4·q0+31: Philox-4x32-10 of the
- * counters q0 … q0+7 in the 8 lanes, then a 4×8 transpose into element
- * order (u[0] = elements 0..7). nvfp4_sr_u24, bit for bit. */
-static inline void sr_u24_x32(const philox8_key *pk, uint64_t q0, __m256i u[4]) {
+/* The SR uniforms of the 64 elements 4·q0 … 4·q0+63 (q0 a multiple of 4):
+ * Philox-4x32-10 of the counters q0 … q0+15, two chains of 8 lanes
+ * interleaved, then 4×8 transposes into element order (u[0] = elements
+ * 0..7). nvfp4_sr_u24, bit for bit. */
+static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) {
     const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
     const __m256i bias = _mm256_set1_epi32(INT32_MIN);
-    __m256i base = _mm256_set1_epi32((int)(uint32_t)q0);
-    __m256i c0 = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    /* carry into the high word where the low word wrapped (c0 < base, unsigned) */
-    __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, bias), _mm256_xor_si256(c0, bias));
-    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(q0 >> 32)), wrap);
-    __m256i c2 = pk->c2, c3 = pk->c3;
-    for (int r = 0; r < 10; r++) {
-        __m256i hi0, lo0, hi1, lo1;
-        mulhilo8(c0, M0, &hi0, &lo0);
-        mulhilo8(c2, M1, &hi1, &lo1);
-        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), pk->k[r][0]);
-        c1 = lo1;
-        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), pk->k[r][1]);
-        c3 = lo0;
+    __m256i c0[2], c1[2], c2[2], c3[2];
+    for (int h = 0; h < 2; h++) {
+        uint64_t q = q0 + 8 * (uint64_t)h;
+        __m256i base = _mm256_set1_epi32((int)(uint32_t)q);
+        c0[h] = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        /* carry into the high word where the low word wrapped (c0 < base, unsigned) */
+        __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, bias), _mm256_xor_si256(c0[h], bias));
+        c1[h] = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(q >> 32)), wrap);
+        c2[h] = pk->c2;
+        c3[h] = pk->c3;
     }
-    c0 = _mm256_srli_epi32(c0, 8);
-    c1 = _mm256_srli_epi32(c1, 8);
-    c2 = _mm256_srli_epi32(c2, 8);
-    c3 = _mm256_srli_epi32(c3, 8);
-    __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpacklo_epi32(c2, c3);
-    __m256i t2 = _mm256_unpackhi_epi32(c0, c1), t3 = _mm256_unpackhi_epi32(c2, c3);
-    __m256i a0 = _mm256_unpacklo_epi64(t0, t1), a1 = _mm256_unpackhi_epi64(t0, t1); /* counters 0|4, 1|5 */
-    __m256i a2 = _mm256_unpacklo_epi64(t2, t3), a3 = _mm256_unpackhi_epi64(t2, t3); /* 2|6, 3|7 */
-    u[0] = _mm256_permute2x128_si256(a0, a1, 0x20);
-    u[1] = _mm256_permute2x128_si256(a2, a3, 0x20);
-    u[2] = _mm256_permute2x128_si256(a0, a1, 0x31);
-    u[3] = _mm256_permute2x128_si256(a2, a3, 0x31);
+    for (int r = 0; r < 10; r++)
+        for (int h = 0; h < 2; h++) {
+            __m256i hi0, lo0, hi1, lo1;
+            mulhilo8(c0[h], M0, &hi0, &lo0);
+            mulhilo8(c2[h], M1, &hi1, &lo1);
+            c0[h] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[h]), pk->k[r][0]);
+            c1[h] = lo1;
+            c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[h]), pk->k[r][1]);
+            c3[h] = lo0;
+        }
+    for (int h = 0; h < 2; h++) {
+        __m256i w0 = _mm256_srli_epi32(c0[h], 8), w1 = _mm256_srli_epi32(c1[h], 8);
+        __m256i w2 = _mm256_srli_epi32(c2[h], 8), w3 = _mm256_srli_epi32(c3[h], 8);
+        __m256i t0 = _mm256_unpacklo_epi32(w0, w1), t1 = _mm256_unpacklo_epi32(w2, w3);
+        __m256i t2 = _mm256_unpackhi_epi32(w0, w1), t3 = _mm256_unpackhi_epi32(w2, w3);
+        __m256i a0 = _mm256_unpacklo_epi64(t0, t1), a1 = _mm256_unpackhi_epi64(t0, t1); /* counters 0|4, 1|5 */
+        __m256i a2 = _mm256_unpacklo_epi64(t2, t3), a3 = _mm256_unpackhi_epi64(t2, t3); /* 2|6, 3|7 */
+        u[4 * h + 0] = _mm256_permute2x128_si256(a0, a1, 0x20);
+        u[4 * h + 1] = _mm256_permute2x128_si256(a2, a3, 0x20);
+        u[4 * h + 2] = _mm256_permute2x128_si256(a0, a1, 0x31);
+        u[4 * h + 3] = _mm256_permute2x128_si256(a2, a3, 0x31);
+    }
 }
 
 /* ----------------------------------------------------------- quantize */
@@ -280,10 +287,13 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
         for (int64_t b0 = 0; b0 < nb; b0 += 8) {
             const int nbk = (int)(nb - b0 < 8 ? nb - b0 : 8);
             const float *mb = mean ? mean + 16 * b0 : NULL;
-            __m256 acc[8];
+            __m256 acc[8]; /* fully unrolled loops over i keep these in registers */
+#pragma GCC unroll 8
             for (int i = 0; i < 8; i++) acc[i] = zero;
             for (int r = ra; r < rb; r++)
-                for (int i = 0; i < nbk; i++) {
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++) {
+                    if (i >= nbk) break;
                     __m256 v[2];
                     load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, rht, v);
                     if (rht) {
@@ -297,18 +307,27 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
             __m256i sc = e4m3_encode8(_mm256_mul_ps(hmax8x8(acc), c_scale), &dec);
             __m256 enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)),
                                        _mm256_set1_ps(FLT_MAX));
-            int32_t sc32[8] __attribute__((aligned(32)));
+            __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256()); /* underflowed scale: all flush */
+            int32_t sc32[8] __attribute__((aligned(32))), zs32[8] __attribute__((aligned(32)));
             float encs[8] __attribute__((aligned(32)));
             _mm256_store_si256((__m256i *)sc32, sc);
+            _mm256_store_si256((__m256i *)zs32, zs);
             _mm256_store_ps(encs, enc);
             uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
-            for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
-            int bsat[8] = {0};
+            if (nbk == 8) {
+                __m128i s8 = _mm_packus_epi16(_mm_packus_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1)),
+                                              _mm_setzero_si128());
+                _mm_storel_epi64((__m128i *)srow, s8);
+            } else {
+                for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+            }
+            unsigned satbits = 0; /* bit i: block i has some |y| > 6 */
             for (int r = ra; r < rb; r++) {
-                __m256i u[4];
+                __m256i u[16]; /* SR uniforms of the row's 8 blocks */
+                if (use_sr)
+                    for (int i = 0; i < nbk; i += 4)
+                        sr_u24_x64(&pk, (uint64_t)((sr->row0 + r) * sr->cp + 16 * (b0 + i)) >> 2, u + 2 * i);
                 for (int i = 0; i < nbk; i++) {
-                    if (use_sr && !(i & 1))
-                        sr_u24_x32(&pk, (uint64_t)((sr->row0 + r) * sr->cp + 16 * (b0 + i)) >> 2, u);
                     __m256 v[2];
                     if (rht) {
                         v[0] = xr[r - ra][i][0];
@@ -317,12 +336,13 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
                         load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
                     }
                     const __m256 e = _mm256_set1_ps(encs[i]);
-                    const __m256i zscale = _mm256_set1_epi32(sc32[i] == 0 ? -1 : 0); /* underflowed scale: all flush */
+                    const __m256i zscale = _mm256_set1_epi32(zs32[i]);
                     __m256i q[2];
+                    __m256 over6 = zero;
                     for (int half = 0; half < 2; half++) {
                         __m256 y = _mm256_mul_ps(v[half], e);
                         e2m1_scaled es = e2m1_scale8(y);
-                        __m256i idx = use_sr ? e2m1_idx_sr8(&es, u[2 * (i & 1) + half]) : e2m1_idx_rn8(&es);
+                        __m256i idx = use_sr ? e2m1_idx_sr8(&es, u[2 * i + half]) : e2m1_idx_rn8(&es);
                         __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(v[half], zero, _CMP_NEQ_UQ));
                         __m256i z = _mm256_or_si256(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256()), zscale);
                         n_nz = _mm256_sub_epi32(n_nz, nz);
@@ -330,14 +350,16 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
                         n_nan = _mm256_sub_epi32(n_nan, _mm256_castps_si256(_mm256_cmp_ps(v[half], v[half], _CMP_UNORD_Q)));
                         n_inf = _mm256_sub_epi32(n_inf, _mm256_castps_si256(
                                                             _mm256_cmp_ps(abs8(v[half]), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)));
-                        bsat[i] |= _mm256_movemask_ps(_mm256_cmp_ps(es.a, _mm256_set1_ps(6.0f), _CMP_GT_OQ));
+                        over6 = _mm256_or_ps(over6, _mm256_cmp_ps(es.a, _mm256_set1_ps(6.0f), _CMP_GT_OQ));
                         __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, zero, _CMP_LT_OQ));
                         q[half] = _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
                     }
                     pack16(q[0], q[1], codes + r * ldc + 8 * (b0 + i));
+                    satbits |= (unsigned)!_mm256_testz_ps(over6, over6) << i;
                 }
             }
-            for (int i = 0; i < nbk; i++) sat += bsat[i] && sc32[i] != 0;
+            satbits &= ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zs)); /* a zero scale is a flush, not a saturation */
+            sat += __builtin_popcount(satbits & ((1u << nbk) - 1));
         }
         cnt->nonzero += hsum8i(n_nz);
         cnt->flushed += hsum8i(n_fl);
@@ -357,6 +379,29 @@ void nvfp4_quant_rows_rht_avx2(const float *x, const float *mean, int h, int64_t
                                float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
                                int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
     quant_rows(x, mean, h, cp, ldx, tile, 1, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+}
+
+/* --------------------------------------------------------- dequantize */
+/* dequant_row_scalar 8 lanes at a time: the nibbles unpacked into element
+ * order, the magnitude looked up, the sign or-ed in (code 8 → −0.0, as the
+ * codec), then the same two fp32 products. */
+void nvfp4_dequant_row_avx2(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                            float s_dec, float *out) {
+    const __m256 mags = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+    const __m256 sd = _mm256_set1_ps(s_dec);
+    const __m128i nib = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; b++) {
+        __m128i c = _mm_loadl_epi64((const __m128i *)(codes + 8 * b));
+        __m128i e = _mm_unpacklo_epi8(_mm_and_si128(c, nib), _mm_and_si128(_mm_srli_epi16(c, 4), nib));
+        __m256 sb = _mm256_set1_ps(e4m3[scales[b]]);
+        for (int half = 0; half < 2; half++) {
+            __m256i q = _mm256_cvtepu8_epi32(half ? _mm_srli_si128(e, 8) : e);
+            __m256 v = _mm256_permutevar8x32_ps(mags, q); /* uses q & 7 */
+            __m256i sign = _mm256_slli_epi32(_mm256_srli_epi32(q, 3), 31);
+            v = _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+            _mm256_storeu_ps(out + 16 * b + 8 * half, _mm256_mul_ps(_mm256_mul_ps(v, sb), sd));
+        }
+    }
 }
 #else
 typedef int nvfp4_avx2_unused;
