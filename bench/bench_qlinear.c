@@ -2,7 +2,8 @@
  * (tokens 2048, in 1024, out 3072) under every recipe, in one run: time,
  * ratio to nvfp4, and the share of the step that is not the three GEMMs
  * (quantization, transposes, rank-one terms), measured as step time minus
- * the same three GEMMs timed alone.
+ * the same three GEMMs timed alone. The header names the host, the load and
+ * the quantize kernels (AVERIS_IMPL=avx2 measures an AVX2-only host's path).
  *
  *   build/bench_qlinear [--tokens N] [--in N] [--out N] [--reps N]
  */
@@ -16,6 +17,7 @@
 
 #include "bench_util.h"
 #include "averis/gemm.h"
+#include "averis/nvfp4.h"
 #include "averis/qlinear.h"
 
 
@@ -42,8 +44,13 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     nt = omp_get_max_threads();
 #endif
+    char cpu[128];
+    double load = -1.0;
+    bench_loadavg(&load);
     printf("qlinear fwd+bwd, tokens %lld, in %lld, out %lld, %d threads, gemm %s, median of %d\n", (long long)l,
            (long long)m, (long long)n, nt, averis_gemm_backend_name(), reps);
+    printf("host: %s, load average %.2f; quantize kernels %s\n", bench_cpu_model(cpu, sizeof cpu), load,
+           nvfp4_impl_name(nvfp4_impl_resolve(NVFP4_IMPL_AUTO)));
     double t[32];
     /* the three GEMMs alone, on the same shapes */
     for (int r = 0; r <= reps; r++) {
