@@ -206,8 +206,9 @@ static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
 }
 
 typedef struct {
-    __m256i k[10][2]; /* the round keys, broadcast */
-    __m256i c2, c3;   /* the stream words of the counter */
+    __m256i k[10][2];  /* the round keys, broadcast */
+    __m256i c3;        /* the stream's high word (counter word 3) */
+    __m256i hi1, lo1;  /* round 0's product of counter word 2 (the stream's low word): the same in every lane */
 } philox8_key;
 
 static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream) {
@@ -218,8 +219,8 @@ static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream)
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-    pk->c2 = _mm256_set1_epi32((int)(uint32_t)stream);
     pk->c3 = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
+    mulhilo8(_mm256_set1_epi32((int)(uint32_t)stream), _mm256_set1_epi32((int)0xCD9E8D57u), &pk->hi1, &pk->lo1);
 }
 
 /* The SR uniforms of the 64 elements 4·q0 … 4·q0+63 (q0 a multiple of 4):
@@ -237,10 +238,15 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
         /* carry into the high word where the low word wrapped (c0 < base, unsigned) */
         __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, bias), _mm256_xor_si256(c0[h], bias));
         c1[h] = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(q >> 32)), wrap);
-        c2[h] = pk->c2;
-        c3[h] = pk->c3;
+        /* round 0, its constant product precomputed */
+        __m256i hi0, lo0;
+        mulhilo8(c0[h], M0, &hi0, &lo0);
+        c0[h] = _mm256_xor_si256(_mm256_xor_si256(pk->hi1, c1[h]), pk->k[0][0]);
+        c1[h] = pk->lo1;
+        c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, pk->c3), pk->k[0][1]);
+        c3[h] = lo0;
     }
-    for (int r = 0; r < 10; r++)
+    for (int r = 1; r < 10; r++)
         for (int h = 0; h < 2; h++) {
             __m256i hi0, lo0, hi1, lo1;
             mulhilo8(c0[h], M0, &hi0, &lo0);
