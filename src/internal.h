@@ -43,6 +43,9 @@ float nvfp4_amax_scalar(const float *x, int64_t n);
 /* Adds row x[w] into the column accumulators (fp64 sum, NaN-ignoring max/min). */
 typedef void (*nvfp4_colacc_fn)(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_colacc_scalar(const float *x, int64_t w, double *part, float *mx, float *mn);
+/* The colacc of nrows rows (stride ld) in row order, per column. */
+typedef void (*nvfp4_colacc_rows_fn)(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
+                                     float *mn);
 
 /* One row of nb blocks → fp32 [16·nb]: x̂ = (e2m1(q)·e4m3[scale])·s_dec. */
 typedef void (*nvfp4_dequant_row_fn)(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
@@ -56,6 +59,8 @@ void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp,
                            int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
 float nvfp4_amax_avx2(const float *x, int64_t n);
 void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float *mn);
+void nvfp4_colacc_rows_avx2(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
+                            float *mn);
 void nvfp4_rht16_rows_avx2(float *x, int64_t n16); /* in place, n16 groups */
 /* nvfp4_quant_rows_fn with the RHT of each 16-group of x − mean fused in. */
 void nvfp4_quant_rows_rht_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,

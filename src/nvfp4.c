@@ -66,6 +66,7 @@ typedef struct {
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
     nvfp4_colacc_fn colacc;
+    nvfp4_colacc_rows_fn colacc_rows; /* NULL: colacc row by row */
 } kernels;
 
 static void rht_rows_scalar(float *x, int64_t n16) {
@@ -73,14 +74,15 @@ static void rht_rows_scalar(float *x, int64_t n16) {
 }
 
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {nvfp4_quant_rows_scalar, NULL, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar};
+    kernels k = {nvfp4_quant_rows_scalar, NULL, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar, NULL};
 #if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2)
         k = (kernels){nvfp4_quant_rows_avx2, nvfp4_quant_rows_rht_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2,
-                      nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2};
+                      nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
     if (impl == NVFP4_IMPL_AVX512)
         k = (kernels){nvfp4_quant_rows_avx512, nvfp4_quant_rows_rht_avx512, nvfp4_amax_res_avx512,
-                      nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512};
+                      nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512,
+                      nvfp4_colacc_rows_avx2 /* registers, not width, bound it */};
 #else
     (void)impl;
 #endif
@@ -511,6 +513,11 @@ averis_status nvfp4_colstats(const float *x, int64_t rows, int64_t cols, int64_t
                 for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
                     int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
                     memset(part, 0, (size_t)w * sizeof(double));
+                    if (k.colacc_rows) {
+                        k.colacc_rows(x + r0 * ld + j0, ld, r1 - r0, w, part, mx, mn);
+                        for (int64_t j = 0; j < w; j++) total[j] += part[j];
+                        continue;
+                    }
                     /* column tiles keep the accumulators (16 KB) in L1 */
                     for (int64_t t0 = 0; t0 < w; t0 += 1024) {
                         int64_t tw = w - t0 < 1024 ? w - t0 : 1024;

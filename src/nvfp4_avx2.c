@@ -73,6 +73,38 @@ void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float
     if (j < w) nvfp4_colacc_scalar(x + j, w - j, part + j, mx + j, mn + j);
 }
 
+/* nvfp4_colacc_scalar over nrows rows (stride ld), 16 columns at a time
+ * with their accumulators in registers across the rows: per column the
+ * same fp64 additions in row order and the same max/min. */
+void nvfp4_colacc_rows_avx2(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
+                            float *mn) {
+    int64_t j = 0;
+    for (; j + 16 <= w; j += 16) {
+        __m256d p[4];
+        __m256 hi[2], lo[2];
+        for (int k = 0; k < 4; k++) p[k] = _mm256_loadu_pd(part + j + 4 * k);
+        for (int k = 0; k < 2; k++) {
+            hi[k] = _mm256_loadu_ps(mx + j + 8 * k);
+            lo[k] = _mm256_loadu_ps(mn + j + 8 * k);
+        }
+        for (int64_t r = 0; r < nrows; r++)
+            for (int k = 0; k < 2; k++) {
+                __m256 v = _mm256_loadu_ps(x + r * ld + j + 8 * k);
+                p[2 * k] = _mm256_add_pd(p[2 * k], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+                p[2 * k + 1] = _mm256_add_pd(p[2 * k + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+                hi[k] = _mm256_max_ps(v, hi[k]);
+                lo[k] = _mm256_min_ps(v, lo[k]);
+            }
+        for (int k = 0; k < 4; k++) _mm256_storeu_pd(part + j + 4 * k, p[k]);
+        for (int k = 0; k < 2; k++) {
+            _mm256_storeu_ps(mx + j + 8 * k, hi[k]);
+            _mm256_storeu_ps(mn + j + 8 * k, lo[k]);
+        }
+    }
+    if (j < w)
+        for (int64_t r = 0; r < nrows; r++) nvfp4_colacc_avx2(x + r * ld + j, w - j, part + j, mx + j, mn + j);
+}
+
 /* ------------------------------------------------------------ E2M1 codes
  * |y| is clamped to 6 (NaN → 6: min_ps returns its second operand) and
  * scaled by a power of two so that one integer step is one E2M1 step:
