@@ -58,10 +58,9 @@ const char *nvfp4_impl_name(nvfp4_impl impl) {
 }
 
 typedef struct {
-    nvfp4_quant_rows_fn quant_rows;
-    /* quant_rows with the RHT fused in, and the amax of x − mean (RHT'd):
-     * NULL for the scalar path, which transforms whole rows into a buffer */
-    nvfp4_quant_rows_fn quant_rows_rht;
+    nvfp4_quant_rows_simd_fn quant_rows;
+    /* the amax of x − mean (RHT'd): NULL for the scalar path, which
+     * prepares whole rows in a buffer (so it is never asked to fuse the RHT) */
     nvfp4_amax_res_fn amax_res;
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
@@ -73,15 +72,22 @@ static void rht_rows_scalar(float *x, int64_t n16) {
     for (int64_t g = 0; g < n16; g++) nvfp4_rht16_ref(x + 16 * g, x + 16 * g);
 }
 
+static void quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                              uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+    (void)rht; /* always 0 here: amax_res is NULL */
+    nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+}
+
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {nvfp4_quant_rows_scalar, NULL, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar, NULL};
+    kernels k = {quant_rows_scalar, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar, NULL};
 #if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2)
-        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_quant_rows_rht_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2,
-                      nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
+        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2,
+                      nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
     if (impl == NVFP4_IMPL_AVX512)
-        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_quant_rows_rht_avx512, nvfp4_amax_res_avx512,
-                      nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512,
+        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_res_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512,
+                      nvfp4_colacc_avx512,
                       nvfp4_colacc_rows_avx2 /* registers, not width, bound it */};
 #else
     (void)impl;
@@ -314,7 +320,6 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
     kernels k = kernels_for(nvfp4_impl_resolve(o->impl));
     int64_t cp = out->cols_padded, nb = cp / 16;
     int direct = dtype == NVFP4_F32 && cols % 16 == 0 && ((!o->rht && !o->mean) || k.amax_res);
-    nvfp4_quant_rows_fn quant_rows = direct && o->rht ? k.quant_rows_rht : k.quant_rows;
     int64_t ngroups = (rows + 15) / 16;
     int tile = o->block == NVFP4_BLOCK_16X16;
     int nt = o->nthreads > 0 ? o->nthreads : 0;
@@ -371,8 +376,8 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
                 ldx = cp;
             }
             nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
-            quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2,
-                       cp / 2, out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
+            k.quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2,
+                         cp / 2, out->scales + (tile ? g * nb : r0 * nb), nb, &cnt, direct && o->rht);
         }
         free(tmp);
 #ifdef _OPENMP

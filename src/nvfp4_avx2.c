@@ -303,12 +303,12 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
 }
 
 /* ----------------------------------------------------------- quantize */
-/* The kernel behind both entry points: blocks in columns of 8; per column
+/* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8; per column
  * a max pass (the transformed inputs kept on the stack when rht) and an
  * encode pass; counts kept per lane and summed once per row set. */
-static inline void quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                              int rht, float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
+void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                           uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
     const int64_t nb = cp / 16;
     const int use_sr = sr && sr->enabled;
     philox8_key pk;
@@ -405,18 +405,6 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
         cnt->inf += hsum8i(n_inf);
     }
     cnt->sat_blocks += sat;
-}
-
-void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                           int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
-    quant_rows(x, mean, h, cp, ldx, tile, 0, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
-}
-
-void nvfp4_quant_rows_rht_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                               float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                               int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
-    quant_rows(x, mean, h, cp, ldx, tile, 1, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
 }
 
 /* --------------------------------------------------------- dequantize */

@@ -203,11 +203,11 @@ static inline __m512i e2m1_encode16_sr(__m512 y, __m512i u24) {
     return _mm512_mask_or_epi32(idx, neg, idx, _mm512_set1_epi32(8));
 }
 
-/* The kernel behind both entry points (rht: each 16-group of x − mean is
- * transformed in its register, in the max pass and again in the encode pass). */
-static inline void quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                              int rht, float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                              int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
+/* nvfp4_quant_rows_fn, the RHT fused in if rht: each 16-group of x − mean is
+ * transformed in its register, in the max pass and again in the encode pass. */
+void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                             uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
     const int64_t nb = cp / 16;
     const int use_sr = sr && sr->enabled;
     uint32_t u[16][256]; /* SR uniforms of the block column being encoded, per row */
@@ -274,18 +274,6 @@ static inline void quant_rows(const float *x, const float *mean, int h, int64_t 
     cnt->inf += ninf;
 }
 
-
-void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                             int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
-    quant_rows(x, mean, h, cp, ldx, tile, 0, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
-}
-
-void nvfp4_quant_rows_rht_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                                 float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                                 int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
-    quant_rows(x, mean, h, cp, ldx, tile, 1, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
-}
 #else
 typedef int nvfp4_avx512_unused;
 #endif

@@ -219,6 +219,26 @@ static int tensors_equal(const nvfp4_tensor *a, const nvfp4_tensor *b) {
            !memcmp(a->scales, b->scales, (size_t)nvfp4_scale_count(a->rows, a->cols, a->block));
 }
 
+/* Option combination `variant` (bit 0 16×16, 1 RHT, 2 mean split, 3 SR) with the SR key (seed, stream). */
+static nvfp4_opts variant_opts(int variant, const float *mean, uint64_t seed, uint64_t stream) {
+    nvfp4_opts o = nvfp4_opts_default();
+    o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
+    o.rht = (variant >> 1) & 1;
+    o.mean = ((variant >> 2) & 1) ? mean : NULL;
+    o.sr = (variant >> 3) & 1;
+    o.seed = seed;
+    o.stream = stream;
+    return o;
+}
+
+/* ref ← the scalar spec of src under o (stats in *sref); got allocated alike for a fast path. */
+static void ref_and_output(const void *src, nvfp4_dtype dt, int64_t rows, int64_t cols, const nvfp4_opts *o,
+                           nvfp4_tensor *ref, nvfp4_stats *sref, nvfp4_tensor *got) {
+    nvfp4_tensor_alloc(ref, rows, cols, o->block);
+    nvfp4_tensor_alloc(got, rows, cols, o->block);
+    CHECK(nvfp4_quantize_ref(src, dt, rows, cols, cols, o, ref, sref) == AVERIS_OK, "ref");
+}
+
 /* Every fast path (scalar/AVX2/AVX-512 kernels × 1..3 threads) equals the
  * scalar spec, bit for bit, on every adversarial pattern and option. */
 void test_fast_paths_equal_reference(void) {
@@ -236,20 +256,12 @@ void test_fast_paths_equal_reference(void) {
             for (int64_t i = 0; i < rows * cols; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
             nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
             for (int variant = 0; variant < 16; variant++) {
-                nvfp4_opts o = nvfp4_opts_default();
-                o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
-                o.rht = (variant >> 1) & 1;
-                o.mean = ((variant >> 2) & 1) ? mean : NULL;
-                o.sr = (variant >> 3) & 1;
-                o.seed = 77;
-                o.stream = (uint64_t)variant;
+                nvfp4_opts o = variant_opts(variant, mean, 77, (uint64_t)variant);
                 nvfp4_dtype dt = (pat % 3 == 2 && !o.mean) ? NVFP4_BF16 : NVFP4_F32;
                 const void *src = dt == NVFP4_BF16 ? (const void *)xb : (const void *)x;
                 nvfp4_tensor ref, got;
                 nvfp4_stats sref, sgot;
-                nvfp4_tensor_alloc(&ref, rows, cols, o.block);
-                nvfp4_tensor_alloc(&got, rows, cols, o.block);
-                CHECK(nvfp4_quantize_ref(src, dt, rows, cols, cols, &o, &ref, &sref) == AVERIS_OK, "ref");
+                ref_and_output(src, dt, rows, cols, &o, &ref, &sref, &got);
                 for (int k = 0; k < 3; k++)
                     for (int nt = 1; nt <= 3; nt++) {
                         nvfp4_opts of = o;
@@ -359,20 +371,12 @@ void test_simd_levels_and_threads_equal_reference(void) {
         for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
         nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
         for (int variant = 0; variant < 16; variant++) {
-            nvfp4_opts o = nvfp4_opts_default();
-            o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
-            o.rht = (variant >> 1) & 1;
-            o.mean = ((variant >> 2) & 1) ? mean : NULL;
-            o.sr = (variant >> 3) & 1;
-            o.seed = 0x0123456789ABCDEFull;
-            o.stream = 0xFEDCBA9876543210ull + (uint64_t)variant;
+            nvfp4_opts o = variant_opts(variant, mean, 0x0123456789ABCDEFull, 0xFEDCBA9876543210ull + (uint64_t)variant);
             nvfp4_dtype dt = (s == 2 && !o.mean) ? NVFP4_BF16 : NVFP4_F32;
-            const void *src = dt == NVFP4_BF16 ? (const void *)xb : (const void *)x;
             nvfp4_tensor ref, got;
             nvfp4_stats sref, sgot;
-            nvfp4_tensor_alloc(&ref, rows, cols, o.block);
-            nvfp4_tensor_alloc(&got, rows, cols, o.block);
-            CHECK(nvfp4_quantize_ref(src, dt, rows, cols, cols, &o, &ref, &sref) == AVERIS_OK, "ref");
+            const void *src = dt == NVFP4_BF16 ? (const void *)xb : (const void *)x;
+            ref_and_output(src, dt, rows, cols, &o, &ref, &sref, &got);
             for (int k = 0; k < 3; k++) {
                 if (nvfp4_impl_resolve(levels[k]) != levels[k]) continue; /* not on this host */
                 for (int nt = 1; nt <= 2; nt++)
@@ -421,9 +425,7 @@ void test_simd_sr_counter_carry(void) {
     nvfp4_global_scales(30.0f, &s_enc, &s_dec); /* 40 saturates its block */
     nvfp4_sr_ctx sr = {1, 0xA5A5A5A5DEADBEEFull, 0x0000000100000003ull, 357913941, CP};
     CHECK((uint64_t)sr.row0 * CP / 4 == 0xFFFFFFFCull, "row0 puts the low-word wrap inside the first batch");
-    typedef void (*qfn)(const float *, const float *, int, int64_t, int64_t, int, float, float, const nvfp4_sr_ctx *,
-                        uint8_t *, int64_t, uint8_t *, int64_t, nvfp4_qcount *);
-    const qfn fns[2] = {nvfp4_quant_rows_avx2, nvfp4_quant_rows_avx512};
+    const nvfp4_quant_rows_simd_fn fns[2] = {nvfp4_quant_rows_avx2, nvfp4_quant_rows_avx512};
     const int have[2] = {nvfp4_cpu_has_avx2(), nvfp4_cpu_has_avx512()};
     const char *names[2] = {"avx2", "avx512"};
     for (int tile = 0; tile < 2; tile++) {
@@ -435,7 +437,7 @@ void test_simd_sr_counter_carry(void) {
             nvfp4_qcount ngot = {0};
             memset(cgot, 0xAB, sizeof cgot);
             memset(sgot, 0xCD, sizeof sgot);
-            fns[k](x, NULL, H, CP, CP, tile, s_enc, s_dec, &sr, cgot, CP / 2, sgot, CP / 16, &ngot);
+            fns[k](x, NULL, H, CP, CP, tile, s_enc, s_dec, &sr, cgot, CP / 2, sgot, CP / 16, &ngot, 0);
             int bad = -1;
             for (int i = 0; i < H * CP / 2 && bad < 0; i++)
                 if (cref[i] != cgot[i]) bad = i;
