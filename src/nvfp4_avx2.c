@@ -306,11 +306,11 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
 /* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8; per column
  * a max pass (the transformed inputs kept on the stack when rht) and an
  * encode pass; counts kept per lane and summed once per row set. */
-void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
-                           uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+static inline __attribute__((always_inline)) void
+quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile, float s_enc, float s_dec,
+           const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt,
+           const int rht, const int use_sr) {
     const int64_t nb = cp / 16;
-    const int use_sr = sr && sr->enabled;
     philox8_key pk;
     philox8_init(&pk, use_sr ? sr->seed : 0, use_sr ? sr->stream : 0);
     const __m256 c_scale = _mm256_set1_ps(s_enc * (1.0f / 6.0f));
@@ -405,6 +405,17 @@ void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp,
         cnt->inf += hsum8i(n_inf);
     }
     cnt->sat_blocks += sat;
+}
+
+/* One copy of the kernel per (rht, SR), so neither is tested inside the loops. */
+void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                           uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+    const int use_sr = sr && sr->enabled;
+    if (rht && use_sr) quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 1, 1);
+    else if (rht) quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 1, 0);
+    else if (use_sr) quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 0, 1);
+    else quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 0, 0);
 }
 
 /* --------------------------------------------------------- dequantize */

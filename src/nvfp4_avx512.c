@@ -205,11 +205,11 @@ static inline __m512i e2m1_encode16_sr(__m512 y, __m512i u24) {
 
 /* nvfp4_quant_rows_fn, the RHT fused in if rht: each 16-group of x − mean is
  * transformed in its register, in the max pass and again in the encode pass. */
-void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
-                             uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+static inline __attribute__((always_inline)) void
+quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile, float s_enc, float s_dec,
+           const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt,
+           const int rht, int use_sr) {
     const int64_t nb = cp / 16;
-    const int use_sr = sr && sr->enabled;
     uint32_t u[16][256]; /* SR uniforms of the block column being encoded, per row */
     const __m512 c_scale = _mm512_set1_ps(s_enc * (1.0f / 6.0f));
     const __m512 v_sdec = _mm512_set1_ps(s_dec);
@@ -272,6 +272,15 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
     cnt->sat_blocks += sat;
     cnt->nan += nnan;
     cnt->inf += ninf;
+}
+
+/* One copy of the kernel with the RHT and one without (SR is tested per row). */
+void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                             uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+    int use_sr = sr && sr->enabled;
+    if (rht) quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 1, use_sr);
+    else quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 0, use_sr);
 }
 
 #else
