@@ -6,9 +6,10 @@
  *
  * The kernel paths are those of this host up to AVERIS_IMPL (avx2 on an
  * AVX-512 host measures what an AVX2-only host runs); --scalar adds the
- * scalar reference (slow).
+ * scalar reference (slow). --cpu-time times in process CPU seconds instead
+ * of wall seconds (bench_cpu_s), for a host loaded by other work.
  *
- *   build/bench_quant [--rows N] [--cols N] [--reps N] [--scalar]
+ *   build/bench_quant [--rows N] [--cols N] [--reps N] [--scalar] [--cpu-time]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -67,6 +68,8 @@ static void run_quant(job *j) {
     }
 }
 
+static double (*now)(void) = bench_now_s;
+
 static double median(double *t, int n) {
     qsort(t, (size_t)n, sizeof(double), bench_cmp_d);
     return t[n / 2];
@@ -82,7 +85,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--scalar")) with_scalar = 1;
-        else { fprintf(stderr, "usage: bench_quant [--rows N] [--cols N] [--reps N] [--scalar]\n"); return 2; }
+        else if (!strcmp(argv[i], "--cpu-time")) now = bench_cpu_s;
+        else { fprintf(stderr, "usage: bench_quant [--rows N] [--cols N] [--reps N] [--scalar] [--cpu-time]\n"); return 2; }
     }
     if (reps < 1 || reps > 63 || rows < 16 || cols < 16) { fprintf(stderr, "bench_quant: bad sizes\n"); return 2; }
     int maxt = 1;
@@ -117,8 +121,8 @@ int main(int argc, char **argv) {
     char cpu[128];
     const char *env = getenv("AVERIS_IMPL");
     double mb = (double)n * sizeof(float) / 1e9;
-    printf("NVFP4 quantize, %lld x %lld fp32 (%.0f MB), median of %d interleaved repetitions; GB/s of input read\n",
-           (long long)rows, (long long)cols, mb * 1e3, reps);
+    printf("NVFP4 quantize, %lld x %lld fp32 (%.0f MB), median of %d interleaved repetitions; GB/s of input read per %s\n",
+           (long long)rows, (long long)cols, mb * 1e3, reps, now == bench_cpu_s ? "CPU second (all threads)" : "second");
     double load[1] = {-1.0};
     bench_loadavg(load);
     printf("host: %s, %d threads, load average %.2f; CPU has avx2 %s, avx512 %s; kernels up to %s%s%s%s\n",
@@ -137,7 +141,7 @@ int main(int argc, char **argv) {
             for (int c = 0; c < ncase; c++) {
                 int v = (c - 1) / nimpl, k = (c - 1) % nimpl;
                 if (c > 0 && impls[k] == NVFP4_IMPL_SCALAR && r > 1) continue; /* the reference: one timing */
-                double t0 = bench_now_s();
+                double t0 = now();
                 if (c == 0) run_memcpy(&j);
                 else {
                     j.impl = impls[k];
@@ -145,7 +149,7 @@ int main(int argc, char **argv) {
                     j.t = v == 1 ? t16 : t1;
                     run_quant(&j);
                 }
-                if (r) t[c][r - 1] = bench_now_s() - t0;
+                if (r) t[c][r - 1] = now() - t0;
             }
         double tmem = median(t[0], reps);
         printf("%-12s %-7s %-7d %9.2f\n", "memcpy", "-", threads[ti], mb / tmem);

@@ -12,6 +12,15 @@ static inline double bench_now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Process CPU seconds (all threads): on a host shared with other work,
+ * where wall time measures the others too. Run with OMP_WAIT_POLICY=passive
+ * so that waiting threads do not spin. */
+static inline double bench_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* qsort comparator for doubles (medians of repeated timings). */
 static inline int bench_cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
