@@ -168,13 +168,22 @@ static void sr_u24_row(uint64_t seed, uint64_t stream, uint64_t idx0, int64_t n,
             k0 += 0x9E3779B9u;
             k1 += 0xBB67AE85u;
         }
-        uint32_t w[4][16], out[64];
-        _mm512_storeu_si512(w[0], _mm512_srli_epi32(c0, 8));
-        _mm512_storeu_si512(w[1], _mm512_srli_epi32(c1, 8));
-        _mm512_storeu_si512(w[2], _mm512_srli_epi32(c2, 8));
-        _mm512_storeu_si512(w[3], _mm512_srli_epi32(c3, 8));
-        for (int k = 0; k < 16; k++)
-            for (int j = 0; j < 4; j++) out[4 * k + j] = w[j][k];
+        /* 4×16 transpose into element order: within 128-bit lanes, then the lanes */
+        c0 = _mm512_srli_epi32(c0, 8);
+        c1 = _mm512_srli_epi32(c1, 8);
+        c2 = _mm512_srli_epi32(c2, 8);
+        c3 = _mm512_srli_epi32(c3, 8);
+        __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpacklo_epi32(c2, c3);
+        __m512i t2 = _mm512_unpackhi_epi32(c0, c1), t3 = _mm512_unpackhi_epi32(c2, c3);
+        __m512i a0 = _mm512_unpacklo_epi64(t0, t1), a1 = _mm512_unpackhi_epi64(t0, t1); /* counters 0,4,8,12; 1,5,9,13 */
+        __m512i a2 = _mm512_unpacklo_epi64(t2, t3), a3 = _mm512_unpackhi_epi64(t2, t3); /* 2,6,10,14; 3,7,11,15 */
+        __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x44), b1 = _mm512_shuffle_i32x4(a2, a3, 0x44);
+        __m512i b2 = _mm512_shuffle_i32x4(a0, a1, 0xEE), b3 = _mm512_shuffle_i32x4(a2, a3, 0xEE);
+        uint32_t out[64];
+        _mm512_storeu_si512(out, _mm512_shuffle_i32x4(b0, b1, 0x88));
+        _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(b0, b1, 0xDD));
+        _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(b2, b3, 0x88));
+        _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(b2, b3, 0xDD));
         int64_t take = n - e < 64 ? n - e : 64;
         memcpy(u + e, out, (size_t)take * sizeof(uint32_t));
     }
