@@ -1,8 +1,15 @@
 /* bench_quant.c — NVFP4 quantize throughput on a 4096×4096 fp32 tensor:
- * GB/s of input read for every kernel path × {1 thread, all threads}, with
- * memcpy of the same bytes measured in the same run and printed as a ratio.
+ * GB/s of input read for every variant × kernel path × {1 thread, all
+ * threads}, with memcpy of the same bytes timed in the same repetitions
+ * (every case once per repetition, interleaved, so the drift of a shared
+ * host hits them alike) and printed as a ratio.
  *
- *   build/bench_quant [--rows N] [--cols N] [--reps N]
+ * The kernel paths are those of this host up to AVERIS_IMPL (avx2 on an
+ * AVX-512 host measures what an AVX2-only host runs); --scalar adds the
+ * scalar reference (slow). --cpu-time times in process CPU seconds instead
+ * of wall seconds (bench_cpu_s), for a host loaded by other work.
+ *
+ *   build/bench_quant [--rows N] [--cols N] [--reps N] [--scalar] [--cpu-time]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -61,26 +68,25 @@ static void run_quant(job *j) {
     }
 }
 
-static double time_med(void (*fn)(job *), job *j, int reps) {
-    double t[64];
-    fn(j); /* warm-up */
-    for (int r = 0; r < reps; r++) {
-        double t0 = bench_now_s();
-        fn(j);
-        t[r] = bench_now_s() - t0;
-    }
-    qsort(t, (size_t)reps, sizeof(double), bench_cmp_d);
-    return t[reps / 2];
+static double (*now)(void) = bench_now_s;
+
+static double median(double *t, int n) {
+    qsort(t, (size_t)n, sizeof(double), bench_cmp_d);
+    return t[n / 2];
 }
+
+enum { NVARIANT = 5, MAXCASE = 1 + NVARIANT * 3 };
 
 int main(int argc, char **argv) {
     int64_t rows = 4096, cols = 4096;
-    int reps = 7;
+    int reps = 7, with_scalar = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc) cols = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else { fprintf(stderr, "usage: bench_quant [--rows N] [--cols N] [--reps N]\n"); return 2; }
+        else if (!strcmp(argv[i], "--scalar")) with_scalar = 1;
+        else if (!strcmp(argv[i], "--cpu-time")) now = bench_cpu_s;
+        else { fprintf(stderr, "usage: bench_quant [--rows N] [--cols N] [--reps N] [--scalar] [--cpu-time]\n"); return 2; }
     }
     if (reps < 1 || reps > 63 || rows < 16 || cols < 16) { fprintf(stderr, "bench_quant: bad sizes\n"); return 2; }
     int maxt = 1;
@@ -102,43 +108,62 @@ int main(int argc, char **argv) {
     }
     memset(dst, 0, n * sizeof(float));
     j.x = x; j.dst = dst; j.rows = rows; j.cols = cols;
-    if (nvfp4_tensor_alloc(&j.t, rows, cols, NVFP4_BLOCK_1X16) != AVERIS_OK) return 1;
-    nvfp4_tensor t16;
+    nvfp4_tensor t1, t16;
+    if (nvfp4_tensor_alloc(&t1, rows, cols, NVFP4_BLOCK_1X16) != AVERIS_OK) return 1;
     if (nvfp4_tensor_alloc(&t16, rows, cols, NVFP4_BLOCK_16X16) != AVERIS_OK) return 1;
 
+    /* the kernel paths: this host's, capped by AVERIS_IMPL */
+    nvfp4_impl best = nvfp4_impl_resolve(NVFP4_IMPL_AUTO), impls[3];
+    int nimpl = 0;
+    if (with_scalar || best == NVFP4_IMPL_SCALAR) impls[nimpl++] = NVFP4_IMPL_SCALAR;
+    if (best >= NVFP4_IMPL_AVX2) impls[nimpl++] = NVFP4_IMPL_AVX2;
+    if (best >= NVFP4_IMPL_AVX512) impls[nimpl++] = NVFP4_IMPL_AVX512;
+    char cpu[128];
+    const char *env = getenv("AVERIS_IMPL");
     double mb = (double)n * sizeof(float) / 1e9;
-    printf("NVFP4 quantize, %lld x %lld fp32 (%.0f MB), median of %d; GB/s of input read\n",
-           (long long)rows, (long long)cols, mb * 1e3, reps);
+    printf("NVFP4 quantize, %lld x %lld fp32 (%.0f MB), median of %d interleaved repetitions; GB/s of input read per %s\n",
+           (long long)rows, (long long)cols, mb * 1e3, reps, now == bench_cpu_s ? "CPU second (all threads)" : "second");
+    double load[1] = {-1.0};
+    bench_loadavg(load);
+    printf("host: %s, %d threads, load average %.2f; CPU has avx2 %s, avx512 %s; kernels up to %s%s%s%s\n",
+           bench_cpu_model(cpu, sizeof cpu), maxt, load[0], nvfp4_cpu_has_avx2() ? "yes" : "no",
+           nvfp4_cpu_has_avx512() ? "yes" : "no", nvfp4_impl_name(best), env ? " (AVERIS_IMPL=" : "", env ? env : "",
+           env ? ")" : "");
+    const char *vname[NVARIANT] = {"1x16", "16x16", "1x16+split", "1x16+rht", "1x16+sr"};
     const int threads[2] = {1, maxt};
-    double tmem[2];
-    for (int ti = 0; ti < 2; ti++) {
-        j.nthreads = threads[ti];
-        tmem[ti] = time_med(run_memcpy, &j, reps);
-        printf("memcpy          threads %-2d %8.2f GB/s\n", threads[ti], mb / tmem[ti]);
-    }
-    const char *vname[5] = {"1x16", "16x16", "1x16+split", "1x16+rht", "1x16+sr"};
-    const nvfp4_impl impls[3] = {NVFP4_IMPL_SCALAR, NVFP4_IMPL_AVX2, NVFP4_IMPL_AVX512};
-    double tplain[3][2] = {{0}};
     printf("\n%-12s %-7s %-7s %9s %10s %12s\n", "variant", "impl", "threads", "GB/s", "vs memcpy", "vs plain1x16");
-    for (int v = 0; v < 5; v++)
-        for (int k = 0; k < 3; k++) {
-            if (impls[k] != NVFP4_IMPL_SCALAR && nvfp4_impl_resolve(impls[k]) != impls[k]) continue;
-            for (int ti = 0; ti < 2; ti++) {
-                if (ti == 1 && maxt == 1) continue;
-                j.impl = impls[k];
-                j.nthreads = threads[ti];
-                j.variant = v;
-                nvfp4_tensor keep = j.t;
-                if (v == 1) j.t = t16;
-                double tq = time_med(run_quant, &j, (v == 4 && k == 0) ? (reps < 3 ? reps : 3) : reps);
-                if (v == 1) j.t = keep;
-                if (v == 0) tplain[k][ti] = tq;
-                printf("%-12s %-7s %-7d %9.2f %9.1f%% %11.2fx\n", vname[v], nvfp4_impl_name(impls[k]), threads[ti],
-                       mb / tq, 100.0 * tmem[ti] / tq, tq / tplain[k][ti]);
-                fflush(stdout);
+    for (int ti = 0; ti < (maxt > 1 ? 2 : 1); ti++) {
+        j.nthreads = threads[ti];
+        /* case 0 memcpy, then (variant, impl) */
+        static double t[MAXCASE][64];
+        int ncase = 1 + NVARIANT * nimpl;
+        for (int r = 0; r <= reps; r++) /* r = 0: warm-up */
+            for (int c = 0; c < ncase; c++) {
+                int v = (c - 1) / nimpl, k = (c - 1) % nimpl;
+                if (c > 0 && impls[k] == NVFP4_IMPL_SCALAR && r > 1) continue; /* the reference: one timing */
+                double t0 = now();
+                if (c == 0) run_memcpy(&j);
+                else {
+                    j.impl = impls[k];
+                    j.variant = v;
+                    j.t = v == 1 ? t16 : t1;
+                    run_quant(&j);
+                }
+                if (r) t[c][r - 1] = now() - t0;
             }
+        double tmem = median(t[0], reps);
+        printf("%-12s %-7s %-7d %9.2f\n", "memcpy", "-", threads[ti], mb / tmem);
+        double tplain[3] = {0};
+        for (int c = 1; c < ncase; c++) {
+            int v = (c - 1) / nimpl, k = (c - 1) % nimpl;
+            double tq = impls[k] == NVFP4_IMPL_SCALAR ? t[c][0] : median(t[c], reps);
+            if (v == 0) tplain[k] = tq;
+            printf("%-12s %-7s %-7d %9.2f %9.1f%% %11.2fx\n", vname[v], nvfp4_impl_name(impls[k]), threads[ti], mb / tq,
+                   100.0 * tmem / tq, tq / tplain[k]);
         }
-    nvfp4_tensor_free(&j.t);
+        fflush(stdout);
+    }
+    nvfp4_tensor_free(&t1);
     nvfp4_tensor_free(&t16);
     free(x); free(dst); free(j.mean); free(j.cmax); free(j.cmin);
     return 0;

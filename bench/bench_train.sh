@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # bench_train.sh [THREADS...] — tokens/s of one training step of the `tiny`
-# and `small` presets: averis (fp32 and bf16 recipes, and nvfp4/averis for
-# the FP4 overhead) against PyTorch eager on the CPU (transformers'
+# and `small` presets: averis (fp32, bf16, and the demo's FP4 recipes with
+# their cost relative to bf16) against PyTorch eager on the CPU (transformers'
 # Qwen3ForCausalLM, bench/torch_cpu_train.py) with the same config, batch and
 # thread count, measured in one run. The peer needs torch and transformers;
 # without them only averis is measured. Medians over steps after warm-up.
+# AVERIS_IMPL=avx2 measures the quantize kernels of an AVX2-only host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${*:-2}
@@ -21,13 +22,18 @@ fi
 median_tps() { awk -F, 'NR > 3 { print $7 }' "$1" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 have_torch=0
 python3 -c 'import torch, transformers' 2>/dev/null && have_torch=1
-echo "date $(date +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $("$BIN" features | grep gemm)"
-printf '%-7s %-7s %3s | %9s %9s %9s %9s | %9s | %s\n' preset BxT thr fp32 bf16 nvfp4 averis torch "fp32/torch"
+RECIPES="fp32 bf16 nvfp4 nvfp4-rht averis averis-rht"
+echo "date $(date +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $("$BIN" features | grep gemm)," \
+    "quantize kernels $("$BIN" features | awk '$1 == "kernels" { print $2 }')${AVERIS_IMPL:+ (AVERIS_IMPL=$AVERIS_IMPL)}, load $(cut -d' ' -f1 /proc/loadavg)"
+echo "tokens/s (median over steps after warm-up); x = bf16 tokens/s ÷ the recipe's (the FP4 step's cost, target ≤ 1.3)"
+printf '%-7s %-7s %3s |' preset BxT thr
+for r in $RECIPES; do printf ' %10s' "$r"; done
+printf ' | %9s | %s\n' torch "fp32/torch"
 for spec in "tiny 8 128 10" "small 4 256 6"; do
     read -r preset B T steps <<<"$spec"
     for th in $THREADS; do
         declare -A tps=()
-        for r in fp32 bf16 nvfp4 averis; do
+        for r in $RECIPES; do
             out=$TMP/run_${preset}_${r}_$th
             OMP_NUM_THREADS=$th "$BIN" train --config "$preset" --recipe "$r" --data "$TMP/data" --out "$out" \
                 --steps "$steps" --batch "$B" --seq "$T" --val-every 0 --quiet --threads "$th" >/dev/null
@@ -40,7 +46,13 @@ for spec in "tiny 8 128 10" "small 4 256 6"; do
             torch_tps=$(OMP_NUM_THREADS=$th python3 bench/torch_cpu_train.py "$cfg" "$B" "$T" "$th" "$steps" 2>/dev/null | awk '{ print $3 }')
             ratio=$(awk -v a="${tps[fp32]}" -v b="$torch_tps" 'BEGIN { printf "%.2fx", a / b }')
         fi
-        printf '%-7s %-7s %3s | %9.0f %9.0f %9.0f %9.0f | %9s | %s\n' "$preset" "${B}x$T" "$th" "${tps[fp32]}" "${tps[bf16]}" \
-            "${tps[nvfp4]}" "${tps[averis]}" "$torch_tps" "$ratio"
+        printf '%-7s %-7s %3s |' "$preset" "${B}x$T" "$th"
+        for r in $RECIPES; do
+            case $r in
+            fp32 | bf16) printf ' %10.0f' "${tps[$r]}" ;;
+            *) printf ' %4.0f %5s' "${tps[$r]}" "$(awk -v a="${tps[bf16]}" -v b="${tps[$r]}" 'BEGIN { printf "%.2fx", a / b }')" ;;
+            esac
+        done
+        printf ' | %9s | %s\n' "$torch_tps" "$ratio"
     done
 done

@@ -25,8 +25,17 @@ typedef void (*nvfp4_quant_rows_fn)(const float *x, const float *mean, int h, in
                                     float s_enc, float s_dec, const nvfp4_sr_ctx *sr,
                                     uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds,
                                     nvfp4_qcount *cnt);
+/* A SIMD quantize kernel: nvfp4_quant_rows_fn with the RHT of each 16-group
+ * of x − mean fused in if rht. */
+typedef void (*nvfp4_quant_rows_simd_fn)(const float *x, const float *mean, int h, int64_t cp, int64_t ldx,
+                                         int tile, float s_enc, float s_dec, const nvfp4_sr_ctx *sr,
+                                         uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds,
+                                         nvfp4_qcount *cnt, int rht);
 /* max |x_i| over n values, NaN ignored. */
 typedef float (*nvfp4_amax_fn)(const float *x, int64_t n);
+/* max |x_i| of the quantizer input x − mean (mean [n] or NULL), RHT'd per
+ * 16-group if rht; n a multiple of 16 when mean or rht. NaN ignored. */
+typedef float (*nvfp4_amax_res_fn)(const float *x, const float *mean, int64_t n, int rht);
 
 void nvfp4_quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
@@ -35,20 +44,33 @@ float nvfp4_amax_scalar(const float *x, int64_t n);
 /* Adds row x[w] into the column accumulators (fp64 sum, NaN-ignoring max/min). */
 typedef void (*nvfp4_colacc_fn)(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_colacc_scalar(const float *x, int64_t w, double *part, float *mx, float *mn);
+/* The colacc of nrows rows (stride ld) in row order, per column. */
+typedef void (*nvfp4_colacc_rows_fn)(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
+                                     float *mn);
+
+/* One row of nb blocks → fp32 [16·nb]: x̂ = (e2m1(q)·e4m3[scale])·s_dec. */
+typedef void (*nvfp4_dequant_row_fn)(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                                     float s_dec, float *out);
 
 #if defined(AVERIS_HAVE_X86)
+void nvfp4_dequant_row_avx2(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                            float s_dec, float *out);
 void nvfp4_quant_rows_avx2(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                           int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
+                           float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                           uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht);
 float nvfp4_amax_avx2(const float *x, int64_t n);
 void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float *mn);
+void nvfp4_colacc_rows_avx2(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
+                            float *mn);
 void nvfp4_rht16_rows_avx2(float *x, int64_t n16); /* in place, n16 groups */
+float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht);
 void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                             int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt);
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                             uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht);
 float nvfp4_amax_avx512(const float *x, int64_t n);
 void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_rht16_rows_avx512(float *x, int64_t n16);
+float nvfp4_amax_res_avx512(const float *x, const float *mean, int64_t n, int rht);
 #endif
 
 /* The 16 SR uniforms of the block starting at element index idx0 (a

@@ -59,28 +59,46 @@ const char *nvfp4_impl_name(nvfp4_impl impl) {
 }
 
 typedef struct {
-    nvfp4_quant_rows_fn quant_rows;
+    nvfp4_quant_rows_simd_fn quant_rows;
+    /* the amax of x − mean (RHT'd): NULL for the scalar path, which
+     * prepares whole rows in a buffer (so it is never asked to fuse the RHT) */
+    nvfp4_amax_res_fn amax_res;
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
     nvfp4_colacc_fn colacc;
+    nvfp4_colacc_rows_fn colacc_rows; /* NULL: colacc row by row */
 } kernels;
 
 static void rht_rows_scalar(float *x, int64_t n16) {
     for (int64_t g = 0; g < n16; g++) nvfp4_rht16_ref(x + 16 * g, x + 16 * g);
 }
 
+static void quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                              uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+    (void)rht; /* always 0 here: amax_res is NULL */
+    nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
+}
+
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {nvfp4_quant_rows_scalar, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar};
+    kernels k = {quant_rows_scalar, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar, NULL};
 #if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2)
-        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2, nvfp4_colacc_avx2};
+        k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2,
+                      nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
     if (impl == NVFP4_IMPL_AVX512)
-        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512, nvfp4_colacc_avx512};
+        k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_res_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512,
+                      nvfp4_colacc_avx512,
+                      nvfp4_colacc_rows_avx2 /* registers, not width, bound it */};
 #else
     (void)impl;
 #endif
     return k;
 }
+
+/* Below this many elements the work is done on one thread: a parallel
+ * region costs more than it saves (the bits do not depend on it). */
+#define NVFP4_PAR_MIN 32768
 
 /* A thread's scratch buffer of n floats; on failure sets *failed (read by
  * every thread, which then skips its work) and returns NULL. */
@@ -290,6 +308,11 @@ averis_status nvfp4_quantize_ref(const void *src, nvfp4_dtype dtype, int64_t row
 }
 
 /* ------------------------------------------------------ the fast path */
+/* Two passes inside one parallel region: the per-tensor amax of the
+ * quantizer input (rows split across threads, max-reduced), then groups of
+ * 16 rows quantized. Direct (fp32, whole blocks, a kernel that fuses the
+ * RHT when asked): the kernels read the source rows, subtract the mean and
+ * transform in registers; otherwise each row is prepared into a buffer. */
 averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, int64_t cols,
                              int64_t ld, const nvfp4_opts *o, nvfp4_tensor *out,
                              nvfp4_stats *stats) {
@@ -297,55 +320,45 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
     if (st) return st;
     kernels k = kernels_for(nvfp4_impl_resolve(o->impl));
     int64_t cp = out->cols_padded, nb = cp / 16;
-    /* direct: kernels read the source rows (and subtract the mean) in place */
-    int direct = dtype == NVFP4_F32 && !o->rht && cols % 16 == 0;
+    int direct = dtype == NVFP4_F32 && cols % 16 == 0 && ((!o->rht && !o->mean) || k.amax_res);
     int64_t ngroups = (rows + 15) / 16;
+    int tile = o->block == NVFP4_BLOCK_16X16;
     int nt = o->nthreads > 0 ? o->nthreads : 0;
     int failed = 0;
-#ifndef _OPENMP
+    float amax = o->amax_hint;
+    int need_amax = !(amax >= 0.0f);
+    if (need_amax) amax = 0.0f;
+    nvfp4_qcount total = {0};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) if (rows * cp >= NVFP4_PAR_MIN)
+#else
     (void)nt;
 #endif
-
-    /* pass 1: the per-tensor amax of the quantizer input */
-    float amax = o->amax_hint;
-    if (!(amax >= 0.0f)) {
-        amax = 0.0f;
+    {
+        float *tmp = direct ? NULL : thread_buf((size_t)(16 * cp), &failed);
+        /* pass 1: the per-tensor amax of the quantizer input */
+        if (need_amax) {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads()) reduction(max : amax)
-#endif
-        {
-            float *tmp = thread_buf((size_t)cp, &failed);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(max : amax)
 #endif
             for (int64_t r = 0; r < rows; r++) {
                 if (failed) continue;
                 float m;
-                if (direct && !o->mean) {
-                    m = k.amax((const float *)src + r * ld, cols);
+                if (direct) {
+                    const float *xr = (const float *)src + r * ld;
+                    m = k.amax_res ? k.amax_res(xr, o->mean, cols, o->rht) : k.amax(xr, cols);
                 } else {
                     load_row(src, dtype, ld, r, cols, cp, o, k.rht_rows, tmp);
                     m = k.amax(tmp, cp);
                 }
                 if (m > amax) amax = m;
             }
-            free(tmp);
         }
-        if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
-    }
-    out->amax = amax;
-    float s_enc, s_dec;
-    nvfp4_global_scales(amax, &s_enc, &s_dec);
+        float s_enc, s_dec;
+        nvfp4_global_scales(amax, &s_enc, &s_dec);
 
-    /* pass 2: quantize groups of 16 rows */
-    int tile = o->block == NVFP4_BLOCK_16X16;
-    nvfp4_qcount total = {0};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt > 0 ? nt : omp_get_max_threads())
-#endif
-    {
+        /* pass 2: quantize groups of 16 rows */
         nvfp4_qcount cnt = {0};
-        float *tmp = direct ? NULL : thread_buf((size_t)(16 * cp), &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -364,8 +377,8 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
                 ldx = cp;
             }
             nvfp4_sr_ctx sr = {o->sr, o->seed, o->stream, r0, cp};
-            k.quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2, cp / 2,
-                         out->scales + (tile ? g * nb : r0 * nb), nb, &cnt);
+            k.quant_rows(xg, direct ? o->mean : NULL, h, cp, ldx, tile, s_enc, s_dec, &sr, out->codes + r0 * cp / 2,
+                         cp / 2, out->scales + (tile ? g * nb : r0 * nb), nb, &cnt, direct && o->rht);
         }
         free(tmp);
 #ifdef _OPENMP
@@ -380,40 +393,55 @@ averis_status nvfp4_quantize(const void *src, nvfp4_dtype dtype, int64_t rows, i
         }
     }
     if (failed) return averis_fail(AVERIS_ENOMEM, "nvfp4_quantize: out of memory");
+    out->amax = amax;
     fill_stats(stats, &total, out, o->rht);
     return AVERIS_OK;
 }
 
 /* --------------------------------------------------------- dequantize */
+/* One row of nb blocks → fp32 [16·nb]: x̂ = (e2m1(q)·s_b)·S_dec, s_b the
+ * decoded scale (e4m3 [256], the codec's values as a table). */
+static void dequant_row_scalar(const uint8_t *codes, const uint8_t *scales, const float *e4m3, int64_t nb,
+                               float s_dec, float *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        float sb = e4m3[scales[b]];
+        for (int i = 0; i < 8; i++) {
+            uint8_t byte = codes[8 * b + i];
+            out[16 * b + 2 * i] = (nvfp4_e2m1_decode(byte & 0xF) * sb) * s_dec;
+            out[16 * b + 2 * i + 1] = (nvfp4_e2m1_decode(byte >> 4) * sb) * s_dec;
+        }
+    }
+}
+
 averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *out) {
     if (!t || !t->codes || !out) return averis_fail(AVERIS_EINVAL, "nvfp4_dequantize: NULL argument");
     int64_t cp = t->cols_padded, nb = cp / 16;
     float s_enc, s_dec;
     nvfp4_global_scales(t->amax, &s_enc, &s_dec);
-    float e4m3[256], e2m1[16]; /* decode tables: the same values as the codecs */
+    float e4m3[256]; /* decode table: the same values as the codec */
     for (int c = 0; c < 256; c++) e4m3[c] = nvfp4_e4m3_decode((uint8_t)c);
-    for (int c = 0; c < 16; c++) e2m1[c] = nvfp4_e2m1_decode((uint8_t)c);
+    nvfp4_dequant_row_fn dequant_row = dequant_row_scalar;
+#if defined(AVERIS_HAVE_X86)
+    nvfp4_impl impl = nvfp4_impl_resolve(NVFP4_IMPL_AUTO);
+    if (impl == NVFP4_IMPL_AVX2 || impl == NVFP4_IMPL_AVX512) dequant_row = nvfp4_dequant_row_avx2;
+#endif
+    /* direct: rows land in out as they are (no crop, no inverse transform) */
+    int direct = !inverse_rht && t->cols == cp;
     int failed = 0;
 #ifdef _OPENMP
-#pragma omp parallel
+#pragma omp parallel if (t->rows * cp >= NVFP4_PAR_MIN)
 #endif
     {
-        float *row = thread_buf((size_t)cp, &failed);
+        float *row = direct ? NULL : thread_buf((size_t)cp, &failed);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < t->rows; r++) {
             if (failed) continue;
             const uint8_t *sc = t->scales + (t->block == NVFP4_BLOCK_16X16 ? (r / 16) * nb : r * nb);
-            const uint8_t *cr = t->codes + r * cp / 2;
-            for (int64_t b = 0; b < nb; b++) {
-                float sb = e4m3[sc[b]];
-                for (int i = 0; i < 8; i++) {
-                    uint8_t byte = cr[8 * b + i];
-                    row[16 * b + 2 * i] = (e2m1[byte & 0xF] * sb) * s_dec;
-                    row[16 * b + 2 * i + 1] = (e2m1[byte >> 4] * sb) * s_dec;
-                }
-            }
+            float *dst = direct ? out + r * cp : row;
+            dequant_row(t->codes + r * cp / 2, sc, e4m3, nb, s_dec, dst);
+            if (direct) continue;
             if (inverse_rht)
                 for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);
             memcpy(out + r * t->cols, row, (size_t)t->cols * sizeof(float));
@@ -491,6 +519,11 @@ averis_status nvfp4_colstats(const float *x, int64_t rows, int64_t cols, int64_t
                 for (int64_t r0 = 0; r0 < rows; r0 += NVFP4_SPLIT_CHUNK) {
                     int64_t r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
                     memset(part, 0, (size_t)w * sizeof(double));
+                    if (k.colacc_rows) {
+                        k.colacc_rows(x + r0 * ld + j0, ld, r1 - r0, w, part, mx, mn);
+                        for (int64_t j = 0; j < w; j++) total[j] += part[j];
+                        continue;
+                    }
                     /* column tiles keep the accumulators (16 KB) in L1 */
                     for (int64_t t0 = 0; t0 < w; t0 += 1024) {
                         int64_t tw = w - t0 < 1024 ? w - t0 : 1024;

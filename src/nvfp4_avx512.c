@@ -7,7 +7,6 @@
 #include <immintrin.h>
 #include <float.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 float nvfp4_amax_avx512(const float *x, int64_t n) {
@@ -98,10 +97,41 @@ void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, flo
     if (j < w) nvfp4_colacc_scalar(x + j, w - j, part + j, mx + j, mn + j);
 }
 
-/* x − mean at column offset off (mean may be NULL). */
-static inline __m512 load_res(const float *x, const float *mean, int64_t off) {
+
+/* The spec's RHT of one 16-group in a register (nvfp4_rht16_ref): the
+ * butterflies as lane permutes; each lane computes the same a+b or a−b as
+ * the scalar loop. */
+static inline __m512 rht16_reg(__m512 v) {
+    v = _mm512_mul_ps(v, _mm512_loadu_ps(nvfp4_rht_signs));
+    __m512 p;
+    p = _mm512_permute_ps(v, 0xB1); /* j ^ 1 */
+    v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+    p = _mm512_permute_ps(v, 0x4E); /* j ^ 2 */
+    v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+    p = _mm512_shuffle_f32x4(v, v, 0xB1); /* j ^ 4 */
+    v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+    p = _mm512_shuffle_f32x4(v, v, 0x4E); /* j ^ 8 */
+    v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
+    return _mm512_mul_ps(_mm512_set1_ps(0.25f), v);
+}
+
+void nvfp4_rht16_rows_avx512(float *x, int64_t n16) {
+    for (int64_t g = 0; g < n16; g++) _mm512_storeu_ps(x + 16 * g, rht16_reg(_mm512_loadu_ps(x + 16 * g)));
+}
+
+/* One 16-group of the quantizer input: x − mean at column offset off (mean
+ * may be NULL), then the RHT if asked — load_row's arithmetic. */
+static inline __m512 load_res(const float *x, const float *mean, int64_t off, int rht) {
     __m512 v = _mm512_loadu_ps(x);
-    return mean ? _mm512_sub_ps(v, _mm512_loadu_ps(mean + off)) : v;
+    if (mean) v = _mm512_sub_ps(v, _mm512_loadu_ps(mean + off));
+    return rht ? rht16_reg(v) : v;
+}
+
+float nvfp4_amax_res_avx512(const float *x, const float *mean, int64_t n, int rht) {
+    if (!mean && !rht) return nvfp4_amax_avx512(x, n);
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t g = 0; g < n; g += 16) m = _mm512_max_ps(abs_nonan(load_res(x + g, mean, g, rht)), m);
+    return _mm512_reduce_max_ps(m);
 }
 
 /* 32×32 → high and low 32 bits, 16 lanes. */
@@ -138,13 +168,22 @@ static void sr_u24_row(uint64_t seed, uint64_t stream, uint64_t idx0, int64_t n,
             k0 += 0x9E3779B9u;
             k1 += 0xBB67AE85u;
         }
-        uint32_t w[4][16], out[64];
-        _mm512_storeu_si512(w[0], _mm512_srli_epi32(c0, 8));
-        _mm512_storeu_si512(w[1], _mm512_srli_epi32(c1, 8));
-        _mm512_storeu_si512(w[2], _mm512_srli_epi32(c2, 8));
-        _mm512_storeu_si512(w[3], _mm512_srli_epi32(c3, 8));
-        for (int k = 0; k < 16; k++)
-            for (int j = 0; j < 4; j++) out[4 * k + j] = w[j][k];
+        /* 4×16 transpose into element order: within 128-bit lanes, then the lanes */
+        c0 = _mm512_srli_epi32(c0, 8);
+        c1 = _mm512_srli_epi32(c1, 8);
+        c2 = _mm512_srli_epi32(c2, 8);
+        c3 = _mm512_srli_epi32(c3, 8);
+        __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpacklo_epi32(c2, c3);
+        __m512i t2 = _mm512_unpackhi_epi32(c0, c1), t3 = _mm512_unpackhi_epi32(c2, c3);
+        __m512i a0 = _mm512_unpacklo_epi64(t0, t1), a1 = _mm512_unpackhi_epi64(t0, t1); /* counters 0,4,8,12; 1,5,9,13 */
+        __m512i a2 = _mm512_unpacklo_epi64(t2, t3), a3 = _mm512_unpackhi_epi64(t2, t3); /* 2,6,10,14; 3,7,11,15 */
+        __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x44), b1 = _mm512_shuffle_i32x4(a2, a3, 0x44);
+        __m512i b2 = _mm512_shuffle_i32x4(a0, a1, 0xEE), b3 = _mm512_shuffle_i32x4(a2, a3, 0xEE);
+        uint32_t out[64];
+        _mm512_storeu_si512(out, _mm512_shuffle_i32x4(b0, b1, 0x88));
+        _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(b0, b1, 0xDD));
+        _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(b2, b3, 0x88));
+        _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(b2, b3, 0xDD));
         int64_t take = n - e < 64 ? n - e : 64;
         memcpy(u + e, out, (size_t)take * sizeof(uint32_t));
     }
@@ -173,20 +212,14 @@ static inline __m512i e2m1_encode16_sr(__m512 y, __m512i u24) {
     return _mm512_mask_or_epi32(idx, neg, idx, _mm512_set1_epi32(8));
 }
 
-void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
-                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes,
-                             int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt) {
+/* nvfp4_quant_rows_fn, the RHT fused in if rht: each 16-group of x − mean is
+ * transformed in its register, in the max pass and again in the encode pass. */
+static inline __attribute__((always_inline)) void
+quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile, float s_enc, float s_dec,
+           const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt,
+           const int rht, int use_sr) {
     const int64_t nb = cp / 16;
-    const int use_sr = sr && sr->enabled;
-    uint32_t *u = NULL; /* SR uniforms of the h rows */
-    if (use_sr) {
-        u = malloc((size_t)(h * cp) * sizeof(uint32_t));
-        if (!u) { /* no memory for the batch: the scalar kernel gives the same bits */
-            nvfp4_quant_rows_scalar(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt);
-            return;
-        }
-        for (int r = 0; r < h; r++) sr_u24_row(sr->seed, sr->stream, (uint64_t)((sr->row0 + r) * sr->cp), cp, u + r * cp);
-    }
+    uint32_t u[16][256]; /* SR uniforms of the block column being encoded, per row */
     const __m512 c_scale = _mm512_set1_ps(s_enc * (1.0f / 6.0f));
     const __m512 v_sdec = _mm512_set1_ps(s_dec);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
@@ -202,7 +235,7 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
                 if (i < nbk) {
                     __m512 acc = _mm512_setzero_ps();
                     for (int r = ra; r < rb; r++)
-                        acc = _mm512_max_ps(acc, abs_nonan(load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i))));
+                        acc = _mm512_max_ps(acc, abs_nonan(load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i), rht)));
                     m = _mm512_reduce_max_ps(acc);
                 }
                 bamax[i] = m;
@@ -216,14 +249,17 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
             memcpy(scales + (tile ? 0 : rs * lds) + b0, sc8, (size_t)nbk);
             float encs[16] __attribute__((aligned(64)));
             _mm512_store_ps(encs, enc);
+            if (use_sr)
+                for (int r = ra; r < rb; r++)
+                    sr_u24_row(sr->seed, sr->stream, (uint64_t)((sr->row0 + r) * sr->cp + 16 * b0), 16 * nbk, u[r - ra]);
             for (int i = 0; i < nbk; i++) {
                 const __m512 e = _mm512_set1_ps(encs[i]);
                 const __mmask16 zscale = sc8[i] == 0 ? 0xFFFF : 0; /* underflowed scale: all flush */
                 int bsat = 0;
                 for (int r = ra; r < rb; r++) {
-                    __m512 xv = load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i));
+                    __m512 xv = load_res(x + r * ldx + 16 * (b0 + i), mean, 16 * (b0 + i), rht);
                     __m512 y = _mm512_mul_ps(xv, e);
-                    __m512i q = use_sr ? e2m1_encode16_sr(y, _mm512_loadu_si512(u + r * cp + 16 * (b0 + i)))
+                    __m512i q = use_sr ? e2m1_encode16_sr(y, _mm512_loadu_si512(u[r - ra] + 16 * i))
                                        : e2m1_encode16(y);
                     pack16(q, codes + r * ldc + 8 * (b0 + i));
                     __mmask16 nz = _mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_NEQ_UQ);
@@ -240,7 +276,6 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
             }
         }
     }
-    free(u);
     cnt->nonzero += nonzero;
     cnt->flushed += flushed;
     cnt->sat_blocks += sat;
@@ -248,25 +283,15 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
     cnt->inf += ninf;
 }
 
-/* In-place RHT of n16 groups: the spec's butterflies as lane permutes; each
- * lane computes the same a+b or a−b as the scalar loop. */
-void nvfp4_rht16_rows_avx512(float *x, int64_t n16) {
-    const __m512 signs = _mm512_loadu_ps(nvfp4_rht_signs);
-    const __m512 quarter = _mm512_set1_ps(0.25f);
-    for (int64_t g = 0; g < n16; g++) {
-        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), signs);
-        __m512 p;
-        p = _mm512_permute_ps(v, 0xB1); /* j ^ 1 */
-        v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
-        p = _mm512_permute_ps(v, 0x4E); /* j ^ 2 */
-        v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
-        p = _mm512_shuffle_f32x4(v, v, 0xB1); /* j ^ 4 */
-        v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
-        p = _mm512_shuffle_f32x4(v, v, 0x4E); /* j ^ 8 */
-        v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
-        _mm512_storeu_ps(x + 16 * g, _mm512_mul_ps(quarter, v));
-    }
+/* One copy of the kernel with the RHT and one without (SR is tested per row). */
+void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
+                             float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
+                             uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, int rht) {
+    int use_sr = sr && sr->enabled;
+    if (rht) quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 1, use_sr);
+    else quant_rows(x, mean, h, cp, ldx, tile, s_enc, s_dec, sr, codes, ldc, scales, lds, cnt, 0, use_sr);
 }
+
 #else
 typedef int nvfp4_avx512_unused;
 #endif

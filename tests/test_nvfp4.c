@@ -8,6 +8,7 @@
 #include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "check.h"
+#include "internal.h"
 
 static float deq1(const nvfp4_tensor *t, const float *buf, int64_t r, int64_t c) { (void)t; return buf[r * t->cols + c]; }
 
@@ -219,6 +220,26 @@ static int tensors_equal(const nvfp4_tensor *a, const nvfp4_tensor *b) {
            !memcmp(a->scales, b->scales, (size_t)nvfp4_scale_count(a->rows, a->cols, a->block));
 }
 
+/* Option combination `variant` (bit 0 16×16, 1 RHT, 2 mean split, 3 SR) with the SR key (seed, stream). */
+static nvfp4_opts variant_opts(int variant, const float *mean, uint64_t seed, uint64_t stream) {
+    nvfp4_opts o = nvfp4_opts_default();
+    o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
+    o.rht = (variant >> 1) & 1;
+    o.mean = ((variant >> 2) & 1) ? mean : NULL;
+    o.sr = (variant >> 3) & 1;
+    o.seed = seed;
+    o.stream = stream;
+    return o;
+}
+
+/* ref ← the scalar spec of src under o (stats in *sref); got allocated alike for a fast path. */
+static void ref_and_output(const void *src, nvfp4_dtype dt, int64_t rows, int64_t cols, const nvfp4_opts *o,
+                           nvfp4_tensor *ref, nvfp4_stats *sref, nvfp4_tensor *got) {
+    nvfp4_tensor_alloc(ref, rows, cols, o->block);
+    nvfp4_tensor_alloc(got, rows, cols, o->block);
+    CHECK(nvfp4_quantize_ref(src, dt, rows, cols, cols, o, ref, sref) == AVERIS_OK, "ref");
+}
+
 /* Every fast path (scalar/AVX2/AVX-512 kernels × 1..3 threads) equals the
  * scalar spec, bit for bit, on every adversarial pattern and option. */
 void test_fast_paths_equal_reference(void) {
@@ -236,20 +257,12 @@ void test_fast_paths_equal_reference(void) {
             for (int64_t i = 0; i < rows * cols; i++) xb[i] = bf16_from_f32(x[i]);
             nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
             for (int variant = 0; variant < 16; variant++) {
-                nvfp4_opts o = nvfp4_opts_default();
-                o.block = (variant & 1) ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
-                o.rht = (variant >> 1) & 1;
-                o.mean = ((variant >> 2) & 1) ? mean : NULL;
-                o.sr = (variant >> 3) & 1;
-                o.seed = 77;
-                o.stream = (uint64_t)variant;
+                nvfp4_opts o = variant_opts(variant, mean, 77, (uint64_t)variant);
                 nvfp4_dtype dt = (pat % 3 == 2 && !o.mean) ? NVFP4_BF16 : NVFP4_F32;
                 const void *src = dt == NVFP4_BF16 ? (const void *)xb : (const void *)x;
                 nvfp4_tensor ref, got;
                 nvfp4_stats sref, sgot;
-                nvfp4_tensor_alloc(&ref, rows, cols, o.block);
-                nvfp4_tensor_alloc(&got, rows, cols, o.block);
-                CHECK(nvfp4_quantize_ref(src, dt, rows, cols, cols, &o, &ref, &sref) == AVERIS_OK, "ref");
+                ref_and_output(src, dt, rows, cols, &o, &ref, &sref, &got);
                 for (int k = 0; k < 3; k++)
                     for (int nt = 1; nt <= 3; nt++) {
                         nvfp4_opts of = o;
@@ -337,4 +350,149 @@ void test_bad_arguments(void) {
     CHECK(nvfp4_quantize(x, NVFP4_F32, 1, 16, 8, &o, &t, NULL) == AVERIS_EINVAL, "ld < cols rejected");
     CHECK(nvfp4_quantize(x, NVFP4_F32, 2, 16, 16, &o, &t, NULL) == AVERIS_EINVAL, "shape mismatch rejected");
     nvfp4_tensor_free(&t);
+}
+
+/* The SIMD paths this host has (every level up to the best, each forced in
+ * turn, so an AVX-512 host also tests the AVX2 fallback) on shapes large
+ * enough for the 2-thread split (≥ NVFP4_PAR_MIN elements), odd row groups,
+ * odd block counts, partial blocks and bf16 input: bits and stats == the
+ * scalar spec for every option combination, with and without amax_hint. */
+void test_simd_levels_and_threads_equal_reference(void) {
+    const int64_t shapes[][2] = {{130, 272}, {97, 400}, {70, 529}};
+    const nvfp4_impl levels[] = {NVFP4_IMPL_SCALAR, NVFP4_IMPL_AVX2, NVFP4_IMPL_AVX512};
+    trng r = {99};
+    int compared = 0, nlevels = 0;
+    for (int k = 0; k < 3; k++) nlevels += nvfp4_impl_resolve(levels[k]) == levels[k];
+    for (int s = 0; s < 3; s++) {
+        int64_t rows = shapes[s][0], cols = shapes[s][1], n = rows * cols;
+        float *x = malloc(sizeof(float) * n), *mean = malloc(sizeof(float) * cols);
+        float *mx = malloc(sizeof(float) * cols), *mn = malloc(sizeof(float) * cols);
+        uint16_t *xb = malloc(sizeof(uint16_t) * n);
+        test_fill_pattern(x, n, cols, 1 + s, &r); /* per-column offsets and outliers */
+        for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
+        nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
+        for (int variant = 0; variant < 16; variant++) {
+            nvfp4_opts o = variant_opts(variant, mean, 0x0123456789ABCDEFull, 0xFEDCBA9876543210ull + (uint64_t)variant);
+            nvfp4_dtype dt = (s == 2 && !o.mean) ? NVFP4_BF16 : NVFP4_F32;
+            nvfp4_tensor ref, got;
+            nvfp4_stats sref, sgot;
+            const void *src = dt == NVFP4_BF16 ? (const void *)xb : (const void *)x;
+            ref_and_output(src, dt, rows, cols, &o, &ref, &sref, &got);
+            for (int k = 0; k < 3; k++) {
+                if (nvfp4_impl_resolve(levels[k]) != levels[k]) continue; /* not on this host */
+                for (int nt = 1; nt <= 2; nt++)
+                    for (int hint = 0; hint <= (o.mean && !o.rht); hint++) {
+                        nvfp4_opts of = o;
+                        of.impl = levels[k];
+                        of.nthreads = nt;
+                        if (hint) of.amax_hint = nvfp4_residual_amax(mean, mx, mn, cols);
+                        memset(got.codes, 0xAB, (size_t)(rows * got.cols_padded / 2));
+                        memset(got.scales, 0xCD, (size_t)nvfp4_scale_count(rows, cols, o.block));
+                        CHECK(nvfp4_quantize(src, dt, rows, cols, cols, &of, &got, &sgot) == AVERIS_OK, "fast");
+                        CHECK(tensors_equal(&ref, &got), "%s x%d%s differs from ref: %lldx%lld variant %d (amax %a vs %a)",
+                              nvfp4_impl_name(levels[k]), nt, hint ? " (amax hint)" : "", (long long)rows,
+                              (long long)cols, variant, (double)ref.amax, (double)got.amax);
+                        CHECK(!memcmp(&sref, &sgot, sizeof sref),
+                              "stats differ: %s x%d %lldx%lld variant %d (nonzero %lld/%lld flushed %lld/%lld sat %lld/%lld)",
+                              nvfp4_impl_name(levels[k]), nt, (long long)rows, (long long)cols, variant,
+                              (long long)sref.n_nonzero, (long long)sgot.n_nonzero, (long long)sref.n_flushed,
+                              (long long)sgot.n_flushed, (long long)sref.n_sat_blocks, (long long)sgot.n_sat_blocks);
+                        compared++;
+                    }
+            }
+            nvfp4_tensor_free(&ref);
+            nvfp4_tensor_free(&got);
+        }
+        free(x); free(xb); free(mean); free(mx); free(mn);
+    }
+    /* per shape: 16 variants × 2 threads, + the 4 mean-without-rht variants again with the hint */
+    CHECK(compared == 3 * nlevels * (16 + 4) * 2, "ran all comparisons (%d, %d levels)", compared, nlevels);
+    CHECK(nlevels >= 1, "no kernel path");
+}
+
+/* The SIMD quantize kernels with SR against the scalar kernel where the
+ * Philox counter's low word wraps inside a vector (row0·cp/4 = 2^32 − 4 with
+ * cp = 48: counters 2^32−4 … 2^32+3 in one 8-lane batch), with a 64-bit seed
+ * and stream, 1×16 and 16×16, saturating and flushing blocks. */
+void test_simd_sr_counter_carry(void) {
+#if defined(AVERIS_HAVE_X86)
+    enum { H = 16, CP = 48 };
+    trng r = {7};
+    float x[H * CP];
+    for (int i = 0; i < H * CP; i++) x[i] = 3.0f * trng_normal(&r);
+    x[5] = 1e-30f; x[17] = 40.0f; x[40] = NAN; x[41] = INFINITY;
+    for (int i = 32; i < 48; i++) x[2 * CP + i] = 1e-12f * (float)(i - 40); /* a block whose scale underflows */
+    float s_enc, s_dec;
+    nvfp4_global_scales(30.0f, &s_enc, &s_dec); /* 40 saturates its block */
+    nvfp4_sr_ctx sr = {1, 0xA5A5A5A5DEADBEEFull, 0x0000000100000003ull, 357913941, CP};
+    CHECK((uint64_t)sr.row0 * CP / 4 == 0xFFFFFFFCull, "row0 puts the low-word wrap inside the first batch");
+    const nvfp4_quant_rows_simd_fn fns[2] = {nvfp4_quant_rows_avx2, nvfp4_quant_rows_avx512};
+    const int have[2] = {nvfp4_cpu_has_avx2(), nvfp4_cpu_has_avx512()};
+    const char *names[2] = {"avx2", "avx512"};
+    for (int tile = 0; tile < 2; tile++) {
+        uint8_t cref[H * CP / 2], sref[H * CP / 16], cgot[H * CP / 2], sgot[H * CP / 16];
+        nvfp4_qcount nref = {0};
+        nvfp4_quant_rows_scalar(x, NULL, H, CP, CP, tile, s_enc, s_dec, &sr, cref, CP / 2, sref, CP / 16, &nref);
+        for (int k = 0; k < 2; k++) {
+            if (!have[k]) continue;
+            nvfp4_qcount ngot = {0};
+            memset(cgot, 0xAB, sizeof cgot);
+            memset(sgot, 0xCD, sizeof sgot);
+            fns[k](x, NULL, H, CP, CP, tile, s_enc, s_dec, &sr, cgot, CP / 2, sgot, CP / 16, &ngot, 0);
+            int bad = -1;
+            for (int i = 0; i < H * CP / 2 && bad < 0; i++)
+                if (cref[i] != cgot[i]) bad = i;
+            CHECK(bad < 0, "%s tile %d: code byte %d is 0x%02x, scalar 0x%02x", names[k], tile, bad,
+                  bad < 0 ? 0 : cgot[bad], bad < 0 ? 0 : cref[bad]);
+            CHECK(!memcmp(sref, sgot, (size_t)(tile ? CP / 16 : H * CP / 16)), "%s tile %d: scales differ", names[k], tile);
+            CHECK(!memcmp(&nref, &ngot, sizeof nref), "%s tile %d: counts differ (flushed %lld/%lld, sat %lld/%lld)",
+                  names[k], tile, (long long)nref.flushed, (long long)ngot.flushed, (long long)nref.sat_blocks,
+                  (long long)ngot.sat_blocks);
+        }
+        CHECK(nref.sat_blocks >= 1 && nref.flushed >= 1 && nref.nan == 1 && nref.inf == 1,
+              "the edge cases are present (sat %lld, flushed %lld)", (long long)nref.sat_blocks, (long long)nref.flushed);
+    }
+#endif
+}
+
+/* Dequantize (the SIMD row kernel where the host has one) == the formula
+ * x̂ = (e2m1(q)·e4m3(s))·S_dec on every code byte and every scale byte,
+ * 1×16 and 16×16, cropped partial blocks, and the inverse RHT. */
+void test_dequantize_every_code_and_scale(void) {
+    const int64_t rows = 40, cols = 4000; /* 250 blocks: every scale byte on row 0 */
+    for (int tile = 0; tile < 2; tile++)
+        for (int inv = 0; inv < 2; inv++) {
+            int64_t c = inv ? cols - 7 : cols;
+            nvfp4_tensor t;
+            CHECK(nvfp4_tensor_alloc(&t, rows, c, tile ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16) == AVERIS_OK, "alloc");
+            int64_t cp = t.cols_padded, nb = cp / 16, ns = nvfp4_scale_count(rows, c, t.block);
+            for (int64_t i = 0; i < rows * cp / 2; i++) t.codes[i] = (uint8_t)(i * 37 + i / 97);
+            for (int64_t i = 0; i < ns; i++) t.scales[i] = (uint8_t)(i + 3 * (i / 256));
+            t.amax = 1234.5f;
+            float *y = malloc(sizeof(float) * rows * c), row[4000];
+            CHECK(nvfp4_dequantize(&t, inv, y) == AVERIS_OK, "dequantize");
+            float s_enc, s_dec;
+            nvfp4_global_scales(t.amax, &s_enc, &s_dec);
+            int bad = 0;
+            for (int64_t rr = 0; rr < rows; rr++) {
+                for (int64_t j = 0; j < cp; j++) {
+                    uint8_t q = (t.codes[(rr * cp + j) / 2] >> (4 * (j & 1))) & 0xF;
+                    uint8_t sc = t.scales[(tile ? rr / 16 : rr) * nb + j / 16];
+                    row[j] = (nvfp4_e2m1_decode(q) * nvfp4_e4m3_decode(sc)) * s_dec;
+                }
+                if (inv)
+                    for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);
+                for (int64_t j = 0; j < c; j++) {
+                    uint32_t a, b;
+                    memcpy(&a, &row[j], 4);
+                    memcpy(&b, &y[rr * c + j], 4);
+                    if (a != b && bad++ < 3)
+                        CHECK(0, "tile %d inv %d: (%lld, %lld) = %a, formula %a", tile, inv, (long long)rr,
+                              (long long)j, (double)y[rr * c + j], (double)row[j]);
+                }
+            }
+            CHECK(bad == 0, "tile %d inv %d: %d values differ", tile, inv, bad);
+            free(y);
+            nvfp4_tensor_free(&t);
+        }
 }
