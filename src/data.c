@@ -247,6 +247,15 @@ averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targe
     return st;
 }
 
+averis_status loader_check_vocab(const data_loader *dl, int vocab_size, const char *what) {
+    if (dl->max_id < vocab_size) return AVERIS_OK;
+    for (size_t i = 0; i < dl->n; i++)
+        if (dl->tok[i] >= vocab_size)
+            return averis_fail(AVERIS_EINVAL, "%s: token id %d at position %zu is outside the vocabulary (0..%d)", what,
+                               dl->tok[i], i, vocab_size - 1);
+    return AVERIS_OK;
+}
+
 void loader_free(data_loader *dl) {
     free(dl->tok);
     memset(dl, 0, sizeof *dl);

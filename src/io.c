@@ -1,6 +1,7 @@
 /* io.c — atomic file writes and the .npy reader/writer. */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/io.h"
+#include "averis/json.h"
 #include "internal.h"
 
 #include <errno.h>
@@ -108,9 +109,10 @@ averis_status averis_npy_read(const char *path, averis_npy *out) {
     else if (!strcmp(descr, "<f2")) { out->dtype = AVERIS_NPY_F16; esize = 2; }
     else if (!strcmp(descr, "|u1")) { out->dtype = AVERIS_NPY_U8; esize = 1; }
     else {
+        char d[48];
         st = averis_fail(AVERIS_EUNSUPPORTED,
                          "%s: dtype '%s' not supported (want '<f4', '<f2', or '<u2' holding bfloat16 bits)",
-                         path, descr);
+                         path, json_printable(descr, d, sizeof d));
         goto done;
     }
     const char *fo = dict_value(hdr, "fortran_order");

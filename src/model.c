@@ -95,12 +95,15 @@ static const model_config k_hf_defaults = {151936, 4096, 22016, 32, 32, 32, 128,
 /* A JSON value in a few words, for errors. */
 static void json_describe(const json *v, char *buf, size_t cap) {
     switch (v->type) {
-    case JSON_STR: snprintf(buf, cap, "\"%.60s\"", v->str); break;
+    case JSON_STR: { char t[64]; snprintf(buf, cap, "\"%s\"", json_printable(v->str, t, sizeof t)); break; }
     case JSON_NUM: snprintf(buf, cap, "%g", v->num); break;
     case JSON_BOOL: snprintf(buf, cap, "%s", v->num ? "true" : "false"); break;
     case JSON_NULL: snprintf(buf, cap, "null"); break;
     case JSON_ARR:
-        if (v->n >= 1 && v->items[0].type == JSON_STR) snprintf(buf, cap, "[\"%.60s\"%s]", v->items[0].str, v->n > 1 ? ", ..." : "");
+        if (v->n >= 1 && v->items[0].type == JSON_STR) {
+            char t[64];
+            snprintf(buf, cap, "[\"%s\"%s]", json_printable(v->items[0].str, t, sizeof t), v->n > 1 ? ", ..." : "");
+        }
         else snprintf(buf, cap, "an array");
         break;
     default: snprintf(buf, cap, "an object"); break;
@@ -143,9 +146,11 @@ static averis_status config_check_fields(const json *root, const char *what) {
         else if (!strcmp(k, "layer_types")) {
             ok = v->type == JSON_ARR;
             for (int j = 0; ok && j < v->n; j++) ok = json_is_str(&v->items[j], "full_attention");
-        } else
+        } else {
+            char t[64];
             return averis_fail(AVERIS_EUNSUPPORTED, "%s: unknown field %s (not a Qwen3Config field averis implements)",
-                               what, k);
+                               what, json_printable(k, t, sizeof t));
+        }
         if (!ok) {
             char d[128];
             json_describe(v, d, sizeof d);
@@ -811,6 +816,10 @@ averis_status model_load_weights(model *m, const char *path) {
     for (int i = 0; i < m->ntensors && !st; i++) {
         const model_tensor *mt = &m->tensors[i];
         st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
+        for (size_t k = 0; !st && k < mt->numel; k++) /* a trained model never holds one: the file is corrupt */
+            if (!isfinite(m->params[mt->offset + k]))
+                st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s' holds %g at index %zu", path, mt->name,
+                                 (double)m->params[mt->offset + k], k);
     }
     st_free(&f);
     return st;
