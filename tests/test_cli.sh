@@ -208,6 +208,9 @@ expect_err "unknown config field" "unknown field hidden_sise" "${TR[@]}" --confi
 sed 's/"hidden_size": 32/"hidden_size": 40/' "$T/cfg.json" > "$T/w40.json"
 expect_err "fp4 width" "hidden_size = 40 is not a multiple of 16" "${TR[@]}" --config "$T/w40.json" --recipe nvfp4 --steps 2 --out "$T/r11"
 [[ ! -e $T/r9 && ! -e $T/r10 && ! -e $T/r11 ]] && ok || bad "a refused config created an output directory"
+# --- kill loop: SIGKILL at seeded moments, --resume after each; nothing lost (tests/kill_loop.sh; the full count: 60) ---
+bash tests/kill_loop.sh "$BIN" "${AVERIS_KILLS:-8}" 1 >"$T/kl" 2>&1 && grep -q "final checkpoint and log equal" "$T/kl" \
+    && { ok; echo "      $(cat "$T/kl")"; } || bad "$(cat "$T/kl")"
 for c in prepare train eval sample analyze; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
 
 echo "$pass passed, $fail failed"
