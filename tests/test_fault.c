@@ -25,6 +25,14 @@ static void write_bpe(const char *path, int nmerges, void (*fn)(int i, int *a, i
     }
     fclose(f);
 }
+/* A fresh temporary file name in path (a "/tmp/..._XXXXXX" template); 0 on failure. */
+static int temp_file(char *path) {
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp %s", path);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
 /* '=' doubled: id 257 is "==", 257+i is 2^(i+1) bytes of '=' */
 static void doubling(int i, int *a, int *b) { *a = *b = i ? 257 + i - 1 : '='; }
 static void same_pair(int i, int *a, int *b) { (void)i; *a = *b = ' '; }
@@ -33,10 +41,7 @@ static void same_pair(int i, int *a, int *b) { (void)i; *a = *b = ' '; }
  * (snprintf's contract); it used to skip the copy and leave stack bytes. */
 void test_bpe_long_token_decode(void) {
     char path[] = "/tmp/averis_fault_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0, "mkstemp");
-    if (fd < 0) return;
-    close(fd);
+    if (!temp_file(path)) return;
     write_bpe(path, 11, doubling); /* id 267: 2048 bytes, as a BPE on "=====" lines learns */
     bpe_tokenizer tok;
     CHECK(!bpe_load(&tok, path), "%s", averis_last_error());
@@ -59,10 +64,7 @@ void test_bpe_long_token_decode(void) {
  * messages that name the file once (they were formatted from themselves). */
 void test_bpe_load_bounds(void) {
     char path[] = "/tmp/averis_fault_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0, "mkstemp");
-    if (fd < 0) return;
-    close(fd);
+    if (!temp_file(path)) return;
     bpe_tokenizer tok;
     write_bpe(path, 40, doubling);
     CHECK(bpe_load(&tok, path) != AVERIS_OK && strstr(averis_last_error(), "limit") &&
