@@ -84,13 +84,20 @@ averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_me
     if (l < 1 || m < 1) return averis_fail(AVERIS_EINVAL, "analysis: empty matrix (%lld × %lld)", (long long)l, (long long)m);
     a->rows = l;
     a->cols = m;
+    /* the spike energy needs the Gram matrix of X − 1μ; its nonzero
+     * eigenvalues are those of the smaller of XcᵀXc [m×m] and XcXcᵀ [l×l] */
+    int64_t g = l < m ? l : m;
+    if (g > ANALYSIS_MAX_GRAM)
+        return averis_fail(AVERIS_EINVAL,
+                           "analysis: %lld × %lld: min(rows, cols) = %lld exceeds %d (the Gram matrix would take %.1f GB)",
+                           (long long)l, (long long)m, (long long)g, ANALYSIS_MAX_GRAM, (double)g * (double)g * 4e-9);
     double *mu = calloc((size_t)m, sizeof *mu), *v = malloc((size_t)m * sizeof *v), *w = malloc((size_t)m * sizeof *w);
     double *xv = malloc((size_t)l * sizeof *xv);
-    float *Xc = malloc((size_t)(l * m) * sizeof *Xc), *G = malloc((size_t)(m * m) * sizeof *G);
+    float *Xc = malloc((size_t)(l * m) * sizeof *Xc), *G = malloc((size_t)(g * g) * sizeof *G);
     float *mag = malloc((size_t)(l * m) * sizeof *mag), *y = malloc((size_t)(l * m) * sizeof *y);
     int k = (int)ceil(0.01 * (double)(l < m ? l : m));
     if (k < 1) k = 1;
-    double *V = malloc((size_t)k * (size_t)m * sizeof *V), *W = malloc((size_t)k * (size_t)m * sizeof *W);
+    double *V = malloc((size_t)k * (size_t)g * sizeof *V), *W = malloc((size_t)k * (size_t)g * sizeof *W);
     averis_status st = AVERIS_OK;
     if (!mu || !v || !w || !xv || !Xc || !G || !mag || !y || !V || !W) {
         st = averis_fail(AVERIS_ENOMEM, "analysis: out of memory for %lld × %lld", (long long)l, (long long)m);
@@ -144,9 +151,10 @@ averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_me
     double inv = cmax > 0 ? 1.0 / cmax : 0.0;
     for (int64_t t = 0; t < l; t++)
         for (int64_t j = 0; j < m; j++) Xc[t * m + j] = (float)(((double)X[t * m + j] - mu[j]) * inv);
-    averis_sgemm(1, 0, m, m, l, 1.0f, Xc, m, Xc, m, 0.0f, G, m);
+    if (l < m) averis_sgemm(0, 1, l, l, m, 1.0f, Xc, m, Xc, m, 0.0f, G, l);
+    else averis_sgemm(1, 0, m, m, l, 1.0f, Xc, m, Xc, m, 0.0f, G, m);
     double e_mean = (double)l * mu2, e_c = total - e_mean;
-    double e_spike = total > 0 && cmax > 0 ? top_k_trace(G, m, k, V, W) * cmax * cmax : 0.0;
+    double e_spike = total > 0 && cmax > 0 ? top_k_trace(G, g, k, V, W) * cmax * cmax : 0.0;
     if (e_c < 0) e_c = 0;
     if (e_spike > e_c) e_spike = e_c;
     a->spike_k = k;
@@ -212,14 +220,24 @@ void analysis_csv_row(FILE *f, const char *prefix, const analysis_metrics *a) {
     fputc('\n', f);
 }
 
+/* A JSON number, or null where JSON has none (NaN, ±Inf). */
+static void json_num(FILE *f, const char *key, const char *suffix, double v) {
+    if (isfinite(v)) fprintf(f, ", \"%s%s\": %.9g", key, suffix, v);
+    else fprintf(f, ", \"%s%s\": null", key, suffix);
+}
+
 void analysis_json(FILE *f, const analysis_metrics *a) {
-    fprintf(f, "{\"rows\": %lld, \"cols\": %lld, \"R\": %.9g, \"mean_norm\": %.9g, \"rms_token_norm\": %.9g, "
-               "\"sigma1\": %.9g, \"cos_mu_v1\": %.9g, \"spike_k\": %d, \"e_mean\": %.9g, \"e_spike\": %.9g, "
-               "\"e_tail\": %.9g, \"top_count\": %lld, \"rho_median\": %.9g, \"rho_frac_half\": %.9g",
-            (long long)a->rows, (long long)a->cols, a->R, a->mean_norm, a->rms_token_norm, a->sigma1, a->cos_mu_v1,
-            a->spike_k, a->e_mean, a->e_spike, a->e_tail, (long long)a->top_count, a->rho_median, a->rho_frac_half);
-    for (int q = 0; q < ANALYSIS_NQ; q++)
-        fprintf(f, ", \"relmse_%s\": %.9g, \"flushed_%s\": %.9g", k_qnames[q], a->q_rel_mse[q], k_qnames[q], a->q_flushed[q]);
+    const struct { const char *key; double v; } num[] = {
+        {"R", a->R}, {"mean_norm", a->mean_norm}, {"rms_token_norm", a->rms_token_norm}, {"sigma1", a->sigma1},
+        {"cos_mu_v1", a->cos_mu_v1}, {"spike_k", a->spike_k}, {"e_mean", a->e_mean}, {"e_spike", a->e_spike},
+        {"e_tail", a->e_tail}, {"top_count", (double)a->top_count}, {"rho_median", a->rho_median},
+        {"rho_frac_half", a->rho_frac_half}};
+    fprintf(f, "{\"rows\": %lld, \"cols\": %lld", (long long)a->rows, (long long)a->cols);
+    for (size_t i = 0; i < sizeof num / sizeof num[0]; i++) json_num(f, num[i].key, "", num[i].v);
+    for (int q = 0; q < ANALYSIS_NQ; q++) {
+        json_num(f, "relmse_", k_qnames[q], a->q_rel_mse[q]);
+        json_num(f, "flushed_", k_qnames[q], a->q_flushed[q]);
+    }
     fputc('}', f);
 }
 

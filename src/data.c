@@ -181,6 +181,13 @@ averis_status shard_read(const char *path, uint16_t **tok, size_t *n) {
                            SHARD_MAGIC);
     }
     size_t cnt = (size_t)h[2];
+    long here = ftell(f), end = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    if (here < 0 || end < 0 || fseek(f, here, SEEK_SET) || (size_t)(end - here) != 2 * cnt) {
+        fclose(f); /* checked before allocating: the count is the file's word */
+        return averis_fail(AVERIS_EFORMAT, "%s: %s: header says %zu tokens (%zu bytes), the file holds %ld bytes after it",
+                           path, end - here < (long)(2 * cnt) ? "truncated shard" : "trailing bytes in the shard", cnt,
+                           2 * cnt, end - here);
+    }
     uint16_t *t = malloc((cnt ? cnt : 1) * 2);
     if (!t) { fclose(f); return averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); }
     size_t got = fread(t, 2, cnt, f);
@@ -245,6 +252,15 @@ averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targe
     averis_status st = loader_batch_at(dl, dl->pos, B, T, inputs, targets);
     if (!st) dl->pos += step;
     return st;
+}
+
+averis_status loader_check_vocab(const data_loader *dl, int vocab_size, const char *what) {
+    if (dl->max_id < vocab_size) return AVERIS_OK;
+    for (size_t i = 0; i < dl->n; i++)
+        if (dl->tok[i] >= vocab_size)
+            return averis_fail(AVERIS_EINVAL, "%s: token id %d at position %zu is outside the vocabulary (0..%d)", what,
+                               dl->tok[i], i, vocab_size - 1);
+    return AVERIS_OK;
 }
 
 void loader_free(data_loader *dl) {

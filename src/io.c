@@ -1,6 +1,7 @@
 /* io.c — atomic file writes and the .npy reader/writer. */
 #define _POSIX_C_SOURCE 200809L
 #include "averis/io.h"
+#include "averis/json.h"
 #include "averis/status.h"
 
 #include <errno.h>
@@ -108,9 +109,10 @@ averis_status averis_npy_read(const char *path, averis_npy *out) {
     else if (!strcmp(descr, "<f2")) { out->dtype = AVERIS_NPY_F16; esize = 2; }
     else if (!strcmp(descr, "|u1")) { out->dtype = AVERIS_NPY_U8; esize = 1; }
     else {
+        char d[48];
         st = averis_fail(AVERIS_EUNSUPPORTED,
                          "%s: dtype '%s' not supported (want '<f4', '<f2', or '<u2' holding bfloat16 bits)",
-                         path, descr);
+                         path, json_printable(descr, d, sizeof d));
         goto done;
     }
     const char *fo = dict_value(hdr, "fortran_order");
@@ -135,6 +137,13 @@ averis_status averis_npy_read(const char *path, averis_npy *out) {
         sh = end;
     }
     size_t nbytes = (size_t)out->count * esize;
+    long here = ftell(f), end = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    if (here < 0 || end < 0 || fseek(f, here, SEEK_SET)) { st = averis_fail(AVERIS_EIO, "%s: cannot seek", path); goto done; }
+    if (nbytes > (size_t)(end - here)) { /* checked before allocating: the shape is the file's word */
+        st = averis_fail(AVERIS_EFORMAT, "%s: truncated data: the shape needs %zu bytes, the file holds %ld", path, nbytes,
+                         end - here);
+        goto done;
+    }
     out->data = malloc(nbytes ? nbytes : 1);
     if (!out->data) { st = averis_fail(AVERIS_ENOMEM, "%s: out of memory for %zu bytes", path, nbytes); goto done; }
     size_t got = fread(out->data, 1, nbytes, f);

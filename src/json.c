@@ -2,6 +2,7 @@
 #include "averis/json.h"
 #include "averis/status.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,4 +194,16 @@ const json *json_get(const json *obj, const char *key) {
     for (int i = 0; i < obj->n; i++)
         if (!strcmp(obj->keys[i], key)) return &obj->items[i];
     return NULL;
+}
+
+const char *json_printable(const char *s, char *buf, size_t cap) {
+    size_t k = 0;
+    for (; *s && k + 5 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c < 0x7f) buf[k++] = (char)c;
+        else k += (size_t)snprintf(buf + k, cap - k, "\\x%02x", c);
+    }
+    if (*s && k + 3 < cap) buf[k++] = '.', buf[k++] = '.', buf[k++] = '.';
+    buf[cap ? (k < cap ? k : cap - 1) : 0] = 0;
+    return buf;
 }

@@ -86,6 +86,84 @@ static averis_status get_int(const json *o, const char *what, const char *key, i
     return AVERIS_OK;
 }
 
+/* Hugging Face Qwen3Config's defaults (transformers configuration_qwen3.py):
+ * what a config.json field that is absent means. head_dim is the exception:
+ * absent, it is hidden_size / num_attention_heads (transformers' fallback for
+ * configs without it; 4096 / 32 = Qwen3Config's 128 at the defaults). */
+static const model_config k_hf_defaults = {151936, 4096, 22016, 32, 32, 32, 128, 32768, 0, 10000.0, 1e-6};
+
+/* A JSON value in a few words, for errors. */
+static void json_describe(const json *v, char *buf, size_t cap) {
+    switch (v->type) {
+    case JSON_STR: { char t[64]; snprintf(buf, cap, "\"%s\"", json_printable(v->str, t, sizeof t)); break; }
+    case JSON_NUM: snprintf(buf, cap, "%g", v->num); break;
+    case JSON_BOOL: snprintf(buf, cap, "%s", v->num ? "true" : "false"); break;
+    case JSON_NULL: snprintf(buf, cap, "null"); break;
+    case JSON_ARR:
+        if (v->n >= 1 && v->items[0].type == JSON_STR) {
+            char t[64];
+            snprintf(buf, cap, "[\"%s\"%s]", json_printable(v->items[0].str, t, sizeof t), v->n > 1 ? ", ..." : "");
+        }
+        else snprintf(buf, cap, "an array");
+        break;
+    default: snprintf(buf, cap, "an object"); break;
+    }
+}
+static int json_is_str(const json *v, const char *s) { return v->type == JSON_STR && !strcmp(v->str, s); }
+
+/* Every field of a config.json is one averis reads, one that does not shape
+ * the model (metadata), or one whose value must be the one averis implements;
+ * anything else (a Qwen3-MoE field, a typo) is refused by name. */
+static averis_status config_check_fields(const json *root, const char *what) {
+    static const char *const shaping[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "num_key_value_heads", "head_dim",
+                                          "max_position_embeddings", "tie_word_embeddings", "rope_theta",
+                                          "rms_norm_eps", "rope_parameters"};
+    static const char *const metadata[] = {"bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+                                           "transformers_version", "_name_or_path", "initializer_range", "use_cache",
+                                           "sliding_window", "max_window_layers"};
+    static const char *const moe[] = {"num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                      "decoder_sparse_step", "norm_topk_prob", "output_router_logits",
+                                      "router_aux_loss_coef", "mlp_only_layers", "shared_expert_intermediate_size"};
+    for (int i = 0; i < root->n; i++) {
+        const char *k = root->keys[i];
+        const json *v = &root->items[i];
+        int known = 0;
+        for (size_t j = 0; j < sizeof shaping / sizeof *shaping && !known; j++) known = !strcmp(k, shaping[j]);
+        for (size_t j = 0; j < sizeof metadata / sizeof *metadata && !known; j++) known = !strcmp(k, metadata[j]);
+        if (known) continue;
+        for (size_t j = 0; j < sizeof moe / sizeof *moe; j++)
+            if (!strcmp(k, moe[j]))
+                return averis_fail(AVERIS_EUNSUPPORTED,
+                                   "%s: field %s: a mixture-of-experts config (Qwen3-MoE) is not implemented", what, k);
+        int ok;
+        if (!strcmp(k, "architectures")) ok = v->type == JSON_ARR && v->n == 1 && json_is_str(&v->items[0], "Qwen3ForCausalLM");
+        else if (!strcmp(k, "model_type")) ok = json_is_str(v, "qwen3");
+        else if (!strcmp(k, "hidden_act")) ok = json_is_str(v, "silu");
+        else if (!strcmp(k, "attention_bias") || !strcmp(k, "use_sliding_window")) ok = v->type == JSON_BOOL && !v->num;
+        else if (!strcmp(k, "attention_dropout")) ok = v->type == JSON_NUM && v->num == 0;
+        else if (!strcmp(k, "rope_scaling")) ok = v->type == JSON_NULL;
+        else if (!strcmp(k, "layer_types")) {
+            ok = v->type == JSON_ARR;
+            for (int j = 0; ok && j < v->n; j++) ok = json_is_str(&v->items[j], "full_attention");
+        } else {
+            char t[64];
+            return averis_fail(AVERIS_EUNSUPPORTED, "%s: unknown field %s (not a Qwen3Config field averis implements)",
+                               what, json_printable(k, t, sizeof t));
+        }
+        if (!ok) {
+            char d[128];
+            json_describe(v, d, sizeof d);
+            return averis_fail(AVERIS_EUNSUPPORTED, "%s: field %s = %s is not implemented (averis trains dense Qwen3ForCausalLM)",
+                               what, k, d);
+        }
+    }
+    const json *rp = json_get(root, "rope_parameters"), *rt = json_get(rp, "rope_type");
+    if (rp && (rp->type != JSON_OBJ || (rt && !json_is_str(rt, "default"))))
+        return averis_fail(AVERIS_EUNSUPPORTED, "%s: field rope_parameters: only rope_type \"default\" is implemented", what);
+    return AVERIS_OK;
+}
+
 averis_status model_config_from_json(const char *text, size_t len, const char *what, model_config *c) {
     json root;
     averis_status st = json_parse(text, len, what, &root);
@@ -94,8 +172,8 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
         json_free(&root);
         return averis_fail(AVERIS_EINVAL, "%s: expected a JSON object", what);
     }
-    *c = k_presets[0].c;
-    int have_hd = 0, have_h = 0, have_c = 0;
+    *c = k_hf_defaults;
+    st = config_check_fields(&root, what);
     static const char *const keys[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                        "num_attention_heads", "num_key_value_heads", "head_dim",
                                        "max_position_embeddings"};
@@ -103,9 +181,7 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
                   &c->num_attention_heads, &c->num_key_value_heads, &c->head_dim, &c->max_position_embeddings};
     int present[8] = {0};
     for (int i = 0; i < 8 && !st; i++) st = get_int(&root, what, keys[i], dst[i], &present[i]);
-    have_c = present[1], have_h = present[4], have_hd = present[6];
-    if (!st && !present[5] && have_h) c->num_key_value_heads = c->num_attention_heads;
-    if (!st && !have_hd && (have_c || have_h)) { /* Dh = C/H, as transformers derives it */
+    if (!st && !present[6] && c->num_attention_heads > 0) { /* Dh = C/H, as transformers derives it */
         if (c->hidden_size % c->num_attention_heads)
             st = averis_fail(AVERIS_EINVAL, "%s: num_attention_heads = %d does not divide hidden_size = %d", what,
                              c->num_attention_heads, c->hidden_size);
@@ -128,6 +204,20 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
     }
     json_free(&root);
     return st ? st : model_config_validate(c, what);
+}
+
+averis_status model_config_check_fp4(const model_config *c, const char *what) {
+    const struct { const char *field; int64_t v; } f[] = {
+        {"hidden_size", c->hidden_size},
+        {"intermediate_size", c->intermediate_size},
+        {"num_attention_heads × head_dim", (int64_t)c->num_attention_heads * c->head_dim},
+        {"num_key_value_heads × head_dim", (int64_t)c->num_key_value_heads * c->head_dim},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].v % 16)
+            return averis_fail(AVERIS_EINVAL, "%s: %s = %lld is not a multiple of 16 (NVFP4 blocks of 16; use a bf16 or fp32 recipe)",
+                               what, f[i].field, (long long)f[i].v);
+    return AVERIS_OK;
 }
 
 averis_status model_config_load(const char *name_or_path, model_config *c) {
@@ -726,6 +816,10 @@ averis_status model_load_weights(model *m, const char *path) {
     for (int i = 0; i < m->ntensors && !st; i++) {
         const model_tensor *mt = &m->tensors[i];
         st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
+        for (size_t k = 0; !st && k < mt->numel; k++) /* a trained model never holds one: the file is corrupt */
+            if (!isfinite(m->params[mt->offset + k]))
+                st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s' holds %g at index %zu", path, mt->name,
+                                 (double)m->params[mt->offset + k], k);
     }
     st_free(&f);
     return st;

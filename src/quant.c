@@ -4,7 +4,9 @@
 #include "averis/io.h"
 #include "averis/status.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +33,66 @@ static averis_status write_packed(const char *path, const nvfp4_tensor *t, uint3
         return averis_fail(AVERIS_EIO, "%s: write failed", path);
     }
     return averis_afile_commit(&af);
+}
+
+/* Every size the header declares is checked against the file's size before
+ * anything is allocated: rows and cols are bounded by the bytes present. */
+averis_status averis_packed_read(const char *path, averis_packed *p) {
+    memset(p, 0, sizeof *p);
+    FILE *f = fopen(path, "rb");
+    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot open: %s", path, strerror(errno));
+    averis_status st = AVERIS_OK;
+    unsigned char h[40];
+    uint32_t version, reserved;
+    int64_t size = fseek(f, 0, SEEK_END) ? -1 : (int64_t)ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET)) { st = averis_fail(AVERIS_EIO, "%s: cannot seek", path); goto done; }
+    if (fread(h, 1, 40, f) != 40) { st = averis_fail(AVERIS_EFORMAT, "%s: truncated header (%lld bytes, want 40)", path, (long long)size); goto done; }
+    if (memcmp(h, "AVNVFP4", 8)) { st = averis_fail(AVERIS_EFORMAT, "%s: not a packed NVFP4 file (bad magic)", path); goto done; }
+    memcpy(&version, h + 8, 4);
+    memcpy(&p->flags, h + 12, 4);
+    memcpy(&p->t.rows, h + 16, 8);
+    memcpy(&p->t.cols, h + 24, 8);
+    memcpy(&p->t.amax, h + 32, 4);
+    memcpy(&reserved, h + 36, 4);
+    const uint32_t known = AVERIS_PACKED_TILE | AVERIS_PACKED_RHT | AVERIS_PACKED_SPLIT | AVERIS_PACKED_MEAN_FP4 | AVERIS_PACKED_SR;
+    int64_t rows = p->t.rows, cols = p->t.cols, avail = size - 40;
+    if (version != 1) st = averis_fail(AVERIS_EFORMAT, "%s: version %u (want 1)", path, version);
+    else if (p->flags & ~known) st = averis_fail(AVERIS_EFORMAT, "%s: unknown flags 0x%x", path, p->flags);
+    else if ((p->flags & AVERIS_PACKED_MEAN_FP4) && !(p->flags & AVERIS_PACKED_SPLIT))
+        st = averis_fail(AVERIS_EFORMAT, "%s: flags 0x%x: mean-fp4 without the mean split", path, p->flags);
+    else if (reserved) st = averis_fail(AVERIS_EFORMAT, "%s: reserved field is %u (want 0)", path, reserved);
+    else if (!(p->t.amax >= 0)) st = averis_fail(AVERIS_EFORMAT, "%s: amax %g is not a magnitude", path, (double)p->t.amax);
+    /* each element holds half a byte: rows and cols ≤ 2·avail bounds every product below */
+    else if (rows < 1 || cols < 1 || rows > 2 * avail || cols > 2 * avail || rows > 2 * avail / nvfp4_cols_padded(cols))
+        st = averis_fail(AVERIS_EFORMAT, "%s: rows %lld × cols %lld do not fit the file (%lld data bytes)", path,
+                         (long long)rows, (long long)cols, (long long)avail);
+    if (st) goto done;
+    p->t.block = p->flags & AVERIS_PACKED_TILE ? NVFP4_BLOCK_16X16 : NVFP4_BLOCK_1X16;
+    int64_t ncodes = rows * nvfp4_cols_padded(cols) / 2, nscales = nvfp4_scale_count(rows, cols, p->t.block);
+    int64_t nmean = p->flags & AVERIS_PACKED_SPLIT ? cols : 0;
+    if (ncodes + nscales + 4 * nmean != avail) {
+        st = averis_fail(AVERIS_EFORMAT, "%s: %lld × %lld %s needs %lld data bytes, the file holds %lld", path,
+                         (long long)rows, (long long)cols, nmean ? "with a mean" : "", (long long)(ncodes + nscales + 4 * nmean),
+                         (long long)avail);
+        goto done;
+    }
+    float amax = p->t.amax;
+    if ((st = nvfp4_tensor_alloc(&p->t, rows, cols, p->t.block))) goto done;
+    p->t.amax = amax;
+    if (nmean && !(p->mean = malloc((size_t)nmean * sizeof(float)))) { st = averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); goto done; }
+    if (fread(p->t.codes, 1, (size_t)ncodes, f) != (size_t)ncodes || fread(p->t.scales, 1, (size_t)nscales, f) != (size_t)nscales ||
+        (nmean && fread(p->mean, sizeof(float), (size_t)nmean, f) != (size_t)nmean))
+        st = averis_fail(AVERIS_EIO, "%s: read error", path);
+done:
+    fclose(f);
+    if (st) averis_packed_free(p);
+    return st;
+}
+
+void averis_packed_free(averis_packed *p) {
+    nvfp4_tensor_free(&p->t);
+    free(p->mean);
+    memset(p, 0, sizeof *p);
 }
 
 typedef averis_status (*quant_fn)(const void *, nvfp4_dtype, int64_t, int64_t, int64_t,

@@ -49,7 +49,8 @@ averis_status st_read(const char *path, st_file *f) {
         if (!strcmp(root.keys[i], "__metadata__")) continue;
         const json *e = &root.items[i], *dt = json_get(e, "dtype"), *sh = json_get(e, "shape"),
                    *off = json_get(e, "data_offsets");
-        const char *nm = root.keys[i];
+        char nm[96];
+        json_printable(root.keys[i], nm, sizeof nm);
         if (!dt || dt->type != JSON_STR || !sh || sh->type != JSON_ARR || sh->n > ST_MAXDIM || !off ||
             off->type != JSON_ARR || off->n != 2) {
             st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s': missing or bad dtype/shape/data_offsets", path, nm);
@@ -60,7 +61,11 @@ averis_status st_read(const char *path, st_file *f) {
         t->dtype = ST_OTHER;
         for (size_t k = 0; k < sizeof k_dtypes / sizeof k_dtypes[0]; k++)
             if (!strcmp(dt->str, k_dtypes[k].name)) t->dtype = k_dtypes[k].dt, size_b = k_dtypes[k].size;
-        if (!size_b) { st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", path, nm, dt->str); goto out; }
+        if (!size_b) {
+            char d[32];
+            st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", path, nm, json_printable(dt->str, d, sizeof d));
+            goto out;
+        }
         t->ndim = sh->n;
         t->numel = 1;
         for (int d = 0; d < sh->n; d++) {
@@ -80,7 +85,7 @@ averis_status st_read(const char *path, st_file *f) {
             goto out;
         }
         t->data = data + (uint64_t)b;
-        if (!(t->name = strdup(nm))) { st = averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); goto out; }
+        if (!(t->name = strdup(root.keys[i]))) { st = averis_fail(AVERIS_ENOMEM, "%s: out of memory", path); goto out; }
         f->n++;
     }
 out:

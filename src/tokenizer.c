@@ -3,6 +3,7 @@
 #include "averis/io.h"
 #include "averis/status.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,7 +124,7 @@ static int word_pairs(u64map *counts, pair_heap *h, const bpe_word *w, int sign)
     return 1;
 }
 
-static averis_status build_tables(bpe_tokenizer *tok);
+static averis_status build_tables(bpe_tokenizer *tok, const char *what);
 
 averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
                         void (*progress)(int done, int total)) {
@@ -199,7 +200,7 @@ averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokeni
         if (progress && (tok->nmerges % 256 == 0 || tok->nmerges == total)) progress(tok->nmerges, total);
     }
     tok->vocab_size = BPE_EOT + 1 + tok->nmerges; /* fewer if the text ran out of pairs */
-    st = build_tables(tok);
+    st = build_tables(tok, "bpe");
     goto done;
 oom:
     st = averis_fail(AVERIS_ENOMEM, "bpe: out of memory while training");
@@ -213,15 +214,19 @@ done:
     return st;
 }
 
-/* token byte strings and the pair → rank map, from the merges */
-static averis_status build_tables(bpe_tokenizer *tok) {
+/* token byte strings and the pair → rank map, from the merges; `what`
+ * names the source in errors. Merges can double a token's length each time,
+ * so lengths are bounded (BPE_MAX_TOKEN_BYTES each, BPE_MAX_TOTAL_BYTES in
+ * all) before anything is allocated for them. */
+static averis_status build_tables(bpe_tokenizer *tok, const char *what) {
     int V = tok->vocab_size;
     tok->tok_bytes = calloc((size_t)V, sizeof *tok->tok_bytes);
     tok->tok_len = calloc((size_t)V, sizeof *tok->tok_len);
     u64map *rank = calloc(1, sizeof *rank);
     tok->rank_map = rank;
     if (!tok->tok_bytes || !tok->tok_len || !rank || !u64map_init(rank, 1024))
-        return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        return averis_fail(AVERIS_ENOMEM, "%s: out of memory", what);
+    int64_t total = 0;
     for (int i = 0; i < V; i++) {
         const uint8_t *a = NULL, *b = NULL;
         int la = 0, lb = 0;
@@ -231,14 +236,20 @@ static averis_status build_tables(bpe_tokenizer *tok) {
         else {
             int x = tok->merges[i - 257][0], y = tok->merges[i - 257][1];
             if (x < 0 || y < 0 || x >= i || y >= i || x == BPE_EOT || y == BPE_EOT)
-                return averis_fail(AVERIS_EFORMAT, "bpe: merge %d (%d %d) refers to an unknown id", i - 257, x, y);
+                return averis_fail(AVERIS_EFORMAT, "%s: merge %d (%d %d) refers to an unknown id", what, i - 257, x, y);
             a = tok->tok_bytes[x]; la = tok->tok_len[x];
             b = tok->tok_bytes[y]; lb = tok->tok_len[y];
+            if ((int64_t)la + lb > BPE_MAX_TOKEN_BYTES)
+                return averis_fail(AVERIS_EFORMAT, "%s: merge %d (%d %d) makes token %d of %lld bytes (limit %d)", what,
+                                   i - 257, x, y, i, (long long)la + lb, BPE_MAX_TOKEN_BYTES);
             int64_t *r = u64map_slot(rank, PAIR(x, y));
-            if (!r) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+            if (!r) return averis_fail(AVERIS_ENOMEM, "%s: out of memory", what);
             *r = i - 257 + 1; /* rank + 1, so 0 means absent */
         }
-        if (!(tok->tok_bytes[i] = malloc((size_t)(la + lb)))) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        if ((total += la + lb) > BPE_MAX_TOTAL_BYTES)
+            return averis_fail(AVERIS_EFORMAT, "%s: tokens 0..%d hold more than %d bytes in all (limit)", what, i,
+                               BPE_MAX_TOTAL_BYTES);
+        if (!(tok->tok_bytes[i] = malloc((size_t)(la + lb)))) return averis_fail(AVERIS_ENOMEM, "%s: out of memory", what);
         memcpy(tok->tok_bytes[i], a, (size_t)la);
         if (lb) memcpy(tok->tok_bytes[i] + la, b, (size_t)lb);
         tok->tok_len[i] = la + lb;
@@ -266,34 +277,60 @@ averis_status bpe_save(const bpe_tokenizer *tok, const char *path) {
     return averis_afile_commit(&af);
 }
 
+static void skip_space(const char **p) { *p += strspn(*p, " \n\t\r"); }
+/* Next whitespace-separated integer of *p into *v (range lo..hi); 0 if none. */
+static int next_int(const char **p, long lo, long hi, int *v) {
+    char *end;
+    skip_space(p);
+    if (!(**p == '-' || (**p >= '0' && **p <= '9'))) return 0;
+    errno = 0;
+    long x = strtol(*p, &end, 10);
+    if (errno || x < lo || x > hi) return 0;
+    *p = end;
+    *v = (int)x;
+    return 1;
+}
+/* Skips the word w at *p (after whitespace); 0 if it is not there. */
+static int next_word(const char **p, const char *w) {
+    skip_space(p);
+    size_t n = strlen(w);
+    if (strncmp(*p, w, n)) return 0;
+    *p += n;
+    return 1;
+}
+
 averis_status bpe_load(bpe_tokenizer *tok, const char *path) {
     memset(tok, 0, sizeof *tok);
-    FILE *f = fopen(path, "r");
-    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot open tokenizer", path);
+    char *buf;
+    size_t len;
+    averis_status st = averis_read_file(path, &buf, &len);
+    if (st) return st;
     int ver = 0, V = 0, M = -1;
-    if (fscanf(f, "averis-bpe %d vocab_size %d merges %d", &ver, &V, &M) != 3 || ver != 1 || M < 0 || M > 65536 ||
-        V != BPE_EOT + 1 + M) {
-        fclose(f);
+    const char *p = buf;
+    if (!next_word(&p, "averis-bpe") || !next_int(&p, 0, 1000, &ver) || ver != 1 || !next_word(&p, "vocab_size") ||
+        !next_int(&p, 0, 1 << 30, &V) || !next_word(&p, "merges") || !next_int(&p, 0, 1 << 30, &M)) {
+        free(buf);
         return averis_fail(AVERIS_EFORMAT, "%s: not an averis-bpe 1 tokenizer (bad header)", path);
     }
+    if (V != BPE_EOT + 1 + M) st = averis_fail(AVERIS_EFORMAT, "%s: vocab_size %d is not 257 + merges %d", path, V, M);
+    else if (V > BPE_MAX_VOCAB)
+        st = averis_fail(AVERIS_EFORMAT, "%s: vocab_size %d exceeds %d (shards hold uint16 token ids)", path, V,
+                         BPE_MAX_VOCAB);
+    else if (!(tok->merges = malloc((size_t)(M ? M : 1) * sizeof *tok->merges)))
+        st = averis_fail(AVERIS_ENOMEM, "%s: out of memory", path);
     tok->vocab_size = V;
-    tok->merges = malloc((size_t)(M ? M : 1) * sizeof *tok->merges);
-    if (!tok->merges) { fclose(f); return averis_fail(AVERIS_ENOMEM, "bpe: out of memory"); }
-    for (int i = 0; i < M; i++) {
-        if (fscanf(f, "%d %d", &tok->merges[i][0], &tok->merges[i][1]) != 2) {
-            fclose(f);
-            bpe_free(tok);
-            return averis_fail(AVERIS_EFORMAT, "%s: merge line %d is missing or malformed (truncated file?)", path, i + 1);
-        }
+    for (int i = 0; !st && i < M; i++) {
+        if (!next_int(&p, -1, INT32_MAX, &tok->merges[i][0]) || !next_int(&p, -1, INT32_MAX, &tok->merges[i][1]))
+            st = averis_fail(AVERIS_EFORMAT, "%s: merge line %d is missing or malformed (truncated file?)", path, i + 1);
         tok->nmerges = i + 1;
     }
-    fclose(f);
-    averis_status st = build_tables(tok);
-    if (st) {
-        bpe_free(tok);
-        return averis_fail(st, "%s: %s", path, averis_last_error());
-    }
-    return AVERIS_OK;
+    skip_space(&p);
+    if (!st && *p)
+        st = averis_fail(AVERIS_EFORMAT, "%s: trailing data after the %d merges", path, M);
+    free(buf);
+    if (!st) st = build_tables(tok, path);
+    if (st) bpe_free(tok);
+    return st;
 }
 
 /* ------------------------------------------------------------ encode/decode */
@@ -345,7 +382,8 @@ size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out,
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= tok->vocab_size) continue;
         int L = tok->tok_len[ids[i]];
-        if (k + (size_t)L < cap) memcpy(out + k, tok->tok_bytes[ids[i]], (size_t)L);
+        if (k + 1 < cap) /* what fits, as snprintf: never skip a copy and keep the write */
+            memcpy(out + k, tok->tok_bytes[ids[i]], k + (size_t)L < cap ? (size_t)L : cap - 1 - k);
         k += (size_t)L;
     }
     if (cap) out[k < cap ? k : cap - 1] = 0;

@@ -160,6 +160,57 @@ expect_err "corrupt state" "corrupt" "${TR[@]}" --recipe averis --steps 8 --out 
           && $(wc -l < "$T/rows.csv") -eq 17 ]] && ok || bad "analyze checkpoint: $(cat "$T/an2.out")"
 expect_err "analyze needs one input" "either --npy" "$BIN" analyze
 expect_err "analyze 3-D" "2-D float32" "$BIN" analyze --npy "$T/three.npy"
+# --- issue 20 regressions -------------------------------------------------------
+# a failing quant (unwritable --out) leaves an existing --packed untouched and no temporary
+echo keep > "$T/keep.packed"
+"$BIN" quant "$FX/normal.in.npy" --out "$T/nodir/o.npy" --packed "$T/keep.packed" >/dev/null 2>&1
+[[ $(cat "$T/keep.packed") == keep ]] && ! ls "$T"/keep.packed.tmp.* >/dev/null 2>&1 && ok || bad "failing quant overwrote --packed"
+# prepare: no text is an error; a tokenizer beyond uint16 ids is refused by name
+# expect_last NAME PATTERN CMD...: non-zero exit (not a crash), the last stderr line matching PATTERN
+expect_last() {
+    local name=$1 pat=$2; shift 2
+    "$@" >/dev/null 2>"$T/stderr"; local rc=$?
+    if [[ $rc -eq 0 || $rc -ge 128 ]]; then bad "$name: exit $rc"
+    elif ! tail -1 "$T/stderr" | grep -q -- "$pat"; then bad "$name: $(cat "$T/stderr")"
+    else ok; fi
+}
+: > "$T/empty.txt"
+expect_last "prepare without text" "no text" "$BIN" prepare --out "$T/pe" "$T/empty.txt"
+{ printf 'averis-bpe 1\nvocab_size 65537\nmerges 65280\n'; yes '32 32' | head -n 65280; } > "$T/big.bpe"
+expect_last "prepare vocab > 65536" "vocab_size 65537 exceeds 65536" "$BIN" prepare --out "$T/pv" --tokenizer "$T/big.bpe" "$T/doc.txt"
+# sample: tokens of 2048 bytes come out whole (the decoder once printed stack bytes instead)
+{ printf 'averis-bpe 1\nvocab_size 512\nmerges 255\n61 61\n'; for i in $(seq 257 266); do echo "$i $i"; done
+  for i in $(seq 268 511); do echo "267 61"; done; } > "$T/long.bpe"
+"$BIN" sample "$T/run" --tokens 40 --seed 5 --tokenizer "$T/long.bpe" > "$T/s3" 2>&1 \
+    && grep -q "$(printf '=%.0s' $(seq 2048))" "$T/s3" && ok || bad "sample with 2048-byte tokens: $(head -c 200 "$T/s3" | od -c | head -3)"
+# analyze: a 1×16384 row is cheap; nan/inf metrics are JSON null, not bare nan
+python3 - "$T/wide.npy" "$T/infs.npy" <<'PY'
+import struct, sys, math
+def npy(path, rows, cols, vals):
+    d = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, cols)
+    h = d.encode() + b" " * ((64 - (10 + len(d) + 1) % 64) % 64) + b"\n"
+    open(path, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + struct.pack("<%df" % len(vals), *vals))
+npy(sys.argv[1], 1, 16384, [math.sin(i) for i in range(16384)])
+npy(sys.argv[2], 32, 16, [math.inf if i % 5 == 0 else float(i) for i in range(512)])
+PY
+"$BIN" analyze --npy "$T/wide.npy" >"$T/an3.out" 2>&1 && grep -q '^R ' "$T/an3.out" && ok || bad "analyze 1x16384: $(cat "$T/an3.out")"
+"$BIN" analyze --npy "$T/infs.npy" --json "$T/inf.json" >/dev/null 2>&1
+python3 -c "import json,sys; json.load(open(sys.argv[1]), parse_constant=lambda c: sys.exit('bare ' + c))" "$T/inf.json" \
+    && grep -q null "$T/inf.json" && ok || bad "analyze --json with inf: $(cat "$T/inf.json")"
+# configs: a Qwen3-MoE config and an unknown field are refused by name; NVFP4 widths named at load
+cat > "$T/moe.json" <<'JSON'
+{"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 512, "hidden_size": 32,
+ "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+JSON
+expect_err "Qwen3-MoE config" "architectures = \[\"Qwen3MoeForCausalLM\"\]" "${TR[@]}" --config "$T/moe.json" --steps 2 --out "$T/r9"
+sed 's/"head_dim": 8/"head_dim": 8, "hidden_sise": 3/' "$T/cfg.json" > "$T/typo.json"
+expect_err "unknown config field" "unknown field hidden_sise" "${TR[@]}" --config "$T/typo.json" --steps 2 --out "$T/r10"
+sed 's/"hidden_size": 32/"hidden_size": 40/' "$T/cfg.json" > "$T/w40.json"
+expect_err "fp4 width" "hidden_size = 40 is not a multiple of 16" "${TR[@]}" --config "$T/w40.json" --recipe nvfp4 --steps 2 --out "$T/r11"
+[[ ! -e $T/r9 && ! -e $T/r10 && ! -e $T/r11 ]] && ok || bad "a refused config created an output directory"
+# --- kill loop: SIGKILL at seeded moments, --resume after each; nothing lost (tests/kill_loop.sh; the full count: 60) ---
+bash tests/kill_loop.sh "$BIN" "${AVERIS_KILLS:-8}" 1 >"$T/kl" 2>&1 && grep -q "final checkpoint and log equal" "$T/kl" \
+    && { ok; echo "      $(cat "$T/kl")"; } || bad "$(cat "$T/kl")"
 for c in prepare train eval sample analyze; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
 
 echo "$pass passed, $fail failed"

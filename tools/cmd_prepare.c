@@ -84,6 +84,10 @@ int cmd_prepare(int argc, char **argv) {
         total_bytes += bytes;
         fprintf(stderr, "  %s: %d document%s, %zu bytes\n", files[f], docs.n - before, docs.n - before == 1 ? "" : "s", bytes);
     }
+    if (total_bytes == 0) {
+        fprintf(stderr, "averis prepare: no text in the input files (%d documents, 0 bytes)\n", docs.n);
+        goto done;
+    }
     /* train part of each document: up to the first newline after (1 − val_frac) of it */
     size_t *cut = calloc((size_t)docs.n + 1, sizeof *cut), joined_len = 0;
     if (!cut) goto done;
@@ -129,7 +133,13 @@ int cmd_prepare(int argc, char **argv) {
     if (!(u16 = malloc((nmax ? nmax : 1) * 2))) goto done;
     const struct { const char *name; int *ids; size_t n; } sp[2] = {{"train", tr, ntr}, {"val", va, nva}};
     for (int s2 = 0; s2 < 2; s2++) {
-        for (size_t i = 0; i < sp[s2].n; i++) u16[i] = (uint16_t)sp[s2].ids[i];
+        for (size_t i = 0; i < sp[s2].n; i++) {
+            if (sp[s2].ids[i] < 0 || sp[s2].ids[i] > 65535) { /* bpe_load refuses such vocabularies: a backstop */
+                fprintf(stderr, "averis prepare: token id %d does not fit a uint16 shard\n", sp[s2].ids[i]);
+                goto done;
+            }
+            u16[i] = (uint16_t)sp[s2].ids[i];
+        }
         char path[4200];
         snprintf(path, sizeof path, "%s/%s_000000.bin", out, sp[s2].name);
         if (shard_write(path, u16, sp[s2].n)) { fprintf(stderr, "averis prepare: %s\n", averis_last_error()); goto done; }

@@ -1,8 +1,10 @@
 /* averis quant — NVFP4 round trip of a 2-D .npy tensor, with statistics. */
+#define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -116,6 +118,7 @@ int cmd_quant(int argc, char **argv) {
     if (averis_npy_read(in, &a)) { fprintf(stderr, "averis quant: %s\n", averis_last_error()); return 1; }
     int rc = 1;
     float *x = NULL, *y = NULL;
+    char packed_tmp[4200] = "";
     if (a.ndim != 2) { fprintf(stderr, "averis quant: %s: expected a 2-D array, got %d dimensions\n", in, a.ndim); goto done; }
     if (a.count == 0) { fprintf(stderr, "averis quant: %s: empty array (%lld x %lld)\n", in, (long long)a.shape[0], (long long)a.shape[1]); goto done; }
     if (a.dtype == AVERIS_NPY_U8) { fprintf(stderr, "averis quant: %s: dtype '|u1' not supported (want '<f4', '<f2' or '<u2')\n", in); goto done; }
@@ -130,12 +133,19 @@ int cmd_quant(int argc, char **argv) {
     }
     averis_qresult res;
     memset(&res, 0, sizeof res);
-    if (averis_quant_roundtrip(x, rows, cols, &cfg, y, &res, packed)) {
+    /* the packed file goes to a temporary renamed over --packed only once
+     * --out is written too: a failing run leaves an existing one untouched */
+    if (packed && snprintf(packed_tmp, sizeof packed_tmp, "%s.tmp.%ld.q", packed, (long)getpid()) >= (int)sizeof packed_tmp) {
+        fprintf(stderr, "averis quant: %s: path too long\n", packed);
+        goto done;
+    }
+    if (averis_quant_roundtrip(x, rows, cols, &cfg, y, &res, packed ? packed_tmp : NULL) ||
+        averis_npy_write_f32(out, y, 2, a.shape)) {
         fprintf(stderr, "averis quant: %s\n", averis_last_error());
         goto done;
     }
-    if (averis_npy_write_f32(out, y, 2, a.shape)) {
-        fprintf(stderr, "averis quant: %s\n", averis_last_error());
+    if (packed && rename(packed_tmp, packed) != 0) {
+        fprintf(stderr, "averis quant: %s: cannot rename into place: %s\n", packed, strerror(errno));
         goto done;
     }
     printf("input        %s  %lld x %lld  %s\n", in, (long long)rows, (long long)cols,
@@ -154,6 +164,7 @@ int cmd_quant(int argc, char **argv) {
                (long long)res.q.n_nan, (long long)res.q.n_inf);
     rc = 0;
 done:
+    if (rc && packed_tmp[0]) unlink(packed_tmp);
     averis_npy_free(&a);
     free(x);
     free(y);

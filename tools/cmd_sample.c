@@ -200,15 +200,13 @@ int cmd_sample(int argc, char **argv) {
     for (size_t i = 0; i < pn; i++) seq[n++] = ids[i];
     if (prompt) fputs(prompt, stdout);
     uint64_t rng = seed;
-    char buf[1024];
     for (int k = 0; k < ntok; k++) {
         int start = n > window ? n - window : 0, L = n - start;
         if (model_forward(&m, seq + start, NULL, 1, L, NULL)) { free(seq); goto fail; }
         int next = pick(m.probs + (size_t)(L - 1) * m.cfg.vocab_size, m.cfg.vocab_size, temp, topk, &rng);
         seq[n++] = next;
-        if (next < tok.vocab_size) {
-            size_t len = bpe_decode(&tok, &next, 1, buf, sizeof buf);
-            fwrite(buf, 1, len < sizeof buf ? len : sizeof buf - 1, stdout);
+        if (next < tok.vocab_size) { /* the token's bytes, however long (tokens of 2 KB occur) */
+            fwrite(tok.tok_bytes[next], 1, (size_t)tok.tok_len[next], stdout);
             fflush(stdout);
         }
     }

@@ -116,6 +116,14 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "averis train: %s\n", averis_last_error());
         return 2;
     }
+    /* an NVFP4 recipe needs widths in blocks of 16: said at load, naming the field */
+    model_config cfg;
+    qlin_recipe rec;
+    if (!qlin_recipe_parse(o.recipe, &rec) && rec.fp4 && !model_config_load(o.config, &cfg) &&
+        o.bf16_last < cfg.num_hidden_layers && model_config_check_fp4(&cfg, o.config)) {
+        fprintf(stderr, "averis train: %s\n", averis_last_error());
+        return 1;
+    }
     train_result r;
     averis_status st = train_run(&o, &r);
     if (st) fprintf(stderr, "averis train: %s\n", averis_last_error());

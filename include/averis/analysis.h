@@ -41,6 +41,8 @@ typedef struct {
 
 const char *analysis_quant_name(int k); /* "plain", "split", "rht", "split_rht" */
 
+/* min(rows, cols) above this is refused: the Gram matrix is min² floats. */
+#define ANALYSIS_MAX_GRAM 8192
 /* Computes every metric of X (finite values expected). */
 averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_metrics *out);
 

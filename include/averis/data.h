@@ -50,6 +50,8 @@ averis_status loader_open(data_loader *dl, const char *dir, const char *split);
 averis_status loader_batch_at(const data_loader *dl, size_t pos, int B, int T, int *inputs, int *targets);
 /* Next batch; fails if the data holds fewer than B·T+1 tokens. */
 averis_status loader_next(data_loader *dl, int B, int T, int *inputs, int *targets);
+/* Every token id is below vocab_size, or an error naming the first that is not. */
+averis_status loader_check_vocab(const data_loader *dl, int vocab_size, const char *what);
 void loader_free(data_loader *dl);
 
 #ifdef __cplusplus

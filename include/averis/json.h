@@ -25,6 +25,9 @@ averis_status json_parse(const char *text, size_t len, const char *what, json *o
 void json_free(json *v);
 /* The value of key in an object, or NULL. */
 const json *json_get(const json *obj, const char *key);
+/* s for an error message: bytes outside printable ASCII as \xNN, cut with
+ * "..." to fit buf[cap] (cap ≥ 8). Returns buf. */
+const char *json_printable(const char *s, char *buf, size_t cap);
 
 #ifdef __cplusplus
 }

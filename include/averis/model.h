@@ -29,10 +29,16 @@ typedef struct {
 /* Presets: "tiny" (the CPU default), "qwen3-0.6b" (the paper's dense shape). */
 const char *model_preset_names(void);
 /* A preset name, or the path of a JSON file with Qwen3Config fields (missing
- * fields take the tiny preset's values). Errors name the file and field. */
+ * fields take Hugging Face Qwen3Config's defaults; head_dim defaults to
+ * hidden_size / num_attention_heads). Fields averis does not implement
+ * (Qwen3-MoE, sliding windows, rope scaling, unknown names) are refused.
+ * Errors name the file and field. */
 averis_status model_config_load(const char *name_or_path, model_config *c);
 averis_status model_config_from_json(const char *text, size_t len, const char *what, model_config *c);
 averis_status model_config_validate(const model_config *c, const char *what);
+/* The NVFP4 recipes quantize blocks of 16 along every linear's input and
+ * output: an error naming the first width that is not a multiple of 16. */
+averis_status model_config_check_fp4(const model_config *c, const char *what);
 /* A config.json that transformers' Qwen3ForCausalLM.from_pretrained reads. */
 averis_status model_config_write_hf(const model_config *c, const char *path);
 int64_t model_config_nparams(const model_config *c);

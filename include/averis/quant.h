@@ -56,6 +56,17 @@ typedef struct {
 averis_status averis_quant_roundtrip(const float *x, int64_t rows, int64_t cols, const averis_qcfg *cfg,
                                      float *y, averis_qresult *res, const char *packed_path);
 
+/* A packed file read back: the tensor, its flags, and the mean [cols] when
+ * flags has AVERIS_PACKED_SPLIT (else NULL). Sizes are checked against the
+ * file before anything is allocated. */
+typedef struct {
+    uint32_t flags;
+    nvfp4_tensor t;
+    float *mean;
+} averis_packed;
+averis_status averis_packed_read(const char *path, averis_packed *p);
+void averis_packed_free(averis_packed *p);
+
 #ifdef __cplusplus
 }
 #endif

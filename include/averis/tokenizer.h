@@ -17,6 +17,9 @@ extern "C" {
 #endif
 
 #define BPE_EOT 256
+#define BPE_MAX_VOCAB 65536               /* shards hold uint16 ids */
+#define BPE_MAX_TOKEN_BYTES (1 << 16)     /* one token's byte string */
+#define BPE_MAX_TOTAL_BYTES (64 << 20)    /* all of them together */
 
 typedef struct {
     int vocab_size;
@@ -38,8 +41,8 @@ void bpe_free(bpe_tokenizer *tok);
 averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id);
 /* Appends the ids of text to *ids (grown with realloc; *n, *cap updated). */
 averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap);
-/* Writes the bytes of ids into out (cap bytes); returns the byte count
- * needed (as snprintf does). <|endoftext|> decodes to "\n<|endoftext|>\n". */
+/* Writes the bytes of ids into out (cap bytes, truncated to what fits and
+ * NUL-terminated); returns the byte count needed (as snprintf does). <|endoftext|> decodes to "\n<|endoftext|>\n". */
 size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap);
 
 #ifdef __cplusplus
