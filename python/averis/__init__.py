@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Quantized", "quantize", "dequantize", "analyze", "cuda_compiled", "BLOCKS", "RECIPES"]
+__all__ = ["Quantized", "quantize", "dequantize", "analyze", "parse_recipe", "linear_forward", "linear_backward",
+           "cuda_compiled", "BLOCKS", "RECIPES"]
 __version__ = "0.1.0"
 
 #: scale-block layouts: one E4M3 scale per 16 elements of a row, or per 16x16 tile
@@ -152,10 +153,12 @@ def _numpy_input(x: Any, what: str) -> tuple:
         raise ValueError(f"{what}: empty array ({x.shape[0]} x {x.shape[1]})")
     if x.dtype.name == "bfloat16":  # ml_dtypes.bfloat16: the bits are what the C library reads
         return np.ascontiguousarray(x).view(np.uint16), _BF16
+    if x.dtype == np.uint16:  # the CLI's convention: '<u2' holds bfloat16 bits
+        return np.ascontiguousarray(x, dtype=np.dtype("<u2")), _BF16
     if x.dtype.kind == "f" and x.dtype.itemsize in (4, 2):
         arr = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
         return arr, _F32 if x.dtype.itemsize == 4 else _F16
-    raise TypeError(f"{what}: dtype {x.dtype} not supported (want float32, float16 or bfloat16)")
+    raise TypeError(f"{what}: dtype {x.dtype} not supported (want float32, float16, or bfloat16 / uint16 bfloat16 bits)")
 
 
 def quantize(x: Any, block: str = "1x16", rht: bool = False, split: Optional[str] = None, sr: bool = False,
@@ -170,7 +173,8 @@ def quantize(x: Any, block: str = "1x16", rht: bool = False, split: Optional[str
     trip, the CLI's ``--mean-fp4``); ``sr`` stochastic rounding keyed by
     ``seed`` and ``stream`` (Philox-4x32-10; the CLI uses stream 0).
 
-    ``x``: numpy array (float32, float16, or ml_dtypes.bfloat16) or torch
+    ``x``: numpy array (float32, float16, ml_dtypes.bfloat16, or uint16
+    holding bfloat16 bits as the CLI reads '<u2' .npy files) or torch
     tensor (float32, bfloat16, float16; CPU or CUDA). float16/bfloat16 values
     are widened to fp32 exactly first, as the CLI does.
     """
@@ -232,3 +236,46 @@ def analyze(x: Any) -> Dict[str, float]:
         arr = (arr.astype(np.uint32) << 16).view(np.float32)
     arr = np.ascontiguousarray(arr, dtype=np.float32)  # float16 → float32 is exact
     return _core.analyze(arr, arr.shape[0], arr.shape[1])
+
+
+def parse_recipe(spec: str) -> Dict[str, Any]:
+    """The linear layer's recipe "NAME[,key=value...]" (NAME in :data:`RECIPES`;
+    keys seed=N, mean=fp32|fp4, sr=0|1, rht=0|1, wblock=16x16|1x16) as a dict
+    of its switches; ValueError with the library's message names a bad token."""
+    return _core.recipe(spec)
+
+
+def _f32_matrix(a: Any, what: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or a.dtype != np.float32:
+        desc = f"{a.ndim}-D {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{what}: expected a 2-D float32 numpy array, got {desc}")
+    return np.ascontiguousarray(a, dtype=np.dtype("=f4"))
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, recipe: str = "averis") -> np.ndarray:
+    """Y [l, n] = X [l, m]·W [n, m]ᵀ under the recipe (qlin_forward of the C
+    library; FP4 recipes need m and n multiples of 16). float32 numpy in and
+    out; :class:`averis.torch.Linear` is the same layer for PyTorch."""
+    X, W = _f32_matrix(x, "linear_forward: x"), _f32_matrix(w, "linear_forward: w")
+    if X.shape[1] != W.shape[1]:
+        raise ValueError(f"linear_forward: x has {X.shape[1]} features, w {W.shape[1]}")
+    y = np.empty((X.shape[0], W.shape[0]), np.float32)
+    _core.qlin_forward(recipe, X, W, X.shape[0], X.shape[1], W.shape[0], y, _core.ws_new())
+    return y
+
+
+def linear_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, recipe: str = "averis",
+                    sr_stream: int = 0) -> tuple:
+    """(dX [l, m], dW [n, m]) for D = dL/dY [l, n] under the recipe
+    (qlin_backward of the C library): dX = D̄·W̄, dW = D̄ᵀ·X̄ with the recipe's
+    split/RHT; ``sr_stream`` keys the stochastic rounding of D."""
+    X, W = _f32_matrix(x, "linear_backward: x"), _f32_matrix(w, "linear_backward: w")
+    D = _f32_matrix(dy, "linear_backward: dy")
+    l, m = X.shape
+    n = W.shape[0]
+    if W.shape[1] != m or D.shape != (l, n):
+        raise ValueError(f"linear_backward: shapes x {X.shape}, w {W.shape}, dy {D.shape} do not fit")
+    dx = np.empty((l, m), np.float32)
+    dw = np.zeros((n, m), np.float32)  # the C layer accumulates into dW
+    _core.qlin_backward(recipe, X, W, D, l, m, n, dx, dw, sr_stream, _core.ws_new())
+    return dx, dw
