@@ -97,11 +97,13 @@ def test_quantize_matches_pytorch_fixtures(case: str, variant: str, flags: list)
 
 
 def test_exact_values_round_trip() -> None:
-    """7·e2m1·2^k (k = 0..-5) is exact in NVFP4: amax 42 makes S_enc = 64 and
-    each block's scale 448·2^k an E4M3 value."""
+    """7·e2m1·2^k (k = 0..-5) is exact in NVFP4 with 1x16 blocks: amax 42
+    makes S_enc = 64 and each block's scale 448·2^k an E4M3 value; so is a
+    16x16 tile of 7·e2m1."""
     grid = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.5, -1, -1.5, -2, -3, -4, -6, 0], np.float32)
     x = np.stack([7 * grid * np.float32(2.0 ** -k) for k in range(6)])
-    for block in ("1x16", "16x16"):
+    tile = np.stack([7 * np.roll(grid, r) for r in range(16)])  # one 16x16 tile of amax 42
+    for block, x in (("1x16", x), ("16x16", tile)):
         q = averis.quantize(x, block=block)
         d = first_difference(q.dequantize(), x)
         assert d is None, f"{block}: {d}"
