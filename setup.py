@@ -86,7 +86,7 @@ def make_cuda_library() -> tuple[str, list[str]]:
     (archive, link flags) — the link flags read from the Makefile itself."""
     jobs = str(os.cpu_count() or 2)
     env = dict(os.environ, NVCC_APPEND_FLAGS=(os.environ.get("NVCC_APPEND_FLAGS", "") + " -Xcompiler -fPIC").strip())
-    args = ["make", "-s", "-C", ROOT, f"BUILD={CUDA_BUILD}", "CUDA=1", "CFLAGS=-fPIC"]
+    args = ["make", "-s", "--no-print-directory", "-C", ROOT, f"BUILD={CUDA_BUILD}", "CUDA=1", "CFLAGS=-fPIC"]
     subprocess.run(args + ["-j", jobs, f"{CUDA_BUILD}/libaveris.a"], check=True, env=env)
     out = subprocess.run(args + ["--eval", "averis-py-ldflags: ; @echo $(LDFLAGS) $(LDLIBS)", "averis-py-ldflags"],
                          check=True, env=env, capture_output=True, text=True).stdout

@@ -197,7 +197,12 @@ class Linear(nn.Module):
                              f"{self.in_features} -> {self.out_features}")
         self.layer_id = next(_layer_ids) if layer_id is None else layer_id
         self.calls = 0
-        self._ws = _core.ws_new()
+        self._ws: Any = None  # the C layer's scratch (CPU), made on first use
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # deepcopy / pickle: the scratch is not state
+        state["_ws"] = None
+        return state
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, recipe: str = "averis", layer_id: Optional[int] = None) -> "Linear":
@@ -234,6 +239,7 @@ class Linear(nn.Module):
         l, m = X.shape
         n = W.shape[0]
         if X.device.type == "cpu":
+            self._ws = self._ws or _core.ws_new()
             _core.qlin_forward(self.recipe, X.data_ptr(), W.data_ptr(), l, m, n, Y.data_ptr(), self._ws)
         elif X.device.type == "cuda":
             _need_cuda("averis Linear")
@@ -247,6 +253,7 @@ class Linear(nn.Module):
         l, m = X.shape
         n = W.shape[0]
         if X.device.type == "cpu":
+            self._ws = self._ws or _core.ws_new()
             _core.qlin_backward(self.recipe, X.data_ptr(), W.data_ptr(), D.data_ptr(), l, m, n,
                                 None if dX is None else dX.data_ptr(), None if dW is None else dW.data_ptr(),
                                 sr_stream, self._ws)
