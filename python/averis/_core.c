@@ -74,6 +74,28 @@ static int ptr_get(PyObject *o, Py_ssize_t nbytes, int writable, int optional, c
     return 1;
 }
 
+/* One array argument of a call: object, bytes needed, writable, optional. */
+typedef struct {
+    PyObject *obj;
+    Py_ssize_t nbytes;
+    int writable, optional;
+    const char *name;
+} ptr_spec;
+
+/* Acquires all n arguments into a[], or none (with the exception set). */
+static int ptrs_get(const ptr_spec *spec, int n, ptr_arg *a) {
+    for (int i = 0; i < n; i++)
+        if (!ptr_get(spec[i].obj, spec[i].nbytes, spec[i].writable, spec[i].optional, spec[i].name, &a[i])) {
+            while (i > 0) ptr_release(&a[--i]);
+            return 0;
+        }
+    return 1;
+}
+
+static void ptrs_release(ptr_arg *a, int n) {
+    while (n > 0) ptr_release(&a[--n]);
+}
+
 static int check_block(int block) {
     if (block != NVFP4_BLOCK_1X16 && block != NVFP4_BLOCK_16X16) {
         PyErr_Format(PyExc_ValueError, "block kind %d (want 0 = 1x16, 1 = 16x16)", block);
@@ -167,33 +189,25 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (dtype != NVFP4_F32 && dtype != NVFP4_BF16 && dtype != NVFP4_F16)
         return PyErr_Format(PyExc_ValueError, "dtype code %d (want 0 = fp32, 1 = bf16, 2 = fp16)", dtype);
     Py_ssize_t esize = dtype == NVFP4_F32 ? 4 : 2;
-    ptr_arg x, c, s, m;
-    if (!ptr_get(xo, (Py_ssize_t)(rows * cols) * esize, 0, 0, "x", &x)) return NULL;
-    if (!ptr_get(co, (Py_ssize_t)(rows * nvfp4_cols_padded(cols) / 2), 1, 0, "codes", &c)) goto fail_x;
-    if (!ptr_get(so, (Py_ssize_t)nvfp4_scale_count(rows, cols, (nvfp4_block_kind)block), 1, 0, "scales", &s))
-        goto fail_c;
-    if (!ptr_get(mo, (Py_ssize_t)cols * 4, 1, !split, "mean", &m)) goto fail_s;
+    const ptr_spec arrays[4] = {
+        {xo, (Py_ssize_t)(rows * cols) * esize, 0, 0, "x"},
+        {co, (Py_ssize_t)(rows * nvfp4_cols_padded(cols) / 2), 1, 0, "codes"},
+        {so, (Py_ssize_t)nvfp4_scale_count(rows, cols, (nvfp4_block_kind)block), 1, 0, "scales"},
+        {mo, (Py_ssize_t)cols * 4, 1, !split, "mean"}};
+    ptr_arg a[4];
+    if (!ptrs_get(arrays, 4, a)) return NULL;
     float amax = 0.0f;
     nvfp4_stats q;
     memset(&q, 0, sizeof q);
     averis_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = quantize_host(x.p, dtype, rows, cols, block, rht, split, mean_fp4, sr, seed, stream, c.p, s.p, m.p, &amax, &q);
+    st = quantize_host(a[0].p, dtype, rows, cols, block, rht, split, mean_fp4, sr, seed, stream, a[1].p, a[2].p,
+                       a[3].p, &amax, &q);
     Py_END_ALLOW_THREADS
-    ptr_release(&m);
-    ptr_release(&s);
-    ptr_release(&c);
-    ptr_release(&x);
+    ptrs_release(a, 4);
     if (st) return st == QH_NOMEM ? PyErr_NoMemory() : raise_status(st);
     PyObject *d = stats_dict(&q);
     return d ? Py_BuildValue("(dN)", (double)amax, d) : NULL;
-fail_s:
-    ptr_release(&s);
-fail_c:
-    ptr_release(&c);
-fail_x:
-    ptr_release(&x);
-    return NULL;
 }
 
 /* dequantize(codes, scales, rows, cols, block, amax, rht, mean|None, out):
@@ -207,39 +221,25 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     float amax;
     if (!PyArg_ParseTuple(args, "OOLLifpOO", &co, &so, &rows, &cols, &block, &amax, &rht, &mo, &oo)) return NULL;
     if (!check_block(block) || !check_shape(rows, cols)) return NULL;
-    ptr_arg c, s, m, out;
-    if (!ptr_get(co, (Py_ssize_t)(rows * nvfp4_cols_padded(cols) / 2), 0, 0, "codes", &c)) return NULL;
-    if (!ptr_get(so, (Py_ssize_t)nvfp4_scale_count(rows, cols, (nvfp4_block_kind)block), 0, 0, "scales", &s)) {
-        ptr_release(&c);
-        return NULL;
-    }
-    if (!ptr_get(mo, (Py_ssize_t)cols * 4, 0, 1, "mean", &m)) {
-        ptr_release(&s);
-        ptr_release(&c);
-        return NULL;
-    }
-    if (!ptr_get(oo, (Py_ssize_t)(rows * cols) * 4, 1, 0, "out", &out)) {
-        ptr_release(&m);
-        ptr_release(&s);
-        ptr_release(&c);
-        return NULL;
-    }
+    const ptr_spec arrays[4] = {
+        {co, (Py_ssize_t)(rows * nvfp4_cols_padded(cols) / 2), 0, 0, "codes"},
+        {so, (Py_ssize_t)nvfp4_scale_count(rows, cols, (nvfp4_block_kind)block), 0, 0, "scales"},
+        {mo, (Py_ssize_t)cols * 4, 0, 1, "mean"},
+        {oo, (Py_ssize_t)(rows * cols) * 4, 1, 0, "out"}};
+    ptr_arg a[4];
+    if (!ptrs_get(arrays, 4, a)) return NULL;
     averis_status st;
     Py_BEGIN_ALLOW_THREADS
     nvfp4_tensor t = {.rows = rows, .cols = cols, .cols_padded = nvfp4_cols_padded(cols),
-                      .block = (nvfp4_block_kind)block, .codes = c.p, .scales = s.p, .amax = amax};
-    st = nvfp4_dequantize(&t, rht, out.p);
-    if (!st && m.p) {
-        float *y = out.p;
-        const float *mu = m.p;
+                      .block = (nvfp4_block_kind)block, .codes = a[0].p, .scales = a[1].p, .amax = amax};
+    float *y = a[3].p;
+    const float *mu = a[2].p;
+    st = nvfp4_dequantize(&t, rht, y);
+    if (!st && mu)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t j = 0; j < cols; j++) y[r * cols + j] += mu[j];
-    }
     Py_END_ALLOW_THREADS
-    ptr_release(&out);
-    ptr_release(&m);
-    ptr_release(&s);
-    ptr_release(&c);
+    ptrs_release(a, 4);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
 }
@@ -334,17 +334,16 @@ static PyObject *py_qlin_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "sOOLLLOO", &spec, &xo, &wo, &l, &m, &n, &yo, &cap)) return NULL;
     qlin_ws *ws = ws_get(cap);
     if (!ws || !parse_recipe(spec, &r) || !check_shape(l, m) || !check_shape(n, m)) return NULL;
-    ptr_arg x, w, y;
-    if (!ptr_get(xo, (Py_ssize_t)(l * m) * 4, 0, 0, "X", &x)) return NULL;
-    if (!ptr_get(wo, (Py_ssize_t)(n * m) * 4, 0, 0, "W", &w)) { ptr_release(&x); return NULL; }
-    if (!ptr_get(yo, (Py_ssize_t)(l * n) * 4, 1, 0, "Y", &y)) { ptr_release(&w); ptr_release(&x); return NULL; }
+    const ptr_spec arrays[3] = {{xo, (Py_ssize_t)(l * m) * 4, 0, 0, "X"},
+                              {wo, (Py_ssize_t)(n * m) * 4, 0, 0, "W"},
+                              {yo, (Py_ssize_t)(l * n) * 4, 1, 0, "Y"}};
+    ptr_arg a[3];
+    if (!ptrs_get(arrays, 3, a)) return NULL;
     averis_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = qlin_forward(&r, x.p, w.p, l, m, n, y.p, ws, NULL);
+    st = qlin_forward(&r, a[0].p, a[1].p, l, m, n, a[2].p, ws, NULL);
     Py_END_ALLOW_THREADS
-    ptr_release(&y);
-    ptr_release(&w);
-    ptr_release(&x);
+    ptrs_release(a, 3);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
 }
@@ -362,22 +361,18 @@ static PyObject *py_qlin_backward(PyObject *self, PyObject *args) {
         return NULL;
     qlin_ws *ws = ws_get(cap);
     if (!ws || !parse_recipe(spec, &r) || !check_shape(l, m) || !check_shape(n, m)) return NULL;
+    const ptr_spec arrays[5] = {{xo, (Py_ssize_t)(l * m) * 4, 0, 0, "X"},
+                              {wo, (Py_ssize_t)(n * m) * 4, 0, 0, "W"},
+                              {do_, (Py_ssize_t)(l * n) * 4, 0, 0, "D"},
+                              {dxo, (Py_ssize_t)(l * m) * 4, 1, 1, "dX"},
+                              {dwo, (Py_ssize_t)(n * m) * 4, 1, 1, "dW"}};
     ptr_arg a[5];
-    PyObject *objs[5] = {xo, wo, do_, dxo, dwo};
-    const Py_ssize_t sizes[5] = {(Py_ssize_t)(l * m) * 4, (Py_ssize_t)(n * m) * 4, (Py_ssize_t)(l * n) * 4,
-                                 (Py_ssize_t)(l * m) * 4, (Py_ssize_t)(n * m) * 4};
-    const char *names[5] = {"X", "W", "D", "dX", "dW"};
-    int got = 0;
-    for (; got < 5; got++)
-        if (!ptr_get(objs[got], sizes[got], got >= 3, got >= 3, names[got], &a[got])) break;
-    averis_status st = AVERIS_OK;
-    if (got == 5) {
-        Py_BEGIN_ALLOW_THREADS
-        st = qlin_backward(&r, a[0].p, a[1].p, a[2].p, l, m, n, a[3].p, a[4].p, sr_stream, ws, NULL);
-        Py_END_ALLOW_THREADS
-    }
-    while (got > 0) ptr_release(&a[--got]);
-    if (PyErr_Occurred()) return NULL;
+    if (!ptrs_get(arrays, 5, a)) return NULL;
+    averis_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = qlin_backward(&r, a[0].p, a[1].p, a[2].p, l, m, n, a[3].p, a[4].p, sr_stream, ws, NULL);
+    Py_END_ALLOW_THREADS
+    ptrs_release(a, 5);
     if (st) return raise_status(st);
     Py_RETURN_NONE;
 }

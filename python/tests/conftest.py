@@ -15,6 +15,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 
+# `averis quant` option sets the package must reproduce
+FLAG_SETS = [
+    [],
+    ["--block", "16x16"],
+    ["--rht"],
+    ["--split", "mean"],
+    ["--split", "mean", "--mean-fp4"],
+    ["--split", "mean", "--rht"],
+    ["--sr", "--seed", "1234"],
+    ["--block", "16x16", "--sr", "--seed", "7"],
+    ["--split", "mean", "--sr", "--seed", "5"],
+    ["--rht", "--sr", "--block", "16x16"],
+]
+
 
 @pytest.fixture(scope="session")
 def averis_bin() -> Path:

@@ -14,20 +14,8 @@ import numpy as np
 import pytest
 
 import averis
-from conftest import FIXTURES, first_difference, options_of, read_packed, run_quant
+from conftest import FIXTURES, FLAG_SETS, first_difference, options_of, read_packed, run_quant
 
-FLAG_SETS = [
-    [],
-    ["--block", "16x16"],
-    ["--rht"],
-    ["--split", "mean"],
-    ["--split", "mean", "--mean-fp4"],
-    ["--split", "mean", "--rht"],
-    ["--sr", "--seed", "1234"],
-    ["--block", "16x16", "--sr", "--seed", "7"],
-    ["--split", "mean", "--sr", "--seed", "5"],
-    ["--rht", "--sr", "--block", "16x16"],
-]
 SHAPES = [(1, 1), (3, 17), (16, 16), (37, 40), (33, 300)]
 
 

@@ -18,22 +18,11 @@ torch = pytest.importorskip("torch")
 
 import averis  # noqa: E402
 import averis.torch as at  # noqa: E402
-from conftest import first_difference, options_of, read_packed, run_quant  # noqa: E402
+from conftest import FLAG_SETS, first_difference, options_of, read_packed, run_quant  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
 RECIPES = ["fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"]
-FLAG_SETS = [
-    [],
-    ["--block", "16x16"],
-    ["--rht"],
-    ["--split", "mean"],
-    ["--split", "mean", "--mean-fp4"],
-    ["--split", "mean", "--rht"],
-    ["--sr", "--seed", "1234"],
-    ["--block", "16x16", "--sr", "--seed", "7"],
-    ["--split", "mean", "--sr", "--seed", "5"],
-]
 
 
 def as_npy(x: "torch.Tensor") -> np.ndarray:
