@@ -98,7 +98,8 @@ def configure(ext: Extension) -> dict[str, list[str]]:
     build); returns the library sources to compile, each with its extra
     flags (none in the CUDA build: the archive from make has them)."""
     ext.include_dirs = ["include", "src"]
-    ext.extra_compile_args = NUMERIC_FLAGS + ["-Wall", "-Wextra"]
+    werror = ["-Werror"] if os.environ.get("WERROR") == "1" else []  # as the Makefile's WERROR=1
+    ext.extra_compile_args = NUMERIC_FLAGS + ["-Wall", "-Wextra"] + werror
     if want_cuda():
         archive, ldflags = make_cuda_library()
         ext.define_macros = [("AVERIS_PY_CUDA", "1")]

@@ -304,11 +304,11 @@ def convert(model: nn.Module, recipe: str = "averis", skip: Iterable[str] = ("lm
     skip = list(skip)
     info = _core.recipe(recipe)
     targets: List[Tuple[nn.Module, str, str, nn.Linear]] = []
-    for parent_name, parent in model.named_modules():
-        for child_name, child in parent.named_children():
-            full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is nn.Linear and not _skipped(full, skip):
-                targets.append((parent, child_name, full, child))
+    modules = dict(model.named_modules())
+    for full, child in modules.items():
+        if type(child) is nn.Linear and full and not _skipped(full, skip):
+            parent_name, _, child_name = full.rpartition(".")
+            targets.append((modules[parent_name], child_name, full, child))
     if info["fp4"]:
         bad = [f"{full} ({c.in_features} -> {c.out_features})" for _, _, full, c in targets
                if c.in_features % 16 or c.out_features % 16]

@@ -101,7 +101,7 @@ def test_linear_matches_c_layer(recipe: str, device: str) -> None:
         layer.weight.copy_(w)
         layer.bias.copy_(b)
     stream = (0 << 16) | layer.layer_id
-    xd = x.to(device).requires_grad_(True)
+    xd = x.to(device).clone().requires_grad_(True)
     y = layer(xd)
     y.backward(dy.to(device))
     assert y.shape == (2, 24, 32) and layer.calls == 1
