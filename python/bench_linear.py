@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 import time
 from typing import List
 
-import torch
-import transformers
+# the installed package, not the sources beside this script (no extension there)
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import averis
-import averis.torch as at
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import averis  # noqa: E402
+import averis.torch as at  # noqa: E402
 
 
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
