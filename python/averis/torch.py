@@ -153,8 +153,6 @@ class _QLinearFunction(torch.autograd.Function):
         dW = torch.zeros((n, m), dtype=torch.float32, device=x.device) if need_dw else None  # the C layer adds
         if l > 0 and (need_dx or need_dw):
             ctx.layer._run_backward(X, W, D, dX, dW, ctx.sr_stream)
-        elif dX is not None:
-            dX.zero_()
         return (None if dX is None else dX.to(x.dtype), None if dW is None else dW.to(weight.dtype), None, None)
 
 
@@ -180,7 +178,8 @@ class Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+                                if bias else None)
         self._setup(recipe, layer_id)
         ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)  # PyTorch's init
         with torch.no_grad():
@@ -212,7 +211,7 @@ class Linear(nn.Module):
         nn.Module.__init__(self)
         self.in_features, self.out_features = lin.in_features, lin.out_features
         self.weight = lin.weight
-        self.bias = lin.bias
+        self.register_parameter("bias", lin.bias)
         self._setup(recipe, layer_id)
         return self
 
