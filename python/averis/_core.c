@@ -36,6 +36,12 @@ static PyObject *raise_status(averis_status s) {
     return NULL;
 }
 
+/* None, or the exception of a failed call. */
+static PyObject *none_or_raise(averis_status s) {
+    if (s) return raise_status(s);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------ pointers */
 
 typedef struct {
@@ -240,8 +246,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
             for (int64_t j = 0; j < cols; j++) y[r * cols + j] += mu[j];
     Py_END_ALLOW_THREADS
     ptrs_release(a, 4);
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* ------------------------------------------------------------- analyze */
@@ -344,8 +349,7 @@ static PyObject *py_qlin_forward(PyObject *self, PyObject *args) {
     st = qlin_forward(&r, a[0].p, a[1].p, l, m, n, a[2].p, ws, NULL);
     Py_END_ALLOW_THREADS
     ptrs_release(a, 3);
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* qlin_backward(spec, X, W, D, l, m, n, dX|None, dW|None, sr_stream, ws):
@@ -373,8 +377,7 @@ static PyObject *py_qlin_backward(PyObject *self, PyObject *args) {
     st = qlin_backward(&r, a[0].p, a[1].p, a[2].p, l, m, n, a[3].p, a[4].p, sr_stream, ws, NULL);
     Py_END_ALLOW_THREADS
     ptrs_release(a, 5);
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* ---------------------------------------------------------------- CUDA */
@@ -425,8 +428,7 @@ static PyObject *py_cuda_quantize(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = avc_quantize(dev(x), (nvfp4_dtype)dtype, rows, cols, cols, &o, &t, dev(cstream));
     Py_END_ALLOW_THREADS
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* cuda_dequantize(codes, scales, amax, rows, cols, block, out, cuda_stream) */
@@ -444,8 +446,7 @@ static PyObject *py_cuda_dequantize(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = avc_dequantize(&t, dev(out), dev(cstream));
     Py_END_ALLOW_THREADS
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* cuda_colstats(x, rows, cols, mean, col_max, col_min, res_amax, cuda_stream) */
@@ -459,8 +460,7 @@ static PyObject *py_cuda_colstats(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = avc_colstats(dev(x), rows, cols, dev(mean), dev(cmax), dev(cmin), dev(ramax), dev(cstream));
     Py_END_ALLOW_THREADS
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* cuda_qlin_forward(spec, X, W, l, m, n, Y) — synchronises the device */
@@ -475,8 +475,7 @@ static PyObject *py_cuda_qlin_forward(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = avc_qlin_forward(&r, dev(x), dev(w), l, m, n, dev(y));
     Py_END_ALLOW_THREADS
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 
 /* cuda_qlin_backward(spec, X, W, D, l, m, n, dX|0, dW|0, sr_stream) */
@@ -493,8 +492,7 @@ static PyObject *py_cuda_qlin_backward(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = avc_qlin_backward(&r, dev(x), dev(w), dev(d), l, m, n, dev(dx), dev(dw), sr_stream);
     Py_END_ALLOW_THREADS
-    if (st) return raise_status(st);
-    Py_RETURN_NONE;
+    return none_or_raise(st);
 }
 #endif
 
