@@ -12,14 +12,28 @@ command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 # optional, used when present: OpenBLAS for the fp32 GEMMs
 [[ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h || -e /usr/include/openblas/cblas.h ]] \
     || [[ "${AVERIS_NO_BLAS:-0}" == 1 ]] || need+=(libopenblas-dev)
-if [[ ${#need[@]} -eq 0 ]]; then
-    echo "setup: everything present"
-    exit 0
-fi
+# the Python package's tests (tests/run.sh): venv + pip, Python.h, numpy, pytest
+py_ready() {
+    python3 - >/dev/null 2>&1 <<'PY'
+import ensurepip, os, sysconfig, venv, numpy, pytest
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+PY
+}
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-echo "setup: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-echo "setup: done"
+apt_install() {
+    echo "setup: installing $*"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+[[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
+if ! py_ready; then
+    # pip where the interpreter allows it (pyenv, venv); Debian's packages where
+    # it does not (an externally managed system Python)
+    echo "setup: installing numpy and pytest for the Python tests"
+    python3 -m pip install -q --disable-pip-version-check numpy pytest >/dev/null 2>&1 || true
+    py_ready || apt_install python3-venv python3-pip python3-dev python3-numpy python3-pytest
+    py_ready || { echo "setup: the Python test requirements are still missing" >&2; exit 1; }
+fi
+echo "setup: ready"

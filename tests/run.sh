@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # run.sh — the whole suite (`make test`): the include graph check
 # (scripts/check_includes.py), then the unit tests and the CLI tests, first
-# in the normal build, then again under ASan+UBSan. Prints a summary line
-# "N passed, N failed" last and exits non-zero on any failure.
+# in the normal build (then the Python package's tests), then again under
+# ASan+UBSan. Prints a summary line "N passed, N failed" last and exits
+# non-zero on any failure.
 set -u
 cd "$(dirname "$0")/.."
 JOBS=$(nproc 2>/dev/null || echo 2)
@@ -34,7 +35,34 @@ for args in --self-test ""; do
     if python3 scripts/check_includes.py $args; then total_pass=$((total_pass + 1))
     else total_fail=$((total_fail + 1)); fi
 done
+# The Python package (python/, pip install . into build/pyvenv, which sees
+# the system's numpy and pytest) and its pytest suite against the CLI just
+# built. Once, in the release flavour only. pytest's "no tests ran" (exit 5)
+# counts as a failure.
+run_python() {
+    local bin; bin=$(make -s WERROR="${WERROR:-0}" print-build)/averis
+    local venv=build/pyvenv log rc
+    echo "== python: pip install . && pytest python/tests"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1
+    if ! { [[ -x $venv/bin/python ]] || python3 -m venv --system-site-packages "$venv"; } \
+        || ! "$venv/bin/python" -m pip install -q --no-deps . ; then
+        echo "== python: INSTALL FAILED"; broken=1; return
+    fi
+    log=$(mktemp)
+    AVERIS_BIN=$bin "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    local line p f e
+    line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped)|no tests ran' "$log" | tail -1)
+    rm -f "$log"
+    p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    total_pass=$((total_pass + p)); total_fail=$((total_fail + f + e))
+    if [[ $rc -eq 5 || $p -eq 0 ]]; then echo "== python: no tests ran (pytest exit $rc)"; broken=1
+    elif [[ $rc -ne 0 && $((f + e)) -eq 0 ]]; then echo "== python: pytest exited $rc"; broken=1; fi
+}
 run_flavour "release" WERROR="${WERROR:-0}"
+[[ "${AVERIS_SKIP_PYTHON:-0}" != 1 && $broken -eq 0 ]] && run_python
 if [[ "${AVERIS_SKIP_ASAN:-0}" != 1 ]]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         run_flavour "asan+ubsan" BUILD=build-asan SAN=1 WERROR="${WERROR:-0}"
