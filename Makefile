@@ -59,7 +59,7 @@ comma       := ,
 ifeq ($(CUDA),1)
 PY_SITE     := $(shell $(PYTHON) -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
 cudnn_libdir = $(firstword $(foreach d,lib64 lib lib/x86_64-linux-gnu,$(if $(wildcard $(1)/$(d)/libcudnn.so*),$(1)/$(d))))
-CUDNN_ROOT  := $(firstword $(foreach c,$(if $(CUDNN_HOME),$(CUDNN_HOME),$(CUDA_HOME) $(addsuffix /nvidia/cudnn,$(PY_SITE)) /usr),\
+CUDNN_ROOT  := $(firstword $(foreach c,$(if $(CUDNN_HOME),$(CUDNN_HOME),$(CUDA_HOME) $(addsuffix /nvidia/cudnn,$(PY_SITE)) $(addsuffix /nvidia/cu13,$(PY_SITE)) /usr),\
                  $(if $(and $(wildcard $(c)/include/cudnn_version.h),$(call cudnn_libdir,$(c))),$(c))))
 CUDNN_FE_INC := $(firstword $(foreach d,$(if $(CUDNN_FRONTEND_INCLUDE),$(CUDNN_FRONTEND_INCLUDE),$(CURDIR)/.cudnn_fe/include \
                  $(addsuffix /include,$(PY_SITE)) /usr/local/include /usr/include),$(if $(wildcard $(d)/cudnn_frontend.h),$(d))))
@@ -81,7 +81,8 @@ ifeq ($(CUDNN),1)
 CUDNN_SRC   := cuda/cudnn_att.cu
 # the pip wheel ships libcudnn.so.9 without the libcudnn.so link
 CUDNN_LINK  := $(if $(wildcard $(CUDNN_LIBDIR)/libcudnn.so),-lcudnn,-l:$(notdir $(firstword $(wildcard $(CUDNN_LIBDIR)/libcudnn.so.[0-9]*))))
-LDLIBS      += -L$(CUDNN_LIBDIR) -Wl,-rpath,$(CUDNN_LIBDIR) $(CUDNN_LINK)
+# nvrtc: the frontend's own (experimental) engines compile kernels at run time
+LDLIBS      += -L$(CUDNN_LIBDIR) -Wl,-rpath,$(CUDNN_LIBDIR) $(CUDNN_LINK) -lnvrtc
 else
 CUDNN_SRC   := cuda/cudnn_att_stub.cu
 CUDNN_WHY   := $(if $(filter 1,$(HAVE_CUDNN)),CUDNN=0,$(CUDNN_WHY))
