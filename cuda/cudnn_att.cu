@@ -169,15 +169,9 @@ averis_status build(ccd_ctx *c, const graph_ptr &g, const char *name, ccd_dims d
     return AVERIS_OK;
 }
 
-averis_status forward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const ccd_tensor &k, const ccd_tensor &v,
-                            const ccd_tensor &o, bool training, graph_ptr *out) {
-    std::vector<int64_t> key = {d.B, d.T, d.H, d.KV, d.Dh, training};
-    key_add(key, q), key_add(key, k), key_add(key, v), key_add(key, o);
-    auto it = c->fwd.find(key);
-    if (it != c->fwd.end()) {
-        *out = it->second;
-        return AVERIS_OK;
-    }
+/* The forward graph's definition: O (and, training, the statistics) */
+averis_status define_forward(ccd_dims d, const ccd_tensor &q, const ccd_tensor &k, const ccd_tensor &v,
+                             const ccd_tensor &o, bool training, graph_ptr *out) {
     graph_ptr g = new_graph();
     tensor_ptr Q = g->tensor(tensor_desc("Q", UID_Q, d.B, d.H, d.T, d.Dh, q));
     tensor_ptr K = g->tensor(tensor_desc("K", UID_K, d.B, d.KV, d.T, d.Dh, k));
@@ -198,24 +192,14 @@ averis_status forward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const c
             .set_stride({(int64_t)d.H * d.T, d.T, 1, 1})
             .set_data_type(fe::DataType_t::FLOAT);
     }
-    averis_status st = build(c, g, training ? "forward" : "inference forward", d);
-    if (st) return st;
-    c->fwd.emplace(key, g);
     *out = g;
     return AVERIS_OK;
 }
 
-averis_status backward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const ccd_tensor &k, const ccd_tensor &v,
-                             const ccd_tensor &o, const ccd_tensor &dO, const ccd_tensor &dq, const ccd_tensor &dk,
-                             const ccd_tensor &dv, graph_ptr *out) {
-    std::vector<int64_t> key = {d.B, d.T, d.H, d.KV, d.Dh};
-    key_add(key, q), key_add(key, k), key_add(key, v), key_add(key, o), key_add(key, dO);
-    key_add(key, dq), key_add(key, dk), key_add(key, dv);
-    auto it = c->bwd.find(key);
-    if (it != c->bwd.end()) {
-        *out = it->second;
-        return AVERIS_OK;
-    }
+/* The backward graph's definition: dQ, dK, dV (BF16) from Q, K, V, O, dO, lse */
+averis_status define_backward(ccd_dims d, int deterministic, const ccd_tensor &q, const ccd_tensor &k,
+                              const ccd_tensor &v, const ccd_tensor &o, const ccd_tensor &dO, const ccd_tensor &dq,
+                              const ccd_tensor &dk, const ccd_tensor &dv, graph_ptr *out) {
     graph_ptr g = new_graph();
     tensor_ptr Q = g->tensor(tensor_desc("Q", UID_Q, d.B, d.H, d.T, d.Dh, q));
     tensor_ptr K = g->tensor(tensor_desc("K", UID_K, d.B, d.KV, d.T, d.Dh, k));
@@ -228,7 +212,7 @@ averis_status backward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const 
                                                   .set_attn_scale(1.0f / sqrtf((float)d.Dh))
                                                   .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
                                                   .set_diagonal_band_right_bound(0)
-                                                  .set_deterministic_algorithm(c->deterministic != 0);
+                                                  .set_deterministic_algorithm(deterministic != 0);
     auto [DQ, DK, DV] = g->sdpa_backward(Q, K, V, O, DO, S, opt);
     DQ->set_output(true).set_uid(UID_DQ).set_dim({d.B, d.H, d.T, d.Dh}).set_stride({dq.sb, dq.sh, dq.st, 1});
     DK->set_output(true).set_uid(UID_DK).set_dim({d.B, d.KV, d.T, d.Dh}).set_stride({dk.sb, dk.sh, dk.st, 1});
@@ -236,7 +220,44 @@ averis_status backward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const 
     DQ->set_data_type(fe::DataType_t::BFLOAT16);
     DK->set_data_type(fe::DataType_t::BFLOAT16);
     DV->set_data_type(fe::DataType_t::BFLOAT16);
-    averis_status st = build(c, g, c->deterministic ? "deterministic backward" : "backward", d);
+    *out = g;
+    return AVERIS_OK;
+}
+
+/* The cached forward graph of this key, built on first use */
+averis_status forward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const ccd_tensor &k, const ccd_tensor &v,
+                            const ccd_tensor &o, bool training, graph_ptr *out) {
+    std::vector<int64_t> key = {d.B, d.T, d.H, d.KV, d.Dh, training};
+    key_add(key, q), key_add(key, k), key_add(key, v), key_add(key, o);
+    auto it = c->fwd.find(key);
+    if (it != c->fwd.end()) {
+        *out = it->second;
+        return AVERIS_OK;
+    }
+    graph_ptr g;
+    averis_status st = define_forward(d, q, k, v, o, training, &g);
+    if (!st) st = build(c, g, training ? "forward" : "inference forward", d);
+    if (st) return st;
+    c->fwd.emplace(key, g);
+    *out = g;
+    return AVERIS_OK;
+}
+
+/* The cached backward graph of this key, built on first use */
+averis_status backward_graph(ccd_ctx *c, ccd_dims d, const ccd_tensor &q, const ccd_tensor &k, const ccd_tensor &v,
+                             const ccd_tensor &o, const ccd_tensor &dO, const ccd_tensor &dq, const ccd_tensor &dk,
+                             const ccd_tensor &dv, graph_ptr *out) {
+    std::vector<int64_t> key = {d.B, d.T, d.H, d.KV, d.Dh};
+    key_add(key, q), key_add(key, k), key_add(key, v), key_add(key, o), key_add(key, dO);
+    key_add(key, dq), key_add(key, dk), key_add(key, dv);
+    auto it = c->bwd.find(key);
+    if (it != c->bwd.end()) {
+        *out = it->second;
+        return AVERIS_OK;
+    }
+    graph_ptr g;
+    averis_status st = define_backward(d, c->deterministic, q, k, v, o, dO, dq, dk, dv, &g);
+    if (!st) st = build(c, g, c->deterministic ? "deterministic backward" : "backward", d);
     if (st) return st;
     c->bwd.emplace(key, g);
     *out = g;
@@ -364,5 +385,36 @@ averis_status ccd_backward(ccd_ctx *c, int B, int T, int H, int KV, int Dh, ccd_
         return averis_fail(AVERIS_EIO, "cudnn attention backward: exception: %s", e.what());
     } catch (...) {
         return averis_fail(AVERIS_EIO, "cudnn attention backward: unknown exception");
+    }
+}
+
+averis_status ccd_validate(int sm, int deterministic, int B, int T, int H, int KV, int Dh, ccd_tensor q, ccd_tensor k,
+                           ccd_tensor v, ccd_tensor o, ccd_tensor dO, ccd_tensor dq, ccd_tensor dk, ccd_tensor dv) {
+    try {
+        ccd_dims d = {B, T, H, KV, Dh};
+        averis_status st = check_args("validate", d);
+        if (st) return st;
+        const ccd_tensor *ts[8] = {&q, &k, &v, &o, &dO, &dq, &dk, &dv};
+        const char *names[8] = {"q", "k", "v", "o", "dO", "dq", "dk", "dv"};
+        for (int i = 0; i < 8; i++) {
+            ccd_tensor t = *ts[i];
+            t.ptr = (void *)(uintptr_t)256; /* the strides are checked; there is no memory */
+            if ((st = check_tensor("validate", names[i], t))) return st;
+        }
+        for (int training = 1; training >= 0; training--) {
+            graph_ptr g;
+            if ((st = define_forward(d, q, k, v, o, training != 0, &g))) return st;
+            g->set_sm_version(sm);
+            CCD_FE(g->validate(), training ? "forward" : "inference forward", d, "validate");
+        }
+        graph_ptr g;
+        if ((st = define_backward(d, deterministic, q, k, v, o, dO, dq, dk, dv, &g))) return st;
+        g->set_sm_version(sm);
+        CCD_FE(g->validate(), deterministic ? "deterministic backward" : "backward", d, "validate");
+        return AVERIS_OK;
+    } catch (const std::exception &e) {
+        return averis_fail(AVERIS_EIO, "cudnn attention validate: exception: %s", e.what());
+    } catch (...) {
+        return averis_fail(AVERIS_EIO, "cudnn attention validate: unknown exception");
     }
 }

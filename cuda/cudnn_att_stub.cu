@@ -28,3 +28,7 @@ averis_status ccd_backward(ccd_ctx *, int, int, int, int, int, ccd_tensor, ccd_t
                            ccd_tensor, const float *, ccd_tensor, ccd_tensor, ccd_tensor, cudaStream_t) {
     return ccd_missing();
 }
+averis_status ccd_validate(int, int, int, int, int, int, int, ccd_tensor, ccd_tensor, ccd_tensor, ccd_tensor, ccd_tensor,
+                           ccd_tensor, ccd_tensor, ccd_tensor) {
+    return ccd_missing();
+}

@@ -9,17 +9,21 @@
  *                           repeated gives the same bits
  *   cudnn_attention_errors  bad shapes, head dims and misaligned pointers
  *                           come back as errors that name what was wrong
+ *   cudnn_validate          every graph above and the bench's, validated on
+ *                           the host for sm_90 (`validate`: no GPU needed)
  *
  * Errors are relative L2: ‖got − ref‖₂ / ‖ref‖₂ over the tensor (flash.cu's
  * test metric); bounds O 1e-2, dQ dK dV 2e-2, lse 5e-3 absolute.
  *
  *   build/test_cudnn_att           the tests; ends "N passed, N failed"
+ *   build/test_cudnn_att validate  the graphs checked on the host only
  *   build/test_cudnn_att bench     fwd, bwd, fwd+bwd ms at the Qwen3-0.6B
  *                                  shape (B 8, T 1024, H 16, KV 8, Dh 128),
  *                                  deterministic and not, next to flash.cu
  *
- * test_cudnn_attention and test_cudnn_attention_errors can join test_cuda's
- * list: define AVERIS_CUDNN_TEST_NO_MAIN there.
+ * test_cudnn_attention, test_cudnn_attention_errors and test_cudnn_validate
+ * can join test_cuda's list: compile this file with
+ * -DAVERIS_CUDNN_TEST_NO_MAIN and link it in.
  */
 #include "common.cuh"
 #include "cudnn_att.cuh"
@@ -307,6 +311,37 @@ void test_cudnn_attention(void) {
     ccd_destroy(ctx[1]);
 }
 
+/* Every graph the tests and the bench use, validated on the host for sm_90
+ * (no GPU needed: the frontend's shape, stride and attribute rules) */
+void test_cudnn_validate(void) {
+    if (!ccd_supported(64, 64)) {
+        printf("  skipped: built without cuDNN\n");
+        return;
+    }
+    const int cases[][5] = {{2, 128, 4, 2, 64}, {1, 100, 4, 4, 64}, {2, 192, 16, 8, 128},
+                            {1, 77, 8, 2, 128}, {3, 17, 2, 1, 64},  {8, 1024, 16, 8, 128}};
+    int n = 0;
+    for (const auto &cs : cases)
+        for (int lay = LAY_MODEL; lay <= LAY_TOKENS; lay++)
+            for (int det = 1; det >= 0; det--) {
+                int B = cs[0], T = cs[1], H = cs[2], KV = cs[3], Dh = cs[4];
+                bool tok = lay == LAY_TOKENS;
+                ccd_tensor q = tok ? ccd_tokens(nullptr, H, T, Dh) : ccd_heads(nullptr, H, T, Dh);
+                ccd_tensor k = tok ? ccd_tokens(nullptr, KV, T, Dh) : ccd_heads(nullptr, KV, T, Dh);
+                ccd_tensor o = ccd_tokens(nullptr, H, T, Dh);
+                averis_status st = ccd_validate(90, det, B, T, H, KV, Dh, q, k, k, o, q, q, k, k);
+                CHECK(st == AVERIS_OK, "validate B%d T%d H%d KV%d Dh%d %s %s: %s", B, T, H, KV, Dh,
+                      tok ? "tokens" : "model", det ? "det" : "fast", averis_last_error());
+                n++;
+            }
+    ccd_tensor q = ccd_heads(nullptr, 4, 64, 64), k = ccd_heads(nullptr, 2, 64, 64), bad = q;
+    bad.st = 68; /* 136 bytes: not a 16-byte multiple */
+    averis_status st = ccd_validate(90, 1, 1, 64, 4, 2, 64, bad, k, k, q, q, q, k, k);
+    CHECK(st == AVERIS_EINVAL && strstr(averis_last_error(), "q at"), "validate with q's T stride 68: status %d: %s",
+          (int)st, averis_last_error());
+    printf("  %d graph sets (forward, inference forward, backward) valid for sm_90; a bad stride refused\n", n);
+}
+
 /* Wrong arguments fail before cuDNN is asked, with a message that names them */
 void test_cudnn_attention_errors(void) {
     if (!ccd_supported(64, 64)) {
@@ -448,7 +483,17 @@ static int bench(void) {
     return 0;
 }
 
+/* the host-only check: no GPU needed */
+static int validate_only(void) {
+    g_check_failed = 0;
+    test_cudnn_validate();
+    printf("%s  cudnn_validate\n", g_check_failed ? "FAIL" : "ok  ");
+    printf("%d passed, %d failed\n", g_check_failed ? 0 : 1, g_check_failed ? 1 : 0);
+    return g_check_failed ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "validate")) return validate_only();
     char desc[256];
     if (avc_init(0, desc, sizeof desc)) {
         fprintf(stderr, "test_cudnn_att: %s\n", averis_last_error());
@@ -456,7 +501,8 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\n", desc);
     if (argc > 1 && !strcmp(argv[1], "bench")) return bench();
-    const test_case tests[] = {{"cudnn_attention", test_cudnn_attention},
+    const test_case tests[] = {{"cudnn_validate", test_cudnn_validate},
+                               {"cudnn_attention", test_cudnn_attention},
                                {"cudnn_attention_errors", test_cudnn_attention_errors}};
     int passed = 0, failed = 0;
     for (const test_case &t : tests) {
