@@ -79,10 +79,11 @@ averis_status ccd_backward(ccd_ctx *c, int B, int T, int H, int KV, int Dh, ccd_
 size_t ccd_workspace_bytes(const ccd_ctx *c);
 /* The three graphs of a call (forward for training and for inference,
  * backward) defined and validated on the host for a GPU of compute
- * capability sm (90: Hopper), with no GPU, handle or memory: the frontend's
+ * capability sm (90: Hopper), with no handle or memory: the frontend's
  * checks of shapes, strides and attributes against this cuDNN's rules, not
- * the engines' support (that needs the GPU). For tests on machines without
- * one. Tensors' pointers are ignored. */
+ * the engines' support. NOTE: frontend 1.32's validate still calls
+ * cudaGetDevice, so on a machine with no GPU it fails with that CUDA error.
+ * Tensors' pointers are ignored. */
 averis_status ccd_validate(int sm, int deterministic, int B, int T, int H, int KV, int Dh, ccd_tensor q, ccd_tensor k,
                            ccd_tensor v, ccd_tensor o, ccd_tensor dO, ccd_tensor dq, ccd_tensor dk, ccd_tensor dv);
 
