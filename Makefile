@@ -47,6 +47,47 @@ CFLAGS_BASE += -DAVERIS_HAVE_CUDA
 LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lpthread
 endif
 
+# cuDNN attention (cuda/cudnn_att.cu): cuDNN 9 (cudnn.h + libcudnn) and the
+# header-only cudnn-frontend. cuDNN from CUDNN_HOME= (include/, lib64/ or
+# lib/), else the CUDA install, else the Python environment's nvidia/cudnn
+# (the nvidia-cudnn-cu* wheel, as torch installs it), else /usr. The frontend
+# from CUDNN_FRONTEND_INCLUDE= (the folder of cudnn_frontend.h), else
+# .cudnn_fe/include (scripts/carry_cudnn_fe.sh), else the Python environment's
+# nvidia-cudnn-frontend (scripts/setup.sh installs it). CUDNN=0 builds the stub.
+PYTHON      ?= python3
+comma       := ,
+ifeq ($(CUDA),1)
+PY_SITE     := $(shell $(PYTHON) -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
+cudnn_libdir = $(firstword $(foreach d,lib64 lib lib/x86_64-linux-gnu,$(if $(wildcard $(1)/$(d)/libcudnn.so*),$(1)/$(d))))
+CUDNN_ROOT  := $(firstword $(foreach c,$(if $(CUDNN_HOME),$(CUDNN_HOME),$(CUDA_HOME) $(addsuffix /nvidia/cudnn,$(PY_SITE)) $(addsuffix /nvidia/cu13,$(PY_SITE)) /usr),\
+                 $(if $(and $(wildcard $(c)/include/cudnn_version.h),$(call cudnn_libdir,$(c))),$(c))))
+CUDNN_FE_INC := $(firstword $(foreach d,$(if $(CUDNN_FRONTEND_INCLUDE),$(CUDNN_FRONTEND_INCLUDE),$(CURDIR)/.cudnn_fe/include \
+                 $(addsuffix /include,$(PY_SITE)) /usr/local/include /usr/include),$(if $(wildcard $(d)/cudnn_frontend.h),$(d))))
+ifneq ($(CUDNN_ROOT),)
+CUDNN_LIBDIR := $(call cudnn_libdir,$(CUDNN_ROOT))
+CUDNN_VER    := $(shell sed -n 's/^\#define CUDNN_\(MAJOR\|MINOR\) *\([0-9]*\).*/\2/p' $(CUDNN_ROOT)/include/cudnn_version.h | paste -sd.)
+endif
+ifneq ($(CUDNN_FE_INC),)
+CUDNN_FE_VER := $(shell sed -n 's/^\#define CUDNN_FRONTEND_\(MAJOR\|MINOR\)_VERSION *\([0-9]*\).*/\2/p' $(CUDNN_FE_INC)/cudnn_frontend_version.h | paste -sd.)
+endif
+HAVE_CUDNN  := $(if $(and $(CUDNN_ROOT),$(CUDNN_FE_INC),$(filter 9 1%,$(firstword $(subst ., ,$(CUDNN_VER))))),1,0)
+CUDNN_WHY   := $(if $(CUDNN_ROOT),$(if $(filter 1,$(HAVE_CUDNN)),cuDNN $(CUDNN_VER) in $(CUDNN_ROOT)$(comma) frontend $(CUDNN_FE_VER) in $(CUDNN_FE_INC),$(if $(CUDNN_FE_INC),cuDNN $(CUDNN_VER) in $(CUDNN_ROOT) is older than 9,no cudnn-frontend headers: bash scripts/setup.sh or CUDNN_FRONTEND_INCLUDE=)),no cudnn.h + libcudnn: set CUDNN_HOME=)
+else
+HAVE_CUDNN  := 0
+CUDNN_WHY   := no CUDA path
+endif
+CUDNN       ?= $(HAVE_CUDNN)
+ifeq ($(CUDNN),1)
+CUDNN_SRC   := cuda/cudnn_att.cu
+# the pip wheel ships libcudnn.so.9 without the libcudnn.so link
+CUDNN_LINK  := $(if $(wildcard $(CUDNN_LIBDIR)/libcudnn.so),-lcudnn,-l:$(notdir $(firstword $(wildcard $(CUDNN_LIBDIR)/libcudnn.so.[0-9]*))))
+# nvrtc: the frontend's own (experimental) engines compile kernels at run time
+LDLIBS      += -L$(CUDNN_LIBDIR) -Wl,-rpath,$(CUDNN_LIBDIR) $(CUDNN_LINK) -lnvrtc
+else
+CUDNN_SRC   := cuda/cudnn_att_stub.cu
+CUDNN_WHY   := $(if $(filter 1,$(HAVE_CUDNN)),CUDNN=0,$(CUDNN_WHY))
+endif
+
 ifeq ($(HAVE_OPENMP),1)
 CFLAGS_BASE += -fopenmp
 LDFLAGS += -fopenmp
@@ -65,6 +106,7 @@ SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
 CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu
+CUDA_SRC  += $(CUDNN_SRC)
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 ifeq ($(CUDA),1)
 OBJ      += $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
@@ -86,6 +128,7 @@ features:
 	@echo "  $(call yesno,$(HAVE_BLAS)) BLAS (OpenBLAS)"
 	@echo "  $(call yesno,$(HAVE_ZLIB)) zlib (reading the default corpus)"
 	@echo "  $(call yesno,$(CUDA)) CUDA path (nvcc, sm_$(CUDA_ARCH)$(if $(filter 1,$(HAVE_CUDA)),,: no toolkit))"
+	@echo "  $(call yesno,$(and $(filter 1,$(CUDA)),$(filter 1,$(CUDNN)))) cuDNN attention ($(CUDNN_WHY))"
 
 $(BUILD)/src/gemm.o $(BUILD)/src/model.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
@@ -103,6 +146,7 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.
 # them): tests/cuda (test_cuda), bench/cuda (bench_cuda) and the kernel lab
 # dev/cuda (quant_lab), which see cuda/'s internal headers.
 CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda $(BUILD)/quant_lab
+CUDA_TEST_BIN += $(BUILD)/test_cudnn_att
 cuda-tests: $(CUDA_TEST_BIN)
 $(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include/averis/*.h) tests/check.h
 	@mkdir -p $(dir $@)
@@ -113,6 +157,17 @@ $(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/quant_lab: $(BUILD)/dev/cuda/quant_lab.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# cuDNN attention against the fp64 reference; `test_cudnn_att bench` times it
+$(BUILD)/test_cudnn_att: $(BUILD)/tests/cuda/test_cudnn_att.o $(BUILD)/tests/test_patterns.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/tests/cuda/test_cudnn_att.o: tests/cuda/test_cudnn_att.cu cuda/cudnn_att.cuh cuda/common.cuh tests/check.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
+# The frontend's headers are system headers (their warnings are not ours);
+# -O1 without -g: the file is host code that builds graphs once, and the
+# frontend's templates take minutes to compile at -O3 -g.
+$(BUILD)/cuda/cudnn_att.o: NVCCFLAGS := $(filter-out -O3 -g -lineinfo,$(NVCCFLAGS)) -O1 -isystem $(CUDNN_FE_INC) \
+                                        $(if $(filter-out /usr $(CUDA_HOME),$(CUDNN_ROOT)),-isystem $(CUDNN_ROOT)/include)
 
 $(LIB): $(OBJ)
 	@rm -f $@

@@ -19,6 +19,19 @@ import ensurepip, os, sysconfig, venv, numpy, pytest
 assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 PY
 }
+# with the CUDA toolkit: the cudnn-frontend headers for cuDNN attention (the
+# Makefile finds them in site-packages/include; cuDNN itself comes with CUDA
+# or torch). Header-only, so no dependencies; skipped when already there.
+if { command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; } && command -v python3 >/dev/null 2>&1 \
+    && [[ "${AVERIS_NO_CUDNN_FE:-0}" != 1 ]]; then
+    have_fe=$(python3 -c 'import os, site; print(any(os.path.exists(os.path.join(d, "include", "cudnn_frontend.h")) for d in site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || echo False)
+    if [[ "$have_fe" != True ]]; then
+        echo "setup: installing the cudnn-frontend headers (pip nvidia-cudnn-frontend)"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check --no-deps \
+            "nvidia-cudnn-frontend==${CUDNN_FE_VERSION:-1.32.0}" \
+            || echo "setup: pip could not install nvidia-cudnn-frontend; cuDNN attention stays off"
+    fi
+fi
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
