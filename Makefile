@@ -160,7 +160,7 @@ $(BUILD)/quant_lab: $(BUILD)/dev/cuda/quant_lab.o $(BUILD)/tests/test_patterns.o
 # cuDNN attention against the fp64 reference; `test_cudnn_att bench` times it
 $(BUILD)/test_cudnn_att: $(BUILD)/tests/cuda/test_cudnn_att.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/tests/cuda/test_cudnn_att.o: tests/cuda/test_cudnn_att.cu cuda/cudnn_att.cuh cuda/common.cuh tests/check.h
+$(BUILD)/tests/cuda/test_cudnn_att.o: tests/cuda/test_cudnn_att.cu cuda/cudnn_att.cuh cuda/common.cuh dev/cuda/tool_util.cuh tests/check.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
 # The frontend's headers are system headers (their warnings are not ours);

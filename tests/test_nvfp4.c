@@ -369,7 +369,7 @@ void test_simd_levels_and_threads_equal_reference(void) {
         float *mx = malloc(sizeof(float) * cols), *mn = malloc(sizeof(float) * cols);
         uint16_t *xb = malloc(sizeof(uint16_t) * n);
         test_fill_pattern(x, n, cols, 1 + s, &r); /* per-column offsets and outliers */
-        for (int64_t i = 0; i < n; i++) xb[i] = nvfp4_bf16_from_f32(x[i]);
+        for (int64_t i = 0; i < n; i++) xb[i] = bf16_from_f32(x[i]);
         nvfp4_colstats_ref(x, rows, cols, cols, mean, mx, mn);
         for (int variant = 0; variant < 16; variant++) {
             nvfp4_opts o = variant_opts(variant, mean, 0x0123456789ABCDEFull, 0xFEDCBA9876543210ull + (uint64_t)variant);

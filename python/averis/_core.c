@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "averis/analysis.h"
+#include "averis/half.h"
 #include "averis/nvfp4.h"
 #include "averis/qlinear.h"
 #ifdef AVERIS_PY_CUDA
@@ -144,7 +145,7 @@ static averis_status quantize_host(const void *src, int dtype, int64_t rows, int
     } else {
         if (!(x = malloc((size_t)n * sizeof(float)))) return QH_NOMEM;
         const uint16_t *h = src;
-        for (int64_t i = 0; i < n; i++) x[i] = dtype == NVFP4_BF16 ? nvfp4_bf16_to_f32(h[i]) : nvfp4_f16_to_f32(h[i]);
+        for (int64_t i = 0; i < n; i++) x[i] = dtype == NVFP4_BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
     }
     nvfp4_opts o = nvfp4_opts_default();
     o.block = (nvfp4_block_kind)block;

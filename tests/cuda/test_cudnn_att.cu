@@ -28,7 +28,9 @@
  */
 #include "common.cuh"
 #include "cudnn_att.cuh"
-#include "tool_util.cuh"
+#include "flash.cuh"
+#include "averis/half.h"
+#include "../../dev/cuda/tool_util.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -40,7 +42,7 @@ extern "C" {
 #include "../check.h"
 }
 
-typedef __nv_bfloat16 bf16;
+typedef __nv_bfloat16 nvbf16;
 
 namespace {
 
@@ -56,8 +58,8 @@ host_bf16 random_bf16(size_t n, float sc, trng *r) {
     h.bits.resize(n);
     h.val.resize(n);
     for (size_t i = 0; i < n; i++) {
-        h.bits[i] = nvfp4_bf16_from_f32(sc * trng_normal(r));
-        h.val[i] = nvfp4_bf16_to_f32(h.bits[i]);
+        h.bits[i] = bf16_from_f32(sc * trng_normal(r));
+        h.val[i] = bf16_to_f32(h.bits[i]);
     }
     return h;
 }
@@ -68,20 +70,20 @@ inline size_t hm(int b, int h, int t, int d, int heads, int T, int Dh) {
 }
 
 /* head-major host bits → a device buffer in layout lay (its ptr ignored) */
-bf16 *upload(const std::vector<uint16_t> &src, ccd_tensor lay, int B, int heads, int T, int Dh) {
+nvbf16 *upload(const std::vector<uint16_t> &src, ccd_tensor lay, int B, int heads, int T, int Dh) {
     std::vector<uint16_t> dst(src.size());
     for (int b = 0; b < B; b++)
         for (int h = 0; h < heads; h++)
             for (int t = 0; t < T; t++)
                 for (int d = 0; d < Dh; d++)
                     dst[b * lay.sb + h * lay.sh + t * lay.st + d] = src[hm(b, h, t, d, heads, T, Dh)];
-    bf16 *p;
+    nvbf16 *p;
     DEV(cudaMalloc(&p, dst.size() * 2));
     DEV(cudaMemcpy(p, dst.data(), dst.size() * 2, cudaMemcpyHostToDevice));
     return p;
 }
 /* a device buffer in layout lay → head-major floats */
-std::vector<float> download(const bf16 *p, ccd_tensor lay, int B, int heads, int T, int Dh) {
+std::vector<float> download(const nvbf16 *p, ccd_tensor lay, int B, int heads, int T, int Dh) {
     size_t n = (size_t)B * heads * T * Dh;
     std::vector<uint16_t> raw(n);
     DEV(cudaMemcpy(raw.data(), p, n * 2, cudaMemcpyDeviceToHost));
@@ -90,11 +92,11 @@ std::vector<float> download(const bf16 *p, ccd_tensor lay, int B, int heads, int
         for (int h = 0; h < heads; h++)
             for (int t = 0; t < T; t++)
                 for (int d = 0; d < Dh; d++)
-                    out[hm(b, h, t, d, heads, T, Dh)] = nvfp4_bf16_to_f32(raw[b * lay.sb + h * lay.sh + t * lay.st + d]);
+                    out[hm(b, h, t, d, heads, T, Dh)] = bf16_to_f32(raw[b * lay.sb + h * lay.sh + t * lay.st + d]);
     return out;
 }
-bf16 *dev_nan(size_t n) { /* 0xFFFF is a BF16 NaN: an element never written shows */
-    bf16 *p;
+nvbf16 *dev_nan(size_t n) { /* 0xFFFF is a BF16 NaN: an element never written shows */
+    nvbf16 *p;
     DEV(cudaMalloc(&p, n * 2));
     DEV(cudaMemset(p, 0xFF, n * 2));
     return p;
@@ -210,10 +212,10 @@ void run_case(ccd_ctx *c, int det, const att_case &a) {
             double e = fabs((double)glse[i] - a.lse[i]);
             if (!(e <= lse_err)) lse_err = e, ilse = i; /* NaN counts as the worst */
         }
-        double eo = rel_l2(download((bf16 *)o.ptr, a.Lo, B, H, T, Dh), a.O),
-               eq = rel_l2(download((bf16 *)dq.ptr, a.Lq, B, H, T, Dh), a.dQ),
-               ek = rel_l2(download((bf16 *)dk.ptr, a.Lk, B, KV, T, Dh), a.dK),
-               ev = rel_l2(download((bf16 *)dv.ptr, a.Lk, B, KV, T, Dh), a.dV);
+        double eo = rel_l2(download((nvbf16 *)o.ptr, a.Lo, B, H, T, Dh), a.O),
+               eq = rel_l2(download((nvbf16 *)dq.ptr, a.Lq, B, H, T, Dh), a.dQ),
+               ek = rel_l2(download((nvbf16 *)dk.ptr, a.Lk, B, KV, T, Dh), a.dK),
+               ev = rel_l2(download((nvbf16 *)dv.ptr, a.Lk, B, KV, T, Dh), a.dV);
         CHECK(eo <= 1e-2, "%s: O rel L2 error %.3g > 1e-2", shape, eo);
         CHECK(lse_err <= 5e-3, "%s: lse[%zu] = %.6g, reference %.6g (|diff| %.3g > 5e-3)", shape, ilse,
               (double)glse[ilse], a.lse[ilse], lse_err);
@@ -222,7 +224,7 @@ void run_case(ccd_ctx *c, int det, const att_case &a) {
         CHECK(ev <= 2e-2, "%s: dV rel L2 error %.3g > 2e-2", shape, ev);
         double ei = -1.0;
         if (st_inf == AVERIS_OK) {
-            ei = rel_l2(download((bf16 *)o2.ptr, a.Lo, B, H, T, Dh), a.O);
+            ei = rel_l2(download((nvbf16 *)o2.ptr, a.Lo, B, H, T, Dh), a.O);
             CHECK(ei <= 1e-2, "%s: inference O rel L2 error %.3g > 1e-2", shape, ei);
         }
         const char *rep = "-";
@@ -358,7 +360,7 @@ void test_cudnn_attention_errors(void) {
         return;
     }
     int B = 1, T = 64, H = 4, KV = 2, Dh = 64;
-    bf16 *buf;
+    nvbf16 *buf;
     DEV(cudaMalloc(&buf, (size_t)B * H * T * Dh * 2 + 64));
     float *lse;
     DEV(cudaMalloc(&lse, (size_t)B * H * T * 4));
@@ -466,11 +468,11 @@ static int bench(void) {
         ccd_destroy(c);
     }
     {
-        const bf16 *cq = (const bf16 *)q.ptr, *ck = (const bf16 *)k.ptr, *cv = (const bf16 *)v.ptr,
-                   *cdo = (const bf16 *)dO.ptr;
-        auto f = [&] { OR_DIE(avf_forward(cq, ck, cv, o.ptr, 1, lse, B, T, H, KV, Dh, 0)); };
+        const nvbf16 *cq = (const nvbf16 *)q.ptr, *ck = (const nvbf16 *)k.ptr, *cv = (const nvbf16 *)v.ptr,
+                   *cdo = (const nvbf16 *)dO.ptr;
+        auto f = [&] { OR_DIE(cf_forward(cq, ck, cv, o.ptr, 1, lse, B, T, H, KV, Dh, 0)); };
         auto b = [&] {
-            OR_DIE(avf_backward(cq, ck, cv, cdo, dao, o.ptr, 1, lse, Dv, gq, gk, gv, B, T, H, KV, Dh, 0));
+            OR_DIE(cf_backward(cq, ck, cv, cdo, dao, o.ptr, 1, lse, Dv, gq, gk, gv, B, T, H, KV, Dh, 0));
         };
         double tf = time_ms(f, iters), tb = time_ms(b, iters), tfb = time_ms([&] { f(), b(); }, iters);
         both[2] = tfb;
