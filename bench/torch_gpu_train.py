@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """The peer for bench_cuda step: the same Qwen3 shape trained in PyTorch on
 the same GPU (transformers' Qwen3ForCausalLM, fp32 master weights, BF16
-autocast, SDPA attention, fused AdamW), eager and torch.compile.
+autocast, SDPA attention, fused AdamW), eager and torch.compile; and the
+FP4 peer: the same model with every decoder linear a W4A4G4 NVFP4
+fake-quant (a simulation of the `nvfp4` recipe on Hopper, as one would
+write it in PyTorch: 1x16 blocks along K for X and dY, 16x16 blocks for W,
+E4M3 block scales under an fp32 tensor scale, round-to-nearest for X and
+W, stochastic rounding for the gradients; the wgrad operands quantized
+along the tokens), eager (fq-eager) and compiled (fq-compile).
 
-    python3 bench/torch_gpu_train.py [--config qwen3-0.6b] [--batch 8] [--seq 1024]
-                                     [--steps 10] [--modes eager,compile]
+    python3 bench/torch_gpu_train.py [--config qwen3-0.6b|qwen3-114m|tiny] [--batch 8] [--seq 1024]
+                                     [--steps 10] [--modes eager,compile,fq-eager,fq-compile]
 
 Prints ms/step, tokens/s and MFU with bench_cuda's flop count
 (6·params + 12·L·H·Dh·T per token, against 989 TFLOP/s).
@@ -20,7 +26,82 @@ PRESETS = {
                  num_attention_heads=4, num_key_value_heads=2, head_dim=32),
     "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+    # bench/configs/qwen3-114m.json
+    "qwen3-114m": dict(vocab_size=50304, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                       num_attention_heads=12, num_key_value_heads=4, head_dim=64),
 }
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+MIDS = (E2M1[1:] + E2M1[:-1]) / 2
+
+
+def fq(x, sr=False):
+    """NVFP4 quantize-dequantize of x (rows of the last dim in blocks of 16)."""
+    shape, dt = x.shape, x.dtype
+    x = x.float().reshape(-1, 16)
+    g = x.abs().amax().clamp_min(1e-30) / (6.0 * 448.0)            # fp32 tensor scale (decode)
+    bs = (x.abs().amax(-1, keepdim=True) / 6.0 / g).clamp(max=448.0)
+    bs = bs.to(torch.float8_e4m3fn).float() * g                      # E4M3 block scale
+    y = x / torch.where(bs > 0, bs, torch.ones_like(bs))
+    a = y.abs().clamp(max=6.0)
+    grid, mids = E2M1.to(x.device), MIDS.to(x.device)
+    if sr:
+        lo = grid[(torch.bucketize(a, grid, right=True) - 1).clamp(0, 7)]
+        hi = grid[torch.bucketize(a, grid, right=False).clamp(0, 7)]
+        p = torch.where(hi > lo, (a - lo) / (hi - lo), torch.zeros_like(a))
+        q = torch.where(torch.rand_like(a) < p, hi, lo)
+    else:
+        q = grid[torch.bucketize(a, mids)]
+    return (torch.sign(y) * q * bs).reshape(shape).to(dt)
+
+
+def fq_w(w):
+    """16x16 blocks of a weight [n, m]."""
+    n, m = w.shape
+    b = w.reshape(n // 16, 16, m // 16, 16).permute(0, 2, 1, 3).reshape(-1, 256)
+    x = b.float()
+    g = x.abs().amax().clamp_min(1e-30) / (6.0 * 448.0)
+    bs = (x.abs().amax(-1, keepdim=True) / 6.0 / g).clamp(max=448.0).to(torch.float8_e4m3fn).float() * g
+    y = x / torch.where(bs > 0, bs, torch.ones_like(bs))
+    q = torch.sign(y) * E2M1.to(x.device)[torch.bucketize(y.abs().clamp(max=6.0), MIDS.to(x.device))] * bs
+    return q.reshape(n // 16, m // 16, 16, 16).permute(0, 2, 1, 3).reshape(n, m).to(w.dtype)
+
+
+class FQLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        x2 = x.reshape(-1, x.shape[-1])
+        wq = fq_w(w)
+        ctx.save_for_backward(x2, wq)
+        ctx.xshape = x.shape
+        return (fq(x2) @ wq.t()).reshape(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, wq = ctx.saved_tensors
+        d2 = dy.reshape(-1, dy.shape[-1])
+        dx = fq(d2, sr=True) @ fq(wq.t().contiguous()).t()          # dgrad: dY along N, W along N
+        dw = fq(d2.t().contiguous(), sr=True) @ fq(x2.t().contiguous()).t()  # wgrad: along the tokens
+        return dx.reshape(ctx.xshape), dw
+
+
+class FQLinear(torch.nn.Linear):
+    def forward(self, x):
+        # BF16 operands as autocast would give nn.Linear; the fake-quant runs outside autocast
+        with torch.autocast("cuda", enabled=False):
+            return FQLinearFn.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16))
+
+
+def to_fake_quant(model):
+    """every nn.Linear of the decoder layers (not the LM head) → FQLinear, same weights"""
+    for layer in model.model.layers:
+        for name, mod in list(layer.named_modules()):
+            for cn, child in list(mod.named_children()):
+                if type(child) is torch.nn.Linear:
+                    f = FQLinear(child.in_features, child.out_features, bias=False, device=child.weight.device)
+                    f.weight = child.weight
+                    setattr(mod, cn, f)
+    return model
 
 
 def main():
@@ -43,8 +124,10 @@ def main():
     for mode in a.modes.split(","):
         model = Qwen3ForCausalLM(cfg).to(dev)
         nparams = sum(t.numel() for t in model.parameters())
+        if mode.startswith("fq-"):
+            to_fake_quant(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        fwd = torch.compile(model) if mode == "compile" else model
+        fwd = torch.compile(model) if mode.endswith("compile") else model
         x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), device=dev)
 
         def step():

@@ -1,5 +1,8 @@
 /* attention.cu — causal GQA attention of the model on device.
  *
+ * With BF16 activations and a build with cuDNN, the whole of it is cuDNN's
+ * fused flash attention (cudnn_att.cu: O written token-major into ao, dQ,
+ * dK, dV in BF16, deterministic backward). Otherwise:
  *   S  = Q·Kᵀ/√Dh per (b, kv group)          cuBLAS batched, causal row blocks
  *   P  = softmax_causal(S), BF16              k_softmax
  *   ao = P·V → [N, H·Dh]                      cuBLAS batched + cr_heads_to_tokens
@@ -12,6 +15,7 @@
 #include "rope.cuh"
 
 #include <cmath>
+#include <cstdio>
 #include <type_traits>
 
 namespace {
@@ -100,6 +104,10 @@ averis_status bgemm(const ca_attn *at, int transA, int transB, int64_t M, int64_
 /* Attention forward of a layer: S = Q·Kᵀ/√Dh, P = softmax, ao = P·V; A: ao's type */
 template <typename A> averis_status forward(const ca_attn *at, const ca_layer *a) {
     CU_PROF("attention fwd", at->s);
+    if (at->cudnn)
+        return ccd_forward(at->ccd, at->B, at->T, at->H, at->KV, at->Dh, ccd_heads(a->qh, at->H, at->T, at->Dh),
+                           ccd_heads(a->kh, at->KV, at->T, at->Dh), ccd_heads(a->vh, at->KV, at->T, at->Dh),
+                           ccd_tokens(static_cast<__nv_bfloat16 *>(a->ao), at->H, at->T, at->Dh), a->lse, at->s);
     if (at->flash) return cf_forward(a->qh, a->kh, a->vh, a->ao, at->ao_bf16, a->lse, at->B, at->T, at->H, at->KV, at->Dh, at->s);
     int64_t T = at->T, Dh = at->Dh, grp = at->H / at->KV, nb = (int64_t)at->B * at->KV, tb = T / at->nsplit;
     float scale = 1.0f / sqrtf((float)Dh);
@@ -171,18 +179,41 @@ averis_status backward_materialised(const ca_attn *at, const ca_layer *a, int64_
 
 } // namespace
 
-averis_status ca_choose(avc_attn want, int B, int H, int T, int Dh, int nlayers, int *flash, int *nsplit) {
+averis_status ca_choose(ca_attn *at, avc_attn want, int nlayers) {
+    int B = at->B, H = at->H, T = at->T, Dh = at->Dh;
     int sup = cf_supported(T, Dh);
     if (want == AVC_ATTN_FLASH && !sup)
         return averis_fail(AVERIS_EUNSUPPORTED, "flash attention needs seq %% 64 == 0 and head_dim 32, 64 or 128 (got %d, %d)",
                            T, Dh);
-    /* P materialised is the faster path where it fits (docs/cuda.md, docs/benchmarks.md) */
+    at->nsplit = T % 64 == 0 ? 4 : 1; /* blocks of T/4 rows: multiples of 16, so every GEMM operand stays aligned */
+    at->cudnn = 0, at->ccd = nullptr;
+    const char *why = "";
+    if (want == AVC_ATTN_CUDNN || want == AVC_ATTN_AUTO) {
+        averis_status st = AVERIS_OK;
+        if (!at->ao_bf16) st = averis_fail(AVERIS_EUNSUPPORTED, "cuDNN attention takes BF16 activations (AVERIS_ACT=bf16)");
+        else if (!ccd_supported(T, Dh))
+            st = averis_fail(AVERIS_EUNSUPPORTED, "cuDNN attention: not in this build, or head_dim %d not a multiple of 8 up to 128", Dh);
+        else st = ccd_create(&at->ccd, 1);
+        if (st == AVERIS_OK) {
+            at->cudnn = 1, at->flash = 0;
+            snprintf(at->path, sizeof at->path, "by cuDNN (%s)", ccd_describe(at->ccd));
+            return AVERIS_OK;
+        }
+        if (want == AVC_ATTN_CUDNN) return st;
+        why = at->ao_bf16 ? " (no cuDNN attention)" : "";
+    }
+    /* P materialised is the faster of our own paths where it fits (docs/cuda.md, docs/benchmarks.md) */
     double p_bytes = (double)B * H * T * (double)T * (2.0 * nlayers + 6.0);
     size_t free_b = 0, total_b = 0;
     CU_TRY(cudaMemGetInfo(&free_b, &total_b));
-    *flash = want != AVC_ATTN_AUTO ? want == AVC_ATTN_FLASH : sup && p_bytes > 0.25 * (double)total_b;
-    *nsplit = T % 64 == 0 ? 4 : 1; /* blocks of T/4 rows: multiples of 16, so every GEMM operand stays aligned */
+    at->flash = want != AVC_ATTN_AUTO ? want == AVC_ATTN_FLASH : sup && p_bytes > 0.25 * (double)total_b;
+    snprintf(at->path, sizeof at->path, "%s%s", at->flash ? "by flash.cu" : "by cuBLAS with P materialised", why);
     return AVERIS_OK;
+}
+
+void ca_release(ca_attn *at) {
+    ccd_destroy(at->ccd);
+    at->ccd = nullptr;
 }
 
 averis_status ca_forward(const ca_attn *at, const ca_layer *l) {
@@ -197,6 +228,18 @@ averis_status ca_backward(const ca_attn *at, const ca_layer *a, const float *dao
     int64_t T = at->T, Dh = at->Dh, grp = at->H / at->KV, nb = (int64_t)at->B * at->KV, N = (int64_t)at->B * at->T;
     float scale = 1.0f / sqrtf((float)Dh);
     CU_OK(cr_tokens_to_heads(dao, nullptr, at->do_heads, N, at->H, at->Dh, at->T, at->s));
+    if (at->cudnn) { /* dQ, dK, dV in BF16, in the fp32 buffers' memory */
+        int H = at->H, KV = at->KV, Tt = at->T, D = at->Dh;
+        auto *gq = reinterpret_cast<__nv_bfloat16 *>(at->o_dq_heads), *gk = reinterpret_cast<__nv_bfloat16 *>(at->dk_heads),
+             *gv = reinterpret_cast<__nv_bfloat16 *>(at->dv_heads);
+        CU_OK(ccd_backward(at->ccd, at->B, Tt, H, KV, D, ccd_heads(a->qh, H, Tt, D), ccd_heads(a->kh, KV, Tt, D),
+                           ccd_heads(a->vh, KV, Tt, D), ccd_tokens(static_cast<__nv_bfloat16 *>(a->ao), H, Tt, D),
+                           ccd_heads(at->do_heads, H, Tt, D), a->lse, ccd_heads(gq, H, Tt, D), ccd_heads(gk, KV, Tt, D),
+                           ccd_heads(gv, KV, Tt, D), at->s));
+        CU_OK(cr_heads_to_tokens(gq, dq, N, H, D, Tt, at->rope_cos, at->rope_sin, at->s));
+        CU_OK(cr_heads_to_tokens(gk, dk, N, KV, D, Tt, at->rope_cos, at->rope_sin, at->s));
+        return cr_heads_to_tokens(gv, dv, N, KV, D, Tt, nullptr, nullptr, at->s);
+    }
     if (at->flash)
         CU_OK(cf_backward(a->qh, a->kh, a->vh, at->do_heads, dao, a->ao, at->ao_bf16, a->lse, at->Dv, at->o_dq_heads,
                           at->dk_heads, at->dv_heads, at->B, at->T, at->H, at->KV, at->Dh, at->s));

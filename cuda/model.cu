@@ -64,7 +64,7 @@ struct avc_model {
     int bf16_last;
     avc_model_opts opts = {};
     int act_bf16; /* activations between kernels in BF16 (else fp32); the residual stream stays fp32 */
-    char desc[128];
+    char desc[224];
     int B, T;
     int64_t N, C, F, V, qd, kvd; /* tokens, width, MLP width, vocabulary, H·Dh, KV·Dh */
     int H, KV, Dh;
@@ -166,7 +166,6 @@ averis_status setup(avc_model *net, const model *m) {
     }
     ca_attn &at = net->att;
     at.B = net->B, at.T = net->T, at.H = net->H, at.KV = net->KV, at.Dh = net->Dh;
-    CU_OK(ca_choose(net->opts.attn, net->B, net->H, net->T, net->Dh, c.num_hidden_layers, &at.flash, &at.nsplit));
     /* Activations: BF16 by default (half the memory and traffic; the CPU
      * model keeps fp32, so the GPU then differs by one BF16 rounding of q, k,
      * v, g, u and attention's output); act = FP32 keeps them fp32 to follow
@@ -175,8 +174,8 @@ averis_status setup(avc_model *net, const model *m) {
     if (net->opts.act == AVC_ACT_BF16 && fp32_recipe)
         return averis_fail(AVERIS_EINVAL, "BF16 activations: the fp32 recipe takes fp32 activations");
     net->act_bf16 = at.ao_bf16 = net->opts.act != AVC_ACT_AUTO ? net->opts.act == AVC_ACT_BF16 : !fp32_recipe;
-    snprintf(net->desc, sizeof net->desc, "%s activations, attention %s", net->act_bf16 ? "BF16" : "fp32",
-             at.flash ? "by flash.cu" : "by cuBLAS with P materialised");
+    CU_OK(ca_choose(&at, net->opts.attn, c.num_hidden_layers));
+    snprintf(net->desc, sizeof net->desc, "%s activations, attention %s", net->act_bf16 ? "BF16" : "fp32", at.path);
     net->nparams = m->nparams;
     net->tensors.assign(m->tensors, m->tensors + m->ntensors);
     CU_TRY(cudaStreamCreateWithFlags(&net->s, cudaStreamNonBlocking));
@@ -228,7 +227,7 @@ averis_status setup(avc_model *net, const model *m) {
             CU_OK(net->alloc(&io.mb_g, F)); CU_OK(net->alloc(&io.mb_u, F));
         }
         CU_OK(net->alloc(&io.att.qh, N * qd)); CU_OK(net->alloc(&io.att.kh, N * kvd)); CU_OK(net->alloc(&io.att.vh, N * kvd));
-        if (at.flash) CU_OK(net->alloc(&io.att.lse, BHT));
+        if (at.flash || at.cudnn) CU_OK(net->alloc(&io.att.lse, BHT));
         else CU_OK(net->alloc(&io.att.P, BHT * T));
         cl_input *ins[4] = {&io.in_h1, &io.in_ao, &io.in_h2, &io.in_a};
         const void *xs[4] = {io.h1, io.att.ao, io.h2, io.a};
@@ -246,7 +245,7 @@ averis_status setup(avc_model *net, const model *m) {
     CU_OK(net->alloc(&net->tok_loss, N)); CU_OK(net->alloc(&net->hf_bf16, N * C));
     if (at.flash) {
         CU_OK(net->alloc(&at.Dv, BHT));
-    } else {
+    } else if (!at.cudnn) {
         CU_OK(net->alloc(&at.S, BHT * T));
         CU_OK(net->alloc(&at.dS, BHT * T));
     }
@@ -438,6 +437,7 @@ void avc_model_free(avc_model *net) {
     if (net->s) cudaStreamSynchronize(net->s);
     cq_set_workspace(nullptr, 0);
     for (void *p : net->allocs) cudaFree(p);
+    ca_release(&net->att);
     if (net->cb) cublasDestroy(net->cb);
     if (net->s) cudaStreamDestroy(net->s);
     delete net;

@@ -20,10 +20,10 @@ __global__ void k_tokens_to_heads(const X *x, const float *mb, __nv_bfloat16 *y,
     y[(((int64_t)b * nh + h) * T + t) * Dh + d] = __float2bfloat16_rn(cu_ld(x + i) + (mb ? mb[h * Dh + d] : 0.0f));
 }
 
-/* [B, nh, T, Dh] fp32 → [N, nh, Dh] fp32 or BF16, optionally rotating each
- * pair back (the RoPE backward: the same rotation with −sin) */
-template <typename Y>
-__global__ void k_heads_to_tokens(const float *x, Y *y, int64_t N, int nh, int Dh, int T, const float *cs,
+/* [B, nh, T, Dh] fp32 or BF16 → [N, nh, Dh] fp32 or BF16, optionally
+ * rotating each pair back (the RoPE backward: the same rotation with −sin) */
+template <typename X, typename Y>
+__global__ void k_heads_to_tokens(const X *x, Y *y, int64_t N, int nh, int Dh, int T, const float *cs,
                                   const float *sn) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int half = Dh / 2;
@@ -31,13 +31,13 @@ __global__ void k_heads_to_tokens(const float *x, Y *y, int64_t N, int nh, int D
     if (i >= N * nh * per) return;
     uint32_t i32 = (uint32_t)i, q = i32 / (uint32_t)per, d = i32 - q * (uint32_t)per;
     uint32_t n = q / (uint32_t)nh, h = q - n * (uint32_t)nh, b = n / (uint32_t)T, t = n - b * (uint32_t)T;
-    const float *src = x + (((int64_t)b * nh + h) * T + t) * Dh;
+    const X *src = x + (((int64_t)b * nh + h) * T + t) * Dh;
     Y *dst = y + ((int64_t)n * nh + h) * Dh;
     if (!cs) {
-        cu_st(dst + d, src[d]);
+        cu_st(dst + d, cu_ld(src + d));
         return;
     }
-    float a = src[d], bb = src[d + half], c = cs[(int64_t)t * half + d], s = -sn[(int64_t)t * half + d];
+    float a = cu_ld(src + d), bb = cu_ld(src + d + half), c = cs[(int64_t)t * half + d], s = -sn[(int64_t)t * half + d];
     cu_st(dst + d, a * c - bb * s);
     cu_st(dst + d + half, bb * c + a * s);
 }
@@ -51,8 +51,8 @@ averis_status cr_tokens_to_heads(const X *x, const float *mb, __nv_bfloat16 *y, 
 }
 
 /* cs, sn [T × Dh/2] rotate back; NULL: the layout only */
-template <typename Y>
-averis_status cr_heads_to_tokens(const float *x, Y *y, int64_t N, int nh, int Dh, int T, const float *cs,
+template <typename X, typename Y>
+averis_status cr_heads_to_tokens(const X *x, Y *y, int64_t N, int nh, int Dh, int T, const float *cs,
                                  const float *sn, cudaStream_t s) {
     int64_t per = cs ? Dh / 2 : Dh;
     k_heads_to_tokens<<<cu_blocks(N * nh * per, 256), 256, 0, s>>>(x, y, N, nh, Dh, T, cs, sn);

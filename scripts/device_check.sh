@@ -8,8 +8,8 @@
 #      kernel lab's other quantize versions bit-exact vs the same spec
 #   3. compute-sanitizer memcheck on the device tests and the lab's checks
 #   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
-#      (BF16 activations, the default), averis with fp32 activations, and
-#      averis with flash attention
+#      (BF16 activations and cuDNN attention, the defaults), averis with fp32
+#      activations, with P materialised and with flash attention
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
 #      build, and resumed on the CPU
 # Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step, quant_lab bench.
@@ -46,6 +46,12 @@ grep -E "✓|✗" "$RUNS/build.log" | head -8
 step "test_cuda (kernels bit-exact, qlinear and model vs CPU)"
 build/test_cuda 2>&1 | tee "$OUT/test_cuda.log" || note_fail "test_cuda"
 build/quant_lab check 2>&1 | tee "$OUT/quant_lab_check.log" || note_fail "quant_lab check"
+step "test_cudnn_att (cuDNN attention vs the fp64 reference, deterministic backward)"
+if grep -q "✓ cuDNN attention" "$RUNS/build.log"; then
+    build/test_cudnn_att 2>&1 | tee "$OUT/test_cudnn_att.log" || note_fail "test_cudnn_att"
+else
+    note_fail "the build found no cuDNN attention: $(grep "cuDNN attention" "$RUNS/build.log")"
+fi
 
 step "compute-sanitizer memcheck"
 if command -v compute-sanitizer >/dev/null; then
@@ -66,11 +72,14 @@ step "tiny: first 50 steps, CPU vs GPU"
 # lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
 # steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
 TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
+# bf16, averis: the defaults (BF16 activations, attention by cuDNN);
+# averis:naive = attention with P materialised (AVERIS_ATTN=naive);
 # averis:flash = the GPU run with attention through cuda/flash.cu (AVERIS_ATTN=flash);
 # averis:fp32act = with fp32 activations between kernels (AVERIS_ACT=fp32), as the CPU keeps them
-for spec in bf16 averis averis:fp32act averis:flash; do
-    r=${spec%%:*} attn=naive act=bf16 tag=$spec
+for spec in bf16 averis averis:naive averis:fp32act averis:flash; do
+    r=${spec%%:*} attn= act=bf16 tag=$spec
     [[ $spec == *:flash ]] && attn=flash tag=${r}_flash
+    [[ $spec == *:naive ]] && attn=naive tag=${r}_naive
     [[ $spec == *:fp32act ]] && act=fp32 tag=${r}_fp32act
     rm -rf "$RUNS/tiny_cpu_$tag" "$RUNS/tiny_gpu_$tag"
     build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$tag" >/dev/null 2>"$RUNS/tiny_cpu_$tag.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$tag.err")"
@@ -127,16 +136,29 @@ if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     build/quant_lab bench 2>&1 | tee "$OUT/bench_quant_lab.txt" || note_fail "quant_lab bench"
     step "bench: Qwen3-0.6B training step"
     build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
+    echo "--- the same with P materialised (AVERIS_ATTN=naive, the default before cuDNN)" | tee -a "$OUT/bench_step.txt"
+    AVERIS_ATTN=naive build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (naive)"
     echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"
     AVERIS_ATTN=flash build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
         | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
     echo "--- the same with fp32 activations between kernels (AVERIS_ACT=fp32)" | tee -a "$OUT/bench_step.txt"
     AVERIS_ACT=fp32 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
         | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fp32 activations)"
+    step "profile: where the averis step's device time goes (AVERIS_CUDA_PROFILE=1)"
+    AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,averis 2>&1 \
+        | tee "$OUT/profile_step.txt" >/dev/null || note_fail "profile step"
+    step "bench: a ~114M shape (bench/configs/qwen3-114m.json), 16 x 1024 tokens"
+    build/bench_cuda step --config bench/configs/qwen3-114m.json --batch 16 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step_114m.txt" \
+        || note_fail "bench step 114m"
     if [[ "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
-        step "peer: the same step in PyTorch (eager, torch.compile)"
-        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/bench_torch.txt"
+        step "peers: the same steps in PyTorch (BF16 eager, torch.compile; NVFP4 fake-quant compiled)"
+        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 --modes ${TORCH_MODES:-eager,compile,fq-compile} 2>&1 \
+            | grep -v Warning | tee "$OUT/bench_torch.txt"
         [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer"
+        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 10 \
+            --modes ${TORCH_MODES:-eager,compile,fq-compile} 2>&1 | grep -v Warning | tee "$OUT/bench_torch_114m.txt"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer 114m"
     fi
 fi
 

@@ -17,7 +17,8 @@ averis_status avc_model_opts_parse(const char *act, const char *attn, const char
     if (attn && *attn) {
         if (!strcmp(attn, "naive")) o->attn = AVC_ATTN_MATERIALISED;
         else if (!strcmp(attn, "flash")) o->attn = AVC_ATTN_FLASH;
-        else return averis_fail(AVERIS_EINVAL, "%s=%s: want flash or naive", what_attn, attn);
+        else if (!strcmp(attn, "cudnn")) o->attn = AVC_ATTN_CUDNN;
+        else return averis_fail(AVERIS_EINVAL, "%s=%s: want cudnn, flash or naive", what_attn, attn);
     }
     return AVERIS_OK;
 }

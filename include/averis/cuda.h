@@ -73,12 +73,15 @@ typedef struct avc_model avc_model;
  * activations between kernels (fp32 with AVERIS_ACT=fp32) and an fp32
  * residual stream. */
 typedef enum { AVC_ACT_AUTO = 0, AVC_ACT_BF16 = 1, AVC_ACT_FP32 = 2 } avc_act;
-typedef enum { AVC_ATTN_AUTO = 0, AVC_ATTN_MATERIALISED = 1, AVC_ATTN_FLASH = 2 } avc_attn;
+typedef enum { AVC_ATTN_AUTO = 0, AVC_ATTN_MATERIALISED = 1, AVC_ATTN_FLASH = 2, AVC_ATTN_CUDNN = 3 } avc_attn;
 /* How the GPU model runs. act: activations between kernels (AUTO: BF16,
- * fp32 under the fp32 recipe, which refuses BF16). attn: AUTO materialises P
- * unless it would take over a quarter of the GPU's memory, then flash.cu. */
+ * fp32 under the fp32 recipe, which refuses BF16). attn: AUTO takes cuDNN's
+ * fused flash attention with BF16 activations where the build has cuDNN and
+ * the GPU takes it (sm_80 on), else materialises P unless it would take over
+ * a quarter of the GPU's memory, then flash.cu. CUDNN needs BF16
+ * activations. */
 typedef struct { avc_act act; avc_attn attn; } avc_model_opts;
-/* Reads the CLI-level names ("bf16"/"fp32", "naive"/"flash"; NULL or "" =
+/* Reads the CLI-level names ("bf16"/"fp32", "naive"/"flash"/"cudnn"; NULL or "" =
  * auto) into o; `what_act`/`what_attn` name their source in errors (e.g.
  * "AVERIS_ACT"). Pure C: works in builds without CUDA. */
 averis_status avc_model_opts_parse(const char *act, const char *attn, const char *what_act, const char *what_attn,
@@ -87,7 +90,7 @@ averis_status avc_model_opts_parse(const char *act, const char *attn, const char
 averis_status avc_model_create(avc_model **g, const model *m, int B, int T, const avc_model_opts *opts);
 void avc_model_free(avc_model *g);
 /* how it runs, one line: activation type (AVERIS_ACT=bf16, the default, or
- * fp32) and attention path (AVERIS_ATTN=naive or flash) */
+ * fp32) and attention path (AVERIS_ATTN=cudnn, naive or flash) */
 const char *avc_model_describe(const avc_model *g);
 /* params/mom/var [nparams] host ↔ device (mom/var may be NULL) */
 averis_status avc_model_upload(avc_model *g, const float *params, const float *mom, const float *var);

@@ -85,6 +85,7 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
         }
         CHECK(st == AVERIS_OK, "%s: avc_model_create: %s", recipes[ri], averis_last_error());
         if (st) { model_free(&m); continue; }
+        if (ri == 1) printf("  (%s)\n", avc_model_describe(net));
         CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12, &lg) == AVERIS_OK, "%s: gpu step: %s", recipes[ri],
               averis_last_error());
         std::vector<float> gg(m.nparams);

@@ -14,6 +14,7 @@
  */
 #include "quant.cuh"
 #include "flash.cuh"
+#include "cudnn_att.cuh"
 #include "nvfp4_device.cuh"
 #include "../../dev/cuda/tool_util.cuh"
 #include "averis/half.h"
@@ -431,6 +432,16 @@ template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void)
     test_model_vs_cpu_T(T, &o);
 }
 
+/* cuDNN explicitly (AVC_ATTN_CUDNN), where the build has it */
+template <int T> static void test_model_vs_cpu_cudnn(void) {
+    if (!ccd_supported(T, 64)) {
+        printf("  skipped: built without cuDNN attention\n");
+        return;
+    }
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_CUDNN};
+    test_model_vs_cpu_T(T, &o);
+}
+
 static const test_case k_tests[] = {
     {"e2m1_exhaustive", test_e2m1_exhaustive},
     {"quantize_bitexact", test_quantize_bitexact},
@@ -438,12 +449,15 @@ static const test_case k_tests[] = {
     {"colstats_bitexact", test_colstats_bitexact},
     {"qlinear_vs_cpu", test_qlinear_vs_cpu},
     {"flash_attention", test_flash_attention},
-    /* the model with fp32 activations (the CPU's), with BF16 (the default),
-     * at seq 48 (the materialised attention unsplit: seq % 64 != 0), and
-     * with attention through flash.cu */
+    /* the model with fp32 activations (the CPU's), with BF16 (the default:
+     * attention by cuDNN where built), with BF16 and P materialised, at seq
+     * 48 (the materialised attention unsplit: seq % 64 != 0; cuDNN at a seq
+     * not a multiple of 64), and with attention through flash.cu */
     {"model_vs_cpu_fp32act", test_model_vs_cpu<64, AVC_ACT_FP32, AVC_ATTN_AUTO>},
     {"model_vs_cpu_bf16act", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_AUTO>},
-    {"model_vs_cpu_seq48", test_model_vs_cpu<48, AVC_ACT_BF16, AVC_ATTN_AUTO>},
+    {"model_vs_cpu_naive", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_MATERIALISED>},
+    {"model_vs_cpu_seq48", test_model_vs_cpu<48, AVC_ACT_BF16, AVC_ATTN_MATERIALISED>},
+    {"model_vs_cpu_cudnn_seq48", test_model_vs_cpu_cudnn<48>},
     {"model_vs_cpu_flash", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_FLASH>},
 };
 
