@@ -23,7 +23,9 @@
 
 /* A tiny model and a corpus over 64 tokens in a fresh dir (as test_train.c). */
 static void fixture(char *dir) {
-    strcpy(dir, "/tmp/averis_ckpt_XXXXXX");
+    struct stat sb; /* tmpfs when there is one: the checkpoints' fsyncs cost nothing there */
+    strcpy(dir, !stat("/dev/shm", &sb) && S_ISDIR(sb.st_mode) && !access("/dev/shm", W_OK) ? "/dev/shm/averis_ckpt_XXXXXX"
+                                                                                              : "/tmp/averis_ckpt_XXXXXX");
     if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
     char p[512];
     snprintf(p, sizeof p, "%s/model.json", dir);

@@ -133,8 +133,9 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     expect_err "cuda without a GPU" "no usable GPU\|built without CUDA" "${TR[@]}" --device cuda --steps 2 --out "$T/r8"
     [[ ! -e $T/r8 ]] && ok || bad "train --device cuda without a GPU created $T/r8"
 fi
+expect_err "resume on nothing" "holds no checkpoint" "${TR[@]}" --recipe bf16 --steps 2 --out "$T/empty" --resume
 expect_err "missing checkpoint" "no checkpoint here" "$BIN" eval "$T/nowhere" --data "$D"
-cp -r "$T/run/ckpt_00000006" "$T/ck"
+cp -r "$T/run/ckpt_00000006" "$T/ck" && rm -f "$T/ck/MANIFEST" # hand-edited below: the loaders' own checks
 head -c 5000 "$T/run/ckpt_00000006/model.safetensors" > "$T/ck/model.safetensors"
 expect_err "truncated safetensors" "model.safetensors" "$BIN" eval "$T/ck" --data "$D"
 cp -r "$D" "$T/dbad" && head -c 1500 "$D/train_000000.bin" > "$T/dbad/train_000000.bin"
