@@ -503,10 +503,10 @@ void test_ckpt_inject_nan(void) {
     CHECK(!averis_read_file(a, &x, &nx) && !averis_read_file(b, &y, &ny) && nx == ny && !memcmp(x, y, nx),
           "the skipped step changed the weights");
     free(x);
-    free(y);
     snprintf(a, sizeof a, "%s/ckpt_00000004/model.safetensors", g_out);
     CHECK(!averis_read_file(a, &x, &nx) && (nx != ny || memcmp(x, y, nx)), "step 4 did not update");
     free(x);
+    free(y);
     setenv("AVERIS_INJECT_NAN_STEP", "9", 1);
     opts(&o, dir, "bad");
     CHECK(run_says(&o, SAYS("AVERIS_INJECT_NAN_STEP")), "out of range: %s", averis_last_error());
