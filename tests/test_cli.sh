@@ -120,8 +120,8 @@ TR=("$BIN" train --config "$T/cfg.json" --data "$D" --batch 2 --seq 32 --val-bat
     && [[ $(head -c 4 "$T/s1") == "The " ]] && cmp -s "$T/s1" "$T/s2" && ok || bad "sample: $(cat "$T/s1")"
 # bad input: each a one-line error and a non-zero exit
 expect_err "unknown recipe" "unknown recipe 'fp5'" "${TR[@]}" --recipe fp5 --steps 2 --out "$T/r2"
-echo '{"hidden_size": 30, "num_attention_heads": 4}' > "$T/bad.json"
-expect_err "heads not dividing width" "does not divide hidden_size" "$BIN" train --config "$T/bad.json" --data "$D" --out "$T/r3"
+echo '{"hidden_size": 30, "num_attention_heads": 4, "num_key_value_heads": 3}' > "$T/bad.json"
+expect_err "kv heads not dividing heads" "num_key_value_heads = 3 does not divide num_attention_heads = 4" "$BIN" train --config "$T/bad.json" --data "$D" --out "$T/r3"
 echo '{"num_attention_heads": 4, "num_key_value_heads": 3}' > "$T/bad2.json"
 expect_err "kv heads" "num_key_value_heads = 3 does not divide" "$BIN" train --config "$T/bad2.json" --data "$D" --out "$T/r4"
 expect_err "fresh run over a checkpoint" "pass --resume" "${TR[@]}" --recipe averis --steps 6 --out "$T/run"
