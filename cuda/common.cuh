@@ -34,6 +34,21 @@
             return averis_fail(AVERIS_EIO, "cuda: %s failed at %s:%d: %s", #call, __FILE__, __LINE__,       \
                                cudaGetErrorString(e_));                                                     \
     } while (0)
+/* An allocation of `bytes`: on failure, an ENOMEM naming the size wanted and
+ * the device's free and total memory (the sticky error is cleared). */
+static inline averis_status cu_alloc_fail(cudaError_t e, double bytes, const char *what, const char *file, int line) {
+    (void)cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) fr = tot = 0;
+    return averis_fail(AVERIS_ENOMEM, "cuda: cannot allocate %.1f MiB (%s at %s:%d: %s); the GPU has %.1f MiB free of %.1f MiB",
+                       bytes / 1048576.0, what, file, line, cudaGetErrorString(e), (double)fr / 1048576.0,
+                       (double)tot / 1048576.0);
+}
+#define CU_ALLOC(call, bytes)                                                                              \
+    do {                                                                                                    \
+        cudaError_t e_ = (call);                                                                            \
+        if (e_ != cudaSuccess) return cu_alloc_fail(e_, (double)(bytes), #call, __FILE__, __LINE__);        \
+    } while (0)
 /* after a launch: a bad configuration shows up here */
 #define CU_LAUNCHED() CU_TRY(cudaGetLastError())
 #define CU_OK(expr)                                                                                        \

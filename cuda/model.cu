@@ -95,13 +95,23 @@ struct avc_model {
     cudaStream_t s = nullptr;
     cublasHandle_t cb = nullptr;
     std::vector<void *> allocs;
+    size_t alloc_bytes = 0; /* what allocs hold */
 
     template <typename T> averis_status alloc(T **p, int64_t n) {
         void *q = nullptr;
-        cudaError_t e = cudaMalloc(&q, (size_t)std::max<int64_t>(n, 1) * sizeof(T));
-        if (e != cudaSuccess)
-            return averis_fail(AVERIS_ENOMEM, "cuda: cannot allocate %.1f MiB (%s); a smaller --batch or --seq fits",
-                               (double)n * sizeof(T) / 1048576.0, cudaGetErrorString(e));
+        size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
+        cudaError_t e = cudaMalloc(&q, bytes);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            size_t fr = 0, tot = 0;
+            if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) fr = tot = 0;
+            return averis_fail(AVERIS_ENOMEM,
+                               "cuda: cannot allocate %.1f MiB (%s) after %.1f MiB for this model; the GPU has %.1f MiB "
+                               "free of %.1f MiB; a smaller --batch, --seq or model fits",
+                               (double)bytes / 1048576.0, cudaGetErrorString(e), (double)alloc_bytes / 1048576.0,
+                               (double)fr / 1048576.0, (double)tot / 1048576.0);
+        }
+        alloc_bytes += bytes;
         allocs.push_back(q);
         *p = static_cast<T *>(q);
         return AVERIS_OK;

@@ -44,7 +44,7 @@ std::mutex g_lt_mu;
 averis_status lt_init() {
     if (g_lt.h) return AVERIS_OK;
     CU_CUBLAS_TRY(cublasLtCreate(&g_lt.h));
-    CU_TRY(cudaMalloc(&g_lt.ws, g_lt.ws_size));
+    CU_ALLOC(cudaMalloc(&g_lt.ws, g_lt.ws_size), g_lt.ws_size);
     CU_TRY(cudaMalloc(&g_lt.consts, 2 * sizeof(float)));
     const float c[2] = {0.0f, 1.0f};
     CU_TRY(cudaMemcpy(g_lt.consts, c, sizeof c, cudaMemcpyHostToDevice));
@@ -490,7 +490,7 @@ static averis_status layer_buffers(const qlin_recipe *r, int64_t l, int64_t m, i
         scr->bias = a.take<float>(m > n ? m : n);
         scr->mean_part = a.take<float>(CL_MEAN_SLICES * (m > n ? m : n));
         need = a.used;
-        if (pass == 0) CU_TRY(cudaMalloc(mem, need));
+        if (pass == 0) CU_ALLOC(cudaMalloc(mem, need), need);
     }
     return AVERIS_OK;
 }

@@ -365,7 +365,7 @@ static averis_status ws_take(void **p, size_t bytes, cudaStream_t s) {
         *p = g_ws;
         return AVERIS_OK;
     }
-    CU_TRY(cudaMallocAsync(p, bytes, s));
+    CU_ALLOC(cudaMallocAsync(p, bytes, s), bytes);
     return AVERIS_OK;
 }
 static averis_status ws_give(void *p, cudaStream_t s) {
@@ -519,8 +519,8 @@ averis_status avc_tensor_alloc(avc_tensor *t, int64_t rows, int64_t cols, nvfp4_
     memset(t, 0, sizeof *t);
     if (rows <= 0 || cols <= 0) return averis_fail(AVERIS_EINVAL, "cuda: empty tensor (%lld x %lld)", (long long)rows, (long long)cols);
     t->rows = rows, t->cols = cols, t->cols_padded = nvfp4_cols_padded(cols), t->block = block;
-    CU_TRY(cudaMalloc(&t->codes_dev, (size_t)(rows * t->cols_padded / 2)));
-    CU_TRY(cudaMalloc(&t->scales_dev, (size_t)nvfp4_scale_count(rows, cols, block)));
+    CU_ALLOC(cudaMalloc(&t->codes_dev, (size_t)(rows * t->cols_padded / 2)), rows * t->cols_padded / 2);
+    CU_ALLOC(cudaMalloc(&t->scales_dev, (size_t)nvfp4_scale_count(rows, cols, block)), nvfp4_scale_count(rows, cols, block));
     CU_TRY(cudaMalloc(&t->amax_dev, sizeof(float)));
     return AVERIS_OK;
 }

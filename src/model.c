@@ -86,10 +86,11 @@ static averis_status get_int(const json *o, const char *what, const char *key, i
     return AVERIS_OK;
 }
 
-/* Hugging Face Qwen3Config's defaults (transformers configuration_qwen3.py):
- * what a config.json field that is absent means. head_dim is the exception:
- * absent, it is hidden_size / num_attention_heads (transformers' fallback for
- * configs without it; 4096 / 32 = Qwen3Config's 128 at the defaults). */
+/* Hugging Face Qwen3Config's defaults (transformers configuration_qwen3.py,
+ * checked against its source): what a config.json field that is absent
+ * means. head_dim is a Qwen3Config field with default 128, so an absent
+ * head_dim is 128 whatever hidden_size / num_attention_heads is (Qwen3Attention
+ * reads config.head_dim); num_key_value_heads: null is num_attention_heads. */
 static const model_config k_hf_defaults = {151936, 4096, 22016, 32, 32, 32, 128, 32768, 0, 10000.0, 1e-6};
 
 /* A JSON value in a few words, for errors. */
@@ -180,14 +181,11 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
     int *dst[] = {&c->vocab_size, &c->hidden_size, &c->intermediate_size, &c->num_hidden_layers,
                   &c->num_attention_heads, &c->num_key_value_heads, &c->head_dim, &c->max_position_embeddings};
     int present[8] = {0};
-    for (int i = 0; i < 8 && !st; i++) st = get_int(&root, what, keys[i], dst[i], &present[i]);
-    if (!st && !present[6] && c->num_attention_heads > 0) { /* Dh = C/H, as transformers derives it */
-        if (c->hidden_size % c->num_attention_heads)
-            st = averis_fail(AVERIS_EINVAL, "%s: num_attention_heads = %d does not divide hidden_size = %d", what,
-                             c->num_attention_heads, c->hidden_size);
-        else
-            c->head_dim = c->hidden_size / c->num_attention_heads;
-    }
+    const json *kv = json_get(&root, "num_key_value_heads");
+    int kv_null = kv && kv->type == JSON_NULL; /* Qwen3Config: None → num_attention_heads */
+    for (int i = 0; i < 8 && !st; i++)
+        if (!(i == 5 && kv_null)) st = get_int(&root, what, keys[i], dst[i], &present[i]);
+    if (!st && kv_null) c->num_key_value_heads = c->num_attention_heads;
     const json *j;
     if (!st && (j = json_get(&root, "tie_word_embeddings"))) {
         if (j->type != JSON_BOOL) st = averis_fail(AVERIS_EINVAL, "%s: field tie_word_embeddings must be true or false", what);

@@ -6,6 +6,7 @@
 #include "averis/json.h"
 #include "averis/status.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,13 +175,15 @@ averis_status st_write_f32(const char *path, const st_out *t, int n, const char 
     if (st) { free(h); return st; }
     uint8_t hl[8];
     for (int i = 0; i < 8; i++) hl[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    errno = 0;
     int ok = fwrite(hl, 1, 8, af.f) == 8 && fwrite(h, 1, len, af.f) == len;
     for (int i = 0; ok && i < n; i++) {
         int64_t numel = 1;
         for (int d = 0; d < t[i].ndim; d++) numel *= t[i].shape[d];
         ok = fwrite(t[i].data, 4, (size_t)numel, af.f) == (size_t)numel; /* little-endian hosts only */
     }
+    int err = errno ? errno : EIO;
     free(h);
-    if (!ok) { averis_afile_abort(&af); return averis_fail(AVERIS_EIO, "%s: write failed", path); }
+    if (!ok) { averis_afile_abort(&af); return averis_fail(AVERIS_EIO, "%s: write failed: %s", path, strerror(err)); }
     return averis_afile_commit(&af);
 }

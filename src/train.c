@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void train_opts_default(train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -118,10 +119,13 @@ typedef struct {
     ckpt_run ck;
     double tokens_per_step, t_steps; /* t_steps: seconds in the steps timed (not validation or checkpoints) */
     int steps_timed;
+    int lock_fd;              /* OUT/train.lock, held for the run (-1: none) */
+    int inject_nan_step;      /* AVERIS_INJECT_NAN_STEP: this step's gradients are NaN (0: off) */
 } trainer;
 
 static void trainer_free(trainer *t) {
     if (t->bctx) t->be->destroy(t->bctx);
+    if (t->lock_fd >= 0) close(t->lock_fd);
     if (t->log) fclose(t->log);
     if (t->ana) fclose(t->ana);
     free(t->ana_in); free(t->ana_tg);
@@ -161,7 +165,12 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
     if (o->seq > cfg.max_position_embeddings)
         return averis_fail(AVERIS_EINVAL, "train: --seq %d exceeds the config's max_position_embeddings %d", o->seq,
                            cfg.max_position_embeddings);
-    if ((st = model_create(&t->m, &cfg)) || (st = qlin_recipe_parse(o->recipe, &t->m.recipe))) return st;
+    qlin_recipe rec;
+    if ((st = qlin_recipe_parse(o->recipe, &rec))) return st;
+    /* an NVFP4 recipe needs widths in blocks of 16: said at load, naming the field */
+    if (rec.fp4 && o->bf16_last < cfg.num_hidden_layers && (st = model_config_check_fp4(&cfg, o->config))) return st;
+    if ((st = model_create(&t->m, &cfg))) return st;
+    t->m.recipe = rec;
     t->m.bf16_last = o->bf16_last;
     if ((st = loader_open(&t->train, o->data_dir, "train")) || (st = loader_open(&t->val, o->data_dir, "val"))) return st;
     if (t->train.max_id >= cfg.vocab_size || t->val.max_id >= cfg.vocab_size)
@@ -169,6 +178,23 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
                            o->data_dir, t->train.max_id > t->val.max_id ? t->train.max_id : t->val.max_id,
                            cfg.vocab_size);
     size_t N = (size_t)o->batch * o->seq;
+    /* each split that is read must hold one batch: said now, not at the first validation */
+    if (t->train.n < N + 1)
+        return averis_fail(AVERIS_EINVAL, "train: the train split of %s holds %zu tokens; one batch of --batch %d × --seq %d "
+                                          "needs B·T+1 = %zu", o->data_dir, t->train.n, o->batch, o->seq, N + 1);
+    if ((o->val_every > 0 || o->analyze_every > 0) && t->val.n < N + 1)
+        return averis_fail(AVERIS_EINVAL, "train: the val split of %s holds %zu tokens; one validation batch of --batch %d × "
+                                          "--seq %d needs B·T+1 = %zu (or --val-every 0)", o->data_dir, t->val.n, o->batch,
+                           o->seq, N + 1);
+    const char *inj = getenv("AVERIS_INJECT_NAN_STEP");
+    if (inj && *inj) {
+        char *end;
+        long k = strtol(inj, &end, 10);
+        if (*end || k < 1 || k > o->steps)
+            return averis_fail(AVERIS_EINVAL, "train: AVERIS_INJECT_NAN_STEP = '%s' is not a step in 1..%d", inj, o->steps);
+        t->inject_nan_step = (int)k;
+        fprintf(stderr, "train: AVERIS_INJECT_NAN_STEP: the gradients of step %ld will be NaN (fault injection)\n", k);
+    }
     t->mom = calloc(t->m.nparams, sizeof *t->mom);
     t->var = calloc(t->m.nparams, sizeof *t->var);
     t->in = malloc(N * sizeof *t->in);
@@ -180,7 +206,49 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
     t->ck = (ckpt_run){.out_dir = o->out_dir, .data_dir = o->data_dir, .keep = o->keep, .steps = o->steps,
                        .batch = o->batch, .seq = o->seq, .accum = o->accum, .warmup = o->warmup,
                        .bf16_last = o->bf16_last, .lr = o->lr, .min_lr_frac = o->min_lr_frac,
-                       .weight_decay = o->weight_decay, .clip = o->clip, .seed = o->seed};
+                       .weight_decay = o->weight_decay, .clip = o->clip, .seed = o->seed,
+                       .train_tokens = t->train.n, .val_tokens = t->val.n,
+                       .data_hash = ckpt_data_fingerprint(t->train.tok, t->train.n, t->val.tok, t->val.n)};
+    return AVERIS_OK;
+}
+
+/* --resume: the checkpoint's config.json and train.json against this run's
+ * --config, --bf16-last and --data (state.bin's fields come after). */
+static averis_status resume_check(trainer *t, const char *dir) {
+    const train_opts *o = &t->o;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    model_config ck;
+    averis_status st = model_config_load(p, &ck);
+    if (st) return st;
+    const model_config *c = &t->m.cfg;
+    const struct { const char *field; double run, ck; } cf[] = {
+        {"vocab_size", c->vocab_size, ck.vocab_size}, {"hidden_size", c->hidden_size, ck.hidden_size},
+        {"intermediate_size", c->intermediate_size, ck.intermediate_size},
+        {"num_hidden_layers", c->num_hidden_layers, ck.num_hidden_layers},
+        {"num_attention_heads", c->num_attention_heads, ck.num_attention_heads},
+        {"num_key_value_heads", c->num_key_value_heads, ck.num_key_value_heads}, {"head_dim", c->head_dim, ck.head_dim},
+        {"max_position_embeddings", c->max_position_embeddings, ck.max_position_embeddings},
+        {"tie_word_embeddings", c->tie_word_embeddings, ck.tie_word_embeddings},
+        {"rope_theta", c->rope_theta, ck.rope_theta}, {"rms_norm_eps", c->rms_norm_eps, ck.rms_norm_eps}};
+    for (size_t i = 0; i < sizeof cf / sizeof *cf; i++)
+        if (cf[i].run != cf[i].ck)
+            return averis_fail(AVERIS_EINVAL, "train: --config %s has %s = %.9g, the checkpoint's %s has %.9g; resume with "
+                                              "the same config", o->config, cf[i].field, cf[i].run, p, cf[i].ck);
+    snprintf(p, sizeof p, "%s/train.json", dir);
+    ckpt_train_info ti;
+    if ((st = ckpt_train_json_read(p, &ti))) return st;
+    if (ti.bf16_last != o->bf16_last)
+        return averis_fail(AVERIS_EINVAL, "train: --bf16-last %d differs from the checkpoint's %d (%s); resume with the same",
+                           o->bf16_last, ti.bf16_last, p);
+    if (ti.has_data && (ti.train_tokens != t->ck.train_tokens || ti.val_tokens != t->ck.val_tokens ||
+                        ti.data_hash != t->ck.data_hash))
+        return averis_fail(AVERIS_EINVAL,
+                           "train: --data %s (train %llu tokens, val %llu, fingerprint %016llx) differs from the "
+                           "checkpoint's data (train %llu tokens, val %llu, fingerprint %016llx, %s); resume on the same data",
+                           o->data_dir, (unsigned long long)t->ck.train_tokens, (unsigned long long)t->ck.val_tokens,
+                           (unsigned long long)t->ck.data_hash, (unsigned long long)ti.train_tokens,
+                           (unsigned long long)ti.val_tokens, (unsigned long long)ti.data_hash, p);
     return AVERIS_OK;
 }
 
@@ -191,15 +259,31 @@ static averis_status trainer_start(trainer *t) {
     ckpt_state *s = &t->s;
     char latest[256], dir[4200], p[4300];
     averis_status st = averis_mkdir_p(o->out_dir);
-    if (st || (st = ckpt_latest(o->out_dir, latest, sizeof latest))) return st;
-    int resuming = o->resume && latest[0], fresh;
+    int removed = 0;
+    if (st || (st = ckpt_lock_out(o->out_dir, &t->lock_fd, &removed))) return st;
+    if (removed && !o->quiet)
+        fprintf(stderr, "train: removed %d temporary file(s) a killed run left in %s\n", removed, o->out_dir);
+    if ((st = ckpt_latest(o->out_dir, latest, sizeof latest))) return st;
+    if (o->resume && !latest[0])
+        return averis_fail(AVERIS_EINVAL, "train: --resume, but %s holds no checkpoint (no %s/latest); drop --resume to "
+                                          "start afresh", o->out_dir, o->out_dir);
+    int resuming = o->resume, fresh;
     if (resuming) {
         snprintf(dir, sizeof dir, "%s/%s", o->out_dir, latest);
-        if ((st = ckpt_load_state(dir, &t->m, s, t->mom, t->var))) return st;
-        if (strcmp(s->recipe, o->recipe) || s->batch != o->batch || s->seq != o->seq || s->accum != o->accum)
-            return averis_fail(AVERIS_EINVAL,
-                               "train: %s was trained with recipe %s, batch %d, seq %d, accum %d; resume with the same",
-                               dir, s->recipe, s->batch, s->seq, s->accum);
+        if ((st = ckpt_verify_latest(o->out_dir, latest)) || (st = resume_check(t, dir))) return st;
+        if ((st = ckpt_load_state(dir, &t->m, t->train.n, s, t->mom, t->var))) return st;
+        if (strcmp(s->recipe, o->recipe))
+            return averis_fail(AVERIS_EINVAL, "train: --recipe %s differs from the checkpoint's recipe %s (%s); resume with the same",
+                               o->recipe, s->recipe, dir);
+        const struct { const char *flag; long long run, ck; } same[] = {
+            {"--batch", o->batch, s->batch}, {"--seq", o->seq, s->seq}, {"--accum", o->accum, s->accum}};
+        for (int i = 0; i < 3; i++)
+            if (same[i].run != same[i].ck)
+                return averis_fail(AVERIS_EINVAL, "train: %s %lld differs from the checkpoint's %lld (%s); resume with the same",
+                                   same[i].flag, same[i].run, same[i].ck, dir);
+        if (s->seed != o->seed)
+            return averis_fail(AVERIS_EINVAL, "train: --seed %llu differs from the checkpoint's %llu (%s); resume with the same",
+                               (unsigned long long)o->seed, (unsigned long long)s->seed, dir);
         if (s->step >= o->steps)
             return averis_fail(AVERIS_EINVAL, "train: %s is at step %lld, not before --steps %d", dir,
                                (long long)s->step, o->steps);
@@ -242,8 +326,10 @@ static averis_status forward_backward(trainer *t, int step, double *loss) {
     for (int k = 0; k < o->accum && !st; k++) {
         float l = 0;
         uint64_t sr_stream = (uint64_t)step * (uint64_t)o->accum + (uint64_t)k;
+        /* fault injection: a NaN loss scale makes every gradient NaN on the backend itself */
+        float scale = step + 1 == t->inject_nan_step && k == 0 ? NAN : 1.0f / (float)o->accum;
         if (!(st = loader_next(&t->train, o->batch, o->seq, t->in, t->tg)) &&
-            !(st = t->be->step(t->bctx, t->in, t->tg, 1, 1.0f / (float)o->accum, sr_stream, &l)))
+            !(st = t->be->step(t->bctx, t->in, t->tg, 1, scale, sr_stream, &l)))
             *loss += l / o->accum;
     }
     return st;
@@ -308,6 +394,7 @@ static void log_step(trainer *t, double lr, double loss, double norm, int bad, d
 averis_status train_run(const train_opts *oin, train_result *res) {
     trainer t;
     memset(&t, 0, sizeof t);
+    t.lock_fd = -1;
     memset(res, 0, sizeof *res);
     const train_opts *o = &t.o;
     const train_backend *be;

@@ -120,8 +120,8 @@ TR=("$BIN" train --config "$T/cfg.json" --data "$D" --batch 2 --seq 32 --val-bat
     && [[ $(head -c 4 "$T/s1") == "The " ]] && cmp -s "$T/s1" "$T/s2" && ok || bad "sample: $(cat "$T/s1")"
 # bad input: each a one-line error and a non-zero exit
 expect_err "unknown recipe" "unknown recipe 'fp5'" "${TR[@]}" --recipe fp5 --steps 2 --out "$T/r2"
-echo '{"hidden_size": 30, "num_attention_heads": 4}' > "$T/bad.json"
-expect_err "heads not dividing width" "does not divide hidden_size" "$BIN" train --config "$T/bad.json" --data "$D" --out "$T/r3"
+echo '{"hidden_size": 30, "num_attention_heads": 4, "num_key_value_heads": 3}' > "$T/bad.json"
+expect_err "kv heads not dividing heads" "num_key_value_heads = 3 does not divide num_attention_heads = 4" "$BIN" train --config "$T/bad.json" --data "$D" --out "$T/r3"
 echo '{"num_attention_heads": 4, "num_key_value_heads": 3}' > "$T/bad2.json"
 expect_err "kv heads" "num_key_value_heads = 3 does not divide" "$BIN" train --config "$T/bad2.json" --data "$D" --out "$T/r4"
 expect_err "fresh run over a checkpoint" "pass --resume" "${TR[@]}" --recipe averis --steps 6 --out "$T/run"
@@ -133,8 +133,9 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     expect_err "cuda without a GPU" "no usable GPU\|built without CUDA" "${TR[@]}" --device cuda --steps 2 --out "$T/r8"
     [[ ! -e $T/r8 ]] && ok || bad "train --device cuda without a GPU created $T/r8"
 fi
+expect_err "resume on nothing" "holds no checkpoint" "${TR[@]}" --recipe bf16 --steps 2 --out "$T/empty" --resume
 expect_err "missing checkpoint" "no checkpoint here" "$BIN" eval "$T/nowhere" --data "$D"
-cp -r "$T/run/ckpt_00000006" "$T/ck"
+cp -r "$T/run/ckpt_00000006" "$T/ck" && rm -f "$T/ck/MANIFEST" # hand-edited below: the loaders' own checks
 head -c 5000 "$T/run/ckpt_00000006/model.safetensors" > "$T/ck/model.safetensors"
 expect_err "truncated safetensors" "model.safetensors" "$BIN" eval "$T/ck" --data "$D"
 cp -r "$D" "$T/dbad" && head -c 1500 "$D/train_000000.bin" > "$T/dbad/train_000000.bin"

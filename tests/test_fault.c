@@ -135,6 +135,11 @@ void test_config_hf_defaults_and_refusals(void) {
           "defaults: V %d C %d F %d H %d KV %d Dh %d P %d tie %d theta %g", c.vocab_size, c.hidden_size,
           c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.max_position_embeddings,
           c.tie_word_embeddings, c.rope_theta);
+    /* head_dim absent is Qwen3Config's 128, not hidden_size / heads; num_key_value_heads null is the heads */
+    const char *two = "{\"hidden_size\": 64, \"num_attention_heads\": 4, \"num_key_value_heads\": null}";
+    CHECK(!model_config_from_json(two, strlen(two), "d.json", &c) && c.head_dim == 128 && c.num_key_value_heads == 4,
+          "head_dim %d (want 128), num_key_value_heads %d (want 4): %s", c.head_dim, c.num_key_value_heads,
+          averis_last_error());
     /* Qwen3-0.6B's config.json as published */
     const char *q06 =
         "{\"architectures\": [\"Qwen3ForCausalLM\"], \"attention_bias\": false, \"attention_dropout\": 0.0,"

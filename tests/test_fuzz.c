@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "averis/ckpt.h"
 #include "averis/data.h"
 #include "averis/io.h"
 #include "averis/model.h"
@@ -177,6 +178,72 @@ static averis_status load_packed(const char *path) {
     return st;
 }
 
+/* state.bin: 40 parameters of a run of 10 steps, at step 6, on 4096 tokens */
+enum { FUZZ_STATE_N = 40 };
+static averis_status seed_state(const char *path) {
+    float mom[FUZZ_STATE_N], var[FUZZ_STATE_N];
+    for (int i = 0; i < FUZZ_STATE_N; i++) mom[i] = (float)(i - 7) * 0.01f, var[i] = (float)i * 1e-4f;
+    ckpt_state s;
+    memset(&s, 0, sizeof s);
+    s.step = 6, s.adam_t = 5, s.skipped = 1, s.data_pos = 96, s.data_epoch = 1, s.nparams = FUZZ_STATE_N, s.seed = 3;
+    s.batch = 2, s.seq = 16, s.accum = 2, s.steps = 10;
+    strcpy(s.recipe, "averis-rht");
+    return ckpt_state_write(path, &s, mom, var);
+}
+/* the file as it is, then resealed (its FNV-1a recomputed, as a hostile user
+ * can): the header's range checks must hold without the checksum's help */
+static averis_status load_state(const char *path) {
+    float mom[FUZZ_STATE_N], var[FUZZ_STATE_N];
+    ckpt_state s;
+    ckpt_limits lim = {FUZZ_STATE_N, 4096};
+    averis_status st = ckpt_state_read(path, &lim, &s, mom, var);
+    char *b;
+    size_t n;
+    if (averis_read_file(path, &b, &n)) return st;
+    if (n >= 8) {
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i + 8 < n; i++) h = (h ^ (uint8_t)b[i]) * 1099511628211ull;
+        memcpy(b + n - 8, &h, 8);
+        char p2[600];
+        snprintf(p2, sizeof p2, "%s.sealed", path);
+        FILE *f = fopen(p2, "wb");
+        int ok = f && fwrite(b, 1, n, f) == n;
+        if (f) fclose(f);
+        if (ok) {
+            averis_status st2 = ckpt_state_read(p2, &lim, &s, mom, var);
+            if (!st2 && (s.step < 0 || s.step > s.steps || s.data_pos > 4096 || s.adam_t + s.skipped != s.step))
+                st2 = averis_fail(AVERIS_EINVAL, "%s: a resealed state passed with out-of-range fields\n(a bug)", p2);
+            if (st2) st = st2;
+            unlink(p2);
+        }
+    }
+    free(b);
+    return st;
+}
+
+static const char k_train_json[] =
+    "{\n  \"recipe\": \"averis,seed=3,mean=fp4\",\n  \"step\": 6,\n  \"steps\": 10,\n  \"batch\": 2,\n  \"seq\": 16,\n"
+    "  \"accum\": 2,\n  \"lr\": 0.003,\n  \"min_lr_frac\": 0.1,\n  \"warmup\": 1,\n  \"weight_decay\": 0.1,\n"
+    "  \"clip\": 1,\n  \"seed\": 7,\n  \"bf16_last\": 0,\n  \"train_tokens\": 5000,\n  \"val_tokens\": 1000,\n"
+    "  \"data_hash\": \"0123456789abcdef\"\n}\n";
+static averis_status seed_train_json(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot write", path);
+    fputs(k_train_json, f);
+    return fclose(f) ? averis_fail(AVERIS_EIO, "%s: write failed", path) : AVERIS_OK;
+}
+/* a train.json that loads has its fields in range */
+static averis_status load_train_json(const char *path) {
+    ckpt_train_info t;
+    averis_status st = ckpt_train_json_read(path, &t);
+    if (st) return st;
+    qlin_recipe r;
+    if (t.step < 0 || t.step > t.steps || t.batch < 1 || t.seq < 2 || t.accum < 1 || t.bf16_last < 0 ||
+        qlin_recipe_parse(t.recipe, &r))
+        return averis_fail(AVERIS_EINVAL, "%s: loaded with out-of-range fields\n(a bug)", path);
+    return AVERIS_OK;
+}
+
 typedef struct {
     const char *name;
     const char *file;                           /* the name the loader reads */
@@ -193,11 +260,8 @@ static const fuzz_loader k_loaders[] = {
     {"tokenizer", "tokenizer.bpe", 1, seed_tokenizer, load_tokenizer, NULL},
     {"shard", "train_000000.bin", 0, seed_shard, load_shard, NULL},
     {"packed", "x.packed", 0, seed_packed, load_packed, NULL},
-    /* TODO(ckpt): the checkpoint module (src/ckpt.c, being written) exports these */
-    {"state.bin", "state.bin", 0, NULL, NULL,
-     "ckpt_state_write/ckpt_state_read(path, &state, mom, var, nparams), with every field range-checked"},
-    {"train.json", "train.json", 1, NULL, NULL,
-     "ckpt_train_json_read(path, &train_opts): the fields ckpt_load_model parses inline in src/train.c"},
+    {"state.bin", "state.bin", 0, seed_state, load_state, NULL},
+    {"train.json", "train.json", 1, seed_train_json, load_train_json, NULL},
 };
 
 /* ------------------------------------------------------------ mutations */

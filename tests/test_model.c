@@ -153,7 +153,7 @@ void test_model_recipes_and_threads(void) {
 void test_model_config_errors(void) {
     model_config c;
     static const struct { const char *json, *want; } cases[] = {
-        {"{\"hidden_size\": 100, \"num_attention_heads\": 3}", "does not divide hidden_size"},
+        {"{\"hidden_size\": 100, \"num_attention_heads\": 3}", "num_key_value_heads = 32 does not divide num_attention_heads = 3"},
         {"{\"num_attention_heads\": 4, \"num_key_value_heads\": 3}", "num_key_value_heads = 3"},
         {"{\"head_dim\": 7}", "head_dim = 7"},
         {"{\"vocab_size\": 0}", "vocab_size = 0"},

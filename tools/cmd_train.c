@@ -44,7 +44,9 @@ static void train_usage(FILE *f) {
             "  --seed N            weight-init seed (default %llu)\n"
             "  --bf16-last N       keep the last N blocks in bf16 (default 0)\n"
             "  --max-bad N         stop after N non-finite steps in a row (default %d)\n"
-            "  --resume            continue from OUT's latest checkpoint\n"
+            "  --resume            continue from OUT's latest checkpoint (an error when OUT holds\n"
+            "                      none); --config, --data, --recipe, --batch, --seq, --accum,\n"
+            "                      --seed and --bf16-last must be the checkpoint's\n"
             "  --stop-after N      stop after N steps with a checkpoint (resume later)\n"
             "  --analyze-every K   mean-bias rows (see 'averis analyze') of the first validation\n"
             "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
@@ -60,7 +62,12 @@ static void train_usage(FILE *f) {
             "                      unless P would take > 1/4 of the GPU, then flash)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
-            "  -h, --help          this text\n",
+            "  -h, --help          this text\n"
+            "\n"
+            "A run locks OUT (OUT/train.lock): a second run on the same OUT fails at start.\n"
+            "Each checkpoint has a MANIFEST (sizes and checksums of its files), checked on\n"
+            "--resume. AVERIS_INJECT_NAN_STEP=K makes step K's gradients NaN (fault\n"
+            "injection: the step is skipped, as any non-finite step is).\n",
             model_preset_names(), d.config, d.recipe, d.data_dir, d.out_dir, d.steps, d.batch, d.seq, d.accum, d.lr,
             d.min_lr_frac, d.weight_decay, d.clip, d.val_batches, d.keep, (unsigned long long)d.seed, d.max_bad_steps);
 }
@@ -117,14 +124,6 @@ int cmd_train(int argc, char **argv) {
     if (avc_model_opts_parse(act, attn, act_from, attn_from, &o.gpu_opts)) {
         fprintf(stderr, "averis train: %s\n", averis_last_error());
         return 2;
-    }
-    /* an NVFP4 recipe needs widths in blocks of 16: said at load, naming the field */
-    model_config cfg;
-    qlin_recipe rec;
-    if (!qlin_recipe_parse(o.recipe, &rec) && rec.fp4 && !model_config_load(o.config, &cfg) &&
-        o.bf16_last < cfg.num_hidden_layers && model_config_check_fp4(&cfg, o.config)) {
-        fprintf(stderr, "averis train: %s\n", averis_last_error());
-        return 1;
     }
     train_result r;
     averis_status st = train_run(&o, &r);

@@ -29,8 +29,8 @@ typedef struct {
 /* Presets: "tiny" (the CPU default), "qwen3-0.6b" (the paper's dense shape). */
 const char *model_preset_names(void);
 /* A preset name, or the path of a JSON file with Qwen3Config fields (missing
- * fields take Hugging Face Qwen3Config's defaults; head_dim defaults to
- * hidden_size / num_attention_heads). Fields averis does not implement
+ * fields take Hugging Face Qwen3Config's defaults, head_dim's 128 included;
+ * num_key_value_heads null is num_attention_heads). Fields averis does not implement
  * (Qwen3-MoE, sliding windows, rope scaling, unknown names) are refused.
  * Errors name the file and field. */
 averis_status model_config_load(const char *name_or_path, model_config *c);
