@@ -94,6 +94,15 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
     return st;
 }
 
+/* FNV-1a over bytes: the pairing hashes (init weights, data consumed) the
+ * sweep compares between recipes of one seed. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+#define FNV_BASIS 1469598103934665603ull
+
 static const char k_log_header[] = "step,tokens,lr,loss,grad_norm,val_loss,tokens_per_s,skipped\n";
 
 static void fmt_eta(char *buf, size_t cap, double s) {
@@ -212,6 +221,10 @@ static averis_status trainer_start(trainer *t) {
                                "train: %s already holds a checkpoint (%s); pass --resume to continue it or choose another --out",
                                o->out_dir, latest);
         model_init_weights(&t->m, o->seed);
+        if (!o->quiet) /* the same seed gives the same weights under every recipe: a sweep checks this line */
+            fprintf(stderr, "train: init hash %016llx (seed %llu, %zu params)\n",
+                    (unsigned long long)fnv1a(FNV_BASIS, t->m.params, t->m.nparams * sizeof *t->m.params),
+                    (unsigned long long)o->seed, t->m.nparams);
         snprintf(s->recipe, sizeof s->recipe, "%s", o->recipe);
         s->batch = o->batch, s->seq = o->seq, s->accum = o->accum;
         s->nparams = t->m.nparams;
@@ -315,6 +328,8 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     if ((st = trainer_open(&t, oin, res)) || (st = trainer_start(&t)) || (st = trainer_bind(&t))) goto out;
     be = t.be;
     double t_start = now_s();
+    size_t data_pos0 = t.train.pos;
+    uint64_t data_epoch0 = t.train.epoch;
     for (int step = (int)t.s.step; step < o->steps; step++) {
         double t0 = now_s(), lr = lr_at(o, step), loss, norm;
         int bad;
@@ -347,6 +362,16 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     }
     res->skipped = (int)t.s.skipped;
     res->tokens_per_s = t.steps_timed ? t.tokens_per_step * t.steps_timed / t.t_steps : 0.0;
+    if (!o->quiet) { /* the tokens this call read, in order: equal between recipes of a sweep */
+        uint64_t h = FNV_BASIS;
+        size_t pos = data_pos0;
+        for (uint64_t e = data_epoch0; e < t.train.epoch; e++, pos = 0)
+            h = fnv1a(h, t.train.tok + pos, (t.train.n - pos) * sizeof *t.train.tok);
+        h = fnv1a(h, t.train.tok + pos, (t.train.pos > pos ? t.train.pos - pos : 0) * sizeof *t.train.tok);
+        fprintf(stderr, "train: data hash %016llx (tokens from %zu, epoch %llu, to %zu, epoch %llu)\n",
+                (unsigned long long)h, data_pos0, (unsigned long long)data_epoch0, t.train.pos,
+                (unsigned long long)t.train.epoch);
+    }
     if (!o->quiet)
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);
