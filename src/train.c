@@ -328,8 +328,6 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     if ((st = trainer_open(&t, oin, res)) || (st = trainer_start(&t)) || (st = trainer_bind(&t))) goto out;
     be = t.be;
     double t_start = now_s();
-    size_t data_pos0 = t.train.pos;
-    uint64_t data_epoch0 = t.train.epoch;
     for (int step = (int)t.s.step; step < o->steps; step++) {
         double t0 = now_s(), lr = lr_at(o, step), loss, norm;
         int bad;
@@ -351,7 +349,9 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         log_step(&t, lr, loss, norm, bad, dt, do_val, vloss);
         if (do_val) res->final_val_loss = vloss;
         /* analyze, checkpoint: on the host, so the weights (and for a checkpoint the moments) come back first */
-        int stop = o->stop_after > 0 && t.s.step >= o->stop_after;
+        int stop = (o->stop_after > 0 && t.s.step >= o->stop_after) || (o->stop_flag && *o->stop_flag);
+        if (stop && t.s.step < o->steps && !o->quiet)
+            fprintf(stderr, "train: stopping at step %lld with a checkpoint (--resume continues)\n", (long long)t.s.step);
         int do_ana = t.ana && t.s.step % o->analyze_every == 0;
         int do_ckpt = (o->ckpt_every > 0 && t.s.step % o->ckpt_every == 0) || t.s.step == o->steps || stop;
         if ((do_ana || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
@@ -362,15 +362,13 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     }
     res->skipped = (int)t.s.skipped;
     res->tokens_per_s = t.steps_timed ? t.tokens_per_step * t.steps_timed / t.t_steps : 0.0;
-    if (!o->quiet) { /* the tokens this call read, in order: equal between recipes of a sweep */
+    if (!o->quiet) { /* the tokens read from the run's start (a fresh run starts at 0), in order: equal between
+                      * the recipes of a sweep, whatever the calls a run was resumed in */
         uint64_t h = FNV_BASIS;
-        size_t pos = data_pos0;
-        for (uint64_t e = data_epoch0; e < t.train.epoch; e++, pos = 0)
-            h = fnv1a(h, t.train.tok + pos, (t.train.n - pos) * sizeof *t.train.tok);
-        h = fnv1a(h, t.train.tok + pos, (t.train.pos > pos ? t.train.pos - pos : 0) * sizeof *t.train.tok);
-        fprintf(stderr, "train: data hash %016llx (tokens from %zu, epoch %llu, to %zu, epoch %llu)\n",
-                (unsigned long long)h, data_pos0, (unsigned long long)data_epoch0, t.train.pos,
-                (unsigned long long)t.train.epoch);
+        for (uint64_t e = 0; e < t.train.epoch; e++) h = fnv1a(h, t.train.tok, t.train.n * sizeof *t.train.tok);
+        h = fnv1a(h, t.train.tok, t.train.pos * sizeof *t.train.tok);
+        fprintf(stderr, "train: data hash %016llx (the tokens up to position %zu of epoch %llu)\n",
+                (unsigned long long)h, t.train.pos, (unsigned long long)t.train.epoch);
     }
     if (!o->quiet)
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
