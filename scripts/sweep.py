@@ -303,6 +303,8 @@ def main():
             print(f"sweep: done   {run.name}: val {rows[-1]['val_loss']:.4f}", flush=True)
         elif rc == 0:
             print(f"sweep: paused {run.name} at step {last}", flush=True)
+        elif term_sent is not None and rc in (-signal.SIGKILL, -signal.SIGTERM):
+            print(f"sweep: paused {run.name}: killed at the budget, resumes from its last checkpoint", flush=True)
         else:
             run.failed = True
             tail_lines = open(os.path.join(run.dir, "train.out"), errors="replace").read().splitlines()[-3:]
@@ -374,8 +376,8 @@ def write_results(out, runs, tail, val_tokens, val_batches, B, T):
         log = read_log(os.path.join(run.dir, "log.csv"))
         init, data, params = read_hashes(os.path.join(run.dir, "train.out"))
         step = int(log[-1]["step"]) if log else 0
-        final_val = log[-1]["val_loss"] if log and step == run.steps else None
-        tail_rows = [r for r in log if r["step"] > run.steps - tail] if step == run.steps else []
+        final_val = log[-1]["val_loss"] if log and run.done else None
+        tail_rows = [r for r in log if r["step"] > run.steps - tail] if run.done else []
         tail_mean = sum(r["loss"] for r in tail_rows) / len(tail_rows) if tail_rows else None
         train_s = sum((log[i]["tokens"] - (log[i - 1]["tokens"] if i else 0)) / log[i]["tokens_per_s"]
                       for i in range(len(log)) if log[i].get("tokens_per_s"))

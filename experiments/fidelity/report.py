@@ -283,7 +283,7 @@ def analysis_section(sweep_dir, rows, w):
     if not an:
         return
     w("## Mean bias over training (first validation batch, by layer kind; mean over layers and seeds)\n")
-    w("| recipe | kind | step | R | cos(μ, v₁) | ρ (median) | flushed share |")
+    w("| recipe | kind | step | R | cos(μ, v₁) | ρ (median) | flushed share (mean over the quantizers) |")
     w("|---|---|---|---|---|---|---|")
     for rcp, by_seed in sorted(an.items(), key=lambda kv: order_key(kv[0])):
         items = [i for its in by_seed.values() for i in its]
