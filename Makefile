@@ -7,7 +7,7 @@ CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -ffp-contract=off -Iinclude -Isrc
 ifeq ($(WERROR),1)
 CFLAGS_BASE += -Werror
 endif
-LDLIBS  := -lm
+LDLIBS  := -lm -lpthread
 SAN     ?=
 ifneq ($(SAN),)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

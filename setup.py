@@ -114,7 +114,7 @@ def configure(ext: Extension) -> dict[str, list[str]]:
                               AVX2_FLAGS if simd and "avx2" in name else [])
     ext.define_macros = [(m, None) for m in macros]
     ext.extra_compile_args += fcflags
-    ext.extra_link_args = ldflags + ["-lm"]
+    ext.extra_link_args = ldflags + ["-lm", "-lpthread"]
     return per_file
 
 

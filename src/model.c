@@ -42,12 +42,17 @@ static const struct {
     {"tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6}},
     /* ~27M parameters: the larger CPU benchmark shape */
     {"small", {4096, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6}},
+    /* ~34M parameters (25M in the blocks, vocab 16384, tied head): the recipe
+     * sweep's model (experiments/fidelity, docs/sweep.md) */
+    {"qwen3-30m", {16384, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6}},
+    /* ~88M parameters (76M in the blocks): the GPU planning shape of TARGETS.md */
+    {"qwen3-90m", {16384, 768, 2048, 12, 12, 4, 64, 2048, 1, 1000000.0, 1e-6}},
     /* Qwen3-0.6B (the paper's dense model) */
     {"qwen3-0.6b", {151936, 1024, 3072, 28, 16, 8, 128, 40960, 1, 1000000.0, 1e-6}},
 };
 #define NPRESETS (int)(sizeof k_presets / sizeof k_presets[0])
 
-const char *model_preset_names(void) { return "tiny, small, qwen3-0.6b"; }
+const char *model_preset_names(void) { return "tiny, small, qwen3-30m, qwen3-90m, qwen3-0.6b"; }
 
 averis_status model_config_validate(const model_config *c, const char *what) {
     const struct { const char *field; int v; int max; } f[] = {

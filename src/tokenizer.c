@@ -1,12 +1,15 @@
 /* tokenizer.c — byte-level BPE: chunking, training, encoding, decoding. */
+#define _POSIX_C_SOURCE 200809L
 #include "averis/tokenizer.h"
 #include "averis/io.h"
 #include "averis/status.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ u64 → i64 map */
 typedef struct {
@@ -126,8 +129,73 @@ static int word_pairs(u64map *counts, pair_heap *h, const bpe_word *w, int sign)
 
 static averis_status build_tables(bpe_tokenizer *tok, const char *what);
 
-averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
-                        void (*progress)(int done, int total)) {
+/* posting lists: pair → the words that (may) hold it, appended in order;
+ * stale and repeated entries are allowed (the merge re-checks each word) */
+typedef struct { int32_t *w; int n, cap; } plist;
+typedef struct {
+    u64map idx; /* pair → 1 + index into l */
+    plist *l;
+    size_t n, cap;
+} plists;
+static int plists_add(plists *P, uint64_t pair, int32_t w) {
+    int64_t *slot = u64map_slot(&P->idx, pair);
+    if (!slot) return 0;
+    if (!*slot) {
+        if (P->n == P->cap) {
+            size_t nc = P->cap ? 2 * P->cap : 4096;
+            plist *nl = realloc(P->l, nc * sizeof *nl);
+            if (!nl) return 0;
+            P->l = nl; P->cap = nc;
+        }
+        P->l[P->n] = (plist){0};
+        *slot = (int64_t)++P->n;
+    }
+    plist *l = &P->l[*slot - 1];
+    if (l->n && l->w[l->n - 1] == w) return 1; /* the same word again */
+    if (l->n == l->cap) {
+        int nc = l->cap ? 2 * l->cap : 4;
+        int32_t *nw = realloc(l->w, (size_t)nc * sizeof *nw);
+        if (!nw) return 0;
+        l->w = nw; l->cap = nc;
+    }
+    l->w[l->n++] = w;
+    return 1;
+}
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Merges (a,b) → id in word w: counts of its pairs out, merge, counts in. */
+static int merge_word(u64map *counts, pair_heap *heap, bpe_word *w, int32_t a, int32_t b, int32_t id, plists *P,
+                      int32_t wi) {
+    word_pairs(counts, heap, w, -1);
+    int o = 0;
+    for (int i = 0; i < w->len; i++) {
+        if (i + 1 < w->len && w->sym[i] == a && w->sym[i + 1] == b) { w->sym[o++] = id; i++; }
+        else w->sym[o++] = w->sym[i];
+    }
+    w->len = o;
+    if (!word_pairs(counts, heap, w, +1)) return 0;
+    if (P) /* the new pairs (those with id) point to this word */
+        for (int i = 0; i + 1 < w->len; i++)
+            if ((w->sym[i] == id || w->sym[i + 1] == id) && !plists_add(P, PAIR(w->sym[i], w->sym[i + 1]), wi))
+                return 0;
+    return 1;
+}
+
+static int word_has(const bpe_word *w, int32_t a, int32_t b) {
+    for (int i = 0; i + 1 < w->len; i++)
+        if (w->sym[i] == a && w->sym[i + 1] == b) return 1;
+    return 0;
+}
+
+/* The trainer. With use_index = 0 (the reference) each merge scans every
+ * word; with 1 only the words of the pair's posting list, sorted so they are
+ * visited in the same (index) order: the counts and heap see the same
+ * sequence of updates, so the merges are the same, bit for bit. */
+static averis_status bpe_train_impl(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                                    void (*progress)(int done, int total), int use_index) {
     memset(tok, 0, sizeof *tok);
     if (vocab_size < BPE_EOT + 1 || vocab_size > 65536)
         return averis_fail(AVERIS_EINVAL, "bpe: vocab size %d out of range (257..65536)", vocab_size);
@@ -137,6 +205,7 @@ averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokeni
     bpe_word *words = NULL;
     size_t nwords = 0, capw = 0;
     pair_heap heap = {0};
+    plists P = {0};
     averis_status st = AVERIS_OK;
     if (!u64map_init(&index, 1 << 16) || !u64map_init(&counts, 1 << 16)) goto oom;
     for (size_t i = 0; i < len;) {
@@ -169,9 +238,17 @@ averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokeni
         i += L;
     }
     u64map_free(&index);
-    /* 2. pair counts, then merges: best pair = highest count, ties to the smaller pair */
-    for (size_t w = 0; w < nwords; w++)
+    if (nwords > INT32_MAX) {
+        st = averis_fail(AVERIS_EINVAL, "bpe: %zu distinct chunks (limit %d)", nwords, INT32_MAX);
+        goto done;
+    }
+    /* 2. pair counts (and posting lists), then merges: best pair = highest count, ties to the smaller pair */
+    if (use_index && !u64map_init(&P.idx, 1 << 16)) goto oom;
+    for (size_t w = 0; w < nwords; w++) {
         if (!word_pairs(&counts, &heap, &words[w], +1)) goto oom;
+        for (int i = 0; use_index && i + 1 < words[w].len; i++)
+            if (!plists_add(&P, PAIR(words[w].sym[i], words[w].sym[i + 1]), (int32_t)w)) goto oom;
+    }
     int total = vocab_size - BPE_EOT - 1;
     if (!(tok->merges = malloc((size_t)(total > 0 ? total : 1) * sizeof *tok->merges))) goto oom;
     tok->vocab_size = vocab_size;
@@ -183,19 +260,21 @@ averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokeni
         tok->merges[tok->nmerges][0] = a;
         tok->merges[tok->nmerges][1] = b;
         tok->nmerges++;
-        for (size_t wi = 0; wi < nwords; wi++) {
-            bpe_word *w = &words[wi];
-            int hit = 0;
-            for (int i = 0; i + 1 < w->len && !hit; i++) hit = w->sym[i] == a && w->sym[i + 1] == b;
-            if (!hit) continue;
-            word_pairs(&counts, &heap, w, -1);
-            int o = 0;
-            for (int i = 0; i < w->len; i++) {
-                if (i + 1 < w->len && w->sym[i] == a && w->sym[i + 1] == b) { w->sym[o++] = id; i++; }
-                else w->sym[o++] = w->sym[i];
+        if (!use_index) {
+            for (size_t wi = 0; wi < nwords; wi++)
+                if (word_has(&words[wi], a, b) && !merge_word(&counts, &heap, &words[wi], a, b, id, NULL, 0)) goto oom;
+        } else {
+            const int64_t *li = u64map_get(&P.idx, top.pair);
+            if (!li) continue; /* cannot happen: a counted pair has a list */
+            plist l = P.l[*li - 1]; /* detached: (a,b) never forms again once merged */
+            P.l[*li - 1] = (plist){0};
+            qsort(l.w, (size_t)l.n, sizeof *l.w, cmp_i32);
+            for (int k = 0; k < l.n; k++) {
+                if (k && l.w[k] == l.w[k - 1]) continue;
+                bpe_word *w = &words[l.w[k]];
+                if (word_has(w, a, b) && !merge_word(&counts, &heap, w, a, b, id, &P, l.w[k])) { free(l.w); goto oom; }
             }
-            w->len = o;
-            if (!word_pairs(&counts, &heap, w, +1)) goto oom;
+            free(l.w);
         }
         if (progress && (tok->nmerges % 256 == 0 || tok->nmerges == total)) progress(tok->nmerges, total);
     }
@@ -208,10 +287,23 @@ done:
     for (size_t w = 0; w < nwords; w++) free(words[w].sym);
     free(words);
     free(heap.e);
+    for (size_t i = 0; i < P.n; i++) free(P.l[i].w);
+    free(P.l);
+    u64map_free(&P.idx);
     u64map_free(&index);
     u64map_free(&counts);
     if (st) bpe_free(tok);
     return st;
+}
+
+averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                        void (*progress)(int done, int total)) {
+    return bpe_train_impl(text, len, vocab_size, tok, progress, 1);
+}
+
+averis_status bpe_train_ref(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                            void (*progress)(int done, int total)) {
+    return bpe_train_impl(text, len, vocab_size, tok, progress, 0);
 }
 
 /* token byte strings and the pair → rank map, from the merges; `what`
@@ -334,20 +426,25 @@ averis_status bpe_load(bpe_tokenizer *tok, const char *path) {
 }
 
 /* ------------------------------------------------------------ encode/decode */
-averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id) {
+/* growable id array; 0 when out of memory (no message: workers call it too) */
+static int ids_push(int **ids, size_t *n, size_t *cap, int id) {
     if (*n == *cap) {
         size_t nc = *cap ? 2 * *cap : 4096;
         int *ni = realloc(*ids, nc * sizeof *ni);
-        if (!ni) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+        if (!ni) return 0;
         *ids = ni;
         *cap = nc;
     }
     (*ids)[(*n)++] = id;
-    return AVERIS_OK;
+    return 1;
 }
 
-averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap) {
-    const unsigned char *s = (const unsigned char *)text;
+averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id) {
+    return ids_push(ids, n, cap, id) ? AVERIS_OK : averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+}
+
+/* The ids of text appended to *ids; 0 when out of memory. */
+static int encode_text(const bpe_tokenizer *tok, const unsigned char *s, size_t len, int **ids, size_t *n, size_t *cap) {
     const u64map *rank = tok->rank_map;
     int32_t sym[512];
     for (size_t i = 0; i < len;) {
@@ -371,10 +468,110 @@ averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len,
             k = o;
         }
         for (int j = 0; j < k; j++)
-            if (bpe_append(ids, n, cap, sym[j])) return AVERIS_ENOMEM;
+            if (!ids_push(ids, n, cap, sym[j])) return 0;
         i += L;
     }
-    return AVERIS_OK;
+    return 1;
+}
+
+averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap) {
+    return encode_text(tok, (const unsigned char *)text, len, ids, n, cap) ? AVERIS_OK
+                                                                           : averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+}
+
+/* ------------------------------------------------------------ many texts, in threads */
+/* Texts are grouped into batches of consecutive texts (≥ 1 MB each, or one
+ * text); threads take the next batch under a lock and encode it into the
+ * batch's own array; the arrays are joined in text order at the end, so the
+ * output does not depend on the thread count or the schedule. */
+typedef struct {
+    int first, last;  /* texts [first, last) */
+    int *ids;
+    size_t n, cap;
+} enc_batch;
+typedef struct {
+    const bpe_tokenizer *tok;
+    const char *const *text;
+    const size_t *len;
+    int eot_first;
+    enc_batch *b;
+    int nb, next;
+    size_t bytes_done, bytes_total;
+    int oom;
+    pthread_mutex_t mu;
+    void (*progress)(size_t bytes_done, size_t bytes_total);
+} enc_job;
+
+static void *enc_worker(void *arg) {
+    enc_job *J = arg;
+    for (;;) {
+        pthread_mutex_lock(&J->mu);
+        int bi = J->oom ? J->nb : J->next++;
+        pthread_mutex_unlock(&J->mu);
+        if (bi >= J->nb) return NULL;
+        enc_batch *b = &J->b[bi];
+        size_t bytes = 0;
+        int ok = 1;
+        for (int t = b->first; t < b->last && ok; t++) {
+            if (J->eot_first) ok = ids_push(&b->ids, &b->n, &b->cap, BPE_EOT);
+            if (ok) ok = encode_text(J->tok, (const unsigned char *)J->text[t], J->len[t], &b->ids, &b->n, &b->cap);
+            bytes += J->len[t];
+        }
+        pthread_mutex_lock(&J->mu);
+        if (!ok) J->oom = 1;
+        J->bytes_done += bytes;
+        if (ok && J->progress) J->progress(J->bytes_done, J->bytes_total);
+        pthread_mutex_unlock(&J->mu);
+    }
+}
+
+averis_status bpe_encode_texts(const bpe_tokenizer *tok, int n, const char *const *text, const size_t *len,
+                               int eot_first, int nthreads, int **ids, size_t *nids,
+                               void (*progress)(size_t bytes_done, size_t bytes_total)) {
+    *ids = NULL;
+    *nids = 0;
+    if (n < 0) return averis_fail(AVERIS_EINVAL, "bpe: %d texts", n);
+    if (nthreads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = c > 0 ? (int)(c < 256 ? c : 256) : 1;
+    }
+    enc_job J = {.tok = tok, .text = text, .len = len, .eot_first = eot_first, .progress = progress};
+    if (!(J.b = calloc((size_t)n + 1, sizeof *J.b))) return averis_fail(AVERIS_ENOMEM, "bpe: out of memory");
+    for (int t = 0; t < n;) { /* batches of ≥ 1 MB, cut at text boundaries */
+        enc_batch *b = &J.b[J.nb++];
+        size_t bytes = 0;
+        b->first = t;
+        while (t < n && (bytes < (1u << 20) || t == b->first)) bytes += len[t++];
+        b->last = t;
+        J.bytes_total += bytes;
+    }
+    if (nthreads > J.nb) nthreads = J.nb > 0 ? J.nb : 1;
+    pthread_t *th = calloc((size_t)nthreads, sizeof *th);
+    averis_status st = AVERIS_OK;
+    if (!th || pthread_mutex_init(&J.mu, NULL)) {
+        free(th); free(J.b);
+        return averis_fail(AVERIS_ENOMEM, "bpe: out of memory (threads)");
+    }
+    int started = 0;
+    for (int i = 1; i < nthreads; i++) /* this thread is worker 0 */
+        if (!pthread_create(&th[i], NULL, enc_worker, &J)) started = i; else break;
+    enc_worker(&J);
+    for (int i = 1; i <= started; i++) pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&J.mu);
+    free(th);
+    size_t total = 0;
+    for (int i = 0; i < J.nb; i++) total += J.b[i].n;
+    if (J.oom || !(*ids = malloc((total ? total : 1) * sizeof **ids))) {
+        st = averis_fail(AVERIS_ENOMEM, "bpe: out of memory while encoding");
+    } else {
+        for (int i = 0; i < J.nb; i++) {
+            if (J.b[i].n) memcpy(*ids + *nids, J.b[i].ids, J.b[i].n * sizeof **ids);
+            *nids += J.b[i].n;
+        }
+    }
+    for (int i = 0; i < J.nb; i++) free(J.b[i].ids);
+    free(J.b);
+    return st;
 }
 
 size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap) {

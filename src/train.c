@@ -95,6 +95,15 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
     return st;
 }
 
+/* FNV-1a over bytes: the pairing hashes (init weights, data consumed) the
+ * sweep compares between recipes of one seed. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+#define FNV_BASIS 1469598103934665603ull
+
 static const char k_log_header[] = "step,tokens,lr,loss,grad_norm,val_loss,tokens_per_s,skipped\n";
 
 static void fmt_eta(char *buf, size_t cap, double s) {
@@ -296,6 +305,10 @@ static averis_status trainer_start(trainer *t) {
                                "train: %s already holds a checkpoint (%s); pass --resume to continue it or choose another --out",
                                o->out_dir, latest);
         model_init_weights(&t->m, o->seed);
+        if (!o->quiet) /* the same seed gives the same weights under every recipe: a sweep checks this line */
+            fprintf(stderr, "train: init hash %016llx (seed %llu, %zu params)\n",
+                    (unsigned long long)fnv1a(FNV_BASIS, t->m.params, t->m.nparams * sizeof *t->m.params),
+                    (unsigned long long)o->seed, t->m.nparams);
         snprintf(s->recipe, sizeof s->recipe, "%s", o->recipe);
         s->batch = o->batch, s->seq = o->seq, s->accum = o->accum;
         s->nparams = t->m.nparams;
@@ -423,7 +436,9 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         log_step(&t, lr, loss, norm, bad, dt, do_val, vloss);
         if (do_val) res->final_val_loss = vloss;
         /* analyze, checkpoint: on the host, so the weights (and for a checkpoint the moments) come back first */
-        int stop = o->stop_after > 0 && t.s.step >= o->stop_after;
+        int stop = (o->stop_after > 0 && t.s.step >= o->stop_after) || (o->stop_flag && *o->stop_flag);
+        if (stop && t.s.step < o->steps && !o->quiet)
+            fprintf(stderr, "train: stopping at step %lld with a checkpoint (--resume continues)\n", (long long)t.s.step);
         int do_ana = t.ana && t.s.step % o->analyze_every == 0;
         int do_ckpt = (o->ckpt_every > 0 && t.s.step % o->ckpt_every == 0) || t.s.step == o->steps || stop;
         if ((do_ana || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
@@ -434,6 +449,14 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     }
     res->skipped = (int)t.s.skipped;
     res->tokens_per_s = t.steps_timed ? t.tokens_per_step * t.steps_timed / t.t_steps : 0.0;
+    if (!o->quiet) { /* the tokens read from the run's start (a fresh run starts at 0), in order: equal between
+                      * the recipes of a sweep, whatever the calls a run was resumed in */
+        uint64_t h = FNV_BASIS;
+        for (uint64_t e = 0; e < t.train.epoch; e++) h = fnv1a(h, t.train.tok, t.train.n * sizeof *t.train.tok);
+        h = fnv1a(h, t.train.tok, t.train.pos * sizeof *t.train.tok);
+        fprintf(stderr, "train: data hash %016llx (the tokens up to position %zu of epoch %llu)\n",
+                (unsigned long long)h, t.train.pos, (unsigned long long)t.train.epoch);
+    }
     if (!o->quiet)
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);

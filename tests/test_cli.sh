@@ -212,6 +212,8 @@ expect_err "fp4 width" "hidden_size = 40 is not a multiple of 16" "${TR[@]}" --c
 # --- kill loop: SIGKILL at seeded moments, --resume after each; nothing lost (tests/kill_loop.sh; the full count: 60) ---
 bash tests/kill_loop.sh "$BIN" "${AVERIS_KILLS:-8}" 1 >"$T/kl" 2>&1 && grep -q "final checkpoint and log equal" "$T/kl" \
     && { ok; echo "      $(cat "$T/kl")"; } || bad "$(cat "$T/kl")"
+# --- corpus builder and recipe sweep at toy scale (tests/test_sweep.sh: pairing, CSV, resume) ---
+bash tests/test_sweep.sh "$BIN" >"$T/sw" 2>&1 && { ok; echo "      sweep: $(tail -1 "$T/sw")"; } || bad "test_sweep.sh: $(cat "$T/sw")"
 for c in prepare train eval sample analyze; do "$BIN" $c --help | grep -q "usage: averis $c" && ok || bad "$c --help"; done
 
 echo "$pass passed, $fail failed"

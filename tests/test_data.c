@@ -63,6 +63,90 @@ void test_bpe_roundtrip(void) {
     bpe_free(&tok2);
 }
 
+/* A pseudo-text of words from a small vocabulary with a skewed law, so
+ * pairs tie and merges chain (the cases where visiting order could matter). */
+static char *gen_text(size_t n, unsigned long long seed) {
+    static const char *w[] = {"the", "theory", " of", "def", " self", "_init", "__", "x1", "x2", "()", ":\n",
+                              "    ", "return", " 0", "42", "naïve", "==", "ab", "ba", "aab", "abab", "\n"};
+    char *t = malloc(n + 1);
+    trng r = {seed};
+    size_t k = 0;
+    while (k < n) {
+        unsigned long long u = trng_u64(&r);
+        const char *s = w[(u % 7) * (u % 3) % (sizeof w / sizeof *w)];
+        for (; *s && k < n; s++) t[k++] = *s;
+        if (u >> 60 == 0 && k < n) t[k++] = ' ';
+    }
+    t[k] = 0;
+    return t;
+}
+
+/* bpe_train (posting lists) learns the merges of bpe_train_ref (every word
+ * scanned per merge), bit for bit, on the English text and generated ones. */
+void test_bpe_fast_train_equals_ref(void) {
+    for (int c = 0; c < 4; c++) {
+        char *t = c == 0 ? strdup(k_text) : gen_text(20000 * (size_t)c, 77 + (unsigned long long)c);
+        size_t len = strlen(t);
+        int vocab = c == 0 ? 400 : 300 + 400 * c;
+        bpe_tokenizer a, r;
+        CHECK(!bpe_train(t, len, vocab, &a, NULL) && !bpe_train_ref(t, len, vocab, &r, NULL), "%s", averis_last_error());
+        CHECK(a.nmerges == r.nmerges, "case %d: %d merges, ref %d", c, a.nmerges, r.nmerges);
+        int first = -1;
+        for (int i = 0; i < a.nmerges && i < r.nmerges && first < 0; i++)
+            if (a.merges[i][0] != r.merges[i][0] || a.merges[i][1] != r.merges[i][1]) first = i;
+        CHECK(first < 0, "case %d: merge %d is (%d %d), ref (%d %d)", c, first, first < 0 ? 0 : a.merges[first][0],
+              first < 0 ? 0 : a.merges[first][1], first < 0 ? 0 : r.merges[first][0], first < 0 ? 0 : r.merges[first][1]);
+        CHECK(a.nmerges > 100, "case %d: only %d merges learned", c, a.nmerges);
+        bpe_free(&a);
+        bpe_free(&r);
+        free(t);
+    }
+}
+
+/* bpe_encode_texts gives, for 1, 2, 3 and 8 threads, exactly the ids of
+ * encoding the texts one after another (EOT first), over texts of every size
+ * (empty ones and ones of several MB-batches included). */
+void test_bpe_encode_texts_threads(void) {
+    bpe_tokenizer tok;
+    char *big = gen_text(2600000, 5);
+    CHECK(!bpe_train(big, 200000, 600, &tok, NULL), "%s", averis_last_error());
+    enum { N = 40 };
+    const char *text[N];
+    size_t len[N];
+    trng r = {9};
+    size_t off = 0;
+    for (int i = 0; i < N; i++) { /* slices of big: 0 bytes to 1.3 MB */
+        size_t n = i % 9 == 4 ? 0 : i == 7 ? 1300000 : (size_t)(trng_u64(&r) % 30000);
+        text[i] = big + off;
+        len[i] = n;
+        off += n;
+    }
+    int *ref = NULL;
+    size_t nref = 0, cap = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK(!bpe_append(&ref, &nref, &cap, BPE_EOT), "append");
+        CHECK(!bpe_encode(&tok, text[i], len[i], &ref, &nref, &cap), "encode");
+    }
+    static const int threads[] = {1, 2, 3, 8};
+    for (int k = 0; k < 4; k++) {
+        int *ids = NULL;
+        size_t n = 0;
+        CHECK(!bpe_encode_texts(&tok, N, text, len, 1, threads[k], &ids, &n, NULL), "%s", averis_last_error());
+        size_t first = n < nref ? n : nref;
+        for (size_t i = 0; i < (n < nref ? n : nref); i++)
+            if (ids[i] != ref[i]) { first = i; break; }
+        CHECK(n == nref && first == n, "%d threads: %zu ids (ref %zu), first difference at %zu", threads[k], n, nref, first);
+        free(ids);
+    }
+    int *ids = NULL;
+    size_t n = 99;
+    CHECK(!bpe_encode_texts(&tok, 0, text, len, 1, 4, &ids, &n, NULL) && n == 0, "no texts: %zu ids", n);
+    free(ids);
+    free(ref);
+    free(big);
+    bpe_free(&tok);
+}
+
 void test_text_clean(void) {
     char s[] = "\xEF\xBB\xBFheader\r\n*** START OF THE BOOK ***\r\nCall me Ishmael.\r\nSome years ago\r\n*** END OF THE BOOK ***\r\nlicense";
     size_t n = text_clean(s, strlen(s));

@@ -1,4 +1,6 @@
 /* averis train — train a Qwen3-style model under a recipe. */
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +49,8 @@ static void train_usage(FILE *f) {
             "  --resume            continue from OUT's latest checkpoint (an error when OUT holds\n"
             "                      none); --config, --data, --recipe, --batch, --seq, --accum,\n"
             "                      --seed and --bf16-last must be the checkpoint's\n"
-            "  --stop-after N      stop after N steps with a checkpoint (resume later)\n"
+            "  --stop-after N      stop after N steps with a checkpoint (resume later); SIGTERM\n"
+            "                      or SIGINT stop after the current step the same way (a second: at once)\n"
             "  --analyze-every K   mean-bias rows (see 'averis analyze') of the first validation\n"
             "                      batch into OUT/analysis.csv at step 0 and every K steps\n"
             "  --device cpu|cuda   where the steps run (default cpu); cuda needs a build with the\n"
@@ -70,6 +73,12 @@ static void train_usage(FILE *f) {
             "injection: the step is skipped, as any non-finite step is).\n",
             model_preset_names(), d.config, d.recipe, d.data_dir, d.out_dir, d.steps, d.batch, d.seq, d.accum, d.lr,
             d.min_lr_frac, d.weight_decay, d.clip, d.val_batches, d.keep, (unsigned long long)d.seed, d.max_bad_steps);
+}
+
+static volatile sig_atomic_t g_stop;
+static void on_term(int sig) { /* a second signal stops at once */
+    if (g_stop) { signal(sig, SIG_DFL); raise(sig); }
+    g_stop = 1;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -125,6 +134,13 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "averis train: %s\n", averis_last_error());
         return 2;
     }
+    /* SIGTERM/SIGINT: finish the step, write a checkpoint, stop (the sweep's time budget) */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    o.stop_flag = &g_stop;
     train_result r;
     averis_status st = train_run(&o, &r);
     if (st) fprintf(stderr, "averis train: %s\n", averis_last_error());

@@ -26,7 +26,8 @@ typedef struct {
     double rms_norm_eps;
 } model_config;
 
-/* Presets: "tiny" (the CPU default), "qwen3-0.6b" (the paper's dense shape). */
+/* Presets: "tiny" (the CPU default), "small", "qwen3-30m" and "qwen3-90m" (the GPU
+ * recipe sweep, docs/sweep.md), "qwen3-0.6b" (the paper's dense shape). */
 const char *model_preset_names(void);
 /* A preset name, or the path of a JSON file with Qwen3Config fields (missing
  * fields take Hugging Face Qwen3Config's defaults, head_dim's 128 included;

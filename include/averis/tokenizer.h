@@ -34,6 +34,10 @@ typedef struct {
  * called every 256 merges with (done, total). Ties go to the smaller pair. */
 averis_status bpe_train(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
                         void (*progress)(int done, int total));
+/* The same merges, by the plain algorithm (every word scanned per merge):
+ * the reference bpe_train (posting lists) is tested against. */
+averis_status bpe_train_ref(const char *text, size_t len, int vocab_size, bpe_tokenizer *tok,
+                            void (*progress)(int done, int total));
 averis_status bpe_save(const bpe_tokenizer *tok, const char *path);
 averis_status bpe_load(bpe_tokenizer *tok, const char *path);
 void bpe_free(bpe_tokenizer *tok);
@@ -41,6 +45,13 @@ void bpe_free(bpe_tokenizer *tok);
 averis_status bpe_append(int **ids, size_t *n, size_t *cap, int id);
 /* Appends the ids of text to *ids (grown with realloc; *n, *cap updated). */
 averis_status bpe_encode(const bpe_tokenizer *tok, const char *text, size_t len, int **ids, size_t *n, size_t *cap);
+/* The ids of n texts, in order, each led by <|endoftext|> when eot_first,
+ * into *ids (malloc'd, *nids of them), encoded by nthreads threads (≤ 0:
+ * the online CPUs). The output is the same for every thread count.
+ * progress (may be NULL) is called, one call at a time, as texts are done. */
+averis_status bpe_encode_texts(const bpe_tokenizer *tok, int n, const char *const *text, const size_t *len,
+                               int eot_first, int nthreads, int **ids, size_t *nids,
+                               void (*progress)(size_t bytes_done, size_t bytes_total));
 /* Writes the bytes of ids into out (cap bytes, truncated to what fits and
  * NUL-terminated); returns the byte count needed (as snprintf does). <|endoftext|> decodes to "\n<|endoftext|>\n". */
 size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap);

@@ -9,6 +9,7 @@
 #include "averis/ckpt.h"
 #include "averis/data.h"
 #include "averis/model.h"
+#include <signal.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,7 @@ typedef struct {
     int resume;             /* continue from out_dir's latest checkpoint */
     int stop_after;         /* stop (with a checkpoint) after this many steps, 0 = off */
     int analyze_every;      /* mean-bias rows into OUT/analysis.csv every K steps (and at step 0), 0 = off */
+    const volatile sig_atomic_t *stop_flag; /* non-zero (set by a signal handler): checkpoint after this step and return */
     int quiet;
     int device;             /* 0: CPU, 1: CUDA (the fast path of cuda/; the same loop, data and checkpoints) */
     int gpu;                /* CUDA device index */

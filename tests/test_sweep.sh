@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# test_sweep.sh BIN — the corpus builder and the recipe sweep at toy scale on
+# the CPU (a few seconds): scripts/build_corpus.sh on this machine's Python
+# (shards identical for 1 and 3 encoding threads), then scripts/sweep.py with
+# 2 recipes × 2 seeds of a micro model: every run finishes, one CSV row each
+# with a final validation loss; the pairing holds, checked here from the runs'
+# own output (the init hash is equal across the recipes of a seed and differs
+# between seeds; every run read the same tokens); a sweep stopped half way
+# (--stop-after) and called again resumes and ends with the numbers of an
+# uninterrupted one. Ends with "N passed, N failed".
+set -u
+BIN=${1:-build/averis}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "  FAIL $*" >&2; }
+
+# --- corpus ------------------------------------------------------------------
+for th in 1 3; do
+    AVERIS_BIN=$BIN VOCAB=400 VAL_DOCS=0.1 BPE_SAMPLE_MB=0.3 THREADS=$th \
+        bash scripts/build_corpus.sh "$T/c$th" 0.6 >"$T/corpus$th.log" 2>&1 \
+        || bad "build_corpus.sh ($th threads): $(tail -3 "$T/corpus$th.log")"
+done
+[[ -s $T/c1/train_000000.bin && -s $T/c1/val_000000.bin && -s $T/c1/tokenizer.bpe ]] && ok || bad "corpus files missing"
+cmp -s "$T/c1/train_000000.bin" "$T/c3/train_000000.bin" && cmp -s "$T/c1/val_000000.bin" "$T/c3/val_000000.bin" \
+    && ok || bad "corpus shards differ between 1 and 3 encoding threads"
+grep -q "held out for validation" "$T/c1/prepare.log" && grep -qE "encode: .* MB/s" "$T/c1/prepare.log" \
+    && ok || bad "prepare.log lacks the split or the throughput: $(cat "$T/c1/prepare.log")"
+AVERIS_BIN=$BIN VOCAB=400 VAL_DOCS=0.1 BPE_SAMPLE_MB=0.3 bash scripts/build_corpus.sh "$T/c1" 0.6 | grep -q "is ready" \
+    && ok || bad "build_corpus.sh did not keep a finished corpus"
+
+# --- sweep -------------------------------------------------------------------
+# its data: a few of those files with a small validation tail (the sweep validates on all of it)
+head -12 "$T/c1/files.txt" > "$T/few.txt"
+"$BIN" prepare --out "$T/d" --files-from "$T/few.txt" --vocab 400 --val-frac 0.02 >"$T/d.log" 2>&1 \
+    || bad "prepare for the sweep: $(tail -3 "$T/d.log")"
+cat > "$T/micro.json" <<'JSON'
+{"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+ "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 64,
+ "tie_word_embeddings": true}
+JSON
+SW=(python3 scripts/sweep.py --bin "$BIN" --data "$T/d" --recipes bf16,nvfp4 --seeds 1,2 --concurrent 2 --threads 1
+    --tail 4 --report-s 1000)
+TA=(--config "$T/micro.json" --steps 12 --batch 2 --seq 16 --lr 3e-3 --val-every 12 --log-every 12)
+"${SW[@]}" --out "$T/s" -- "${TA[@]}" >"$T/s.log" 2>&1 || bad "sweep exited $?: $(tail -5 "$T/s.log")"
+n=$(grep -c ',done,12,12,' "$T/s/sweep.csv" 2>/dev/null)
+[[ $n -eq 4 ]] && ok || bad "sweep.csv: $n of 4 runs done: $(cat "$T/s/sweep.csv" 2>/dev/null)"
+python3 - "$T/s/sweep.csv" <<'PY' && ok || bad "sweep.csv columns"
+import csv, math, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert len(rows) == 4, rows
+for r in rows:
+    v, t = float(r["final_val_loss"]), float(r["train_loss_tail"])
+    assert 0 < v < 20 and 0 < t < 20 and int(r["tail_steps"]) == 4 and int(r["tokens"]) == 12 * 32, r
+    assert int(r["val_batches"]) == (int(r["val_tokens"]) - 1) // 32, r  # the whole validation split
+PY
+grep -q "^pairing: ok" "$T/s/pairing.txt" && ok || bad "pairing: $(cat "$T/s/pairing.txt")"
+ih() { grep -o 'init hash [0-9a-f]*' "$T/s/runs/$1/train.out" | head -1; }
+dh() { grep -o 'data hash [0-9a-f]*' "$T/s/runs/$1/train.out" | tail -1; }
+[[ -n "$(ih bf16_s1)" && "$(ih bf16_s1)" == "$(ih nvfp4_s1)" && "$(ih bf16_s2)" == "$(ih nvfp4_s2)" ]] \
+    && ok || bad "same seed, different init: $(ih bf16_s1) / $(ih nvfp4_s1), $(ih bf16_s2) / $(ih nvfp4_s2)"
+[[ "$(ih bf16_s1)" != "$(ih bf16_s2)" ]] && ok || bad "seeds 1 and 2 start from the same weights"
+[[ -n "$(dh bf16_s1)" && "$(dh bf16_s1)" == "$(dh nvfp4_s1)" && "$(dh bf16_s1)" == "$(dh nvfp4_s2)" \
+   && "$(dh bf16_s1)" == "$(dh bf16_s2)" ]] && ok || bad "the runs read different tokens"
+grep -q -- '--recipe nvfp4,seed=2 ' "$T/s/runs/nvfp4_s2/train.out" && ok || bad "FP4 recipe without its seed"
+# stopped half way, then called again: resumes, and ends where the uninterrupted sweep did
+"${SW[@]}" --out "$T/r" -- "${TA[@]}" --stop-after 6 >"$T/r1.log" 2>&1 || bad "sweep (first half) exited $?"
+[[ $(grep -c ',partial,6,12,' "$T/r/sweep.csv") -eq 4 ]] && ok || bad "first half: $(cat "$T/r/sweep.csv")"
+"${SW[@]}" --out "$T/r" -- "${TA[@]}" >"$T/r2.log" 2>&1 || bad "sweep (second half) exited $?"
+[[ $(grep -c "resuming from" "$T/r/runs/nvfp4_s2/train.out") -eq 1 ]] && ok || bad "the run did not resume"
+cut -d, -f1-11 "$T/s/sweep.csv" > "$T/a.csv"; cut -d, -f1-11 "$T/r/sweep.csv" > "$T/b.csv"
+cmp -s "$T/a.csv" "$T/b.csv" && ok || bad "resumed sweep differs: $(diff "$T/a.csv" "$T/b.csv")"
+"${SW[@]}" --out "$T/r" -- "${TA[@]}" >"$T/r3.log" 2>&1 && grep -q "4/4 runs done" "$T/r3.log" \
+    && ! grep -q "start\|resume " "$T/r3.log" && ok || bad "a finished sweep started runs again: $(cat "$T/r3.log")"
+python3 scripts/sweep.py --bin "$BIN" --data "$T/c1" --out "$T/x" -- --seed 3 >"$T/x.log" 2>&1
+[[ $? -eq 2 ]] && grep -q "set by the sweep" "$T/x.log" && ok || bad "--seed among the train options: $(cat "$T/x.log")"
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
