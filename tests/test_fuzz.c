@@ -59,7 +59,7 @@ const char *__asan_default_options(void) { return "max_allocation_size_mb=1024";
 /* ------------------------------------------------------------ the loaders */
 static char g_dir[256];      /* scratch directory of this run */
 static model g_model;        /* the model safetensors cases load into */
-static const model_config k_fuzz_cfg = {32, 16, 32, 1, 2, 1, 8, 64, 0, 10000.0, 1e-6};
+static const model_config k_fuzz_cfg = {.vocab_size = 32, .hidden_size = 16, .intermediate_size = 32, .num_hidden_layers = 1, .num_attention_heads = 2, .num_key_value_heads = 1, .head_dim = 8, .max_position_embeddings = 64, .rope_theta = 10000.0, .rms_norm_eps = 1e-6};
 #define FUZZ_VOCAB 300       /* tokenizer and shards */
 
 static void path_in(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", g_dir, name); }
