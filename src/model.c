@@ -918,9 +918,12 @@ averis_status model_load_weights(model *m, const char *path) {
     st_file f;
     averis_status st = st_read(path, &f);
     if (st) return st;
+    uint64_t fused[16] = {0}; /* MoE layers whose experts the file holds fused */
+    if (m->cfg.num_experts) st = moe_load_fused(m, &f, fused);
     for (int i = 0; i < m->ntensors && !st; i++) {
         const model_tensor *mt = &m->tensors[i];
-        st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
+        if (!moe_tensor_fused(m, mt->name, fused))
+            st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
         for (size_t k = 0; !st && k < mt->numel; k++) /* a trained model never holds one: the file is corrupt */
             if (!isfinite(m->params[mt->offset + k]))
                 st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s' holds %g at index %zu", path, mt->name,

@@ -372,3 +372,36 @@ averis_status moe_backward(model *m, int l, const float *dout, float *dh, float 
     averis_sgemm(1, 0, E, C, N, 1.0f, dz, E, h, C, 1.0f, gw->router, C);
     return AVERIS_OK;
 }
+
+/* ------------------------------------------------------------ fused checkpoints */
+averis_status moe_load_fused(model *m, const st_file *f, uint64_t *fused) {
+    const model_config *c = &m->cfg;
+    int64_t E = c->num_experts, C = c->hidden_size, I = c->moe_intermediate_size;
+    char gu[96], dn[96];
+    averis_status st = AVERIS_OK;
+    for (int l = 0; l < c->num_hidden_layers && l < 1024 && !st; l++) {
+        if (!model_layer_is_moe(c, l)) continue;
+        snprintf(gu, sizeof gu, "model.layers.%d.mlp.experts.gate_up_proj", l);
+        snprintf(dn, sizeof dn, "model.layers.%d.mlp.experts.down_proj", l);
+        if (!st_find(f, gu)) continue;
+        const model_block *b = &m->w.blocks[l];
+        int64_t sgu[3] = {E, 2 * I, C}, sdn[3] = {E, C, I};
+        float *tmp = malloc((size_t)(E * 2 * I * C) * sizeof(float));
+        if (!tmp) return averis_fail(AVERIS_ENOMEM, "%s: out of memory", f->path);
+        if (!(st = st_get_f32(f, gu, 3, sgu, tmp)) && !(st = st_get_f32(f, dn, 3, sdn, b->ed)))
+            for (int64_t e = 0; e < E; e++) { /* [gate; up] of each expert */
+                memcpy(b->eg + e * I * C, tmp + e * 2 * I * C, (size_t)(I * C) * sizeof(float));
+                memcpy(b->eu + e * I * C, tmp + e * 2 * I * C + I * C, (size_t)(I * C) * sizeof(float));
+            }
+        free(tmp);
+        fused[l >> 6] |= 1ull << (l & 63);
+    }
+    return st;
+}
+
+int moe_tensor_fused(const model *m, const char *name, const uint64_t *fused) {
+    int l;
+    char rest[96];
+    if (!m->cfg.num_experts || sscanf(name, "model.layers.%d.mlp.experts.%95s", &l, rest) != 2) return 0;
+    return l >= 0 && l < 1024 && (fused[l >> 6] >> (l & 63) & 1);
+}

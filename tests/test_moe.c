@@ -29,6 +29,47 @@ static double max_rel(const float *a, const float *b, int64_t n, int64_t *where)
     return mb > 0 ? md / mb : md;
 }
 
+/* The weights written with transformers' in-memory fused expert names
+ * (gate_up_proj [E,2I,C], down_proj [E,C,I]) load to the same parameters. */
+static void fused_roundtrip(const model *m) {
+    const model_config *c = &m->cfg;
+    int64_t E = c->num_experts, C = c->hidden_size, I = c->moe_intermediate_size;
+    st_out *t = calloc((size_t)m->ntensors, sizeof *t);
+    float *bufs[64] = {0};
+    char names[64][96];
+    int n = 0, nb = 0;
+    for (int i = 0; i < m->ntensors; i++) {
+        const model_tensor *mt = &m->tensors[i];
+        if (strstr(mt->name, ".mlp.experts.")) continue;
+        t[n++] = (st_out){.name = mt->name, .data = m->params + mt->offset, .ndim = mt->ndim,
+                          .shape = {mt->shape[0], mt->shape[1]}};
+    }
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        if (!model_layer_is_moe(c, l)) continue;
+        const model_block *b = &m->w.blocks[l];
+        float *gu = malloc((size_t)(E * 2 * I * C) * sizeof(float));
+        for (int64_t e = 0; e < E; e++) {
+            memcpy(gu + e * 2 * I * C, b->eg + e * I * C, (size_t)(I * C) * sizeof(float));
+            memcpy(gu + e * 2 * I * C + I * C, b->eu + e * I * C, (size_t)(I * C) * sizeof(float));
+        }
+        bufs[nb++] = gu;
+        snprintf(names[2 * l], 96, "model.layers.%d.mlp.experts.gate_up_proj", l);
+        snprintf(names[2 * l + 1], 96, "model.layers.%d.mlp.experts.down_proj", l);
+        t[n++] = (st_out){.name = names[2 * l], .data = gu, .ndim = 3, .shape = {E, 2 * I, C}};
+        t[n++] = (st_out){.name = names[2 * l + 1], .data = b->ed, .ndim = 3, .shape = {E, C, I}};
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/averis_moe_fused_%d.safetensors", (int)getpid());
+    model m2;
+    CHECK(!st_write_f32(path, t, n, NULL) && !model_create(&m2, c), "%s", averis_last_error());
+    CHECK(!model_load_weights(&m2, path), "fused checkpoint: %s", averis_last_error());
+    CHECK(!memcmp(m2.params, m->params, m->nparams * sizeof(float)), "fused checkpoint loads other values");
+    model_free(&m2);
+    unlink(path);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    free(t);
+}
+
 /* Logits, cross-entropy, aux loss, total loss and every gradient (router and
  * experts included) within 2e-5 of transformers', in fp32. */
 void test_moe_matches_transformers(void) {
@@ -98,6 +139,7 @@ void test_moe_matches_transformers(void) {
         printf(", ce %.6f aux %.6f loss %.6f (want %.6f), %d empty experts, worst grad rel err %.2e (%s)\n",
                m.ce_loss, m.aux_loss, loss, loss_ref, empty, worst, worst_name);
         CHECK(empty > 0, "%s: the fixture has an expert without tokens", names[k]);
+        if (k == 0) fused_roundtrip(&m);
         free(ids); free(tg); free(ref);
         st_free(&f);
         model_free(&m);

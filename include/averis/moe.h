@@ -22,6 +22,7 @@
 #define AVERIS_MOE_H
 
 #include "averis/model.h"
+#include "averis/safetensors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,6 +54,16 @@ float moe_aux_loss(model *m);
  * router's and experts' gradients accumulated; the aux loss's gradient
  * (loss_scale · coef) enters through the router when output_router_logits. */
 averis_status moe_backward(model *m, int layer, const float *dout, float *dh, float loss_scale, uint64_t sr_stream);
+
+/* Checkpoints: transformers ≥ 5 keeps a layer's experts fused in memory
+ * (mlp.experts.gate_up_proj [E, 2I, C], gate rows first; mlp.experts.down_proj
+ * [E, C, I]) and writes the per-expert names (mlp.experts.E.gate_proj.weight,
+ * ...) with save_pretrained; averis writes those and reads either. Loads
+ * the fused tensors of every MoE layer whose file has them, marking the layer
+ * in fused [16] (bit l); moe_tensor_fused says whether a per-expert name is
+ * covered that way. */
+averis_status moe_load_fused(model *m, const st_file *f, uint64_t *fused);
+int moe_tensor_fused(const model *m, const char *name, const uint64_t *fused);
 
 /* Routing of the last forward for a layer: sel [N·k] expert ids, wts [N·k]
  * combine weights, counts [E] tokens per expert (pointers into the model;
