@@ -101,7 +101,7 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 yesno = $(if $(filter 1,$(1)),✓,✗)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/tokenizer.c src/data.c src/ckpt.c src/backend_cpu.c src/backend_cuda.c src/train.c src/analysis.c src/cuda_opts.c
+LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/moe.c src/tokenizer.c src/data.c src/ckpt.c src/backend_cpu.c src/backend_cuda.c src/train.c src/analysis.c src/cuda_opts.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
@@ -130,11 +130,11 @@ features:
 	@echo "  $(call yesno,$(CUDA)) CUDA path (nvcc, sm_$(CUDA_ARCH)$(if $(filter 1,$(HAVE_CUDA)),,: no toolkit))"
 	@echo "  $(call yesno,$(and $(filter 1,$(CUDA)),$(filter 1,$(CUDNN)))) cuDNN attention ($(CUDNN_WHY))"
 
-$(BUILD)/src/gemm.o $(BUILD)/src/model.o: ALL_CFLAGS += -O3
+$(BUILD)/src/gemm.o $(BUILD)/src/model.o $(BUILD)/src/moe.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2
 $(BUILD)/src/nvfp4_avx512.o: ALL_CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq
 
-$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h $(wildcard tests/*.h tests/*.def bench/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/averis/*.h) src/internal.h src/model_math.h $(wildcard tests/*.h tests/*.def bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 

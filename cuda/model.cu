@@ -429,6 +429,10 @@ extern "C" {
 averis_status avc_model_create(avc_model **out, const model *m, int B, int T, const avc_model_opts *opts) {
     *out = nullptr;
     if (B < 1 || T < 1) return averis_fail(AVERIS_EINVAL, "cuda model: B = %d, T = %d", B, T);
+    if (m->cfg.num_experts) /* docs/moe.md: the MoE model runs on the CPU path only */
+        return averis_fail(AVERIS_EUNSUPPORTED,
+                           "cuda model: Qwen3-MoE (num_experts = %d) is not implemented on the GPU yet; use --device cpu",
+                           m->cfg.num_experts);
     avc_model *net = new avc_model();
     net->B = B, net->T = T;
     if (opts) net->opts = *opts;

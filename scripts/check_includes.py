@@ -41,6 +41,9 @@ MODULE_OF = [
     ("src/formats.c", "nvfp4"),
     ("src/nvfp4_*.c", "nvfp4"),
     ("src/internal.h", "nvfp4"),  # the tensor quantizer's private half
+    ("src/moe.c", "model"),       # the Qwen3-MoE block is part of the model
+    ("src/model_math.h", "model"),
+    ("include/averis/moe.h", "model"),
     ("src/cuda_*.c", "cuda"),
     ("src/backend_*.c", "backend"),
     ("dev/*", "bench"),           # the kernel lab

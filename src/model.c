@@ -21,12 +21,14 @@
  * Reductions run in a fixed order, so the bits do not depend on threads.
  */
 #include "averis/model.h"
+#include "averis/moe.h"
 #include "averis/model_spec.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/json.h"
 #include "averis/safetensors.h"
 #include "averis/status.h"
+#include "model_math.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -34,25 +36,34 @@
 #include <string.h>
 
 /* ------------------------------------------------------------ configs */
+#define NO_MOE 0, 0, 0, 0, 0, 0, 0.0, {0} /* a dense Qwen3 */
 static const struct {
     const char *name;
     model_config c;
 } k_presets[] = {
     /* ~1.3M parameters: trains in minutes on two cores */
-    {"tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6}},
+    {"tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6, NO_MOE}},
     /* ~27M parameters: the larger CPU benchmark shape */
-    {"small", {4096, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6}},
+    {"small", {4096, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6, NO_MOE}},
     /* ~34M parameters (25M in the blocks, vocab 16384, tied head): the recipe
      * sweep's model (experiments/fidelity, docs/sweep.md) */
-    {"qwen3-30m", {16384, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6}},
+    {"qwen3-30m", {16384, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6, NO_MOE}},
     /* ~88M parameters (76M in the blocks): the GPU planning shape of TARGETS.md */
-    {"qwen3-90m", {16384, 768, 2048, 12, 12, 4, 64, 2048, 1, 1000000.0, 1e-6}},
+    {"qwen3-90m", {16384, 768, 2048, 12, 12, 4, 64, 2048, 1, 1000000.0, 1e-6, NO_MOE}},
     /* Qwen3-0.6B (the paper's dense model) */
-    {"qwen3-0.6b", {151936, 1024, 3072, 28, 16, 8, 128, 40960, 1, 1000000.0, 1e-6}},
+    {"qwen3-0.6b", {151936, 1024, 3072, 28, 16, 8, 128, 40960, 1, 1000000.0, 1e-6, NO_MOE}},
+    /* Qwen3-MoE (E experts of width I, top-k, normalised weights, aux loss on):
+     * the tests' shape (8 experts, top-2) */
+    {"moe-tiny", {4096, 128, 384, 4, 4, 2, 32, 1024, 1, 1000000.0, 1e-6, 8, 2, 64, 1, 1, 1, 0.001, {0}}},
+    /* experiments: small's attention, 32 experts of 384, top-4 (small's 1536 active) */
+    {"moe-small", {4096, 512, 1536, 8, 8, 4, 64, 2048, 1, 1000000.0, 1e-6, 32, 4, 384, 1, 1, 1, 0.001, {0}}},
+    /* the paper's 7B-A1.5B shape (our choice of a Qwen3-MoE with 7.2B
+     * parameters, 1.6B active: Qwen3-30B-A3B's design at 16 layers, 64 experts) */
+    {"qwen3-moe-7b-a1.5b", {151936, 2048, 5632, 16, 16, 4, 128, 32768, 0, 1000000.0, 1e-6, 64, 8, 1024, 1, 1, 1, 0.001, {0}}},
 };
 #define NPRESETS (int)(sizeof k_presets / sizeof k_presets[0])
 
-const char *model_preset_names(void) { return "tiny, small, qwen3-30m, qwen3-90m, qwen3-0.6b"; }
+const char *model_preset_names(void) { return "tiny, small, qwen3-30m, qwen3-90m, qwen3-0.6b, moe-tiny, moe-small, qwen3-moe-7b-a1.5b"; }
 
 averis_status model_config_validate(const model_config *c, const char *what) {
     const struct { const char *field; int v; int max; } f[] = {
@@ -78,7 +89,7 @@ averis_status model_config_validate(const model_config *c, const char *what) {
         return averis_fail(AVERIS_EINVAL, "%s: rope_theta = %g must be > 1", what, c->rope_theta);
     if (!(c->rms_norm_eps > 0.0) || c->rms_norm_eps > 1.0)
         return averis_fail(AVERIS_EINVAL, "%s: rms_norm_eps = %g must be in (0, 1]", what, c->rms_norm_eps);
-    return AVERIS_OK;
+    return c->num_experts ? moe_config_validate(c, what) : AVERIS_OK;
 }
 
 static averis_status get_int(const json *o, const char *what, const char *key, int *v, int *present) {
@@ -96,7 +107,10 @@ static averis_status get_int(const json *o, const char *what, const char *key, i
  * means. head_dim is a Qwen3Config field with default 128, so an absent
  * head_dim is 128 whatever hidden_size / num_attention_heads is (Qwen3Attention
  * reads config.head_dim); num_key_value_heads: null is num_attention_heads. */
-static const model_config k_hf_defaults = {151936, 4096, 22016, 32, 32, 32, 128, 32768, 0, 10000.0, 1e-6};
+static const model_config k_hf_defaults = {151936, 4096, 22016, 32, 32, 32, 128, 32768, 0, 10000.0, 1e-6, NO_MOE};
+/* Qwen3MoeConfig's (configuration_qwen3_moe.py), for model_type qwen3_moe. */
+static const model_config k_hf_moe_defaults = {151936, 2048, 6144, 24, 32, 4, 64, 32768, 0, 10000.0, 1e-6,
+                                               128, 8, 768, 1, 0, 0, 0.001, {0}};
 
 /* A JSON value in a few words, for errors. */
 static void json_describe(const json *v, char *buf, size_t cap) {
@@ -117,10 +131,18 @@ static void json_describe(const json *v, char *buf, size_t cap) {
 }
 static int json_is_str(const json *v, const char *s) { return v->type == JSON_STR && !strcmp(v->str, s); }
 
+/* A Qwen3-MoE config: model_type "qwen3_moe" or architectures
+ * ["Qwen3MoeForCausalLM"] (the two must agree when both are given). */
+static int config_is_moe(const json *root) {
+    const json *mt = json_get(root, "model_type"), *ar = json_get(root, "architectures");
+    return (mt && json_is_str(mt, "qwen3_moe")) ||
+           (!mt && ar && ar->type == JSON_ARR && ar->n == 1 && json_is_str(&ar->items[0], "Qwen3MoeForCausalLM"));
+}
+
 /* Every field of a config.json is one averis reads, one that does not shape
  * the model (metadata), or one whose value must be the one averis implements;
- * anything else (a Qwen3-MoE field, a typo) is refused by name. */
-static averis_status config_check_fields(const json *root, const char *what) {
+ * anything else (a Qwen3-MoE field in a dense config, a typo) is refused by name. */
+static averis_status config_check_fields(const json *root, const char *what, int is_moe) {
     static const char *const shaping[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                           "num_attention_heads", "num_key_value_heads", "head_dim",
                                           "max_position_embeddings", "tie_word_embeddings", "rope_theta",
@@ -130,7 +152,7 @@ static averis_status config_check_fields(const json *root, const char *what) {
                                            "sliding_window", "max_window_layers"};
     static const char *const moe[] = {"num_experts", "num_experts_per_tok", "moe_intermediate_size",
                                       "decoder_sparse_step", "norm_topk_prob", "output_router_logits",
-                                      "router_aux_loss_coef", "mlp_only_layers", "shared_expert_intermediate_size"};
+                                      "router_aux_loss_coef", "mlp_only_layers"};
     for (int i = 0; i < root->n; i++) {
         const char *k = root->keys[i];
         const json *v = &root->items[i];
@@ -138,13 +160,17 @@ static averis_status config_check_fields(const json *root, const char *what) {
         for (size_t j = 0; j < sizeof shaping / sizeof *shaping && !known; j++) known = !strcmp(k, shaping[j]);
         for (size_t j = 0; j < sizeof metadata / sizeof *metadata && !known; j++) known = !strcmp(k, metadata[j]);
         if (known) continue;
-        for (size_t j = 0; j < sizeof moe / sizeof *moe; j++)
-            if (!strcmp(k, moe[j]))
-                return averis_fail(AVERIS_EUNSUPPORTED,
-                                   "%s: field %s: a mixture-of-experts config (Qwen3-MoE) is not implemented", what, k);
+        for (size_t j = 0; j < sizeof moe / sizeof *moe && !known; j++) known = !strcmp(k, moe[j]);
+        if (known && !is_moe)
+            return averis_fail(AVERIS_EUNSUPPORTED,
+                               "%s: field %s: a mixture-of-experts field in a dense config (set \"model_type\": "
+                               "\"qwen3_moe\" for Qwen3-MoE)", what, k);
+        if (known) continue;
         int ok;
-        if (!strcmp(k, "architectures")) ok = v->type == JSON_ARR && v->n == 1 && json_is_str(&v->items[0], "Qwen3ForCausalLM");
-        else if (!strcmp(k, "model_type")) ok = json_is_str(v, "qwen3");
+        if (!strcmp(k, "architectures"))
+            ok = v->type == JSON_ARR && v->n == 1 &&
+                 json_is_str(&v->items[0], is_moe ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM");
+        else if (!strcmp(k, "model_type")) ok = json_is_str(v, is_moe ? "qwen3_moe" : "qwen3");
         else if (!strcmp(k, "hidden_act")) ok = json_is_str(v, "silu");
         else if (!strcmp(k, "attention_bias") || !strcmp(k, "use_sliding_window")) ok = v->type == JSON_BOOL && !v->num;
         else if (!strcmp(k, "attention_dropout")) ok = v->type == JSON_NUM && v->num == 0;
@@ -160,14 +186,49 @@ static averis_status config_check_fields(const json *root, const char *what) {
         if (!ok) {
             char d[128];
             json_describe(v, d, sizeof d);
-            return averis_fail(AVERIS_EUNSUPPORTED, "%s: field %s = %s is not implemented (averis trains dense Qwen3ForCausalLM)",
-                               what, k, d);
+            return averis_fail(AVERIS_EUNSUPPORTED, "%s: field %s = %s is not implemented (averis trains %s)",
+                               what, k, d, is_moe ? "Qwen3MoeForCausalLM" : "dense Qwen3ForCausalLM");
         }
     }
     const json *rp = json_get(root, "rope_parameters"), *rt = json_get(rp, "rope_type");
     if (rp && (rp->type != JSON_OBJ || (rt && !json_is_str(rt, "default"))))
         return averis_fail(AVERIS_EUNSUPPORTED, "%s: field rope_parameters: only rope_type \"default\" is implemented", what);
     return AVERIS_OK;
+}
+
+/* Qwen3MoeConfig's fields (absent: its defaults, already in c). */
+static averis_status config_moe_fields(const json *root, const char *what, model_config *c) {
+    static const char *const keys[] = {"num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                       "decoder_sparse_step"};
+    int *dst[] = {&c->num_experts, &c->num_experts_per_tok, &c->moe_intermediate_size, &c->decoder_sparse_step};
+    averis_status st = AVERIS_OK;
+    for (int i = 0; i < 4 && !st; i++) st = get_int(root, what, keys[i], dst[i], NULL);
+    static const char *const bools[] = {"norm_topk_prob", "output_router_logits"};
+    int *bdst[] = {&c->norm_topk_prob, &c->output_router_logits};
+    const json *j;
+    for (int i = 0; i < 2 && !st; i++)
+        if ((j = json_get(root, bools[i]))) {
+            if (j->type != JSON_BOOL) st = averis_fail(AVERIS_EINVAL, "%s: field %s must be true or false", what, bools[i]);
+            else *bdst[i] = (int)j->num;
+        }
+    if (!st && (j = json_get(root, "router_aux_loss_coef"))) {
+        if (j->type != JSON_NUM) st = averis_fail(AVERIS_EINVAL, "%s: field router_aux_loss_coef must be a number", what);
+        else c->router_aux_loss_coef = j->num;
+    }
+    memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers);
+    if (!st && (j = json_get(root, "mlp_only_layers")) && j->type != JSON_NULL) {
+        if (j->type != JSON_ARR) return averis_fail(AVERIS_EINVAL, "%s: field mlp_only_layers must be a list of layer indices", what);
+        for (int i = 0; i < j->n; i++) {
+            const json *v = &j->items[i];
+            if (v->type != JSON_NUM || v->num != floor(v->num) || v->num < 0 || v->num >= c->num_hidden_layers ||
+                v->num >= 1024)
+                return averis_fail(AVERIS_EINVAL, "%s: field mlp_only_layers: entry %d is not a layer index (0..%d)",
+                                   what, i, c->num_hidden_layers - 1);
+            int l = (int)v->num;
+            c->mlp_only_layers[l >> 6] |= 1ull << (l & 63);
+        }
+    }
+    return st;
 }
 
 averis_status model_config_from_json(const char *text, size_t len, const char *what, model_config *c) {
@@ -178,8 +239,9 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
         json_free(&root);
         return averis_fail(AVERIS_EINVAL, "%s: expected a JSON object", what);
     }
-    *c = k_hf_defaults;
-    st = config_check_fields(&root, what);
+    int is_moe = config_is_moe(&root);
+    *c = is_moe ? k_hf_moe_defaults : k_hf_defaults;
+    st = config_check_fields(&root, what, is_moe);
     static const char *const keys[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                        "num_attention_heads", "num_key_value_heads", "head_dim",
                                        "max_position_embeddings"};
@@ -191,6 +253,8 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
     for (int i = 0; i < 8 && !st; i++)
         if (!(i == 5 && kv_null)) st = get_int(&root, what, keys[i], dst[i], &present[i]);
     if (!st && kv_null) c->num_key_value_heads = c->num_attention_heads;
+    /* Qwen3-MoE's attention falls back to hidden_size / num_attention_heads */
+    if (!st && is_moe && !present[6] && c->num_attention_heads > 0) c->head_dim = c->hidden_size / c->num_attention_heads;
     const json *j;
     if (!st && (j = json_get(&root, "tie_word_embeddings"))) {
         if (j->type != JSON_BOOL) st = averis_fail(AVERIS_EINVAL, "%s: field tie_word_embeddings must be true or false", what);
@@ -205,6 +269,7 @@ averis_status model_config_from_json(const char *text, size_t len, const char *w
         if (j->type != JSON_NUM) st = averis_fail(AVERIS_EINVAL, "%s: field rms_norm_eps must be a number", what);
         else c->rms_norm_eps = j->num;
     }
+    if (!st && is_moe) st = config_moe_fields(&root, what, c);
     json_free(&root);
     return st ? st : model_config_validate(c, what);
 }
@@ -215,6 +280,7 @@ averis_status model_config_check_fp4(const model_config *c, const char *what) {
         {"intermediate_size", c->intermediate_size},
         {"num_attention_heads × head_dim", (int64_t)c->num_attention_heads * c->head_dim},
         {"num_key_value_heads × head_dim", (int64_t)c->num_key_value_heads * c->head_dim},
+        {"moe_intermediate_size", c->num_experts ? c->moe_intermediate_size : 0},
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (f[i].v % 16)
@@ -244,29 +310,43 @@ averis_status model_config_write_hf(const model_config *c, const char *path) {
     averis_afile af;
     averis_status st = averis_afile_open(&af, path);
     if (st) return st;
+    int moe = c->num_experts > 0;
     fprintf(af.f,
             "{\n"
-            "  \"architectures\": [\"Qwen3ForCausalLM\"],\n"
-            "  \"model_type\": \"qwen3\",\n"
+            "  \"architectures\": [\"%s\"],\n"
+            "  \"model_type\": \"%s\",\n"
             "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
             "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
             "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"tie_word_embeddings\": %s,\n"
             "  \"rope_theta\": %.17g,\n  \"rope_scaling\": null,\n  \"rms_norm_eps\": %.17g,\n"
             "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n"
             "  \"initializer_range\": 0.02,\n  \"use_cache\": true,\n  \"use_sliding_window\": false,\n"
-            "  \"torch_dtype\": \"float32\"\n"
-            "}\n",
-            c->vocab_size, c->hidden_size, c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
+            "  \"torch_dtype\": \"float32\"%s\n",
+            moe ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM", moe ? "qwen3_moe" : "qwen3", c->vocab_size, c->hidden_size, c->intermediate_size, c->num_hidden_layers, c->num_attention_heads,
             c->num_key_value_heads, c->head_dim, c->max_position_embeddings,
-            c->tie_word_embeddings ? "true" : "false", c->rope_theta, c->rms_norm_eps);
+            c->tie_word_embeddings ? "true" : "false", c->rope_theta, c->rms_norm_eps, moe ? "," : "");
+    if (moe) {
+        fprintf(af.f,
+                "  \"num_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"moe_intermediate_size\": %d,\n"
+                "  \"decoder_sparse_step\": %d,\n  \"norm_topk_prob\": %s,\n  \"output_router_logits\": %s,\n"
+                "  \"router_aux_loss_coef\": %.17g,\n  \"mlp_only_layers\": [",
+                c->num_experts, c->num_experts_per_tok, c->moe_intermediate_size, c->decoder_sparse_step,
+                c->norm_topk_prob ? "true" : "false", c->output_router_logits ? "true" : "false",
+                c->router_aux_loss_coef);
+        for (int l = 0, n = 0; l < c->num_hidden_layers && l < 1024; l++)
+            if (c->mlp_only_layers[l >> 6] >> (l & 63) & 1) fprintf(af.f, "%s%d", n++ ? ", " : "", l);
+        fprintf(af.f, "]\n");
+    }
+    fprintf(af.f, "}\n");
     return averis_afile_commit(&af);
 }
 
 int64_t model_config_nparams(const model_config *c) {
     int64_t C = c->hidden_size, F = c->intermediate_size, Dh = c->head_dim;
     int64_t qd = (int64_t)c->num_attention_heads * Dh, kvd = (int64_t)c->num_key_value_heads * Dh;
-    int64_t block = C + qd * C + 2 * kvd * C + C * qd + 2 * Dh + C + 3 * F * C;
-    return (int64_t)c->vocab_size * C * (c->tie_word_embeddings ? 1 : 2) + c->num_hidden_layers * block + C;
+    int64_t block = C + qd * C + 2 * kvd * C + C * qd + 2 * Dh + C, ffn = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) ffn += model_layer_is_moe(c, l) ? moe_layer_nparams(c) : 3 * F * C;
+    return (int64_t)c->vocab_size * C * (c->tie_word_embeddings ? 1 : 2) + c->num_hidden_layers * block + ffn + C;
 }
 
 /* ------------------------------------------------------------ parameters */
@@ -292,6 +372,16 @@ static averis_status bind_weights(model *m, float *base, model_weights *w) {
         model_block *b = &w->blocks[l];
         float **p[] = {&b->in_norm, &b->wq, &b->wk, &b->wv, &b->wo, &b->q_norm, &b->k_norm,
                        &b->post_norm, &b->wg, &b->wu, &b->wd};
+        if (model_layer_is_moe(&m->cfg, l)) { /* router, then each family's E experts back to back */
+            int E = m->cfg.num_experts;
+            for (int k = 0; k < 8; k++) *p[k] = base + m->tensors[i++].offset;
+            b->router = base + m->tensors[i++].offset;
+            b->eg = base + m->tensors[i].offset;
+            b->eu = base + m->tensors[i + E].offset;
+            b->ed = base + m->tensors[i + 2 * E].offset;
+            i += 3 * E;
+            continue;
+        }
         for (int k = 0; k < 11; k++) *p[k] = base + m->tensors[i++].offset;
     }
     w->final_norm = base + m->tensors[i++].offset;
@@ -307,7 +397,8 @@ averis_status model_create(model *m, const model_config *cfg) {
     int L = cfg->num_hidden_layers;
     int64_t C = cfg->hidden_size, F = cfg->intermediate_size, Dh = cfg->head_dim;
     int64_t qd = cfg->num_attention_heads * Dh, kvd = cfg->num_key_value_heads * Dh;
-    m->tensors = calloc((size_t)(11 * L + 3), sizeof *m->tensors);
+    int64_t E = cfg->num_experts, I = cfg->moe_intermediate_size;
+    m->tensors = calloc((size_t)((11 + 3 * E) * L + 3), sizeof *m->tensors);
     if (!m->tensors) return averis_fail(AVERIS_ENOMEM, "model: out of memory");
     size_t off = 0;
     char nm[96];
@@ -318,10 +409,20 @@ averis_status model_create(model *m, const model_config *cfg) {
             {"self_attn.v_proj", 2, kvd, C},   {"self_attn.o_proj", 2, C, qd}, {"self_attn.q_norm", 1, Dh, 0},
             {"self_attn.k_norm", 1, Dh, 0},    {"post_attention_layernorm", 1, C, 0},
             {"mlp.gate_proj", 2, F, C},        {"mlp.up_proj", 2, F, C},       {"mlp.down_proj", 2, C, F}};
-        for (int k = 0; k < 11; k++) {
+        int moe = model_layer_is_moe(cfg, l);
+        for (int k = 0; k < (moe ? 8 : 11); k++) {
             snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, t[k].s);
             add_tensor(m, nm, t[k].nd, t[k].d0, t[k].d1, &off);
         }
+        if (!moe) continue;
+        snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.weight", l);
+        add_tensor(m, nm, 2, E, C, &off);
+        static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 3; k++)
+            for (int e = 0; e < E; e++) {
+                snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.%s.weight", l, e, proj[k]);
+                add_tensor(m, nm, 2, k < 2 ? I : C, k < 2 ? C : I, &off);
+            }
     }
     add_tensor(m, "model.norm.weight", 1, C, 0, &off);
     if (!cfg->tie_word_embeddings) add_tensor(m, "lm_head.weight", 2, cfg->vocab_size, C, &off);
@@ -349,6 +450,7 @@ void model_free(model *m) {
     free(m->tokens);
     free(m->rope_cos);
     free(m->rope_sin);
+    moe_free(m);
     qlin_ws_free(&m->ws);
     memset(m, 0, sizeof *m);
 }
@@ -408,6 +510,7 @@ averis_status model_check_ids(const model_config *c, const int *ids, int64_t n, 
 /* ------------------------------------------------------------ activations */
 static averis_status ensure_acts(model *m, int B, int T) {
     const model_config *c = &m->cfg;
+    averis_status st;
     if (T > c->max_position_embeddings)
         return averis_fail(AVERIS_EINVAL, "sequence length %d exceeds max_position_embeddings %d", T,
                            c->max_position_embeddings);
@@ -415,6 +518,7 @@ static averis_status ensure_acts(model *m, int B, int T) {
     size_t H = (size_t)c->num_attention_heads, KV = (size_t)c->num_key_value_heads, Dh = (size_t)c->head_dim;
     size_t per_block = N * (4 * C + 2 + 2 * H * Dh + 3 * KV * Dh + H + KV + H * Dh + 3 * F + 1) + (size_t)B * H * T * T;
     size_t need = (size_t)c->num_hidden_layers * per_block + N * (2 * C + 2) + N * (size_t)c->vocab_size;
+    for (int l = 0; l < c->num_hidden_layers; l++) need -= model_layer_is_moe(c, l) ? 3 * N * F : 0; /* in moe.c */
     if (need > m->act_cap) {
         free(m->act_mem);
         m->act_mem = malloc(need * sizeof(float));
@@ -437,7 +541,8 @@ static averis_status ensure_acts(model *m, int B, int T) {
         TAKE(a->q, N * H * Dh); TAKE(a->k, N * KV * Dh);
         TAKE(a->att, (size_t)B * H * T * T); TAKE(a->ao, N * H * Dh);
         TAKE(a->x_mid, N * C); TAKE(a->h2, N * C); TAKE(a->rstd2, N);
-        TAKE(a->g, N * F); TAKE(a->u, N * F); TAKE(a->a, N * F);
+        size_t nf = model_layer_is_moe(c, l) ? 0 : N * F;
+        TAKE(a->g, nf); TAKE(a->u, nf); TAKE(a->a, nf);
     }
     TAKE(m->x_out, N * C); TAKE(m->hf, N * C); TAKE(m->rstd_f, N); TAKE(m->tok_loss, N); TAKE(m->probs, N * (size_t)c->vocab_size);
 #undef TAKE
@@ -449,6 +554,7 @@ static averis_status ensure_acts(model *m, int B, int T) {
         }
         m->tokens_cap = 2 * N;
     }
+    if (c->num_experts && (st = moe_ensure(m, (int64_t)N))) return st;
     m->B = B;
     m->T = T;
     if (m->rope_T < T) {
@@ -516,18 +622,6 @@ static void rope_apply(float *x, int64_t N, int nh, int Dh, int T, const float *
             }
         }
     }
-}
-
-/* e^x for x in [−87, 88] (clamped outside), relative error < 2e-7: x =
- * k·ln2 + r, |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial, 2^k by
- * exponent bits. Plain C, so loops over it vectorise (libm's expf does not). */
-static inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest integer */
-    float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f + r * (8.3333333e-3f + r * 1.3888889e-3f)))));
-    union { int32_t i; float f; } e = {.i = ((int32_t)k + 127) << 23};
-    return p * e.f;
 }
 
 /* z[i] ← e^(z[i] − mx) for n values; returns their sum, added in order. */
@@ -647,6 +741,13 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
         for (int64_t i = 0; i < N * C; i++) a->x_mid[i] += a->x_in[i];
         rmsnorm_fwd(a->h2, a->rstd2, a->x_mid, w->post_norm, N, C, eps);
         if (m->tap) m->tap(m->tap_ctx, l, "ffn_in", a->h2, N, C);
+        float *xo = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x_in : m->x_out;
+        if (w->router) { /* a Qwen3-MoE layer */
+            if ((st = moe_forward(m, l, a->h2, xo))) return st;
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < N * C; i++) xo[i] += a->x_mid[i];
+            continue;
+        }
         if ((st = qlin_forward(r, a->h2, w->wg, N, C, F, a->g, &m->ws, NULL)) ||
             (st = qlin_forward(r, a->h2, w->wu, N, C, F, a->u, &m->ws, NULL)))
             return st;
@@ -656,7 +757,6 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
             a->a[i] = gv / (1.0f + exp_approx(-gv)) * a->u[i];
         }
         if (m->tap) m->tap(m->tap_ctx, l, "ffn_down_in", a->a, N, F);
-        float *xo = l + 1 < c->num_hidden_layers ? m->acts[l + 1].x_in : m->x_out;
         if ((st = qlin_forward(r, a->a, w->wd, N, F, C, xo, &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < N * C; i++) xo[i] += a->x_mid[i];
@@ -683,7 +783,10 @@ averis_status model_forward(model *m, const int *tokens, const int *targets, int
     memcpy(m->tokens, tokens, (size_t)N * sizeof *tokens);
     memcpy(m->tokens + N, targets, (size_t)N * sizeof *targets);
     m->targets = m->tokens + N;
-    m->loss = (float)(total / (double)N);
+    m->ce_loss = (float)(total / (double)N);
+    m->aux_loss = moe_aux_loss(m);
+    m->loss = c->num_experts && c->output_router_logits
+                  ? m->ce_loss + (float)c->router_aux_loss_coef * m->aux_loss : m->ce_loss;
     if (loss) *loss = m->loss;
     return AVERIS_OK;
 }
@@ -749,23 +852,27 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
         model_block *gw = &m->g.blocks[l];
         const qlin_recipe *r = block_recipe(m, l);
 
-        /* MLP: x_out = x_mid + (silu(g)⊙u)·Wdᵀ */
+        /* MLP: x_out = x_mid + (silu(g)⊙u)·Wdᵀ (or the MoE block's output) */
         if (m->tap) m->tap(m->tap_ctx, l, "grad_ffn_down", dx, N, C);
-        if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &m->ws, NULL))) return st;
+        if (w->router) {
+            if ((st = moe_backward(m, l, dx, dh, loss_scale, sr_stream))) return st;
+        } else {
+            if ((st = qlin_backward(r, a->a, w->wd, dx, N, F, C, da, gw->wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &m->ws, NULL))) return st;
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < N * F; i++) {
-            float gv = a->g[i], sg = 1.0f / (1.0f + exp_approx(-gv));
-            du[i] = da[i] * (gv * sg);
-            dg[i] = da[i] * a->u[i] * (sg * (1.0f + gv * (1.0f - sg)));
+            for (int64_t i = 0; i < N * F; i++) {
+                float gv = a->g[i], sg = 1.0f / (1.0f + exp_approx(-gv));
+                du[i] = da[i] * (gv * sg);
+                dg[i] = da[i] * a->u[i] * (sg * (1.0f + gv * (1.0f - sg)));
+            }
+            if (m->tap) {
+                m->tap(m->tap_ctx, l, "grad_ffn_gate", dg, N, F);
+                m->tap(m->tap_ctx, l, "grad_ffn_up", du, N, F);
+            }
+            if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &m->ws, NULL)) ||
+                (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &m->ws, NULL)))
+                return st;
+            add_into(dh, dtmp, N * C);
         }
-        if (m->tap) {
-            m->tap(m->tap_ctx, l, "grad_ffn_gate", dg, N, F);
-            m->tap(m->tap_ctx, l, "grad_ffn_up", du, N, F);
-        }
-        if ((st = qlin_backward(r, a->h2, w->wg, dg, N, C, F, dh, gw->wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &m->ws, NULL)) ||
-            (st = qlin_backward(r, a->h2, w->wu, du, N, C, F, dtmp, gw->wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &m->ws, NULL)))
-            return st;
-        add_into(dh, dtmp, N * C);
         rmsnorm_bwd(dx, gw->post_norm, dh, a->x_mid, a->rstd2, w->post_norm, N, C, 1);
 
         /* attention: x_mid = x_in + ao·Woᵀ */
@@ -816,9 +923,12 @@ averis_status model_load_weights(model *m, const char *path) {
     st_file f;
     averis_status st = st_read(path, &f);
     if (st) return st;
+    uint64_t fused[16] = {0}; /* MoE layers whose experts the file holds fused */
+    if (m->cfg.num_experts) st = moe_load_fused(m, &f, fused);
     for (int i = 0; i < m->ntensors && !st; i++) {
         const model_tensor *mt = &m->tensors[i];
-        st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
+        if (!moe_tensor_fused(m, mt->name, fused))
+            st = st_get_f32(&f, mt->name, mt->ndim, mt->shape, m->params + mt->offset);
         for (size_t k = 0; !st && k < mt->numel; k++) /* a trained model never holds one: the file is corrupt */
             if (!isfinite(m->params[mt->offset + k]))
                 st = averis_fail(AVERIS_EFORMAT, "%s: tensor '%s' holds %g at index %zu", path, mt->name,

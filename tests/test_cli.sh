@@ -198,12 +198,17 @@ PY
 "$BIN" analyze --npy "$T/infs.npy" --json "$T/inf.json" >/dev/null 2>&1
 python3 -c "import json,sys; json.load(open(sys.argv[1]), parse_constant=lambda c: sys.exit('bare ' + c))" "$T/inf.json" \
     && grep -q null "$T/inf.json" && ok || bad "analyze --json with inf: $(cat "$T/inf.json")"
-# configs: a Qwen3-MoE config and an unknown field are refused by name; NVFP4 widths named at load
+# configs: a Qwen3-MoE config trains and checkpoints as one; a MoE field in a
+# dense config and an unknown field are refused by name; NVFP4 widths named at load
 cat > "$T/moe.json" <<'JSON'
 {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 512, "hidden_size": 32,
- "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+ "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_hidden_layers": 2,
+ "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "output_router_logits": true}
 JSON
-expect_err "Qwen3-MoE config" "architectures = \[\"Qwen3MoeForCausalLM\"\]" "${TR[@]}" --config "$T/moe.json" --steps 2 --out "$T/r9"
+"${TR[@]}" --config "$T/moe.json" --recipe averis --steps 2 --out "$T/moe" >/dev/null 2>&1 \
+    && grep -q '"model_type": "qwen3_moe"' "$T/moe/ckpt_00000002/config.json" && ok || bad "Qwen3-MoE config trains"
+sed 's/"head_dim": 8/"head_dim": 8, "num_experts": 4/' "$T/cfg.json" > "$T/densemoe.json"
+expect_err "MoE field in a dense config" "field num_experts" "${TR[@]}" --config "$T/densemoe.json" --steps 2 --out "$T/r9"
 sed 's/"head_dim": 8/"head_dim": 8, "hidden_sise": 3/' "$T/cfg.json" > "$T/typo.json"
 expect_err "unknown config field" "unknown field hidden_sise" "${TR[@]}" --config "$T/typo.json" --steps 2 --out "$T/r10"
 sed 's/"hidden_size": 32/"hidden_size": 40/' "$T/cfg.json" > "$T/w40.json"

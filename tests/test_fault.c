@@ -154,9 +154,9 @@ void test_config_hf_defaults_and_refusals(void) {
               !model_config_check_fp4(&c, "q.json"),
           "Qwen3-0.6B config: %s", averis_last_error());
     static const struct { const char *json, *want; } bad[] = {
-        {"{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"hidden_size\": 64}", "architectures = [\"Qwen3MoeForCausalLM\"]"},
+        {"{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3\"}", "architectures = [\"Qwen3MoeForCausalLM\"]"},
         {"{\"hidden_size\": 64, \"num_experts\": 8, \"moe_intermediate_size\": 32}", "field num_experts"},
-        {"{\"model_type\": \"qwen3_moe\"}", "model_type = \"qwen3_moe\""},
+        {"{\"model_type\": \"qwen2_moe\"}", "model_type = \"qwen2_moe\""},
         {"{\"hidden_sise\": 64}", "unknown field hidden_sise"},
         {"{\"hidden_act\": \"gelu\"}", "hidden_act = \"gelu\""},
         {"{\"attention_bias\": true}", "attention_bias = true"},

@@ -60,7 +60,7 @@ const char *__asan_default_options(void) { return "max_allocation_size_mb=1024";
 /* ------------------------------------------------------------ the loaders */
 static char g_dir[256];      /* scratch directory of this run */
 static model g_model;        /* the model safetensors cases load into */
-static const model_config k_fuzz_cfg = {32, 16, 32, 1, 2, 1, 8, 64, 0, 10000.0, 1e-6};
+static const model_config k_fuzz_cfg = {.vocab_size = 32, .hidden_size = 16, .intermediate_size = 32, .num_hidden_layers = 1, .num_attention_heads = 2, .num_key_value_heads = 1, .head_dim = 8, .max_position_embeddings = 64, .rope_theta = 10000.0, .rms_norm_eps = 1e-6};
 #define FUZZ_VOCAB 300       /* tokenizer and shards */
 
 static void path_in(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", g_dir, name); }
@@ -101,6 +101,18 @@ static averis_status seed_config(const char *path) {
     FILE *f = fopen(path, "w");
     if (!f) return averis_fail(AVERIS_EIO, "%s: cannot write", path);
     fputs(k_config, f);
+    return fclose(f) ? averis_fail(AVERIS_EIO, "%s: write failed", path) : AVERIS_OK;
+}
+static const char k_config_moe[] =
+    "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3_moe\", \"vocab_size\": 300,\n"
+    " \"hidden_size\": 16, \"intermediate_size\": 32, \"num_hidden_layers\": 3, \"num_attention_heads\": 2,\n"
+    " \"num_key_value_heads\": 1, \"head_dim\": 8, \"max_position_embeddings\": 64, \"num_experts\": 4,\n"
+    " \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 16, \"norm_topk_prob\": true, \"decoder_sparse_step\": 1,\n"
+    " \"mlp_only_layers\": [1], \"output_router_logits\": true, \"router_aux_loss_coef\": 0.001}\n";
+static averis_status seed_config_moe(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return averis_fail(AVERIS_EIO, "%s: cannot write", path);
+    fputs(k_config_moe, f);
     return fclose(f) ? averis_fail(AVERIS_EIO, "%s: write failed", path) : AVERIS_OK;
 }
 /* a config that loads must be one the model can be built from */
@@ -257,6 +269,7 @@ static const fuzz_loader k_loaders[] = {
     {"npy", "x.npy", 1, seed_npy, load_npy, NULL},
     {"safetensors", "model.safetensors", 0, seed_safetensors, load_safetensors, NULL},
     {"config", "config.json", 1, seed_config, load_config, NULL},
+    {"config (MoE)", "config.json", 1, seed_config_moe, load_config, NULL},
     {"tokenizer", "tokenizer.bpe", 1, seed_tokenizer, load_tokenizer, NULL},
     {"shard", "train_000000.bin", 0, seed_shard, load_shard, NULL},
     {"packed", "x.packed", 0, seed_packed, load_packed, NULL},

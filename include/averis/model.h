@@ -24,10 +24,22 @@ typedef struct {
     int tie_word_embeddings;     /* LM head = embedding matrix */
     double rope_theta;
     double rms_norm_eps;
+    /* Qwen3-MoE (Hugging Face Qwen3MoeConfig, model_type qwen3_moe); see
+     * averis/moe.h. num_experts = 0: the dense Qwen3 (every field below unused). */
+    int num_experts;             /* E */
+    int num_experts_per_tok;     /* k, the top-k of the router */
+    int moe_intermediate_size;   /* I, each expert's SwiGLU width */
+    int decoder_sparse_step;     /* layer l is MoE if (l+1) % step == 0 ... */
+    int norm_topk_prob;          /* renormalise the k routing weights to sum 1 */
+    int output_router_logits;    /* add router_aux_loss_coef · aux to the loss (as transformers) */
+    double router_aux_loss_coef;
+    uint64_t mlp_only_layers[16];/* ... and bit l is clear (layers < 1024) */
 } model_config;
 
 /* Presets: "tiny" (the CPU default), "small", "qwen3-30m" and "qwen3-90m" (the GPU
- * recipe sweep, docs/sweep.md), "qwen3-0.6b" (the paper's dense shape). */
+ * recipe sweep, docs/sweep.md), "qwen3-0.6b" (the paper's dense shape);
+ * Qwen3-MoE: "moe-tiny" (tests), "moe-small" (experiments),
+ * "qwen3-moe-7b-a1.5b" (the paper's MoE shape). */
 const char *model_preset_names(void);
 /* A preset name, or the path of a JSON file with Qwen3Config fields (missing
  * fields take Hugging Face Qwen3Config's defaults, head_dim's 128 included;
@@ -73,6 +85,10 @@ typedef struct {
     float *wg;        /* [F, C]     mlp.gate_proj */
     float *wu;        /* [F, C]     mlp.up_proj */
     float *wd;        /* [C, F]     mlp.down_proj */
+    /* a Qwen3-MoE layer (wg, wu, wd NULL): */
+    float *router;    /* [E, C]     mlp.gate */
+    float *eg, *eu;   /* [E, I, C]  mlp.experts.e.gate_proj, .up_proj (expert e at e·I·C) */
+    float *ed;        /* [E, C, I]  mlp.experts.e.down_proj */
 } model_block;
 
 typedef struct {
@@ -122,11 +138,15 @@ typedef struct {
     float *rope_cos, *rope_sin;       /* [T, Dh/2] */
     int rope_T;
     qlin_ws ws;
-    float loss;                       /* mean cross-entropy of the last forward */
+    float loss;                       /* mean cross-entropy of the last forward (+ the MoE aux term) */
+    float ce_loss, aux_loss;          /* its parts: cross-entropy, load-balancing aux (0 for dense) */
+    struct moe_state *moe;            /* MoE activations and routing (src/moe.c); NULL for dense */
     /* Optional observer of every quantized linear's input (forward) and
      * output gradient (backward), e.g. for the mean-bias analysis. kinds:
      * attn_in, attn_out, ffn_in, ffn_down_in; grad_attn_out, grad_ffn_gate,
-     * grad_ffn_up, grad_ffn_down. */
+     * grad_ffn_up, grad_ffn_down; in MoE layers, per expert with tokens:
+     * expertE_in, expertE_down_in, grad_expertE_gate, grad_expertE_up,
+     * grad_expertE_down (ffn_in and grad_ffn_down are the block's). */
     void (*tap)(void *ctx, int layer, const char *kind, const float *x, int64_t rows, int64_t cols);
     void *tap_ctx;
 } model;
