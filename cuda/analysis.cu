@@ -460,6 +460,10 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     CU_OK(cholqr(a, V, Z, m, p1, Zd, G, W));
     CU_OK(cholqr(a, V + (int64_t)p1 * m, Z + (int64_t)p1 * m, m, p2, Zd, G, W));
     CU_TRY(cudaMemcpyAsync(V, Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    /* the iterations only find the subspace: their GEMMs on X may use TF32
+     * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
+     * the Rayleigh–Ritz step below runs in full fp32 */
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
     for (int it = 0; it < iters; it++) {
         CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, X, (int)m, Y, (int)l, &zerof, Z, (int)m));
@@ -468,6 +472,7 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W));
         CU_OK(cholqr(a, Z + (int64_t)p1 * m, V + (int64_t)p1 * m, m, p2, Zd, G, W));
     }
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
     /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
     CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W));
@@ -553,7 +558,12 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     jacobi_eig(B1, p1, w1, &u1);
     jacobi_eig(B2, p2, w2, nullptr);
     out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
-    if (info) info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0, info->iters = iters, info->p1 = p1, info->p2 = p2;
+    if (info) {
+        info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
+        info->iters = iters, info->p1 = p1, info->p2 = p2;
+        /* the block's convergence factor for θ₁, (θ_p1/θ₁)^iters (θ_p1 ≥ λ_{p1+1}: an upper bound) */
+        info->conv1 = p1 < g && w1[0] > 0 ? pow(std::max(w1[(size_t)p1 - 1], 0.0) / w1[0], iters) : 0.0;
+    }
     double dot = 0, vn = 0;
     for (int64_t j = 0; j < m; j++) {
         double v = 0;

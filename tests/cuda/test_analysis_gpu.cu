@@ -12,8 +12,9 @@
  *
  * Tolerances (averis/analysis_cuda.h states them):
  *   R, ‖μ‖, rms          1e-5 relative (fp32 means vs fp64)
- *   σ₁                   1e-3 relative
- *   cos(μ, v₁)           0.01 absolute where σ₂/σ₁ ≤ 0.9 (else not defined)
+ *   σ₁                   1e-3 relative where the block converged (conv1 ≤ 1e-4),
+ *                        else 3e-2
+ *   cos(μ, v₁)           0.01 absolute where converged and σ₂/σ₁ ≤ 0.9
  *   e_mean               1e-5 absolute; e_spike, e_tail 0.01 absolute
  *   top_count            exact; ρ median 1e-5 relative, ρ share 1e-6
  *   NVFP4 rel_mse        1e-4 relative; flushed share 1e-7 absolute
@@ -58,7 +59,8 @@ struct rng {
 struct worst {
     double R = 0, mean_norm = 0, rms = 0, sigma1 = 0, cos = 0, e_mean = 0, e_spike = 0, e_tail = 0, rho_med = 0,
            rho_half = 0, mse = 0, flushed = 0;
-    int ncos = 0, ntensor = 0;
+    double sigma1_loose = 0;
+    int ncos = 0, ntensor = 0, nconv = 0;
     double ms = 0;
 } g_worst;
 
@@ -106,9 +108,9 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     g_worst.ms += ms;
     double gap = c.sigma1 > 0 ? info.sigma2 / g.sigma1 : 1.0;
     printf("  %-28s %6lld x %-6lld R %.4f/%.4f  s1 %.4g/%.4g  cos %.4f/%.4f (s2/s1 %.3f)  spike %.4f/%.4f  rho %.4f/%.4f"
-           "  mse %.4g/%.4g  %.2f ms\n",
+           "  mse %.4g/%.4g  conv %.1e  %.2f ms\n",
            name, (long long)l, (long long)m, g.R, c.R, g.sigma1, c.sigma1, g.cos_mu_v1, c.cos_mu_v1, gap, g.e_spike,
-           c.e_spike, g.rho_median, c.rho_median, g.q_rel_mse[0], c.q_rel_mse[0], ms);
+           c.e_spike, g.rho_median, c.rho_median, g.q_rel_mse[0], c.q_rel_mse[0], info.conv1, ms);
     auto chk_rel = [&](const char *what, double gv, double cv, double tol, double abs_floor, double &w) {
         double d = fabs(gv - cv) <= abs_floor ? 0.0 : rel(gv, cv);
         upd(w, d);
@@ -123,8 +125,10 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     chk_rel("R", g.R, c.R, 1e-5, 1e-9, g_worst.R);
     chk_rel("mean_norm", g.mean_norm, c.mean_norm, 1e-5, 1e-12 * c.rms_token_norm, g_worst.mean_norm);
     chk_rel("rms_token_norm", g.rms_token_norm, c.rms_token_norm, 1e-5, 0, g_worst.rms);
-    chk_rel("sigma1", g.sigma1, c.sigma1, 1e-3, 0, g_worst.sigma1);
-    if (gap <= 0.9) {
+    int conv = info.conv1 <= 1e-4;
+    g_worst.nconv += conv;
+    chk_rel("sigma1", g.sigma1, c.sigma1, conv ? 1e-3 : 3e-2, 0, conv ? g_worst.sigma1 : g_worst.sigma1_loose);
+    if (conv && gap <= 0.9) {
         g_worst.ncos++;
         chk_abs("cos_mu_v1", g.cos_mu_v1, c.cos_mu_v1, 0.01, g_worst.cos);
     }
@@ -324,10 +328,10 @@ int main(int argc, char **argv) {
         (g_check_failed ? failed : passed)++;
     }
     const worst &w = g_worst;
-    printf("largest deviations over %d tensors (cos on %d with s2/s1 <= 0.9): R %.2g rel, |mu| %.2g rel, rms %.2g rel, "
-           "sigma1 %.2g rel, cos %.2g, e_mean %.2g, e_spike %.2g, e_tail %.2g, rho median %.2g rel, rho share %.2g, "
+    printf("largest deviations over %d tensors (%d converged, conv1 <= 1e-4; cos on %d of them with s2/s1 <= 0.9): "
+           "R %.2g rel, |mu| %.2g rel, rms %.2g rel, sigma1 %.2g rel (unconverged %.2g), cos %.2g, e_mean %.2g, e_spike %.2g, e_tail %.2g, rho median %.2g rel, rho share %.2g, "
            "relmse %.2g rel, flushed %.2g; GPU %.3f ms per tensor\n",
-           w.ntensor, w.ncos, w.R, w.mean_norm, w.rms, w.sigma1, w.cos, w.e_mean, w.e_spike, w.e_tail, w.rho_med,
+           w.ntensor, w.nconv, w.ncos, w.R, w.mean_norm, w.rms, w.sigma1, w.sigma1_loose, w.cos, w.e_mean, w.e_spike, w.e_tail, w.rho_med,
            w.rho_half, w.mse, w.flushed, w.ntensor ? w.ms / w.ntensor : 0.0);
     avc_analysis_free(g_ana);
     printf("%d passed, %d failed\n", passed, failed);
