@@ -12,7 +12,7 @@
  *
  * Tolerances (averis/analysis_cuda.h states them):
  *   R, ‖μ‖, rms          1e-5 relative (fp32 means vs fp64)
- *   σ₁                   1e-3 relative where the block converged (conv1 ≤ 1e-4),
+ *   σ₁                   1e-3 relative where the block converged (conv1 ≤ 1e-2),
  *                        else 3e-2
  *   cos(μ, v₁)           0.01 absolute where converged and σ₂/σ₁ ≤ 0.9
  *   e_mean               1e-5 absolute; e_spike, e_tail 0.01 absolute
@@ -125,7 +125,7 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     chk_rel("R", g.R, c.R, 1e-5, 1e-9, g_worst.R);
     chk_rel("mean_norm", g.mean_norm, c.mean_norm, 1e-5, 1e-12 * c.rms_token_norm, g_worst.mean_norm);
     chk_rel("rms_token_norm", g.rms_token_norm, c.rms_token_norm, 1e-5, 0, g_worst.rms);
-    int conv = info.conv1 <= 1e-4;
+    int conv = info.conv1 <= 1e-2; /* σ₁² converges as conv1², v₁'s angle as conv1 */
     g_worst.nconv += conv;
     chk_rel("sigma1", g.sigma1, c.sigma1, conv ? 1e-3 : 3e-2, 0, conv ? g_worst.sigma1 : g_worst.sigma1_loose);
     if (conv && gap <= 0.9) {
@@ -328,7 +328,7 @@ int main(int argc, char **argv) {
         (g_check_failed ? failed : passed)++;
     }
     const worst &w = g_worst;
-    printf("largest deviations over %d tensors (%d converged, conv1 <= 1e-4; cos on %d of them with s2/s1 <= 0.9): "
+    printf("largest deviations over %d tensors (%d converged, conv1 <= 1e-2; cos on %d of them with s2/s1 <= 0.9): "
            "R %.2g rel, |mu| %.2g rel, rms %.2g rel, sigma1 %.2g rel (unconverged %.2g), cos %.2g, e_mean %.2g, e_spike %.2g, e_tail %.2g, rho median %.2g rel, rho share %.2g, "
            "relmse %.2g rel, flushed %.2g; GPU %.3f ms per tensor\n",
            w.ntensor, w.nconv, w.ncos, w.R, w.mean_norm, w.rms, w.sigma1, w.sigma1_loose, w.cos, w.e_mean, w.e_spike, w.e_tail, w.rho_med,
