@@ -12,7 +12,8 @@
  *                                     DGEMM on an fp64 copy, R and R⁻¹ by
  *                                     one thread block (k_chol_inv)
  *      then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) in fp64, eigenvalues on the
- *      host (cyclic Jacobi): σ₁², v₁ = V₁u₁ and the spike Σ top-k of block 2.
+ *      host (cyclic Jacobi for block 1's vectors, Householder + QL for block
+ *      2's values): σ₁², v₁ = V₁u₁ and the spike Σ top-k of block 2.
  *   3. ρ: the bits of |x| (a monotone key) by a 3-pass histogram select give
  *      the exact ⌈0.001 n⌉-th largest magnitude; the elements ≥ it are
  *      ranked in index order (chunk counts, their scan, a block scan per
@@ -272,6 +273,90 @@ void jacobi_eig(std::vector<double> A, int p, std::vector<double> &w, std::vecto
         for (int c = 0; c < p; c++)
             for (int k = 0; k < p; k++) (*vec)[(size_t)c * p + k] = V[(size_t)idx[(size_t)c] * p + k];
     }
+}
+
+/* eigenvalues (descending) of the symmetric p × p A (col-major; symmetric, so
+ * rows = columns): Householder to tridiagonal, then implicit QL
+ * (O(p³) once, not per sweep as Jacobi) */
+void sym_eigvals(std::vector<double> A, int n, std::vector<double> &w) {
+    auto a = [&](int i, int j) -> double & { return A[(size_t)i * n + j]; };
+    std::vector<double> d((size_t)n), e((size_t)n);
+    for (int i = n - 1; i > 0; i--) {
+        int l = i - 1;
+        double h = 0, scale = 0;
+        if (l > 0) {
+            for (int k = 0; k <= l; k++) scale += fabs(a(i, k));
+            if (scale == 0.0) e[(size_t)i] = a(i, l);
+            else {
+                for (int k = 0; k <= l; k++) {
+                    a(i, k) /= scale;
+                    h += a(i, k) * a(i, k);
+                }
+                double f = a(i, l), g = f >= 0.0 ? -sqrt(h) : sqrt(h);
+                e[(size_t)i] = scale * g;
+                h -= f * g;
+                a(i, l) = f - g;
+                f = 0.0;
+                for (int j = 0; j <= l; j++) {
+                    g = 0.0;
+                    for (int k = 0; k <= j; k++) g += a(j, k) * a(i, k);
+                    for (int k = j + 1; k <= l; k++) g += a(k, j) * a(i, k);
+                    e[(size_t)j] = g / h;
+                    f += e[(size_t)j] * a(i, j);
+                }
+                double hh = f / (h + h);
+                for (int j = 0; j <= l; j++) {
+                    f = a(i, j);
+                    e[(size_t)j] = g = e[(size_t)j] - hh * f;
+                    for (int k = 0; k <= j; k++) a(j, k) -= (f * e[(size_t)k] + g * a(i, k));
+                }
+            }
+        } else {
+            e[(size_t)i] = a(i, l);
+        }
+        d[(size_t)i] = h;
+    }
+    for (int i = 0; i < n; i++) d[(size_t)i] = a(i, i);
+    for (int i = 1; i < n; i++) e[(size_t)i - 1] = e[(size_t)i];
+    if (n > 0) e[(size_t)n - 1] = 0.0;
+    for (int l = 0; l < n; l++) {
+        int iter = 0, m;
+        do {
+            for (m = l; m < n - 1; m++) {
+                double dd = fabs(d[(size_t)m]) + fabs(d[(size_t)m + 1]);
+                if (fabs(e[(size_t)m]) <= 1e-15 * dd) break;
+            }
+            if (m != l) {
+                if (iter++ == 60) break;
+                double g = (d[(size_t)l + 1] - d[(size_t)l]) / (2.0 * e[(size_t)l]);
+                double r = hypot(g, 1.0);
+                g = d[(size_t)m] - d[(size_t)l] + e[(size_t)l] / (g + copysign(r, g));
+                double s = 1.0, c = 1.0, p = 0.0;
+                int i;
+                for (i = m - 1; i >= l; i--) {
+                    double f = s * e[(size_t)i], b = c * e[(size_t)i];
+                    e[(size_t)i + 1] = (r = hypot(f, g));
+                    if (r == 0.0) {
+                        d[(size_t)i + 1] -= p;
+                        e[(size_t)m] = 0.0;
+                        break;
+                    }
+                    s = f / r;
+                    c = g / r;
+                    g = d[(size_t)i + 1] - p;
+                    r = (d[(size_t)i] - g) * s + 2.0 * c * b;
+                    d[(size_t)i + 1] = g + (p = s * r);
+                    g = c * r - b;
+                }
+                if (r == 0.0 && i >= l) continue;
+                d[(size_t)l] -= p;
+                e[(size_t)l] = g;
+                e[(size_t)m] = 0.0;
+            }
+        } while (m != l);
+    }
+    std::sort(d.begin(), d.end(), [](double x, double y) { return x > y; });
+    w = d;
 }
 
 } // namespace
@@ -556,7 +641,7 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     out->R = total > 0 ? out->mean_norm / out->rms_token_norm : 0.0;
     std::vector<double> w1, u1, w2;
     jacobi_eig(B1, p1, w1, &u1);
-    jacobi_eig(B2, p2, w2, nullptr);
+    sym_eigvals(B2, p2, w2); /* p2 reaches 172 for the LM head: not Jacobi */
     out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
     if (info) {
         info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
