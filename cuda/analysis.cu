@@ -78,11 +78,13 @@ __global__ void k_to_f64(const float *x, double *y, int64_t n) {
         y[i] = x[i];
 }
 
-/* Cholesky G = RᵀR (p × p, col-major fp64, overwritten) and W = R⁻¹ as fp32
+/* Cholesky G = RᵀR (p × p, col-major fp64, overwritten) and W = R⁻¹
  * (col-major, upper triangular); a pivot below tol·max diag drops its
  * direction (its row of R and of W are zero, so V's column is zero). One
- * thread block. */
-__global__ void k_chol_inv(double *G, float *W, int p) {
+ * thread block; G and W in shared memory where p ≤ ANA_PSMEM (every tensor
+ * but the LM head's spike block), else in place in global memory. */
+enum { ANA_PSMEM = 48 }; /* 2·48²·8 bytes = 36 KiB of the 48 KiB a block gets without opting in */
+__device__ void chol_inv(double *G, double *W, int p) {
     __shared__ double dmax;
     if (threadIdx.x == 0) {
         double m = 0;
@@ -116,12 +118,26 @@ __global__ void k_chol_inv(double *G, float *W, int p) {
             double rii = G[i + (int64_t)i * p], v = 0;
             if (i <= j && rii != 0) {
                 double s = i == j ? 1.0 : 0.0;
-                for (int k = i + 1; k <= j; k++) s -= G[i + (int64_t)k * p] * (double)W[k + (int64_t)j * p];
+                for (int k = i + 1; k <= j; k++) s -= G[i + (int64_t)k * p] * W[k + (int64_t)j * p];
                 v = s / rii;
             }
-            W[i + (int64_t)j * p] = (float)v;
+            W[i + (int64_t)j * p] = v;
         }
     }
+    __syncthreads();
+}
+
+/* Wg: p × p fp32 out; Wd: p × p fp64 scratch (the global path) */
+__global__ void k_chol_inv(double *G, double *Wd, float *Wg, int p) {
+    extern __shared__ double sm[];
+    int64_t pp = (int64_t)p * p;
+    double *g = G, *w = Wd;
+    if (p <= ANA_PSMEM) {
+        g = sm, w = sm + pp;
+        for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) g[i] = G[i];
+    }
+    chol_inv(g, w, p);
+    for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) Wg[i] = (float)w[i];
 }
 
 /* histogram of the magnitude keys' bits [shift, shift + width) among the keys
@@ -412,7 +428,9 @@ averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p
     k_to_f64<<<grid_for(m * p), ANA_THREADS, 0, a->s>>>(Z, Zd, m * p);
     CU_LAUNCHED();
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p, p, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, p));
-    k_chol_inv<<<1, 256, 0, a->s>>>(G, W, p);
+    /* the fp64 W scratch of the global path: the tail of G's buffer (G holds 2·PMAX²) */
+    size_t smem = p <= ANA_PSMEM ? 2 * sizeof(double) * (size_t)p * p : 0;
+    k_chol_inv<<<1, 256, smem, a->s>>>(G, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, W, p);
     CU_LAUNCHED();
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, p, &onef, Z, (int)m, W, p, &zerof, V, (int)m));
     return AVERIS_OK;
