@@ -108,9 +108,9 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     g_worst.ms += ms;
     double gap = c.sigma1 > 0 ? info.sigma2 / g.sigma1 : 1.0;
     printf("  %-28s %6lld x %-6lld R %.4f/%.4f  s1 %.4g/%.4g  cos %.4f/%.4f (s2/s1 %.3f)  spike %.4f/%.4f  rho %.4f/%.4f"
-           "  mse %.4g/%.4g  conv %.1e  %.2f ms\n",
+           "  mse %.4g/%.4g  conv %.1e it %d  %.2f ms\n",
            name, (long long)l, (long long)m, g.R, c.R, g.sigma1, c.sigma1, g.cos_mu_v1, c.cos_mu_v1, gap, g.e_spike,
-           c.e_spike, g.rho_median, c.rho_median, g.q_rel_mse[0], c.q_rel_mse[0], info.conv1, ms);
+           c.e_spike, g.rho_median, c.rho_median, g.q_rel_mse[0], c.q_rel_mse[0], info.conv1, info.iters, ms);
     auto chk_rel = [&](const char *what, double gv, double cv, double tol, double abs_floor, double &w) {
         double d = fabs(gv - cv) <= abs_floor ? 0.0 : rel(gv, cv);
         upd(w, d);
