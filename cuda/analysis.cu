@@ -535,6 +535,7 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         return averis_fail(AVERIS_EINVAL, "cuda analysis: %lld × %lld needs a spike block of %d > %d vectors", (long long)l,
                            (long long)m, p2, AVC_ANA_PMAX);
     int iters = env_iters(), used = 0;
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH)); /* also after an error mid-iteration */
     /* the input as fp32 */
     const float *X = static_cast<const float *>(x_dev);
     if (bf16) {
@@ -617,7 +618,7 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, Zd + (int64_t)p1 * l, (int)l,
                               Zd + (int64_t)p1 * l, (int)l, &zerod, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
     std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2);
-    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m), scal_h(8);
+    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m);
     CU_TRY(cudaMemcpyAsync(B1.data(), G, B1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
     CU_TRY(cudaMemcpyAsync(B2.data(), G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, B2.size() * sizeof(double),
                            cudaMemcpyDeviceToHost, s));
