@@ -5,7 +5,7 @@
 #   1. build the library, `averis`, test_analysis_gpu and bench_analysis
 #   2. test_analysis_gpu: every GPU metric against the CPU analysis on the
 #      same tensors (synthetic, the tiny model's taps, the model's rows)
-#   3. compute-sanitizer memcheck on its synthetic cases
+#   3. compute-sanitizer memcheck on its small synthetic cases
 #   4. bench_analysis: one analysis step against --analyze-every 250 training
 #      steps on the 88M shape (width 768, 12 layers, 12/4 heads, FFN 2048,
 #      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%)
@@ -45,11 +45,11 @@ step "test_analysis_gpu (GPU metrics vs the CPU analysis)"
 timeout 300 build/test_analysis_gpu 2>&1 | tee "$OUT/test_analysis_gpu.log"
 [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "test_analysis_gpu"
 
-step "compute-sanitizer memcheck (synthetic cases)"
+step "compute-sanitizer memcheck (the small synthetic cases)"
 if [[ ${DEVICE_ANALYSIS_MEMCHECK:-1} == 0 ]]; then
     echo "(skipped: DEVICE_ANALYSIS_MEMCHECK=0)"
 elif command -v compute-sanitizer >/dev/null; then
-    timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_analysis_gpu synthetic \
+    timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_analysis_gpu small \
         >"$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
