@@ -105,7 +105,7 @@ LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gem
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
 TEST_SRC  := $(wildcard tests/test_*.c)
-CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu
+CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu cuda/analysis.cu
 CUDA_SRC  += $(CUDNN_SRC)
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 ifeq ($(CUDA),1)
@@ -146,7 +146,7 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(wildcard cuda/*.cuh) $(wildcard include/averis/*.
 # them): tests/cuda (test_cuda), bench/cuda (bench_cuda) and the kernel lab
 # dev/cuda (quant_lab), which see cuda/'s internal headers.
 CUDA_TEST_BIN = $(BUILD)/test_cuda $(BUILD)/bench_cuda $(BUILD)/quant_lab
-CUDA_TEST_BIN += $(BUILD)/test_cudnn_att
+CUDA_TEST_BIN += $(BUILD)/test_cudnn_att $(BUILD)/test_analysis_gpu $(BUILD)/bench_analysis
 cuda-tests: $(CUDA_TEST_BIN)
 $(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include/averis/*.h) tests/check.h
 	@mkdir -p $(dir $@)
@@ -156,6 +156,11 @@ $(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_ch
 $(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/quant_lab: $(BUILD)/dev/cuda/quant_lab.o $(BUILD)/tests/test_patterns.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# the GPU mean-bias analysis against the CPU's (issue 24), and its cost in training
+$(BUILD)/test_analysis_gpu: $(BUILD)/tests/cuda/test_analysis_gpu.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bench_analysis: $(BUILD)/bench/cuda/bench_analysis.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 # cuDNN attention against the fp64 reference; `test_cudnn_att bench` times it
 $(BUILD)/test_cudnn_att: $(BUILD)/tests/cuda/test_cudnn_att.o $(BUILD)/tests/test_patterns.o $(LIB)

@@ -29,6 +29,7 @@
 #include "embedding.cuh"
 #include "adamw.cuh"
 #include "averis/model_spec.h"
+#include "averis/analysis_cuda.h"
 
 #include <cublas_v2.h>
 
@@ -94,6 +95,8 @@ struct avc_model {
     int *tok = nullptr, *tgt = nullptr, *emb_idx = nullptr; /* [N], [N], [3N + 1]: uniq, start, pos */
     cudaStream_t s = nullptr;
     cublasHandle_t cb = nullptr;
+    avc_tap_fn tap = nullptr; /* the analysis's hook (averis/analysis_cuda.h), or NULL */
+    void *tap_ctx = nullptr;
     std::vector<void *> allocs;
     size_t alloc_bytes = 0; /* what allocs hold */
 
@@ -305,6 +308,12 @@ mean_terms layer_means(const avc_model *net, const cm_layer &io, const qlin_reci
     return {io.mb_q, io.mb_k, io.mb_v, io.mb_g, io.mb_u};
 }
 
+/* the analysis's hook at a tensor (averis/analysis_cuda.h), on the model's stream */
+#define CM_TAP(layer, kind, x, bf16, rows, cols)                                                            \
+    do {                                                                                                    \
+        if (net->tap) net->tap(net->tap_ctx, (layer), (kind), (x), (bf16), (rows), (cols));                \
+    } while (0)
+
 /* A: the activations' type (float or BF16) */
 template <typename A>
 averis_status forward_backward(avc_model *net, const int *tokens, const int *targets, int backward, float loss_scale,
@@ -332,6 +341,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
             CU_PROF("norms fwd + rope", s);
             CU_OK(cn_rmsnorm(io.x_in, w.in_norm, static_cast<A *>(io.h1), io.rstd1, N, C, eps, s));
         }
+        CM_TAP(l, "attn_in", io.h1, net->act_bf16, N, C);
         CU_OK(cl_prep_x(r, &io.in_h1, s));
         const mean_terms mt = layer_means(net, io, r);
         CU_OK(cl_forward(r, &io.in_h1, &wo[0], io.q_raw, net->act_bf16, nullptr, mt.q, &net->scr, s));
@@ -346,20 +356,25 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
             CU_OK(cr_tokens_to_heads(static_cast<const A *>(io.v), mt.v, io.att.vh, N, KV, Dh, T, s));
         }
         CU_OK(ca_forward(&net->att, &io.att));
+        CM_TAP(l, "attn_out", io.att.ao, net->act_bf16, N, net->qd);
         CU_OK(cl_prep_x(r, &io.in_ao, s));
         CU_OK(cl_forward(r, &io.in_ao, &wo[3], io.x_mid, 0, io.x_in, nullptr, &net->scr, s)); /* x_mid = x_in + ao·Woᵀ */
+        CM_TAP(l, "resid_attn", io.x_mid, 0, N, C);
         {
             CU_PROF("norms fwd + rope", s);
             CU_OK(cn_rmsnorm(io.x_mid, w.post_norm, static_cast<A *>(io.h2), io.rstd2, N, C, eps, s));
         }
+        CM_TAP(l, "ffn_in", io.h2, net->act_bf16, N, C);
         CU_OK(cl_prep_x(r, &io.in_h2, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[4], io.g, net->act_bf16, nullptr, mt.g, &net->scr, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[5], io.u, net->act_bf16, nullptr, mt.u, &net->scr, s));
         CU_OK(cs_swiglu(static_cast<const A *>(io.g), static_cast<const A *>(io.u), mt.g, mt.u, static_cast<A *>(io.a),
                         N * F, F, s));
+        CM_TAP(l, "ffn_down_in", io.a, net->act_bf16, N, F);
         CU_OK(cl_prep_x(r, &io.in_a, s));
         float *x_next = l + 1 < Lc ? net->layers[l + 1].x_in : net->x_out;
         CU_OK(cl_forward(r, &io.in_a, &wo[6], x_next, 0, io.x_mid, nullptr, &net->scr, s)); /* x_out = x_mid + a·Wdᵀ */
+        CM_TAP(l, "resid_ffn", x_next, 0, N, C);
     }
     if (net->act_bf16) {
         CU_OK(cn_rmsnorm(net->x_out, net->final_norm, net->hf_bf16, net->rstd_f, N, C, eps, s));
@@ -371,6 +386,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
      * dlogits = (softmax − onehot)·scale/N feed dhf and dE at once */
     CU_OK(cx_lm_head(net->hf_bf16, net->head_bf16, net->tgt, N, C, V, net->chunk, net->logits, net->dlogits,
                      net->tok_loss, backward, loss_scale / (float)N, net->dh, net->g_lm_head, s));
+    if (backward && net->chunk == N) CM_TAP(Lc, "grad_lm_head", net->dlogits, 1, N, V); /* one chunk: all of dlogits */
     std::vector<float> tok_loss((size_t)N);
     CU_TRY(cudaMemcpyAsync(tok_loss.data(), net->tok_loss, N * sizeof(float), cudaMemcpyDeviceToHost, s));
     if (!backward) {
@@ -393,13 +409,17 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         io.in_a.xt_ready = io.in_h2.xt_ready = io.in_ao.xt_ready = io.in_h1.xt_ready = 0;
         const mean_terms mt = layer_means(net, io, r);
         /* MLP */
+        CM_TAP(l, "grad_ffn_down", net->dx, 0, N, C);
         CU_OK(cl_backward(r, &io.in_a, &wo[6], net->dx, net->da, 0, gw.wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &net->scr, s));
         CU_OK(cs_swiglu_bwd(net->da, static_cast<const A *>(io.g), static_cast<const A *>(io.u), mt.g, mt.u, net->dg,
                             net->du, N * F, F, s));
+        CM_TAP(l, "grad_ffn_gate", net->dg, 0, N, F);
+        CM_TAP(l, "grad_ffn_up", net->du, 0, N, F);
         CU_OK(cl_backward(r, &io.in_h2, &wo[4], net->dg, net->dh, 0, gw.wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &net->scr, s));
         CU_OK(cl_backward(r, &io.in_h2, &wo[5], net->du, net->dh, 1, gw.wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &net->scr, s));
         CU_OK(cn_rmsnorm_bwd(net->dx, gw.post_norm, net->dh, io.x_mid, nullptr, 1, io.rstd2, w.post_norm, N, C, 1, part, s));
         /* attention */
+        CM_TAP(l, "grad_attn_out", net->dx, 0, N, C);
         CU_OK(cl_backward(r, &io.in_ao, &wo[3], net->dx, net->dao, 0, gw.wo, model_sr_stream(sr_stream, l, MODEL_LIN_O), &net->scr, s));
         CU_OK(ca_backward(&net->att, &io.att, net->dao, net->dq, net->dk, net->dv));
         float *dq_raw = net->dtmp, *dk_raw = net->dao; /* dao is spent */
@@ -407,6 +427,9 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
                              N * H, Dh, 0, part, s));
         CU_OK(cn_rmsnorm_bwd(dk_raw, gw.k_norm, net->dk, static_cast<const A *>(io.k_raw), mt.k, KV, io.rstd_k, w.k_norm,
                              N * KV, Dh, 0, part, s));
+        CM_TAP(l, "grad_attn_q", dq_raw, 0, N, net->qd);
+        CM_TAP(l, "grad_attn_k", dk_raw, 0, N, net->kvd);
+        CM_TAP(l, "grad_attn_v", net->dv, 0, N, net->kvd);
         CU_OK(cl_backward(r, &io.in_h1, &wo[0], dq_raw, net->dh, 0, gw.wq, model_sr_stream(sr_stream, l, MODEL_LIN_Q), &net->scr, s));
         CU_OK(cl_backward(r, &io.in_h1, &wo[1], dk_raw, net->dh, 1, gw.wk, model_sr_stream(sr_stream, l, MODEL_LIN_K), &net->scr, s));
         CU_OK(cl_backward(r, &io.in_h1, &wo[2], net->dv, net->dh, 1, gw.wv, model_sr_stream(sr_stream, l, MODEL_LIN_V), &net->scr, s));
@@ -497,6 +520,13 @@ averis_status avc_model_step(avc_model *net, const int *tokens, const int *targe
 }
 
 const char *avc_model_describe(const avc_model *net) { return net->desc; }
+
+void avc_model_set_tap(avc_model *net, avc_tap_fn fn, void *ctx) {
+    net->tap = fn;
+    net->tap_ctx = ctx;
+}
+
+void *avc_model_stream(avc_model *net) { return net->s; }
 
 averis_status avc_model_grad_norm(avc_model *net, double *norm) {
     return co_grad_norm(net->grads, (int64_t)net->nparams, net->norm_part, net->s, norm);

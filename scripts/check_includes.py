@@ -28,7 +28,7 @@ LAYERS = [
     ["model", "safetensors"],
     ["data", "tokenizer"],
     ["analysis"],
-    ["cuda"],                     # the GPU model
+    ["cuda", "analysis_cuda"],    # the GPU model, the analysis on it
     ["backend"],                  # the table train.c steps through: CPU model or cuda
     ["ckpt"],
     ["train"],

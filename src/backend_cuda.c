@@ -2,6 +2,7 @@
  * GPU model of averis/cuda.h, which keeps fp32 master weights and moments
  * on the device. Compiled in every build: without CUDA, src/cuda_stub.c
  * makes create fail with "built without CUDA". */
+#include "averis/analysis_cuda.h"
 #include "averis/backend.h"
 #include "internal.h"
 
@@ -13,6 +14,7 @@ typedef struct {
     avc_model *gm;
     model *m; /* the host copy: checkpoints and analysis read it */
     float *mom, *var;
+    avc_analysis *ana; /* made at the first analysis */
     char gpu_desc[256], line[512];
 } cuda_backend;
 
@@ -28,6 +30,7 @@ static averis_status cuda_create(void **be, const train_backend_opts *o) {
 
 static void cuda_destroy(void *be) {
     cuda_backend *c = be;
+    if (c) avc_analysis_free(c->ana);
     if (c) avc_model_free(c->gm);
     free(c);
 }
@@ -35,6 +38,8 @@ static void cuda_destroy(void *be) {
 static averis_status cuda_bind(void *be, model *m, float *mom, float *var, int B, int T) {
     cuda_backend *c = be;
     c->m = m, c->mom = mom, c->var = var;
+    avc_analysis_free(c->ana);
+    c->ana = NULL;
     avc_model_free(c->gm);
     c->gm = NULL;
     return avc_model_create(&c->gm, m, B, T, &c->opts);
@@ -70,8 +75,17 @@ static const char *cuda_describe(void *be) {
     return c->line;
 }
 
+/* on the device: the taps of the GPU model through cuda/analysis.cu */
+static averis_status cuda_analyze(void *be, const int *tokens, const int *targets, FILE *csv, const char *prefix,
+                                  uint64_t sr_stream) {
+    cuda_backend *c = be;
+    averis_status st;
+    if (!c->ana && (st = avc_analysis_create(&c->ana, avc_model_stream(c->gm)))) return st;
+    return avc_analysis_model_rows(c->gm, c->ana, tokens, targets, csv, prefix, sr_stream, NULL);
+}
+
 const train_backend train_backend_cuda = {
     .name = "cuda", .create = cuda_create, .destroy = cuda_destroy, .bind = cuda_bind, .upload = cuda_upload,
     .download = cuda_download, .zero_grad = cuda_zero_grad, .step = cuda_step, .grad_norm = cuda_grad_norm,
-    .adamw = cuda_adamw, .describe = cuda_describe,
+    .adamw = cuda_adamw, .describe = cuda_describe, .analyze = cuda_analyze,
 };

@@ -1,5 +1,6 @@
 /* cuda_stub.c — the CUDA API of a build without the CUDA path: every call
  * says so (built with CUDA=0, or no nvcc found). */
+#include "averis/analysis_cuda.h"
 #include "averis/cuda.h"
 #include "averis/status.h"
 
@@ -22,5 +23,20 @@ averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets
 averis_status avc_model_grad_norm(avc_model *g, double *norm) { (void)g; (void)norm; return NO_CUDA; }
 averis_status avc_model_adamw(avc_model *g, double lr, double b1, double b2, double eps, double wd, int64_t t, float gscale) {
     (void)g; (void)lr; (void)b1; (void)b2; (void)eps; (void)wd; (void)t; (void)gscale;
+    return NO_CUDA;
+}
+
+averis_status avc_analysis_create(avc_analysis **a, void *stream) { (void)stream; *a = NULL; return NO_CUDA; }
+void avc_analysis_free(avc_analysis *a) { (void)a; }
+averis_status avc_analysis_compute(avc_analysis *a, const void *x, int bf16, int64_t l, int64_t m, analysis_metrics *out,
+                                   avc_analysis_info *info) {
+    (void)a; (void)x; (void)bf16; (void)l; (void)m; (void)out; (void)info;
+    return NO_CUDA;
+}
+void avc_model_set_tap(avc_model *g, avc_tap_fn fn, void *ctx) { (void)g; (void)fn; (void)ctx; }
+void *avc_model_stream(avc_model *g) { (void)g; return NULL; }
+averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, const int *tokens, const int *targets, FILE *csv,
+                                      const char *prefix, uint64_t sr_stream, FILE *table) {
+    (void)g; (void)a; (void)tokens; (void)targets; (void)csv; (void)prefix; (void)sr_stream; (void)table;
     return NO_CUDA;
 }

@@ -148,9 +148,13 @@ static void trainer_free(trainer *t) {
 static averis_status analyze_rows(trainer *t, int step) {
     char prefix[32];
     snprintf(prefix, sizeof prefix, "%d", step);
+    if (t->be->analyze) /* on the backend's copy (the GPU's taps): no weights come back */
+        return t->be->analyze(t->bctx, t->ana_in, t->ana_tg, t->ana, prefix, UINT64_MAX - (uint64_t)step);
     return analysis_model_rows(&t->m, t->ana_in, t->ana_tg, t->o.batch, t->o.seq, t->ana, prefix,
                                UINT64_MAX - (uint64_t)step, NULL);
 }
+
+static int be_analyzes(const trainer *t) { return t->be->analyze != NULL; }
 
 /* Checks the options, opens the backend (before anything is written), the
  * model and the data. */
@@ -326,7 +330,7 @@ static averis_status trainer_start(trainer *t) {
         t->ana_tg = malloc((size_t)o->batch * o->seq * sizeof *t->ana_tg);
         if (!t->ana_in || !t->ana_tg) return averis_fail(AVERIS_ENOMEM, "train: out of memory");
         if ((st = loader_batch_at(&t->val, 0, o->batch, o->seq, t->ana_in, t->ana_tg))) return st;
-        if (s->step == 0 && (st = analyze_rows(t, 0))) return st;
+        if (s->step == 0 && !t->be->analyze && (st = analyze_rows(t, 0))) return st; /* else after the bind */
     }
     return AVERIS_OK;
 }
@@ -413,6 +417,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
     const train_backend *be;
     averis_status st;
     if ((st = trainer_open(&t, oin, res)) || (st = trainer_start(&t)) || (st = trainer_bind(&t))) goto out;
+    if (t.ana && t.s.step == 0 && be_analyzes(&t) && (st = analyze_rows(&t, 0))) goto out;
     be = t.be;
     double t_start = now_s();
     for (int step = (int)t.s.step; step < o->steps; step++) {
@@ -441,7 +446,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
             fprintf(stderr, "train: stopping at step %lld with a checkpoint (--resume continues)\n", (long long)t.s.step);
         int do_ana = t.ana && t.s.step % o->analyze_every == 0;
         int do_ckpt = (o->ckpt_every > 0 && t.s.step % o->ckpt_every == 0) || t.s.step == o->steps || stop;
-        if ((do_ana || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
+        if (((do_ana && !be->analyze) || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
         if (do_ana && (st = analyze_rows(&t, (int)t.s.step))) goto out;
         if (do_ckpt && (st = ckpt_write(&t.ck, &t.m, &t.s, t.mom, t.var))) goto out;
         res->steps_done = (int)t.s.step;

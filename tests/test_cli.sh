@@ -198,6 +198,7 @@ PY
 "$BIN" analyze --npy "$T/infs.npy" --json "$T/inf.json" >/dev/null 2>&1
 python3 -c "import json,sys; json.load(open(sys.argv[1]), parse_constant=lambda c: sys.exit('bare ' + c))" "$T/inf.json" \
     && grep -q null "$T/inf.json" && ok || bad "analyze --json with inf: $(cat "$T/inf.json")"
+expect_last "analyze --device tpu" "--device 'tpu': cpu or cuda" "$BIN" analyze "$T/run" --device tpu
 # configs: a Qwen3-MoE config trains and checkpoints as one; a MoE field in a
 # dense config and an unknown field are refused by name; NVFP4 widths named at load
 cat > "$T/moe.json" <<'JSON'

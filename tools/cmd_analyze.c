@@ -8,6 +8,7 @@
 #endif
 
 #include "averis/analysis.h"
+#include "averis/analysis_cuda.h"
 #include "averis/ckpt.h"
 #include "averis/data.h"
 #include "averis/io.h"
@@ -43,6 +44,10 @@ static void analyze_usage(FILE *f) {
             "  --seq T          tokens per sequence (default: the training length)\n"
             "  --recipe SPEC    run under another recipe than the checkpoint's\n"
             "  --threads N      OpenMP threads\n"
+            "  --device D       (checkpoint) cpu (default) or cuda: the GPU model's taps, the\n"
+            "                   metrics on the device (adds resid_attn, resid_ffn,\n"
+            "                   grad_attn_q/k/v and grad_lm_head rows)\n"
+            "  --gpu N          CUDA device index (default 0)\n"
             "  -h, --help       this text\n");
 }
 
@@ -57,9 +62,26 @@ static void print_metrics(const analysis_metrics *a) {
         printf("nvfp4 %-10s rel_mse %.4e  flushed %.4f\n", analysis_quant_name(q), a->q_rel_mse[q], a->q_flushed[q]);
 }
 
+/* the rows from the GPU model's taps (cuda/analysis.cu) */
+static averis_status gpu_rows(model *m, int gpu, const int *in, const int *tg, int B, int T, FILE *csv) {
+    char desc[256];
+    avc_model *g = NULL;
+    avc_analysis *a = NULL;
+    averis_status st = avc_init(gpu, desc, sizeof desc);
+    if (!st) st = avc_model_create(&g, m, B, T, NULL);
+    if (!st) st = avc_analysis_create(&a, avc_model_stream(g));
+    if (!st) {
+        printf("on %s; %s\n", desc, avc_model_describe(g));
+        st = avc_analysis_model_rows(g, a, in, tg, csv, "", 0, stdout);
+    }
+    avc_analysis_free(a);
+    avc_model_free(g);
+    return st;
+}
+
 int cmd_analyze(int argc, char **argv) {
     const char *npy = NULL, *json_out = NULL, *ck = NULL, *data = "data/default", *out = "analysis.csv", *recipe = NULL;
-    int B = 8, T = 0;
+    int B = 8, T = 0, gpu = 0, on_gpu = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -71,6 +93,12 @@ int cmd_analyze(int argc, char **argv) {
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("analyze"); recipe = val; }
         else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("analyze"); ok = cli_parse_int(a, val, 1, 65536, &B); }
         else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("analyze"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
+        else if (!strcmp(a, "--device")) {
+            CLI_NEED_VAL("analyze");
+            if (!strcmp(val, "cuda")) on_gpu = 1;
+            else if (strcmp(val, "cpu")) { fprintf(stderr, "averis analyze: --device '%s': cpu or cuda\n", val); return 2; }
+        }
+        else if (!strcmp(a, "--gpu")) { CLI_NEED_VAL("analyze"); ok = cli_parse_int(a, val, 0, 1024, &gpu); }
         else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("analyze"); ok = cli_set_threads(a, val); }
         else if (a[0] == '-') { fprintf(stderr, "averis analyze: unknown option '%s' (try --help)\n", a); return 2; }
         else ck = a;
@@ -122,7 +150,7 @@ int cmd_analyze(int argc, char **argv) {
     if (!st) st = averis_afile_open(&af, out);
     if (!st) {
         analysis_csv_header(af.f, "layer,kind");
-        st = analysis_model_rows(&m, in, tg, B, T, af.f, "", 0, stdout);
+        st = on_gpu ? gpu_rows(&m, gpu, in, tg, B, T, af.f) : analysis_model_rows(&m, in, tg, B, T, af.f, "", 0, stdout);
         if (st) averis_afile_abort(&af);
         else st = averis_afile_commit(&af);
     }

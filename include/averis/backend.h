@@ -10,6 +10,8 @@
 #ifndef AVERIS_BACKEND_H
 #define AVERIS_BACKEND_H
 
+#include <stdio.h>
+
 #include "averis/cuda.h"
 #include "averis/model.h"
 
@@ -48,6 +50,11 @@ typedef struct train_backend {
                            float gscale);
     /* How it runs, one line after bind; NULL when there is nothing to say. */
     const char *(*describe)(void *be);
+    /* The mean-bias rows (averis/analysis.h's CSV) of the batch
+     * tokens/targets on the backend's own copy, without bringing the weights
+     * back; overwrites the gradients. NULL: the loop analyses the host model. */
+    averis_status (*analyze)(void *be, const int *tokens, const int *targets, FILE *csv, const char *prefix,
+                             uint64_t sr_stream);
 } train_backend;
 
 extern const train_backend train_backend_cpu;  /* src/backend_cpu.c */

@@ -1,0 +1,780 @@
+/* analysis.cu — the mean-bias metrics on the GPU (averis/analysis_cuda.h
+ * says what each is and how close to the CPU reference it comes).
+ *
+ * One call, X [l × m] row-major on device (a BF16 X is widened to an fp32
+ * scratch copy first):
+ *   1. μ and the residual amax by cq_colstats; Σx² in fp64 partials.
+ *   2. Subspace iteration on one panel V = [V₁ | V₂] (m × (p1 + p2)):
+ *        Y = X V                      SGEMM (Xᵀ of the col-major view)
+ *        Y₂ −= 1·(μᵀV₂)               the centring of block 2 (GEMV + GER)
+ *        Z = Xᵀ Y; Z₂ −= μ·(1ᵀY₂)     SGEMM, GEMV + GER
+ *        V_b = Z_b R_b⁻¹              Cholesky-QR per block: G = Z_bᵀZ_b by
+ *                                     DGEMM on an fp64 copy, R and R⁻¹ by
+ *                                     one thread block (k_chol_inv)
+ *      then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) in fp64, eigenvalues on the
+ *      host (cyclic Jacobi for block 1's vectors, Householder + QL for block
+ *      2's values): σ₁², v₁ = V₁u₁ and the spike Σ top-k of block 2.
+ *   3. ρ: the bits of |x| (a monotone key) by a 3-pass histogram select give
+ *      the exact ⌈0.001 n⌉-th largest magnitude; the elements ≥ it are
+ *      ranked in index order (chunk counts, their scan, a block scan per
+ *      chunk) and the first ⌈0.001 n⌉ give ρ = μ_j²/x², written in index
+ *      order; median and share > 0.5 on the host.
+ *   4. NVFP4 per recipe transform: cq_quantize (the CPU's bits) writes the
+ *      e2m1·e4m3 values as BF16; k_qerr rebuilds the quantizer input, the
+ *      dequantized block (inverse RHT where used) and sums the error, the
+ *      nonzero and the flushed inputs.
+ * Partial sums are fp64 per thread block, reduced on the host in block
+ * order: the results replay bit for bit.
+ */
+#include "quant.cuh"
+#include "nvfp4_device.cuh"
+#include "averis/analysis_cuda.h"
+
+#include <cublas_v2.h>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+enum { ANA_THREADS = 256, ANA_NBLK = 512, ANA_CHUNK = ANA_THREADS * 16, ANA_SLOTS = 1 + 3 * ANALYSIS_NQ };
+
+typedef cub::BlockReduce<double, ANA_THREADS> ana_reduce;
+
+/* fp32 copy of a BF16 tensor */
+__global__ void k_widen(const __nv_bfloat16 *x, float *y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __bfloat162float(x[i]);
+}
+
+/* Σx² per thread block → part[blockIdx] */
+__global__ void k_sumsq(const float *x, int64_t n, double *part) {
+    __shared__ typename ana_reduce::TempStorage tmp;
+    double s = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        double v = x[i];
+        s += v * v;
+    }
+    s = ana_reduce(tmp).Sum(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+/* a fixed start panel in [−½, ½) (a hash of the index: not aligned with μ) */
+__global__ void k_start(float *v, int64_t n, uint32_t seed) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u ^ seed;
+        h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
+        v[i] = (float)(h >> 8) * 0x1p-24f - 0.5f;
+    }
+}
+
+__global__ void k_to_f64(const float *x, double *y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = x[i];
+}
+
+/* Cholesky G = RᵀR (p × p, col-major fp64, overwritten) and W = R⁻¹
+ * (col-major, upper triangular); a pivot below tol·max diag drops its
+ * direction (its row of R and of W are zero, so V's column is zero). One
+ * thread block; G and W in shared memory where p ≤ ANA_PSMEM (every tensor
+ * but the LM head's spike block), else in place in global memory. */
+enum { ANA_PSMEM = 48 }; /* 2·48²·8 bytes = 36 KiB of the 48 KiB a block gets without opting in */
+__device__ void chol_inv(double *G, double *W, int p) {
+    __shared__ double dmax;
+    if (threadIdx.x == 0) {
+        double m = 0;
+        for (int i = 0; i < p; i++) m = fmax(m, G[i + (int64_t)i * p]);
+        dmax = m;
+    }
+    __syncthreads();
+    const double tol = 1e-11 * dmax;
+    /* right-looking: row k of R lives in the upper triangle of G */
+    for (int k = 0; k < p; k++) {
+        __syncthreads();
+        double d = G[k + (int64_t)k * p];
+        int keep = d > tol && d > 0;
+        double r = keep ? sqrt(d) : 0.0;
+        __syncthreads();
+        for (int j = k + threadIdx.x; j < p; j += blockDim.x) {
+            double v = G[k + (int64_t)j * p];
+            G[k + (int64_t)j * p] = keep ? (j == k ? r : v / r) : 0.0;
+        }
+        __syncthreads();
+        int rest = p - k - 1;
+        for (int t = threadIdx.x; t < rest * rest; t += blockDim.x) {
+            int i = k + 1 + t % rest, j = k + 1 + t / rest;
+            if (i <= j) G[i + (int64_t)j * p] -= G[k + (int64_t)i * p] * G[k + (int64_t)j * p];
+        }
+    }
+    __syncthreads();
+    /* W = R⁻¹ column by column: R W[:, j] = e_j, back substitution */
+    for (int j = threadIdx.x; j < p; j += blockDim.x) {
+        for (int i = p - 1; i >= 0; i--) {
+            double rii = G[i + (int64_t)i * p], v = 0;
+            if (i <= j && rii != 0) {
+                double s = i == j ? 1.0 : 0.0;
+                for (int k = i + 1; k <= j; k++) s -= G[i + (int64_t)k * p] * W[k + (int64_t)j * p];
+                v = s / rii;
+            }
+            W[i + (int64_t)j * p] = v;
+        }
+    }
+    __syncthreads();
+}
+
+/* Wg: p × p fp32 out; Wd: p × p fp64 scratch (the global path) */
+__global__ void k_chol_inv(double *G, double *Wd, float *Wg, int p) {
+    extern __shared__ double sm[];
+    int64_t pp = (int64_t)p * p;
+    double *g = G, *w = Wd;
+    if (p <= ANA_PSMEM) {
+        g = sm, w = sm + pp;
+        for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) g[i] = G[i];
+    }
+    chol_inv(g, w, p);
+    for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) Wg[i] = (float)w[i];
+}
+
+/* histogram of the magnitude keys' bits [shift, shift + width) among the keys
+ * whose bits above are `prefix` */
+__global__ void k_hist(const float *x, int64_t n, int shift, int width, uint32_t prefix, unsigned *hist) {
+    __shared__ unsigned h[2048];
+    int nb = 1 << width;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    int top = shift + width;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
+        if (top >= 31 || (key >> top) == prefix) atomicAdd(&h[(key >> shift) & (uint32_t)(nb - 1)], 1u);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nb; i += blockDim.x)
+        if (h[i]) atomicAdd(&hist[i], h[i]);
+}
+
+/* elements with |x| ≥ thr per chunk of ANA_CHUNK */
+__global__ void k_count_ge(const float *x, int64_t n, float thr, unsigned *cnt) {
+    typedef cub::BlockReduce<unsigned, ANA_THREADS> red;
+    __shared__ typename red::TempStorage tmp;
+    int64_t base = (int64_t)blockIdx.x * ANA_CHUNK;
+    unsigned c = 0;
+    for (int t = 0; t < 16; t++) {
+        int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
+        c += i < n && fabsf(x[i]) >= thr;
+    }
+    c = red(tmp).Sum(c);
+    if (threadIdx.x == 0) cnt[blockIdx.x] = c;
+}
+
+/* ρ = μ_j²/x² of the elements ≥ thr whose index-order rank is below cnt,
+ * at their rank */
+__global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, float thr, const int64_t *off,
+                      int64_t cnt, double *rho) {
+    typedef cub::BlockScan<int, ANA_THREADS> scan;
+    __shared__ typename scan::TempStorage tmp;
+    int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
+    for (int t = 0; t < 16; t++) {
+        int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
+        float v = i < n ? x[i] : 0.0f;
+        int f = i < n && fabsf(v) >= thr, rank, total;
+        scan(tmp).ExclusiveSum(f, rank, total);
+        __syncthreads();
+        int64_t r = run + rank;
+        if (f && r < cnt) {
+            double mj = mean[i % m], xv = v;
+            rho[r] = mj * mj / (xv * xv);
+        }
+        run += total;
+    }
+}
+
+/* The NVFP4 round trip's error of one recipe transform: per 16-element block
+ * the quantizer input (x − μ, RHT), q = the quantized e2m1·e4m3 (BF16),
+ * x̂ = q·S_dec (inverse RHT) against x − μ. part slots: Σe², nonzero, flushed. */
+__global__ void k_qerr(const float *x, const float *mean, int rht, int64_t l, int64_t m, int64_t cp,
+                       const __nv_bfloat16 *q, const float *amax, double *p_err, double *p_nz, double *p_fl) {
+    __shared__ typename ana_reduce::TempStorage tmp;
+    float s_enc, s_dec;
+    nvfp4_spec_global_scales(*amax, &s_enc, &s_dec);
+    int64_t nb = cp / 16, nblocks = l * nb;
+    double err = 0, nz = 0, fl = 0;
+    for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = g / nb, c0 = (g % nb) * 16;
+        float v[16], o[16], d[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int64_t c = c0 + i;
+            float xv = c < m ? x[r * m + c] : 0.0f;
+            if (mean && c < m) xv = xv - mean[c];
+            v[i] = o[i] = xv;
+        }
+        if (rht) nvfp4_spec_rht16(v);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float qv = __bfloat162float(q[r * cp + c0 + i]);
+            d[i] = qv * s_dec;
+            nz += v[i] != 0.0f;
+            fl += v[i] != 0.0f && qv == 0.0f;
+        }
+        if (rht) nvfp4_spec_rht16_inv(d);
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (c0 + i < m) {
+                double e = (double)d[i] - (double)o[i];
+                err += e * e;
+            }
+    }
+    double s;
+    s = ana_reduce(tmp).Sum(err);
+    if (threadIdx.x == 0) p_err[blockIdx.x] = s;
+    __syncthreads();
+    s = ana_reduce(tmp).Sum(nz);
+    if (threadIdx.x == 0) p_nz[blockIdx.x] = s;
+    __syncthreads();
+    s = ana_reduce(tmp).Sum(fl);
+    if (threadIdx.x == 0) p_fl[blockIdx.x] = s;
+}
+
+/* eigenvalues (descending) and, if vec, eigenvectors (columns of V, col-major)
+ * of the symmetric p × p col-major A, by cyclic Jacobi in fp64 */
+void jacobi_eig(std::vector<double> A, int p, std::vector<double> &w, std::vector<double> *vec) {
+    std::vector<double> V;
+    if (vec) {
+        V.assign((size_t)p * p, 0.0);
+        for (int i = 0; i < p; i++) V[(size_t)i * p + i] = 1.0;
+    }
+    auto a = [&](int i, int j) -> double & { return A[(size_t)j * p + i]; };
+    for (int sweep = 0; sweep < 60; sweep++) {
+        double off = 0, diag = 0;
+        for (int j = 0; j < p; j++)
+            for (int i = 0; i < p; i++) (i == j ? diag : off) += a(i, j) * a(i, j);
+        if (off <= 1e-30 * diag || off == 0) break;
+        for (int i = 0; i < p - 1; i++)
+            for (int j = i + 1; j < p; j++) {
+                double aij = a(i, j);
+                if (fabs(aij) <= 1e-300) continue;
+                double th = (a(j, j) - a(i, i)) / (2 * aij);
+                double t = (th >= 0 ? 1.0 : -1.0) / (fabs(th) + sqrt(th * th + 1));
+                double c = 1 / sqrt(t * t + 1), s = t * c;
+                for (int k = 0; k < p; k++) { /* A ← A J (columns i, j) */
+                    double x = a(k, i), y = a(k, j);
+                    a(k, i) = c * x - s * y;
+                    a(k, j) = s * x + c * y;
+                }
+                for (int k = 0; k < p; k++) { /* A ← Jᵀ A (rows i, j) */
+                    double x = a(i, k), y = a(j, k);
+                    a(i, k) = c * x - s * y;
+                    a(j, k) = s * x + c * y;
+                }
+                if (vec)
+                    for (int k = 0; k < p; k++) {
+                        double x = V[(size_t)i * p + k], y = V[(size_t)j * p + k];
+                        V[(size_t)i * p + k] = c * x - s * y;
+                        V[(size_t)j * p + k] = s * x + c * y;
+                    }
+            }
+    }
+    std::vector<int> idx((size_t)p);
+    for (int i = 0; i < p; i++) idx[(size_t)i] = i;
+    std::sort(idx.begin(), idx.end(), [&](int x, int y) { return a(x, x) > a(y, y); });
+    w.resize((size_t)p);
+    for (int i = 0; i < p; i++) w[(size_t)i] = a(idx[(size_t)i], idx[(size_t)i]);
+    if (vec) {
+        vec->assign((size_t)p * p, 0.0);
+        for (int c = 0; c < p; c++)
+            for (int k = 0; k < p; k++) (*vec)[(size_t)c * p + k] = V[(size_t)idx[(size_t)c] * p + k];
+    }
+}
+
+/* eigenvalues (descending) of the symmetric p × p A (col-major; symmetric, so
+ * rows = columns): Householder to tridiagonal, then implicit QL
+ * (O(p³) once, not per sweep as Jacobi) */
+void sym_eigvals(std::vector<double> A, int n, std::vector<double> &w) {
+    auto a = [&](int i, int j) -> double & { return A[(size_t)i * n + j]; };
+    std::vector<double> d((size_t)n), e((size_t)n);
+    for (int i = n - 1; i > 0; i--) {
+        int l = i - 1;
+        double h = 0, scale = 0;
+        if (l > 0) {
+            for (int k = 0; k <= l; k++) scale += fabs(a(i, k));
+            if (scale == 0.0) e[(size_t)i] = a(i, l);
+            else {
+                for (int k = 0; k <= l; k++) {
+                    a(i, k) /= scale;
+                    h += a(i, k) * a(i, k);
+                }
+                double f = a(i, l), g = f >= 0.0 ? -sqrt(h) : sqrt(h);
+                e[(size_t)i] = scale * g;
+                h -= f * g;
+                a(i, l) = f - g;
+                f = 0.0;
+                for (int j = 0; j <= l; j++) {
+                    g = 0.0;
+                    for (int k = 0; k <= j; k++) g += a(j, k) * a(i, k);
+                    for (int k = j + 1; k <= l; k++) g += a(k, j) * a(i, k);
+                    e[(size_t)j] = g / h;
+                    f += e[(size_t)j] * a(i, j);
+                }
+                double hh = f / (h + h);
+                for (int j = 0; j <= l; j++) {
+                    f = a(i, j);
+                    e[(size_t)j] = g = e[(size_t)j] - hh * f;
+                    for (int k = 0; k <= j; k++) a(j, k) -= (f * e[(size_t)k] + g * a(i, k));
+                }
+            }
+        } else {
+            e[(size_t)i] = a(i, l);
+        }
+        d[(size_t)i] = h;
+    }
+    for (int i = 0; i < n; i++) d[(size_t)i] = a(i, i);
+    for (int i = 1; i < n; i++) e[(size_t)i - 1] = e[(size_t)i];
+    if (n > 0) e[(size_t)n - 1] = 0.0;
+    for (int l = 0; l < n; l++) {
+        int iter = 0, m;
+        do {
+            for (m = l; m < n - 1; m++) {
+                double dd = fabs(d[(size_t)m]) + fabs(d[(size_t)m + 1]);
+                if (fabs(e[(size_t)m]) <= 1e-15 * dd) break;
+            }
+            if (m != l) {
+                if (iter++ == 60) break;
+                double g = (d[(size_t)l + 1] - d[(size_t)l]) / (2.0 * e[(size_t)l]);
+                double r = hypot(g, 1.0);
+                g = d[(size_t)m] - d[(size_t)l] + e[(size_t)l] / (g + copysign(r, g));
+                double s = 1.0, c = 1.0, p = 0.0;
+                int i;
+                for (i = m - 1; i >= l; i--) {
+                    double f = s * e[(size_t)i], b = c * e[(size_t)i];
+                    e[(size_t)i + 1] = (r = hypot(f, g));
+                    if (r == 0.0) {
+                        d[(size_t)i + 1] -= p;
+                        e[(size_t)m] = 0.0;
+                        break;
+                    }
+                    s = f / r;
+                    c = g / r;
+                    g = d[(size_t)i + 1] - p;
+                    r = (d[(size_t)i] - g) * s + 2.0 * c * b;
+                    d[(size_t)i + 1] = g + (p = s * r);
+                    g = c * r - b;
+                }
+                if (r == 0.0 && i >= l) continue;
+                d[(size_t)l] -= p;
+                e[(size_t)l] = g;
+                e[(size_t)m] = 0.0;
+            }
+        } while (m != l);
+    }
+    std::sort(d.begin(), d.end(), [](double x, double y) { return x > y; });
+    w = d;
+}
+
+} // namespace
+
+struct avc_analysis {
+    cudaStream_t s = nullptr;
+    cublasHandle_t cb = nullptr;
+    struct buf {
+        void *p = nullptr;
+        size_t cap = 0;
+    };
+    buf xf, q, mean, scal, V, Y, Z, Zd, G, W, ones, vec1, dpart, hist, cnt, off, rho;
+    int64_t ones_n = 0; /* elements of `ones` set to 1 */
+    ~avc_analysis() {
+        for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &W, &ones, &vec1, &dpart, &hist, &cnt, &off, &rho})
+            if (b->p) cudaFree(b->p);
+        if (cb) cublasDestroy(cb);
+    }
+    template <typename T> averis_status get(buf &b, int64_t n, T **out) {
+        size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
+        if (bytes > b.cap) {
+            if (b.p) {
+                CU_TRY(cudaStreamSynchronize(s));
+                CU_TRY(cudaFree(b.p));
+                b.p = nullptr, b.cap = 0;
+                if (&b == &ones) ones_n = 0;
+            }
+            cudaError_t e = cudaMalloc(&b.p, bytes);
+            if (e != cudaSuccess)
+                return averis_fail(AVERIS_ENOMEM, "cuda analysis: cannot allocate %.1f MiB (%s)", bytes / 1048576.0,
+                                   cudaGetErrorString(e));
+            b.cap = bytes;
+        }
+        *out = static_cast<T *>(b.p);
+        return AVERIS_OK;
+    }
+};
+
+namespace {
+
+unsigned grid_for(int64_t n) { return (unsigned)std::min<int64_t>(std::max<int64_t>((n + ANA_THREADS - 1) / ANA_THREADS, 1), ANA_NBLK); }
+
+int env_iters() {
+    const char *e = getenv("AVERIS_ANALYSIS_ITERS");
+    int v = e ? atoi(e) : 0;
+    return v >= 1 && v <= 1000 ? v : AVC_ANA_ITERS;
+}
+
+double env_tol() {
+    const char *e = getenv("AVERIS_ANALYSIS_TOL");
+    if (!e || !*e) return 5e-5;
+    double v = atof(e);
+    return v >= 0 && v < 1 ? v : 5e-5;
+}
+
+/* Cholesky-QR of the m × p block Z into V (V = Z R⁻¹) */
+averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p, double *Zd, double *G, float *W,
+                     double *trace = nullptr) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    k_to_f64<<<grid_for(m * p), ANA_THREADS, 0, a->s>>>(Z, Zd, m * p);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p, p, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, p));
+    if (trace) { /* Σ‖Z_i‖² = tr(ZᵀZ): the diagonal, before the factorisation (waits for the stream) */
+        std::vector<double> dg((size_t)p);
+        CU_TRY(cudaMemcpy2DAsync(dg.data(), sizeof(double), G, (size_t)(p + 1) * sizeof(double), sizeof(double), (size_t)p,
+                                 cudaMemcpyDeviceToHost, a->s));
+        CU_TRY(cudaStreamSynchronize(a->s));
+        *trace = 0;
+        for (double v : dg) *trace += v;
+    }
+    /* the fp64 W scratch of the global path: the tail of G's buffer (G holds 2·PMAX²) */
+    size_t smem = p <= ANA_PSMEM ? 2 * sizeof(double) * (size_t)p * p : 0;
+    k_chol_inv<<<1, 256, smem, a->s>>>(G, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, W, p);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, p, &onef, Z, (int)m, W, p, &zerof, V, (int)m));
+    return AVERIS_OK;
+}
+
+/* Y = X V over the panel; block 2 (columns p1…) centred: Y₂ −= 1·(μᵀV₂) */
+averis_status panel_xv(avc_analysis *a, const float *X, const float *mean, const float *ones, int64_t l, int64_t m,
+                       int p1, int p2, const float *V, float *Y, float *tmp) {
+    const float one = 1.0f, zero = 0.0f, neg = -1.0f;
+    int P = p1 + p2;
+    CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)l, P, (int)m, &one, X, (int)m, V, (int)m, &zero, Y, (int)l));
+    CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)m, p2, &one, V + (int64_t)p1 * m, (int)m, mean, 1, &zero, tmp, 1));
+    CU_CUBLAS_TRY(cublasSger(a->cb, (int)l, p2, &neg, ones, 1, tmp, 1, Y + (int64_t)p1 * l, (int)l));
+    return AVERIS_OK;
+}
+
+/* the magnitude that is the cnt-th largest, by a 3-pass radix select of the keys */
+averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, float *thr) {
+    static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
+    unsigned *hist = nullptr;
+    CU_OK(a->get(a->hist, 2048, &hist));
+    uint32_t prefix = 0;
+    int64_t need = cnt;
+    std::vector<unsigned> h(2048);
+    for (int pass = 0; pass < 3; pass++) {
+        int nb = 1 << width[pass];
+        CU_TRY(cudaMemsetAsync(hist, 0, (size_t)nb * sizeof(unsigned), a->s));
+        k_hist<<<grid_for(n), ANA_THREADS, 0, a->s>>>(X, n, shift[pass], width[pass], prefix, hist);
+        CU_LAUNCHED();
+        CU_TRY(cudaMemcpyAsync(h.data(), hist, (size_t)nb * sizeof(unsigned), cudaMemcpyDeviceToHost, a->s));
+        CU_TRY(cudaStreamSynchronize(a->s));
+        int64_t cum = 0;
+        int b = nb - 1;
+        for (; b > 0; b--) {
+            if (cum + (int64_t)h[(size_t)b] >= need) break;
+            cum += h[(size_t)b];
+        }
+        need -= cum;
+        prefix = (prefix << width[pass]) | (uint32_t)b;
+    }
+    uint32_t key = prefix;
+    memcpy(thr, &key, sizeof *thr);
+    return AVERIS_OK;
+}
+
+} // namespace
+
+extern "C" {
+
+averis_status avc_analysis_create(avc_analysis **out, void *stream) {
+    *out = nullptr;
+    avc_analysis *a = new avc_analysis();
+    a->s = static_cast<cudaStream_t>(stream);
+    if (cublasCreate(&a->cb) != CUBLAS_STATUS_SUCCESS || cublasSetStream(a->cb, a->s) != CUBLAS_STATUS_SUCCESS) {
+        delete a;
+        return averis_fail(AVERIS_EIO, "cuda analysis: cannot create a cuBLAS handle");
+    }
+    /* fp32 GEMMs stay fp32 (no TF32): the tolerances vs the CPU assume it */
+    cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH);
+    *out = a;
+    return AVERIS_OK;
+}
+
+void avc_analysis_free(avc_analysis *a) {
+    if (!a) return;
+    cudaStreamSynchronize(a->s);
+    delete a;
+}
+
+averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m,
+                                   analysis_metrics *out, avc_analysis_info *info) {
+    memset(out, 0, sizeof *out);
+    if (info) memset(info, 0, sizeof *info);
+    if (l < 1 || m < 1)
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: empty matrix (%lld × %lld)", (long long)l, (long long)m);
+    if (l > INT32_MAX || m > INT32_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: %lld × %lld exceeds cuBLAS's int dimensions", (long long)l,
+                           (long long)m);
+    out->rows = l, out->cols = m;
+    cudaStream_t s = a->s;
+    int64_t n = l * m, g = std::min(l, m);
+    int k = (int)ceil(0.01 * (double)g);
+    if (k < 1) k = 1;
+    int p1 = (int)std::min<int64_t>(AVC_ANA_P1, g), p2 = (int)std::min<int64_t>(k + AVC_ANA_OVER, g), P = p1 + p2;
+    if (p2 > AVC_ANA_PMAX)
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: %lld × %lld needs a spike block of %d > %d vectors", (long long)l,
+                           (long long)m, p2, AVC_ANA_PMAX);
+    int iters = env_iters(), used = 0;
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH)); /* also after an error mid-iteration */
+    /* the input as fp32 */
+    const float *X = static_cast<const float *>(x_dev);
+    if (bf16) {
+        float *xf = nullptr;
+        CU_OK(a->get(a->xf, n, &xf));
+        k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
+        CU_LAUNCHED();
+        X = xf;
+    }
+    float *mean = nullptr, *scal = nullptr, *V = nullptr, *Y = nullptr, *Z = nullptr, *W = nullptr, *ones = nullptr,
+          *vec1 = nullptr;
+    double *Zd = nullptr, *G = nullptr, *dpart = nullptr;
+    CU_OK(a->get(a->mean, m, &mean));
+    CU_OK(a->get(a->scal, 8, &scal));  /* [0] residual amax, [1..4] the quantizer inputs' amax */
+    CU_OK(a->get(a->V, m * P, &V));
+    CU_OK(a->get(a->Y, l * P, &Y));
+    CU_OK(a->get(a->Z, std::max(m, l) * P, &Z));
+    CU_OK(a->get(a->Zd, std::max(m, l) * P, &Zd));
+    CU_OK(a->get(a->G, (int64_t)2 * AVC_ANA_PMAX * AVC_ANA_PMAX, &G));
+    CU_OK(a->get(a->W, (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, &W));
+    CU_OK(a->get(a->ones, std::max(l, m), &ones));
+    CU_OK(a->get(a->vec1, 2 * AVC_ANA_PMAX, &vec1));
+    CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &dpart));
+    CU_TRY(cudaMemsetAsync(dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
+
+    /* 1. μ (the Averis column statistics), Σx² */
+    CU_OK(cq_colstats(X, 0, l, m, m, mean, scal, nullptr, nullptr, s));
+    k_sumsq<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, n, dpart);
+    CU_LAUNCHED();
+    if (a->ones_n < std::max(l, m)) {
+        std::vector<float> one_h((size_t)std::max(l, m), 1.0f);
+        CU_TRY(cudaMemcpyAsync(ones, one_h.data(), one_h.size() * sizeof(float), cudaMemcpyHostToDevice, s));
+        CU_TRY(cudaStreamSynchronize(s)); /* one_h must outlive the copy */
+        a->ones_n = std::max(l, m);
+    }
+
+    /* 2. subspace iteration: block 1 on X, block 2 on Xc */
+    const float onef = 1.0f, zerof = 0.0f, neg = -1.0f;
+    const double oned = 1.0, zerod = 0.0;
+    k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(V, m * P, 0x5eed1234u);
+    CU_LAUNCHED();
+    CU_OK(cholqr(a, V, Z, m, p1, Zd, G, W));
+    CU_OK(cholqr(a, V + (int64_t)p1 * m, Z + (int64_t)p1 * m, m, p2, Zd, G, W));
+    CU_TRY(cudaMemcpyAsync(V, Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    /* the iterations only find the subspace: their GEMMs on X may use TF32
+     * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
+     * the Rayleigh–Ritz step below runs in full fp32 */
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    /* early stop: every 3rd iteration from the 6th, tr(ZᵀZ) = tr(Vᵀ(XᵀX)²V) of both blocks
+     * changed by ≤ tol relative over the last 3 (default 5e-5: above the TF32 GEMMs'
+     * jitter of ~1e-5; the eigenvalue error left is then ≲ 2e-4 at a rate of 0.9 an
+     * iteration); AVERIS_ANALYSIS_TOL overrides, 0 runs every iteration */
+    const double tol = env_tol();
+    double prev1 = -1, prev2 = -1;
+    int done = 0;
+    for (int it = 0; it < iters && !done; it++) {
+        CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, X, (int)m, Y, (int)l, &zerof, Z, (int)m));
+        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, Y + (int64_t)p1 * l, (int)l, ones, 1, &zerof, vec1, 1));
+        CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, mean, 1, vec1, 1, Z + (int64_t)p1 * m, (int)m));
+        int check = it >= 5 && (it - 5) % 3 == 0 && it + 1 < iters;
+        double t1 = 0, t2 = 0;
+        CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W, check ? &t1 : nullptr));
+        CU_OK(cholqr(a, Z + (int64_t)p1 * m, V + (int64_t)p1 * m, m, p2, Zd, G, W, check ? &t2 : nullptr));
+        if (check) {
+            done = fabs(t1 - prev1) <= tol * t1 && fabs(t2 - prev2) <= tol * t2 && tol > 0;
+            prev1 = t1, prev2 = t2;
+        }
+        used = it + 1;
+    }
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
+    CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W));
+    CU_OK(cholqr(a, Z + (int64_t)p1 * m, V + (int64_t)p1 * m, m, p2, Zd, G, W));
+    CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
+    k_to_f64<<<grid_for(l * P), ANA_THREADS, 0, s>>>(Y, Zd, l * P);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p1, p1, (int)l, &oned, Zd, (int)l, Zd, (int)l, &zerod, G, p1));
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, Zd + (int64_t)p1 * l, (int)l,
+                              Zd + (int64_t)p1 * l, (int)l, &zerod, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
+    std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2);
+    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m);
+    CU_TRY(cudaMemcpyAsync(B1.data(), G, B1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(B2.data(), G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, B2.size() * sizeof(double),
+                           cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(V1.data(), V, V1.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(mu_h.data(), mean, mu_h.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaStreamSynchronize(s));
+
+    /* 3. ρ over the top 0.1% */
+    int64_t cnt = (int64_t)ceil(0.001 * (double)n);
+    float thr = 0;
+    CU_OK(select_threshold(a, X, n, cnt, &thr));
+    std::vector<double> rho_h;
+    if (thr > 0) {
+        int64_t nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
+        unsigned *cnt_d = nullptr;
+        int64_t *off_d = nullptr;
+        double *rho_d = nullptr;
+        CU_OK(a->get(a->cnt, nch, &cnt_d));
+        CU_OK(a->get(a->off, nch, &off_d));
+        CU_OK(a->get(a->rho, cnt, &rho_d));
+        k_count_ge<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, n, thr, cnt_d);
+        CU_LAUNCHED();
+        std::vector<unsigned> c_h((size_t)nch);
+        std::vector<int64_t> o_h((size_t)nch);
+        CU_TRY(cudaMemcpyAsync(c_h.data(), cnt_d, c_h.size() * sizeof(unsigned), cudaMemcpyDeviceToHost, s));
+        CU_TRY(cudaStreamSynchronize(s));
+        int64_t run = 0;
+        for (int64_t i = 0; i < nch; i++) o_h[(size_t)i] = run, run += c_h[(size_t)i];
+        int64_t r = std::min(run, cnt);
+        CU_TRY(cudaMemcpyAsync(off_d, o_h.data(), o_h.size() * sizeof(int64_t), cudaMemcpyHostToDevice, s));
+        k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, mean, n, m, thr, off_d, cnt, rho_d);
+        CU_LAUNCHED();
+        rho_h.resize((size_t)r);
+        CU_TRY(cudaMemcpyAsync(rho_h.data(), rho_d, (size_t)r * sizeof(double), cudaMemcpyDeviceToHost, s));
+        CU_TRY(cudaStreamSynchronize(s)); /* o_h must outlive its copy */
+    }
+
+    /* 4. NVFP4 round trips along the features */
+    int64_t cp = (m + 15) / 16 * 16;
+    __nv_bfloat16 *qb = nullptr;
+    CU_OK(a->get(a->q, l * cp, &qb));
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+        int split = qv == ANALYSIS_SPLIT || qv == ANALYSIS_SPLIT_RHT, rht = qv == ANALYSIS_RHT || qv == ANALYSIS_SPLIT_RHT;
+        cq_job j = {};
+        j.src = X, j.bf16_in = 0, j.srows = l, j.scols = m, j.ld = m;
+        j.rht = rht, j.mean = split ? mean : nullptr;
+        j.amax_in = split && !rht ? scal : nullptr; /* the residual's amax from the column statistics */
+        j.amax = scal + 1 + qv;
+        j.bf16_out = qb, j.ld_out = cp;
+        CU_OK(cq_quantize(&j, s));
+        double *pe = dpart + (int64_t)(1 + 3 * qv) * ANA_NBLK;
+        k_qerr<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, j.mean, rht, l, m, cp, qb, j.amax, pe, pe + ANA_NBLK, pe + 2 * ANA_NBLK);
+        CU_LAUNCHED();
+    }
+    std::vector<double> part((size_t)ANA_SLOTS * ANA_NBLK);
+    CU_TRY(cudaMemcpyAsync(part.data(), dpart, part.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaStreamSynchronize(s));
+    auto slot = [&](int sl) {
+        double t = 0;
+        for (int b = 0; b < ANA_NBLK; b++) t += part[(size_t)sl * ANA_NBLK + b];
+        return t;
+    };
+
+    /* the metrics, as analysis_compute writes them */
+    double total = slot(0), mu2 = 0;
+    for (int64_t j = 0; j < m; j++) mu2 += (double)mu_h[(size_t)j] * mu_h[(size_t)j];
+    out->mean_norm = sqrt(mu2);
+    out->rms_token_norm = sqrt(total / (double)l);
+    out->R = total > 0 ? out->mean_norm / out->rms_token_norm : 0.0;
+    std::vector<double> w1, u1, w2;
+    jacobi_eig(B1, p1, w1, &u1);
+    sym_eigvals(B2, p2, w2); /* p2 reaches 172 for the LM head: not Jacobi */
+    out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
+    if (info) {
+        info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
+        info->iters = used, info->p1 = p1, info->p2 = p2;
+        /* the block's convergence factor for θ₁, (θ_p1/θ₁)^iters (θ_p1 ≥ λ_{p1+1}: an upper bound) */
+        info->conv1 = p1 < g && w1[0] > 0 ? pow(std::max(w1[(size_t)p1 - 1], 0.0) / w1[0], used) : 0.0;
+    }
+    double dot = 0, vn = 0;
+    for (int64_t j = 0; j < m; j++) {
+        double v = 0;
+        for (int c = 0; c < p1; c++) v += (double)V1[(size_t)(c * m + j)] * u1[(size_t)c];
+        dot += (double)mu_h[(size_t)j] * v;
+        vn += v * v;
+    }
+    out->cos_mu_v1 = out->mean_norm > 0 && vn > 0 ? fabs(dot) / (out->mean_norm * sqrt(vn)) : 0.0;
+    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = 0;
+    for (int i = 0; i < k && i < p2; i++) e_spike += std::max(w2[(size_t)i], 0.0);
+    if (e_c < 0) e_c = 0;
+    if (e_spike > e_c) e_spike = e_c;
+    out->spike_k = k;
+    if (total > 0) {
+        out->e_mean = e_mean / total;
+        out->e_spike = e_spike / total;
+        out->e_tail = (e_c - e_spike) / total;
+    }
+    int64_t r = (int64_t)rho_h.size();
+    out->top_count = r;
+    if (r > 0) {
+        int64_t half = 0;
+        for (double v : rho_h) half += v > 0.5;
+        out->rho_frac_half = (double)half / (double)r;
+        std::nth_element(rho_h.begin(), rho_h.begin() + r / 2, rho_h.end());
+        double hi = rho_h[(size_t)(r / 2)];
+        if (r % 2) out->rho_median = hi;
+        else out->rho_median = 0.5 * (*std::max_element(rho_h.begin(), rho_h.begin() + r / 2) + hi);
+    }
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+        double err = slot(1 + 3 * qv), nz = slot(2 + 3 * qv), fl = slot(3 + 3 * qv);
+        out->q_rel_mse[qv] = total > 0 ? err / total : (err > 0 ? INFINITY : 0.0);
+        out->q_flushed[qv] = nz > 0 ? fl / nz : 0.0;
+    }
+    return AVERIS_OK;
+}
+
+} // extern "C"
+
+/* ------------------------------------------------ the GPU model's rows */
+namespace {
+
+struct rows_ctx {
+    avc_analysis *a;
+    FILE *csv, *table;
+    const char *prefix;
+    averis_status st;
+};
+
+void rows_tap(void *ctx, int layer, const char *kind, const void *x, int bf16, int64_t rows, int64_t cols) {
+    rows_ctx *c = static_cast<rows_ctx *>(ctx);
+    if (c->st) return;
+    analysis_metrics am;
+    if ((c->st = avc_analysis_compute(c->a, x, bf16, rows, cols, &am, nullptr))) return;
+    char pre[512];
+    snprintf(pre, sizeof pre, "%s%s%d,%s", c->prefix, *c->prefix ? "," : "", layer, kind);
+    analysis_csv_row(c->csv, pre, &am);
+    if (c->table)
+        fprintf(c->table, "%-5d %-14s %7.4f %7.4f %7.4f %9.4f %9.4f %10.3e %10.3e\n", layer, kind, am.R, am.cos_mu_v1,
+                am.e_mean, am.q_flushed[ANALYSIS_PLAIN], am.q_flushed[ANALYSIS_SPLIT], am.q_rel_mse[ANALYSIS_PLAIN],
+                am.q_rel_mse[ANALYSIS_SPLIT]);
+}
+
+} // namespace
+
+extern "C" averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, const int *tokens, const int *targets,
+                                                 FILE *csv, const char *prefix, uint64_t sr_stream, FILE *table) {
+    rows_ctx ctx = {a, csv, table, prefix ? prefix : "", AVERIS_OK};
+    if (table)
+        fprintf(table, "%-5s %-14s %7s %7s %7s %9s %9s %10s %10s\n", "layer", "kind", "R", "cos", "e_mean", "flush",
+                "flush_sp", "mse", "mse_sp");
+    if (a->s != static_cast<cudaStream_t>(avc_model_stream(g)))
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: the analysis and the model run on different streams");
+    avc_model_set_tap(g, rows_tap, &ctx);
+    float loss = 0;
+    averis_status st = avc_model_step(g, tokens, targets, 1, 1.0f, sr_stream, &loss);
+    avc_model_set_tap(g, nullptr, nullptr);
+    fflush(csv);
+    return st ? st : ctx.st;
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# device_analysis.sh — the GPU mean-bias analysis (issue 24) in one call, on a
+# GPU machine; expected 3–4 minutes on an H100/H200 (the build ~1.5, memcheck
+# ≤ 2.5; DEVICE_ANALYSIS_MEMCHECK=0 skips it):
+#   1. build the library, `averis`, test_analysis_gpu and bench_analysis
+#   2. test_analysis_gpu: every GPU metric against the CPU analysis on the
+#      same tensors (synthetic, the tiny model's taps, the model's rows)
+#   3. compute-sanitizer memcheck on its small synthetic cases
+#   4. bench_analysis: one analysis step against --analyze-every 250 training
+#      steps on the 88M shape (width 768, 12 layers, 12/4 heads, FFN 2048,
+#      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%)
+#   5. end to end: `train --device cuda --analyze-every` on tiny (rows at
+#      steps 0, 10, 20, no weights downloaded for them) and
+#      `analyze CKPT --device cuda`
+# Needs nvcc, a GPU; step 5 needs a corpus (DATA, default data/default).
+# Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/device_analysis}
+DATA=${DATA:-data/default}
+RUNS=${RUNS:-/tmp/averis_analysis_runs}
+mkdir -p "$OUT" "$RUNS"
+JOBS=$(nproc 2>/dev/null || echo 4)
+fail=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
+
+if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
+    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
+    L=$S/usr/lib/x86_64-linux-gnu
+    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
+else
+    MAKE_CC=()
+fi
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-COOPERLAKE}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+step "build"
+if ! make -s -j"$JOBS" "${MAKE_CC[@]}" CUDA=1 all build/test_analysis_gpu build/bench_analysis >"$OUT/build.log" 2>&1; then
+    tail -30 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+
+step "test_analysis_gpu (GPU metrics vs the CPU analysis)"
+timeout 300 build/test_analysis_gpu 2>&1 | tee "$OUT/test_analysis_gpu.log"
+[[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "test_analysis_gpu"
+
+step "compute-sanitizer memcheck (the small synthetic cases)"
+if [[ ${DEVICE_ANALYSIS_MEMCHECK:-1} == 0 ]]; then
+    echo "(skipped: DEVICE_ANALYSIS_MEMCHECK=0)"
+elif command -v compute-sanitizer >/dev/null; then
+    timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_analysis_gpu small \
+        >"$OUT/memcheck.log" 2>&1
+    rc=$?
+    tail -3 "$OUT/memcheck.log"
+    [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck (exit $rc)"
+    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || note_fail "memcheck reported errors"
+else
+    echo "(no compute-sanitizer)"
+fi
+
+step "bench_analysis: the analysis step vs 250 training steps, 88M shape"
+echo "config,recipe,B,T,step_ms,analysis_ms,every,overhead" >"$OUT/bench_analysis.csv"
+for r in averis bf16; do
+    timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 --csv "$OUT/bench_analysis.csv" 2>&1 \
+        | tee "$OUT/bench_analysis_$r.log"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis $r"
+done
+
+step "end to end: train --device cuda --analyze-every, analyze --device cuda"
+if ls "$DATA"/train_*.bin >/dev/null 2>&1; then
+    rm -rf "$RUNS/tiny"
+    if timeout 240 build/averis train --device cuda --config tiny --recipe averis --data "$DATA" --out "$RUNS/tiny" \
+        --steps 20 --batch 8 --seq 128 --analyze-every 10 --log-every 10 >"$OUT/train_tiny.log" 2>&1; then
+        tail -3 "$OUT/train_tiny.log"
+        cp "$RUNS/tiny/analysis.csv" "$OUT/train_tiny_analysis.csv"
+        steps=$(tail -n +2 "$RUNS/tiny/analysis.csv" | cut -d, -f1 | sort -un | tr '\n' ' ')
+        nrows=$(tail -n +2 "$RUNS/tiny/analysis.csv" | wc -l)
+        echo "analysis rows: $nrows at steps $steps"
+        [[ $steps == "0 10 20 " ]] || note_fail "analysis steps '$steps', expected 0 10 20"
+        timeout 120 build/averis analyze "$RUNS/tiny" --device cuda --data "$DATA" --batch 8 --seq 128 \
+            --out "$OUT/analyze_ckpt_cuda.csv" >"$OUT/analyze_ckpt_cuda.log" 2>&1 || note_fail "analyze --device cuda"
+        timeout 240 build/averis analyze "$RUNS/tiny" --data "$DATA" --batch 8 --seq 128 \
+            --out "$OUT/analyze_ckpt_cpu.csv" >"$OUT/analyze_ckpt_cpu.log" 2>&1 || note_fail "analyze (cpu)"
+        tail -2 "$OUT/analyze_ckpt_cuda.log"
+    else
+        tail -20 "$OUT/train_tiny.log"; note_fail "train --device cuda --analyze-every"
+    fi
+else
+    echo "(no corpus at $DATA: end-to-end run skipped)"
+fi
+
+echo
+echo "device_analysis: $fail failure(s); logs in $OUT"
+exit $((fail > 0))
