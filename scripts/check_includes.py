@@ -21,7 +21,7 @@ import tempfile
 # The layers, low → high: a module may include its own layer or lower.
 LAYERS = [
     ["hd", "status", "half"],
-    ["nvfp4_spec", "io", "json"],  # files and JSON know nothing of NVFP4
+    ["nvfp4_spec", "io", "json", "comm"],  # files, JSON and the collectives know nothing of NVFP4
     ["nvfp4"],
     ["quant", "gemm"],
     ["qlinear", "model_spec"],
@@ -30,6 +30,7 @@ LAYERS = [
     ["analysis"],
     ["cuda"],                     # the GPU model
     ["backend"],                  # the table train.c steps through: CPU model or cuda
+    ["dp"],                       # data parallel: a backend over a backend and a comm
     ["ckpt"],
     ["train"],
     ["tools", "tests", "bench"],
@@ -42,6 +43,8 @@ MODULE_OF = [
     ("src/nvfp4_*.c", "nvfp4"),
     ("src/internal.h", "nvfp4"),  # the tensor quantizer's private half
     ("src/cuda_*.c", "cuda"),
+    ("src/comm_*.c", "comm"),
+    ("src/train_*.c", "train"),
     ("src/backend_*.c", "backend"),
     ("dev/*", "bench"),           # the kernel lab
     ("cuda/test_*", "tests"),
