@@ -53,12 +53,28 @@ averis_status cc_fail(comm *c, const char *what, const char *why) {
                        why);
 }
 
+/* A non-blocking communicator may answer ncclInProgress while it is still
+ * queueing the operation: nothing else goes on the stream until it is in. */
+averis_status cc_settle(comm *c, const char *what) {
+    cc_nccl *n = (cc_nccl *)c->impl;
+    double t0 = cc_now();
+    for (;;) {
+        ncclResult_t ar = ncclSuccess;
+        if (ncclCommGetAsyncError(n->nc, &ar) != ncclSuccess) ar = ncclInternalError;
+        if (ar == ncclSuccess) return AVERIS_OK;
+        if (ar != ncclInProgress) return cc_fail(c, what, ncclGetErrorString(ar));
+        if (cc_now() - t0 > n->timeout_s) return cc_fail(c, what, "not queued before the timeout (AVERIS_COMM_TIMEOUT)");
+        usleep(50);
+    }
+}
+
 #define CC_TRY(c, call)                                                                                     \
     do {                                                                                                     \
         cc_nccl *n_ = (cc_nccl *)(c)->impl;                                                                  \
         if (!n_->nc) return averis_fail(AVERIS_EIO, "nccl rank %d: the communicator was aborted", (c)->rank); \
         ncclResult_t r_ = (call);                                                                            \
         if (r_ != ncclSuccess && r_ != ncclInProgress) return cc_fail((c), #call, ncclGetErrorString(r_));   \
+        if (r_ == ncclInProgress) CU_OK(cc_settle((c), #call));                                              \
     } while (0)
 
 /* Waits for the stream (the collective just queued and what came before),
