@@ -4,7 +4,7 @@
  * Nothing here may hang on a dead peer: the communicator is non-blocking
  * (ncclConfig_t.blocking = 0), and every collective is followed by a poll of
  * ncclCommGetAsyncError and cudaStreamQuery until the stream is done, an
- * error shows, or the timeout (AVERIS_COMM_TIMEOUT, default 300 s) passes;
+ * error shows, or the timeout (AVERIS_COMM_TIMEOUT, default 600 s) passes;
  * then ncclCommAbort and an error naming the rank. The id of the
  * communicator goes from rank 0 to the others through a file (written
  * atomically; removed by rank 0 once all joined).
@@ -32,7 +32,7 @@ struct cc_nccl {
     __nv_bfloat16 *bf = nullptr; /* [bf_cap] the BF16 wire buffer */
     size_t bf_cap = 0;
     double *hv = nullptr; /* [64] host values on their way through NCCL */
-    double timeout_s = 300.0;
+    double timeout_s = 600.0;
 };
 
 double cc_now(void) {
@@ -174,6 +174,10 @@ void cc_destroy(comm *c) {
 
 /* rank 0: a fresh id into `path` (atomically); the others: wait for it */
 averis_status cc_exchange_id(const comm_nccl_opts *o, ncclUniqueId *id, double timeout_s) {
+    if (o->world == 1) { /* nobody to tell */
+        ncclResult_t r = ncclGetUniqueId(id);
+        return r == ncclSuccess ? AVERIS_OK : averis_fail(AVERIS_EIO, "nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+    }
     if (!o->id_file || !*o->id_file) return averis_fail(AVERIS_EINVAL, "nccl: no id file (AVERIS_NCCL_ID_FILE)");
     if (o->rank == 0) {
         ncclResult_t r = ncclGetUniqueId(id);
@@ -250,7 +254,7 @@ averis_status comm_nccl_create(comm **out, const comm_nccl_opts *o) {
         cc_destroy(c);
         return st;
     }
-    if (o->rank == 0) unlink(o->id_file); /* every rank has joined, so read it */
+    if (o->rank == 0 && o->world > 1) unlink(o->id_file); /* every rank has joined, so read it */
     cudaError_t e = cudaMalloc(&n->hv, 64 * sizeof(double));
     if (e != cudaSuccess) {
         cc_destroy(c);

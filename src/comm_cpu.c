@@ -21,7 +21,7 @@ double comm_timeout_s(void) {
     const char *e = getenv("AVERIS_COMM_TIMEOUT");
     char *end;
     double t = e ? strtod(e, &end) : 0.0;
-    return e && end != e && *end == 0 && t > 0 ? t : 300.0;
+    return e && end != e && *end == 0 && t > 0 ? t : 600.0;
 }
 
 /* --------------------------------------------------------- environment */

@@ -33,7 +33,7 @@
 int dp_launch_wanted(int gpus) {
     int r, w, l, found = 0;
     if (gpus > 0) return 1;
-    return !comm_env_ranks(&r, &w, &l, &found) && found && w > 1;
+    return comm_env_ranks(&r, &w, &l, &found) != AVERIS_OK || (found && w > 1); /* a bad variable: said by dp_launch_train */
 }
 
 static int report(const train_opts *o, averis_status st, train_result *r, int rank) {
@@ -50,9 +50,12 @@ static int report(const train_opts *o, averis_status st, train_result *r, int ra
 static int run_rank(train_opts *o, int rank, int world, int local_rank, comm_wire wire) {
     char id_file[4200];
     const char *e = getenv("AVERIS_NCCL_ID_FILE");
-    averis_status st = averis_mkdir_p(o->out_dir);
+    averis_status st = AVERIS_OK;
     if (e && *e) snprintf(id_file, sizeof id_file, "%s", e);
-    else snprintf(id_file, sizeof id_file, "%s/.nccl_id", o->out_dir);
+    else {
+        snprintf(id_file, sizeof id_file, "%s/.nccl_id", o->out_dir);
+        if (world > 1) st = averis_mkdir_p(o->out_dir); /* one rank alone needs no id file: a missing GPU leaves no trace */
+    }
     comm *c = NULL;
     setenv("NCCL_NVLS_ENABLE", "0", 0);
     if (!st) st = comm_nccl_create(&c, &(comm_nccl_opts){.rank = rank, .world = world, .device = o->gpu + local_rank,

@@ -9,7 +9,7 @@
  * Every collective is blocking from the caller's view and fails with a
  * message (never hangs) when a peer rank is gone: the CPU group's waits
  * and NCCL's polling both stop after a timeout (AVERIS_COMM_TIMEOUT
- * seconds, default 300) or when a peer called abort.
+ * seconds, default 600) or when a peer called abort.
  *
  * The result of a reduction has the same bits on every rank. The CPU group
  * sums in rank order, element by element, so N = 1 is the identity and
@@ -49,7 +49,8 @@ struct comm {
     void *impl;
 };
 
-/* The timeout of every collective, seconds: AVERIS_COMM_TIMEOUT, else 300. */
+/* The timeout of every collective, seconds: AVERIS_COMM_TIMEOUT, else 600 (rank 0
+ * writing a large checkpoint keeps the others waiting that long). */
 double comm_timeout_s(void);
 
 /* ------------------------------------------------------------ CPU group */
