@@ -252,6 +252,7 @@ averis_status comm_nccl_create(comm **out, const comm_nccl_opts *o) {
         if (n->nc) ncclCommAbort(n->nc);
         n->nc = nullptr;
         cc_destroy(c);
+        if (o->rank == 0 && o->world > 1) unlink(o->id_file); /* no later run may take this id */
         return st;
     }
     if (o->rank == 0 && o->world > 1) unlink(o->id_file); /* every rank has joined, so read it */
