@@ -88,6 +88,33 @@ CUDNN_SRC   := cuda/cudnn_att_stub.cu
 CUDNN_WHY   := $(if $(filter 1,$(HAVE_CUDNN)),CUDNN=0,$(CUDNN_WHY))
 endif
 
+# NCCL (cuda/nccl.cu, data parallel over GPUs): nccl.h + libnccl from
+# NCCL_HOME=, else the CUDA install, else the Python environment's
+# nvidia/nccl (the nvidia-nccl-cu* wheel), else /usr. NCCL=0 builds the stub.
+ifeq ($(CUDA),1)
+nccl_libdir = $(firstword $(foreach d,lib64 lib lib/x86_64-linux-gnu,$(if $(wildcard $(1)/$(d)/libnccl.so*),$(1)/$(d))))
+NCCL_ROOT   := $(firstword $(foreach c,$(if $(NCCL_HOME),$(NCCL_HOME),$(CUDA_HOME) $(addsuffix /nvidia/nccl,$(PY_SITE)) /usr),\
+                 $(if $(and $(wildcard $(c)/include/nccl.h),$(call nccl_libdir,$(c))),$(c))))
+HAVE_NCCL   := $(if $(NCCL_ROOT),1,0)
+ifneq ($(NCCL_ROOT),)
+NCCL_LIBDIR := $(call nccl_libdir,$(NCCL_ROOT))
+NCCL_VER    := $(shell sed -n 's/^\#define NCCL_\(MAJOR\|MINOR\|PATCH\) *\([0-9]*\).*/\2/p' $(NCCL_ROOT)/include/nccl.h | paste -sd.)
+NCCL_WHY    := NCCL $(NCCL_VER) in $(NCCL_ROOT)
+else
+NCCL_WHY    := no nccl.h + libnccl: set NCCL_HOME=
+endif
+else
+HAVE_NCCL   := 0
+NCCL_WHY    := no CUDA path
+endif
+NCCL        ?= $(HAVE_NCCL)
+ifeq ($(NCCL),1)
+NCCL_LINK   := $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:$(notdir $(firstword $(wildcard $(NCCL_LIBDIR)/libnccl.so.[0-9]*))))
+LDLIBS      += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LINK)
+else
+NCCL_WHY    := $(if $(filter 1,$(HAVE_NCCL)),NCCL=0,$(NCCL_WHY))
+endif
+
 ifeq ($(HAVE_OPENMP),1)
 CFLAGS_BASE += -fopenmp
 LDFLAGS += -fopenmp
@@ -101,17 +128,24 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 yesno = $(if $(filter 1,$(1)),✓,✗)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/moe.c src/tokenizer.c src/data.c src/ckpt.c src/backend_cpu.c src/backend_cuda.c src/train.c src/analysis.c src/cuda_opts.c
+LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/moe.c src/tokenizer.c src/data.c src/ckpt.c src/backend_cpu.c src/backend_cuda.c src/train.c src/analysis.c src/cuda_opts.c src/comm_cpu.c src/dp.c src/train_dp.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
-TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c
+TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c tools/dp_launch.c
 TEST_SRC  := $(wildcard tests/test_*.c)
 CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu cuda/analysis.cu
 CUDA_SRC  += $(CUDNN_SRC)
+CUDA_SRC  += cuda/dp.cu
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
 ifeq ($(CUDA),1)
 OBJ      += $(patsubst %.cu,$(BUILD)/%.o,$(CUDA_SRC))
 else
 OBJ      += $(BUILD)/src/cuda_stub.o
+endif
+ifeq ($(and $(filter 1,$(CUDA)),$(filter 1,$(NCCL))),1)
+OBJ      += $(BUILD)/cuda/nccl.o
+$(BUILD)/cuda/nccl.o: NVCCFLAGS += $(if $(filter-out /usr $(CUDA_HOME),$(NCCL_ROOT)),-isystem $(NCCL_ROOT)/include)
+else
+OBJ      += $(BUILD)/src/comm_nccl_stub.o
 endif
 LIB       = $(BUILD)/libaveris.a
 BIN       = $(BUILD)/averis
@@ -129,6 +163,7 @@ features:
 	@echo "  $(call yesno,$(HAVE_ZLIB)) zlib (reading the default corpus)"
 	@echo "  $(call yesno,$(CUDA)) CUDA path (nvcc, sm_$(CUDA_ARCH)$(if $(filter 1,$(HAVE_CUDA)),,: no toolkit))"
 	@echo "  $(call yesno,$(and $(filter 1,$(CUDA)),$(filter 1,$(CUDNN)))) cuDNN attention ($(CUDNN_WHY))"
+	@echo "  $(call yesno,$(and $(filter 1,$(CUDA)),$(filter 1,$(NCCL)))) NCCL data parallel, --gpus ($(NCCL_WHY))"
 
 $(BUILD)/src/gemm.o $(BUILD)/src/model.o $(BUILD)/src/moe.o: ALL_CFLAGS += -O3
 $(BUILD)/src/nvfp4_avx2.o: ALL_CFLAGS += -mavx2

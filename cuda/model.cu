@@ -540,4 +540,15 @@ averis_status avc_model_adamw(avc_model *net, double lr, double beta1, double be
     return AVERIS_OK;
 }
 
+averis_status avc_model_flat(avc_model *net, float **params, float **grads, float **mom, float **var, void **stream) {
+    if (params) *params = net->params;
+    if (grads) *grads = net->grads;
+    if (mom) *mom = net->mom;
+    if (var) *var = net->var;
+    if (stream) *stream = net->s;
+    return AVERIS_OK;
+}
+
+void avc_model_params_changed(avc_model *net) { net->weights_ready = 0; }
+
 } // extern "C"

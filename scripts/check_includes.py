@@ -21,7 +21,7 @@ import tempfile
 # The layers, low → high: a module may include its own layer or lower.
 LAYERS = [
     ["hd", "status", "half"],
-    ["nvfp4_spec", "io", "json"],  # files and JSON know nothing of NVFP4
+    ["nvfp4_spec", "io", "json", "comm"],  # files, JSON and the collectives know nothing of NVFP4
     ["nvfp4"],
     ["quant", "gemm"],
     ["qlinear", "model_spec"],
@@ -30,6 +30,7 @@ LAYERS = [
     ["analysis"],
     ["cuda", "analysis_cuda"],    # the GPU model, the analysis on it
     ["backend"],                  # the table train.c steps through: CPU model or cuda
+    ["dp"],                       # data parallel: a backend over a backend and a comm
     ["ckpt"],
     ["train"],
     ["tools", "tests", "bench"],
@@ -45,6 +46,8 @@ MODULE_OF = [
     ("src/model_math.h", "model"),
     ("include/averis/moe.h", "model"),
     ("src/cuda_*.c", "cuda"),
+    ("src/comm_*.c", "comm"),
+    ("src/train_*.c", "train"),
     ("src/backend_*.c", "backend"),
     ("dev/*", "bench"),           # the kernel lab
     ("cuda/test_*", "tests"),

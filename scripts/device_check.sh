@@ -12,6 +12,7 @@
 #      activations, with P materialised and with flash attention
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
 #      build, and resumed on the CPU
+#   6. NCCL data parallel at N = 1 (scripts/device_nccl.sh quick), if built
 # Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step, quant_lab bench.
 # Needs: nvcc, a GPU, data/default (scripts/get_data.sh; carried to the
 # device). Writes logs to $OUT (or out/device_check). Exit status: failures.
@@ -128,6 +129,13 @@ build/averis train --config qwen3-0.6b --recipe averis --device cuda --data data
     --steps ${Q06_STEPS:-60} --batch 8 --seq 1024 --lr 3e-4 --val-every 30 --val-batches 4 --log-every 10 2>&1 | tail -9
 [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "0.6B training"
 cp "$RUNS/q06/log.csv" "$OUT/q06_log.csv" 2>/dev/null || note_fail "0.6B log"
+
+step "NCCL data parallel at N = 1 (scripts/device_nccl.sh quick: --gpus 1 vs plain, resume, dead peer)"
+if grep -q "✓ NCCL" "$RUNS/build.log"; then
+    OUT="$OUT/nccl" RUNS="$RUNS/nccl" BUILD=build DATA=data/default bash scripts/device_nccl.sh quick || note_fail "device_nccl.sh quick"
+else
+    echo "NCCL not built: skipped"
+fi
 
 if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     step "bench: quantize kernels"

@@ -64,8 +64,10 @@ static averis_status cpu_grad_norm(void *be, double *norm) {
     return AVERIS_OK;
 }
 
-static averis_status cpu_adamw(void *be, double lr, double beta1, double beta2, double eps, double weight_decay,
-                               int64_t t, float gscale) {
+/* AdamW over the flat elements [lo, hi) (the tensors that meet it, each
+ * with its own decay): the whole model, or a data-parallel shard */
+static averis_status cpu_adamw_range(void *be, size_t lo, size_t hi, double lr, double beta1, double beta2, double eps,
+                                     double weight_decay, int64_t t, float gscale) {
     cpu_backend *c = be;
     model *m = c->m;
     if (!c->mom || !c->var || !m->grads) return averis_fail(AVERIS_EINVAL, "cpu backend: adamw without moments or gradients");
@@ -74,20 +76,36 @@ static averis_status cpu_adamw(void *be, double lr, double beta1, double beta2, 
     float lrf = (float)lr, wd = (float)weight_decay;
     for (int k = 0; k < m->ntensors; k++) {
         const model_tensor *mt = &m->tensors[k];
-        float *p = m->params + mt->offset, *g = m->grads + mt->offset, *mm = c->mom + mt->offset,
-              *vv = c->var + mt->offset;
+        size_t a = mt->offset > lo ? mt->offset : lo, e = mt->offset + mt->numel < hi ? mt->offset + mt->numel : hi;
+        if (a >= e) continue;
+        float *p = m->params, *g = m->grads, *mm = c->mom, *vv = c->var;
         float decay = mt->decay ? wd : 0.0f;
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < mt->numel; i++)
+        for (size_t i = a; i < e; i++)
             adamw_element(&p[i], &mm[i], &vv[i], g[i], gscale, b1, b2, c1, c2, lrf, epsf, decay);
     }
     return AVERIS_OK;
 }
+
+static averis_status cpu_adamw(void *be, double lr, double beta1, double beta2, double eps, double weight_decay,
+                               int64_t t, float gscale) {
+    return cpu_adamw_range(be, 0, ((cpu_backend *)be)->m->nparams, lr, beta1, beta2, eps, weight_decay, t, gscale);
+}
+
+static averis_status cpu_flat(void *be, float **params, float **grads, float **mom, float **var, void **stream) {
+    cpu_backend *c = be;
+    if (!c->m || !c->m->grads) return averis_fail(AVERIS_EINVAL, "cpu backend: flat buffers before a training bind");
+    *params = c->m->params, *grads = c->m->grads, *mom = c->mom, *var = c->var, *stream = NULL;
+    return AVERIS_OK;
+}
+
+static averis_status cpu_params_changed(void *be) { (void)be; return AVERIS_OK; }
 
 static const char *cpu_describe(void *be) { (void)be; return NULL; }
 
 const train_backend train_backend_cpu = {
     .name = "cpu", .create = cpu_create, .destroy = cpu_destroy, .bind = cpu_bind, .upload = cpu_upload,
     .download = cpu_download, .zero_grad = cpu_zero_grad, .step = cpu_step, .grad_norm = cpu_grad_norm,
-    .adamw = cpu_adamw, .describe = cpu_describe,
+    .adamw = cpu_adamw, .describe = cpu_describe, .flat = cpu_flat, .adamw_range = cpu_adamw_range,
+    .params_changed = cpu_params_changed,
 };

@@ -69,6 +69,27 @@ static averis_status cuda_adamw(void *be, double lr, double beta1, double beta2,
     return avc_model_adamw(((cuda_backend *)be)->gm, lr, beta1, beta2, eps, weight_decay, t, gscale);
 }
 
+static averis_status cuda_flat(void *be, float **params, float **grads, float **mom, float **var, void **stream) {
+    cuda_backend *c = be;
+    if (!c->gm) return averis_fail(AVERIS_EINVAL, "cuda backend: flat buffers before bind");
+    return avc_model_flat(c->gm, params, grads, mom, var, stream);
+}
+
+static averis_status cuda_adamw_range(void *be, size_t lo, size_t hi, double lr, double beta1, double beta2, double eps,
+                                      double weight_decay, int64_t t, float gscale) {
+    cuda_backend *c = be;
+    float *p, *g, *m, *v;
+    void *s;
+    averis_status st = cuda_flat(be, &p, &g, &m, &v, &s);
+    return st ? st : avc_adamw_range(c->m->tensors, c->m->ntensors, p, g, m, v, lo, hi, lr, beta1, beta2, eps,
+                                     weight_decay, t, gscale, s);
+}
+
+static averis_status cuda_params_changed(void *be) {
+    avc_model_params_changed(((cuda_backend *)be)->gm);
+    return AVERIS_OK;
+}
+
 static const char *cuda_describe(void *be) {
     cuda_backend *c = be;
     snprintf(c->line, sizeof c->line, "on %s; %s", c->gpu_desc, c->gm ? avc_model_describe(c->gm) : "no model yet");
@@ -87,5 +108,6 @@ static averis_status cuda_analyze(void *be, const int *tokens, const int *target
 const train_backend train_backend_cuda = {
     .name = "cuda", .create = cuda_create, .destroy = cuda_destroy, .bind = cuda_bind, .upload = cuda_upload,
     .download = cuda_download, .zero_grad = cuda_zero_grad, .step = cuda_step, .grad_norm = cuda_grad_norm,
-    .adamw = cuda_adamw, .describe = cuda_describe, .analyze = cuda_analyze,
+    .adamw = cuda_adamw, .describe = cuda_describe, .analyze = cuda_analyze, .flat = cuda_flat,
+    .adamw_range = cuda_adamw_range, .params_changed = cuda_params_changed,
 };

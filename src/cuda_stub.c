@@ -40,3 +40,15 @@ averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, const int *
     (void)g; (void)a; (void)tokens; (void)targets; (void)csv; (void)prefix; (void)sr_stream; (void)table;
     return NO_CUDA;
 }
+averis_status avc_model_flat(avc_model *g, float **p, float **gr, float **m, float **v, void **s) {
+    (void)g; (void)p; (void)gr; (void)m; (void)v; (void)s;
+    return NO_CUDA;
+}
+void avc_model_params_changed(avc_model *g) { (void)g; }
+averis_status avc_adamw_range(const model_tensor *tensors, int ntensors, float *p, const float *g, float *m, float *v,
+                              size_t lo, size_t hi, double lr, double b1, double b2, double eps, double wd, int64_t t,
+                              float gscale, void *stream) {
+    (void)tensors; (void)ntensors; (void)p; (void)g; (void)m; (void)v; (void)lo; (void)hi; (void)lr; (void)b1; (void)b2;
+    (void)eps; (void)wd; (void)t; (void)gscale; (void)stream;
+    return NO_CUDA;
+}

@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "averis/train.h"
 #include "averis/analysis.h"
+#include "averis/dp.h"
 #include "averis/gemm.h"
 #include "averis/io.h"
 #include "averis/status.h"
@@ -130,6 +131,7 @@ typedef struct {
     int steps_timed;
     int lock_fd;              /* OUT/train.lock, held for the run (-1: none) */
     int inject_nan_step;      /* AVERIS_INJECT_NAN_STEP: this step's gradients are NaN (0: off) */
+    int writer;               /* writes OUT (data parallel: rank 0 only) */
 } trainer;
 
 static void trainer_free(trainer *t) {
@@ -171,7 +173,10 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
     if (o->keep < 1) o->keep = 1;
     static const train_backend *const k_by_device[2] = {&train_backend_cpu, &train_backend_cuda};
     t->be = o->backend ? o->backend : k_by_device[o->device];
-    averis_status st = t->be->create(&t->bctx, &(train_backend_opts){.gpu = o->gpu, .gpu_opts = o->gpu_opts});
+    train_backend_opts bo = {.gpu = o->gpu, .gpu_opts = o->gpu_opts, .inner = t->be, .dp = o->dp};
+    if (o->dp) t->be = &train_backend_dp; /* wraps the device's backend; rank 0 writes */
+    t->writer = !o->dp || o->dp->comm->rank == 0;
+    averis_status st = t->be->create(&t->bctx, &bo);
     if (st) return st;
     model_config cfg;
     if ((st = model_config_load(o->config, &cfg))) return st;
@@ -273,7 +278,8 @@ static averis_status trainer_start(trainer *t) {
     char latest[256], dir[4200], p[4300];
     averis_status st = averis_mkdir_p(o->out_dir);
     int removed = 0;
-    if (st || (st = ckpt_lock_out(o->out_dir, &t->lock_fd, &removed))) return st;
+    /* the writer (data parallel: rank 0) holds OUT's lock and cleans what a killed run left */
+    if (st || (t->writer && (st = ckpt_lock_out(o->out_dir, &t->lock_fd, &removed)))) return st;
     if (removed && !o->quiet)
         fprintf(stderr, "train: removed %d temporary file(s) a killed run left in %s\n", removed, o->out_dir);
     if ((st = ckpt_latest(o->out_dir, latest, sizeof latest))) return st;
@@ -319,6 +325,8 @@ static averis_status trainer_start(trainer *t) {
         s->seed = o->seed;
     }
     s->steps = o->steps;
+    if (o->dp && (st = dp_agree(o->dp, (double)s->step, "the step to start from"))) return st;
+    if (!t->writer) return AVERIS_OK;
     snprintf(p, sizeof p, "%s/log.csv", o->out_dir);
     if ((st = ckpt_csv_open(p, resuming, (int)s->step, &t->log, &fresh))) return st;
     if (fresh) fputs(k_log_header, t->log);
@@ -395,6 +403,7 @@ static averis_status trainer_bind(trainer *t) {
 static void log_step(trainer *t, double lr, double loss, double norm, int bad, double dt, int do_val, float vloss) {
     const train_opts *o = &t->o;
     long long step = (long long)t->s.step;
+    if (!t->log) return;
     fprintf(t->log, "%lld,%.0f,%.6g,%.6f,%.6g,", step, t->tokens_per_step * (double)step, lr, loss, norm);
     if (do_val) fprintf(t->log, "%.6f", vloss);
     fprintf(t->log, ",%.1f,%d\n", t->tokens_per_step / dt, bad);
@@ -448,7 +457,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         int do_ckpt = (o->ckpt_every > 0 && t.s.step % o->ckpt_every == 0) || t.s.step == o->steps || stop;
         if (((do_ana && !be->analyze) || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
         if (do_ana && (st = analyze_rows(&t, (int)t.s.step))) goto out;
-        if (do_ckpt && (st = ckpt_write(&t.ck, &t.m, &t.s, t.mom, t.var))) goto out;
+        if (do_ckpt && t.writer && (st = ckpt_write(&t.ck, &t.m, &t.s, t.mom, t.var))) goto out;
         res->steps_done = (int)t.s.step;
         if (stop) break;
     }

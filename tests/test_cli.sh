@@ -134,6 +134,20 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     [[ ! -e $T/r8 ]] && ok || bad "train --device cuda without a GPU created $T/r8"
 fi
 expect_err "resume on nothing" "holds no checkpoint" "${TR[@]}" --recipe bf16 --steps 2 --out "$T/empty" --resume
+# data parallel (docs/multigpu.md): 2 ranks (threads, on the CPU) × batch 1 = one process × batch 2, fp32 recipe
+"${TR[@]}" --recipe fp32 --steps 4 --batch 2 --out "$T/dp_one" >/dev/null 2>&1 \
+    && "${TR[@]}" --recipe fp32 --steps 4 --batch 1 --gpus 2 --out "$T/dp_two" >"$T/dp.out" 2>&1 \
+    && grep -q '^final: steps 4' "$T/dp.out" \
+    && awk -F, 'NR == FNR { a[$1] = $4; next } FNR > 1 { d = $4 - a[$1]; if (d < 0) d = -d; if (d > 1e-5 * a[$1]) bad++ } END { exit bad > 0 }' \
+        "$T/dp_one/log.csv" "$T/dp_two/log.csv" \
+    && ok || bad "train --gpus 2 (cpu) vs --batch 2: $(cat "$T/dp.out")"
+expect_err "bad --grad-dtype" "--grad-dtype must be fp32 or bf16" "${TR[@]}" --gpus 2 --grad-dtype fp16 --out "$T/dpr1"
+expect_err "cpu ranks from the environment" "needs --device cuda" env RANK=0 WORLD_SIZE=2 "${TR[@]}" --out "$T/dpr2"
+expect_err "bad RANK" "RANK='x'" env RANK=x WORLD_SIZE=2 "${TR[@]}" --out "$T/dpr3"
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+    expect_err "--gpus 1 without a GPU" "GPU\|CUDA\|NCCL\|cuda" "${TR[@]}" --device cuda --gpus 1 --steps 2 --out "$T/dpr4"
+    [[ ! -e $T/dpr4 ]] && ok || bad "train --device cuda --gpus 1 without a GPU created $T/dpr4"
+fi
 expect_err "missing checkpoint" "no checkpoint here" "$BIN" eval "$T/nowhere" --data "$D"
 cp -r "$T/run/ckpt_00000006" "$T/ck" && rm -f "$T/ck/MANIFEST" # hand-edited below: the loaders' own checks
 head -c 5000 "$T/run/ckpt_00000006/model.safetensors" > "$T/ck/model.safetensors"

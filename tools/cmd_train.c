@@ -11,6 +11,7 @@
 #include "averis/cuda.h"
 #include "averis/train.h"
 #include "cli.h"
+#include "dp_launch.h"
 
 static void train_usage(FILE *f) {
     train_opts d;
@@ -63,6 +64,12 @@ static void train_usage(FILE *f) {
             "                      activations), P materialised, or our flash.cu (default\n"
             "                      $AVERIS_ATTN, else cudnn where built and BF16, else naive\n"
             "                      unless P would take > 1/4 of the GPU, then flash)\n"
+            "  --gpus N            data parallel over N GPUs of this host (one process each, NCCL,\n"
+            "                      ZeRO-1; --batch per GPU); with --device cpu N ranks as threads.\n"
+            "                      Under torchrun/mpirun leave it out: RANK/WORLD_SIZE/LOCAL_RANK or\n"
+            "                      OMPI_COMM_WORLD_* make this process one rank (docs/multigpu.md)\n"
+            "  --grad-dtype fp32|bf16\n"
+            "                      (data parallel) the gradients' type in the all-reduce (default fp32)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n"
@@ -86,6 +93,8 @@ int cmd_train(int argc, char **argv) {
     train_opts_default(&o);
     /* the GPU model's options: the flags, else the environment (read only for --device cuda) */
     const char *act = NULL, *attn = NULL, *act_from = "--gpu-act", *attn_from = "--gpu-attn";
+    int gpus = 0; /* data parallel (dp_launch.c) */
+    const char *grad_dtype = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -122,6 +131,8 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--gpu")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 0, 1023, &o.gpu); }
         else if (!strcmp(a, "--gpu-act")) { CLI_NEED_VAL("train"); act = val; }
         else if (!strcmp(a, "--gpu-attn")) { CLI_NEED_VAL("train"); attn = val; }
+        else if (!strcmp(a, "--gpus")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1024, &gpus); }
+        else if (!strcmp(a, "--grad-dtype")) { CLI_NEED_VAL("train"); grad_dtype = val; }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("train"); ok = cli_set_threads(a, val); }
@@ -141,6 +152,7 @@ int cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     o.stop_flag = &g_stop;
+    if (dp_launch_wanted(gpus)) return dp_launch_train(&o, gpus, grad_dtype);
     train_result r;
     averis_status st = train_run(&o, &r);
     if (st) fprintf(stderr, "averis train: %s\n", averis_last_error());

@@ -19,9 +19,16 @@
 extern "C" {
 #endif
 
+struct train_backend;
+struct dp_opts;
+
 typedef struct {
     int gpu;                 /* CUDA device index */
     avc_model_opts gpu_opts; /* CUDA: activations and attention path */
+    /* data parallel (train_backend_dp of averis/dp.h only): the backend it
+     * wraps and the ranks' communicator */
+    const struct train_backend *inner;
+    const struct dp_opts *dp;
 } train_backend_opts;
 
 typedef struct train_backend {
@@ -55,6 +62,16 @@ typedef struct train_backend {
      * back; overwrites the gradients. NULL: the loop analyses the host model. */
     averis_status (*analyze)(void *be, const int *tokens, const int *targets, FILE *csv, const char *prefix,
                              uint64_t sr_stream);
+    /* For data parallel (src/dp.c; NULL where a backend has none): the flat
+     * [nparams] parameters, gradients and moments in the backend's memory
+     * (host or device) and its stream (NULL on the CPU), after bind; */
+    averis_status (*flat)(void *be, float **params, float **grads, float **mom, float **var, void **stream);
+    /* AdamW as adamw over the elements [lo, hi) of the flat vectors only; */
+    averis_status (*adamw_range)(void *be, size_t lo, size_t hi, double lr, double beta1, double beta2, double eps,
+                                 double weight_decay, int64_t t, float gscale);
+    /* the parameters were written through flat (the all-gather): derived
+     * copies (the GPU's BF16 / NVFP4 weight operands) are stale. */
+    averis_status (*params_changed)(void *be);
 } train_backend;
 
 extern const train_backend train_backend_cpu;  /* src/backend_cpu.c */

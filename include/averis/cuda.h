@@ -108,6 +108,20 @@ averis_status avc_model_grad_norm(avc_model *g, double *norm);
 averis_status avc_model_adamw(avc_model *g, double lr, double beta1, double beta2, double eps, double weight_decay,
                               int64_t t, float gscale);
 
+/* -------------------------------------- data parallel (src/dp.c hooks) */
+/* The model's flat device buffers [nparams] and its cudaStream_t, for the
+ * collectives; any of the pointers may be NULL. */
+averis_status avc_model_flat(avc_model *g, float **params, float **grads, float **mom, float **var, void **stream);
+/* The parameters were written from outside (the all-gather): the weight
+ * operands are rebuilt before the next forward. */
+void avc_model_params_changed(avc_model *g);
+/* AdamW (as avc_model_adamw) over the flat elements [lo, hi) of
+ * params/grads/mom/var (device) laid out as tensors [ntensors] (host; the
+ * decay per tensor), on `stream`; cuda/dp.cu. */
+averis_status avc_adamw_range(const model_tensor *tensors, int ntensors, float *params_dev, const float *grads_dev,
+                              float *mom_dev, float *var_dev, size_t lo, size_t hi, double lr, double beta1,
+                              double beta2, double eps, double weight_decay, int64_t t, float gscale, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

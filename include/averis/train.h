@@ -8,6 +8,7 @@
 #include "averis/backend.h"
 #include "averis/ckpt.h"
 #include "averis/data.h"
+#include "averis/dp.h"
 #include "averis/model.h"
 #include <signal.h>
 
@@ -42,6 +43,10 @@ typedef struct {
     int gpu;                /* CUDA device index */
     avc_model_opts gpu_opts; /* CUDA: activations, attention path (zero: auto) */
     const train_backend *backend; /* where the steps run; NULL: by device */
+    /* Data parallel (averis/dp.h): this process is rank dp->comm->rank of
+     * the run, `batch` is the global batch (split over the ranks), only
+     * rank 0 writes OUT. NULL: a single process. */
+    const struct dp_opts *dp;
 } train_opts;
 
 void train_opts_default(train_opts *o);
@@ -57,6 +62,13 @@ typedef struct {
 /* Runs (or resumes) training. Errors leave the last good checkpoint intact. */
 averis_status train_run(const train_opts *o, train_result *res);
 void train_result_free(train_result *r);
+
+/* o's run on `world` data-parallel ranks that are threads of this process
+ * (the CPU group of averis/comm.h; src/train_dp.c): the multi-GPU path
+ * without GPUs, for the tests and `train --device cpu --gpus N`. o->batch is
+ * the global batch; res gets rank 0's result. A failing rank aborts the
+ * group, so the others stop too. */
+averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, train_result *res);
 
 /* The mean loss over the first nbatches B×T batches of the loader's data
  * (the validation loss the trainer logs), on the CPU model m. */

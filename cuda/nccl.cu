@@ -1,0 +1,268 @@
+/* nccl.cu — averis/comm.h over NCCL: one process per GPU, buffers in device
+ * memory, collectives on the model's stream.
+ *
+ * Nothing here may hang on a dead peer: the communicator is non-blocking
+ * (ncclConfig_t.blocking = 0), and every collective is followed by a poll of
+ * ncclCommGetAsyncError and cudaStreamQuery until the stream is done, an
+ * error shows, or the timeout (AVERIS_COMM_TIMEOUT, default 600 s) passes;
+ * then ncclCommAbort and an error naming the rank. The id of the
+ * communicator goes from rank 0 to the others through a file (written
+ * atomically; removed by rank 0 once all joined).
+ *
+ * Prefix: cc_ (the communicator).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "common.cuh"
+#include "averis/comm.h"
+
+#include <nccl.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <unistd.h>
+
+namespace {
+
+struct cc_nccl {
+    ncclComm_t nc = nullptr;
+    cudaStream_t s = nullptr;
+    __nv_bfloat16 *bf = nullptr; /* [bf_cap] the BF16 wire buffer */
+    size_t bf_cap = 0;
+    double *hv = nullptr; /* [64] host values on their way through NCCL */
+    double timeout_s = 600.0;
+};
+
+double cc_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cc_abort_nc(cc_nccl *n) {
+    if (n->nc) ncclCommAbort(n->nc);
+    n->nc = nullptr;
+}
+
+averis_status cc_fail(comm *c, const char *what, const char *why) {
+    cc_nccl *n = (cc_nccl *)c->impl;
+    cc_abort_nc(n);
+    return averis_fail(AVERIS_EIO, "nccl rank %d of %d: %s: %s; the communicator is aborted", c->rank, c->world, what,
+                       why);
+}
+
+/* A non-blocking communicator may answer ncclInProgress while it is still
+ * queueing the operation: nothing else goes on the stream until it is in. */
+averis_status cc_settle(comm *c, const char *what) {
+    cc_nccl *n = (cc_nccl *)c->impl;
+    double t0 = cc_now();
+    for (;;) {
+        ncclResult_t ar = ncclSuccess;
+        if (ncclCommGetAsyncError(n->nc, &ar) != ncclSuccess) ar = ncclInternalError;
+        if (ar == ncclSuccess) return AVERIS_OK;
+        if (ar != ncclInProgress) return cc_fail(c, what, ncclGetErrorString(ar));
+        if (cc_now() - t0 > n->timeout_s) return cc_fail(c, what, "not queued before the timeout (AVERIS_COMM_TIMEOUT)");
+        usleep(50);
+    }
+}
+
+#define CC_TRY(c, call)                                                                                     \
+    do {                                                                                                     \
+        cc_nccl *n_ = (cc_nccl *)(c)->impl;                                                                  \
+        if (!n_->nc) return averis_fail(AVERIS_EIO, "nccl rank %d: the communicator was aborted", (c)->rank); \
+        ncclResult_t r_ = (call);                                                                            \
+        if (r_ != ncclSuccess && r_ != ncclInProgress) return cc_fail((c), #call, ncclGetErrorString(r_));   \
+        if (r_ == ncclInProgress) CU_OK(cc_settle((c), #call));                                              \
+    } while (0)
+
+/* Waits for the stream (the collective just queued and what came before),
+ * watching NCCL's asynchronous errors and the clock. */
+averis_status cc_wait(comm *c, const char *what) {
+    cc_nccl *n = (cc_nccl *)c->impl;
+    double t0 = cc_now();
+    for (long spin = 0;; spin++) {
+        ncclResult_t ar = ncclSuccess;
+        if (ncclCommGetAsyncError(n->nc, &ar) != ncclSuccess || (ar != ncclSuccess && ar != ncclInProgress)) {
+            char why[512];
+            snprintf(why, sizeof why, "%s (%s); a peer rank probably died", ncclGetErrorString(ar),
+                     ncclGetLastError(n->nc));
+            return cc_fail(c, what, why);
+        }
+        if (ar == ncclSuccess) {
+            cudaError_t q = cudaStreamQuery(n->s);
+            if (q == cudaSuccess) return AVERIS_OK;
+            if (q != cudaErrorNotReady) return cc_fail(c, what, cudaGetErrorString(q));
+        }
+        if (cc_now() - t0 > n->timeout_s) {
+            char why[256];
+            snprintf(why, sizeof why,
+                     "did not finish within %.0f s (AVERIS_COMM_TIMEOUT): a peer rank died or hangs", n->timeout_s);
+            return cc_fail(c, what, why);
+        }
+        if (spin > 2000) usleep(100); /* spin first: most waits are short */
+    }
+}
+
+__global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+__global__ void k_from_bf16(const __nv_bfloat16 *x, float *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __bfloat162float(x[i]);
+}
+
+averis_status cc_allreduce(comm *c, float *buf, size_t n, comm_wire wire) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    if (wire == COMM_F32) {
+        CC_TRY(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, q->nc, q->s));
+        return cc_wait(c, "all-reduce of the gradients (fp32)");
+    }
+    if (q->bf_cap < n) {
+        if (q->bf) cudaFree(q->bf);
+        q->bf = nullptr, q->bf_cap = 0;
+        CU_TRY(cudaMalloc(&q->bf, n * sizeof(__nv_bfloat16)));
+        q->bf_cap = n;
+    }
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    k_to_bf16<<<blocks, 256, 0, q->s>>>(buf, q->bf, n);
+    CU_LAUNCHED();
+    CC_TRY(c, ncclAllReduce(q->bf, q->bf, n, ncclBfloat16, ncclSum, q->nc, q->s));
+    k_from_bf16<<<blocks, 256, 0, q->s>>>(q->bf, buf, n);
+    CU_LAUNCHED();
+    return cc_wait(c, "all-reduce of the gradients (bf16)");
+}
+
+averis_status cc_allgather(comm *c, float *buf, size_t per_rank) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    CC_TRY(c, ncclAllGather(buf + (size_t)c->rank * per_rank, buf, per_rank, ncclFloat, q->nc, q->s));
+    return cc_wait(c, "all-gather");
+}
+
+averis_status cc_allreduce_host(comm *c, double *v, int n) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    if (n < 0 || n > 64) return averis_fail(AVERIS_EINVAL, "nccl: allreduce_host of %d values (at most 64)", n);
+    CU_TRY(cudaMemcpyAsync(q->hv, v, (size_t)n * sizeof(double), cudaMemcpyHostToDevice, q->s));
+    CC_TRY(c, ncclAllReduce(q->hv, q->hv, (size_t)n, ncclDouble, ncclSum, q->nc, q->s));
+    CU_TRY(cudaMemcpyAsync(v, q->hv, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, q->s));
+    return cc_wait(c, "all-reduce of host values");
+}
+
+void cc_set_stream(comm *c, void *stream) { ((cc_nccl *)c->impl)->s = (cudaStream_t)stream; }
+
+void cc_abort(comm *c) { cc_abort_nc((cc_nccl *)c->impl); }
+
+void cc_destroy(comm *c) {
+    if (!c) return;
+    cc_nccl *n = (cc_nccl *)c->impl;
+    if (n->nc) { /* finalize (flushes), bounded by the timeout, else abort */
+        ncclResult_t ar = ncclInProgress;
+        double t0 = cc_now();
+        ncclCommFinalize(n->nc);
+        while (ncclCommGetAsyncError(n->nc, &ar) == ncclSuccess && ar == ncclInProgress && cc_now() - t0 < n->timeout_s)
+            usleep(100);
+        if (ar == ncclSuccess) ncclCommDestroy(n->nc);
+        else ncclCommAbort(n->nc);
+    }
+    if (n->bf) cudaFree(n->bf);
+    if (n->hv) cudaFree(n->hv);
+    delete n;
+    free(c);
+}
+
+/* rank 0: a fresh id into `path` (atomically); the others: wait for it */
+averis_status cc_exchange_id(const comm_nccl_opts *o, ncclUniqueId *id, double timeout_s) {
+    if (o->world == 1) { /* nobody to tell */
+        ncclResult_t r = ncclGetUniqueId(id);
+        return r == ncclSuccess ? AVERIS_OK : averis_fail(AVERIS_EIO, "nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+    }
+    if (!o->id_file || !*o->id_file) return averis_fail(AVERIS_EINVAL, "nccl: no id file (AVERIS_NCCL_ID_FILE)");
+    if (o->rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(id);
+        if (r != ncclSuccess) return averis_fail(AVERIS_EIO, "nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp.%d", o->id_file, (int)getpid());
+        FILE *f = fopen(tmp, "wb");
+        if (!f) return averis_fail(AVERIS_EIO, "nccl: cannot write the id file %s: %s", tmp, strerror(errno));
+        int ok = fwrite(id, sizeof *id, 1, f) == 1;
+        ok = (fflush(f) == 0) & ok;
+        ok = (fsync(fileno(f)) == 0) & ok;
+        ok = (fclose(f) == 0) & ok;
+        if (!ok || rename(tmp, o->id_file)) {
+            unlink(tmp);
+            return averis_fail(AVERIS_EIO, "nccl: cannot write the id file %s: %s", o->id_file, strerror(errno));
+        }
+        return AVERIS_OK;
+    }
+    double t0 = cc_now();
+    for (;;) {
+        FILE *f = fopen(o->id_file, "rb");
+        if (f) {
+            size_t got = fread(id, 1, sizeof *id, f);
+            fclose(f);
+            if (got == sizeof *id) return AVERIS_OK;
+        }
+        if (cc_now() - t0 > timeout_s)
+            return averis_fail(AVERIS_EIO,
+                               "nccl rank %d: no id in %s after %.0f s (AVERIS_COMM_TIMEOUT): did rank 0 start, and do "
+                               "both see the same file (AVERIS_NCCL_ID_FILE)?",
+                               o->rank, o->id_file, timeout_s);
+        usleep(20000);
+    }
+}
+
+} // namespace
+
+extern "C" {
+
+int comm_nccl_compiled(void) { return 1; }
+
+averis_status comm_nccl_create(comm **out, const comm_nccl_opts *o) {
+    *out = nullptr;
+    if (o->world < 1 || o->rank < 0 || o->rank >= o->world)
+        return averis_fail(AVERIS_EINVAL, "nccl: rank %d of %d ranks", o->rank, o->world);
+    setenv("NCCL_NVLS_ENABLE", "0", 0); /* NVLink SHARP off unless the user says otherwise (docs/multigpu.md) */
+    CU_TRY(cudaSetDevice(o->device));
+    double timeout_s = comm_timeout_s();
+    ncclUniqueId id;
+    CU_OK(cc_exchange_id(o, &id, timeout_s));
+    comm *c = (comm *)calloc(1, sizeof *c);
+    cc_nccl *n = new cc_nccl();
+    if (!c) { delete n; return averis_fail(AVERIS_ENOMEM, "nccl: out of memory"); }
+    n->timeout_s = timeout_s;
+    *c = comm{o->rank, o->world, "nccl", cc_allreduce, cc_allgather, cc_allreduce_host, cc_set_stream, cc_abort,
+              cc_destroy, n};
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&n->nc, o->world, id, o->rank, &cfg);
+    ncclResult_t ar = r;
+    double t0 = cc_now();
+    while (r == ncclSuccess || r == ncclInProgress) {
+        if (ncclCommGetAsyncError(n->nc, &ar) != ncclSuccess || ar != ncclInProgress) break;
+        if (cc_now() - t0 > timeout_s) { ar = ncclInProgress; break; }
+        usleep(1000);
+    }
+    if ((r != ncclSuccess && r != ncclInProgress) || ar != ncclSuccess) {
+        const char *why = ar == ncclInProgress ? "the other ranks did not join before the timeout (AVERIS_COMM_TIMEOUT)"
+                                               : ncclGetErrorString(r != ncclSuccess && r != ncclInProgress ? r : ar);
+        averis_status st = averis_fail(AVERIS_EIO, "nccl rank %d of %d: joining through %s failed: %s", o->rank,
+                                       o->world, o->id_file, why);
+        if (n->nc) ncclCommAbort(n->nc);
+        n->nc = nullptr;
+        cc_destroy(c);
+        if (o->rank == 0 && o->world > 1) unlink(o->id_file); /* no later run may take this id */
+        return st;
+    }
+    if (o->rank == 0 && o->world > 1) unlink(o->id_file); /* every rank has joined, so read it */
+    cudaError_t e = cudaMalloc(&n->hv, 64 * sizeof(double));
+    if (e != cudaSuccess) {
+        cc_destroy(c);
+        return averis_fail(AVERIS_ENOMEM, "nccl: cudaMalloc: %s", cudaGetErrorString(e));
+    }
+    *out = c;
+    return AVERIS_OK;
+}
+
+} // extern "C"

@@ -1,0 +1,156 @@
+/* dp.c — data parallel with a ZeRO-1 optimizer: a training backend that
+ * wraps the CPU or GPU backend and reduces over a communicator. The design
+ * (row slices, shards, the tail, SR keys) is drawn in averis/dp.h. */
+#include "averis/dp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+dp_range dp_shard(size_t n, int world, int rank) {
+    size_t S = n / (size_t)world;
+    return (dp_range){(size_t)rank * S, (size_t)(rank + 1) * S};
+}
+
+dp_range dp_tail(size_t n, int world) { return (dp_range){n / (size_t)world * (size_t)world, n}; }
+
+averis_status dp_rows(int global_batch, int world, int rank, int *row0, int *rows) {
+    if (world < 1 || rank < 0 || rank >= world)
+        return averis_fail(AVERIS_EINVAL, "data parallel: rank %d of %d ranks", rank, world);
+    if (global_batch < world || global_batch % world)
+        return averis_fail(AVERIS_EINVAL, "data parallel: the global batch of %d rows does not split over %d ranks",
+                           global_batch, world);
+    *rows = global_batch / world;
+    *row0 = rank * *rows;
+    return AVERIS_OK;
+}
+
+uint64_t dp_sr_stream(uint64_t s, int world, int rank) { return s * (uint64_t)world + (uint64_t)rank; }
+
+averis_status dp_agree(const dp_opts *o, double value, const char *what) {
+    double v[2] = {value, value * value};
+    comm *c = o->comm;
+    averis_status st = c->allreduce_host(c, v, 2);
+    if (st) return st;
+    double mean = v[0] / c->world, var = v[1] / c->world - mean * mean;
+    if (value == mean && !(var > 1e-9 * (1.0 + mean * mean))) return AVERIS_OK;
+    return averis_fail(AVERIS_EINVAL,
+                       "data parallel: the %d ranks disagree on %s (rank %d has %.17g, the mean is %.17g); every rank "
+                       "must see the same --out and options",
+                       c->world, what, c->rank, value, mean);
+}
+
+typedef struct {
+    const train_backend *in;
+    void *ictx;
+    comm *c;
+    comm_wire wire;
+    int row0, rows, T;
+    size_t n;
+    dp_range shard, tail;
+    float *params, *grads, *mom, *var; /* the inner backend's flat buffers */
+    char line[640];
+} dp_backend;
+
+static averis_status dp_create(void **be, const train_backend_opts *o) {
+    if (!o->inner || !o->dp || !o->dp->comm)
+        return averis_fail(AVERIS_EINVAL, "data parallel: no inner backend or communicator");
+    const train_backend *in = o->inner;
+    if (!in->flat || !in->adamw_range || !in->params_changed)
+        return averis_fail(AVERIS_EUNSUPPORTED, "data parallel: the %s backend cannot run data parallel", in->name);
+    dp_backend *d = calloc(1, sizeof *d);
+    if (!d) return averis_fail(AVERIS_ENOMEM, "data parallel: out of memory");
+    d->in = in, d->c = o->dp->comm, d->wire = o->dp->wire;
+    averis_status st = in->create(&d->ictx, o);
+    if (st) { free(d); return st; }
+    *be = d;
+    return AVERIS_OK;
+}
+
+static void dp_destroy(void *be) {
+    dp_backend *d = be;
+    if (!d) return;
+    if (d->ictx) d->in->destroy(d->ictx);
+    free(d);
+}
+
+static averis_status dp_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+    dp_backend *d = be;
+    averis_status st = dp_rows(B, d->c->world, d->c->rank, &d->row0, &d->rows);
+    if (st || (st = d->in->bind(d->ictx, m, mom, var, d->rows, T))) return st;
+    d->T = T;
+    d->n = m->nparams;
+    d->shard = dp_shard(d->n, d->c->world, d->c->rank);
+    d->tail = dp_tail(d->n, d->c->world);
+    if (!mom) return AVERIS_OK; /* forward only */
+    void *stream = NULL;
+    if ((st = d->in->flat(d->ictx, &d->params, &d->grads, &d->mom, &d->var, &stream))) return st;
+    d->c->set_stream(d->c, stream);
+    return AVERIS_OK;
+}
+
+static averis_status dp_upload(void *be) { dp_backend *d = be; return d->in->upload(d->ictx); }
+
+/* The moments: each rank holds its shard (and the tail) current; gathered
+ * before they go to the host. */
+static averis_status dp_download(void *be, int moments) {
+    dp_backend *d = be;
+    size_t S = d->shard.hi - d->shard.lo;
+    averis_status st = AVERIS_OK;
+    if (moments && d->mom && S && (st = d->c->allgather(d->c, d->mom, S))) return st;
+    if (moments && d->var && S && (st = d->c->allgather(d->c, d->var, S))) return st;
+    return d->in->download(d->ictx, moments);
+}
+
+static averis_status dp_zero_grad(void *be) { dp_backend *d = be; return d->in->zero_grad(d->ictx); }
+
+/* tokens/targets [G·T]: this rank's rows; the loss is the mean over all ranks */
+static averis_status dp_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
+                             uint64_t sr_stream, float *loss) {
+    dp_backend *d = be;
+    int w = d->c->world;
+    size_t off = (size_t)d->row0 * (size_t)d->T;
+    float l = 0.0f;
+    averis_status st = d->in->step(d->ictx, tokens + off, targets + off, backward, loss_scale / (float)w,
+                                   dp_sr_stream(sr_stream, w, d->c->rank), &l);
+    double sum = l;
+    if (st || (st = d->c->allreduce_host(d->c, &sum, 1))) return st;
+    *loss = w == 1 ? l : (float)(sum / w);
+    return AVERIS_OK;
+}
+
+/* Σ over the ranks of the (already 1/world-scaled) gradients, then the
+ * norm of that global gradient: the same on every rank */
+static averis_status dp_grad_norm(void *be, double *norm) {
+    dp_backend *d = be;
+    if (!d->grads) return averis_fail(AVERIS_EINVAL, "data parallel: grad norm before a training bind");
+    averis_status st = d->c->allreduce(d->c, d->grads, d->n, d->wire);
+    return st ? st : d->in->grad_norm(d->ictx, norm);
+}
+
+static averis_status dp_adamw(void *be, double lr, double beta1, double beta2, double eps, double weight_decay,
+                              int64_t t, float gscale) {
+    dp_backend *d = be;
+    averis_status st = AVERIS_OK;
+    if (d->shard.hi > d->shard.lo)
+        st = d->in->adamw_range(d->ictx, d->shard.lo, d->shard.hi, lr, beta1, beta2, eps, weight_decay, t, gscale);
+    if (!st && d->tail.hi > d->tail.lo)
+        st = d->in->adamw_range(d->ictx, d->tail.lo, d->tail.hi, lr, beta1, beta2, eps, weight_decay, t, gscale);
+    size_t S = d->shard.hi - d->shard.lo;
+    if (!st && S && d->c->world > 1) st = d->c->allgather(d->c, d->params, S);
+    return st ? st : d->in->params_changed(d->ictx);
+}
+
+static const char *dp_describe(void *be) {
+    dp_backend *d = be;
+    const char *in = d->in->describe(d->ictx);
+    snprintf(d->line, sizeof d->line, "%s%sdata parallel (%s): rank %d of %d, rows %d..%d of each batch, ZeRO-1 shard of %zu of %zu parameters, gradients in %s",
+             in ? in : "", in ? "; " : "", d->c->kind, d->c->rank, d->c->world, d->row0, d->row0 + d->rows - 1,
+             d->shard.hi - d->shard.lo, d->n, d->wire == COMM_BF16 ? "bf16" : "fp32");
+    return d->line;
+}
+
+const train_backend train_backend_dp = {
+    .name = "dp", .create = dp_create, .destroy = dp_destroy, .bind = dp_bind, .upload = dp_upload,
+    .download = dp_download, .zero_grad = dp_zero_grad, .step = dp_step, .grad_norm = dp_grad_norm,
+    .adamw = dp_adamw, .describe = dp_describe,
+};
