@@ -4,6 +4,7 @@
 #include "averis/ckpt.h"
 #include "averis/io.h"
 #include "averis/json.h"
+#include "averis/tokenizer.h"
 #include "internal.h"
 
 #include <dirent.h>
@@ -199,7 +200,16 @@ averis_status ckpt_write(const ckpt_run *r, const model *m, const ckpt_state *s,
     struct stat sb;
     path_join(tsrc, sizeof tsrc, r->data_dir, "tokenizer.bpe");
     path_join(p, sizeof p, tmp, "tokenizer.bpe");
-    if (!stat(tsrc, &sb) && (st = copy_file(tsrc, p))) goto fail;
+    if (!stat(tsrc, &sb)) {
+        if ((st = copy_file(tsrc, p))) goto fail;
+        /* tokenizer.json, tokenizer_config.json, generation_config.json: the
+         * directory then loads whole with AutoTokenizer + AutoModelForCausalLM */
+        bpe_tokenizer tok;
+        if ((st = bpe_load(&tok, p))) goto fail;
+        st = bpe_save_hf(&tok, tmp, m->cfg.max_position_embeddings);
+        bpe_free(&tok);
+        if (st) goto fail;
+    }
     fsync_dir(tmp);
     remove_dir_files(dir); /* a same-step leftover newer than `latest` */
     if (rename(tmp, dir)) { st = averis_fail(AVERIS_EIO, "%s: rename failed", dir); goto fail; }

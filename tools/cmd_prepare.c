@@ -20,6 +20,8 @@ static void prepare_usage(FILE *f) {
             "byte-level BPE tokenizer on the training text (or loads --tokenizer)\n"
             "and writes, atomically:\n"
             "  DIR/tokenizer.bpe     the tokenizer\n"
+            "  DIR/tokenizer.json, tokenizer_config.json, generation_config.json\n"
+            "                        the same tokenizer for Hugging Face (AutoTokenizer)\n"
             "  DIR/train_000000.bin  training tokens (llm.c shard format)\n"
             "  DIR/val_000000.bin    validation tokens\n"
             "\n"
@@ -116,7 +118,11 @@ int cmd_prepare(int argc, char **argv) {
         }
     }
     snprintf(tpath, sizeof tpath, "%s/tokenizer.bpe", out);
-    if (bpe_save(&tok, tpath)) { fprintf(stderr, "averis prepare: %s\n", averis_last_error()); free(cut); goto done; }
+    if (bpe_save(&tok, tpath) || bpe_save_hf(&tok, out, 0)) {
+        fprintf(stderr, "averis prepare: %s\n", averis_last_error());
+        free(cut);
+        goto done;
+    }
     for (int d = 0; d < docs.n; d++) { /* every document starts with <|endoftext|>, as in llm.c */
         averis_status st = bpe_append(&tr, &ntr, &ctr, BPE_EOT);
         if (!st) st = bpe_encode(&tok, docs.text[d], cut[d], &tr, &ntr, &ctr);
