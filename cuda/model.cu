@@ -484,6 +484,12 @@ averis_status avc_model_step(avc_model *net, const int *tokens, const int *targe
 
 const char *avc_model_describe(const avc_model *net) { return net->desc; }
 
+averis_status avc_model_token_losses(avc_model *net, float *losses) {
+    CU_TRY(cudaMemcpyAsync(losses, net->tok_loss, (size_t)net->N * sizeof(float), cudaMemcpyDeviceToHost, net->s));
+    CU_TRY(cudaStreamSynchronize(net->s));
+    return AVERIS_OK;
+}
+
 averis_status avc_model_grad_norm(avc_model *net, double *norm) {
     return co_grad_norm(net->grads, (int64_t)net->nparams, net->norm_part, net->s, norm);
 }
