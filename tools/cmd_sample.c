@@ -157,6 +157,8 @@ static void sample_usage(FILE *f) {
             "  --seed N           sampling seed (default 1)\n"
             "  --tokenizer FILE   tokenizer (default CKPT/tokenizer.bpe)\n"
             "  --recipe SPEC      forward under another recipe\n"
+            "  --ids FILE         also write the ids, <|endoftext|> and the prompt's first,\n"
+            "                     then the generated ones, one line (for comparisons)\n"
             "  --threads N        OpenMP threads\n"
             "  -h, --help         this text\n");
 }
@@ -197,7 +199,7 @@ static int pick(const float *logits, int V, double temp, int topk, uint64_t *rng
 }
 
 int cmd_sample(int argc, char **argv) {
-    const char *ck = NULL, *prompt = NULL, *tokpath = NULL, *recipe = NULL;
+    const char *ck = NULL, *prompt = NULL, *tokpath = NULL, *recipe = NULL, *ids_out = NULL;
     int ntok = 200, topk = 40;
     double temp = 0.8;
     uint64_t seed = 1;
@@ -208,6 +210,7 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) { CLI_NEED_VAL("sample"); prompt = val; }
         else if (!strcmp(a, "--tokenizer")) { CLI_NEED_VAL("sample"); tokpath = val; }
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("sample"); recipe = val; }
+        else if (!strcmp(a, "--ids")) { CLI_NEED_VAL("sample"); ids_out = val; }
         else if (!strcmp(a, "--tokens")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 1, 1000000, &ntok); }
         else if (!strcmp(a, "--top-k")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 0, 1 << 24, &topk); }
         else if (!strcmp(a, "--temperature")) { CLI_NEED_VAL("sample"); ok = cli_parse_double(a, val, 0.0, 100.0, &temp); }
@@ -253,6 +256,13 @@ int cmd_sample(int argc, char **argv) {
         }
     }
     fputc('\n', stdout);
+    if (ids_out) {
+        averis_afile af;
+        if (averis_afile_open(&af, ids_out)) { free(seq); goto fail; }
+        for (int i = 0; i < n; i++) fprintf(af.f, i ? " %d" : "%d", seq[i]);
+        fputc('\n', af.f);
+        if (averis_afile_commit(&af)) { free(seq); goto fail; }
+    }
     free(seq);
     free(ids);
     bpe_free(&tok);
