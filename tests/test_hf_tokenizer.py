@@ -148,6 +148,9 @@ def main():
                                capture_output=True, text=True)
             if r.returncode:
                 print(r.stdout[-2000:], r.stderr[-2000:])
+        if not os.path.exists(os.path.join(data, "val_000000.bin")):
+            check(False, "the default corpus: data/default/val_000000.bin is missing and scripts/get_data.sh failed")
+            return report()
         if not os.path.exists(os.path.join(data, "tokenizer.json")):  # prepared before tokenizer.json existed
             subprocess.run([BIN, "tokenize", data, "--hf", data], check=True)
         hf = HF(data, Tokenizer)
