@@ -145,6 +145,13 @@ printf 'Hello  world\n\xff\xfe' > "$T/tok.in"
 echo "12 99999" > "$T/bad.ids"
 expect_err "tokenize --decode bad id" "line 1: '99999' is not an id below" "$BIN" tokenize --decode "$T/d" "$T/bad.ids"
 "$BIN" tokenize --help | grep -q "usage: averis tokenize" && ok || bad "tokenize --help"
+# two ids with the same bytes (258 = ab+c, 260 = a+bc): tokenizer.json cannot hold both; --hf says
+# which, prepare warns and still prepares
+printf 'averis-bpe 1\nvocab_size 261\nmerges 4\n97 98\n257 99\n98 99\n97 259\n' > "$T/dup.bpe"
+expect_err "tokenize --hf duplicate bytes" "ids 258 and 260 have the same bytes" "$BIN" tokenize "$T/dup.bpe" --hf "$T/hfdup"
+"$BIN" prepare --out "$T/pdup" --tokenizer "$T/dup.bpe" "$T/doc.txt" >/dev/null 2>"$T/pdup.err" \
+    && grep -q "warning: no Hugging Face tokenizer files: bpe: ids 258 and 260" "$T/pdup.err" \
+    && [[ -s $T/pdup/train_000000.bin && ! -e $T/pdup/tokenizer.json ]] && ok || bad "prepare with duplicate bytes: $(cat "$T/pdup.err")"
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
