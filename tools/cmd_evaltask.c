@@ -210,9 +210,11 @@ static averis_status score(model *m, int gpu, int gpu_index, int B, mc_req *reqs
     for (int b0 = 0; !st && b0 < nr; b0 += B) {
         int nb = nr - b0 < B ? nr - b0 : B, T = ord[b0]->len - 1;
         if (T < 1) T = 1;
-        if (gpu) { /* the GPU model has a fixed shape: T in powers of two, every batch B rows */
-            int want = pow2_at_least(T);
-            if (want > Tmax) want = Tmax; /* ≥ T: the longest come first */
+        if (gpu) { /* the GPU model has a fixed shape: T in powers of two from 64 (the lengths the
+                    * trainer runs, aligned for the attention's GEMMs), every batch B rows */
+            int cap = (Tmax + 63) / 64 * 64, want = pow2_at_least(T < 64 ? 64 : T);
+            if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
+            if (want > cap) want = cap > Tmax ? cap : Tmax; /* ≥ T: the longest come first */
             if (!g || want != gT) {
                 avc_model_free(g);
                 g = NULL;
