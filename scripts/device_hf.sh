@@ -57,7 +57,7 @@ step "build"
 if ! make -s -j"$JOBS" "${MAKE_CC[@]}" all >"$RUNS/build.log" 2>&1; then
     tail -30 "$RUNS/build.log"; note_fail "build"; exit 1
 fi
-BIN=build/averis
+BIN=$(make -s print-build)/averis
 [[ -s data/default/train_000000.bin ]] || { note_fail "data/default is missing (carry it: scripts/get_data.sh)"; exit 1; }
 [[ -s data/default/tokenizer.json ]] || $BIN tokenize data/default --hf data/default  # prepared before tokenizer.json
 
