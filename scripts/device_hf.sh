@@ -7,7 +7,8 @@
 #      directory alone; the tokenizer's ids; greedy generate (float32, CPU and
 #      GPU) == `averis sample --temperature 0 --recipe fp32` token for token;
 #   4. `averis eval --task tasks/default_cont.jsonl` on the CPU and the GPU,
-#      under fp32 and under the training recipe;
+#      under fp32 (every item) and under the training recipe (the first
+#      AVERIS_ITEMS, 500), CPU and GPU compared;
 #   5. with lm-eval wheels in .wheels/lm_eval (scripts/get_lm_eval_wheels.sh,
 #      carried): pip install --no-index, then `lm_eval --model hf` on the same
 #      checkpoint and task; its acc and acc_norm must equal ours (fp32, CPU)
@@ -16,7 +17,8 @@
 # (the device image). Writes logs and a summary to $OUT (or out/device_hf).
 # Exit status: the number of failed steps. Expected time on an H100/H200:
 # about 3 minutes (build ~1 min, training ~20 s, checks ~1.5 min).
-# Knobs: HF_STEPS (300), TASK (tasks/default_cont.jsonl), TASK_LIMIT (all items).
+# Knobs: HF_STEPS (300), TASK (tasks/default_cont.jsonl), TASK_LIMIT (all items),
+# AVERIS_ITEMS (500).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device_hf}
@@ -26,6 +28,7 @@ TASK=${TASK:-tasks/default_cont.jsonl}
 YAML=${TASK%.jsonl}.yaml
 LIMIT=()
 [[ -n ${TASK_LIMIT:-} ]] && LIMIT=(--limit "$TASK_LIMIT")
+AVERIS_ITEMS=${AVERIS_ITEMS:-500}
 mkdir -p "$OUT" "$RUNS"
 JOBS=$(nproc 2>/dev/null || echo 4)
 fail=0
@@ -87,7 +90,9 @@ step "averis eval --task $TASK: CPU and GPU, fp32 and the training recipe"
 for dev in cpu $([[ $GPU == 1 ]] && echo cuda); do
     for rec in fp32 averis; do
         s=$(date +%s.%N)
-        if $BIN eval "$CK" --task "$TASK" --device $dev --recipe $rec --batch 32 "${LIMIT[@]}" \
+        lim=("${LIMIT[@]}") # the training recipe on the first AVERIS_ITEMS items (its CPU forward is the slow one)
+        [[ $rec == averis && ${#lim[@]} -eq 0 ]] && lim=(--limit "$AVERIS_ITEMS")
+        if $BIN eval "$CK" --task "$TASK" --device $dev --recipe $rec --batch 32 "${lim[@]}" \
                 --json "$RUNS/task_${dev}_$rec.json" --scores "$RUNS/scores_${dev}_$rec.jsonl" >>"$OUT/eval_task.txt" 2>"$RUNS/eval_${dev}_$rec.err"; then
             say "eval --task $dev $rec: $(tail -1 "$OUT/eval_task.txt" | sed 's/.*jsonl //') [$(python3 -c "import time; print(f'{time.time() - $s:.1f}')") s]"
         else
