@@ -130,7 +130,7 @@ yesno = $(if $(filter 1,$(1)),✓,✗)
 # ---- sources ----------------------------------------------------------------
 LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gemm.c src/qlinear.c src/json.c src/safetensors.c src/model.c src/moe.c src/tokenizer.c src/data.c src/ckpt.c src/backend_cpu.c src/backend_cuda.c src/train.c src/analysis.c src/cuda_opts.c src/comm_cpu.c src/dp.c src/train_dp.c
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
-TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c tools/dp_launch.c
+TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c tools/dp_launch.c tools/cmd_tokenize.c tools/cmd_evaltask.c
 TEST_SRC  := $(wildcard tests/test_*.c)
 CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/qlinear.cu cuda/flash.cu cuda/attention.cu cuda/model.cu cuda/analysis.cu
 CUDA_SRC  += $(CUDNN_SRC)

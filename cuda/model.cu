@@ -528,6 +528,12 @@ void avc_model_set_tap(avc_model *net, avc_tap_fn fn, void *ctx) {
 
 void *avc_model_stream(avc_model *net) { return net->s; }
 
+averis_status avc_model_token_losses(avc_model *net, float *losses) {
+    CU_TRY(cudaMemcpyAsync(losses, net->tok_loss, (size_t)net->N * sizeof(float), cudaMemcpyDeviceToHost, net->s));
+    CU_TRY(cudaStreamSynchronize(net->s));
+    return AVERIS_OK;
+}
+
 averis_status avc_model_grad_norm(avc_model *net, double *norm) {
     return co_grad_norm(net->grads, (int64_t)net->nparams, net->norm_part, net->s, norm);
 }

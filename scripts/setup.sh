@@ -49,4 +49,18 @@ if ! py_ready; then
     py_ready || apt_install python3-venv python3-pip python3-dev python3-numpy python3-pytest
     py_ready || { echo "setup: the Python test requirements are still missing" >&2; exit 1; }
 fi
+# the Hugging Face tokenizer test (tests/test_hf_tokenizer.py): the small
+# `tokenizers` package (a Rust wheel, no dependencies), with pip like numpy and
+# pytest above; where the system Python refuses pip, into build/pyvenv (the
+# venv tests/run.sh makes and runs the test with). The test skips, saying so,
+# when neither works.
+venv="$(cd "$(dirname "$0")/.." && pwd)/build/pyvenv"
+if ! python3 -c 'import tokenizers' >/dev/null 2>&1 \
+    && ! { [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import tokenizers' >/dev/null 2>&1; }; then
+    echo "setup: installing tokenizers for the Hugging Face tokenizer test"
+    python3 -m pip install -q --disable-pip-version-check tokenizers >/dev/null 2>&1 \
+        || { { [[ -x $venv/bin/python ]] || python3 -m venv --system-site-packages "$venv"; } \
+             && "$venv/bin/python" -m pip install -q --disable-pip-version-check tokenizers >/dev/null 2>&1; } \
+        || echo "setup: pip could not install tokenizers; tests/test_hf_tokenizer.py will be skipped"
+fi
 echo "setup: ready"

@@ -4,6 +4,7 @@
 #include "averis/ckpt.h"
 #include "averis/io.h"
 #include "averis/json.h"
+#include "averis/tokenizer.h"
 #include "internal.h"
 
 #include <dirent.h>
@@ -498,7 +499,16 @@ averis_status ckpt_write(const ckpt_run *r, const model *m, const ckpt_state *s,
     struct stat sb;
     path_join(tsrc, sizeof tsrc, r->data_dir, "tokenizer.bpe");
     path_join(p, sizeof p, tmp, "tokenizer.bpe");
-    if (!stat(tsrc, &sb) && (st = copy_file(tsrc, p))) goto fail;
+    if (!stat(tsrc, &sb)) {
+        if ((st = copy_file(tsrc, p))) goto fail;
+        /* tokenizer.json, tokenizer_config.json, generation_config.json: the
+         * directory then loads whole with AutoTokenizer + AutoModelForCausalLM.
+         * A tokenizer they cannot express costs those files, not the checkpoint. */
+        bpe_tokenizer tok;
+        if (bpe_load(&tok, p) || bpe_save_hf(&tok, tmp, m->cfg.max_position_embeddings))
+            fprintf(stderr, "checkpoint: warning: no Hugging Face tokenizer files: %s\n", averis_last_error());
+        bpe_free(&tok);
+    }
     if ((st = manifest_write(tmp))) goto fail;
     fsync_dir(tmp);
     remove_dir_files(dir); /* a same-step leftover newer than `latest` */

@@ -20,6 +20,7 @@ averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets
     (void)g; (void)tokens; (void)targets; (void)backward; (void)loss_scale; (void)sr_stream; (void)loss;
     return NO_CUDA;
 }
+averis_status avc_model_token_losses(avc_model *g, float *losses) { (void)g; (void)losses; return NO_CUDA; }
 averis_status avc_model_grad_norm(avc_model *g, double *norm) { (void)g; (void)norm; return NO_CUDA; }
 averis_status avc_model_adamw(avc_model *g, double lr, double b1, double b2, double eps, double wd, int64_t t, float gscale) {
     (void)g; (void)lr; (void)b1; (void)b2; (void)eps; (void)wd; (void)t; (void)gscale;

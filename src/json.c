@@ -24,6 +24,21 @@ static void skip_ws(jp *p) {
 
 static averis_status parse_value(jp *p, json *v);
 
+/* Four hex digits at p->i into *cp; 0 if they are not there. */
+static int hex4(jp *p, unsigned *cp) {
+    if (p->i + 4 > p->n) return 0;
+    *cp = 0;
+    for (int k = 0; k < 4; k++) {
+        char h = p->s[p->i++];
+        *cp <<= 4;
+        if (h >= '0' && h <= '9') *cp |= (unsigned)(h - '0');
+        else if (h >= 'a' && h <= 'f') *cp |= (unsigned)(h - 'a' + 10);
+        else if (h >= 'A' && h <= 'F') *cp |= (unsigned)(h - 'A' + 10);
+        else return 0;
+    }
+    return 1;
+}
+
 static averis_status parse_string(jp *p, char **out) {
     p->i++; /* opening quote */
     size_t cap = 16, len = 0;
@@ -49,17 +64,18 @@ static averis_status parse_string(jp *p, char **out) {
             case 'r': cp = '\r'; break;
             case 't': cp = '\t'; break;
             case 'u': {
-                if (p->i + 4 > p->n) { free(b); return jerr(p, "short \\u escape"); }
-                cp = 0;
-                for (int k = 0; k < 4; k++) {
-                    char h = p->s[p->i++];
-                    cp <<= 4;
-                    if (h >= '0' && h <= '9') cp |= (unsigned)(h - '0');
-                    else if (h >= 'a' && h <= 'f') cp |= (unsigned)(h - 'a' + 10);
-                    else if (h >= 'A' && h <= 'F') cp |= (unsigned)(h - 'A' + 10);
-                    else { free(b); return jerr(p, "bad \\u escape"); }
-                }
-                nbytes = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
+                if (!hex4(p, &cp)) { free(b); return jerr(p, "short or bad \\u escape"); }
+                if (cp >= 0xD800 && cp < 0xDC00) { /* a surrogate pair: one code point beyond the BMP */
+                    unsigned lo = 0;
+                    if (p->i + 2 > p->n || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u' || (p->i += 2, !hex4(p, &lo)) ||
+                        lo < 0xDC00 || lo > 0xDFFF) {
+                        free(b);
+                        return jerr(p, "lone surrogate \\u escape");
+                    }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                } else if (cp >= 0xDC00 && cp < 0xE000) { free(b); return jerr(p, "lone surrogate \\u escape"); }
+                else if (cp == 0) { free(b); return jerr(p, "\\u0000 in a string (not supported)"); }
+                nbytes = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
                 break;
             }
             default: free(b); return jerr(p, "unknown escape");
@@ -72,7 +88,12 @@ static averis_status parse_string(jp *p, char **out) {
         }
         if (nbytes == 1) b[len++] = (char)cp;
         else if (nbytes == 2) { b[len++] = (char)(0xC0 | (cp >> 6)); b[len++] = (char)(0x80 | (cp & 0x3F)); }
-        else {
+        else if (nbytes == 4) {
+            b[len++] = (char)(0xF0 | (cp >> 18));
+            b[len++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+            b[len++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            b[len++] = (char)(0x80 | (cp & 0x3F));
+        } else {
             b[len++] = (char)(0xE0 | (cp >> 12));
             b[len++] = (char)(0x80 | ((cp >> 6) & 0x3F));
             b[len++] = (char)(0x80 | (cp & 0x3F));

@@ -586,3 +586,157 @@ size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out,
     if (cap) out[k < cap ? k : cap - 1] = 0;
     return k;
 }
+
+/* ------------------------------------------------------------ Hugging Face files
+ * tokenizer.json for the `tokenizers` library, expressing exactly the
+ * encoder above (docs/huggingface.md):
+ *   pre_tokenizer = Sequence[ByteLevel(use_regex=false), Split(CHUNK), Split(.{1,512})]
+ * ByteLevel first maps every byte to one character of GPT-2's byte alphabet,
+ * so the two Splits see one character per byte: CHUNK is chunk_len() as a
+ * regex over that alphabet, and the second cuts chunks into the 512-byte
+ * pieces bpe_encode() cuts them into. The BPE model holds the same ids and
+ * merges (rank = merge index); <|endoftext|> is id 256, a special token that
+ * the post-processor puts first (as `prepare` starts every document). */
+static uint32_t byte_char(int b) { /* GPT-2's bytes_to_unicode() */
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) return (uint32_t)b;
+    if (b <= 32) return 256u + (uint32_t)b;
+    if (b <= 160) return (uint32_t)b + 162u; /* 127..160 → U+0121..U+0142 */
+    return 0x143;                            /* 173 */
+}
+static void put_utf8(FILE *f, uint32_t c) {
+    if (c < 0x80) fputc((int)c, f);
+    else if (c < 0x800) { fputc(0xC0 | (int)(c >> 6), f); fputc(0x80 | (int)(c & 63), f); }
+    else { fputc(0xE0 | (int)(c >> 12), f); fputc(0x80 | (int)((c >> 6) & 63), f); fputc(0x80 | (int)(c & 63), f); }
+}
+/* A token's bytes in the byte alphabet, JSON-escaped (no quotes). */
+static void put_token(FILE *f, const uint8_t *s, int n) {
+    for (int i = 0; i < n; i++) {
+        uint32_t c = byte_char(s[i]);
+        if (c == '"' || c == '\\') fputc('\\', f);
+        put_utf8(f, c);
+    }
+}
+
+/* chunk_len() over the byte alphabet (characters, UTF-8 in the file):
+ *   letters  [A-Za-z'] and bytes 0x80-0xFF: ¡-¬ ®-ÿ Ģ-Ń
+ *   digits   [0-9]
+ *   spaces   \t \n \v \f \r → ĉ-č, ' ' → Ġ
+ * A chunk is a run of one class with at most one leading space; a run of
+ * spaces gives its last ' ' to the next chunk when more text follows
+ * (lookahead Ġ then a non-space) and the run is longer than one. */
+#define HF_L "A-Za-z'\xc2\xa1-\xc2\xac\xc2\xae-\xc3\xbf\xc4\xa2-\xc5\x83"
+#define HF_D "0-9"
+#define HF_S "\xc4\x89-\xc4\x8d\xc4\xa0"
+#define HF_SP "\xc4\xa0"
+static const char k_hf_chunk_regex[] = HF_SP "?[" HF_L "]+|" HF_SP "?[" HF_D "]+|" HF_SP "?[^" HF_L HF_D HF_S "]+|[" HF_S
+                                       "]+(?=" HF_SP "[^" HF_S "])|[" HF_S "]+";
+
+const char *bpe_hf_chunk_regex(void) { return k_hf_chunk_regex; }
+
+static void put_json_str(FILE *f, const char *s) { /* ASCII or UTF-8 without controls */
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static averis_status write_tokenizer_json(const bpe_tokenizer *tok, const char *path) {
+    averis_afile af;
+    averis_status st = averis_afile_open(&af, path);
+    if (st) return st;
+    FILE *f = af.f;
+    static const char eot_tok[] = "{\"id\":256,\"content\":\"<|endoftext|>\",\"single_word\":false,\"lstrip\":false,"
+                                  "\"rstrip\":false,\"normalized\":false,\"special\":true}";
+    static const char eot_special[] = "{\"SpecialToken\":{\"id\":\"<|endoftext|>\",\"type_id\":0}}";
+    fprintf(f, "{\n\"version\":\"1.0\",\n\"truncation\":null,\n\"padding\":null,\n\"added_tokens\":[%s],\n", eot_tok);
+    fprintf(f, "\"normalizer\":null,\n\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[\n"
+               " {\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false},\n"
+               " {\"type\":\"Split\",\"pattern\":{\"Regex\":");
+    put_json_str(f, k_hf_chunk_regex);
+    fprintf(f, "},\"behavior\":\"Isolated\",\"invert\":false},\n"
+               " {\"type\":\"Split\",\"pattern\":{\"Regex\":\"[\\\\s\\\\S]{1,512}\"},\"behavior\":\"Isolated\",\"invert\":false}]},\n");
+    fprintf(f, "\"post_processor\":{\"type\":\"TemplateProcessing\",\n"
+               " \"single\":[%s,{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\n"
+               " \"pair\":[%s,{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},%s,{\"Sequence\":{\"id\":\"B\",\"type_id\":0}}],\n"
+               " \"special_tokens\":{\"<|endoftext|>\":{\"id\":\"<|endoftext|>\",\"ids\":[256],\"tokens\":[\"<|endoftext|>\"]}}},\n",
+            eot_special, eot_special, eot_special);
+    fprintf(f, "\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false},\n");
+    fprintf(f, "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
+               "\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\n\"vocab\":{");
+    for (int i = 0; i < tok->vocab_size; i++) {
+        fputs(i ? ",\n\"" : "\n\"", f);
+        if (i == BPE_EOT) fputs("<|endoftext|>", f);
+        else put_token(f, tok->tok_bytes[i], tok->tok_len[i]);
+        fprintf(f, "\":%d", i);
+    }
+    fputs("},\n\"merges\":[", f);
+    for (int i = 0; i < tok->nmerges; i++) {
+        int a = tok->merges[i][0], b = tok->merges[i][1];
+        fputs(i ? ",\n[\"" : "\n[\"", f);
+        put_token(f, tok->tok_bytes[a], tok->tok_len[a]);
+        fputs("\",\"", f);
+        put_token(f, tok->tok_bytes[b], tok->tok_len[b]);
+        fputs("\"]", f);
+    }
+    fputs("]}\n}\n", f);
+    if (ferror(f)) { averis_afile_abort(&af); return averis_fail(AVERIS_EIO, "%s: write failed", path); }
+    return averis_afile_commit(&af);
+}
+
+/* Two ids with the same bytes cannot both be in a tokenizers vocabulary
+ * (a map from string to id); returns the first such pair's later id, or -1. */
+int bpe_first_duplicate(const bpe_tokenizer *tok, int *earlier) {
+    u64map seen = {0};
+    int dup = -1;
+    if (!u64map_init(&seen, 1024)) return -1;
+    for (int i = 0; i < tok->vocab_size && dup < 0; i++) {
+        uint64_t h = 1469598103934665603ull;
+        for (int k = 0; k < tok->tok_len[i]; k++) h = (h ^ tok->tok_bytes[i][k]) * 1099511628211ull;
+        for (;; h++) {
+            int64_t *slot = u64map_slot(&seen, h);
+            if (!slot) { u64map_free(&seen); return -1; }
+            if (!*slot) { *slot = i + 1; break; }
+            int j = (int)*slot - 1;
+            if (tok->tok_len[j] == tok->tok_len[i] && !memcmp(tok->tok_bytes[j], tok->tok_bytes[i], (size_t)tok->tok_len[i])) {
+                dup = i;
+                if (earlier) *earlier = j;
+                break;
+            }
+        }
+    }
+    u64map_free(&seen);
+    return dup;
+}
+
+averis_status bpe_save_hf(const bpe_tokenizer *tok, const char *dir, int model_max_length) {
+    char p[4200];
+    int j = -1, d = bpe_first_duplicate(tok, &j);
+    if (d >= 0)
+        return averis_fail(AVERIS_EFORMAT,
+                           "bpe: ids %d and %d have the same bytes; a Hugging Face tokenizer.json cannot hold both", j, d);
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    averis_status st = write_tokenizer_json(tok, p);
+    if (st) return st;
+    averis_afile af;
+    char mml[64] = ""; /* omitted when unknown: transformers then sets no limit */
+    if (model_max_length > 0) snprintf(mml, sizeof mml, "  \"model_max_length\": %d,\n", model_max_length);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    if ((st = averis_afile_open(&af, p))) return st;
+    /* split_special_tokens: the text "<|endoftext|>" is bytes, as bpe_encode reads it */
+    fprintf(af.f,
+            "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"bos_token\": \"<|endoftext|>\",\n"
+            "  \"eos_token\": \"<|endoftext|>\",\n  \"pad_token\": \"<|endoftext|>\",\n  \"unk_token\": null,\n"
+            "  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n  \"clean_up_tokenization_spaces\": false,\n"
+            "  \"split_special_tokens\": true,\n%s  \"added_tokens_decoder\": {\n"
+            "    \"256\": {\"content\": \"<|endoftext|>\", \"lstrip\": false, \"normalized\": false, \"rstrip\": false,"
+            " \"single_word\": false, \"special\": true}\n  }\n}\n",
+            mml);
+    if ((st = averis_afile_commit(&af))) return st;
+    snprintf(p, sizeof p, "%s/generation_config.json", dir);
+    if ((st = averis_afile_open(&af, p))) return st;
+    fprintf(af.f, "{\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"pad_token_id\": %d\n}\n", BPE_EOT, BPE_EOT,
+            BPE_EOT);
+    return averis_afile_commit(&af);
+}

@@ -7,7 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 JOBS=$(nproc 2>/dev/null || echo 2)
-total_pass=0; total_fail=0; broken=0
+total_pass=0; total_fail=0; total_skip=0; broken=0
 run_flavour() { # run_flavour NAME MAKE_ARGS...
     local name=$1; shift
     echo "== $name: build"
@@ -15,7 +15,7 @@ run_flavour() { # run_flavour NAME MAKE_ARGS...
         echo "== $name: BUILD FAILED"; broken=1; return
     fi
     local dir; dir=$(make -s "$@" print-build)
-    for cmd in "$dir/test_averis" "bash tests/test_cli.sh $dir/averis"; do
+    for cmd in "$dir/test_averis" "bash tests/test_cli.sh $dir/averis" "bash tests/test_tasks.sh $dir/averis"; do
         echo "== $name: $cmd"
         local log; log=$(mktemp)
         $cmd 2>&1 | tee "$log" | grep -v '^ok ' ; local rc=${PIPESTATUS[0]}
@@ -61,12 +61,34 @@ run_python() {
     if [[ $rc -eq 5 || $p -eq 0 ]]; then echo "== python: no tests ran (pytest exit $rc)"; broken=1
     elif [[ $rc -ne 0 && $((f + e)) -eq 0 ]]; then echo "== python: pytest exited $rc"; broken=1; fi
 }
+# The Hugging Face tokenizer (tests/test_hf_tokenizer.py: tokenizer.json gives
+# averis's ids on the default corpus's validation text and adversarial input),
+# with the venv's Python (it sees the `tokenizers` that scripts/setup.sh
+# installs). Skipped, and counted so, only when `tokenizers` is missing.
+run_hf() {
+    local bin py=python3 log rc line p f s
+    bin=$(make -s WERROR="${WERROR:-0}" print-build)/averis
+    [[ -x build/pyvenv/bin/python ]] && py=build/pyvenv/bin/python
+    echo "== hf tokenizer: tests/test_hf_tokenizer.py"
+    log=$(mktemp)
+    "$py" tests/test_hf_tokenizer.py "$bin" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    rm -f "$log"
+    if [[ -z $line ]]; then echo "== hf tokenizer: no summary (exit $rc)"; broken=1; return; fi
+    p=$(grep -oE '^[0-9]+' <<<"$line"); f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+')
+    s=$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    total_pass=$((total_pass + p)); total_fail=$((total_fail + f)); total_skip=$((total_skip + s))
+    [[ $rc -ne 0 && $f -eq 0 ]] && { echo "== hf tokenizer: exited $rc"; broken=1; }
+}
 run_flavour "release" WERROR="${WERROR:-0}"
 [[ "${AVERIS_SKIP_PYTHON:-0}" != 1 && $broken -eq 0 ]] && run_python
+[[ "${AVERIS_SKIP_PYTHON:-0}" != 1 && $broken -eq 0 ]] && run_hf
 if [[ "${AVERIS_SKIP_ASAN:-0}" != 1 ]]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         run_flavour "asan+ubsan" BUILD=build-asan SAN=1 WERROR="${WERROR:-0}"
 fi
 [[ $broken -ne 0 ]] && total_fail=$((total_fail + 1))
-echo "$total_pass passed, $total_fail failed"
+if [[ $total_skip -gt 0 ]]; then echo "$total_pass passed, $total_fail failed, $total_skip skipped"
+else echo "$total_pass passed, $total_fail failed"; fi
 [[ $total_fail -eq 0 ]]

@@ -11,6 +11,7 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 /* Parses a whole non-negative integer; returns 0 and prints an error naming
  * the option on failure. */

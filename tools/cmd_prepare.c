@@ -24,6 +24,8 @@ static void prepare_usage(FILE *f) {
             "in threads (the output does not depend on their number) and writes,\n"
             "atomically:\n"
             "  DIR/tokenizer.bpe     the tokenizer\n"
+            "  DIR/tokenizer.json, tokenizer_config.json, generation_config.json\n"
+            "                        the same tokenizer for Hugging Face (AutoTokenizer)\n"
             "  DIR/train_000000.bin  training tokens (llm.c shard format)\n"
             "  DIR/val_000000.bin    validation tokens\n"
             "Progress and throughput (MB/s) go to stderr.\n"
@@ -243,6 +245,8 @@ int cmd_prepare(int argc, char **argv) {
     t_bpe = now_s() - tb;
     snprintf(tpath, sizeof tpath, "%s/tokenizer.bpe", out);
     if (bpe_save(&tok, tpath)) { fprintf(stderr, "averis prepare: %s\n", averis_last_error()); goto done; }
+    if (bpe_save_hf(&tok, out, 0)) /* a tokenizer that tokenizer.json cannot express still trains */
+        fprintf(stderr, "averis prepare: warning: no Hugging Face tokenizer files: %s\n", averis_last_error());
     /* encode: every piece starts with <|endoftext|>, as in llm.c */
     ptext = malloc(((size_t)docs.n + 1) * sizeof *ptext);
     plen = malloc(((size_t)docs.n + 1) * sizeof *plen);

@@ -12,6 +12,7 @@
 #include "averis/tokenizer.h"
 #include "averis/train.h" /* train_eval_loss: the validation loss as training logs it */
 #include "cli.h"
+#include "cmd_evaltask.h"
 
 static void eval_usage(FILE *f) {
     fprintf(f,
@@ -31,7 +32,24 @@ static void eval_usage(FILE *f) {
             "  --dump PREFIX    also write the first batch's tokens and logits as\n"
             "                   PREFIX.tokens.npy [B,T] and PREFIX.logits.npy [B,T,V] (float32)\n"
             "  --threads N      OpenMP threads\n"
-            "  -h, --help       this text\n");
+            "  -h, --help       this text\n"
+            "\n"
+            "With --task FILE.jsonl, scores zero-shot multiple choice instead, as\n"
+            "lm-evaluation-harness does (docs/huggingface.md). One JSON object a line:\n"
+            "  {\"context\": \"...\", \"choices\": [\"...\", ...], \"label\": K}\n"
+            "Each choice's log-likelihood after the context (tokens: <|endoftext|>,\n"
+            "context, choice); prints acc (argmax = label), acc_norm (argmax of\n"
+            "loglik per character of the choice), acc_bytes (per UTF-8 byte), each\n"
+            "± its standard error. Options for --task:\n"
+            "  --device cpu|cuda  where the forward runs (default cpu; cuda batched on a GPU)\n"
+            "  --gpu N            CUDA device index (default 0)\n"
+            "  --batch B          requests per forward (default 16)\n"
+            "  --seq T            left-truncate to T+1 tokens (default max_position_embeddings)\n"
+            "  --limit N          the first N items only\n"
+            "  --tokenizer FILE   tokenizer (default CKPT/tokenizer.bpe)\n"
+            "  --scores FILE      per item: log-likelihoods, predictions, tokens (JSONL)\n"
+            "  --json FILE        the result as one JSON object\n"
+            "  --recipe SPEC      as above (e.g. fp32, to compare with a Hugging Face run)\n");
 }
 
 
@@ -56,8 +74,9 @@ static averis_status dump_batch(model *m, const data_loader *dl, int B, int T, c
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *ck = NULL, *data = "data/default", *split = "val", *recipe = NULL, *dump = NULL;
-    int B = 8, T = 0, nb = 16;
+    const char *ck = NULL, *data = "data/default", *split = "val", *recipe = NULL, *dump = NULL, *task = NULL,
+               *device = "cpu", *tokpath = NULL, *scores = NULL, *json_out = NULL;
+    int B = 0, T = 0, nb = 16, gpu = 0, limit = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -66,6 +85,13 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--split")) { CLI_NEED_VAL("eval"); split = val; }
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("eval"); recipe = val; }
         else if (!strcmp(a, "--dump")) { CLI_NEED_VAL("eval"); dump = val; }
+        else if (!strcmp(a, "--task")) { CLI_NEED_VAL("eval"); task = val; }
+        else if (!strcmp(a, "--device")) { CLI_NEED_VAL("eval"); device = val; }
+        else if (!strcmp(a, "--tokenizer")) { CLI_NEED_VAL("eval"); tokpath = val; }
+        else if (!strcmp(a, "--scores")) { CLI_NEED_VAL("eval"); scores = val; }
+        else if (!strcmp(a, "--json")) { CLI_NEED_VAL("eval"); json_out = val; }
+        else if (!strcmp(a, "--gpu")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 0, 1024, &gpu); }
+        else if (!strcmp(a, "--limit")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 1 << 30, &limit); }
         else if (!strcmp(a, "--batch")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 65536, &B); }
         else if (!strcmp(a, "--seq")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 2, 1 << 20, &T); }
         else if (!strcmp(a, "--batches")) { CLI_NEED_VAL("eval"); ok = cli_parse_int(a, val, 1, 1000000, &nb); }
@@ -75,6 +101,22 @@ int cmd_eval(int argc, char **argv) {
         if (!ok) return 2;
     }
     if (!ck) { fprintf(stderr, "averis eval: no checkpoint given (try --help)\n"); return 2; }
+    if (strcmp(device, "cpu") && strcmp(device, "cuda")) {
+        fprintf(stderr, "averis eval: --device '%s' is not cpu or cuda\n", device);
+        return 2;
+    }
+    if (!task && (strcmp(device, "cpu") || tokpath || scores || json_out || limit)) {
+        fprintf(stderr, "averis eval: --device, --tokenizer, --scores, --json and --limit go with --task\n");
+        return 2;
+    }
+    if (task) {
+        if (dump) { fprintf(stderr, "averis eval: --dump does not go with --task (see --scores)\n"); return 2; }
+        eval_task_opts o = {.ckpt = ck, .task = task, .recipe = recipe, .tokenizer = tokpath, .scores = scores,
+                            .json = json_out, .gpu = !strcmp(device, "cuda"), .gpu_index = gpu, .batch = B ? B : 16,
+                            .seq = T, .limit = limit};
+        return eval_task(&o);
+    }
+    if (!B) B = 8;
     char dir[4200];
     model m;
     data_loader dl;
@@ -115,6 +157,8 @@ static void sample_usage(FILE *f) {
             "  --seed N           sampling seed (default 1)\n"
             "  --tokenizer FILE   tokenizer (default CKPT/tokenizer.bpe)\n"
             "  --recipe SPEC      forward under another recipe\n"
+            "  --ids FILE         also write the ids, <|endoftext|> and the prompt's first,\n"
+            "                     then the generated ones, one line (for comparisons)\n"
             "  --threads N        OpenMP threads\n"
             "  -h, --help         this text\n");
 }
@@ -155,7 +199,7 @@ static int pick(const float *logits, int V, double temp, int topk, uint64_t *rng
 }
 
 int cmd_sample(int argc, char **argv) {
-    const char *ck = NULL, *prompt = NULL, *tokpath = NULL, *recipe = NULL;
+    const char *ck = NULL, *prompt = NULL, *tokpath = NULL, *recipe = NULL, *ids_out = NULL;
     int ntok = 200, topk = 40;
     double temp = 0.8;
     uint64_t seed = 1;
@@ -166,6 +210,7 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) { CLI_NEED_VAL("sample"); prompt = val; }
         else if (!strcmp(a, "--tokenizer")) { CLI_NEED_VAL("sample"); tokpath = val; }
         else if (!strcmp(a, "--recipe")) { CLI_NEED_VAL("sample"); recipe = val; }
+        else if (!strcmp(a, "--ids")) { CLI_NEED_VAL("sample"); ids_out = val; }
         else if (!strcmp(a, "--tokens")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 1, 1000000, &ntok); }
         else if (!strcmp(a, "--top-k")) { CLI_NEED_VAL("sample"); ok = cli_parse_int(a, val, 0, 1 << 24, &topk); }
         else if (!strcmp(a, "--temperature")) { CLI_NEED_VAL("sample"); ok = cli_parse_double(a, val, 0.0, 100.0, &temp); }
@@ -211,6 +256,13 @@ int cmd_sample(int argc, char **argv) {
         }
     }
     fputc('\n', stdout);
+    if (ids_out) {
+        averis_afile af;
+        if (averis_afile_open(&af, ids_out)) { free(seq); goto fail; }
+        for (int i = 0; i < n; i++) fprintf(af.f, i ? " %d" : "%d", seq[i]);
+        fputc('\n', af.f);
+        if (averis_afile_commit(&af)) { free(seq); goto fail; }
+    }
     free(seq);
     free(ids);
     bpe_free(&tok);

@@ -6,6 +6,9 @@
  *                    /train.json         recipe, step, hyperparameters
  *                    /state.bin          optimizer state, checksummed
  *                    /tokenizer.bpe      copied from the data directory
+ *                    /tokenizer.json, tokenizer_config.json, generation_config.json
+ *                                        the same tokenizer for Hugging Face (with
+ *                                        tokenizer.bpe; docs/huggingface.md)
  *                    /MANIFEST           every file above: name, size, checksum
  *   OUT/latest                           "ckpt_NNNNNNNN\n"
  *   OUT/train.lock                       flock'd by the run writing OUT

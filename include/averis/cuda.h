@@ -102,6 +102,9 @@ averis_status avc_model_grads(avc_model *g, float *grads);
  * also grads += d(loss_scale·loss)/dθ (sr_stream keys SR as on the CPU). */
 averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets, int backward, float loss_scale,
                              uint64_t sr_stream, float *loss);
+/* The per-token cross-entropy [B·T] of the last avc_model_step, device →
+ * host (the task scorer's log-likelihoods; model.h's tok_loss on the CPU). */
+averis_status avc_model_token_losses(avc_model *g, float *losses);
 /* ‖grads‖₂ (deterministic) */
 averis_status avc_model_grad_norm(avc_model *g, double *norm);
 /* AdamW as train.c's adamw_step: t is the step count after this update. */

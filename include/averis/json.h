@@ -1,5 +1,6 @@
-/* averis/json.h — a small JSON reader (RFC 8259 subset: no \u surrogate
- * pairs beyond the BMP) for config.json and safetensors headers. */
+/* averis/json.h — a small JSON reader (RFC 8259; \u surrogate pairs become
+ * one code point, a lone surrogate and \u0000 are errors) for config.json,
+ * safetensors headers and task files. */
 #ifndef AVERIS_JSON_H
 #define AVERIS_JSON_H
 #include <stddef.h>

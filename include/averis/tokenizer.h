@@ -56,6 +56,18 @@ averis_status bpe_encode_texts(const bpe_tokenizer *tok, int n, const char *cons
  * NUL-terminated); returns the byte count needed (as snprintf does). <|endoftext|> decodes to "\n<|endoftext|>\n". */
 size_t bpe_decode(const bpe_tokenizer *tok, const int *ids, size_t n, char *out, size_t cap);
 
+/* Writes DIR/tokenizer.json (Hugging Face `tokenizers`: byte-level BPE with
+ * these ids and merges and this chunking, so it encodes every text to the ids
+ * bpe_encode gives; docs/huggingface.md), DIR/tokenizer_config.json and
+ * DIR/generation_config.json (bos = eos = pad = <|endoftext|>, 256), so that
+ * AutoTokenizer loads DIR. model_max_length <= 0: not written. Fails when two
+ * ids have the same bytes (a tokenizers vocabulary maps strings to ids). */
+averis_status bpe_save_hf(const bpe_tokenizer *tok, const char *dir, int model_max_length);
+/* The later of the first two ids with equal bytes (*earlier: the other), or -1. */
+int bpe_first_duplicate(const bpe_tokenizer *tok, int *earlier);
+/* The chunking of bpe_encode as a regex over GPT-2's byte alphabet (UTF-8). */
+const char *bpe_hf_chunk_regex(void);
+
 #ifdef __cplusplus
 }
 #endif
