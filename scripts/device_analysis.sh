@@ -25,15 +25,7 @@ fail=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
 
-if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
-    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
-    L=$S/usr/lib/x86_64-linux-gnu
-    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
-else
-    MAKE_CC=()
-fi
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-COOPERLAKE}
+source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 step "build"

@@ -39,16 +39,7 @@ say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
 say "device_hf $(date -u +%Y-%m-%dT%H:%MZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-# OpenBLAS from carried .debs when the system has none (as device_check.sh)
-if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
-    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
-    L=$S/usr/lib/x86_64-linux-gnu
-    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
-else
-    MAKE_CC=()
-fi
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-COOPERLAKE}
+source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 GPU=0
 if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then
     GPU=1

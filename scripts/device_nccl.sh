@@ -42,15 +42,7 @@ T0=$(date +%s)
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$SUM"
 
-# OpenBLAS for the CPU resume, from carried .debs when the system has none
-if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
-    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
-    L=$S/usr/lib/x86_64-linux-gnu
-    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
-else
-    MAKE_CC=()
-fi
+source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 
 if [[ $MODE != quick ]]; then
     step "build (BUILD=$BUILD, CUDA=1, CUDNN=0)"

@@ -10,11 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device_python}
 mkdir -p "$OUT"
 fail=0
-if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
-    S=/tmp/sys; [[ -d $S/usr/lib ]] || for f in .debs/*.deb; do dpkg -x "$f" $S; done
-    L=$S/usr/lib/x86_64-linux-gnu
-    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
+source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 JOBS=$(nproc 2>/dev/null || echo 4)
 # the CLI the tests compare with (CPU build: the package's CUDA build is separate)
 make -s -j"$JOBS" BUILD=build-nocuda CUDA=0 build-nocuda/averis >"$OUT/python_build.log" 2>&1 || { tail -20 "$OUT/python_build.log"; exit 1; }

@@ -49,16 +49,7 @@ elapsed() { echo $(( $(date +%s) - T_START )); }
 echo "device_sweep: budget ${BUDGET_S} s; $PRESET, $RECIPES × seeds $SEEDS, $STEPS steps × $BATCH×$SEQ, lr $LR, $CONCURRENT at once"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "device_sweep: no nvidia-smi"
 
-# OpenBLAS for the CPU side, from carried .debs when the system has none (as device_check.sh)
-if [[ -d .debs ]] && ! ldconfig -p | grep -q libopenblas; then
-    S=/tmp/sys; for f in .debs/*.deb; do dpkg -x "$f" $S; done
-    L=$S/usr/lib/x86_64-linux-gnu
-    export LD_LIBRARY_PATH=$L/openblas-pthread:$L${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    MAKE_CC=(CC="cc -I$S/usr/include/x86_64-linux-gnu/openblas-pthread -L$L/openblas-pthread -L$L")
-else
-    MAKE_CC=()
-fi
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-COOPERLAKE}
+source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 
 # 1. build, unless the sources are those of the last build
 SRC_HASH=$(find Makefile include src tools cuda -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name Makefile \) \
