@@ -20,54 +20,21 @@
 #include "averis/io.h"
 #include "averis/train.h"
 #include "check.h"
+#include "test_util.h"
 
-/* A tiny model and a corpus over 64 tokens in a fresh dir (as test_train.c). */
+/* A tiny model and a corpus over 64 tokens in a fresh dir (as test_train.c),
+ * on tmpfs when there is one (the checkpoints' fsyncs cost nothing there). */
 static void fixture(char *dir) {
-    struct stat sb; /* tmpfs when there is one: the checkpoints' fsyncs cost nothing there */
-    strcpy(dir, !stat("/dev/shm", &sb) && S_ISDIR(sb.st_mode) && !access("/dev/shm", W_OK) ? "/dev/shm/averis_ckpt_XXXXXX"
-                                                                                              : "/tmp/averis_ckpt_XXXXXX");
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
-    char p[512];
-    snprintf(p, sizeof p, "%s/model.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,\n"
-          " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,\n"
-          " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true}\n", f);
-    fclose(f);
+    if (test_mkdtemp(dir, 64, "ckpt", 1)) return;
+    test_write_text(dir, "model.json", TEST_TINY_MODEL_JSON);
     uint16_t tok[6000];
-    unsigned s = 7;
-    tok[0] = 0;
-    for (int i = 1; i < 6000; i++) {
-        s = s * 1103515245u + 12345u;
-        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
-    }
-    snprintf(p, sizeof p, "%s/data", dir);
-    mkdir(p, 0777);
-    snprintf(p, sizeof p, "%s/data/t_train.bin", dir);
-    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/data/t_val.bin", dir);
-    CHECK(!shard_write(p, tok + 5000, 1000), "%s", averis_last_error());
+    test_markov_tokens(tok, 6000, 7);
+    test_write_split(dir, "data", tok, 5000, 1000);
     /* a second corpus: the same but one token */
     tok[100] = (uint16_t)((tok[100] + 1) % 64);
-    snprintf(p, sizeof p, "%s/data2", dir);
-    mkdir(p, 0777);
-    snprintf(p, sizeof p, "%s/data2/t_train.bin", dir);
-    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/data2/t_val.bin", dir);
-    CHECK(!shard_write(p, tok + 5000, 1000), "%s", averis_last_error());
+    test_write_split(dir, "data2", tok, 5000, 1000);
     /* a third whose val split is shorter than one batch */
-    snprintf(p, sizeof p, "%s/small_val", dir);
-    mkdir(p, 0777);
-    snprintf(p, sizeof p, "%s/small_val/t_train.bin", dir);
-    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/small_val/t_val.bin", dir);
-    CHECK(!shard_write(p, tok + 5000, 20), "%s", averis_last_error());
-}
-
-static void rm_tree(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "rm -rf");
+    test_write_split(dir, "small_val", tok, 5000, 20);
 }
 
 static char g_cfg[256], g_data[256], g_out[256];
@@ -215,7 +182,7 @@ void test_ckpt_state_ranges(void) {
         free(t);
     }
     free(sb);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* train.json: every field checked, unknown fields refused, by name */
@@ -275,7 +242,7 @@ void test_ckpt_train_json(void) {
     snprintf(p, sizeof p, "%s/ckpt_00000004", g_out);
     model m;
     CHECK(ckpt_load_model(p, NULL, &m, NULL) && strstr(averis_last_error(), "train.json"), "%s", averis_last_error());
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* --resume refuses a run that is not the checkpoint's, naming the flag and
@@ -350,7 +317,7 @@ void test_ckpt_resume_mismatch(void) {
     CHECK(ckpt_load_model(p, "nvfp4", &m, NULL) == AVERIS_OK, "bf16_last 2 keeps every block in bf16: %s",
           averis_last_error());
     if (!g_check_failed) model_free(&m);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* OUT is locked: a second run fails at start naming the holder; the stale
@@ -384,7 +351,7 @@ void test_ckpt_out_lock(void) {
     }
     snprintf(p, sizeof p, "%s/ckpt_00000002.tmp", g_out);
     CHECK(stat(p, &sb) != 0, "ckpt_00000002.tmp was left");
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* A full disk (a file-size limit, SIGXFSZ ignored) during a checkpoint:
@@ -431,7 +398,7 @@ void test_ckpt_full_disk(void) {
     o.resume = 1;
     o.steps = 4;
     CHECK(run_says(&o, NULL), "resume after the full disk: %s", averis_last_error());
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* MANIFEST: a corrupt, truncated or missing file of the latest checkpoint
@@ -475,7 +442,7 @@ void test_ckpt_manifest(void) {
         write_file(p, "{}", 2);
     }
     CHECK(run_says(&o, SAYS("no older checkpoint that verifies")), "%s", averis_last_error());
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* AVERIS_INJECT_NAN_STEP=k: step k's gradients are NaN on the backend; the
@@ -511,5 +478,5 @@ void test_ckpt_inject_nan(void) {
     opts(&o, dir, "bad");
     CHECK(run_says(&o, SAYS("AVERIS_INJECT_NAN_STEP")), "out of range: %s", averis_last_error());
     unsetenv("AVERIS_INJECT_NAN_STEP");
-    rm_tree(dir);
+    test_rm_tree(dir);
 }

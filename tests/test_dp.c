@@ -21,6 +21,7 @@
 #include "averis/half.h"
 #include "averis/train.h"
 #include "check.h"
+#include "test_util.h"
 
 /* ---------------------------------------------------------- bookkeeping */
 void test_dp_bookkeeping(void) {
@@ -182,34 +183,11 @@ void test_comm_cpu_collectives(void) {
 /* ------------------------------------------------------------- training */
 /* test_train.c's fixture: a tiny model, a Markov-chain corpus over 64 tokens */
 static void make_fixture(char *dir) {
-    strcpy(dir, "/tmp/averis_dp_XXXXXX");
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
-    char p[512];
-    snprintf(p, sizeof p, "%s/model.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,\n"
-          " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,\n"
-          " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true}\n", f);
-    fclose(f);
+    if (test_mkdtemp(dir, 64, "dp", 0)) return;
+    test_write_text(dir, "model.json", TEST_TINY_MODEL_JSON);
     uint16_t tok[8000];
-    unsigned s = 11;
-    tok[0] = 0;
-    for (int i = 1; i < 8000; i++) {
-        s = s * 1103515245u + 12345u;
-        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
-    }
-    snprintf(p, sizeof p, "%s/data", dir);
-    mkdir(p, 0777);
-    snprintf(p, sizeof p, "%s/data/t_train.bin", dir);
-    CHECK(!shard_write(p, tok, 7000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/data/t_val.bin", dir);
-    CHECK(!shard_write(p, tok + 7000, 1000), "%s", averis_last_error());
-}
-
-static void rm_tree(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "rm -rf");
+    test_markov_tokens(tok, 8000, 11);
+    test_write_split(dir, "data", tok, 7000, 1000);
 }
 
 static char g_cfg[128], g_data[128], g_out[8][128];
@@ -299,7 +277,7 @@ void test_dp_one_rank_bit_exact(void) {
     CHECK(same_ckpt(g_out[0], g_out[1], 8), "the final checkpoints differ");
     train_result_free(&ra);
     train_result_free(&rb);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* 2 and 4 ranks × batch b vs 1 × batch N·b under fp32: the same data,
@@ -356,7 +334,7 @@ void test_dp_ranks_match_one_process(void) {
     CHECK(ra.losses[7] < ra.losses[0], "the loss falls (%.4f → %.4f)", ra.losses[0], ra.losses[7]);
     train_result_free(&ra);
     train_result_free(&rb);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* Rank 0's checkpoint carries the gathered moments: 2 ranks stopped at 4
@@ -414,7 +392,7 @@ void test_dp_checkpoint_resume_any_world(void) {
           averis_last_error());
     train_result_free(&ra);
     train_result_free(&rb1);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* A rank that fails (here: its data directory is missing) aborts the group;
@@ -464,5 +442,5 @@ void test_dp_rank_failure_stops_the_others(void) {
     CHECK(train_run_threads(&o, 2, COMM_F32, &res) != AVERIS_OK && strstr(averis_last_error(), "rank 0 of 2") &&
               strstr(averis_last_error(), "averis-data"),
           "message: %s", averis_last_error());
-    rm_tree(dir);
+    test_rm_tree(dir);
 }

@@ -13,6 +13,7 @@
 #include "averis/safetensors.h"
 #include "averis/train.h"
 #include "check.h"
+#include "test_util.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -321,30 +322,19 @@ void test_moe_config(void) {
  * falling loss), and 6 steps straight = 3 + resume + 3, bit for bit, with
  * the analysis rows covering the experts. */
 void test_moe_train_resume(void) {
-    char dir[64] = "/tmp/averis_moe_XXXXXX", p[512];
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
-    snprintf(p, sizeof p, "%s/model.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\"model_type\": \"qwen3_moe\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 32,"
-          " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,"
-          " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true, \"num_experts\": 4,"
-          " \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 32, \"norm_topk_prob\": true,"
-          " \"output_router_logits\": true, \"router_aux_loss_coef\": 0.01}\n", f);
-    fclose(f);
+    char dir[64];
+    if (test_mkdtemp(dir, sizeof dir, "moe", 0)) return;
+    test_write_text(dir, "model.json",
+                    "{\"model_type\": \"qwen3_moe\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 32,"
+                    " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,"
+                    " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true, \"num_experts\": 4,"
+                    " \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 32, \"norm_topk_prob\": true,"
+                    " \"output_router_logits\": true, \"router_aux_loss_coef\": 0.01}\n");
     uint16_t tok[6000];
-    unsigned s = 7;
-    tok[0] = 0;
-    for (int i = 1; i < 6000; i++) {
-        s = s * 1103515245u + 12345u;
-        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
-    }
+    test_markov_tokens(tok, 6000, 7);
+    test_write_split(dir, "data", tok, 5000, 1000);
     char data[256], cfg[256], out[300];
     snprintf(data, sizeof data, "%s/data", dir);
-    mkdir(data, 0777);
-    snprintf(p, sizeof p, "%s/t_train.bin", data);
-    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/t_val.bin", data);
-    CHECK(!shard_write(p, tok + 5000, 1000), "%s", averis_last_error());
     snprintf(cfg, sizeof cfg, "%s/model.json", dir);
     train_opts o;
     const char *recipes[] = {"bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
@@ -395,7 +385,7 @@ void test_moe_train_resume(void) {
     }
     /* the analysis covers the experts' inputs and output gradients */
     snprintf(pa, sizeof pa, "%s/analysis.csv", outa);
-    f = fopen(pa, "r");
+    FILE *f = fopen(pa, "r");
     int in = 0, grad = 0;
     char line[4096];
     while (f && fgets(line, sizeof line, f)) {
@@ -417,7 +407,5 @@ void test_moe_train_resume(void) {
     train_result_free(&ra);
     train_result_free(&rb1);
     train_result_free(&rb2);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "rm -rf");
+    test_rm_tree(dir);
 }

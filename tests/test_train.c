@@ -10,37 +10,15 @@
 
 #include "averis/train.h"
 #include "check.h"
+#include "test_util.h"
 
 /* A tiny model and a Markov-chain corpus over 64 tokens in a fresh dir. */
 static void make_fixture(char *dir) {
-    strcpy(dir, "/tmp/averis_train_XXXXXX");
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
-    char p[512];
-    snprintf(p, sizeof p, "%s/model.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,\n"
-          " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8,\n"
-          " \"max_position_embeddings\": 64, \"tie_word_embeddings\": true}\n", f);
-    fclose(f);
+    if (test_mkdtemp(dir, 64, "train", 0)) return;
+    test_write_text(dir, "model.json", TEST_TINY_MODEL_JSON);
     uint16_t tok[6000];
-    unsigned s = 7;
-    tok[0] = 0;
-    for (int i = 1; i < 6000; i++) {
-        s = s * 1103515245u + 12345u;
-        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
-    }
-    snprintf(p, sizeof p, "%s/data", dir);
-    mkdir(p, 0777);
-    snprintf(p, sizeof p, "%s/data/t_train.bin", dir);
-    CHECK(!shard_write(p, tok, 5000), "%s", averis_last_error());
-    snprintf(p, sizeof p, "%s/data/t_val.bin", dir);
-    CHECK(!shard_write(p, tok + 5000, 1000), "%s", averis_last_error());
-}
-
-static void rm_tree(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0, "rm -rf");
+    test_markov_tokens(tok, 6000, 7);
+    test_write_split(dir, "data", tok, 5000, 1000);
 }
 
 static void opts_for(train_opts *o, const char *dir, char *cfg, char *data, char *out, const char *sub) {
@@ -124,7 +102,7 @@ void test_train_resume_bit_exact(void) {
     train_result_free(&ra);
     train_result_free(&rb1);
     train_result_free(&rb2);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* A fresh run refuses a directory with a checkpoint; a corrupt state or
@@ -187,7 +165,7 @@ void test_train_checkpoint_safety(void) {
     CHECK(train_run(&o, &r) != AVERIS_OK && strstr(averis_last_error(), "bad shard header"), "bad shard: %s",
           averis_last_error());
     train_result_free(&r);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* An exploding run: non-finite steps are skipped, reported, and K in a row stop it. */
@@ -206,7 +184,7 @@ void test_train_nonfinite_stops(void) {
     averis_status st = train_run(&o, &r);
     CHECK(st != AVERIS_OK && strstr(averis_last_error(), "3 non-finite steps in a row"), "got: %s", averis_last_error());
     train_result_free(&r);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }
 
 /* ------------------------------------------------ the backend seam */
@@ -352,5 +330,5 @@ void test_train_backend_seam(void) {
     CHECK(train_run(&o, &rb) == AVERIS_EUNSUPPORTED && stat(outb, &sb) != 0,
           "a backend that cannot open: the run went on or created %s", outb);
     train_result_free(&rb);
-    rm_tree(dir);
+    test_rm_tree(dir);
 }

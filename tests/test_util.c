@@ -1,0 +1,56 @@
+/* test_util.c — see test_util.h. */
+#define _GNU_SOURCE
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "averis/data.h"
+#include "averis/status.h"
+#include "check.h"
+
+int test_mkdtemp(char *dir, size_t cap, const char *tag, int shm) {
+    struct stat sb;
+    const char *base = shm && !stat("/dev/shm", &sb) && S_ISDIR(sb.st_mode) && !access("/dev/shm", W_OK) ? "/dev/shm" : "/tmp";
+    if ((size_t)snprintf(dir, cap, "%s/averis_%s_XXXXXX", base, tag) >= cap || !mkdtemp(dir)) {
+        CHECK(0, "mkdtemp %s/averis_%s_XXXXXX", base, tag);
+        return -1;
+    }
+    return 0;
+}
+
+void test_write_text(const char *dir, const char *name, const char *text) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    CHECK(f && fputs(text, f) >= 0, "write %s", p);
+    if (f) CHECK(fclose(f) == 0, "close %s", p);
+}
+
+void test_markov_tokens(uint16_t *tok, int n, unsigned seed) {
+    unsigned s = seed;
+    tok[0] = 0;
+    for (int i = 1; i < n; i++) {
+        s = s * 1103515245u + 12345u;
+        tok[i] = (uint16_t)((tok[i - 1] * 5 + 1 + ((s >> 16) % 3)) % 64);
+    }
+}
+
+void test_write_split(const char *dir, const char *sub, const uint16_t *tok, int ntrain, int nval) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, sub);
+    mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/%s/t_train.bin", dir, sub);
+    CHECK(!shard_write(p, tok, (size_t)ntrain), "%s", averis_last_error());
+    snprintf(p, sizeof p, "%s/%s/t_val.bin", dir, sub);
+    CHECK(!shard_write(p, tok + ntrain, (size_t)nval), "%s", averis_last_error());
+}
+
+void test_rm_tree(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "rm -rf %s", dir);
+}
