@@ -182,7 +182,8 @@ def task_for(a):
         return None
     if a.task:
         if not os.path.isfile(a.task):
-            raise SystemExit(f"sweep: --task {a.task}: no such file")
+            print(f"sweep: --task {a.task}: no such file", file=sys.stderr)
+            sys.exit(2)
         return a.task
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
