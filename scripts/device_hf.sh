@@ -18,7 +18,7 @@
 # Exit status: the number of failed steps. Expected time on an H100/H200:
 # about 3 minutes (build ~1 min, training ~20 s, checks ~1.5 min).
 # Knobs: HF_STEPS (300), TASK (tasks/default_cont.jsonl), TASK_LIMIT (all items),
-# AVERIS_ITEMS (500).
+# AVERIS_ITEMS (500), EVAL_TIMEOUT_S (120: each `averis eval --task` call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device_hf}
@@ -83,9 +83,11 @@ for dev in cpu $([[ $GPU == 1 ]] && echo cuda); do
         s=$(date +%s.%N)
         lim=("${LIMIT[@]}") # the training recipe on the first AVERIS_ITEMS items (its CPU forward is the slow one)
         [[ $rec == averis && ${#lim[@]} -eq 0 ]] && lim=(--limit "$AVERIS_ITEMS")
-        if $BIN eval "$CK" --task "$TASK" --device $dev --recipe $rec --batch 32 "${lim[@]}" \
+        # a time-out of its own (EVAL_TIMEOUT_S, 120 s): a stuck evaluation leaves the later steps their time
+        if timeout "${EVAL_TIMEOUT_S:-120}" $BIN eval "$CK" --task "$TASK" --device $dev --recipe $rec --batch 32 "${lim[@]}" \
                 --json "$RUNS/task_${dev}_$rec.json" --scores "$RUNS/scores_${dev}_$rec.jsonl" >>"$OUT/eval_task.txt" 2>"$RUNS/eval_${dev}_$rec.err"; then
             say "eval --task $dev $rec: $(tail -1 "$OUT/eval_task.txt" | sed 's/.*jsonl //') [$(python3 -c "import time; print(f'{time.time() - $s:.1f}')") s]"
+            [[ $dev == cuda ]] && say "  $(grep -h "GPU model" "$RUNS/eval_${dev}_$rec.err" | tail -1)"
         else
             tail -3 "$RUNS/eval_${dev}_$rec.err"; note_fail "eval --task $dev $rec"
         fi

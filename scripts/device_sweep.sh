@@ -12,6 +12,10 @@
 #      $STEPS steps of $BATCH × $SEQ tokens, $CONCURRENT runs at once per GPU,
 #      one GPU each where several exist; unfinished runs checkpoint at the
 #      budget (SIGTERM) and resume in the next call
+#      and scores every finished run on a zero-shot task (averis eval --task,
+#      on its GPU): $TASK, else one built by make_tasks.py from the corpus's
+#      held-out files ($TASK_KIND, default code: the corpus is mostly Python),
+#      its first $TASK_LIMIT items (500; 0: all); NO_TASK=1 skips it
 #   4. copies to $OUT: sweep.csv, progress.txt, pairing.txt, sweep.log,
 #      logs.tar.gz (every run's log.csv, train.out, analysis.csv; the corpus
 #      and build logs) and, once every run is done, report.tar.gz
@@ -38,6 +42,12 @@ SEEDS=${SEEDS:-1,2}
 CONCURRENT=${CONCURRENT:-2}
 CORPUS_MB=${CORPUS_MB:-200}
 ANALYZE_EVERY=${ANALYZE_EVERY:-0}
+TASK=${TASK:-}
+TASK_KIND=${TASK_KIND:-code}
+TASK_LIMIT=${TASK_LIMIT:-500}
+TASK_OPTS=(--task-kind "$TASK_KIND" --task-limit "$TASK_LIMIT")
+[[ -n $TASK ]] && TASK_OPTS+=(--task "$TASK")
+[[ ${NO_TASK:-0} == 1 ]] && TASK_OPTS=(--no-task)
 JOBS=$(nproc 2>/dev/null || echo 8)
 DEVICE=${DEVICE:-cuda}   # cpu: a dry run of this script on a machine without a GPU (with a small PRESET)
 mkdir -p "$OUT" "$SWEEP_DIR"
@@ -85,7 +95,7 @@ else
     PYTHONUNBUFFERED=1 python3 scripts/sweep.py --out "$SWEEP_DIR/sweep" --data "$SWEEP_DIR/corpus" --bin "$BUILD/averis" \
         --device "$DEVICE" --gpus "$GPUS" --concurrent "$CONCURRENT" --recipes "$RECIPES" --seeds "$SEEDS" \
         --budget-s "$LEFT" --stop-grace-s 25 --min-start-s 40 --tail 100 --report-s 30 \
-        --analyze-every "$ANALYZE_EVERY" --analyze-recipes bf16,averis -- \
+        --analyze-every "$ANALYZE_EVERY" --analyze-recipes bf16,averis "${TASK_OPTS[@]}" -- \
         --config "$PRESET" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --lr "$LR" \
         --val-every "$VAL_EVERY" --log-every 50 2>&1 | tee -a "$LOGS/sweep.log"
     SWEEP_RC=${PIPESTATUS[0]}
@@ -95,7 +105,8 @@ fi
 cp "$SWEEP_DIR/sweep/sweep.csv" "$SWEEP_DIR/sweep/progress.txt" "$SWEEP_DIR/sweep/pairing.txt" "$OUT/" 2>/dev/null
 cp "$LOGS/sweep.log" "$OUT/" 2>/dev/null
 (cd "$SWEEP_DIR" && tar czf "$OUT/logs.tar.gz" --ignore-failed-read logs sweep/sweep_args.json sweep/sweep.csv sweep/pairing.txt \
-    $(cd "$SWEEP_DIR" && ls -d sweep/runs/*/log.csv sweep/runs/*/train.out sweep/runs/*/sweep.json sweep/runs/*/analysis.csv sweep/runs/*/DONE 2>/dev/null)) \
+    $(cd "$SWEEP_DIR" && ls -d sweep/runs/*/log.csv sweep/runs/*/train.out sweep/runs/*/sweep.json sweep/runs/*/analysis.csv sweep/runs/*/DONE \
+        sweep/runs/*/downstream.json sweep/runs/*/downstream.out 2>/dev/null)) \
     || echo "device_sweep: tar of the logs failed"
 if [[ -f $SWEEP_DIR/sweep/sweep.csv ]] && ! grep -qE ',(partial|pending|failed),' "$SWEEP_DIR/sweep/sweep.csv"; then
     rm -rf "$SWEEP_DIR/report"

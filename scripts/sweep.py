@@ -24,9 +24,20 @@ starts when less than --min-start-s is left. Several runs at once:
 --concurrent K per GPU (or on the CPU, each with --threads), one GPU each
 from --gpus.
 
+Downstream (issue 23): when a run finishes, `averis eval RUN --task TASK
+--json RUN/downstream.json` scores its final checkpoint on a zero-shot
+multiple-choice task (docs/huggingface.md) with the run's device and recipe.
+TASK: --task FILE; without it tasks/default_cont.jsonl when --data is
+data/default, else OUT/task.jsonl, built once by scripts/make_tasks.py from
+the corpus's held-out split (deterministic; --task-kind prose|code).
+--task-limit N scores the first N items only; --no-task skips all this. A
+finished run whose downstream.json is missing or was made with other
+options is scored again when the sweep is called again.
+
 Outputs (atomic): OUT/sweep.csv (one row per run: status, steps, tokens,
 final validation loss over the whole validation split, mean training loss
-over the last --tail steps, tokens/s, training seconds, hashes),
+over the last --tail steps, tokens/s, training seconds, hashes, and the
+task's acc, acc_norm and their standard errors),
 OUT/progress.txt (progress and ETA per run), OUT/pairing.txt.
 Exit status: 0 when no run failed and the pairing holds (runs may be left
 unfinished by the budget: see the 'sweep:' line), 1 otherwise, 2 on usage.
@@ -48,7 +59,9 @@ import time
 FP4_RECIPES = ("nvfp4", "nvfp4-rht", "averis", "averis-rht")
 CSV_FIELDS = ["recipe", "seed", "status", "steps_done", "steps", "tokens", "final_val_loss", "val_tokens",
               "val_batches", "train_loss_tail", "tail_steps", "tokens_per_s", "train_s", "wall_s", "params",
-              "init_hash", "data_hash", "run_dir"]
+              "init_hash", "data_hash", "run_dir", "task", "task_items", "acc", "acc_stderr", "acc_norm",
+              "acc_norm_stderr"]
+DEFAULT_TASK = "tasks/default_cont.jsonl"
 
 
 def atomic_write(path, text):
@@ -163,6 +176,65 @@ class Run:
         atomic_write(os.path.join(self.dir, "sweep.json"), json.dumps(m) + "\n")
 
 
+def task_for(a):
+    """The task file of the sweep (see the top), building OUT/task.jsonl once if needed; None with --no-task."""
+    if a.no_task:
+        return None
+    if a.task:
+        if not os.path.isfile(a.task):
+            print(f"sweep: --task {a.task}: no such file", file=sys.stderr)
+            sys.exit(2)
+        return a.task
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if os.path.realpath(a.data) == os.path.realpath(os.path.join(root, "data", "default")):
+        return os.path.join(root, DEFAULT_TASK)
+    out = os.path.join(a.out, "task.jsonl")
+    if not os.path.isfile(out):  # make_tasks.py is deterministic: the same corpus gives the same file
+        cmd = [sys.executable, os.path.join(here, "make_tasks.py"), a.data, out, "--kind", a.task_kind]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0 or not os.path.isfile(out):
+            raise SystemExit(f"sweep: building the downstream task from {a.data} failed ({' '.join(cmd)}): "
+                             f"{(p.stderr or p.stdout).strip().splitlines()[-1:] or '?'}; pass --task FILE or --no-task")
+        print(f"sweep: downstream task {out}: {(p.stdout or p.stderr).strip().splitlines()[-1:] or ''}", flush=True)
+    return out
+
+
+def downstream(a, run, task, threads, gpu):
+    """Scores RUN's final checkpoint on TASK into RUN/downstream.json (kept if made with the same options);
+    returns an error line or None."""
+    js = os.path.join(run.dir, "downstream.json")
+    cmd = [a.bin, "eval", run.dir, "--task", task, "--device", a.device, "--recipe", run.recipe,
+           "--batch", str(a.task_batch), "--json", js]
+    if a.task_limit > 0:
+        cmd += ["--limit", str(a.task_limit)]
+    key = " ".join(cmd[2:])  # without the binary, whose path may change
+    try:
+        with open(js) as f:
+            if json.load(f).get("sweep_key") == key:
+                return None
+    except (FileNotFoundError, ValueError):
+        pass
+    cmd += ["--gpu", str(gpu or 0)] if a.device == "cuda" else ["--threads", str(threads)]
+    with open(os.path.join(run.dir, "downstream.out"), "a") as log:
+        log.write(f"# sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    try:
+        with open(js) as f:
+            res = json.load(f)
+    except (FileNotFoundError, ValueError):
+        res = None
+    if rc != 0 or res is None:
+        tail = open(os.path.join(run.dir, "downstream.out"), errors="replace").read().splitlines()[-2:]
+        return f"downstream eval of {run.name} failed (exit {rc}): {' / '.join(tail)}"
+    res["sweep_key"] = key
+    atomic_write(js, json.dumps(res) + "\n")
+    print(f"sweep: task   {run.name}: acc {res['acc']:.4f} ± {res['acc_stderr']:.4f}, acc_norm "
+          f"{res['acc_norm']:.4f} ± {res['acc_norm_stderr']:.4f} ({res['items']} items)", flush=True)
+    return None
+
+
 def progress_line(run, tokens_per_step, now):
     rows = read_log(os.path.join(run.dir, "log.csv"))
     step = int(rows[-1]["step"]) if rows else 0
@@ -207,6 +279,12 @@ def main():
     ap.add_argument("--analyze-every", type=int, default=0, help="mean-bias rows every K steps (see --analyze-recipes)")
     ap.add_argument("--analyze-recipes", default="bf16,averis", help="the recipes --analyze-every applies to")
     ap.add_argument("--report-s", type=float, default=30, help="progress lines every this many seconds")
+    ap.add_argument("--task", help="downstream task (JSONL) for every finished run (default: see the top)")
+    ap.add_argument("--task-kind", default="prose", choices=["prose", "code"],
+                    help="the kind of task make_tasks.py builds when --task is not given")
+    ap.add_argument("--task-limit", type=int, default=0, help="score the first N items of the task only")
+    ap.add_argument("--task-batch", type=int, default=32, help="eval --task's --batch")
+    ap.add_argument("--no-task", action="store_true", help="no downstream evaluation")
     a = ap.parse_args(argv)
     if a.concurrent < 1:
         ap.error("--concurrent must be ≥ 1")
@@ -233,6 +311,8 @@ def main():
     val_tokens = sum(shard_tokens(p) for p in vals)
     val_batches = max(1, (val_tokens - 1) // (B * T))  # the whole split, as train's eval walks it
     ckpt_every = a.ckpt_every or max(1, steps // 4)
+    os.makedirs(a.out, exist_ok=True)
+    task = task_for(a)
     tail = max(1, min(a.tail, steps))
     os.makedirs(os.path.join(a.out, "runs"), exist_ok=True)
     slots = [(g, k) for k in range(a.concurrent) for g in gpus]
@@ -251,7 +331,8 @@ def main():
     with open(os.path.join(a.out, "sweep_args.json"), "w") as f:
         json.dump({"recipes": recipes, "seeds": seeds, "train_args": train_args, "data": a.data,
                    "steps": steps, "tokens_per_step": tokens_per_step, "val_tokens": val_tokens,
-                   "val_batches": val_batches, "tail": tail, "device": a.device}, f, indent=1)
+                   "val_batches": val_batches, "tail": tail, "device": a.device, "task": task,
+                   "task_limit": a.task_limit}, f, indent=1)
 
     stopping = False
 
@@ -289,8 +370,9 @@ def main():
         print(f"sweep: {'resume' if resume else 'start '} {run.name}{f' on gpu {slot[0]}' if slot[0] is not None else ''}",
               flush=True)
 
+    ds_failed = {}  # run name: error line of its downstream eval
+
     def finish(run, rc):
-        free.append(run.slot)
         m = run.meta()
         m["wall_s"] = m.get("wall_s", 0.0) + time.monotonic() - run.t_start
         m["segments"] = m.get("segments", 0) + 1
@@ -301,6 +383,11 @@ def main():
         if rc == 0 and last == run.steps and rows[-1].get("val_loss") is not None:
             atomic_write(os.path.join(run.dir, "DONE"), f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             print(f"sweep: done   {run.name}: val {rows[-1]['val_loss']:.4f}", flush=True)
+            if task and not stopping and term_sent is None:  # on the run's slot (its GPU) before it goes back
+                err = downstream(a, run, task, threads, run.slot[0])
+                if err:
+                    ds_failed[run.name] = err
+                    print(f"sweep: {err}", flush=True)
         elif rc == 0:
             print(f"sweep: paused {run.name} at step {last}", flush=True)
         elif term_sent is not None and rc in (-signal.SIGKILL, -signal.SIGTERM):
@@ -309,6 +396,7 @@ def main():
             run.failed = True
             tail_lines = open(os.path.join(run.dir, "train.out"), errors="replace").read().splitlines()[-3:]
             print(f"sweep: FAILED {run.name} (exit {rc}): {' / '.join(tail_lines)}", flush=True)
+        free.append(run.slot)
 
     while True:
         now = time.monotonic()
@@ -362,7 +450,15 @@ def main():
                 break
         time.sleep(0.2 if a.report_s < 1 else 1.0)
 
-    ok = write_results(a.out, runs, tail, val_tokens, val_batches, B, T)
+    # finished runs not scored yet (an earlier call stopped first, or other task options), time allowing
+    if task and not stopping and (deadline is None or time.monotonic() < deadline):
+        for run in runs:
+            if run.done and run.name not in ds_failed:
+                err = downstream(a, run, task, threads, gpus[0])
+                if err:
+                    ds_failed[run.name] = err
+                    print(f"sweep: {err}", flush=True)
+    ok = write_results(a.out, runs, tail, val_tokens, val_batches, B, T) and not ds_failed
     ndone = sum(r.done for r in runs)
     nfail = sum(r.failed for r in runs)
     print(f"sweep: {ndone}/{len(runs)} runs done, {nfail} failed, {len(runs) - ndone - nfail} unfinished; "
@@ -382,6 +478,14 @@ def write_results(out, runs, tail, val_tokens, val_batches, B, T):
         train_s = sum((log[i]["tokens"] - (log[i - 1]["tokens"] if i else 0)) / log[i]["tokens_per_s"]
                       for i in range(len(log)) if log[i].get("tokens_per_s"))
         status = "done" if run.done else "failed" if run.failed else "partial" if step else "pending"
+        ds = {}
+        if run.done:
+            try:
+                with open(os.path.join(run.dir, "downstream.json")) as f:
+                    ds = json.load(f)
+            except (FileNotFoundError, ValueError):
+                ds = {}
+        dsv = {k: (f"{ds[k]:.6f}" if k in ds else "") for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
         rows.append({"recipe": run.recipe, "seed": run.seed, "status": status, "steps_done": step,
                      "steps": run.steps, "tokens": int(log[-1]["tokens"]) if log else 0,
                      "final_val_loss": f"{final_val:.6f}" if final_val is not None else "",
@@ -391,7 +495,8 @@ def write_results(out, runs, tail, val_tokens, val_batches, B, T):
                      "tokens_per_s": f"{log[-1]['tokens'] / train_s:.1f}" if train_s > 0 else "",
                      "train_s": f"{train_s:.1f}", "wall_s": f"{run.meta().get('wall_s', 0.0):.1f}",
                      "params": params, "init_hash": init, "data_hash": data if run.done else "",
-                     "run_dir": os.path.relpath(run.dir, out)})
+                     "run_dir": os.path.relpath(run.dir, out), "task": ds.get("task", ""),
+                     "task_items": ds.get("items", ""), **dsv})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()

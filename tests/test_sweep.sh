@@ -7,7 +7,12 @@
 # own output (the init hash is equal across the recipes of a seed and differs
 # between seeds; every run read the same tokens); a sweep stopped half way
 # (--stop-after) and called again resumes and ends with the numbers of an
-# uninterrupted one. Ends with "N passed, N failed".
+# uninterrupted one; every finished run is scored on a downstream task (the
+# shipped tasks/default_cont.jsonl, or one built from the corpus by
+# make_tasks.py when --task is not given; --task-limit keeps it seconds) and
+# sweep.csv's acc, acc_norm and their stderr are in [0, 1]; the fidelity
+# report shows acc_norm ± stderr and the paired difference to bf16. Ends with
+# "N passed, N failed".
 set -u
 BIN=${1:-build/averis}
 T=$(mktemp -d)
@@ -37,13 +42,14 @@ head -12 "$T/c1/files.txt" > "$T/few.txt"
     || bad "prepare for the sweep: $(tail -3 "$T/d.log")"
 cat > "$T/micro.json" <<'JSON'
 {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
- "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 64,
+ "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256,
  "tie_word_embeddings": true}
 JSON
 SW=(python3 scripts/sweep.py --bin "$BIN" --data "$T/d" --recipes bf16,nvfp4 --seeds 1,2 --concurrent 2 --threads 1
-    --tail 4 --report-s 1000)
+    --tail 4 --report-s 1000 --task-limit 12)
 TA=(--config "$T/micro.json" --steps 12 --batch 2 --seq 16 --lr 3e-3 --val-every 12 --log-every 12)
-"${SW[@]}" --out "$T/s" -- "${TA[@]}" >"$T/s.log" 2>&1 || bad "sweep exited $?: $(tail -5 "$T/s.log")"
+"${SW[@]}" --out "$T/s" --task tasks/default_cont.jsonl -- "${TA[@]}" >"$T/s.log" 2>&1 \
+    || bad "sweep exited $?: $(tail -5 "$T/s.log")"
 n=$(grep -c ',done,12,12,' "$T/s/sweep.csv" 2>/dev/null)
 [[ $n -eq 4 ]] && ok || bad "sweep.csv: $n of 4 runs done: $(cat "$T/s/sweep.csv" 2>/dev/null)"
 python3 - "$T/s/sweep.csv" <<'PY' && ok || bad "sweep.csv columns"
@@ -55,6 +61,30 @@ for r in rows:
     assert 0 < v < 20 and 0 < t < 20 and int(r["tail_steps"]) == 4 and int(r["tokens"]) == 12 * 32, r
     assert int(r["val_batches"]) == (int(r["val_tokens"]) - 1) // 32, r  # the whole validation split
 PY
+python3 - "$T/s/sweep.csv" <<'PY' && ok || bad "sweep.csv downstream columns: $(cat "$T/s/sweep.csv")"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+for r in rows:
+    assert r["task"] == "tasks/default_cont.jsonl" and int(r["task_items"]) == 12, r
+    for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+        assert 0.0 <= float(r[k]) <= 1.0, (k, r)
+    assert float(r["acc_norm_stderr"]) > 0 or float(r["acc_norm"]) in (0.0, 1.0), r
+PY
+grep -q -- "eval $T/s/runs/nvfp4_s2 --task tasks/default_cont.jsonl --device cpu --recipe nvfp4 " \
+    "$T/s/runs/nvfp4_s2/downstream.out" && ok || bad "downstream eval command: $(head -2 "$T/s/runs/nvfp4_s2/downstream.out")"
+python3 experiments/fidelity/report.py "$T/s" >"$T/rep.log" 2>&1 || bad "report.py: $(tail -3 "$T/rep.log")"
+python3 - "$T/s/report/report.md" "$T/s/sweep.csv" <<'PY' && ok || bad "report lacks the downstream table: $(grep -A6 Downstream "$T/s/report/report.md")"
+import csv, sys
+md = open(sys.argv[1]).read()
+rows = {(r["recipe"], r["seed"]): r for r in csv.DictReader(open(sys.argv[2]))}
+assert "## Downstream: zero-shot acc_norm" in md, md
+line = next(l for l in md.splitlines() if l.startswith("| nvfp4 |") and "±" in l)
+cells = [c.strip() for c in line.strip("|").split("|")]
+n1, b1 = rows[("nvfp4", "1")], rows[("bf16", "1")]
+assert cells[1] == f"{float(n1['acc_norm']):.4f} ± {float(n1['acc_norm_stderr']):.4f}", (cells, n1)
+assert cells[5] == f"{float(n1['acc_norm']) - float(b1['acc_norm']):+.4f}", (cells, n1, b1)  # Δ seed 1 vs bf16
+assert cells[-1] not in ("", "–") and cells[-2] in ("tie", "better", "worse"), cells  # loss gap, verdict
+PY
 grep -q "^pairing: ok" "$T/s/pairing.txt" && ok || bad "pairing: $(cat "$T/s/pairing.txt")"
 ih() { grep -o 'init hash [0-9a-f]*' "$T/s/runs/$1/train.out" | head -1; }
 dh() { grep -o 'data hash [0-9a-f]*' "$T/s/runs/$1/train.out" | tail -1; }
@@ -65,13 +95,19 @@ dh() { grep -o 'data hash [0-9a-f]*' "$T/s/runs/$1/train.out" | tail -1; }
    && "$(dh bf16_s1)" == "$(dh bf16_s2)" ]] && ok || bad "the runs read different tokens"
 grep -q -- '--recipe nvfp4,seed=2 ' "$T/s/runs/nvfp4_s2/train.out" && ok || bad "FP4 recipe without its seed"
 # stopped half way, then called again: resumes, and ends where the uninterrupted sweep did
-"${SW[@]}" --out "$T/r" -- "${TA[@]}" --stop-after 6 >"$T/r1.log" 2>&1 || bad "sweep (first half) exited $?"
+"${SW[@]}" --out "$T/r" --task-kind code -- "${TA[@]}" --stop-after 6 >"$T/r1.log" 2>&1 || bad "sweep (first half) exited $?"
 [[ $(grep -c ',partial,6,12,' "$T/r/sweep.csv") -eq 4 ]] && ok || bad "first half: $(cat "$T/r/sweep.csv")"
-"${SW[@]}" --out "$T/r" -- "${TA[@]}" >"$T/r2.log" 2>&1 || bad "sweep (second half) exited $?"
+"${SW[@]}" --out "$T/r" --task-kind code -- "${TA[@]}" >"$T/r2.log" 2>&1 || bad "sweep (second half) exited $?"
 [[ $(grep -c "resuming from" "$T/r/runs/nvfp4_s2/train.out") -eq 1 ]] && ok || bad "the run did not resume"
+# no --task and not data/default: the task is built once from the corpus's held-out split (code: Python files)
+[[ -s $T/r/task.jsonl ]] && python3 - "$T/r/sweep.csv" "$T/r/task.jsonl" <<'PY' && ok || bad "task built from the corpus: $(tail -3 "$T/r2.log")"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert len(rows) == 4 and all(r["task"] == sys.argv[2] and 0 <= float(r["acc_norm"]) <= 1 for r in rows), rows
+PY
 cut -d, -f1-11 "$T/s/sweep.csv" > "$T/a.csv"; cut -d, -f1-11 "$T/r/sweep.csv" > "$T/b.csv"
 cmp -s "$T/a.csv" "$T/b.csv" && ok || bad "resumed sweep differs: $(diff "$T/a.csv" "$T/b.csv")"
-"${SW[@]}" --out "$T/r" -- "${TA[@]}" >"$T/r3.log" 2>&1 && grep -q "4/4 runs done" "$T/r3.log" \
+"${SW[@]}" --out "$T/r" --task-kind code -- "${TA[@]}" >"$T/r3.log" 2>&1 && grep -q "4/4 runs done" "$T/r3.log" \
     && ! grep -q "start\|resume " "$T/r3.log" && ok || bad "a finished sweep started runs again: $(cat "$T/r3.log")"
 python3 scripts/sweep.py --bin "$BIN" --data "$T/c1" --out "$T/x" -- --seed 3 >"$T/x.log" 2>&1
 [[ $? -eq 2 ]] && grep -q "set by the sweep" "$T/x.log" && ok || bad "--seed among the train options: $(cat "$T/x.log")"

@@ -190,17 +190,35 @@ static int pow2_at_least(int n) {
     return p;
 }
 
-/* The log-likelihood of every request, in batches of B (longest first). */
+/* The GPU model's length for a batch whose longest request has T inputs:
+ * powers of two from 64 (the lengths the trainer runs, aligned for the
+ * attention's GEMMs), at most Tmax rounded up to 64 (and max_pos), never
+ * below T. Non-decreasing in T, so gpu_len(Tmax) bounds every batch's. */
+static int gpu_len(int T, int Tmax, int max_pos) {
+    int cap = (Tmax + 63) / 64 * 64, want = pow2_at_least(T < 64 ? 64 : T);
+    if (cap > max_pos) cap = max_pos;
+    if (want > cap) want = cap > Tmax ? cap : Tmax; /* ≥ T: the longest come first */
+    return want;
+}
+
+/* The log-likelihood of every request, in batches of B (longest first).
+ * On the GPU every batch has B rows of gpu_len() tokens; the batches come
+ * longest first, so each length's model is created once (weights uploaded,
+ * buffers and attention plans made for that shape) and serves every batch
+ * of that length until a shorter one comes. The host buffers hold B ×
+ * gpu_len(Tmax) tokens: the GPU length may exceed Tmax (a batch of 40-token
+ * requests runs at 64), and avc_model_token_losses writes B × that length. */
 static averis_status score(model *m, int gpu, int gpu_index, int B, mc_req *reqs, int nr) {
     mc_req **ord = malloc((size_t)nr * sizeof *ord);
     if (!ord) return averis_fail(AVERIS_ENOMEM, "eval: out of memory");
     for (int i = 0; i < nr; i++) ord[i] = &reqs[i];
     qsort(ord, (size_t)nr, sizeof *ord, cmp_req);
-    int Tmax = ord[0]->len - 1 > 0 ? ord[0]->len - 1 : 1;
-    int *in = malloc((size_t)B * Tmax * sizeof *in), *tg = malloc((size_t)B * Tmax * sizeof *tg);
-    float *tl = malloc((size_t)B * Tmax * sizeof *tl);
+    int Tmax = ord[0]->len - 1 > 0 ? ord[0]->len - 1 : 1, maxpos = m->cfg.max_position_embeddings;
+    int Tbuf = gpu ? gpu_len(Tmax, Tmax, maxpos) : Tmax;
+    int *in = malloc((size_t)B * Tbuf * sizeof *in), *tg = malloc((size_t)B * Tbuf * sizeof *tg);
+    float *tl = malloc((size_t)B * Tbuf * sizeof *tl);
     avc_model *g = NULL;
-    int gT = 0;
+    int gT = 0, ncreated = 0;
     averis_status st = in && tg && tl ? AVERIS_OK : averis_fail(AVERIS_ENOMEM, "eval: out of memory");
     if (!st && gpu) {
         char desc[256];
@@ -210,16 +228,15 @@ static averis_status score(model *m, int gpu, int gpu_index, int B, mc_req *reqs
     for (int b0 = 0; !st && b0 < nr; b0 += B) {
         int nb = nr - b0 < B ? nr - b0 : B, T = ord[b0]->len - 1;
         if (T < 1) T = 1;
-        if (gpu) { /* the GPU model has a fixed shape: T in powers of two from 64 (the lengths the
-                    * trainer runs, aligned for the attention's GEMMs), every batch B rows */
-            int cap = (Tmax + 63) / 64 * 64, want = pow2_at_least(T < 64 ? 64 : T);
-            if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
-            if (want > cap) want = cap > Tmax ? cap : Tmax; /* ≥ T: the longest come first */
+        if (gpu) {
+            int want = gpu_len(T, Tmax, maxpos);
+            if (want > Tbuf) { st = averis_fail(AVERIS_EINVAL, "eval: GPU length %d > buffer %d (internal)", want, Tbuf); break; }
             if (!g || want != gT) {
                 avc_model_free(g);
                 g = NULL;
                 if ((st = avc_model_create(&g, m, B, want, NULL))) break;
                 gT = want;
+                ncreated++;
                 fprintf(stderr, "  batches of %d × %d tokens (%s)\n", B, gT, avc_model_describe(g));
             }
             T = gT;
@@ -249,6 +266,7 @@ static averis_status score(model *m, int gpu, int gpu_index, int B, mc_req *reqs
         if (!st && (b0 / B) % 50 == 49) fprintf(stderr, "\r  %d/%d requests", b0 + nb, nr);
     }
     if (nr > 50 * B) fputc('\n', stderr);
+    if (gpu && !st) fprintf(stderr, "  %d GPU model%s for %d batches\n", ncreated, ncreated == 1 ? "" : "s", (nr + B - 1) / B);
     avc_model_free(g);
     free(ord); free(in); free(tg); free(tl);
     return st;

@@ -13,6 +13,12 @@ the gap to bf16; paired differences against nvfp4 (recipe − nvfp4 at the
 same seed: the same initial weights and data order, so init noise partly
 cancels); the same for the mean training loss over the last steps.
 
+Downstream (where sweep.csv has the columns, scripts/sweep.py): every
+recipe's zero-shot acc_norm ± its standard error per seed, the mean over
+seeds, and the paired difference to bf16 (recipe − bf16, same seed) beside
+the validation-loss gap to bf16, as a paper reports them; verdicts by the
+same tie rule (higher accuracy is better).
+
 The tie rule: a difference is a tie unless its size exceeds the noise, the
 larger seed spread of the two recipes compared, and every seed's paired
 difference has the same sign. Nothing here is tuned to make a recipe win.
@@ -87,6 +93,44 @@ def moving_mean(y, k):
             acc -= q.pop(0)
         out.append(acc / len(q))
     return out
+
+
+def downstream_section(rows, recipes, seeds, val, w):
+    """acc_norm ± stderr per recipe and seed, paired Δ vs bf16 and the loss gap beside it (see the top)."""
+    done = [r for r in rows if r["status"] == "done" and fnum(r.get("acc_norm")) is not None]
+    if not done:
+        return
+    acc = {(r["recipe"], int(r["seed"])): (fnum(r["acc_norm"]), fnum(r.get("acc_norm_stderr"))) for r in done}
+    raw = {(r["recipe"], int(r["seed"])): fnum(r.get("acc")) for r in done}
+    tasks = sorted({r.get("task", "") for r in done})
+    items = sorted({r.get("task_items", "") for r in done})
+    w(f"## Downstream: zero-shot acc_norm (task {', '.join(f'`{t}`' for t in tasks)}, {'/'.join(items)} items)\n")
+    w("acc_norm ± its standard error (lm-eval's: sample standard deviation / √items) per seed; Δ vs bf16 = "
+      "recipe − bf16 at the same seed (positive = more accurate); noise = the larger seed spread of the two "
+      "recipes; a difference is a tie unless |mean Δ| > noise and every seed agrees in sign. The validation-loss "
+      "gap to bf16 (mean over seeds, recipe − bf16) is beside it.\n")
+    w("| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " | mean acc_norm | mean acc | "
+      + " | ".join(f"Δ seed {s}" for s in seeds) + " | mean Δ | noise | verdict vs bf16 | val-loss gap to bf16 |")
+    w("|---|" + "---|" * (2 * len(seeds) + 6))
+    bf = {s: acc[("bf16", s)][0] for s in seeds if ("bf16", s) in acc}
+    bf_val = [val[("bf16", s)] for s in seeds if ("bf16", s) in val]
+    for rcp in recipes:
+        cells = [f"{fmt(acc[(rcp, s)][0])} ± {fmt(acc[(rcp, s)][1])}" if (rcp, s) in acc else "–" for s in seeds]
+        mine = [acc[(rcp, s)][0] for s in seeds if (rcp, s) in acc]
+        mraw = [raw[(rcp, s)] for s in seeds if raw.get((rcp, s)) is not None]
+        m = statistics.mean(mine) if mine else None
+        d = [acc[(rcp, s)][0] - bf[s] for s in seeds if (rcp, s) in acc and s in bf]
+        dcells = [fmt(acc[(rcp, s)][0] - bf[s], sign=True) if (rcp, s) in acc and s in bf else "–" for s in seeds]
+        have_bf = list(bf.values())
+        noise = max(spread(mine), spread(have_bf)) if len(mine) > 1 and len(have_bf) > 1 else float("nan")
+        v = verdict([-x for x in d], noise) if rcp != "bf16" else "–"  # verdict() calls negative 'better'
+        vals = [val[(rcp, s)] for s in seeds if (rcp, s) in val]
+        gap = statistics.mean(vals) - statistics.mean(bf_val) if vals and bf_val and rcp != "bf16" else None
+        w(f"| {rcp} | " + " | ".join(cells) + f" | {fmt(m)} | {fmt(statistics.mean(mraw) if mraw else None)} | "
+          + " | ".join(dcells if rcp != "bf16" else ["–"] * len(seeds))
+          + f" | {fmt(statistics.mean(d), sign=True) if d and rcp != 'bf16' else '–'} | "
+          f"{fmt(noise) if rcp != 'bf16' else '–'} | {v} | {fmt(gap, sign=True) if gap is not None else '–'} |")
+    w("")
 
 
 def main():
@@ -191,6 +235,8 @@ def main():
                                          if (rcp, s) in metric and nv[s] is not None else "–" for s in seeds)
               + f" | {fmt(statistics.mean(d), sign=True) if d else '–'} | {fmt(noise)} | {v} |")
         w("")
+
+    downstream_section(rows, recipes, seeds, val, w)
 
     # ---- claims
     w("## Verdict on the claims\n")
