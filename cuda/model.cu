@@ -17,6 +17,8 @@
  *     h2   = RMSNorm(x)·w_post; x = x + qlin_d(silu(qlin_g(h2))⊙qlin_u(h2))   cs_swiglu
  *   loss   = CE((RMSNorm(x)·w_f)·Eᵀ)                        cx_lm_head: chunks of tokens,
  *                                                           loss and dlogits together
+ * Qwen3-MoE layers (model_layer_is_moe) run the block of moe.cu in place of
+ * the MLP (docs/moe.md; written without a GPU run as of 2026-12-06).
  * Determinism: no float atomics; reductions run in fixed orders, so a run
  * replays bit for bit on the same GPU.
  */
