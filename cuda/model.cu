@@ -17,6 +17,8 @@
  *     h2   = RMSNorm(x)·w_post; x = x + qlin_d(silu(qlin_g(h2))⊙qlin_u(h2))   cs_swiglu
  *   loss   = CE((RMSNorm(x)·w_f)·Eᵀ)                        cx_lm_head: chunks of tokens,
  *                                                           loss and dlogits together
+ * Qwen3-MoE layers (model_layer_is_moe) run the block of moe.cu in place of
+ * the MLP (docs/moe.md; written without a GPU run as of 2026-12-06).
  * Determinism: no float atomics; reductions run in fixed orders, so a run
  * replays bit for bit on the same GPU.
  */
@@ -28,7 +30,9 @@
 #include "cross_entropy.cuh"
 #include "embedding.cuh"
 #include "adamw.cuh"
+#include "moe.cuh"
 #include "averis/model_spec.h"
+#include "averis/moe.h"
 #include "averis/analysis_cuda.h"
 
 #include <cublas_v2.h>
@@ -55,6 +59,7 @@ struct cm_layer {
 /* A block's parameters (or their gradients) inside the flat [nparams] buffer. */
 struct cm_block {
     float *in_norm, *wq, *wk, *wv, *wo, *q_norm, *k_norm, *post_norm, *wg, *wu, *wd;
+    float *router, *eg, *eu, *ed; /* a Qwen3-MoE layer (wg, wu, wd NULL): moe.cu */
 };
 
 } // namespace
@@ -79,6 +84,8 @@ struct avc_model {
     __nv_bfloat16 *head_bf16 = nullptr; /* [V × C] */
     int weights_ready = 0;
     std::vector<cm_layer> layers;
+    int moe = 0;   /* a Qwen3-MoE config: its sparse layers run through moe.cu */
+    cm_moe moe_st; /* their buffers and routing */
     float *x_out = nullptr, *hf = nullptr, *rstd_f = nullptr, *tok_loss = nullptr; /* hf [N × C]: fp32 activations only */
     __nv_bfloat16 *hf_bf16 = nullptr;        /* [N × C] */
     ca_attn att = {};                        /* attention's shape, path and scratch */
@@ -134,8 +141,11 @@ namespace {
 averis_status prep_weights(avc_model *net) {
     if (net->weights_ready) return AVERIS_OK;
     CU_PROF("weight operands", net->s);
-    for (int l = 0; l < net->cfg.num_hidden_layers; l++)
-        for (int k = 0; k < 7; k++) CU_OK(cl_prep_w(net->rec(l), &net->wops[7 * l + k], net->s));
+    for (int l = 0; l < net->cfg.num_hidden_layers; l++) {
+        int moe_l = net->moe && net->moe_st.layers[l].used; /* its MLP operands are the experts' */
+        for (int k = 0; k < (moe_l ? 4 : 7); k++) CU_OK(cl_prep_w(net->rec(l), &net->wops[7 * l + k], net->s));
+        if (moe_l) CU_OK(cm_moe_prep_weights(&net->moe_st, l, net->rec(l), net->s));
+    }
     CU_OK(cq_to_bf16(net->lm_head, net->head_bf16, net->V * net->C, net->s));
     net->weights_ready = 1;
     return AVERIS_OK;
@@ -145,10 +155,12 @@ void bind_blocks(const model *m, float *base, std::vector<cm_block> &out) {
     out.resize((size_t)m->cfg.num_hidden_layers);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
         const model_block &b = m->w.blocks[l];
-        const float *h[11] = {b.in_norm, b.wq, b.wk, b.wv, b.wo, b.q_norm, b.k_norm, b.post_norm, b.wg, b.wu, b.wd};
-        float **d[11] = {&out[l].in_norm, &out[l].wq, &out[l].wk, &out[l].wv, &out[l].wo, &out[l].q_norm,
-                         &out[l].k_norm, &out[l].post_norm, &out[l].wg, &out[l].wu, &out[l].wd};
-        for (int k = 0; k < 11; k++) *d[k] = base + (h[k] - m->params);
+        const float *h[15] = {b.in_norm, b.wq, b.wk, b.wv, b.wo, b.q_norm, b.k_norm, b.post_norm, b.wg, b.wu, b.wd,
+                              b.router, b.eg, b.eu, b.ed};
+        float **d[15] = {&out[l].in_norm, &out[l].wq, &out[l].wk, &out[l].wv, &out[l].wo, &out[l].q_norm,
+                         &out[l].k_norm, &out[l].post_norm, &out[l].wg, &out[l].wu, &out[l].wd,
+                         &out[l].router, &out[l].eg, &out[l].eu, &out[l].ed};
+        for (int k = 0; k < 15; k++) *d[k] = h[k] ? base + (h[k] - m->params) : nullptr; /* NULL: absent in this layer */
     }
 }
 
@@ -176,6 +188,7 @@ averis_status setup(avc_model *net, const model *m) {
         CU_OK(cl_check(r, N, C, F));
         CU_OK(cl_check(r, N, qd, C));
         CU_OK(cl_check(r, N, C, kvd));
+        if (c.num_experts) CU_OK(cm_moe_check(r, c, N));
     }
     ca_attn &at = net->att;
     at.B = net->B, at.T = net->T, at.H = net->H, at.KV = net->KV, at.Dh = net->Dh;
@@ -212,7 +225,8 @@ averis_status setup(avc_model *net, const model *m) {
         cm_block &b = net->blk_w[l];
         float *ws[7] = {b.wq, b.wk, b.wv, b.wo, b.wg, b.wu, b.wd};
         int64_t dims[7][2] = {{qd, C}, {kvd, C}, {kvd, C}, {C, qd}, {F, C}, {F, C}, {C, F}};
-        for (int k = 0; k < 7; k++) {
+        int moe_l = c.num_experts && model_layer_is_moe(&c, l);
+        for (int k = 0; k < (moe_l ? 4 : 7); k++) { /* a MoE layer's MLP operands are moe.cu's */
             cl_weight &o = net->wops[7 * l + k];
             o.w = ws[k], o.n = dims[k][0], o.m = dims[k][1];
             CU_OK(net->alloc(&o.wq, o.n * o.m));
@@ -224,6 +238,7 @@ averis_status setup(avc_model *net, const model *m) {
     net->layers.resize((size_t)Lc);
     int64_t kp = std::max(cl_kp(&net->recipe, N), cl_kp(&net->bf16_recipe, N));
     int64_t wmax = std::max({C, qd, F});
+    if (c.num_experts) wmax = std::max<int64_t>(wmax, c.moe_intermediate_size); /* the experts' inputs and gradients */
     CU_OK(net->alloc(&net->xq, N * wmax));
     CU_OK(net->alloc(&net->xt, wmax * kp));
     for (int l = 0; l < Lc; l++) {
@@ -233,11 +248,15 @@ averis_status setup(avc_model *net, const model *m) {
         CU_OK(net->alloc_act(&io.v, N * kvd));
         CU_OK(net->alloc(&io.rstd_q, N * net->H)); CU_OK(net->alloc(&io.rstd_k, N * net->KV));
         CU_OK(net->alloc_act(&io.att.ao, N * qd)); CU_OK(net->alloc(&io.x_mid, N * C)); CU_OK(net->alloc_act(&io.h2, N * C));
-        CU_OK(net->alloc(&io.rstd2, N)); CU_OK(net->alloc_act(&io.g, N * F)); CU_OK(net->alloc_act(&io.u, N * F));
-        CU_OK(net->alloc_act(&io.a, N * F));
+        CU_OK(net->alloc(&io.rstd2, N));
+        int64_t Fl = c.num_experts && model_layer_is_moe(&c, l) ? 0 : F; /* a MoE layer has no dense MLP */
+        if (Fl) {
+            CU_OK(net->alloc_act(&io.g, N * F)); CU_OK(net->alloc_act(&io.u, N * F));
+            CU_OK(net->alloc_act(&io.a, N * F));
+        }
         if (net->act_bf16) {
             CU_OK(net->alloc(&io.mb_q, qd)); CU_OK(net->alloc(&io.mb_k, kvd)); CU_OK(net->alloc(&io.mb_v, kvd));
-            CU_OK(net->alloc(&io.mb_g, F)); CU_OK(net->alloc(&io.mb_u, F));
+            if (Fl) { CU_OK(net->alloc(&io.mb_g, F)); CU_OK(net->alloc(&io.mb_u, F)); }
         }
         CU_OK(net->alloc(&io.att.qh, N * qd)); CU_OK(net->alloc(&io.att.kh, N * kvd)); CU_OK(net->alloc(&io.att.vh, N * kvd));
         if (at.flash || at.cudnn) CU_OK(net->alloc(&io.att.lse, BHT));
@@ -252,6 +271,16 @@ averis_status setup(avc_model *net, const model *m) {
             CU_OK(net->alloc(&x.amax, 1)); CU_OK(net->alloc(&x.mean, ms[k])); CU_OK(net->alloc(&x.res_amax, 1));
             CU_OK(net->alloc(&x.xt_amax, 1)); CU_OK(net->alloc(&x.xt_sum, ms[k]));
         }
+    }
+    if (c.num_experts) { /* the MoE layers' buffers (moe.cu) */
+        net->moe = 1;
+        CU_OK(cm_moe_setup(&net->moe_st, c, N, [net](void **p, size_t bytes) { return net->alloc((char **)p, (int64_t)bytes); }));
+        for (int l = 0; l < Lc; l++)
+            if (net->moe_st.layers[l].used) {
+                const cm_block &b = net->blk_w[l], &g = net->blk_grad[l];
+                cm_moe_bind(&net->moe_st, l, b.router, b.eg, b.eu, b.ed, g.router, g.eg, g.eu, g.ed);
+            }
+        cm_moe_set_operands(&net->moe_st, net->xq, net->xt);
     }
     CU_OK(net->alloc(&net->x_out, N * C)); CU_OK(net->alloc(&net->rstd_f, N));
     if (!net->act_bf16) CU_OK(net->alloc(&net->hf, N * C));
@@ -365,6 +394,13 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
             CU_OK(cn_rmsnorm(io.x_mid, w.post_norm, static_cast<A *>(io.h2), io.rstd2, N, C, eps, s));
         }
         CM_TAP(l, "ffn_in", io.h2, net->act_bf16, N, C);
+        if (net->moe && net->moe_st.layers[l].used) { /* x_next = x_mid + the MoE block's output */
+            float *x_next = l + 1 < Lc ? net->layers[l + 1].x_in : net->x_out;
+            CU_OK(cm_moe_forward(&net->moe_st, l, r, io.h2, net->act_bf16, io.x_mid, x_next, &net->scr, net->cb, net->tap,
+                                 net->tap_ctx, s));
+            CM_TAP(l, "resid_ffn", x_next, 0, N, C);
+            continue;
+        }
         CU_OK(cl_prep_x(r, &io.in_h2, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[4], io.g, net->act_bf16, nullptr, mt.g, &net->scr, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[5], io.u, net->act_bf16, nullptr, mt.u, &net->scr, s));
@@ -376,6 +412,8 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         CU_OK(cl_forward(r, &io.in_a, &wo[6], x_next, 0, io.x_mid, nullptr, &net->scr, s)); /* x_out = x_mid + a·Wdᵀ */
         CM_TAP(l, "resid_ffn", x_next, 0, N, C);
     }
+    float aux = 0.0f; /* the MoE load-balancing loss (docs/moe.md) */
+    if (net->moe) CU_OK(cm_moe_aux(&net->moe_st, s, &aux));
     if (net->act_bf16) {
         CU_OK(cn_rmsnorm(net->x_out, net->final_norm, net->hf_bf16, net->rstd_f, N, C, eps, s));
     } else {
@@ -394,6 +432,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         double total = 0.0;
         for (float v : tok_loss) total += v;
         *loss = (float)(total / (double)N);
+        if (net->moe && c.output_router_logits) *loss = *loss + (float)c.router_aux_loss_coef * aux; /* as model.c */
         return AVERIS_OK;
     }
 
@@ -410,13 +449,18 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         const mean_terms mt = layer_means(net, io, r);
         /* MLP */
         CM_TAP(l, "grad_ffn_down", net->dx, 0, N, C);
-        CU_OK(cl_backward(r, &io.in_a, &wo[6], net->dx, net->da, 0, gw.wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &net->scr, s));
-        CU_OK(cs_swiglu_bwd(net->da, static_cast<const A *>(io.g), static_cast<const A *>(io.u), mt.g, mt.u, net->dg,
-                            net->du, N * F, F, s));
-        CM_TAP(l, "grad_ffn_gate", net->dg, 0, N, F);
-        CM_TAP(l, "grad_ffn_up", net->du, 0, N, F);
-        CU_OK(cl_backward(r, &io.in_h2, &wo[4], net->dg, net->dh, 0, gw.wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &net->scr, s));
-        CU_OK(cl_backward(r, &io.in_h2, &wo[5], net->du, net->dh, 1, gw.wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &net->scr, s));
+        if (net->moe && net->moe_st.layers[l].used) {
+            CU_OK(cm_moe_backward(&net->moe_st, l, r, io.h2, net->act_bf16, net->dx, net->dh, loss_scale, sr_stream,
+                                  &net->scr, net->cb, net->tap, net->tap_ctx, s));
+        } else {
+            CU_OK(cl_backward(r, &io.in_a, &wo[6], net->dx, net->da, 0, gw.wd, model_sr_stream(sr_stream, l, MODEL_LIN_DOWN), &net->scr, s));
+            CU_OK(cs_swiglu_bwd(net->da, static_cast<const A *>(io.g), static_cast<const A *>(io.u), mt.g, mt.u, net->dg,
+                                net->du, N * F, F, s));
+            CM_TAP(l, "grad_ffn_gate", net->dg, 0, N, F);
+            CM_TAP(l, "grad_ffn_up", net->du, 0, N, F);
+            CU_OK(cl_backward(r, &io.in_h2, &wo[4], net->dg, net->dh, 0, gw.wg, model_sr_stream(sr_stream, l, MODEL_LIN_GATE), &net->scr, s));
+            CU_OK(cl_backward(r, &io.in_h2, &wo[5], net->du, net->dh, 1, gw.wu, model_sr_stream(sr_stream, l, MODEL_LIN_UP), &net->scr, s));
+        }
         CU_OK(cn_rmsnorm_bwd(net->dx, gw.post_norm, net->dh, io.x_mid, nullptr, 1, io.rstd2, w.post_norm, N, C, 1, part, s));
         /* attention */
         CM_TAP(l, "grad_attn_out", net->dx, 0, N, C);
@@ -441,6 +485,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
     double total = 0.0;
     for (float v : tok_loss) total += v;
     *loss = (float)(total / (double)N);
+    if (net->moe && c.output_router_logits) *loss = *loss + (float)c.router_aux_loss_coef * aux; /* as model.c */
     return AVERIS_OK;
 }
 
@@ -452,10 +497,6 @@ extern "C" {
 averis_status avc_model_create(avc_model **out, const model *m, int B, int T, const avc_model_opts *opts) {
     *out = nullptr;
     if (B < 1 || T < 1) return averis_fail(AVERIS_EINVAL, "cuda model: B = %d, T = %d", B, T);
-    if (m->cfg.num_experts) /* docs/moe.md: the MoE model runs on the CPU path only */
-        return averis_fail(AVERIS_EUNSUPPORTED,
-                           "cuda model: Qwen3-MoE (num_experts = %d) is not implemented on the GPU yet; use --device cpu",
-                           m->cfg.num_experts);
     avc_model *net = new avc_model();
     net->B = B, net->T = T;
     if (opts) net->opts = *opts;

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 /* ================================================================ cuBLASLt */
 namespace {
@@ -29,14 +30,20 @@ struct lt_plan {
     int bias_in_epilogue; /* else the bias is added by a kernel */
 };
 
-enum { LT_MAX_PLANS = 256 };
+/* Plans by key (a hash index over the array). The MoE experts' GEMMs
+ * (cuda/moe.cu) have a new row count, and so a new key, almost every call:
+ * when the cache is full the oldest plan is replaced (round robin). A key
+ * gets the same algorithm whenever it is planned, so eviction changes no
+ * result; the dense model's few dozen keys never fill it. */
+enum { LT_MAX_PLANS = 1024 };
 struct lt_state {
     cublasLtHandle_t h = nullptr;
     void *ws = nullptr;
     size_t ws_size = 32u << 20;
     float *consts = nullptr; /* {0, 1} */
     lt_plan plans[LT_MAX_PLANS];
-    int nplans = 0;
+    int nplans = 0, next_evict = 0;
+    std::unordered_map<uint64_t, int> index; /* key hash → slot */
 };
 lt_state g_lt;
 std::mutex g_lt_mu;
@@ -61,6 +68,21 @@ unsigned align_of(const void *p) {
 __global__ void k_add_bias(float *D, int64_t M, int64_t N, int64_t ldd, const float *bias) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < M * N) D[(i / N) * ldd + i % N] += bias[i % N];
+}
+
+uint64_t lt_hash(const lt_key &k) { /* FNV-1a over the key's bytes (zeroed padding) */
+    const unsigned char *b = reinterpret_cast<const unsigned char *>(&k);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof k; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+void lt_destroy_plan(lt_plan *p) {
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    p->op = nullptr, p->a = p->b = p->c = nullptr;
 }
 
 averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
@@ -127,8 +149,8 @@ averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
     if (bias && td != CUDA_R_32F) /* cuBLASLt's BF16 D takes a BF16 bias only: ours stay fp32 */
         return averis_fail(AVERIS_EINVAL, "cl_matmul: a bias needs an fp32 D");
     lt_plan *p = nullptr;
+    std::lock_guard<std::mutex> lock(g_lt_mu); /* to the end: a plan may be replaced by another thread's call */
     {
-        std::lock_guard<std::mutex> lock(g_lt_mu);
         CU_OK(lt_init());
         lt_key k;
         memset(&k, 0, sizeof k);
@@ -139,13 +161,27 @@ averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
         k.bias = bias != nullptr;
         k.c_is_d = C == D;
         k.align[0] = align_of(B), k.align[1] = align_of(A), k.align[2] = align_of(C), k.align[3] = align_of(D);
-        for (int i = 0; i < g_lt.nplans && !p; i++)
-            if (g_lt.plans[i].key == k) p = &g_lt.plans[i];
+        uint64_t h = lt_hash(k);
+        auto it = g_lt.index.find(h);
+        if (it != g_lt.index.end() && g_lt.plans[it->second].key == k) p = &g_lt.plans[it->second];
         if (!p) {
-            if (g_lt.nplans == LT_MAX_PLANS) return averis_fail(AVERIS_ENOMEM, "cublasLt: plan cache full");
-            p = &g_lt.plans[g_lt.nplans];
-            CU_OK(lt_make_plan(k, p));
-            g_lt.nplans++;
+            int slot;
+            if (g_lt.nplans < LT_MAX_PLANS) {
+                slot = g_lt.nplans++;
+            } else { /* full: replace the oldest */
+                slot = g_lt.next_evict;
+                g_lt.next_evict = (g_lt.next_evict + 1) % LT_MAX_PLANS;
+                auto old = g_lt.index.find(lt_hash(g_lt.plans[slot].key));
+                if (old != g_lt.index.end() && old->second == slot) g_lt.index.erase(old);
+            }
+            p = &g_lt.plans[slot];
+            lt_destroy_plan(p);
+            averis_status st = lt_make_plan(k, p);
+            if (st) {
+                memset(&p->key, 0xff, sizeof p->key); /* no key matches a failed slot */
+                return st;
+            }
+            g_lt.index[h] = slot;
         }
     }
     if (p->bias_in_epilogue)

@@ -4,7 +4,9 @@
  *                      bytes they must move (input read once + packed codes
  *                      and scales written) vs a device-to-device copy (the
  *                      other numbered versions: build/quant_lab bench)
- *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]
+ *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]
+ *                      (--layers: only the first L layers of the config, for
+ *                      a model that does not fit whole, e.g. qwen3-moe-7b-a1.5b)
  *                      one training step (zero grad, forward, backward, norm,
  *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
  *                      the paper reports (averis / nvfp4, ...) vs bf16
@@ -14,6 +16,7 @@
  */
 #include "common.cuh"
 #include "../../dev/cuda/tool_util.cuh"
+#include "averis/moe.h"
 
 #include <algorithm>
 #include <chrono>
@@ -68,17 +71,23 @@ static double now_s(void) {
 
 static int bench_step(int argc, char **argv) {
     const char *config = "qwen3-0.6b", *recipes = "bf16,nvfp4,nvfp4-rht,averis,averis-rht";
-    int B = 8, T = 1024, steps = 5;
+    int B = 8, T = 1024, steps = 5, layers = 0;
     for (int i = 0; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
         else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--recipes")) recipes = argv[i + 1];
+        else if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
         else { fprintf(stderr, "bench_cuda step: unknown option %s\n", argv[i]); return 2; }
     }
     model_config cfg;
     TOOL_OK(model_config_load(config, &cfg));
+    if (layers < 0 || layers > cfg.num_hidden_layers) {
+        fprintf(stderr, "bench_cuda step: --layers %d: the config has %d\n", layers, cfg.num_hidden_layers);
+        return 2;
+    }
+    if (layers) cfg.num_hidden_layers = layers;
     model m;
     TOOL_OK(model_create(&m, &cfg));
     model_init_weights(&m, 1);
@@ -90,10 +99,15 @@ static int bench_step(int argc, char **argv) {
         tok[i] = (int)((s >> 33) % (uint64_t)cfg.vocab_size);
     }
     for (int64_t i = 0; i < N; i++) tgt[i] = tok[(i + 1) % N];
-    /* flops per token: 6·params (matmuls fwd+bwd, the tied head once) + attention QKᵀ and PV over all T² */
-    double flops_tok = 6.0 * (double)model_config_nparams(&cfg) +
+    /* flops per token: 6·params (matmuls fwd+bwd, the tied head once; a MoE
+     * layer's active ones: router + k experts) + attention QKᵀ and PV over all T² */
+    double active = (double)model_config_nparams(&cfg);
+    for (int l = 0; l < cfg.num_hidden_layers; l++)
+        if (model_layer_is_moe(&cfg, l)) active -= (double)(moe_layer_nparams(&cfg) - moe_layer_active_nparams(&cfg));
+    double flops_tok = 6.0 * active +
                        12.0 * cfg.num_hidden_layers * (double)cfg.num_attention_heads * cfg.head_dim * T;
-    printf("training step, %s, %d x %d tokens, %d timed steps after 2 warm-up\n", config, B, T, steps);
+    printf("training step, %s (%d layers, %.3gB parameters, %.3gB active), %d x %d tokens, %d timed steps after 2 "
+           "warm-up\n", config, cfg.num_hidden_layers, (double)model_config_nparams(&cfg) / 1e9, active / 1e9, B, T, steps);
     printf("%-12s %10s %12s %8s %10s\n", "recipe", "ms/step", "tokens/s", "MFU", "loss");
     std::vector<std::pair<std::string, double>> res;
     std::string list = recipes;
@@ -153,6 +167,6 @@ int main(int argc, char **argv) {
     cu_prof_enable(prof && atoi(prof) > 0); /* where the step's device time goes, by category */
     if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
     if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
-    fprintf(stderr, "usage: bench_cuda quant | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b]\n");
+    fprintf(stderr, "usage: bench_cuda quant | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]\n");
     return 2;
 }

@@ -24,16 +24,19 @@ extern "C" {
 #include "../check.h"
 }
 
-/* T = 64: the materialised attention in 4 causal row blocks; T = 48 (not a
- * multiple of 64): in one. opts: the GPU model's activations and attention. */
-void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
+/* config: a preset (tiny; moe-tiny for the Qwen3-MoE path of cuda/moe.cu).
+ * For a MoE config the loss includes the aux loss (both models), and the GPU
+ * step is run twice: the same bits (routing, sort and combine are
+ * deterministic). */
+static void model_vs_cpu(const char *config, int T, const avc_model_opts *opts) {
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     /* loss and gradient bounds (relative): fp32/bf16 differ by BF16 rounding of
      * the LM head and attention operands; FP4 recipes also flip a few
      * quantization decisions at rounding boundaries */
     const double loss_tol = 2e-3;
     model_config cfg;
-    model_config_load("tiny", &cfg);
+    CHECK(model_config_load(config, &cfg) == AVERIS_OK, "preset %s", config);
+    const int moe = cfg.num_experts > 0;
     const int B = 2, N = B * T;
     std::vector<int> tok(N), tgt(N);
     trng r = {77};
@@ -90,6 +93,29 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
               averis_last_error());
         std::vector<float> gg(m.nparams);
         avc_model_grads(net, gg.data());
+        if (moe) {
+            CHECK(m.aux_loss > 0.0f && std::isfinite(lg), "%s: aux loss %g (cpu), loss %g (gpu)", recipes[ri], m.aux_loss, lg);
+            /* the replay: the same loss and gradient bits */
+            float lg2 = 0;
+            std::vector<float> gg2(m.nparams);
+            CHECK(avc_model_zero_grad(net) == AVERIS_OK, "zero_grad");
+            CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12, &lg2) == AVERIS_OK, "%s: gpu step 2: %s",
+                  recipes[ri], averis_last_error());
+            avc_model_grads(net, gg2.data());
+            CHECK(!memcmp(&lg, &lg2, sizeof lg) && !memcmp(gg.data(), gg2.data(), gg.size() * sizeof(float)),
+                  "%s: the MoE step does not replay bit for bit", recipes[ri]);
+            /* experts the CPU left empty (gradient exactly 0): the GPU's routing agrees if they are 0 there too */
+            int empty = 0, differ = 0;
+            for (int t = 0; t < m.ntensors; t++) {
+                const model_tensor &mt = m.tensors[t];
+                if (!strstr(mt.name, ".experts.")) continue;
+                int zc = 1, zg = 1;
+                for (size_t i = 0; i < mt.numel && (zc || zg); i++) zc &= m.grads[mt.offset + i] == 0.0f, zg &= gg[mt.offset + i] == 0.0f;
+                empty += zc, differ += zc != zg;
+            }
+            printf("  %-11s aux %.6f; expert tensors with a zero gradient on the cpu %d, of which nonzero on the gpu "
+                   "(or vice versa) %d\n", recipes[ri], m.aux_loss, empty, differ);
+        }
         double worst = 0.0, tnum = 0.0, tden = 0.0;
         const char *wname = "";
         for (int t = 0; t < m.ntensors; t++) {
@@ -113,3 +139,10 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) {
         model_free(&m);
     }
 }
+
+/* T = 64: the materialised attention in 4 causal row blocks; T = 48 (not a
+ * multiple of 64): in one. opts: the GPU model's activations and attention. */
+void test_model_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("tiny", T, opts); }
+
+/* the Qwen3-MoE model (moe-tiny: 8 experts of 64, top-2, every layer sparse) */
+void test_moe_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("moe-tiny", T, opts); }

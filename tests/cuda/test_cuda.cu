@@ -432,6 +432,13 @@ template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void)
     test_model_vs_cpu_T(T, &o);
 }
 
+/* the Qwen3-MoE model (cuda/moe.cu) the same way, moe-tiny */
+void test_moe_vs_cpu_T(int T, const avc_model_opts *opts);
+template <int T, avc_act ACT> static void test_moe_vs_cpu(void) {
+    const avc_model_opts o = {ACT, AVC_ATTN_AUTO};
+    test_moe_vs_cpu_T(T, &o);
+}
+
 /* cuDNN explicitly (AVC_ATTN_CUDNN), where the build has it */
 template <int T> static void test_model_vs_cpu_cudnn(void) {
     if (!ccd_supported(T, 64)) {
@@ -459,6 +466,9 @@ static const test_case k_tests[] = {
     {"model_vs_cpu_seq48", test_model_vs_cpu<48, AVC_ACT_BF16, AVC_ATTN_MATERIALISED>},
     {"model_vs_cpu_cudnn_seq48", test_model_vs_cpu_cudnn<48>},
     {"model_vs_cpu_flash", test_model_vs_cpu<64, AVC_ACT_BF16, AVC_ATTN_FLASH>},
+    /* Qwen3-MoE (issue 15): fp32 and BF16 activations */
+    {"moe_vs_cpu_fp32act", test_moe_vs_cpu<64, AVC_ACT_FP32>},
+    {"moe_vs_cpu_bf16act", test_moe_vs_cpu<64, AVC_ACT_BF16>},
 };
 
 int main(int argc, char **argv) {
