@@ -543,7 +543,8 @@ void test_dequantize_every_code_and_scale(void) {
                     uint32_t a, b;
                     memcpy(&a, &row[j], 4);
                     memcpy(&b, &y[rr * c + j], 4);
-                    if (a != b && bad++ < 3)
+                    /* a NaN's sign after the inverse RHT depends on operand order */
+                    if (a != b && !(isnan(row[j]) && isnan(y[rr * c + j])) && bad++ < 3)
                         CHECK(0, "tile %d inv %d: (%lld, %lld) = %a, formula %a", tile, inv, (long long)rr,
                               (long long)j, (double)y[rr * c + j], (double)row[j]);
                 }
