@@ -63,6 +63,7 @@ void nvfp4_colacc_avx2(const float *x, int64_t w, double *part, float *mx, float
 void nvfp4_colacc_rows_avx2(const float *x, int64_t ld, int64_t nrows, int64_t w, double *part, float *mx,
                             float *mn);
 void nvfp4_rht16_rows_avx2(float *x, int64_t n16); /* in place, n16 groups */
+void nvfp4_rht16_inv_rows_avx2(const float *y, float *g, int64_t n16);
 float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht);
 void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
                              float s_enc, float s_dec, const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc,
@@ -70,6 +71,7 @@ void nvfp4_quant_rows_avx512(const float *x, const float *mean, int h, int64_t c
 float nvfp4_amax_avx512(const float *x, int64_t n);
 void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, float *mn);
 void nvfp4_rht16_rows_avx512(float *x, int64_t n16);
+void nvfp4_rht16_inv_rows_avx512(const float *y, float *g, int64_t n16);
 float nvfp4_amax_res_avx512(const float *x, const float *mean, int64_t n, int rht);
 #endif
 

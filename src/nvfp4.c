@@ -65,12 +65,17 @@ typedef struct {
     nvfp4_amax_res_fn amax_res;
     nvfp4_amax_fn amax;
     void (*rht_rows)(float *x, int64_t n16);
+    void (*rht_inv_rows)(const float *y, float *g, int64_t n16);
     nvfp4_colacc_fn colacc;
     nvfp4_colacc_rows_fn colacc_rows; /* NULL: colacc row by row */
 } kernels;
 
 static void rht_rows_scalar(float *x, int64_t n16) {
     for (int64_t g = 0; g < n16; g++) nvfp4_rht16_ref(x + 16 * g, x + 16 * g);
+}
+
+static void rht_inv_rows_scalar(const float *y, float *g, int64_t n16) {
+    for (int64_t i = 0; i < n16; i++) nvfp4_rht16_inv_ref(y + 16 * i, g + 16 * i);
 }
 
 static void quant_rows_scalar(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile,
@@ -81,19 +86,24 @@ static void quant_rows_scalar(const float *x, const float *mean, int h, int64_t 
 }
 
 static kernels kernels_for(nvfp4_impl impl) {
-    kernels k = {quant_rows_scalar, NULL, nvfp4_amax_scalar, rht_rows_scalar, nvfp4_colacc_scalar, NULL};
+    kernels k = {quant_rows_scalar, NULL, nvfp4_amax_scalar, rht_rows_scalar, rht_inv_rows_scalar,
+                 nvfp4_colacc_scalar, NULL};
 #if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2)
         k = (kernels){nvfp4_quant_rows_avx2, nvfp4_amax_res_avx2, nvfp4_amax_avx2, nvfp4_rht16_rows_avx2,
-                      nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
+                      nvfp4_rht16_inv_rows_avx2, nvfp4_colacc_avx2, nvfp4_colacc_rows_avx2};
     if (impl == NVFP4_IMPL_AVX512)
         k = (kernels){nvfp4_quant_rows_avx512, nvfp4_amax_res_avx512, nvfp4_amax_avx512, nvfp4_rht16_rows_avx512,
-                      nvfp4_colacc_avx512,
+                      nvfp4_rht16_inv_rows_avx512, nvfp4_colacc_avx512,
                       nvfp4_colacc_rows_avx2 /* registers, not width, bound it */};
 #else
     (void)impl;
 #endif
     return k;
+}
+
+void nvfp4_rht16_inv_rows(const float *y, float *g, int64_t n16, nvfp4_impl impl) {
+    kernels_for(nvfp4_impl_resolve(impl)).rht_inv_rows(y, g, n16);
 }
 
 /* Below this many elements the work is done on one thread: a parallel
@@ -421,8 +431,9 @@ averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *ou
     float e4m3[256]; /* decode table: the same values as the codec */
     for (int c = 0; c < 256; c++) e4m3[c] = nvfp4_e4m3_decode((uint8_t)c);
     nvfp4_dequant_row_fn dequant_row = dequant_row_scalar;
-#if defined(AVERIS_HAVE_X86)
     nvfp4_impl impl = nvfp4_impl_resolve(NVFP4_IMPL_AUTO);
+    void (*rht_inv)(const float *, float *, int64_t) = kernels_for(impl).rht_inv_rows;
+#if defined(AVERIS_HAVE_X86)
     if (impl == NVFP4_IMPL_AVX2 || impl == NVFP4_IMPL_AVX512) dequant_row = nvfp4_dequant_row_avx2;
 #endif
     /* direct: rows land in out as they are (no crop, no inverse transform) */
@@ -442,8 +453,7 @@ averis_status nvfp4_dequantize(const nvfp4_tensor *t, int inverse_rht, float *ou
             float *dst = direct ? out + r * cp : row;
             dequant_row(t->codes + r * cp / 2, sc, e4m3, nb, s_dec, dst);
             if (direct) continue;
-            if (inverse_rht)
-                for (int64_t g = 0; g < nb; g++) nvfp4_rht16_inv_ref(row + 16 * g, row + 16 * g);
+            if (inverse_rht) rht_inv(row, row, nb);
             memcpy(out + r * t->cols, row, (size_t)t->cols * sizeof(float));
         }
         free(row);

@@ -178,9 +178,8 @@ static inline int64_t hsum8i(__m256i v) {
 /* ---------------------------------------------------------------- RHT */
 /* The spec's RHT of one 16-group held in v[0..1] (nvfp4_rht16_ref): each
  * lane computes the same a+b or a−b as the scalar butterflies. */
-static inline void rht16_regs(__m256 v[2]) {
-    v[0] = _mm256_mul_ps(v[0], _mm256_loadu_ps(nvfp4_rht_signs));
-    v[1] = _mm256_mul_ps(v[1], _mm256_loadu_ps(nvfp4_rht_signs + 8));
+/* The butterflies h = 1, 2, 4, 8 of nvfp4_spec_fwht16, unscaled. */
+static inline void fwht16_regs(__m256 v[2]) {
     for (int k = 0; k < 2; k++) {
         __m256 p;
         p = _mm256_permute_ps(v[k], 0xB1); /* j ^ 1 */
@@ -191,8 +190,29 @@ static inline void rht16_regs(__m256 v[2]) {
         v[k] = _mm256_blend_ps(_mm256_add_ps(v[k], p), _mm256_sub_ps(p, v[k]), 0xF0);
     }
     __m256 a = _mm256_add_ps(v[0], v[1]), b = _mm256_sub_ps(v[0], v[1]); /* j ^ 8 */
-    v[0] = _mm256_mul_ps(_mm256_set1_ps(0.25f), a);
-    v[1] = _mm256_mul_ps(_mm256_set1_ps(0.25f), b);
+    v[0] = a;
+    v[1] = b;
+}
+
+static inline void rht16_regs(__m256 v[2]) {
+    v[0] = _mm256_mul_ps(v[0], _mm256_loadu_ps(nvfp4_rht_signs));
+    v[1] = _mm256_mul_ps(v[1], _mm256_loadu_ps(nvfp4_rht_signs + 8));
+    fwht16_regs(v);
+    v[0] = _mm256_mul_ps(_mm256_set1_ps(0.25f), v[0]);
+    v[1] = _mm256_mul_ps(_mm256_set1_ps(0.25f), v[1]);
+}
+
+/* nvfp4_rht16_inv_ref of n16 groups, y → g (may alias): butterflies, then
+ * (0.25·v)·s as the spec orders it. */
+void nvfp4_rht16_inv_rows_avx2(const float *y, float *g, int64_t n16) {
+    const __m256 q = _mm256_set1_ps(0.25f);
+    const __m256 s0 = _mm256_loadu_ps(nvfp4_rht_signs), s1 = _mm256_loadu_ps(nvfp4_rht_signs + 8);
+    for (int64_t i = 0; i < n16; i++) {
+        __m256 v[2] = {_mm256_loadu_ps(y + 16 * i), _mm256_loadu_ps(y + 16 * i + 8)};
+        fwht16_regs(v);
+        _mm256_storeu_ps(g + 16 * i, _mm256_mul_ps(_mm256_mul_ps(q, v[0]), s0));
+        _mm256_storeu_ps(g + 16 * i + 8, _mm256_mul_ps(_mm256_mul_ps(q, v[1]), s1));
+    }
 }
 
 void nvfp4_rht16_rows_avx2(float *x, int64_t n16) {

@@ -101,8 +101,7 @@ void nvfp4_colacc_avx512(const float *x, int64_t w, double *part, float *mx, flo
 /* The spec's RHT of one 16-group in a register (nvfp4_rht16_ref): the
  * butterflies as lane permutes; each lane computes the same a+b or a−b as
  * the scalar loop. */
-static inline __m512 rht16_reg(__m512 v) {
-    v = _mm512_mul_ps(v, _mm512_loadu_ps(nvfp4_rht_signs));
+static inline __m512 fwht16_reg(__m512 v) {
     __m512 p;
     p = _mm512_permute_ps(v, 0xB1); /* j ^ 1 */
     v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
@@ -112,7 +111,20 @@ static inline __m512 rht16_reg(__m512 v) {
     v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
     p = _mm512_shuffle_f32x4(v, v, 0x4E); /* j ^ 8 */
     v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, p), _mm512_sub_ps(p, v));
-    return _mm512_mul_ps(_mm512_set1_ps(0.25f), v);
+    return v;
+}
+
+static inline __m512 rht16_reg(__m512 v) {
+    v = _mm512_mul_ps(v, _mm512_loadu_ps(nvfp4_rht_signs));
+    return _mm512_mul_ps(_mm512_set1_ps(0.25f), fwht16_reg(v));
+}
+
+/* nvfp4_rht16_inv_ref of n16 groups, y → g (may alias): butterflies, then
+ * (0.25·v)·s as the spec orders it. */
+void nvfp4_rht16_inv_rows_avx512(const float *y, float *g, int64_t n16) {
+    const __m512 q = _mm512_set1_ps(0.25f), s = _mm512_loadu_ps(nvfp4_rht_signs);
+    for (int64_t i = 0; i < n16; i++)
+        _mm512_storeu_ps(g + 16 * i, _mm512_mul_ps(_mm512_mul_ps(q, fwht16_reg(_mm512_loadu_ps(y + 16 * i))), s));
 }
 
 void nvfp4_rht16_rows_avx512(float *x, int64_t n16) {

@@ -250,6 +250,9 @@ static void transpose_sub(const float *x, const float *mu, int64_t rows, int64_t
 /* The wgrad copy of x [l×c]: (x − 1·μ)ᵀ [c×l] quantized along tokens (RHT,
  * SR as the recipe says) → out [c×lp]; colsum [c] gets Σ_t of the quantized
  * residual in the token domain (inverse RHT first), if asked. */
+#define WG_COLS 8    /* columns summed side by side in wgrad_copy */
+#define WG_CHUNK 256 /* tokens per inverse-RHT chunk (a multiple of 16) */
+
 static averis_status wgrad_copy(const qlin_recipe *r, const float *x, const float *mu, int64_t l, int64_t c, int sr,
                                 uint64_t stream, float *out, float *colsum, qlin_ws *ws, qlin_opstat *st) {
     int64_t lp = nvfp4_cols_padded(l);
@@ -258,16 +261,27 @@ static averis_status wgrad_copy(const qlin_recipe *r, const float *x, const floa
     transpose_sub(x, mu, l, c, xt);
     averis_status s = roundtrip(xt, c, l, l, NVFP4_BLOCK_1X16, NULL, -1.0f, r->rht, sr, r->seed, stream, out, st);
     if (s || !colsum) return s;
-    for (int64_t j = 0; j < c; j++) {
-        const float *row = out + j * lp;
-        double acc = 0.0;
-        for (int64_t g = 0; g < lp; g += 16) {
-            float tok[16];
-            if (r->rht) nvfp4_rht16_inv_ref(row + g, tok);
-            else memcpy(tok, row + g, sizeof tok);
-            for (int i = 0; i < 16; i++) acc += tok[i];
+    /* Per column the fp64 sum runs over the tokens in order, as
+     * nvfp4_rht16_inv_ref then Σ would; WG_COLS columns at a time give the
+     * core independent add chains, and threads split the columns. */
+    nvfp4_impl impl = nvfp4_impl_resolve(NVFP4_IMPL_AUTO);
+    const int rht = r->rht;
+#pragma omp parallel for schedule(static) if (c * lp >= 65536)
+    for (int64_t j0 = 0; j0 < c; j0 += WG_COLS) {
+        int nj = c - j0 < WG_COLS ? (int)(c - j0) : WG_COLS;
+        double acc[WG_COLS] = {0};
+        float tok[WG_COLS][WG_CHUNK];
+        for (int64_t g0 = 0; g0 < lp; g0 += WG_CHUNK) {
+            int64_t n = lp - g0 < WG_CHUNK ? lp - g0 : WG_CHUNK;
+            for (int k = 0; k < WG_COLS; k++) {
+                if (k >= nj) memset(tok[k], 0, sizeof tok[k]);
+                else if (rht) nvfp4_rht16_inv_rows(out + (j0 + k) * lp + g0, tok[k], n / 16, impl);
+                else memcpy(tok[k], out + (j0 + k) * lp + g0, (size_t)n * sizeof(float));
+            }
+            for (int64_t i = 0; i < n; i++)
+                for (int k = 0; k < WG_COLS; k++) acc[k] += tok[k][i];
         }
-        colsum[j] = (float)acc;
+        for (int k = 0; k < nj; k++) colsum[j0 + k] = (float)acc[k];
     }
     return AVERIS_OK;
 }

@@ -1,4 +1,5 @@
 /* test_qlinear.c — the quantized linear layer under all five recipes. */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -392,6 +393,44 @@ void test_qlinear_deterministic_threads(void) {
 #else
     CHECK(1, "no OpenMP: single-threaded by construction");
 #endif
+}
+
+void test_qlinear_simd_levels_identical(void) {
+    /* every recipe's forward and backward (the wgrad column sums with the
+     * inverse RHT included) bit-identical on every SIMD level the host has */
+    const char *levels[] = {"scalar", "avx2", "avx512"};
+    const nvfp4_impl ids[] = {NVFP4_IMPL_SCALAR, NVFP4_IMPL_AVX2, NVFP4_IMPL_AVX512};
+    const int64_t l = 70, m = 64, n = 48, total = l * n + l * m + n * m;
+    trng g = {6};
+    float *X = randn(l * m, &g, 1.0f), *W = randn(n * m, &g, 0.1f), *D = randn(l * n, &g, 0.01f);
+    const char *saved = getenv("AVERIS_IMPL");
+    char *keep = saved ? strdup(saved) : NULL;
+    int compared = 0;
+    for (int id = 0; id < QLIN_NRECIPES; id++) {
+        qlin_recipe r;
+        qlin_recipe_parse(qlin_recipe_name((qlin_recipe_id)id), &r);
+        float *out[3] = {0};
+        for (int k = 0; k < 3; k++) {
+            if (nvfp4_impl_resolve(ids[k]) != ids[k]) continue; /* not on this host */
+            setenv("AVERIS_IMPL", levels[k], 1);
+            out[k] = calloc((size_t)total, 4);
+            qlin_ws ws = {0};
+            qlin_forward(&r, X, W, l, m, n, out[k], &ws, NULL);
+            qlin_backward(&r, X, W, D, l, m, n, out[k] + l * n, out[k] + l * n + l * m, 11, &ws, NULL);
+            qlin_ws_free(&ws);
+            if (k) {
+                CHECK(!memcmp(out[0], out[k], (size_t)total * 4), "%s: %s differs from scalar",
+                      qlin_recipe_name((qlin_recipe_id)id), levels[k]);
+                compared++;
+            }
+        }
+        for (int k = 0; k < 3; k++) free(out[k]);
+    }
+    if (keep) setenv("AVERIS_IMPL", keep, 1);
+    else unsetenv("AVERIS_IMPL");
+    free(keep);
+    CHECK(compared >= QLIN_NRECIPES || !nvfp4_cpu_has_avx2(), "compared %d", compared);
+    free(X); free(W); free(D);
 }
 
 void test_qlinear_shapes_and_errors(void) {

@@ -96,6 +96,9 @@ typedef enum { NVFP4_F32 = 0, NVFP4_BF16 = 1, NVFP4_F16 = 2 } nvfp4_dtype;
 typedef enum {
     NVFP4_IMPL_AUTO = 0, NVFP4_IMPL_SCALAR = 1, NVFP4_IMPL_AVX2 = 2, NVFP4_IMPL_AVX512 = 3
 } nvfp4_impl;
+/* nvfp4_rht16_inv_ref of n16 consecutive groups, y → g (may be the same
+ * buffer), on the SIMD level impl resolves to; bit-identical at every level. */
+void nvfp4_rht16_inv_rows(const float *y, float *g, int64_t n16, nvfp4_impl impl);
 
 /* Packed NVFP4 tensor of `rows × cols` values quantized along rows.
  *
