@@ -213,27 +213,14 @@ static void opts_for(train_opts *o, const char *dir, int slot, const char *sub, 
     o->quiet = 1;
 }
 
-static int same_file(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        if (ca != cb) same = 0;
-        if (ca == EOF || cb == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 static int same_ckpt(const char *outa, const char *outb, int step) {
     char pa[300], pb[300];
     snprintf(pa, sizeof pa, "%s/ckpt_%08d/model.safetensors", outa, step);
     snprintf(pb, sizeof pb, "%s/ckpt_%08d/model.safetensors", outb, step);
-    int same = same_file(pa, pb);
+    int same = test_same_file(pa, pb);
     snprintf(pa, sizeof pa, "%s/ckpt_%08d/state.bin", outa, step);
     snprintf(pb, sizeof pb, "%s/ckpt_%08d/state.bin", outb, step);
-    return same && same_file(pa, pb);
+    return same && test_same_file(pa, pb);
 }
 
 /* the grad_norm column of OUT/log.csv, steps 1..n */

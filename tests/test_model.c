@@ -7,9 +7,7 @@
 #include "averis/model.h"
 #include "averis/safetensors.h"
 #include "check.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "test_util.h"
 
 #define FIXDIR "tests/fixtures/qwen3/"
 
@@ -110,24 +108,7 @@ void test_model_recipes_and_threads(void) {
     float ref = 0;
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     for (int r = 0; r < 6; r++) {
-        CHECK(!qlin_recipe_parse(recipes[r], &m.recipe), "%s", recipes[r]);
-        float l1 = 0, l2 = 0;
-        int same = 1;
-        for (int th = 1; th <= 2; th++) {
-#ifdef _OPENMP
-            omp_set_num_threads(th);
-#endif
-            memcpy(m.params, p0, m.nparams * sizeof(float));
-            CHECK(!model_forward(&m, ids, tg, B, T, th == 1 ? &l1 : &l2), "%s", averis_last_error());
-            CHECK(!model_zero_grad(&m) && !model_backward(&m, 1.0f, 11), "%s", averis_last_error());
-            if (th == 1) memcpy(g1, m.grads, m.nparams * sizeof(float));
-            else same = !memcmp(g1, m.grads, m.nparams * sizeof(float));
-        }
-#ifdef _OPENMP
-        omp_set_num_threads(2);
-#endif
-        CHECK(l1 == l2 && same, "%s: 1 and 2 threads differ (loss %.9g vs %.9g, grads %s)", recipes[r], l1, l2,
-              same ? "same" : "differ");
+        float l1 = test_step_1_and_2_threads(&m, recipes[r], p0, g1, ids, tg, B, T);
         if (r == 0) ref = l1;
         CHECK(isfinite(l1) && fabsf(l1 - ref) < 0.05f * ref, "%s: loss %.5f vs fp32 %.5f", recipes[r], l1, ref);
         for (size_t i = 0; i < m.nparams; i++) m.params[i] = p0[i] - 0.5f * m.grads[i];

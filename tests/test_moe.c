@@ -14,9 +14,6 @@
 #include "averis/train.h"
 #include "check.h"
 #include "test_util.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define FIXDIR "tests/fixtures/qwen3_moe/"
 
@@ -182,24 +179,7 @@ void test_moe_recipes_and_empty_experts(void) {
     float ref = 0;
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     for (int r = 0; r < 6; r++) {
-        CHECK(!qlin_recipe_parse(recipes[r], &m.recipe), "%s", recipes[r]);
-        float l1 = 0, l2 = 0;
-        int same = 1;
-        for (int th = 1; th <= 2; th++) {
-#ifdef _OPENMP
-            omp_set_num_threads(th);
-#endif
-            memcpy(m.params, p0, m.nparams * sizeof(float));
-            CHECK(!model_forward(&m, ids, tg, B, T, th == 1 ? &l1 : &l2), "%s", averis_last_error());
-            CHECK(!model_zero_grad(&m) && !model_backward(&m, 1.0f, 11), "%s", averis_last_error());
-            if (th == 1) memcpy(g1, m.grads, m.nparams * sizeof(float));
-            else same = !memcmp(g1, m.grads, m.nparams * sizeof(float));
-        }
-#ifdef _OPENMP
-        omp_set_num_threads(2);
-#endif
-        CHECK(l1 == l2 && same, "%s: 1 and 2 threads differ (loss %.9g vs %.9g, grads %s)", recipes[r], l1, l2,
-              same ? "same" : "differ");
+        float l1 = test_step_1_and_2_threads(&m, recipes[r], p0, g1, ids, tg, B, T);
         if (r == 0) ref = l1;
         int finite = 1;
         for (size_t i = 0; i < m.nparams; i++) finite &= isfinite(m.grads[i]) != 0;
@@ -376,12 +356,7 @@ void test_moe_train_resume(void) {
     for (int i = 0; i < 3; i++) {
         snprintf(pa, sizeof pa, "%s/%s", outa, files[i]);
         snprintf(pb, sizeof pb, "%s/%s", outb, files[i]);
-        FILE *fa = fopen(pa, "rb"), *fb = fopen(pb, "rb");
-        int same = fa && fb, ca, cb;
-        while (same && ((ca = fgetc(fa)) != EOF) | ((cb = fgetc(fb)) != EOF)) same = ca == cb;
-        if (fa) fclose(fa);
-        if (fb) fclose(fb);
-        CHECK(same, "%s differs between the straight and the resumed run", files[i]);
+        CHECK(test_same_file(pa, pb), "%s differs between the straight and the resumed run", files[i]);
     }
     /* the analysis covers the experts' inputs and output gradients */
     snprintf(pa, sizeof pa, "%s/analysis.csv", outa);

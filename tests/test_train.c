@@ -41,19 +41,6 @@ static void opts_for(train_opts *o, const char *dir, char *cfg, char *data, char
     o->quiet = 1;
 }
 
-static int same_file(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        if (ca != cb) same = 0;
-        if (ca == EOF || cb == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 /* 8 steps straight = 4 steps, stop, resume, 4 more: the same losses, final
  * weights and analysis rows, bit for bit (averis-rht: SR, RHT, accumulation). */
 void test_train_resume_bit_exact(void) {
@@ -78,10 +65,10 @@ void test_train_resume_bit_exact(void) {
     CHECK(ra.final_val_loss == rb2.final_val_loss, "val loss %.9g vs %.9g", ra.final_val_loss, rb2.final_val_loss);
     snprintf(pa, sizeof pa, "%s/ckpt_00000008/model.safetensors", outa);
     snprintf(pb, sizeof pb, "%s/ckpt_00000008/model.safetensors", outb);
-    CHECK(same_file(pa, pb), "final weights differ");
+    CHECK(test_same_file(pa, pb), "final weights differ");
     snprintf(pa, sizeof pa, "%s/ckpt_00000008/state.bin", outa);
     snprintf(pb, sizeof pb, "%s/ckpt_00000008/state.bin", outb);
-    CHECK(same_file(pa, pb), "final optimizer state differs");
+    CHECK(test_same_file(pa, pb), "final optimizer state differs");
     /* the log of the resumed run has each step once */
     snprintf(pb, sizeof pb, "%s/log.csv", outb);
     FILE *f = fopen(pb, "r");
@@ -93,7 +80,7 @@ void test_train_resume_bit_exact(void) {
     /* the mean-bias rows (steps 0, 4, 8) do not perturb training and resume cleanly */
     snprintf(pa, sizeof pa, "%s/analysis.csv", outa);
     snprintf(pb, sizeof pb, "%s/analysis.csv", outb);
-    CHECK(same_file(pa, pb), "analysis.csv differs between the straight and the resumed run");
+    CHECK(test_same_file(pa, pb), "analysis.csv differs between the straight and the resumed run");
     f = fopen(pa, "r");
     lines = 0;
     while (f && fgets(line, sizeof line, f)) lines++;
@@ -307,7 +294,7 @@ void test_train_backend_seam(void) {
     for (int i = 0; i < 4; i++) {
         snprintf(pa, sizeof pa, "%s/%s", outa, files[i]);
         snprintf(pb, sizeof pb, "%s/%s", outb, files[i]);
-        CHECK(same_file(pa, pb), "%s differs between the cpu and the mirrored run", files[i]);
+        CHECK(test_same_file(pa, pb), "%s differs between the cpu and the mirrored run", files[i]);
     }
     /* 8 steps × 2 micro-batches; validation at steps 4 and 8 × 2 batches;
      * downloads at 4 (analysis) and 8 (analysis and the checkpoint) */

@@ -9,8 +9,13 @@
 #include <unistd.h>
 
 #include "averis/data.h"
+#include "averis/qlinear.h"
 #include "averis/status.h"
 #include "check.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 int test_mkdtemp(char *dir, size_t cap, const char *tag, int shm) {
     struct stat sb;
@@ -47,6 +52,42 @@ void test_write_split(const char *dir, const char *sub, const uint16_t *tok, int
     CHECK(!shard_write(p, tok, (size_t)ntrain), "%s", averis_last_error());
     snprintf(p, sizeof p, "%s/%s/t_val.bin", dir, sub);
     CHECK(!shard_write(p, tok + ntrain, (size_t)nval), "%s", averis_last_error());
+}
+
+int test_same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb) same = 0;
+        if (ca == EOF || cb == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+float test_step_1_and_2_threads(model *m, const char *recipe, const float *p0, float *g1, const int *ids,
+                                const int *tg, int B, int T) {
+    CHECK(!qlin_recipe_parse(recipe, &m->recipe), "%s", recipe);
+    float l1 = 0, l2 = 0;
+    int same = 1;
+    for (int th = 1; th <= 2; th++) {
+#ifdef _OPENMP
+        omp_set_num_threads(th);
+#endif
+        memcpy(m->params, p0, m->nparams * sizeof(float));
+        CHECK(!model_forward(m, ids, tg, B, T, th == 1 ? &l1 : &l2), "%s", averis_last_error());
+        CHECK(!model_zero_grad(m) && !model_backward(m, 1.0f, 11), "%s", averis_last_error());
+        if (th == 1) memcpy(g1, m->grads, m->nparams * sizeof(float));
+        else same = !memcmp(g1, m->grads, m->nparams * sizeof(float));
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(2);
+#endif
+    CHECK(l1 == l2 && same, "%s: 1 and 2 threads differ (loss %.9g vs %.9g, grads %s)", recipe, l1, l2,
+          same ? "same" : "differ");
+    return l1;
 }
 
 void test_rm_tree(const char *dir) {

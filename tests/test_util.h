@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "averis/model.h"
+
 /* A dense Qwen3 of 2 layers, width 32, vocabulary 64. */
 #define TEST_TINY_MODEL_JSON                                                                        \
     "{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, \"num_hidden_layers\": 2,\n" \
@@ -22,6 +24,14 @@ void test_write_text(const char *dir, const char *name, const char *text);
 void test_markov_tokens(uint16_t *tok, int n, unsigned seed);
 /* dir/sub/t_train.bin = tok[0..ntrain), dir/sub/t_val.bin = the next nval */
 void test_write_split(const char *dir, const char *sub, const uint16_t *tok, int ntrain, int nval);
+/* 1 if files a and b both open and hold the same bytes */
+int test_same_file(const char *a, const char *b);
+/* m under `recipe` from the parameters p0: forward + backward (SR stream 11)
+ * on 1 thread, then on 2 (OpenMP left at 2); CHECKs that the loss and every
+ * gradient are the same bits; returns the loss, the gradients stay in
+ * m->grads. g1: scratch of m->nparams floats. */
+float test_step_1_and_2_threads(model *m, const char *recipe, const float *p0, float *g1, const int *ids,
+                                const int *tg, int B, int T);
 /* rm -rf dir */
 void test_rm_tree(const char *dir);
 #endif
