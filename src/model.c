@@ -519,16 +519,9 @@ static averis_status ensure_acts(model *m, int B, int T) {
     size_t per_block = N * (4 * C + 2 + 2 * H * Dh + 3 * KV * Dh + H + KV + H * Dh + 3 * F + 1) + (size_t)B * H * T * T;
     size_t need = (size_t)c->num_hidden_layers * per_block + N * (2 * C + 2) + N * (size_t)c->vocab_size;
     for (int l = 0; l < c->num_hidden_layers; l++) need -= model_layer_is_moe(c, l) ? 3 * N * F : 0; /* in moe.c */
-    if (need > m->act_cap) {
-        free(m->act_mem);
-        m->act_mem = malloc(need * sizeof(float));
-        if (!m->act_mem) {
-            m->act_cap = 0;
-            return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB of activations for B=%d T=%d",
-                               need * 4 >> 20, B, T);
-        }
-        m->act_cap = need;
-    }
+    if (model_grow(&m->act_mem, &m->act_cap, need))
+        return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB of activations for B=%d T=%d",
+                           need * 4 >> 20, B, T);
     if (!m->acts && !(m->acts = calloc((size_t)c->num_hidden_layers, sizeof *m->acts)))
         return averis_fail(AVERIS_ENOMEM, "model: out of memory");
     float *p = m->act_mem;
@@ -816,14 +809,8 @@ averis_status model_backward(model *m, float loss_scale, uint64_t sr_stream) {
     int64_t N = (int64_t)B * T, C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     int64_t qd = (int64_t)H * Dh, kvd = (int64_t)KV * Dh, wide = qd > C ? qd : C;
     size_t need = (size_t)N * (size_t)(2 * C + wide + 2 * qd + 2 * kvd + 3 * F) + (size_t)B * KV * T * T;
-    if (need > m->scratch_cap) {
-        free(m->scratch);
-        if (!(m->scratch = malloc(need * sizeof(float)))) {
-            m->scratch_cap = 0;
-            return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB for the backward", need * 4 >> 20);
-        }
-        m->scratch_cap = need;
-    }
+    if (model_grow(&m->scratch, &m->scratch_cap, need))
+        return averis_fail(AVERIS_ENOMEM, "model: cannot allocate %zu MiB for the backward", need * 4 >> 20);
     float *p = m->scratch;
     float *dx = p;          p += N * C;    /* ∂L/∂(residual stream) */
     float *dh = p;          p += N * C;    /* ∂L/∂(normed block input) */

@@ -280,14 +280,8 @@ averis_status moe_backward(model *m, int l, const float *dout, float *dh, float 
     int E = c->num_experts, k = c->num_experts_per_tok;
     int64_t N = s->N, C = c->hidden_size, I = c->moe_intermediate_size, R = N * k;
     size_t need = (size_t)(3 * R * C + 3 * R * I + N * k + N * E);
-    if (need > s->scr_cap) {
-        free(s->scr);
-        if (!(s->scr = malloc(need * sizeof(float)))) {
-            s->scr_cap = 0;
-            return averis_fail(AVERIS_ENOMEM, "moe: cannot allocate %zu MiB for the backward", need * 4 >> 20);
-        }
-        s->scr_cap = need;
-    }
+    if (model_grow(&s->scr, &s->scr_cap, need))
+        return averis_fail(AVERIS_ENOMEM, "moe: cannot allocate %zu MiB for the backward", need * 4 >> 20);
     float *q = s->scr;
     float *dy = q;   q += R * C;
     float *dxs = q;  q += R * C;
