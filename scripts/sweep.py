@@ -30,7 +30,8 @@ multiple-choice task (docs/huggingface.md) with the run's device and recipe.
 TASK: --task FILE; without it tasks/default_cont.jsonl when --data is
 data/default, else OUT/task.jsonl, built once by scripts/make_tasks.py from
 the corpus's held-out split (deterministic; --task-kind prose|code).
---task-limit N scores the first N items only; --no-task skips all this. A
+--task-limit N scores the first N items only (--task-timeout-s bounds each
+eval); --no-task skips all this. A
 finished run whose downstream.json is missing or was made with other
 options is scored again when the sweep is called again.
 
@@ -219,7 +220,11 @@ def downstream(a, run, task, threads, gpu):
     with open(os.path.join(run.dir, "downstream.out"), "a") as log:
         log.write(f"# sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
         log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        try:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.task_timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"# sweep: killed after {a.task_timeout_s:g} s (--task-timeout-s)\n")
+            rc = "timeout"
     try:
         with open(js) as f:
             res = json.load(f)
@@ -283,6 +288,8 @@ def main():
     ap.add_argument("--task-kind", default="prose", choices=["prose", "code"],
                     help="the kind of task make_tasks.py builds when --task is not given")
     ap.add_argument("--task-limit", type=int, default=0, help="score the first N items of the task only")
+    ap.add_argument("--task-timeout-s", type=float, default=900,
+                    help="a downstream eval running longer is killed and reported as failed (default 900)")
     ap.add_argument("--task-batch", type=int, default=32, help="eval --task's --batch")
     ap.add_argument("--no-task", action="store_true", help="no downstream evaluation")
     a = ap.parse_args(argv)

@@ -129,6 +129,8 @@ typedef struct {
     ckpt_run ck;
     double tokens_per_step, t_steps; /* t_steps: seconds in the steps timed (not validation or checkpoints) */
     int steps_timed;
+    double t_ana;             /* seconds in the analyses (--analyze-every), for the overhead line at the end */
+    int n_ana;
     int lock_fd;              /* OUT/train.lock, held for the run (-1: none) */
     int inject_nan_step;      /* AVERIS_INJECT_NAN_STEP: this step's gradients are NaN (0: off) */
     int writer;               /* writes OUT (data parallel: rank 0 only) */
@@ -150,10 +152,16 @@ static void trainer_free(trainer *t) {
 static averis_status analyze_rows(trainer *t, int step) {
     char prefix[32];
     snprintf(prefix, sizeof prefix, "%d", step);
+    double t0 = now_s();
+    averis_status st;
     if (t->be->analyze) /* on the backend's copy (the GPU's taps): no weights come back */
-        return t->be->analyze(t->bctx, t->ana_in, t->ana_tg, t->ana, prefix, UINT64_MAX - (uint64_t)step);
-    return analysis_model_rows(&t->m, t->ana_in, t->ana_tg, t->o.batch, t->o.seq, t->ana, prefix,
-                               UINT64_MAX - (uint64_t)step, NULL);
+        st = t->be->analyze(t->bctx, t->ana_in, t->ana_tg, t->ana, prefix, UINT64_MAX - (uint64_t)step);
+    else
+        st = analysis_model_rows(&t->m, t->ana_in, t->ana_tg, t->o.batch, t->o.seq, t->ana, prefix,
+                                 UINT64_MAX - (uint64_t)step, NULL);
+    t->t_ana += now_s() - t0;
+    t->n_ana++;
+    return st;
 }
 
 static int be_analyzes(const trainer *t) { return t->be->analyze != NULL; }
@@ -471,6 +479,9 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         fprintf(stderr, "train: data hash %016llx (the tokens up to position %zu of epoch %llu)\n",
                 (unsigned long long)h, t.train.pos, (unsigned long long)t.train.epoch);
     }
+    if (!o->quiet && t.n_ana > 0 && t.steps_timed > 0)
+        fprintf(stderr, "analysis: %d analyses in %.2f s (%.3f s each; %.2f%% of the %.1f s of timed steps)\n",
+                t.n_ana, t.t_ana, t.t_ana / t.n_ana, 100.0 * t.t_ana / t.t_steps, t.t_steps);
     if (!o->quiet)
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s, final val loss %.4f\n", res->steps_done,
                 now_s() - t_start, res->tokens_per_s, res->final_val_loss);
