@@ -9,11 +9,15 @@
 # Validation: whole documents, ~1% of them, chosen by a hash of the path
 # (deterministic). Files of under 256 bytes or over 1 MB (data tables,
 # generated code) are left out; files are taken in sorted path order (roots,
-# then directories and names) until MAX_MB (default 300) megabytes. The BPE (vocabulary $VOCAB, default 16384)
+# then directories and names) until MAX_MB (default 300) megabytes, then
+# written in the order of a hash of their path (ORDER=hash, the default:
+# every stretch of training tokens mixes packages) or as found (ORDER=sorted,
+# the order of the 2026-12-06 sweep: the loader reads one package after
+# another, so the training loss follows the domain). The BPE (vocabulary $VOCAB, default 16384)
 # trains on a $BPE_SAMPLE_MB (default 24) MB sample. Idempotent: a finished
 # OUT_DIR with the same settings is kept.
 # Environment: AVERIS_BIN (build/averis), PYTHON (python3), VOCAB, BPE_SAMPLE_MB,
-# VAL_DOCS (0.01), THREADS (all CPUs).
+# VAL_DOCS (0.01), ORDER (hash), THREADS (all CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:?usage: build_corpus.sh OUT_DIR [MAX_MB]}
@@ -23,7 +27,9 @@ PY=${PYTHON:-python3}
 VOCAB=${VOCAB:-16384}
 BPE_SAMPLE_MB=${BPE_SAMPLE_MB:-24}
 VAL_DOCS=${VAL_DOCS:-0.01}
-STAMP="v1 max_mb=$MAX_MB vocab=$VOCAB sample=$BPE_SAMPLE_MB val_docs=$VAL_DOCS"
+ORDER=${ORDER:-hash}
+[[ $ORDER == hash || $ORDER == sorted ]] || { echo "corpus: ORDER must be hash or sorted, not '$ORDER'" >&2; exit 2; }
+STAMP="v1 max_mb=$MAX_MB vocab=$VOCAB sample=$BPE_SAMPLE_MB val_docs=$VAL_DOCS order=$ORDER"
 if [[ -f $OUT_DIR/.stamp && "$(cat "$OUT_DIR/.stamp")" == "$STAMP" && -f $OUT_DIR/train_000000.bin \
       && -f $OUT_DIR/val_000000.bin && -f $OUT_DIR/tokenizer.bpe ]]; then
     echo "corpus: $OUT_DIR is ready ($STAMP)"
@@ -34,9 +40,11 @@ mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR/.stamp"
 SECONDS=0
 # the file list: sorted, deduplicated (site-packages often lies under the prefix), size-filtered, capped
-"$PY" - "$MAX_MB" >"$OUT_DIR/files.tmp" <<'PY'
-import os, site, sys, sysconfig
+"$PY" - "$MAX_MB" "$ORDER" >"$OUT_DIR/files.tmp" <<'PY'
+import hashlib, os, site, sys, sysconfig
 max_bytes = float(sys.argv[1]) * 1e6
+order = sys.argv[2]
+out = []
 paths = sysconfig.get_paths()
 roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
 try:
@@ -68,12 +76,15 @@ for r in roots:
             seen.add(key)
             total += st.st_size
             nfiles += 1
-            print(p)
+            out.append(p)
         if total >= max_bytes * 0.999:
             break
     if total >= max_bytes * 0.999:
         break
-print(f"corpus: {nfiles} files, {total / 1e6:.1f} MB from {', '.join(roots)}", file=sys.stderr)
+if order == "hash":  # the documents mixed (packages and the standard library interleaved), deterministically
+    out.sort(key=lambda p: hashlib.sha1(p.encode("utf-8", "surrogateescape")).digest())
+print("\n".join(out))
+print(f"corpus: {nfiles} files, {total / 1e6:.1f} MB from {', '.join(roots)}, {order} order", file=sys.stderr)
 PY
 mv "$OUT_DIR/files.tmp" "$OUT_DIR/files.txt"
 echo "corpus: $(wc -l <"$OUT_DIR/files.txt") files listed in ${SECONDS} s"

@@ -34,6 +34,12 @@ grep -q "held out for validation" "$T/c1/prepare.log" && grep -qE "encode: .* MB
     && ok || bad "prepare.log lacks the split or the throughput: $(cat "$T/c1/prepare.log")"
 AVERIS_BIN=$BIN VOCAB=400 VAL_DOCS=0.1 BPE_SAMPLE_MB=0.3 bash scripts/build_corpus.sh "$T/c1" 0.6 | grep -q "is ready" \
     && ok || bad "build_corpus.sh did not keep a finished corpus"
+# ORDER=sorted: the same documents as the default hash order, in the walk's order
+AVERIS_BIN=$BIN VOCAB=400 VAL_DOCS=0.1 BPE_SAMPLE_MB=0.3 ORDER=sorted bash scripts/build_corpus.sh "$T/cs" 0.6 >"$T/corpus_s.log" 2>&1 \
+    || bad "build_corpus.sh ORDER=sorted: $(tail -3 "$T/corpus_s.log")"
+if cmp -s <(sort "$T/c1/files.txt") <(sort "$T/cs/files.txt") && ! cmp -s "$T/c1/files.txt" "$T/cs/files.txt"; then ok
+else bad "ORDER=hash and ORDER=sorted should list the same files in different orders"; fi
+ORDER=bogus bash scripts/build_corpus.sh "$T/cb" 0.6 2>&1 | grep -q "ORDER must be" && ok || bad "a bad ORDER is not named"
 
 # --- sweep -------------------------------------------------------------------
 # its data: a few of those files with a small validation tail (the sweep validates on all of it)
