@@ -168,6 +168,23 @@ static inline __m256 hmax8x8(const __m256 v[8]) {
     return _mm256_max_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
 }
 
+/* hmax8x8 by the integer max of the bits: the float max for nonnegative
+ * finite values, a NaN's bits above every finite's. */
+static inline __m256 hmax8x8i(const __m256 v[8]) {
+    __m256i a[4], b[2];
+#define AV_CI(x) _mm256_castps_si256(x)
+#define AV_CF(x) _mm256_castsi256_ps(x)
+    for (int k = 0; k < 4; k++)
+        a[k] = _mm256_max_epi32(AV_CI(_mm256_unpacklo_ps(v[2 * k], v[2 * k + 1])),
+                                AV_CI(_mm256_unpackhi_ps(v[2 * k], v[2 * k + 1])));
+    for (int k = 0; k < 2; k++)
+        b[k] = _mm256_max_epi32(AV_CI(_mm256_shuffle_ps(AV_CF(a[2 * k]), AV_CF(a[2 * k + 1]), 0x44)),
+                                AV_CI(_mm256_shuffle_ps(AV_CF(a[2 * k]), AV_CF(a[2 * k + 1]), 0xEE)));
+    return AV_CF(_mm256_max_epi32(_mm256_permute2x128_si256(b[0], b[1], 0x20), _mm256_permute2x128_si256(b[0], b[1], 0x31)));
+#undef AV_CI
+#undef AV_CF
+}
+
 static inline int64_t hsum8i(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -249,18 +266,18 @@ float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht)
 }
 
 /* ---------------------------------------------------------- Philox SR */
-/* 32×32 → high and low 32 bits, 8 lanes (m broadcast). */
-static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
-    __m256i pe = _mm256_mul_epu32(a, m);                        /* even lanes, 64-bit */
-    __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m); /* odd lanes */
-    *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-    *lo = _mm256_mullo_epi32(a, m);
-}
-
+/* Philox-4x32-10 with one counter per 64-bit lane (4 per register): a
+ * counter word sits in the low half of its lane, where mul_epu32 reads it,
+ * so one multiply gives a word's hi and lo, and the counter itself is a
+ * 64-bit add (its carry into word 1 is free). High halves hold garbage
+ * that no multiply reads and the final packing drops. */
+#ifndef PHILOX_NC
+#define PHILOX_NC 2
+#endif
 typedef struct {
-    __m256i k[10][2];  /* the round keys, broadcast */
-    __m256i c3;        /* the stream's high word (counter word 3) */
-    __m256i hi1, lo1;  /* round 0's product of counter word 2 (the stream's low word): the same in every lane */
+    __m256i k[10][2]; /* the round keys, broadcast */
+    __m256i x0, x2;   /* round 0's constant terms: hi(M1·stream lo) ^ k0, stream hi ^ k1 */
+    __m256i lo1;      /* round 0's lo(M1·stream lo) */
 } philox8_key;
 
 static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream) {
@@ -271,61 +288,215 @@ static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream)
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-    pk->c3 = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
-    mulhilo8(_mm256_set1_epi32((int)(uint32_t)stream), _mm256_set1_epi32((int)0xCD9E8D57u), &pk->hi1, &pk->lo1);
+    uint64_t p = (uint64_t)(uint32_t)stream * 0xCD9E8D57u;
+    pk->x0 = _mm256_set1_epi32((int)((uint32_t)(p >> 32) ^ (uint32_t)seed));
+    pk->lo1 = _mm256_set1_epi32((int)(uint32_t)p);
+    pk->x2 = _mm256_set1_epi32((int)((uint32_t)(stream >> 32) ^ (uint32_t)(seed >> 32)));
 }
 
-/* The SR uniforms of the 64 elements 4·q0 … 4·q0+63 (q0 a multiple of 4):
- * Philox-4x32-10 of the counters q0 … q0+15, two chains of 8 lanes
- * interleaved, then 4×8 transposes into element order (u[0] = elements
- * 0..7). nvfp4_sr_u24, bit for bit. */
+/* The SR uniforms of the 64 elements 4·q0 … 4·q0+63: Philox-4x32-10 of
+ * the counters q0 … q0+15 as four chains of 4 lanes, counters
+ * q, q+2, q+1, q+3 in a chain's lanes so that two unpacks put the words in
+ * element order (u[0] = elements 0..7). nvfp4_sr_u24, bit for bit. */
 static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) {
-    const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
-    const __m256i bias = _mm256_set1_epi32(INT32_MIN);
-    __m256i c0[2], c1[2], c2[2], c3[2];
-    for (int h = 0; h < 2; h++) {
-        uint64_t q = q0 + 8 * (uint64_t)h;
-        __m256i base = _mm256_set1_epi32((int)(uint32_t)q);
-        c0[h] = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        /* carry into the high word where the low word wrapped (c0 < base, unsigned) */
-        __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, bias), _mm256_xor_si256(c0[h], bias));
-        c1[h] = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(q >> 32)), wrap);
-        /* round 0, its constant product precomputed */
-        __m256i hi0, lo0;
-        mulhilo8(c0[h], M0, &hi0, &lo0);
-        c0[h] = _mm256_xor_si256(_mm256_xor_si256(pk->hi1, c1[h]), pk->k[0][0]);
-        c1[h] = pk->lo1;
-        c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, pk->c3), pk->k[0][1]);
-        c3[h] = lo0;
-    }
-    for (int r = 1; r < 10; r++)
-        for (int h = 0; h < 2; h++) {
-            __m256i hi0, lo0, hi1, lo1;
-            mulhilo8(c0[h], M0, &hi0, &lo0);
-            mulhilo8(c2[h], M1, &hi1, &lo1);
-            c0[h] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[h]), pk->k[r][0]);
-            c1[h] = lo1;
-            c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[h]), pk->k[r][1]);
-            c3[h] = lo0;
+    const __m256i M0 = _mm256_set1_epi64x(0xD2511F53u), M1 = _mm256_set1_epi64x(0xCD9E8D57u);
+    enum { NC = PHILOX_NC };
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; g += NC) {
+        __m256i c0[NC], c1[NC], c2[NC], c3[NC];
+        const __m256i qb = _mm256_add_epi64(_mm256_set1_epi64x((long long)q0), _mm256_setr_epi64x(0, 2, 1, 3));
+        for (int h = 0; h < NC; h++) {
+            __m256i q = _mm256_add_epi64(qb, _mm256_set1_epi64x(4 * (g + h)));
+            __m256i p0 = _mm256_mul_epu32(q, M0); /* round 0: word 2 (stream lo) is the same in every lane */
+            c0[h] = _mm256_xor_si256(_mm256_srli_epi64(q, 32), pk->x0);
+            c1[h] = pk->lo1;
+            c2[h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), pk->x2);
+            c3[h] = p0;
         }
-    for (int h = 0; h < 2; h++) {
-        __m256i w0 = _mm256_srli_epi32(c0[h], 8), w1 = _mm256_srli_epi32(c1[h], 8);
-        __m256i w2 = _mm256_srli_epi32(c2[h], 8), w3 = _mm256_srli_epi32(c3[h], 8);
-        __m256i t0 = _mm256_unpacklo_epi32(w0, w1), t1 = _mm256_unpacklo_epi32(w2, w3);
-        __m256i t2 = _mm256_unpackhi_epi32(w0, w1), t3 = _mm256_unpackhi_epi32(w2, w3);
-        __m256i a0 = _mm256_unpacklo_epi64(t0, t1), a1 = _mm256_unpackhi_epi64(t0, t1); /* counters 0|4, 1|5 */
-        __m256i a2 = _mm256_unpacklo_epi64(t2, t3), a3 = _mm256_unpackhi_epi64(t2, t3); /* 2|6, 3|7 */
-        u[4 * h + 0] = _mm256_permute2x128_si256(a0, a1, 0x20);
-        u[4 * h + 1] = _mm256_permute2x128_si256(a2, a3, 0x20);
-        u[4 * h + 2] = _mm256_permute2x128_si256(a0, a1, 0x31);
-        u[4 * h + 3] = _mm256_permute2x128_si256(a2, a3, 0x31);
+#pragma GCC unroll 9
+        for (int r = 1; r < 10; r++)
+#pragma GCC unroll 4
+            for (int h = 0; h < NC; h++) {
+                __m256i p0 = _mm256_mul_epu32(c0[h], M0), p1 = _mm256_mul_epu32(c2[h], M1);
+                c0[h] = _mm256_xor_si256(_mm256_srli_epi64(p1, 32), _mm256_xor_si256(c1[h], pk->k[r][0]));
+                c1[h] = p1;
+                c2[h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_xor_si256(c3[h], pk->k[r][1]));
+                c3[h] = p0;
+            }
+        for (int h = 0; h < NC; h++) {
+            __m256i w01 = _mm256_blend_epi32(c0[h], _mm256_slli_epi64(c1[h], 32), 0xAA);
+            __m256i w23 = _mm256_blend_epi32(c2[h], _mm256_slli_epi64(c3[h], 32), 0xAA);
+            u[2 * (g + h)] = _mm256_srli_epi32(_mm256_unpacklo_epi64(w01, w23), 8);     /* counters q, q+1 */
+            u[2 * (g + h) + 1] = _mm256_srli_epi32(_mm256_unpackhi_epi64(w01, w23), 8); /* q+2, q+3 */
+        }
     }
 }
 
 /* ----------------------------------------------------------- quantize */
-/* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8; per column
- * a max pass (the transformed inputs kept on the stack when rht) and an
- * encode pass; counts kept per lane and summed once per row set. */
+/* The int32 code of 8 elements v under encode factor e (u: their SR uniforms). */
+static inline __attribute__((always_inline)) __m256i encode8(__m256 v, __m256 e, __m256i u, const int use_sr) {
+    __m256 y = _mm256_mul_ps(v, e);
+    e2m1_scaled es = e2m1_scale8(y);
+    __m256i idx = use_sr ? e2m1_idx_sr8(&es, u) : e2m1_idx_rn8(&es);
+    __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
+}
+
+static inline __attribute__((always_inline)) void encode16(const __m256 v[2], __m256 e, const __m256i *u,
+                                                           const int use_sr, __m256i q[2]) {
+    q[0] = encode8(v[0], e, use_sr ? u[0] : _mm256_setzero_si256(), use_sr);
+    q[1] = encode8(v[1], e, use_sr ? u[1] : _mm256_setzero_si256(), use_sr);
+}
+
+/* One block column (blocks b0 … b0+nbk−1 of rows ra … rb−1) the careful
+ * way, for a column with some Inf or NaN input: the NaN-ignoring float max,
+ * and every count per element. xr: the inputs (RHT'd) if rht. */
+static __attribute__((noinline)) void
+column_careful(const float *x, const float *mb, int ra, int rb, int64_t b0, int nbk, int64_t ldx, int tile, int rs,
+               __m256 c_scale, __m256 v_sdec, const philox8_key *pk, const nvfp4_sr_ctx *sr, uint8_t *codes,
+               int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, __m256 (*xr)[8][2], const int rht,
+               const int use_sr) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = zero;
+    for (int r = ra; r < rb; r++)
+        for (int i = 0; i < nbk; i++) {
+            __m256 v[2];
+            if (rht) {
+                v[0] = xr[r - ra][i][0];
+                v[1] = xr[r - ra][i][1];
+            } else {
+                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
+            }
+            acc[i] = _mm256_max_ps(abs8(v[0]), acc[i]); /* NaN ignored */
+            acc[i] = _mm256_max_ps(abs8(v[1]), acc[i]);
+        }
+    __m256 dec;
+    __m256i sc = e4m3_encode8(_mm256_mul_ps(hmax8x8(acc), c_scale), &dec);
+    __m256 enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)), _mm256_set1_ps(FLT_MAX));
+    __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256());
+    int32_t sc32[8], zs32[8];
+    float encs[8];
+    _mm256_storeu_si256((__m256i *)sc32, sc);
+    _mm256_storeu_si256((__m256i *)zs32, zs);
+    _mm256_storeu_ps(encs, enc);
+    uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
+    for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+    __m256i n_nz = _mm256_setzero_si256(), n_fl = n_nz, n_nan = n_nz, n_inf = n_nz;
+    unsigned satbits = 0;
+    for (int r = ra; r < rb; r++) {
+        __m256i u[16];
+        if (use_sr)
+            for (int i = 0; i < nbk; i += 4)
+                sr_u24_x64(pk, (uint64_t)((sr->row0 + r) * sr->cp + 16 * (b0 + i)) >> 2, u + 2 * i);
+        for (int i = 0; i < nbk; i++) {
+            __m256 v[2];
+            if (rht) {
+                v[0] = xr[r - ra][i][0];
+                v[1] = xr[r - ra][i][1];
+            } else {
+                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
+            }
+            const __m256 e = _mm256_set1_ps(encs[i]);
+            const __m256i zscale = _mm256_set1_epi32(zs32[i]);
+            __m256i q[2];
+            encode16(v, e, u + 2 * i, use_sr, q);
+            __m256 over6 = zero;
+            for (int half = 0; half < 2; half++) {
+                __m256i idx = _mm256_and_si256(q[half], _mm256_set1_epi32(7));
+                __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(v[half], zero, _CMP_NEQ_UQ));
+                __m256i z = _mm256_or_si256(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256()), zscale);
+                n_nz = _mm256_sub_epi32(n_nz, nz);
+                n_fl = _mm256_sub_epi32(n_fl, _mm256_and_si256(nz, z));
+                n_nan = _mm256_sub_epi32(n_nan, _mm256_castps_si256(_mm256_cmp_ps(v[half], v[half], _CMP_UNORD_Q)));
+                n_inf = _mm256_sub_epi32(
+                    n_inf, _mm256_castps_si256(_mm256_cmp_ps(abs8(v[half]), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)));
+                over6 = _mm256_or_ps(over6, _mm256_cmp_ps(abs8(_mm256_mul_ps(v[half], e)), _mm256_set1_ps(6.0f),
+                                                          _CMP_GT_OQ));
+            }
+            pack16(q[0], q[1], codes + r * ldc + 8 * (b0 + i));
+            satbits |= (unsigned)!_mm256_testz_ps(over6, over6) << i;
+        }
+    }
+    satbits &= ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zs)); /* a zero scale is a flush, not a saturation */
+    cnt->sat_blocks += __builtin_popcount(satbits & ((1u << nbk) - 1));
+    cnt->nonzero += hsum8i(n_nz);
+    cnt->flushed += hsum8i(n_fl);
+    cnt->nan += hsum8i(n_nan);
+    cnt->inf += hsum8i(n_inf);
+}
+
+/* One block column's scales: the max pass (the transformed inputs kept in
+ * xr when rht), the scale bytes stored, saturated blocks counted. The
+ * integer max of the |v| bits is the float max for finite values, and a
+ * NaN or Inf anywhere in the column shows as a max above FLT_MAX's bits:
+ * such a column is marked careful (column_careful redoes it). */
+typedef struct {
+    __m256 enc;  /* per block: the encode factor */
+    __m256i zs2; /* per block: −2 where the scale underflowed to 0 (every element flushes), else 0 */
+    int careful;
+} colscale;
+
+static inline __attribute__((always_inline)) colscale
+column_prep(const float *x, const float *mb, int ra, int rb, int64_t b0, int nbk, int64_t ldx, int tile, int rs,
+            __m256 c_scale, __m256 v_sdec, uint8_t *scales, int64_t lds, __m256 (*xr)[8][2], int64_t *sat,
+            const int rht) {
+    colscale cs;
+    __m256i acc[8]; /* fully unrolled loops over i keep these in registers */
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
+    for (int r = ra; r < rb; r++)
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            if (i >= nbk) break;
+            __m256 v[2];
+            load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, rht, v);
+            if (rht) {
+                xr[r - ra][i][0] = v[0];
+                xr[r - ra][i][1] = v[1];
+            }
+            acc[i] = _mm256_max_epi32(_mm256_castps_si256(abs8(v[0])), acc[i]);
+            acc[i] = _mm256_max_epi32(_mm256_castps_si256(abs8(v[1])), acc[i]);
+        }
+    __m256 accf[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) accf[i] = _mm256_castsi256_ps(acc[i]);
+    const __m256i amax_bits = _mm256_castps_si256(hmax8x8i(accf));
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(nbk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i nonfinite = _mm256_cmpgt_epi32(amax_bits, _mm256_set1_epi32(0x7F7FFFFF));
+    cs.careful = !_mm256_testz_si256(nonfinite, valid);
+    const __m256 bamax = _mm256_castsi256_ps(amax_bits);
+    __m256 dec;
+    __m256i sc = e4m3_encode8(_mm256_mul_ps(bamax, c_scale), &dec);
+    cs.enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)), _mm256_set1_ps(FLT_MAX));
+    __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256());
+    cs.zs2 = _mm256_add_epi32(zs, zs);
+    if (cs.careful) return cs;
+    __m256i over6 = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(bamax, cs.enc), _mm256_set1_ps(6.0f), _CMP_GT_OQ));
+    *sat += __builtin_popcount(
+        (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(zs, _mm256_and_si256(over6, valid)))));
+    uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
+    if (nbk == 8) {
+        __m128i s8 = _mm_packus_epi16(_mm_packus_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1)),
+                                      _mm_setzero_si128());
+        _mm_storel_epi64((__m128i *)srow, s8);
+    } else {
+        int32_t sc32[8];
+        _mm256_storeu_si256((__m256i *)sc32, sc);
+        for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+    }
+    return cs;
+}
+
+/* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8:
+ * per column a max pass and scales (column_prep), then an encode pass. The
+ * next column's prep runs before this column's encode pass, so that its
+ * latency (horizontal max, E4M3, divide) overlaps the encoding.
+ *
+ * The finite path's counts need no per-element NaN/Inf/saturation test:
+ * nonzero = n − #(v == 0), flushed = #(idx == 0 or zero scale) − #(v == 0)
+ * (v == 0 gives code 0), and a block saturates iff fl(amax·enc) > 6 (the
+ * product is monotone in |v|, so it is the block's largest |y|). */
 static inline __attribute__((always_inline)) void
 quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile, float s_enc, float s_dec,
            const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt,
@@ -335,51 +506,30 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
     philox8_init(&pk, use_sr ? sr->seed : 0, use_sr ? sr->stream : 0);
     const __m256 c_scale = _mm256_set1_ps(s_enc * (1.0f / 6.0f));
     const __m256 v_sdec = _mm256_set1_ps(s_dec);
-    const __m256 zero = _mm256_setzero_ps();
     const int nrow_sets = tile ? 1 : h;
-    __m256 xr[16][8][2]; /* with rht: the transformed block column */
+    __m256 xr[2][16][8][2]; /* with rht: the transformed block columns, this one and the next */
     int64_t sat = 0;
     for (int rs = 0; rs < nrow_sets; rs++) {
         const int ra = tile ? 0 : rs, rb = tile ? h : rs + 1;
-        __m256i n_nz = _mm256_setzero_si256(), n_fl = n_nz, n_nan = n_nz, n_inf = n_nz;
+        __m256i n_zin = _mm256_setzero_si256(), n_z = n_zin; /* −#(v == 0), −#(idx == 0 or zero scale) */
+        int64_t n_in = 0;
+        colscale next = column_prep(x, mean, ra, rb, 0, (int)(nb < 8 ? nb : 8), ldx, tile, rs, c_scale, v_sdec, scales,
+                                    lds, xr[0], &sat, rht);
         for (int64_t b0 = 0; b0 < nb; b0 += 8) {
             const int nbk = (int)(nb - b0 < 8 ? nb - b0 : 8);
             const float *mb = mean ? mean + 16 * b0 : NULL;
-            __m256 acc[8]; /* fully unrolled loops over i keep these in registers */
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) acc[i] = zero;
-            for (int r = ra; r < rb; r++)
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; i++) {
-                    if (i >= nbk) break;
-                    __m256 v[2];
-                    load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, rht, v);
-                    if (rht) {
-                        xr[r - ra][i][0] = v[0];
-                        xr[r - ra][i][1] = v[1];
-                    }
-                    acc[i] = _mm256_max_ps(abs8(v[0]), acc[i]); /* NaN ignored */
-                    acc[i] = _mm256_max_ps(abs8(v[1]), acc[i]);
-                }
-            __m256 dec;
-            __m256i sc = e4m3_encode8(_mm256_mul_ps(hmax8x8(acc), c_scale), &dec);
-            __m256 enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)),
-                                       _mm256_set1_ps(FLT_MAX));
-            __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256()); /* underflowed scale: all flush */
-            int32_t sc32[8] __attribute__((aligned(32))), zs32[8] __attribute__((aligned(32)));
-            float encs[8] __attribute__((aligned(32)));
-            _mm256_store_si256((__m256i *)sc32, sc);
-            _mm256_store_si256((__m256i *)zs32, zs);
-            _mm256_store_ps(encs, enc);
-            uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
-            if (nbk == 8) {
-                __m128i s8 = _mm_packus_epi16(_mm_packus_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1)),
-                                              _mm_setzero_si128());
-                _mm_storel_epi64((__m128i *)srow, s8);
-            } else {
-                for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+            __m256 (*xc)[8][2] = xr[(b0 >> 3) & 1];
+            const colscale cs = next;
+            if (b0 + 8 < nb)
+                next = column_prep(x, mean ? mean + 16 * (b0 + 8) : NULL, ra, rb, b0 + 8,
+                                   (int)(nb - b0 - 8 < 8 ? nb - b0 - 8 : 8), ldx, tile, rs, c_scale, v_sdec, scales,
+                                   lds, xr[((b0 >> 3) + 1) & 1], &sat, rht);
+            if (cs.careful) {
+                column_careful(x, mb, ra, rb, b0, nbk, ldx, tile, rs, c_scale, v_sdec, &pk, sr, codes, ldc, scales, lds,
+                               cnt, xc, rht, use_sr);
+                continue;
             }
-            unsigned satbits = 0; /* bit i: block i has some |y| > 6 */
+            n_in += (int64_t)(rb - ra) * nbk * 16;
             for (int r = ra; r < rb; r++) {
                 __m256i u[16]; /* SR uniforms of the row's 8 blocks */
                 if (use_sr)
@@ -388,41 +538,31 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
                 for (int i = 0; i < nbk; i++) {
                     __m256 v[2];
                     if (rht) {
-                        v[0] = xr[r - ra][i][0];
-                        v[1] = xr[r - ra][i][1];
+                        v[0] = xc[r - ra][i][0];
+                        v[1] = xc[r - ra][i][1];
                     } else {
                         load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
                     }
-                    const __m256 e = _mm256_set1_ps(encs[i]);
-                    const __m256i zscale = _mm256_set1_epi32(zs32[i]);
-                    __m256i q[2];
-                    __m256 over6 = zero;
-                    for (int half = 0; half < 2; half++) {
-                        __m256 y = _mm256_mul_ps(v[half], e);
-                        e2m1_scaled es = e2m1_scale8(y);
-                        __m256i idx = use_sr ? e2m1_idx_sr8(&es, u[2 * i + half]) : e2m1_idx_rn8(&es);
-                        __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(v[half], zero, _CMP_NEQ_UQ));
-                        __m256i z = _mm256_or_si256(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256()), zscale);
-                        n_nz = _mm256_sub_epi32(n_nz, nz);
-                        n_fl = _mm256_sub_epi32(n_fl, _mm256_and_si256(nz, z));
-                        n_nan = _mm256_sub_epi32(n_nan, _mm256_castps_si256(_mm256_cmp_ps(v[half], v[half], _CMP_UNORD_Q)));
-                        n_inf = _mm256_sub_epi32(n_inf, _mm256_castps_si256(
-                                                            _mm256_cmp_ps(abs8(v[half]), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)));
-                        over6 = _mm256_or_ps(over6, _mm256_cmp_ps(es.a, _mm256_set1_ps(6.0f), _CMP_GT_OQ));
-                        __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, zero, _CMP_LT_OQ));
-                        q[half] = _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
-                    }
-                    pack16(q[0], q[1], codes + r * ldc + 8 * (b0 + i));
-                    satbits |= (unsigned)!_mm256_testz_ps(over6, over6) << i;
+                    const __m256i bi = _mm256_set1_epi32(i);
+                    const __m256 e = _mm256_permutevar8x32_ps(cs.enc, bi);
+                    const __m256i zscale2 = _mm256_permutevar8x32_epi32(cs.zs2, bi); /* 0 or −2 */
+                    const __m256i q0 = encode8(v[0], e, use_sr ? u[2 * i] : _mm256_setzero_si256(), use_sr);
+                    const __m256i q1 = encode8(v[1], e, use_sr ? u[2 * i + 1] : _mm256_setzero_si256(), use_sr);
+                    const __m256 z0 = _mm256_cmp_ps(v[0], _mm256_setzero_ps(), _CMP_EQ_OQ);
+                    const __m256 z1 = _mm256_cmp_ps(v[1], _mm256_setzero_ps(), _CMP_EQ_OQ);
+                    n_zin = _mm256_add_epi32(n_zin, _mm256_add_epi32(_mm256_castps_si256(z0), _mm256_castps_si256(z1)));
+                    /* q == 0 or 8: magnitude 0 */
+                    const __m256i m8 = _mm256_set1_epi32(8);
+                    const __m256i f0 = _mm256_cmpeq_epi32(_mm256_andnot_si256(m8, q0), _mm256_setzero_si256());
+                    const __m256i f1 = _mm256_cmpeq_epi32(_mm256_andnot_si256(m8, q1), _mm256_setzero_si256());
+                    n_z = _mm256_add_epi32(n_z, _mm256_min_epi32(_mm256_add_epi32(f0, f1), zscale2)); /* a zero scale: both flush */
+                    pack16(q0, q1, codes + r * ldc + 8 * (b0 + i));
                 }
             }
-            satbits &= ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zs)); /* a zero scale is a flush, not a saturation */
-            sat += __builtin_popcount(satbits & ((1u << nbk) - 1));
         }
-        cnt->nonzero += hsum8i(n_nz);
-        cnt->flushed += hsum8i(n_fl);
-        cnt->nan += hsum8i(n_nan);
-        cnt->inf += hsum8i(n_inf);
+        int64_t zin = -hsum8i(n_zin);
+        cnt->nonzero += n_in - zin;
+        cnt->flushed += -hsum8i(n_z) - zin;
     }
     cnt->sat_blocks += sat;
 }
