@@ -241,6 +241,27 @@ void nvfp4_rht16_rows_avx2(float *x, int64_t n16) {
     }
 }
 
+/* rht16_regs for the quantizer, one op fewer per level: the sign flips by
+ * xor, and each level's upper lanes as a + (−b), which IEEE defines as
+ * a − b, so every non-NaN value has the same bits (a NaN may come out
+ * with another sign or payload; any NaN encodes to code 7 and is ignored
+ * by the max, so the codes do not change). */
+static inline void rht16_regs_q(__m256 v[2]) {
+    const __m256 nz = _mm256_set1_ps(-0.0f), z = _mm256_setzero_ps();
+    const __m256 up1 = _mm256_blend_ps(z, nz, 0xAA), up2 = _mm256_blend_ps(z, nz, 0xCC),
+                 up4 = _mm256_blend_ps(z, nz, 0xF0);
+    v[0] = _mm256_xor_ps(v[0], _mm256_and_ps(nz, _mm256_loadu_ps(nvfp4_rht_signs)));
+    v[1] = _mm256_xor_ps(v[1], _mm256_and_ps(nz, _mm256_loadu_ps(nvfp4_rht_signs + 8)));
+    for (int k = 0; k < 2; k++) {
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up1), _mm256_permute_ps(v[k], 0xB1));                 /* j ^ 1 */
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up2), _mm256_permute_ps(v[k], 0x4E));                 /* j ^ 2 */
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up4), _mm256_permute2f128_ps(v[k], v[k], 0x01));       /* j ^ 4 */
+    }
+    __m256 a = _mm256_add_ps(v[0], v[1]), b = _mm256_sub_ps(v[0], v[1]); /* j ^ 8 */
+    v[0] = _mm256_mul_ps(_mm256_set1_ps(0.25f), a);
+    v[1] = _mm256_mul_ps(_mm256_set1_ps(0.25f), b);
+}
+
 /* One 16-group of the quantizer input in registers: x − mean (mean may be
  * NULL), then the RHT if asked — load_row's arithmetic, element for element. */
 static inline void load16(const float *x, const float *mean, int rht, __m256 v[2]) {
@@ -250,7 +271,7 @@ static inline void load16(const float *x, const float *mean, int rht, __m256 v[2
         v[0] = _mm256_sub_ps(v[0], _mm256_loadu_ps(mean));
         v[1] = _mm256_sub_ps(v[1], _mm256_loadu_ps(mean + 8));
     }
-    if (rht) rht16_regs(v);
+    if (rht) rht16_regs_q(v);
 }
 
 float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht) {
@@ -333,11 +354,33 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
 }
 
 /* ----------------------------------------------------------- quantize */
+/* Magnitude index, round to nearest even, by one addition: |y| (clamped to
+ * 6) + M with M = 2^22, 2^23, 2^24 below 2, below 4, from 4 on has an ulp
+ * of one E2M1 step (½, 1, 2), so the RNE sum's mantissa counts the steps:
+ * idx = bits(|y| + M) − bits(M) + off, off = 0, 2, 4. The same thresholds
+ * and ties as e2m1_idx_rn8. */
+static inline __m256i e2m1_idx_rn8_magic(__m256 y) {
+    __m256 ac = _mm256_min_ps(abs8(y), _mm256_set1_ps(6.0f));
+    __m256 lt2 = _mm256_cmp_ps(ac, _mm256_set1_ps(2.0f), _CMP_LT_OQ);
+    __m256 lt4 = _mm256_cmp_ps(ac, _mm256_set1_ps(4.0f), _CMP_LT_OQ);
+    __m256 m = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_set1_ps(0x1p24f), _mm256_set1_ps(0x1p23f), lt4),
+                                _mm256_set1_ps(0x1p22f), lt2);
+    __m256 k = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(0x4B800000 - 4)),
+                                                 _mm256_castsi256_ps(_mm256_set1_epi32(0x4B000000 - 2)), lt4),
+                                _mm256_castsi256_ps(_mm256_set1_epi32(0x4A800000)), lt2);
+    return _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(ac, m)), _mm256_castps_si256(k));
+}
+
 /* The int32 code of 8 elements v under encode factor e (u: their SR uniforms). */
 static inline __attribute__((always_inline)) __m256i encode8(__m256 v, __m256 e, __m256i u, const int use_sr) {
     __m256 y = _mm256_mul_ps(v, e);
-    e2m1_scaled es = e2m1_scale8(y);
-    __m256i idx = use_sr ? e2m1_idx_sr8(&es, u) : e2m1_idx_rn8(&es);
+    __m256i idx;
+    if (use_sr) {
+        e2m1_scaled es = e2m1_scale8(y);
+        idx = e2m1_idx_sr8(&es, u);
+    } else {
+        idx = e2m1_idx_rn8_magic(y);
+    }
     __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
     return _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
 }
