@@ -287,18 +287,18 @@ float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht)
 }
 
 /* ---------------------------------------------------------- Philox SR */
-/* Philox-4x32-10 with one counter per 64-bit lane (4 per register): a
- * counter word sits in the low half of its lane, where mul_epu32 reads it,
- * so one multiply gives a word's hi and lo, and the counter itself is a
- * 64-bit add (its carry into word 1 is free). High halves hold garbage
- * that no multiply reads and the final packing drops. */
-#ifndef PHILOX_NC
-#define PHILOX_NC 2
-#endif
+/* 32×32 → high and low 32 bits, 8 lanes (m broadcast). */
+static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
+    __m256i pe = _mm256_mul_epu32(a, m);                        /* even lanes, 64-bit */
+    __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m); /* odd lanes */
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+    *lo = _mm256_mullo_epi32(a, m);
+}
+
 typedef struct {
-    __m256i k[10][2]; /* the round keys, broadcast */
-    __m256i x0, x2;   /* round 0's constant terms: hi(M1·stream lo) ^ k0, stream hi ^ k1 */
-    __m256i lo1;      /* round 0's lo(M1·stream lo) */
+    __m256i k[10][2];  /* the round keys, broadcast */
+    __m256i c3;        /* the stream's high word (counter word 3) */
+    __m256i hi1, lo1;  /* round 0's product of counter word 2 (the stream's low word): the same in every lane */
 } philox8_key;
 
 static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream) {
@@ -309,47 +309,56 @@ static inline void philox8_init(philox8_key *pk, uint64_t seed, uint64_t stream)
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-    uint64_t p = (uint64_t)(uint32_t)stream * 0xCD9E8D57u;
-    pk->x0 = _mm256_set1_epi32((int)((uint32_t)(p >> 32) ^ (uint32_t)seed));
-    pk->lo1 = _mm256_set1_epi32((int)(uint32_t)p);
-    pk->x2 = _mm256_set1_epi32((int)((uint32_t)(stream >> 32) ^ (uint32_t)(seed >> 32)));
+    pk->c3 = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
+    mulhilo8(_mm256_set1_epi32((int)(uint32_t)stream), _mm256_set1_epi32((int)0xCD9E8D57u), &pk->hi1, &pk->lo1);
 }
 
-/* The SR uniforms of the 64 elements 4·q0 … 4·q0+63: Philox-4x32-10 of
- * the counters q0 … q0+15 as four chains of 4 lanes, counters
- * q, q+2, q+1, q+3 in a chain's lanes so that two unpacks put the words in
- * element order (u[0] = elements 0..7). nvfp4_sr_u24, bit for bit. */
+/* The SR uniforms of the 64 elements 4·q0 … 4·q0+63 (q0 a multiple of 4):
+ * Philox-4x32-10 of the counters q0 … q0+15, two chains of 8 lanes
+ * interleaved, then 4×8 transposes into element order (u[0] = elements
+ * 0..7). nvfp4_sr_u24, bit for bit. */
 static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) {
-    const __m256i M0 = _mm256_set1_epi64x(0xD2511F53u), M1 = _mm256_set1_epi64x(0xCD9E8D57u);
-    enum { NC = PHILOX_NC };
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; g += NC) {
-        __m256i c0[NC], c1[NC], c2[NC], c3[NC];
-        const __m256i qb = _mm256_add_epi64(_mm256_set1_epi64x((long long)q0), _mm256_setr_epi64x(0, 2, 1, 3));
-        for (int h = 0; h < NC; h++) {
-            __m256i q = _mm256_add_epi64(qb, _mm256_set1_epi64x(4 * (g + h)));
-            __m256i p0 = _mm256_mul_epu32(q, M0); /* round 0: word 2 (stream lo) is the same in every lane */
-            c0[h] = _mm256_xor_si256(_mm256_srli_epi64(q, 32), pk->x0);
-            c1[h] = pk->lo1;
-            c2[h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), pk->x2);
-            c3[h] = p0;
-        }
+    const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
+    const __m256i bias = _mm256_set1_epi32(INT32_MIN);
+    __m256i c0[2], c1[2], c2[2], c3[2];
+    for (int h = 0; h < 2; h++) {
+        uint64_t q = q0 + 8 * (uint64_t)h;
+        __m256i base = _mm256_set1_epi32((int)(uint32_t)q);
+        c0[h] = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        /* carry into the high word where the low word wrapped (c0 < base, unsigned) */
+        __m256i wrap = _mm256_cmpgt_epi32(_mm256_xor_si256(base, bias), _mm256_xor_si256(c0[h], bias));
+        c1[h] = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(q >> 32)), wrap);
+        /* round 0, its constant product precomputed */
+        __m256i hi0, lo0;
+        mulhilo8(c0[h], M0, &hi0, &lo0);
+        c0[h] = _mm256_xor_si256(_mm256_xor_si256(pk->hi1, c1[h]), pk->k[0][0]);
+        c1[h] = pk->lo1;
+        c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, pk->c3), pk->k[0][1]);
+        c3[h] = lo0;
+    }
 #pragma GCC unroll 9
-        for (int r = 1; r < 10; r++)
-#pragma GCC unroll 4
-            for (int h = 0; h < NC; h++) {
-                __m256i p0 = _mm256_mul_epu32(c0[h], M0), p1 = _mm256_mul_epu32(c2[h], M1);
-                c0[h] = _mm256_xor_si256(_mm256_srli_epi64(p1, 32), _mm256_xor_si256(c1[h], pk->k[r][0]));
-                c1[h] = p1;
-                c2[h] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), _mm256_xor_si256(c3[h], pk->k[r][1]));
-                c3[h] = p0;
-            }
-        for (int h = 0; h < NC; h++) {
-            __m256i w01 = _mm256_blend_epi32(c0[h], _mm256_slli_epi64(c1[h], 32), 0xAA);
-            __m256i w23 = _mm256_blend_epi32(c2[h], _mm256_slli_epi64(c3[h], 32), 0xAA);
-            u[2 * (g + h)] = _mm256_srli_epi32(_mm256_unpacklo_epi64(w01, w23), 8);     /* counters q, q+1 */
-            u[2 * (g + h) + 1] = _mm256_srli_epi32(_mm256_unpackhi_epi64(w01, w23), 8); /* q+2, q+3 */
+    for (int r = 1; r < 10; r++)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i hi0, lo0, hi1, lo1;
+            mulhilo8(c0[h], M0, &hi0, &lo0);
+            mulhilo8(c2[h], M1, &hi1, &lo1);
+            c0[h] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[h]), pk->k[r][0]);
+            c1[h] = lo1;
+            c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[h]), pk->k[r][1]);
+            c3[h] = lo0;
         }
+    for (int h = 0; h < 2; h++) {
+        __m256i w0 = _mm256_srli_epi32(c0[h], 8), w1 = _mm256_srli_epi32(c1[h], 8);
+        __m256i w2 = _mm256_srli_epi32(c2[h], 8), w3 = _mm256_srli_epi32(c3[h], 8);
+        __m256i t0 = _mm256_unpacklo_epi32(w0, w1), t1 = _mm256_unpacklo_epi32(w2, w3);
+        __m256i t2 = _mm256_unpackhi_epi32(w0, w1), t3 = _mm256_unpackhi_epi32(w2, w3);
+        __m256i a0 = _mm256_unpacklo_epi64(t0, t1), a1 = _mm256_unpackhi_epi64(t0, t1); /* counters 0|4, 1|5 */
+        __m256i a2 = _mm256_unpacklo_epi64(t2, t3), a3 = _mm256_unpackhi_epi64(t2, t3); /* 2|6, 3|7 */
+        u[4 * h + 0] = _mm256_permute2x128_si256(a0, a1, 0x20);
+        u[4 * h + 1] = _mm256_permute2x128_si256(a2, a3, 0x20);
+        u[4 * h + 2] = _mm256_permute2x128_si256(a0, a1, 0x31);
+        u[4 * h + 3] = _mm256_permute2x128_si256(a2, a3, 0x31);
     }
 }
 
