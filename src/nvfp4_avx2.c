@@ -150,8 +150,13 @@ static inline __m256i e2m1_idx_sr8(const e2m1_scaled *e, __m256i u24) {
 
 /* 16 codes (elements 0..7 in c0, 8..15 in c1, int32) → 8 bytes, element 2j
  * in the low nibble of byte j. */
+static inline void pack16w(__m256i w, uint8_t *dst);
 static inline void pack16(__m256i c0, __m256i c1, uint8_t *dst) {
-    __m256i w = _mm256_packs_epi32(c0, c1);                         /* i16 [c0 0-3 c1 0-3 | c0 4-7 c1 4-7] */
+    pack16w(_mm256_packs_epi32(c0, c1), dst); /* i16 [c0 0-3 c1 0-3 | c0 4-7 c1 4-7] */
+}
+
+/* pack16 from the int16 codes w = packs_epi32(c0, c1). */
+static inline void pack16w(__m256i w, uint8_t *dst) {
     __m256i p = _mm256_madd_epi16(w, _mm256_set1_epi32(0x00100001)); /* lo + 16·hi: bytes [0 1 4 5 | 2 3 6 7] */
     p = _mm256_packus_epi16(_mm256_packus_epi32(p, p), p);
     __m128i b = _mm_unpacklo_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
@@ -485,7 +490,7 @@ column_careful(const float *x, const float *mb, int ra, int rb, int64_t b0, int 
  * such a column is marked careful (column_careful redoes it). */
 typedef struct {
     __m256 enc;  /* per block: the encode factor */
-    __m256i zs2; /* per block: −2 where the scale underflowed to 0 (every element flushes), else 0 */
+    __m256i zs;  /* per block: −1 where the scale underflowed to 0 (every element flushes), else 0 */
     int careful;
 } colscale;
 
@@ -522,7 +527,7 @@ column_prep(const float *x, const float *mb, int ra, int rb, int64_t b0, int nbk
     __m256i sc = e4m3_encode8(_mm256_mul_ps(bamax, c_scale), &dec);
     cs.enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)), _mm256_set1_ps(FLT_MAX));
     __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256());
-    cs.zs2 = _mm256_add_epi32(zs, zs);
+    cs.zs = zs;
     if (cs.careful) return cs;
     __m256i over6 = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(bamax, cs.enc), _mm256_set1_ps(6.0f), _CMP_GT_OQ));
     *sat += __builtin_popcount(
@@ -582,6 +587,7 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
                 continue;
             }
             n_in += (int64_t)(rb - ra) * nbk * 16;
+            __m256i n_zin16 = _mm256_setzero_si256(), n_z16 = n_zin16; /* ≥ −128 per lane: one column */
             for (int r = ra; r < rb; r++) {
                 __m256i u[16]; /* SR uniforms of the row's 8 blocks */
                 if (use_sr)
@@ -597,20 +603,22 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
                     }
                     const __m256i bi = _mm256_set1_epi32(i);
                     const __m256 e = _mm256_permutevar8x32_ps(cs.enc, bi);
-                    const __m256i zscale2 = _mm256_permutevar8x32_epi32(cs.zs2, bi); /* 0 or −2 */
+                    const __m256i zscale = _mm256_permutevar8x32_epi32(cs.zs, bi); /* 0 or −1 */
                     const __m256i q0 = encode8(v[0], e, use_sr ? u[2 * i] : _mm256_setzero_si256(), use_sr);
                     const __m256i q1 = encode8(v[1], e, use_sr ? u[2 * i + 1] : _mm256_setzero_si256(), use_sr);
+                    /* the counts on the 16 codes as int16, in pack16's lane order */
+                    const __m256i w = _mm256_packs_epi32(q0, q1);
                     const __m256 z0 = _mm256_cmp_ps(v[0], _mm256_setzero_ps(), _CMP_EQ_OQ);
                     const __m256 z1 = _mm256_cmp_ps(v[1], _mm256_setzero_ps(), _CMP_EQ_OQ);
-                    n_zin = _mm256_add_epi32(n_zin, _mm256_add_epi32(_mm256_castps_si256(z0), _mm256_castps_si256(z1)));
-                    /* q == 0 or 8: magnitude 0 */
-                    const __m256i m8 = _mm256_set1_epi32(8);
-                    const __m256i f0 = _mm256_cmpeq_epi32(_mm256_andnot_si256(m8, q0), _mm256_setzero_si256());
-                    const __m256i f1 = _mm256_cmpeq_epi32(_mm256_andnot_si256(m8, q1), _mm256_setzero_si256());
-                    n_z = _mm256_add_epi32(n_z, _mm256_min_epi32(_mm256_add_epi32(f0, f1), zscale2)); /* a zero scale: both flush */
-                    pack16(q0, q1, codes + r * ldc + 8 * (b0 + i));
+                    n_zin16 = _mm256_add_epi16(n_zin16, _mm256_packs_epi32(_mm256_castps_si256(z0), _mm256_castps_si256(z1)));
+                    /* code 0 or 8: magnitude 0; a zero scale: every element flushes */
+                    const __m256i f = _mm256_cmpeq_epi16(_mm256_andnot_si256(_mm256_set1_epi16(8), w), _mm256_setzero_si256());
+                    n_z16 = _mm256_add_epi16(n_z16, _mm256_or_si256(f, zscale));
+                    pack16w(w, codes + r * ldc + 8 * (b0 + i));
                 }
             }
+            n_zin = _mm256_add_epi32(n_zin, _mm256_madd_epi16(n_zin16, _mm256_set1_epi16(1)));
+            n_z = _mm256_add_epi32(n_z, _mm256_madd_epi16(n_z16, _mm256_set1_epi16(1)));
         }
         int64_t zin = -hsum8i(n_zin);
         cnt->nonzero += n_in - zin;
