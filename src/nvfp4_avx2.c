@@ -150,8 +150,13 @@ static inline __m256i e2m1_idx_sr8(const e2m1_scaled *e, __m256i u24) {
 
 /* 16 codes (elements 0..7 in c0, 8..15 in c1, int32) → 8 bytes, element 2j
  * in the low nibble of byte j. */
+static inline void pack16w(__m256i w, uint8_t *dst);
 static inline void pack16(__m256i c0, __m256i c1, uint8_t *dst) {
-    __m256i w = _mm256_packs_epi32(c0, c1);                         /* i16 [c0 0-3 c1 0-3 | c0 4-7 c1 4-7] */
+    pack16w(_mm256_packs_epi32(c0, c1), dst); /* i16 [c0 0-3 c1 0-3 | c0 4-7 c1 4-7] */
+}
+
+/* pack16 from the int16 codes w = packs_epi32(c0, c1). */
+static inline void pack16w(__m256i w, uint8_t *dst) {
     __m256i p = _mm256_madd_epi16(w, _mm256_set1_epi32(0x00100001)); /* lo + 16·hi: bytes [0 1 4 5 | 2 3 6 7] */
     p = _mm256_packus_epi16(_mm256_packus_epi32(p, p), p);
     __m128i b = _mm_unpacklo_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
@@ -166,6 +171,23 @@ static inline __m256 hmax8x8(const __m256 v[8]) {
     for (int k = 0; k < 2; k++)
         b[k] = _mm256_max_ps(_mm256_shuffle_ps(a[2 * k], a[2 * k + 1], 0x44), _mm256_shuffle_ps(a[2 * k], a[2 * k + 1], 0xEE));
     return _mm256_max_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+}
+
+/* hmax8x8 by the integer max of the bits: the float max for nonnegative
+ * finite values, a NaN's bits above every finite's. */
+static inline __m256 hmax8x8i(const __m256 v[8]) {
+    __m256i a[4], b[2];
+#define AV_CI(x) _mm256_castps_si256(x)
+#define AV_CF(x) _mm256_castsi256_ps(x)
+    for (int k = 0; k < 4; k++)
+        a[k] = _mm256_max_epi32(AV_CI(_mm256_unpacklo_ps(v[2 * k], v[2 * k + 1])),
+                                AV_CI(_mm256_unpackhi_ps(v[2 * k], v[2 * k + 1])));
+    for (int k = 0; k < 2; k++)
+        b[k] = _mm256_max_epi32(AV_CI(_mm256_shuffle_ps(AV_CF(a[2 * k]), AV_CF(a[2 * k + 1]), 0x44)),
+                                AV_CI(_mm256_shuffle_ps(AV_CF(a[2 * k]), AV_CF(a[2 * k + 1]), 0xEE)));
+    return AV_CF(_mm256_max_epi32(_mm256_permute2x128_si256(b[0], b[1], 0x20), _mm256_permute2x128_si256(b[0], b[1], 0x31)));
+#undef AV_CI
+#undef AV_CF
 }
 
 static inline int64_t hsum8i(__m256i v) {
@@ -224,6 +246,27 @@ void nvfp4_rht16_rows_avx2(float *x, int64_t n16) {
     }
 }
 
+/* rht16_regs for the quantizer, one op fewer per level: the sign flips by
+ * xor, and each level's upper lanes as a + (−b), which IEEE defines as
+ * a − b, so every non-NaN value has the same bits (a NaN may come out
+ * with another sign or payload; any NaN encodes to code 7 and is ignored
+ * by the max, so the codes do not change). */
+static inline void rht16_regs_q(__m256 v[2]) {
+    const __m256 nz = _mm256_set1_ps(-0.0f), z = _mm256_setzero_ps();
+    const __m256 up1 = _mm256_blend_ps(z, nz, 0xAA), up2 = _mm256_blend_ps(z, nz, 0xCC),
+                 up4 = _mm256_blend_ps(z, nz, 0xF0);
+    v[0] = _mm256_xor_ps(v[0], _mm256_and_ps(nz, _mm256_loadu_ps(nvfp4_rht_signs)));
+    v[1] = _mm256_xor_ps(v[1], _mm256_and_ps(nz, _mm256_loadu_ps(nvfp4_rht_signs + 8)));
+    for (int k = 0; k < 2; k++) {
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up1), _mm256_permute_ps(v[k], 0xB1));                 /* j ^ 1 */
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up2), _mm256_permute_ps(v[k], 0x4E));                 /* j ^ 2 */
+        v[k] = _mm256_add_ps(_mm256_xor_ps(v[k], up4), _mm256_permute2f128_ps(v[k], v[k], 0x01));       /* j ^ 4 */
+    }
+    __m256 a = _mm256_add_ps(v[0], v[1]), b = _mm256_sub_ps(v[0], v[1]); /* j ^ 8 */
+    v[0] = _mm256_mul_ps(_mm256_set1_ps(0.25f), a);
+    v[1] = _mm256_mul_ps(_mm256_set1_ps(0.25f), b);
+}
+
 /* One 16-group of the quantizer input in registers: x − mean (mean may be
  * NULL), then the RHT if asked — load_row's arithmetic, element for element. */
 static inline void load16(const float *x, const float *mean, int rht, __m256 v[2]) {
@@ -233,7 +276,7 @@ static inline void load16(const float *x, const float *mean, int rht, __m256 v[2
         v[0] = _mm256_sub_ps(v[0], _mm256_loadu_ps(mean));
         v[1] = _mm256_sub_ps(v[1], _mm256_loadu_ps(mean + 8));
     }
-    if (rht) rht16_regs(v);
+    if (rht) rht16_regs_q(v);
 }
 
 float nvfp4_amax_res_avx2(const float *x, const float *mean, int64_t n, int rht) {
@@ -298,7 +341,9 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
         c2[h] = _mm256_xor_si256(_mm256_xor_si256(hi0, pk->c3), pk->k[0][1]);
         c3[h] = lo0;
     }
+#pragma GCC unroll 9
     for (int r = 1; r < 10; r++)
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             __m256i hi0, lo0, hi1, lo1;
             mulhilo8(c0[h], M0, &hi0, &lo0);
@@ -323,9 +368,192 @@ static inline void sr_u24_x64(const philox8_key *pk, uint64_t q0, __m256i u[8]) 
 }
 
 /* ----------------------------------------------------------- quantize */
-/* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8; per column
- * a max pass (the transformed inputs kept on the stack when rht) and an
- * encode pass; counts kept per lane and summed once per row set. */
+/* Magnitude index, round to nearest even, by one addition: |y| (clamped to
+ * 6) + M with M = 2^22, 2^23, 2^24 below 2, below 4, from 4 on has an ulp
+ * of one E2M1 step (½, 1, 2), so the RNE sum's mantissa counts the steps:
+ * idx = bits(|y| + M) − bits(M) + off, off = 0, 2, 4. The same thresholds
+ * and ties as e2m1_idx_rn8. */
+static inline __m256i e2m1_idx_rn8_magic(__m256 y) {
+    __m256 ac = _mm256_min_ps(abs8(y), _mm256_set1_ps(6.0f));
+    __m256 lt2 = _mm256_cmp_ps(ac, _mm256_set1_ps(2.0f), _CMP_LT_OQ);
+    __m256 lt4 = _mm256_cmp_ps(ac, _mm256_set1_ps(4.0f), _CMP_LT_OQ);
+    __m256 m = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_set1_ps(0x1p24f), _mm256_set1_ps(0x1p23f), lt4),
+                                _mm256_set1_ps(0x1p22f), lt2);
+    __m256 k = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(0x4B800000 - 4)),
+                                                 _mm256_castsi256_ps(_mm256_set1_epi32(0x4B000000 - 2)), lt4),
+                                _mm256_castsi256_ps(_mm256_set1_epi32(0x4A800000)), lt2);
+    return _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(ac, m)), _mm256_castps_si256(k));
+}
+
+/* The int32 code of 8 elements v under encode factor e (u: their SR uniforms). */
+static inline __attribute__((always_inline)) __m256i encode8(__m256 v, __m256 e, __m256i u, const int use_sr) {
+    __m256 y = _mm256_mul_ps(v, e);
+    __m256i idx;
+    if (use_sr) {
+        e2m1_scaled es = e2m1_scale8(y);
+        idx = e2m1_idx_sr8(&es, u);
+    } else {
+        idx = e2m1_idx_rn8_magic(y);
+    }
+    __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
+}
+
+static inline __attribute__((always_inline)) void encode16(const __m256 v[2], __m256 e, const __m256i *u,
+                                                           const int use_sr, __m256i q[2]) {
+    q[0] = encode8(v[0], e, use_sr ? u[0] : _mm256_setzero_si256(), use_sr);
+    q[1] = encode8(v[1], e, use_sr ? u[1] : _mm256_setzero_si256(), use_sr);
+}
+
+/* One block column (blocks b0 … b0+nbk−1 of rows ra … rb−1) the careful
+ * way, for a column with some Inf or NaN input: the NaN-ignoring float max,
+ * and every count per element. xr: the inputs (RHT'd) if rht. */
+static __attribute__((noinline)) void
+column_careful(const float *x, const float *mb, int ra, int rb, int64_t b0, int nbk, int64_t ldx, int tile, int rs,
+               __m256 c_scale, __m256 v_sdec, const philox8_key *pk, const nvfp4_sr_ctx *sr, uint8_t *codes,
+               int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt, __m256 (*xr)[8][2], const int rht,
+               const int use_sr) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = zero;
+    for (int r = ra; r < rb; r++)
+        for (int i = 0; i < nbk; i++) {
+            __m256 v[2];
+            if (rht) {
+                v[0] = xr[r - ra][i][0];
+                v[1] = xr[r - ra][i][1];
+            } else {
+                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
+            }
+            acc[i] = _mm256_max_ps(abs8(v[0]), acc[i]); /* NaN ignored */
+            acc[i] = _mm256_max_ps(abs8(v[1]), acc[i]);
+        }
+    __m256 dec;
+    __m256i sc = e4m3_encode8(_mm256_mul_ps(hmax8x8(acc), c_scale), &dec);
+    __m256 enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)), _mm256_set1_ps(FLT_MAX));
+    __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256());
+    int32_t sc32[8], zs32[8];
+    float encs[8];
+    _mm256_storeu_si256((__m256i *)sc32, sc);
+    _mm256_storeu_si256((__m256i *)zs32, zs);
+    _mm256_storeu_ps(encs, enc);
+    uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
+    for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+    __m256i n_nz = _mm256_setzero_si256(), n_fl = n_nz, n_nan = n_nz, n_inf = n_nz;
+    unsigned satbits = 0;
+    for (int r = ra; r < rb; r++) {
+        __m256i u[16];
+        if (use_sr)
+            for (int i = 0; i < nbk; i += 4)
+                sr_u24_x64(pk, (uint64_t)((sr->row0 + r) * sr->cp + 16 * (b0 + i)) >> 2, u + 2 * i);
+        for (int i = 0; i < nbk; i++) {
+            __m256 v[2];
+            if (rht) {
+                v[0] = xr[r - ra][i][0];
+                v[1] = xr[r - ra][i][1];
+            } else {
+                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
+            }
+            const __m256 e = _mm256_set1_ps(encs[i]);
+            const __m256i zscale = _mm256_set1_epi32(zs32[i]);
+            __m256i q[2];
+            encode16(v, e, u + 2 * i, use_sr, q);
+            __m256 over6 = zero;
+            for (int half = 0; half < 2; half++) {
+                __m256i idx = _mm256_and_si256(q[half], _mm256_set1_epi32(7));
+                __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(v[half], zero, _CMP_NEQ_UQ));
+                __m256i z = _mm256_or_si256(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256()), zscale);
+                n_nz = _mm256_sub_epi32(n_nz, nz);
+                n_fl = _mm256_sub_epi32(n_fl, _mm256_and_si256(nz, z));
+                n_nan = _mm256_sub_epi32(n_nan, _mm256_castps_si256(_mm256_cmp_ps(v[half], v[half], _CMP_UNORD_Q)));
+                n_inf = _mm256_sub_epi32(
+                    n_inf, _mm256_castps_si256(_mm256_cmp_ps(abs8(v[half]), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)));
+                over6 = _mm256_or_ps(over6, _mm256_cmp_ps(abs8(_mm256_mul_ps(v[half], e)), _mm256_set1_ps(6.0f),
+                                                          _CMP_GT_OQ));
+            }
+            pack16(q[0], q[1], codes + r * ldc + 8 * (b0 + i));
+            satbits |= (unsigned)!_mm256_testz_ps(over6, over6) << i;
+        }
+    }
+    satbits &= ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zs)); /* a zero scale is a flush, not a saturation */
+    cnt->sat_blocks += __builtin_popcount(satbits & ((1u << nbk) - 1));
+    cnt->nonzero += hsum8i(n_nz);
+    cnt->flushed += hsum8i(n_fl);
+    cnt->nan += hsum8i(n_nan);
+    cnt->inf += hsum8i(n_inf);
+}
+
+/* One block column's scales: the max pass (the transformed inputs kept in
+ * xr when rht), the scale bytes stored, saturated blocks counted. The
+ * integer max of the |v| bits is the float max for finite values, and a
+ * NaN or Inf anywhere in the column shows as a max above FLT_MAX's bits:
+ * such a column is marked careful (column_careful redoes it). */
+typedef struct {
+    __m256 enc;  /* per block: the encode factor */
+    __m256i zs;  /* per block: −1 where the scale underflowed to 0 (every element flushes), else 0 */
+    int careful;
+} colscale;
+
+static inline __attribute__((always_inline)) colscale
+column_prep(const float *x, const float *mb, int ra, int rb, int64_t b0, int nbk, int64_t ldx, int tile, int rs,
+            __m256 c_scale, __m256 v_sdec, uint8_t *scales, int64_t lds, __m256 (*xr)[8][2], int64_t *sat,
+            const int rht) {
+    colscale cs;
+    __m256i acc[8]; /* fully unrolled loops over i keep these in registers */
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
+    for (int r = ra; r < rb; r++)
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            if (i >= nbk) break;
+            __m256 v[2];
+            load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, rht, v);
+            if (rht) {
+                xr[r - ra][i][0] = v[0];
+                xr[r - ra][i][1] = v[1];
+            }
+            acc[i] = _mm256_max_epi32(_mm256_castps_si256(abs8(v[0])), acc[i]);
+            acc[i] = _mm256_max_epi32(_mm256_castps_si256(abs8(v[1])), acc[i]);
+        }
+    __m256 accf[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) accf[i] = _mm256_castsi256_ps(acc[i]);
+    const __m256i amax_bits = _mm256_castps_si256(hmax8x8i(accf));
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(nbk), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i nonfinite = _mm256_cmpgt_epi32(amax_bits, _mm256_set1_epi32(0x7F7FFFFF));
+    cs.careful = !_mm256_testz_si256(nonfinite, valid);
+    const __m256 bamax = _mm256_castsi256_ps(amax_bits);
+    __m256 dec;
+    __m256i sc = e4m3_encode8(_mm256_mul_ps(bamax, c_scale), &dec);
+    cs.enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)), _mm256_set1_ps(FLT_MAX));
+    __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256());
+    cs.zs = zs;
+    if (cs.careful) return cs;
+    __m256i over6 = _mm256_castps_si256(_mm256_cmp_ps(_mm256_mul_ps(bamax, cs.enc), _mm256_set1_ps(6.0f), _CMP_GT_OQ));
+    *sat += __builtin_popcount(
+        (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(zs, _mm256_and_si256(over6, valid)))));
+    uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
+    if (nbk == 8) {
+        __m128i s8 = _mm_packus_epi16(_mm_packus_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1)),
+                                      _mm_setzero_si128());
+        _mm_storel_epi64((__m128i *)srow, s8);
+    } else {
+        int32_t sc32[8];
+        _mm256_storeu_si256((__m256i *)sc32, sc);
+        for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+    }
+    return cs;
+}
+
+/* nvfp4_quant_rows_fn, the RHT fused in if rht. Blocks in columns of 8:
+ * per column a max pass and scales (column_prep), then an encode pass. The
+ * next column's prep runs before this column's encode pass, so that its
+ * latency (horizontal max, E4M3, divide) overlaps the encoding.
+ *
+ * The finite path's counts need no per-element NaN/Inf/saturation test:
+ * nonzero = n − #(v == 0), flushed = #(idx == 0 or zero scale) − #(v == 0)
+ * (v == 0 gives code 0), and a block saturates iff fl(amax·enc) > 6 (the
+ * product is monotone in |v|, so it is the block's largest |y|). */
 static inline __attribute__((always_inline)) void
 quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, int tile, float s_enc, float s_dec,
            const nvfp4_sr_ctx *sr, uint8_t *codes, int64_t ldc, uint8_t *scales, int64_t lds, nvfp4_qcount *cnt,
@@ -335,51 +563,31 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
     philox8_init(&pk, use_sr ? sr->seed : 0, use_sr ? sr->stream : 0);
     const __m256 c_scale = _mm256_set1_ps(s_enc * (1.0f / 6.0f));
     const __m256 v_sdec = _mm256_set1_ps(s_dec);
-    const __m256 zero = _mm256_setzero_ps();
     const int nrow_sets = tile ? 1 : h;
-    __m256 xr[16][8][2]; /* with rht: the transformed block column */
+    __m256 xr[2][16][8][2]; /* with rht: the transformed block columns, this one and the next */
     int64_t sat = 0;
     for (int rs = 0; rs < nrow_sets; rs++) {
         const int ra = tile ? 0 : rs, rb = tile ? h : rs + 1;
-        __m256i n_nz = _mm256_setzero_si256(), n_fl = n_nz, n_nan = n_nz, n_inf = n_nz;
+        __m256i n_zin = _mm256_setzero_si256(), n_z = n_zin; /* −#(v == 0), −#(idx == 0 or zero scale) */
+        int64_t n_in = 0;
+        colscale next = column_prep(x, mean, ra, rb, 0, (int)(nb < 8 ? nb : 8), ldx, tile, rs, c_scale, v_sdec, scales,
+                                    lds, xr[0], &sat, rht);
         for (int64_t b0 = 0; b0 < nb; b0 += 8) {
             const int nbk = (int)(nb - b0 < 8 ? nb - b0 : 8);
             const float *mb = mean ? mean + 16 * b0 : NULL;
-            __m256 acc[8]; /* fully unrolled loops over i keep these in registers */
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) acc[i] = zero;
-            for (int r = ra; r < rb; r++)
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; i++) {
-                    if (i >= nbk) break;
-                    __m256 v[2];
-                    load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, rht, v);
-                    if (rht) {
-                        xr[r - ra][i][0] = v[0];
-                        xr[r - ra][i][1] = v[1];
-                    }
-                    acc[i] = _mm256_max_ps(abs8(v[0]), acc[i]); /* NaN ignored */
-                    acc[i] = _mm256_max_ps(abs8(v[1]), acc[i]);
-                }
-            __m256 dec;
-            __m256i sc = e4m3_encode8(_mm256_mul_ps(hmax8x8(acc), c_scale), &dec);
-            __m256 enc = _mm256_min_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(dec, v_sdec)),
-                                       _mm256_set1_ps(FLT_MAX));
-            __m256i zs = _mm256_cmpeq_epi32(sc, _mm256_setzero_si256()); /* underflowed scale: all flush */
-            int32_t sc32[8] __attribute__((aligned(32))), zs32[8] __attribute__((aligned(32)));
-            float encs[8] __attribute__((aligned(32)));
-            _mm256_store_si256((__m256i *)sc32, sc);
-            _mm256_store_si256((__m256i *)zs32, zs);
-            _mm256_store_ps(encs, enc);
-            uint8_t *srow = scales + (tile ? 0 : rs * lds) + b0;
-            if (nbk == 8) {
-                __m128i s8 = _mm_packus_epi16(_mm_packus_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1)),
-                                              _mm_setzero_si128());
-                _mm_storel_epi64((__m128i *)srow, s8);
-            } else {
-                for (int i = 0; i < nbk; i++) srow[i] = (uint8_t)sc32[i];
+            __m256 (*xc)[8][2] = xr[(b0 >> 3) & 1];
+            const colscale cs = next;
+            if (b0 + 8 < nb)
+                next = column_prep(x, mean ? mean + 16 * (b0 + 8) : NULL, ra, rb, b0 + 8,
+                                   (int)(nb - b0 - 8 < 8 ? nb - b0 - 8 : 8), ldx, tile, rs, c_scale, v_sdec, scales,
+                                   lds, xr[((b0 >> 3) + 1) & 1], &sat, rht);
+            if (cs.careful) {
+                column_careful(x, mb, ra, rb, b0, nbk, ldx, tile, rs, c_scale, v_sdec, &pk, sr, codes, ldc, scales, lds,
+                               cnt, xc, rht, use_sr);
+                continue;
             }
-            unsigned satbits = 0; /* bit i: block i has some |y| > 6 */
+            n_in += (int64_t)(rb - ra) * nbk * 16;
+            __m256i n_zin16 = _mm256_setzero_si256(), n_z16 = n_zin16; /* ≥ −128 per lane: one column */
             for (int r = ra; r < rb; r++) {
                 __m256i u[16]; /* SR uniforms of the row's 8 blocks */
                 if (use_sr)
@@ -388,41 +596,33 @@ quant_rows(const float *x, const float *mean, int h, int64_t cp, int64_t ldx, in
                 for (int i = 0; i < nbk; i++) {
                     __m256 v[2];
                     if (rht) {
-                        v[0] = xr[r - ra][i][0];
-                        v[1] = xr[r - ra][i][1];
+                        v[0] = xc[r - ra][i][0];
+                        v[1] = xc[r - ra][i][1];
                     } else {
                         load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
                     }
-                    const __m256 e = _mm256_set1_ps(encs[i]);
-                    const __m256i zscale = _mm256_set1_epi32(zs32[i]);
-                    __m256i q[2];
-                    __m256 over6 = zero;
-                    for (int half = 0; half < 2; half++) {
-                        __m256 y = _mm256_mul_ps(v[half], e);
-                        e2m1_scaled es = e2m1_scale8(y);
-                        __m256i idx = use_sr ? e2m1_idx_sr8(&es, u[2 * i + half]) : e2m1_idx_rn8(&es);
-                        __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(v[half], zero, _CMP_NEQ_UQ));
-                        __m256i z = _mm256_or_si256(_mm256_cmpeq_epi32(idx, _mm256_setzero_si256()), zscale);
-                        n_nz = _mm256_sub_epi32(n_nz, nz);
-                        n_fl = _mm256_sub_epi32(n_fl, _mm256_and_si256(nz, z));
-                        n_nan = _mm256_sub_epi32(n_nan, _mm256_castps_si256(_mm256_cmp_ps(v[half], v[half], _CMP_UNORD_Q)));
-                        n_inf = _mm256_sub_epi32(n_inf, _mm256_castps_si256(
-                                                            _mm256_cmp_ps(abs8(v[half]), _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)));
-                        over6 = _mm256_or_ps(over6, _mm256_cmp_ps(es.a, _mm256_set1_ps(6.0f), _CMP_GT_OQ));
-                        __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, zero, _CMP_LT_OQ));
-                        q[half] = _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
-                    }
-                    pack16(q[0], q[1], codes + r * ldc + 8 * (b0 + i));
-                    satbits |= (unsigned)!_mm256_testz_ps(over6, over6) << i;
+                    const __m256i bi = _mm256_set1_epi32(i);
+                    const __m256 e = _mm256_permutevar8x32_ps(cs.enc, bi);
+                    const __m256i zscale = _mm256_permutevar8x32_epi32(cs.zs, bi); /* 0 or −1 */
+                    const __m256i q0 = encode8(v[0], e, use_sr ? u[2 * i] : _mm256_setzero_si256(), use_sr);
+                    const __m256i q1 = encode8(v[1], e, use_sr ? u[2 * i + 1] : _mm256_setzero_si256(), use_sr);
+                    /* the counts on the 16 codes as int16, in pack16's lane order */
+                    const __m256i w = _mm256_packs_epi32(q0, q1);
+                    const __m256 z0 = _mm256_cmp_ps(v[0], _mm256_setzero_ps(), _CMP_EQ_OQ);
+                    const __m256 z1 = _mm256_cmp_ps(v[1], _mm256_setzero_ps(), _CMP_EQ_OQ);
+                    n_zin16 = _mm256_add_epi16(n_zin16, _mm256_packs_epi32(_mm256_castps_si256(z0), _mm256_castps_si256(z1)));
+                    /* code 0 or 8: magnitude 0; a zero scale: every element flushes */
+                    const __m256i f = _mm256_cmpeq_epi16(_mm256_andnot_si256(_mm256_set1_epi16(8), w), _mm256_setzero_si256());
+                    n_z16 = _mm256_add_epi16(n_z16, _mm256_or_si256(f, zscale));
+                    pack16w(w, codes + r * ldc + 8 * (b0 + i));
                 }
             }
-            satbits &= ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(zs)); /* a zero scale is a flush, not a saturation */
-            sat += __builtin_popcount(satbits & ((1u << nbk) - 1));
+            n_zin = _mm256_add_epi32(n_zin, _mm256_madd_epi16(n_zin16, _mm256_set1_epi16(1)));
+            n_z = _mm256_add_epi32(n_z, _mm256_madd_epi16(n_z16, _mm256_set1_epi16(1)));
         }
-        cnt->nonzero += hsum8i(n_nz);
-        cnt->flushed += hsum8i(n_fl);
-        cnt->nan += hsum8i(n_nan);
-        cnt->inf += hsum8i(n_inf);
+        int64_t zin = -hsum8i(n_zin);
+        cnt->nonzero += n_in - zin;
+        cnt->flushed += -hsum8i(n_z) - zin;
     }
     cnt->sat_blocks += sat;
 }

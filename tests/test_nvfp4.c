@@ -467,6 +467,70 @@ void test_simd_levels_and_threads_equal_reference(void) {
     CHECK(nlevels >= 1, "no kernel path");
 }
 
+/* The SIMD kernels' two column paths side by side: columns of 8 blocks
+ * with a NaN or an Inf (the careful path) next to finite ones (the fast
+ * path, whose counts come from the block maxima), in one tensor wide
+ * enough for partial columns (21 blocks = 8 + 8 + 5) and tall enough for
+ * the 2-thread split; blocks whose scale underflows to 0 while their values
+ * are not 0, all-zero blocks, subnormal and negative-zero inputs, E2M1 ties
+ * and values just past them. Every option combination, every SIMD level of
+ * this host, 1 and 2 threads: bits and stats == the scalar spec. */
+void test_simd_careful_and_fast_columns(void) {
+    enum { ROWS = 100, COLS = 21 * 16 };
+    const nvfp4_impl levels[] = {NVFP4_IMPL_AVX2, NVFP4_IMPL_AVX512};
+    static float x[ROWS * COLS];
+    float mean[COLS], mx[COLS], mn[COLS];
+    const float ties[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f};
+    trng r = {2025};
+    for (int i = 0; i < ROWS * COLS; i++) x[i] = 2.0f * trng_normal(&r);
+    for (int row = 0; row < ROWS; row++) {
+        float *xr = x + row * COLS;
+        xr[0] = 6.0f * 40.0f; /* one large element: the tensor amax sets the ties below on the grid */
+        for (int i = 1; i < 16; i++) xr[i] = ties[(row + i) % 8] * 40.0f * ((i & 1) ? -1.0f : 1.0f);
+        for (int i = 16; i < 32; i++) xr[i] = nextafterf(ties[(row + i) % 8], 0.0f) * 40.0f; /* just below the ties */
+        for (int i = 32; i < 48; i++) xr[i] = 1e-12f * (float)(i - 40);                     /* scale underflows */
+        for (int i = 48; i < 64; i++) xr[i] = 0.0f;                                         /* all-zero block */
+        for (int i = 64; i < 80; i++) xr[i] = (i & 1) ? -0.0f : 1e-40f * (float)(i - 70);   /* subnormals */
+        if (row % 7 == 3) xr[8 * 16 + row % 16] = NAN;                  /* the second column, careful */
+        if (row % 11 == 5) xr[17 * 16 + row % 16] = -INFINITY;          /* the third column (partial), careful */
+        if (row == 40) for (int i = 16 * 16; i < 17 * 16; i++) xr[i] = 0.0f; /* a zero block in a careful column */
+    }
+    nvfp4_colstats_ref(x, ROWS, COLS, COLS, mean, mx, mn);
+    int compared = 0;
+    for (int variant = 0; variant < 16; variant++) {
+        nvfp4_opts o = variant_opts(variant, mean, 0xC0FFEEull, 0x123456789ull + (uint64_t)variant);
+        nvfp4_tensor ref, got;
+        nvfp4_stats sref, sgot;
+        ref_and_output(x, NVFP4_F32, ROWS, COLS, &o, &ref, &sref, &got);
+        /* with the mean split, the NaN/Inf columns' means are NaN/−Inf: every residual there is NaN */
+        CHECK(sref.n_nan > 0 && (o.mean || (sref.n_inf > 0 && sref.n_flushed > 0)),
+              "variant %d: the edge cases are present (nan %lld inf %lld flushed %lld)", variant, (long long)sref.n_nan,
+              (long long)sref.n_inf, (long long)sref.n_flushed);
+        for (int k = 0; k < 2; k++) {
+            if (nvfp4_impl_resolve(levels[k]) != levels[k]) continue;
+            for (int nt = 1; nt <= 2; nt++) {
+                nvfp4_opts of = o;
+                of.impl = levels[k];
+                of.nthreads = nt;
+                memset(got.codes, 0xAB, (size_t)(ROWS * got.cols_padded / 2));
+                memset(got.scales, 0xCD, (size_t)nvfp4_scale_count(ROWS, COLS, o.block));
+                CHECK(nvfp4_quantize(x, NVFP4_F32, ROWS, COLS, COLS, &of, &got, &sgot) == AVERIS_OK, "fast");
+                CHECK(tensors_equal(&ref, &got), "%s x%d variant %d differs from ref", nvfp4_impl_name(levels[k]), nt,
+                      variant);
+                CHECK(!memcmp(&sref, &sgot, sizeof sref),
+                      "stats differ: %s x%d variant %d (nonzero %lld/%lld flushed %lld/%lld sat %lld/%lld nan %lld/%lld)",
+                      nvfp4_impl_name(levels[k]), nt, variant, (long long)sref.n_nonzero, (long long)sgot.n_nonzero,
+                      (long long)sref.n_flushed, (long long)sgot.n_flushed, (long long)sref.n_sat_blocks,
+                      (long long)sgot.n_sat_blocks, (long long)sref.n_nan, (long long)sgot.n_nan);
+                compared++;
+            }
+        }
+        nvfp4_tensor_free(&ref);
+        nvfp4_tensor_free(&got);
+    }
+    CHECK(compared >= 32 || !nvfp4_cpu_has_avx2(), "ran the comparisons (%d)", compared);
+}
+
 /* The SIMD quantize kernels with SR against the scalar kernel where the
  * Philox counter's low word wraps inside a vector (row0·cp/4 = 2^32 − 4 with
  * cp = 48: counters 2^32−4 … 2^32+3 in one 8-lane batch), with a 64-bit seed
