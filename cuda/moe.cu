@@ -339,6 +339,7 @@ averis_status cm_moe_forward(cm_moe *mo, int l, const qlin_recipe *r, const void
         CU_LAUNCHED();
         CU_TRY(cudaStreamSynchronize(s)); /* the GEMM sizes */
     }
+    cl_size_class_scope by_class; /* the experts' GEMMs planned by size class (qlinear.cu) */
     for (int e = 0; e < E; e++) {
         int64_t n = a.counts[e], o = a.offs[e];
         if (!n) continue; /* no tokens: no GEMM, no statistics */
@@ -404,6 +405,7 @@ averis_status cm_moe_backward(cm_moe *mo, int l, const qlin_recipe *r, const voi
         k_combine_bwd<<<cu_blocks(nk * 32, 256), 256, 0, s>>>(dout, a.y, a.wts, a.slot, mo->dy, mo->dw, nk, C, k);
         CU_LAUNCHED();
     }
+    cl_size_class_scope by_class;
     for (int e = 0; e < E; e++) {
         int64_t n = a.counts[e], o = a.offs[e];
         if (!n) continue;

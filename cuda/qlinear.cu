@@ -19,6 +19,7 @@ struct lt_key {
     cudaDataType_t ta, tb, td;
     int bias, c_is_d;
     unsigned align[4];
+    int size_class; /* planned by size class (cl_size_classes): see lt_make_plan */
     bool operator==(const lt_key &o) const { return !memcmp(this, &o, sizeof o); }
 };
 
@@ -44,9 +45,18 @@ struct lt_state {
     lt_plan plans[LT_MAX_PLANS];
     int nplans = 0, next_evict = 0;
     std::unordered_map<uint64_t, int> index; /* key hash → slot */
+    /* size classes (cl_size_classes): the algorithm chosen for a class's
+     * shape, by the class key's hash (the key kept to check for a collision) */
+    struct cls {
+        lt_key key;
+        cublasLtMatmulAlgo_t algo;
+        int ok, bias_in_epilogue;
+    };
+    std::unordered_map<uint64_t, cls> classes;
 };
 lt_state g_lt;
 std::mutex g_lt_mu;
+thread_local int t_size_classes = 0;
 
 averis_status lt_init() {
     if (g_lt.h) return AVERIS_OK;
@@ -85,8 +95,8 @@ void lt_destroy_plan(lt_plan *p) {
     p->op = nullptr, p->a = p->b = p->c = nullptr;
 }
 
-averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
-    p->key = k;
+/* the matmul descriptor and the layouts of key k */
+averis_status lt_descs(const lt_key &k, lt_plan *p) {
     int64_t mm = k.N, nn = k.M; /* column-major view: D' [N×M] */
     cublasOperation_t opA = k.ta_op ? CUBLAS_OP_T : CUBLAS_OP_N, opB = k.tb_op ? CUBLAS_OP_T : CUBLAS_OP_N;
     CU_CUBLAS_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -98,6 +108,11 @@ averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
     CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->a, k.ta, opA == CUBLAS_OP_N ? mm : k.K, opA == CUBLAS_OP_N ? k.K : mm, k.ldb));
     CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->b, k.tb, opB == CUBLAS_OP_N ? k.K : nn, opB == CUBLAS_OP_N ? nn : k.K, k.lda));
     CU_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->c, k.td, mm, nn, k.ldd));
+    return AVERIS_OK;
+}
+
+/* cuBLASLt's heuristic for p's layouts (the bias epilogue where it has one) */
+averis_status lt_heuristic(const lt_key &k, lt_plan *p) {
     cublasLtMatmulPreference_t pref;
     CU_CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
     CU_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt.ws_size,
@@ -137,7 +152,67 @@ averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
     return AVERIS_OK;
 }
 
+/* a key's size class: the dimensions no leading dimension bounds (M unless
+ * A is transposed, K when A is and B is not — the experts' token counts)
+ * rounded up to a power of two */
+lt_key lt_class_of(const lt_key &k) {
+    lt_key c = k;
+    int transA = k.tb_op, transB = k.ta_op; /* row-major view (the key holds the column-major swap) */
+    auto up = [](int64_t v) { int64_t r = 16; while (r < v) r <<= 1; return r; };
+    if (!transA) c.M = up(k.M);
+    if (transA && !transB) c.K = up(k.K);
+    return c;
+}
+
+/* The plan of key k. With k.size_class (the MoE experts' GEMMs, whose token
+ * counts change every call), the algorithm is the heuristic's for the key's
+ * size class (lt_class_of), planned once per class, where cuBLASLt accepts it
+ * for k's shape (cublasLtMatmulAlgoCheck), else k's own: a key gets the same
+ * algorithm whatever the order of the calls, so results replay; one heuristic
+ * query per class instead of one per new token count. */
+averis_status lt_make_plan(const lt_key &k, lt_plan *p) {
+    p->key = k;
+    CU_OK(lt_descs(k, p));
+    if (k.size_class) {
+        lt_key kc = lt_class_of(k);
+        uint64_t hc = lt_hash(kc);
+        auto it = g_lt.classes.find(hc);
+        if (it == g_lt.classes.end() || !(it->second.key == kc)) {
+            lt_state::cls c;
+            memset(&c, 0, sizeof c);
+            c.key = kc;
+            lt_plan t;
+            memset(&t, 0, sizeof t);
+            c.ok = lt_descs(kc, &t) == AVERIS_OK && lt_heuristic(kc, &t) == AVERIS_OK;
+            c.algo = t.algo, c.bias_in_epilogue = t.bias_in_epilogue;
+            lt_destroy_plan(&t);
+            it = g_lt.classes.insert_or_assign(hc, c).first;
+        }
+        const lt_state::cls &c = it->second;
+        if (c.ok) {
+            cublasLtEpilogue_t ep = c.bias_in_epilogue ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+            CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+            cublasLtMatmulHeuristicResult_t chk;
+            memset(&chk, 0, sizeof chk);
+            if (cublasLtMatmulAlgoCheck(g_lt.h, p->op, p->a, p->b, p->c, p->c, &c.algo, &chk) == CUBLAS_STATUS_SUCCESS &&
+                chk.workspaceSize <= g_lt.ws_size) {
+                p->algo = c.algo, p->bias_in_epilogue = c.bias_in_epilogue;
+                return AVERIS_OK;
+            }
+            ep = CUBLASLT_EPILOGUE_DEFAULT;
+            CU_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        }
+    }
+    return lt_heuristic(k, p);
+}
+
 } // namespace
+
+int cl_size_classes(int on) {
+    int was = t_size_classes;
+    t_size_classes = on;
+    return was;
+}
 
 const float *cl_zero(void) { return g_lt.consts; }
 const float *cl_one(void) { return g_lt.consts + 1; }
@@ -161,6 +236,7 @@ averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
         k.bias = bias != nullptr;
         k.c_is_d = C == D;
         k.align[0] = align_of(B), k.align[1] = align_of(A), k.align[2] = align_of(C), k.align[3] = align_of(D);
+        k.size_class = t_size_classes;
         uint64_t h = lt_hash(k);
         auto it = g_lt.index.find(h);
         if (it != g_lt.index.end() && g_lt.plans[it->second].key == k) p = &g_lt.plans[it->second];

@@ -22,6 +22,17 @@
 averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K, const float *alpha, const void *A,
                         cudaDataType_t ta, int64_t lda, const void *B, cudaDataType_t tb, int64_t ldb, const float *beta,
                         const void *C, void *D, cudaDataType_t td, int64_t ldd, const float *bias, cudaStream_t s);
+/* cl_matmul's GEMMs on this thread planned by size class while on (the MoE
+ * experts': a token count new almost every call; see lt_make_plan): returns
+ * the previous setting. */
+int cl_size_classes(int on);
+struct cl_size_class_scope { /* on for a scope */
+    int was;
+    cl_size_class_scope() : was(cl_size_classes(1)) {}
+    ~cl_size_class_scope() { cl_size_classes(was); }
+    cl_size_class_scope(const cl_size_class_scope &) = delete;
+    cl_size_class_scope &operator=(const cl_size_class_scope &) = delete;
+};
 /* device constants 0.0f and 1.0f */
 const float *cl_zero(void);
 const float *cl_one(void);
