@@ -11,7 +11,7 @@
 #      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%)
 #   5. end to end: `train --device cuda --analyze-every` on tiny (rows at
 #      steps 0, 10, 20, no weights downloaded for them) and
-#      `analyze CKPT --device cuda`
+#      `analyze CKPT --device cuda`; moe-tiny's rows include the experts
 # Needs nvcc, a GPU; step 5 needs a corpus (DATA, default data/default).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
 set -uo pipefail
@@ -77,6 +77,17 @@ if ls "$DATA"/train_*.bin >/dev/null 2>&1; then
         tail -2 "$OUT/analyze_ckpt_cuda.log"
     else
         tail -20 "$OUT/train_tiny.log"; note_fail "train --device cuda --analyze-every"
+    fi
+    # a MoE: the experts' inputs and output gradients are tapped on the GPU too
+    rm -rf "$RUNS/moe"
+    if timeout 240 build/averis train --device cuda --config moe-tiny --recipe averis --data "$DATA" --out "$RUNS/moe" \
+        --steps 10 --batch 4 --seq 128 --analyze-every 10 --log-every 10 >"$OUT/train_moe.log" 2>&1; then
+        cp "$RUNS/moe/analysis.csv" "$OUT/train_moe_analysis.csv"
+        kinds=$(tail -n +2 "$RUNS/moe/analysis.csv" | cut -d, -f3 | sed 's/[0-9]*//g' | sort -u | tr '\n' ' ')
+        echo "MoE analysis kinds: $kinds"
+        [[ $kinds == *expert_in* && $kinds == *grad_expert_* ]] || note_fail "MoE analysis rows lack the experts: $kinds"
+    else
+        tail -20 "$OUT/train_moe.log"; note_fail "train moe-tiny --device cuda --analyze-every"
     fi
 else
     echo "(no corpus at $DATA: end-to-end run skipped)"

@@ -5,7 +5,9 @@
 # part (the CUDA build, the device tests under memcheck, two 30-step runs,
 # the benches; the 7B-A1.5B bench builds a 29 GB host model per try).
 # MOE_PARTS="cpu gpu" (default) or one of them; MOE_BENCH=0 skips the
-# benches (step 7), MOE_BENCH_7B=0 the 7B-A1.5B one.
+# benches (step 7), MOE_BENCH_7B=0 the 7B-A1.5B one, MOE_7B_LAYERS the layer
+# counts it tries (default "16 12 8 6 4 2"; 6 fit an H100 on 2026-12-06),
+# MOE_MEMCHECK=0 the memcheck run.
 #   1. build (CPU library, the averis binary, the test binaries; CUDA ones for gpu)
 #   2. the MoE unit tests (fixtures vs transformers, recipes, empty experts,
 #      configs, five recipes training, bit-exact resume)
@@ -117,7 +119,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 step "device tests: moe-tiny, GPU vs CPU per recipe"
 build/test_cuda moe_vs_cpu 2>&1 | tee "$OUT/test_cuda_moe.log"
 [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "test_cuda moe_vs_cpu"
-if command -v compute-sanitizer >/dev/null; then
+if [[ ${MOE_MEMCHECK:-1} == 0 ]]; then
+    echo "memcheck skipped (MOE_MEMCHECK=0)" | tee "$OUT/memcheck_moe.log"
+elif command -v compute-sanitizer >/dev/null; then
     compute-sanitizer --tool memcheck --error-exitcode 9 build/test_cuda moe_vs_cpu_bf16act >"$OUT/memcheck_moe.log" 2>&1 \
         || { tail -30 "$OUT/memcheck_moe.log"; note_fail "memcheck test_cuda moe_vs_cpu_bf16act"; }
     tail -3 "$OUT/memcheck_moe.log"
@@ -155,7 +159,7 @@ AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config moe-small --batch 8 --seq 1
 if [[ ${MOE_BENCH_7B:-1} != 0 ]]; then
     step "bench: qwen3-moe-7b-a1.5b, as many layers as fit"
     done7=0
-    for L in 16 12 8 6 4 2; do
+    for L in ${MOE_7B_LAYERS:-16 12 8 6 4 2}; do
         if build/bench_cuda step --config qwen3-moe-7b-a1.5b --layers $L --batch 4 --seq 1024 --steps 3 \
                 >"$OUT/bench_moe_7b_L$L.txt" 2>&1; then
             cat "$OUT/bench_moe_7b_L$L.txt"; done7=1; break

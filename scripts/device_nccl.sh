@@ -14,8 +14,9 @@
 #      --gpus 2 × batch 4 vs --gpus 1 × batch 8
 #   5. bench: tokens/s through the data-parallel path vs the plain path on
 #      one GPU (the overhead at N = 1), small (~27M) and an ~86M config
-# Usage: OUT=dir bash scripts/device_nccl.sh [quick]   (quick: steps 2-4 only,
-# reusing BUILD's binaries; scripts/device_check.sh calls it so)
+# Usage: OUT=dir bash scripts/device_nccl.sh [quick|bench]   (quick: steps 2-4
+# only, reusing BUILD's binaries; scripts/device_check.sh calls it so; bench:
+# step 5 only, reusing BUILD's binaries)
 # Needs: nvcc + NCCL (with the CUDA toolkit), a GPU, data/default (or DATA=).
 # Writes logs and nccl_summary.txt / bench_nccl.csv to $OUT. Exit status: failures.
 set -uo pipefail
@@ -44,7 +45,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
 
-if [[ $MODE != quick ]]; then
+[[ $MODE == full || $MODE == quick || $MODE == bench ]] || { echo "device_nccl.sh: mode full, quick or bench, not '$MODE'"; exit 2; }
+if [[ $MODE == full ]]; then
     step "build (BUILD=$BUILD, CUDA=1, CUDNN=0)"
     if ! make -s -j"$JOBS" "${MAKE_CC[@]}" BUILD="$BUILD" CUDA=1 CUDNN=0 all >"$RUNS/build.log" 2>&1; then
         tail -30 "$RUNS/build.log"; echo "BUILD FAILED"; exit 1
@@ -76,6 +78,7 @@ EOF
 }
 
 TRAIN=(--config tiny --data "$DATA" --steps 30 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 15 --val-batches 4 --log-every 15)
+if [[ $MODE != bench ]]; then
 step "tiny, 30 steps: --gpus 1 (data-parallel path) vs plain"
 for r in bf16 averis; do
     rm -rf "$RUNS/plain_$r" "$RUNS/dp1_$r"
@@ -132,6 +135,8 @@ if [[ $NGPU -ge 2 ]]; then
 else
     say "killed-rank test with --gpus 2 skipped: $NGPU GPU (the lonely-rank test above covers a dead peer on one GPU)"
 fi
+
+fi # steps 2-4
 
 if [[ $MODE != quick ]]; then
     step "bench: tokens/s, --gpus 1 (data-parallel path) vs plain, one GPU"

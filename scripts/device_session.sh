@@ -27,6 +27,11 @@
 # Later calls: wait for the background (packing every 30 s) until the budget.
 # Then run report.py locally on what came back (docs/sweep.md,
 # experiments/analysis/run.sh --report-only).
+# PLAN=verify: instead of all the above, after the build the background runs
+# the checks and benches of the GPU features changed since the last lease,
+# each script alone on the GPU: scripts/device_analysis.sh (no memcheck),
+# scripts/device_moe.sh (GPU part, no memcheck, 7B-A1.5B at 8 then 6
+# layers), scripts/device_nccl.sh bench (N = 1 overhead); no foreground.
 # Knobs: Q (state dir, /tmp/averis_q), SKIP_FG=1 (no foreground checks),
 # SWEEP_STEPS (800), ANA_STEPS (3052 = 50M tokens), CORPUS_MB (200).
 # Exit status: 0, or 1 when the build failed.
@@ -97,6 +102,21 @@ background() {
     touch "$Q/bg.done"
 }
 
+verify() {
+    log "verify: device_analysis.sh"
+    OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=0 bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
+    log "verify: device_analysis exit $?"
+    log "verify: device_moe.sh (GPU part)"
+    OUT="$Q/out/moe" RUNS="$Q/moe_runs" MOE_PARTS=gpu MOE_MEMCHECK=0 MOE_7B_LAYERS="8 6" bash scripts/device_moe.sh \
+        >"$Q/out/device_moe.log" 2>&1
+    log "verify: device_moe exit $?"
+    log "verify: device_nccl.sh bench"
+    OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh bench >"$Q/out/device_nccl.log" 2>&1
+    log "verify: device_nccl exit $?"
+    log "bg: done"
+    touch "$Q/bg.done"
+}
+
 foreground() {
     local f=$Q/out
     log "fg: test_cuda"
@@ -112,7 +132,7 @@ foreground() {
     touch "$Q/fg.done"
 }
 
-if [[ ${1:-} == --bg ]]; then background; exit 0; fi
+if [[ ${1:-} == --bg ]]; then if [[ ${PLAN:-lease} == verify ]]; then verify; else background; fi; exit 0; fi
 if [[ ${1:-} == --fg ]]; then source scripts/device_env.sh; foreground; exit 0; fi
 
 source scripts/device_env.sh
@@ -132,7 +152,7 @@ if [[ ! -f $Q/bg.started ]]; then
     setsid nohup bash scripts/device_session.sh --bg >"$Q/logs/bg.log" 2>&1 </dev/null &
     log "background started"
 fi
-if [[ ! -f $Q/fg.started && ${SKIP_FG:-0} != 1 ]]; then
+if [[ ! -f $Q/fg.started && ${SKIP_FG:-0} != 1 && ${PLAN:-lease} != verify ]]; then
     touch "$Q/fg.started"
     setsid nohup bash scripts/device_session.sh --fg >"$Q/logs/fg.log" 2>&1 </dev/null &
     log "foreground checks started"
