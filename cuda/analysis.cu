@@ -4,27 +4,39 @@
  * One call, X [l × m] row-major on device (a BF16 X is widened to an fp32
  * scratch copy first):
  *   1. μ and the residual amax by cq_colstats; Σx² in fp64 partials.
- *   2. Subspace iteration on one panel V = [V₁ | V₂] (m × (p1 + p2)):
+ *   2. Subspace iteration on one panel V = [V₁ | V₂] (m × (p1 + p2)), one
+ *      of two ways:
+ *      Gram path (m ≤ AVERIS_ANALYSIS_GRAM, default 4096: every tap but the
+ *      LM head's): Xc = X − 1μᵀ once, Cc = XcᵀXc (one TF32 SGEMM), C₁ = Cc +
+ *      l·μμᵀ; an iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ (m × m SGEMMs, X is
+ *      not read again until Rayleigh–Ritz).
+ *      Panel path (wider):
  *        Y = X V                      SGEMM (Xᵀ of the col-major view)
  *        Y₂ −= 1·(μᵀV₂)               the centring of block 2 (GEMV + GER)
  *        Z = Xᵀ Y; Z₂ −= μ·(1ᵀY₂)     SGEMM, GEMV + GER
- *        V_b = Z_b R_b⁻¹              Cholesky-QR per block: G = Z_bᵀZ_b by
- *                                     DGEMM on an fp64 copy, R and R⁻¹ by
- *                                     one thread block (k_chol_inv)
- *      then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) in fp64, eigenvalues on the
- *      host (cyclic Jacobi for block 1's vectors, Householder + QL for block
- *      2's values): σ₁², v₁ = V₁u₁ and the spike Σ top-k of block 2.
+ *      Both: V = Z W, Cholesky-QR of both blocks at once: G = ZᵀZ (P × P)
+ *      by one DGEMM on an fp64 copy, R_b and R_b⁻¹ of G's diagonal blocks by
+ *      one launch of k_chol_inv (a thread block per block, R packed in shared
+ *      memory up to ~230 vectors, warp-parallel R⁻¹), one SGEMM with the
+ *      block-diagonal W = diag(R₁⁻¹, R₂⁻¹); the early-stop check reads both
+ *      traces with one wait.
+ *      Then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) in fp64 (X V_b in full
+ *      fp32), eigenvalues on the host (cyclic Jacobi for block 1's vectors,
+ *      Householder + QL for block 2's values): σ₁², v₁ = V₁u₁ and the spike
+ *      Σ top-k of block 2.
  *   3. ρ: the bits of |x| (a monotone key) by a 3-pass histogram select give
- *      the exact ⌈0.001 n⌉-th largest magnitude; the elements ≥ it are
- *      ranked in index order (chunk counts, their scan, a block scan per
- *      chunk) and the first ⌈0.001 n⌉ give ρ = μ_j²/x², written in index
- *      order; median and share > 0.5 on the host.
+ *      the exact ⌈0.001 n⌉-th largest magnitude, each pass's bucket chosen by
+ *      a one-block kernel (k_pick), the state on the device; the elements ≥
+ *      it are ranked in index order (chunk counts, their scan in one block,
+ *      a block scan per chunk) and the first ⌈0.001 n⌉ give ρ = μ_j²/x²,
+ *      written in index order; median and share > 0.5 on the host.
  *   4. NVFP4 per recipe transform: cq_quantize (the CPU's bits) writes the
  *      e2m1·e4m3 values as BF16; k_qerr rebuilds the quantizer input, the
  *      dequantized block (inverse RHT where used) and sums the error, the
  *      nonzero and the flushed inputs.
  * Partial sums are fp64 per thread block, reduced on the host in block
- * order: the results replay bit for bit.
+ * order: the results replay bit for bit. The host waits for the stream at
+ * the early-stop checks (iterations 6, 9, 12, 15) and once at the end.
  */
 #include "quant.cuh"
 #include "nvfp4_device.cuh"
@@ -78,76 +90,110 @@ __global__ void k_to_f64(const float *x, double *y, int64_t n) {
         y[i] = x[i];
 }
 
-/* Cholesky G = RᵀR (p × p, col-major fp64, overwritten) and W = R⁻¹
- * (col-major, upper triangular); a pivot below tol·max diag drops its
- * direction (its row of R and of W are zero, so V's column is zero). One
- * thread block; G and W in shared memory where p ≤ ANA_PSMEM (every tensor
- * but the LM head's spike block), else in place in global memory. */
-enum { ANA_PSMEM = 48 }; /* 2·48²·8 bytes = 36 KiB of the 48 KiB a block gets without opting in */
-__device__ void chol_inv(double *G, double *W, int p) {
-    __shared__ double dmax;
+/* Cholesky-QR's factorisation, both blocks in one launch: thread block b
+ * takes the diagonal block b of the P × P Gram G (col-major fp64, ld P;
+ * block 0: p1 × p1 at 0, block 1: p2 × p2 at p1), G_b = RᵀR, and writes
+ * its columns of the block-diagonal W = diag(R₁⁻¹, R₂⁻¹) (P × P fp32, every
+ * entry of them, zeros outside the block) and tr(G_b) (summed in index
+ * order). A pivot below 1e-11·max diag drops its direction (its row of R and
+ * of W are zero, so V's column is zero). R is kept as the packed upper
+ * triangle (column j: rows 0…j at j(j+1)/2), in shared memory where it fits
+ * (up to ~230 vectors with the opt-in shared memory: the LM head's 172),
+ * else in the global scratch S (2 × PMAX(PMAX+1)/2 doubles).
+ *   Cholesky: right-looking, per pivot k one pass for row k of R and one for
+ *   the trailing update (a warp per column), two barriers.
+ *   R⁻¹: a warp per column j, R w = e_j by column-oriented back
+ *   substitution: lane l keeps rows l, l+32, … of the right-hand side in
+ *   registers (NR of them), each step one shuffle and a contiguous read of
+ *   R's column i. */
+enum { ANA_CHOL_THREADS = 1024 };
+__device__ __forceinline__ int64_t pk(int i, int j) { return (int64_t)j * (j + 1) / 2 + i; }
+template <int NR>
+__global__ void __launch_bounds__(ANA_CHOL_THREADS) k_chol_inv(const double *Gf, int p1, int p2, float *Wg,
+                                                               double *trace, double *gscr, int use_smem) {
+    extern __shared__ double sm[];
+    __shared__ double rowk[AVC_ANA_PMAX], rdiag[AVC_ANA_PMAX];
+    __shared__ double dmax_s;
+    const int b = blockIdx.x, P = p1 + p2, o = b ? p1 : 0, p = b ? p2 : p1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const double *G = Gf + o + (int64_t)o * P;
+    double *S = use_smem ? sm : gscr + (int64_t)b * ((int64_t)AVC_ANA_PMAX * (AVC_ANA_PMAX + 1) / 2);
+    for (int j = warp; j < p; j += nwarps)
+        for (int i = lane; i <= j; i += 32) S[pk(i, j)] = G[i + (int64_t)j * P];
+    __syncthreads();
     if (threadIdx.x == 0) {
-        double m = 0;
-        for (int i = 0; i < p; i++) m = fmax(m, G[i + (int64_t)i * p]);
-        dmax = m;
+        double m = 0, t = 0;
+        for (int i = 0; i < p; i++) {
+            double d = S[pk(i, i)];
+            m = fmax(m, d);
+            t += d;
+        }
+        dmax_s = m;
+        trace[b] = t;
     }
     __syncthreads();
-    const double tol = 1e-11 * dmax;
-    /* right-looking: row k of R lives in the upper triangle of G */
+    const double tol = 1e-11 * dmax_s;
     for (int k = 0; k < p; k++) {
-        __syncthreads();
-        double d = G[k + (int64_t)k * p];
+        /* row k of R: S(k, k) is read by every thread and not written here */
+        double d = S[pk(k, k)];
         int keep = d > tol && d > 0;
         double r = keep ? sqrt(d) : 0.0;
+        for (int j = k + 1 + threadIdx.x; j < p; j += blockDim.x) {
+            double v = keep ? S[pk(k, j)] / r : 0.0;
+            S[pk(k, j)] = v;
+            rowk[j] = v;
+        }
+        if (threadIdx.x == 0) rdiag[k] = r;
         __syncthreads();
-        for (int j = k + threadIdx.x; j < p; j += blockDim.x) {
-            double v = G[k + (int64_t)j * p];
-            G[k + (int64_t)j * p] = keep ? (j == k ? r : v / r) : 0.0;
+        /* the trailing update S(i, j) −= R(k, i) R(k, j), k < i ≤ j */
+        for (int j = k + 1 + warp; j < p; j += nwarps) {
+            double rj = rowk[j], *col = S + pk(0, j);
+            for (int i = k + 1 + lane; i <= j; i += 32) col[i] -= rowk[i] * rj;
         }
         __syncthreads();
-        int rest = p - k - 1;
-        for (int t = threadIdx.x; t < rest * rest; t += blockDim.x) {
-            int i = k + 1 + t % rest, j = k + 1 + t / rest;
-            if (i <= j) G[i + (int64_t)j * p] -= G[k + (int64_t)i * p] * G[k + (int64_t)j * p];
-        }
     }
+    for (int k = threadIdx.x; k < p; k += blockDim.x) S[pk(k, k)] = rdiag[k];
     __syncthreads();
-    /* W = R⁻¹ column by column: R W[:, j] = e_j, back substitution */
-    for (int j = threadIdx.x; j < p; j += blockDim.x) {
-        for (int i = p - 1; i >= 0; i--) {
-            double rii = G[i + (int64_t)i * p], v = 0;
-            if (i <= j && rii != 0) {
-                double s = i == j ? 1.0 : 0.0;
-                for (int k = i + 1; k <= j; k++) s -= G[i + (int64_t)k * p] * W[k + (int64_t)j * p];
-                v = s / rii;
+    /* W_b = R⁻¹, column j by warp j mod nwarps */
+    for (int j = warp; j < p; j += nwarps) {
+        double rhs[NR];
+#pragma unroll
+        for (int s = 0; s < NR; s++) rhs[s] = s * 32 + lane == j ? 1.0 : 0.0;
+        float *wc = Wg + (int64_t)(o + j) * P;
+        for (int i = j; i >= 0; i--) {
+            const int sl = i >> 5;
+            double v = 0;
+#pragma unroll
+            for (int s = 0; s < NR; s++)
+                if (s == sl) v = rhs[s];
+            v = __shfl_sync(0xffffffffu, v, i & 31);
+            const double *col = S + pk(0, i);
+            double rii = col[i], w = rii != 0 ? v / rii : 0.0;
+            if (lane == 0) wc[o + i] = (float)w;
+#pragma unroll
+            for (int s = 0; s < NR; s++) {
+                int row = s * 32 + lane;
+                if (row < i) rhs[s] -= col[row] * w;
             }
-            W[i + (int64_t)j * p] = v;
         }
+        for (int i = lane; i < P; i += 32)
+            if (i < o || i > o + j) wc[i] = 0.0f;
     }
-    __syncthreads();
 }
 
-/* Wg: p × p fp32 out; Wd: p × p fp64 scratch (the global path) */
-__global__ void k_chol_inv(double *G, double *Wd, float *Wg, int p) {
-    extern __shared__ double sm[];
-    int64_t pp = (int64_t)p * p;
-    double *g = G, *w = Wd;
-    if (p <= ANA_PSMEM) {
-        g = sm, w = sm + pp;
-        for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) g[i] = G[i];
-    }
-    chol_inv(g, w, p);
-    for (int64_t i = threadIdx.x; i < pp; i += blockDim.x) Wg[i] = (float)w[i];
-}
+/* The radix select and the ρ ranking keep their state on the device
+ * (sel: [0] the key prefix found so far, [1] the rank still needed below
+ * it, [2] how many ρ were written): no host round trip between passes. */
 
 /* histogram of the magnitude keys' bits [shift, shift + width) among the keys
- * whose bits above are `prefix` */
-__global__ void k_hist(const float *x, int64_t n, int shift, int width, uint32_t prefix, unsigned *hist) {
+ * whose bits above are sel[0] (every key in the first pass) */
+__global__ void k_hist(const float *x, int64_t n, int shift, int width, const long long *sel, unsigned *hist) {
     __shared__ unsigned h[2048];
     int nb = 1 << width;
     for (int i = threadIdx.x; i < nb; i += blockDim.x) h[i] = 0;
     __syncthreads();
     int top = shift + width;
+    uint32_t prefix = top >= 31 ? 0u : (uint32_t)sel[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
         if (top >= 31 || (key >> top) == prefix) atomicAdd(&h[(key >> shift) & (uint32_t)(nb - 1)], 1u);
@@ -157,10 +203,47 @@ __global__ void k_hist(const float *x, int64_t n, int shift, int width, uint32_t
         if (h[i]) atomicAdd(&hist[i], h[i]);
 }
 
+/* One thread block of ANA_PICK threads: the bucket holding the need-th
+ * largest key, as the host loop did (from the top bucket down, the first
+ * whose count reaches the rank still needed, else bucket 0), appended to
+ * the prefix; the histogram is zeroed for the next pass. */
+enum { ANA_PICK = 1024 };
+__global__ void __launch_bounds__(ANA_PICK) k_pick(unsigned *hist, int width, int first, long long cnt, long long *sel) {
+    typedef cub::BlockScan<long long, ANA_PICK> scan;
+    __shared__ typename scan::TempStorage tmp;
+    const int nb = 1 << width;
+    long long need = first ? cnt : sel[1];
+    uint32_t prefix = first ? 0u : (uint32_t)sel[0];
+    __syncthreads(); /* every thread has read sel before one writes it */
+    /* items in descending bucket order: thread t holds buckets nb−1−2t, nb−2−2t */
+    long long h[2];
+    int bk[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int q = 2 * (int)threadIdx.x + e;
+        bk[e] = nb - 1 - q;
+        h[e] = bk[e] >= 0 ? (long long)hist[bk[e]] : 0;
+    }
+    long long ex[2];
+    scan(tmp).ExclusiveSum(h, ex); /* ex: the keys in the buckets above */
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int b = bk[e];
+        if (b < 0) continue;
+        int pick = b == 0 ? ex[e] < need : ex[e] < need && ex[e] + h[e] >= need;
+        if (pick) {
+            sel[0] = (long long)((prefix << width) | (uint32_t)b);
+            sel[1] = need - ex[e];
+        }
+        hist[b] = 0;
+    }
+}
+
 /* elements with |x| ≥ thr per chunk of ANA_CHUNK */
-__global__ void k_count_ge(const float *x, int64_t n, float thr, unsigned *cnt) {
+__global__ void k_count_ge(const float *x, int64_t n, const long long *sel, unsigned *cnt) {
     typedef cub::BlockReduce<unsigned, ANA_THREADS> red;
     __shared__ typename red::TempStorage tmp;
+    const float thr = __uint_as_float((uint32_t)sel[0]);
     int64_t base = (int64_t)blockIdx.x * ANA_CHUNK;
     unsigned c = 0;
     for (int t = 0; t < 16; t++) {
@@ -171,12 +254,36 @@ __global__ void k_count_ge(const float *x, int64_t n, float thr, unsigned *cnt) 
     if (threadIdx.x == 0) cnt[blockIdx.x] = c;
 }
 
-/* ρ = μ_j²/x² of the elements ≥ thr whose index-order rank is below cnt,
+/* one thread block: off = the exclusive scan of the chunk counts; sel[2] =
+ * how many ρ are written, min(Σ counts, cnt), 0 where the threshold is not
+ * positive (all zeros: no ρ, as the CPU) */
+__global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t nch, long long cnt, int64_t *off,
+                                                      long long *sel) {
+    typedef cub::BlockScan<long long, ANA_PICK> scan;
+    __shared__ typename scan::TempStorage tmp;
+    long long run = 0;
+    for (int64_t base = 0; base < nch; base += ANA_PICK) {
+        int64_t i = base + threadIdx.x;
+        long long v = i < nch ? (long long)c[i] : 0, ex, tot;
+        scan(tmp).ExclusiveSum(v, ex, tot);
+        __syncthreads();
+        if (i < nch) off[i] = run + ex;
+        run += tot;
+    }
+    if (threadIdx.x == 0) {
+        float thr = __uint_as_float((uint32_t)sel[0]);
+        sel[2] = thr > 0 ? (run < cnt ? run : cnt) : 0;
+    }
+}
+
+/* ρ = μ_j²/x² of the elements ≥ thr whose index-order rank is below sel[2],
  * at their rank */
-__global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, float thr, const int64_t *off,
-                      int64_t cnt, double *rho) {
+__global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, const long long *sel, const int64_t *off,
+                      double *rho) {
     typedef cub::BlockScan<int, ANA_THREADS> scan;
     __shared__ typename scan::TempStorage tmp;
+    const float thr = __uint_as_float((uint32_t)sel[0]);
+    const int64_t cnt = sel[2];
     int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
     for (int t = 0; t < 16; t++) {
         int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
@@ -190,6 +297,20 @@ __global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, f
             rho[r] = mj * mj / (xv * xv);
         }
         run += total;
+    }
+}
+
+/* Xc = X − 1μᵀ (the Gram path's centred copy) */
+__global__ void k_center(const float *x, const float *mean, float *xc, int64_t n, int64_t m) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        xc[i] = x[i] - mean[i % m];
+}
+
+/* C₁ = Cc + l·μμᵀ (m × m), the uncentred Gram from the centred one */
+__global__ void k_gram1(const float *cc, const float *mean, double l, float *c1, int64_t m) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < m * m; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i % m, c = i / m;
+        c1[i] = (float)((double)cc[i] + l * (double)mean[r] * (double)mean[c]);
     }
 }
 
@@ -384,10 +505,12 @@ struct avc_analysis {
         void *p = nullptr;
         size_t cap = 0;
     };
-    buf xf, q, mean, scal, V, Y, Z, Zd, G, W, ones, vec1, dpart, hist, cnt, off, rho;
+    buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C;
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
+    int smem_optin = 0; /* the shared memory a block may opt in to (bytes) */
     ~avc_analysis() {
-        for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &W, &ones, &vec1, &dpart, &hist, &cnt, &off, &rho})
+        for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
+                       &off, &rho, &xc, &C})
             if (b->p) cudaFree(b->p);
         if (cb) cublasDestroy(cb);
     }
@@ -428,27 +551,51 @@ double env_tol() {
     return v >= 0 && v < 1 ? v : 5e-5;
 }
 
-/* Cholesky-QR of the m × p block Z into V (V = Z R⁻¹) */
-averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p, double *Zd, double *G, float *W,
-                     double *trace = nullptr) {
+/* columns up to which the Gram path runs (AVERIS_ANALYSIS_GRAM; 0: never) */
+int64_t env_gram_max() {
+    const char *e = getenv("AVERIS_ANALYSIS_GRAM");
+    if (!e || !*e) return (int64_t)AVC_ANA_GRAM_MAX;
+    long long v = atoll(e);
+    return v >= 0 ? (int64_t)v : (int64_t)AVC_ANA_GRAM_MAX;
+}
+
+template <int NR>
+averis_status launch_chol(avc_analysis *a, const double *G, int p1, int p2, float *W, double *tr, double *gs,
+                          int threads, size_t smem) {
+    if (smem > 32 * 1024) /* beside the 8 KiB static: past the 48 KiB of no opt-in */
+        CU_TRY(cudaFuncSetAttribute(k_chol_inv<NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k_chol_inv<NR><<<2, threads, smem, a->s>>>(G, p1, p2, W, tr, gs, smem > 0);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
+/* Cholesky-QR of both blocks of the m × (p1 + p2) panel Z into V: Zd = Z in
+ * fp64, G = ZdᵀZd (the P × P Gram, one DGEMM; only its diagonal blocks are
+ * used), one k_chol_inv launch (a thread block per block) for the
+ * block-diagonal W = diag(R₁⁻¹, R₂⁻¹), V = Z W (one SGEMM). trace: where not
+ * NULL, tr(Z_bᵀZ_b) of both blocks (waits for the stream). */
+averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
+                     double *Gs, float *W, double *tr, double *trace = nullptr) {
     const double one = 1.0, zero = 0.0;
     const float onef = 1.0f, zerof = 0.0f;
-    k_to_f64<<<grid_for(m * p), ANA_THREADS, 0, a->s>>>(Z, Zd, m * p);
+    const int P = p1 + p2, pm = std::max(p1, p2);
+    k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
     CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p, p, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, p));
-    if (trace) { /* Σ‖Z_i‖² = tr(ZᵀZ): the diagonal, before the factorisation (waits for the stream) */
-        std::vector<double> dg((size_t)p);
-        CU_TRY(cudaMemcpy2DAsync(dg.data(), sizeof(double), G, (size_t)(p + 1) * sizeof(double), sizeof(double), (size_t)p,
-                                 cudaMemcpyDeviceToHost, a->s));
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
+    /* R in shared memory where the packed triangle fits beside the static 8 KiB */
+    size_t smem = (size_t)pm * (pm + 1) / 2 * sizeof(double);
+    const char *force = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL"); /* tests: the global-memory path */
+    if ((force && *force == '1') || smem + 2 * AVC_ANA_PMAX * sizeof(double) + 1024 > (size_t)a->smem_optin) smem = 0;
+    int threads = pm <= 32 ? 256 : pm <= 64 ? 512 : 1024;
+    if (pm <= 32) CU_OK(launch_chol<1>(a, G, p1, p2, W, tr, Gs, threads, smem));
+    else if (pm <= 64) CU_OK(launch_chol<2>(a, G, p1, p2, W, tr, Gs, threads, smem));
+    else if (pm <= 256) CU_OK(launch_chol<8>(a, G, p1, p2, W, tr, Gs, threads, smem));
+    else CU_OK(launch_chol<(AVC_ANA_PMAX + 31) / 32>(a, G, p1, p2, W, tr, Gs, threads, smem));
+    CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, Z, (int)m, W, P, &zerof, V, (int)m));
+    if (trace) { /* a pageable copy: waits for the stream */
+        CU_TRY(cudaMemcpyAsync(trace, tr, 2 * sizeof(double), cudaMemcpyDeviceToHost, a->s));
         CU_TRY(cudaStreamSynchronize(a->s));
-        *trace = 0;
-        for (double v : dg) *trace += v;
     }
-    /* the fp64 W scratch of the global path: the tail of G's buffer (G holds 2·PMAX²) */
-    size_t smem = p <= ANA_PSMEM ? 2 * sizeof(double) * (size_t)p * p : 0;
-    k_chol_inv<<<1, 256, smem, a->s>>>(G, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, W, p);
-    CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, p, &onef, Z, (int)m, W, p, &zerof, V, (int)m));
     return AVERIS_OK;
 }
 
@@ -463,32 +610,19 @@ averis_status panel_xv(avc_analysis *a, const float *X, const float *mean, const
     return AVERIS_OK;
 }
 
-/* the magnitude that is the cnt-th largest, by a 3-pass radix select of the keys */
-averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, float *thr) {
+/* the magnitude that is the cnt-th largest, by a 3-pass radix select of the
+ * keys, left in sel[0] on the device (no host round trip) */
+averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, long long *sel) {
     static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
     unsigned *hist = nullptr;
     CU_OK(a->get(a->hist, 2048, &hist));
-    uint32_t prefix = 0;
-    int64_t need = cnt;
-    std::vector<unsigned> h(2048);
+    CU_TRY(cudaMemsetAsync(hist, 0, 2048 * sizeof(unsigned), a->s)); /* k_pick zeroes it after each pass */
     for (int pass = 0; pass < 3; pass++) {
-        int nb = 1 << width[pass];
-        CU_TRY(cudaMemsetAsync(hist, 0, (size_t)nb * sizeof(unsigned), a->s));
-        k_hist<<<grid_for(n), ANA_THREADS, 0, a->s>>>(X, n, shift[pass], width[pass], prefix, hist);
+        k_hist<<<grid_for(n), ANA_THREADS, 0, a->s>>>(X, n, shift[pass], width[pass], sel, hist);
         CU_LAUNCHED();
-        CU_TRY(cudaMemcpyAsync(h.data(), hist, (size_t)nb * sizeof(unsigned), cudaMemcpyDeviceToHost, a->s));
-        CU_TRY(cudaStreamSynchronize(a->s));
-        int64_t cum = 0;
-        int b = nb - 1;
-        for (; b > 0; b--) {
-            if (cum + (int64_t)h[(size_t)b] >= need) break;
-            cum += h[(size_t)b];
-        }
-        need -= cum;
-        prefix = (prefix << width[pass]) | (uint32_t)b;
+        k_pick<<<1, ANA_PICK, 0, a->s>>>(hist, width[pass], pass == 0, (long long)cnt, sel);
+        CU_LAUNCHED();
     }
-    uint32_t key = prefix;
-    memcpy(thr, &key, sizeof *thr);
     return AVERIS_OK;
 }
 
@@ -506,6 +640,10 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
     }
     /* fp32 GEMMs stay fp32 (no TF32): the tolerances vs the CPU assume it */
     cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH);
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&a->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        a->smem_optin = 48 * 1024;
     *out = a;
     return AVERIS_OK;
 }
@@ -547,18 +685,28 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     }
     float *mean = nullptr, *scal = nullptr, *V = nullptr, *Y = nullptr, *Z = nullptr, *W = nullptr, *ones = nullptr,
           *vec1 = nullptr;
-    double *Zd = nullptr, *G = nullptr, *dpart = nullptr;
+    double *Zd = nullptr, *G = nullptr, *Gs = nullptr, *tr = nullptr, *dpart = nullptr;
+    long long *sel = nullptr;
     CU_OK(a->get(a->mean, m, &mean));
     CU_OK(a->get(a->scal, 8, &scal));  /* [0] residual amax, [1..4] the quantizer inputs' amax */
     CU_OK(a->get(a->V, m * P, &V));
     CU_OK(a->get(a->Y, l * P, &Y));
     CU_OK(a->get(a->Z, std::max(m, l) * P, &Z));
     CU_OK(a->get(a->Zd, std::max(m, l) * P, &Zd));
-    CU_OK(a->get(a->G, (int64_t)2 * AVC_ANA_PMAX * AVC_ANA_PMAX, &G));
-    CU_OK(a->get(a->W, (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, &W));
+    CU_OK(a->get(a->G, (int64_t)2 * AVC_ANA_PMAX * AVC_ANA_PMAX, &G)); /* ≥ P², and B₂ at PMAX² */
+    CU_OK(a->get(a->Gs, (int64_t)AVC_ANA_PMAX * (AVC_ANA_PMAX + 1), &Gs));
+    CU_OK(a->get(a->W, (int64_t)P * P, &W));
+    CU_OK(a->get(a->tr, 2, &tr));
+    CU_OK(a->get(a->sel, 4, &sel));
     CU_OK(a->get(a->ones, std::max(l, m), &ones));
     CU_OK(a->get(a->vec1, 2 * AVC_ANA_PMAX, &vec1));
     CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &dpart));
+    const int gram = m <= env_gram_max();
+    float *Xc = nullptr, *C = nullptr;
+    if (gram) {
+        CU_OK(a->get(a->xc, n, &Xc));
+        CU_OK(a->get(a->C, 2 * m * m, &C));
+    }
     CU_TRY(cudaMemsetAsync(dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
 
     /* 1. μ (the Averis column statistics), Σx² */
@@ -577,13 +725,24 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     const double oned = 1.0, zerod = 0.0;
     k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(V, m * P, 0x5eed1234u);
     CU_LAUNCHED();
-    CU_OK(cholqr(a, V, Z, m, p1, Zd, G, W));
-    CU_OK(cholqr(a, V + (int64_t)p1 * m, Z + (int64_t)p1 * m, m, p2, Zd, G, W));
+    CU_OK(cholqr(a, V, Z, m, p1, p2, Zd, G, Gs, W, tr));
     CU_TRY(cudaMemcpyAsync(V, Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     /* the iterations only find the subspace: their GEMMs on X may use TF32
      * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
      * the Rayleigh–Ritz step below runs in full fp32 */
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    if (gram) {
+        /* the Gram path (m ≤ AVERIS_ANALYSIS_GRAM): Cc = XcᵀXc of the centred copy
+         * and C₁ = Cc + l·μμᵀ, once (TF32, the rounding of X the panel GEMMs
+         * would see each iteration, the centring exact before it); then each
+         * iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ on m × m, never reading X */
+        k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(X, mean, Xc, n, m);
+        CU_LAUNCHED();
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, Xc, (int)m, Xc, (int)m,
+                                  &zerof, C + m * m, (int)m));
+        k_gram1<<<grid_for(m * m), ANA_THREADS, 0, s>>>(C + m * m, mean, (double)l, C, m);
+        CU_LAUNCHED();
+    }
     /* early stop: every 3rd iteration from the 6th, tr(ZᵀZ) = tr(Vᵀ(XᵀX)²V) of both blocks
      * changed by ≤ tol relative over the last 3 (default 5e-5: above the TF32 GEMMs'
      * jitter of ~1e-5; the eigenvalue error left is then ≲ 2e-4 at a rate of 0.9 an
@@ -592,69 +751,54 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     double prev1 = -1, prev2 = -1;
     int done = 0;
     for (int it = 0; it < iters && !done; it++) {
-        CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, X, (int)m, Y, (int)l, &zerof, Z, (int)m));
-        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, Y + (int64_t)p1 * l, (int)l, ones, 1, &zerof, vec1, 1));
-        CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, mean, 1, vec1, 1, Z + (int64_t)p1 * m, (int)m));
+        if (gram) {
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, C, (int)m, V, (int)m,
+                                      &zerof, Z, (int)m));
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, C + m * m, (int)m,
+                                      V + (int64_t)p1 * m, (int)m, &zerof, Z + (int64_t)p1 * m, (int)m));
+        } else {
+            CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, X, (int)m, Y, (int)l, &zerof, Z, (int)m));
+            CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, Y + (int64_t)p1 * l, (int)l, ones, 1, &zerof, vec1, 1));
+            CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, mean, 1, vec1, 1, Z + (int64_t)p1 * m, (int)m));
+        }
         int check = it >= 5 && (it - 5) % 3 == 0 && it + 1 < iters;
-        double t1 = 0, t2 = 0;
-        CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W, check ? &t1 : nullptr));
-        CU_OK(cholqr(a, Z + (int64_t)p1 * m, V + (int64_t)p1 * m, m, p2, Zd, G, W, check ? &t2 : nullptr));
+        double t[2] = {0, 0};
+        CU_OK(cholqr(a, Z, V, m, p1, p2, Zd, G, Gs, W, tr, check ? t : nullptr));
         if (check) {
-            done = fabs(t1 - prev1) <= tol * t1 && fabs(t2 - prev2) <= tol * t2 && tol > 0;
-            prev1 = t1, prev2 = t2;
+            done = fabs(t[0] - prev1) <= tol * t[0] && fabs(t[1] - prev2) <= tol * t[1] && tol > 0;
+            prev1 = t[0], prev2 = t[1];
         }
         used = it + 1;
     }
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
     /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
     CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CU_OK(cholqr(a, Z, V, m, p1, Zd, G, W));
-    CU_OK(cholqr(a, Z + (int64_t)p1 * m, V + (int64_t)p1 * m, m, p2, Zd, G, W));
+    CU_OK(cholqr(a, Z, V, m, p1, p2, Zd, G, Gs, W, tr));
     CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
     k_to_f64<<<grid_for(l * P), ANA_THREADS, 0, s>>>(Y, Zd, l * P);
     CU_LAUNCHED();
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p1, p1, (int)l, &oned, Zd, (int)l, Zd, (int)l, &zerod, G, p1));
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, Zd + (int64_t)p1 * l, (int)l,
                               Zd + (int64_t)p1 * l, (int)l, &zerod, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
-    std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2);
-    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m);
-    CU_TRY(cudaMemcpyAsync(B1.data(), G, B1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(B2.data(), G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, B2.size() * sizeof(double),
-                           cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(V1.data(), V, V1.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(mu_h.data(), mean, mu_h.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaStreamSynchronize(s));
 
-    /* 3. ρ over the top 0.1% */
+    /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
+     * chunk counts, their scan, ρ at its rank (sel[2] of them) */
     int64_t cnt = (int64_t)ceil(0.001 * (double)n);
-    float thr = 0;
-    CU_OK(select_threshold(a, X, n, cnt, &thr));
-    std::vector<double> rho_h;
-    if (thr > 0) {
-        int64_t nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
-        unsigned *cnt_d = nullptr;
-        int64_t *off_d = nullptr;
-        double *rho_d = nullptr;
-        CU_OK(a->get(a->cnt, nch, &cnt_d));
-        CU_OK(a->get(a->off, nch, &off_d));
-        CU_OK(a->get(a->rho, cnt, &rho_d));
-        k_count_ge<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, n, thr, cnt_d);
-        CU_LAUNCHED();
-        std::vector<unsigned> c_h((size_t)nch);
-        std::vector<int64_t> o_h((size_t)nch);
-        CU_TRY(cudaMemcpyAsync(c_h.data(), cnt_d, c_h.size() * sizeof(unsigned), cudaMemcpyDeviceToHost, s));
-        CU_TRY(cudaStreamSynchronize(s));
-        int64_t run = 0;
-        for (int64_t i = 0; i < nch; i++) o_h[(size_t)i] = run, run += c_h[(size_t)i];
-        int64_t r = std::min(run, cnt);
-        CU_TRY(cudaMemcpyAsync(off_d, o_h.data(), o_h.size() * sizeof(int64_t), cudaMemcpyHostToDevice, s));
-        k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, mean, n, m, thr, off_d, cnt, rho_d);
-        CU_LAUNCHED();
-        rho_h.resize((size_t)r);
-        CU_TRY(cudaMemcpyAsync(rho_h.data(), rho_d, (size_t)r * sizeof(double), cudaMemcpyDeviceToHost, s));
-        CU_TRY(cudaStreamSynchronize(s)); /* o_h must outlive its copy */
-    }
+    CU_OK(select_threshold(a, X, n, cnt, sel));
+    int64_t nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
+    unsigned *cnt_d = nullptr;
+    int64_t *off_d = nullptr;
+    double *rho_d = nullptr;
+    CU_OK(a->get(a->cnt, nch, &cnt_d));
+    CU_OK(a->get(a->off, nch, &off_d));
+    CU_OK(a->get(a->rho, cnt, &rho_d));
+    k_count_ge<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, n, sel, cnt_d);
+    CU_LAUNCHED();
+    k_offsets<<<1, ANA_PICK, 0, s>>>(cnt_d, nch, (long long)cnt, off_d, sel);
+    CU_LAUNCHED();
+    k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, mean, n, m, sel, off_d, rho_d);
+    CU_LAUNCHED();
 
     /* 4. NVFP4 round trips along the features */
     int64_t cp = (m + 15) / 16 * 16;
@@ -673,9 +817,26 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         k_qerr<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, j.mean, rht, l, m, cp, qb, j.amax, pe, pe + ANA_NBLK, pe + 2 * ANA_NBLK);
         CU_LAUNCHED();
     }
+    /* everything the host needs, after one wait for the stream */
     std::vector<double> part((size_t)ANA_SLOTS * ANA_NBLK);
+    std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2), rho_h;
+    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m);
+    long long sel_h[4] = {0, 0, 0, 0};
     CU_TRY(cudaMemcpyAsync(part.data(), dpart, part.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(B1.data(), G, B1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(B2.data(), G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, B2.size() * sizeof(double),
+                           cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(V1.data(), V, V1.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(mu_h.data(), mean, mu_h.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(sel_h, sel, sizeof sel_h, cudaMemcpyDeviceToHost, s));
     CU_TRY(cudaStreamSynchronize(s));
+    if (sel_h[2] < 0 || sel_h[2] > cnt)
+        return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)cnt);
+    rho_h.resize((size_t)sel_h[2]);
+    if (!rho_h.empty()) {
+        CU_TRY(cudaMemcpyAsync(rho_h.data(), rho_d, rho_h.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+        CU_TRY(cudaStreamSynchronize(s));
+    }
     auto slot = [&](int sl) {
         double t = 0;
         for (int b = 0; b < ANA_NBLK; b++) t += part[(size_t)sl * ANA_NBLK + b];

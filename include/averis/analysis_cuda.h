@@ -8,9 +8,10 @@
  *
  *   μ, ‖μ‖, R           cq_colstats (the Averis column statistics) and a
  *                       fp64 Σx² pass; relative 1e-6 of the CPU
- *   σ₁, v₁, cos(μ, v₁)  subspace iteration on XᵀX, applied implicitly as
- *                       Xᵀ(X V) with two cuBLAS SGEMMs (no cols×cols
- *                       matrix anywhere), block of AVC_ANA_P1 vectors,
+ *   σ₁, v₁, cos(μ, v₁)  subspace iteration on XᵀX: up to AVC_ANA_GRAM_MAX
+ *                       columns on the Gram matrix (formed once, TF32),
+ *                       wider applied implicitly as Xᵀ(X V) with two cuBLAS
+ *                       SGEMMs (no cols×cols matrix), block of AVC_ANA_P1 vectors,
  *                       AVC_ANA_ITERS iterations (TF32 GEMMs), Cholesky-QR
  *                       in fp64, Rayleigh–Ritz at the end in fp32; where the
  *                       block has converged (conv1 ≤ 1e-2 below) σ₁ within
@@ -33,7 +34,7 @@
  *                       nonzero and flushed counts: flushed share exact,
  *                       rel_mse within 1e-4 relative
  *
- * The LM-head gradient (tokens × vocabulary) never needs a vocab×vocab
+ * The LM-head gradient (tokens × vocabulary, wider than AVC_ANA_GRAM_MAX) never needs a vocab×vocab
  * matrix: X V and Xᵀ Y touch X only through GEMMs with thin panels of
  * vocab × (k + 8) floats, k = ⌈1% of min(tokens, vocab)⌉.
  */
@@ -54,7 +55,8 @@ enum {
                            both blocks' tr(Vᵀ(XᵀX)²V) moved ≤ 5e-5 in 3 (AVERIS_ANALYSIS_TOL, 0: never) */
     AVC_ANA_P1 = 16,    /* block for v₁ */
     AVC_ANA_OVER = 8,   /* oversampling of the spike block */
-    AVC_ANA_PMAX = 512  /* largest block: spike k ≤ 504, min(rows, cols) ≤ 50400 */
+    AVC_ANA_PMAX = 512, /* largest block: spike k ≤ 504, min(rows, cols) ≤ 50400 */
+    AVC_ANA_GRAM_MAX = 4096 /* the Gram path up to this many columns (AVERIS_ANALYSIS_GRAM overrides, 0: never) */
 };
 
 typedef struct avc_analysis avc_analysis;

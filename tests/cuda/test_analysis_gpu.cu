@@ -5,6 +5,9 @@
  *               not a multiple of 16 (RHT padding), BF16-rounded values
  *               (ties at the top-0.1% threshold), wide (rows < cols, the
  *               LM-head case), all zeros, a BF16 input on the device
+ *   paths       the panel iteration (forced), the Cholesky's global-memory
+ *               path (forced), spike blocks of 48 and 57 vectors (4000² and
+ *               4900²: the CPU side takes a while)
  *   model taps  tensors of the CPU tiny model (random init and after a few
  *               AdamW steps) at every CPU tap kind
  *   model rows  the GPU model's rows (fp32 activations) beside the CPU
@@ -195,6 +198,28 @@ void test_synthetic() {
     compare("dlogits 1024x2048", X, l, m, 0);
 }
 
+/* the code paths the default shapes do not reach: the panel iteration
+ * (AVERIS_ANALYSIS_GRAM=0; the default takes it above 4096 columns), the
+ * Cholesky's global-memory R (AVERIS_ANALYSIS_CHOL_GLOBAL=1; the default
+ * takes it above ~230 vectors), and spike blocks of 33…64 vectors (512
+ * threads, two right-hand-side rows a lane) */
+void test_paths() {
+    setenv("AVERIS_ANALYSIS_GRAM", "0", 1);
+    compare("panel mean+spikes 2048x768", synth(2048, 768, 1.0, 4, 20.0, 3), 2048, 768, 0);
+    compare("panel odd cols 1000x40", synth(1000, 40, 0.7, 2, 5.0, 4), 1000, 40, 0);
+    compare("panel wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
+    unsetenv("AVERIS_ANALYSIS_GRAM");
+    setenv("AVERIS_ANALYSIS_CHOL_GLOBAL", "1", 1);
+    compare("chol global mean 2048x768", synth(2048, 768, 1.0, 4, 20.0, 3), 2048, 768, 0);
+    compare("chol global wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
+    unsetenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
+    /* k = 40: p2 = 48 (the old shared-memory limit); k = 49: p2 = 57 */
+    compare("p2 48 4000x4000", synth(4000, 4000, 0.8, 6, 6.0, 11), 4000, 4000, 0);
+    setenv("AVERIS_ANALYSIS_GRAM", "8192", 1);
+    compare("gram p2 57 4900x4900", synth(4900, 4900, 0.8, 6, 6.0, 12), 4900, 4900, 0);
+    unsetenv("AVERIS_ANALYSIS_GRAM");
+}
+
 struct tap_store {
     std::vector<std::string> names;
     std::vector<std::vector<float>> x;
@@ -309,6 +334,7 @@ void test_model_rows() {
 const test_case k_tests[] = {
     {"small", test_small},
     {"synthetic", test_synthetic},
+    {"paths", test_paths},
     {"model_taps", test_model_taps},
     {"model_rows", test_model_rows},
 };
