@@ -405,6 +405,17 @@ static inline __attribute__((always_inline)) void encode16(const __m256 v[2], __
     q[1] = encode8(v[1], e, use_sr ? u[1] : _mm256_setzero_si256(), use_sr);
 }
 
+/* block i of row r for column_careful: the RHT'd copy, or the input (minus the means) */
+static inline void careful_load(const float *x, const float *mb, __m256 (*xr)[8][2], int r, int ra, int i, int64_t b0,
+                                int64_t ldx, int rht, __m256 v[2]) {
+    if (rht) {
+        v[0] = xr[r - ra][i][0];
+        v[1] = xr[r - ra][i][1];
+    } else {
+        load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
+    }
+}
+
 /* One block column (blocks b0 … b0+nbk−1 of rows ra … rb−1) the careful
  * way, for a column with some Inf or NaN input: the NaN-ignoring float max,
  * and every count per element. xr: the inputs (RHT'd) if rht. */
@@ -419,12 +430,7 @@ column_careful(const float *x, const float *mb, int ra, int rb, int64_t b0, int 
     for (int r = ra; r < rb; r++)
         for (int i = 0; i < nbk; i++) {
             __m256 v[2];
-            if (rht) {
-                v[0] = xr[r - ra][i][0];
-                v[1] = xr[r - ra][i][1];
-            } else {
-                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
-            }
+            careful_load(x, mb, xr, r, ra, i, b0, ldx, rht, v);
             acc[i] = _mm256_max_ps(abs8(v[0]), acc[i]); /* NaN ignored */
             acc[i] = _mm256_max_ps(abs8(v[1]), acc[i]);
         }
@@ -448,12 +454,7 @@ column_careful(const float *x, const float *mb, int ra, int rb, int64_t b0, int 
                 sr_u24_x64(pk, (uint64_t)((sr->row0 + r) * sr->cp + 16 * (b0 + i)) >> 2, u + 2 * i);
         for (int i = 0; i < nbk; i++) {
             __m256 v[2];
-            if (rht) {
-                v[0] = xr[r - ra][i][0];
-                v[1] = xr[r - ra][i][1];
-            } else {
-                load16(x + r * ldx + 16 * (b0 + i), mb ? mb + 16 * i : NULL, 0, v);
-            }
+            careful_load(x, mb, xr, r, ra, i, b0, ldx, rht, v);
             const __m256 e = _mm256_set1_ps(encs[i]);
             const __m256i zscale = _mm256_set1_epi32(zs32[i]);
             __m256i q[2];
