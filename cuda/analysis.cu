@@ -47,6 +47,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -708,6 +709,10 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         CU_OK(a->get(a->C, 2 * m * m, &C));
     }
     CU_TRY(cudaMemsetAsync(dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
+    /* device time by phase, for bench_analysis with AVERIS_CUDA_PROFILE=1 (a flag test when off);
+     * a phase's time includes the GPU's idle time while the host waits or prepares inside it */
+    std::optional<cu_prof_scope> phase;
+    phase.emplace("analysis 1: column stats, sum of squares", s);
 
     /* 1. μ (the Averis column statistics), Σx² */
     CU_OK(cq_colstats(X, 0, l, m, m, mean, scal, nullptr, nullptr, s));
@@ -720,6 +725,8 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         a->ones_n = std::max(l, m);
     }
 
+    phase.reset();
+    phase.emplace(gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
     /* 2. subspace iteration: block 1 on X, block 2 on Xc */
     const float onef = 1.0f, zerof = 0.0f, neg = -1.0f;
     const double oned = 1.0, zerod = 0.0;
@@ -772,6 +779,8 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         used = it + 1;
     }
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    phase.reset();
+    phase.emplace("analysis 2b: Rayleigh-Ritz", s);
     /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
     CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     CU_OK(cholqr(a, Z, V, m, p1, p2, Zd, G, Gs, W, tr));
@@ -782,6 +791,8 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, Zd + (int64_t)p1 * l, (int)l,
                               Zd + (int64_t)p1 * l, (int)l, &zerod, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
 
+    phase.reset();
+    phase.emplace("analysis 3: top-0.1% select and rho", s);
     /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
      * chunk counts, their scan, ρ at its rank (sel[2] of them) */
     int64_t cnt = (int64_t)ceil(0.001 * (double)n);
@@ -800,6 +811,8 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, mean, n, m, sel, off_d, rho_d);
     CU_LAUNCHED();
 
+    phase.reset();
+    phase.emplace("analysis 4: NVFP4 round trips and errors", s);
     /* 4. NVFP4 round trips along the features */
     int64_t cp = (m + 15) / 16 * 16;
     __nv_bfloat16 *qb = nullptr;
@@ -817,6 +830,8 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         k_qerr<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, j.mean, rht, l, m, cp, qb, j.amax, pe, pe + ANA_NBLK, pe + 2 * ANA_NBLK);
         CU_LAUNCHED();
     }
+    phase.reset();
+    phase.emplace("analysis 5: copies to the host, host eigensolvers", s);
     /* everything the host needs, after one wait for the stream */
     std::vector<double> part((size_t)ANA_SLOTS * ANA_NBLK);
     std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2), rho_h;

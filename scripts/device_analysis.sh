@@ -54,7 +54,7 @@ fi
 step "bench_analysis: the analysis step vs 250 training steps, 88M shape"
 echo "config,recipe,B,T,step_ms,analysis_ms,every,overhead" >"$OUT/bench_analysis.csv"
 for r in averis bf16; do
-    timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 --csv "$OUT/bench_analysis.csv" 2>&1 \
+    AVERIS_CUDA_PROFILE=1 timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 --csv "$OUT/bench_analysis.csv" 2>&1 \
         | tee "$OUT/bench_analysis_$r.log"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis $r"
 done

@@ -11,6 +11,8 @@
  * analysis (median of 3 after one warm-up), the overhead
  * t_analysis / (K · t_step) (goal ≤ 2%) and the analysis's time by tensor
  * kind; --csv appends "config,recipe,B,T,step_ms,analysis_ms,every,overhead".
+ * AVERIS_CUDA_PROFILE=1: then one more analysis step with the profiler on,
+ * its device time by phase of cuda/analysis.cu (and the model's categories).
  */
 #include "common.cuh"
 #include "../../dev/cuda/tool_util.cuh"
@@ -146,6 +148,17 @@ int main(int argc, char **argv) {
         tot += e.second.first;
     }
     printf("%-16s %6s %10s %10.2f\n", "all taps", "", "", 1e3 * tot);
+    if (getenv("AVERIS_CUDA_PROFILE") && atoi(getenv("AVERIS_CUDA_PROFILE")) > 0) {
+        /* one more analysis step with the profiler on: device time by phase of the analysis
+         * (cuda/analysis.cu) and by the model's own categories */
+        cu_prof_enable(1);
+        cu_prof_reset();
+        TOOL_OK(avc_analysis_model_rows(net, a, tok.data(), tgt.data(), sink, "0", UINT64_MAX - 99, nullptr));
+        DEV(cudaDeviceSynchronize());
+        printf("one analysis step by phase (AVERIS_CUDA_PROFILE=1):\n");
+        cu_prof_report(1);
+        cu_prof_enable(0);
+    }
     if (csv) {
         FILE *f = fopen(csv, "a");
         if (f) {
