@@ -149,17 +149,18 @@ if [[ $MODE != quick ]]; then
 EOF
     for spec in "small 16 256 30" "$RUNS/medium.json 8 1024 20"; do
         read -r cfg b t n <<<"$spec"
+        tag=$(basename "$cfg" .json) # a config file's path is no file-name part
         for how in plain dp1; do
             extra=(); [[ $how == dp1 ]] && extra=(--gpus 1)
             rm -rf "$RUNS/bench_$how"
             $AV train --config $cfg --data "$DATA" --recipe averis --device cuda "${extra[@]}" --batch $b --seq $t --steps $n \
-                --val-every 0 --lr 3e-4 --out "$RUNS/bench_$how" >"$RUNS/bench_${cfg}_$how.out" 2>&1 || note_fail "bench $cfg $how: $(tail -1 "$RUNS/bench_${cfg}_$how.out")"
+                --val-every 0 --lr 3e-4 --out "$RUNS/bench_$how" >"$RUNS/bench_${tag}_$how.out" 2>&1 || note_fail "bench $tag $how: $(tail -1 "$RUNS/bench_${tag}_$how.out")"
             # steady state: the mean of the per-step tokens/s after the first 3 steps
             eval "tps_$how=$(python3 -c "import csv,sys; r=list(csv.DictReader(open('$RUNS/bench_$how/log.csv')))[3:]; print(sum(float(x['tokens_per_s']) for x in r)/max(len(r),1))" 2>/dev/null || echo 0)"
         done
         ratio=$(python3 -c "print(f'{$tps_dp1/$tps_plain:.4f}' if $tps_plain else 'nan')")
-        echo "$(basename $cfg .json),$b,$t,$n,$tps_plain,$tps_dp1,$ratio" >>"$OUT/bench_nccl.csv"
-        say "bench $(basename $cfg .json) (batch $b × $t, averis): plain $(printf %.0f $tps_plain) tok/s, --gpus 1 $(printf %.0f $tps_dp1) tok/s, ratio $ratio"
+        echo "$tag,$b,$t,$n,$tps_plain,$tps_dp1,$ratio" >>"$OUT/bench_nccl.csv"
+        say "bench $tag (batch $b × $t, averis): plain $(printf %.0f $tps_plain) tok/s, --gpus 1 $(printf %.0f $tps_dp1) tok/s, ratio $ratio"
     done
     rm -rf "$RUNS/bench_plain" "$RUNS/bench_dp1"
 fi
