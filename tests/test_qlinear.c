@@ -213,6 +213,7 @@ void test_qlinear_recipes_equal_formula(void) {
             check_recipe_vs_formula(specs[s], 37, 48, 32, be); /* tokens not a multiple of 16 */
             check_recipe_vs_formula(specs[s], 64, 16, 16, be);
             check_recipe_vs_formula(specs[s], 1, 32, 16, be); /* one token */
+            check_recipe_vs_formula(specs[s], 70, 80, 48, be); /* transposes over several 32-tiles, edge blocks */
         }
 }
 
