@@ -118,5 +118,18 @@ cmp -s "$T/a.csv" "$T/b.csv" && ok || bad "resumed sweep differs: $(diff "$T/a.c
 python3 scripts/sweep.py --bin "$BIN" --data "$T/c1" --out "$T/x" -- --seed 3 >"$T/x.log" 2>&1
 [[ $? -eq 2 ]] && grep -q "set by the sweep" "$T/x.log" && ok || bad "--seed among the train options: $(cat "$T/x.log")"
 
+# a Qwen3-MoE config through the same harness (issue 18 item 5): paired, every run done
+cat > "$T/moe.json" <<'JSON'
+{"model_type": "qwen3_moe", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+ "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256,
+ "tie_word_embeddings": true, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+ "norm_topk_prob": true, "router_aux_loss_coef": 0.01}
+JSON
+python3 scripts/sweep.py --bin "$BIN" --data "$T/d" --recipes bf16,averis --seeds 1,2 --concurrent 2 --threads 1 \
+    --tail 2 --report-s 1000 --no-task --out "$T/m" -- --config "$T/moe.json" --steps 4 --batch 2 --seq 16 --lr 3e-3 \
+    --val-every 4 --log-every 4 >"$T/m.log" 2>&1 || bad "MoE sweep exited $?: $(tail -5 "$T/m.log")"
+[[ $(grep -c ',done,4,4,' "$T/m/sweep.csv" 2>/dev/null) -eq 4 ]] && grep -q "^pairing: ok" "$T/m/pairing.txt" \
+    && ok || bad "MoE sweep: $(cat "$T/m/sweep.csv" "$T/m/pairing.txt" 2>&1 | head -8)"
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
