@@ -11,17 +11,6 @@
 
 #define FIXDIR "tests/fixtures/qwen3/"
 
-/* max |a − b| / max |b| over n values */
-static double max_rel(const float *a, const float *b, int64_t n, int64_t *where) {
-    double md = 0, mb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > md) { md = d; if (where) *where = i; }
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
-    }
-    return mb > 0 ? md / mb : md;
-}
-
 /* Logits, loss and every parameter gradient within 2e-5 of transformers'
  * (relative to each tensor's largest magnitude): fp32 both sides, only the
  * summation order differs. */
@@ -53,30 +42,15 @@ void test_model_matches_transformers(void) {
         /* logits: a forward without targets leaves them in probs */
         CHECK(!model_forward(&m, ids, NULL, B, T, NULL), "%s", averis_last_error());
         int64_t at = 0;
-        double e = max_rel(m.probs, ref, (int64_t)N * V, &at);
+        double e = test_max_rel(m.probs, ref, (int64_t)N * V, &at);
         CHECK(e < 2e-5, "%s: logits rel err %.3e at %lld (got %.7g want %.7g)", names[k], e, (long long)at,
               m.probs[at], ref[at]);
         printf("      %-6s logits max rel err %.2e", names[k], e);
         CHECK(!model_forward(&m, ids, tg, B, T, &loss), "%s", averis_last_error());
         CHECK(fabsf(loss - loss_ref) <= 2e-5f * loss_ref, "%s: loss %.7f want %.7f", names[k], loss, loss_ref);
         CHECK(!model_zero_grad(&m) && !model_backward(&m, 1.0f, 0), "%s", averis_last_error());
-        double worst = 0;
-        const char *worst_name = "";
-        for (int i = 0; i < m.ntensors; i++) {
-            const model_tensor *mt = &m.tensors[i];
-            char gname[128];
-            snprintf(gname, sizeof gname, "grad.%s", mt->name);
-            float *g = malloc(mt->numel * sizeof(float));
-            st = st_get_f32(&f, gname, mt->ndim, mt->shape, g);
-            CHECK(!st, "%s", averis_last_error());
-            if (!st) {
-                double eg = max_rel(m.grads + mt->offset, g, (int64_t)mt->numel, &at);
-                CHECK(eg < 2e-5, "%s: %s rel err %.3e at %lld (got %.7g want %.7g)", names[k], gname, eg,
-                      (long long)at, m.grads[mt->offset + at], g[at]);
-                if (eg > worst) worst = eg, worst_name = mt->name;
-            }
-            free(g);
-        }
+        const char *worst_name;
+        double worst = test_grads_vs_fixture(&m, &f, names[k], 2e-5, &worst_name);
         printf(", loss %.6f (want %.6f), worst grad rel err %.2e (%s)\n", loss, loss_ref, worst, worst_name);
         free(ids); free(tg); free(ref);
         st_free(&f);

@@ -17,16 +17,6 @@
 
 #define FIXDIR "tests/fixtures/qwen3_moe/"
 
-static double max_rel(const float *a, const float *b, int64_t n, int64_t *where) {
-    double md = 0, mb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > md || isnan(d)) { md = isnan(d) ? INFINITY : d; if (where) *where = i; }
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
-    }
-    return mb > 0 ? md / mb : md;
-}
-
 /* The weights written with transformers' in-memory fused expert names
  * (gate_up_proj [E,2I,C], down_proj [E,C,I]) load to the same parameters. */
 static void fused_roundtrip(const model *m) {
@@ -101,7 +91,7 @@ void test_moe_matches_transformers(void) {
               "fixture logits and losses");
         CHECK(!model_forward(&m, ids, NULL, B, T, NULL), "%s", averis_last_error());
         int64_t at = 0;
-        double e = max_rel(m.probs, ref, (int64_t)N * V, &at);
+        double e = test_max_rel(m.probs, ref, (int64_t)N * V, &at);
         CHECK(e < 2e-5, "%s: logits rel err %.3e at %lld (got %.7g want %.7g)", names[k], e, (long long)at,
               m.probs[at], ref[at]);
         printf("      %-10s logits max rel err %.2e", names[k], e);
@@ -117,23 +107,8 @@ void test_moe_matches_transformers(void) {
             for (int x = 0; cnt && x < cfg.num_experts; x++) empty += cnt[x] == 0;
         }
         CHECK(!model_zero_grad(&m) && !model_backward(&m, 1.0f, 0), "%s", averis_last_error());
-        double worst = 0;
-        const char *worst_name = "";
-        for (int i = 0; i < m.ntensors; i++) {
-            const model_tensor *mt = &m.tensors[i];
-            char gname[128];
-            snprintf(gname, sizeof gname, "grad.%s", mt->name);
-            float *g = malloc(mt->numel * sizeof(float));
-            st = st_get_f32(&f, gname, mt->ndim, mt->shape, g);
-            CHECK(!st, "%s", averis_last_error());
-            if (!st) {
-                double eg = max_rel(m.grads + mt->offset, g, (int64_t)mt->numel, &at);
-                CHECK(eg < 2e-5, "%s: %s rel err %.3e at %lld (got %.7g want %.7g)", names[k], gname, eg,
-                      (long long)at, m.grads[mt->offset + at], g[at]);
-                if (eg > worst) worst = eg, worst_name = mt->name;
-            }
-            free(g);
-        }
+        const char *worst_name;
+        double worst = test_grads_vs_fixture(&m, &f, names[k], 2e-5, &worst_name);
         printf(", ce %.6f aux %.6f loss %.6f (want %.6f), %d empty experts, worst grad rel err %.2e (%s)\n",
                m.ce_loss, m.aux_loss, loss, loss_ref, empty, worst, worst_name);
         CHECK(empty > 0, "%s: the fixture has an expert without tokens", names[k]);

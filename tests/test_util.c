@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "test_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,4 +95,38 @@ void test_rm_tree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "rm -rf %s", dir);
+}
+
+double test_max_rel(const float *a, const float *b, int64_t n, int64_t *where) {
+    double md = 0, mb = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > md || isnan(d)) { md = isnan(d) ? INFINITY : d; if (where) *where = i; }
+        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+    }
+    return mb > 0 ? md / mb : md;
+}
+
+double test_grads_vs_fixture(const model *m, const st_file *f, const char *what, double tol, const char **worst_name) {
+    double worst = 0;
+    *worst_name = "";
+    for (int i = 0; i < m->ntensors; i++) {
+        const model_tensor *mt = &m->tensors[i];
+        char gname[128];
+        snprintf(gname, sizeof gname, "grad.%s", mt->name);
+        float *g = malloc(mt->numel * sizeof(float));
+        CHECK(g, "out of memory");
+        if (!g) return INFINITY;
+        averis_status st = st_get_f32(f, gname, mt->ndim, mt->shape, g);
+        CHECK(!st, "%s", averis_last_error());
+        if (!st) {
+            int64_t at = 0;
+            double eg = test_max_rel(m->grads + mt->offset, g, (int64_t)mt->numel, &at);
+            CHECK(eg < tol, "%s: %s rel err %.3e at %lld (got %.7g want %.7g)", what, gname, eg, (long long)at,
+                  m->grads[mt->offset + at], g[at]);
+            if (eg > worst) worst = eg, *worst_name = mt->name;
+        }
+        free(g);
+    }
+    return worst;
 }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "averis/model.h"
+#include "averis/safetensors.h"
 
 /* A dense Qwen3 of 2 layers, width 32, vocabulary 64. */
 #define TEST_TINY_MODEL_JSON                                                                        \
@@ -32,6 +33,14 @@ int test_same_file(const char *a, const char *b);
  * m->grads. g1: scratch of m->nparams floats. */
 float test_step_1_and_2_threads(model *m, const char *recipe, const float *p0, float *g1, const int *ids,
                                 const int *tg, int B, int T);
+/* max |a − b| / max |b| over n (max |a − b| when b is all zero); a NaN
+ * difference counts as infinite; *where (if given) = its index */
+double test_max_rel(const float *a, const float *b, int64_t n, int64_t *where);
+/* every gradient of m (after model_backward) against the fixture's
+ * "grad.<tensor name>" tensors: a failed CHECK naming `what` and the tensor
+ * for each beyond tol; returns the largest relative error, its tensor in
+ * *worst_name */
+double test_grads_vs_fixture(const model *m, const st_file *f, const char *what, double tol, const char **worst_name);
 /* rm -rf dir */
 void test_rm_tree(const char *dir);
 #endif
