@@ -85,13 +85,8 @@ int main(int argc, char **argv) {
     TOOL_OK(qlin_recipe_parse(recipe, &m.recipe));
     model_init_weights(&m, 1);
     int64_t N = (int64_t)B * T;
-    std::vector<int> tok(N), tgt(N);
-    uint64_t s = 99;
-    for (int64_t i = 0; i < N; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        tok[i] = (int)((s >> 33) % (uint64_t)cfg.vocab_size);
-    }
-    for (int64_t i = 0; i < N; i++) tgt[i] = tok[(i + 1) % N];
+    std::vector<int> tok, tgt;
+    tool_random_batch(cfg.vocab_size, N, tok, tgt);
     avc_model *net;
     avc_model_opts opts;
     TOOL_OK(avc_model_opts_parse(getenv("AVERIS_ACT"), getenv("AVERIS_ATTN"), "AVERIS_ACT", "AVERIS_ATTN", &opts));

@@ -92,13 +92,8 @@ static int bench_step(int argc, char **argv) {
     TOOL_OK(model_create(&m, &cfg));
     model_init_weights(&m, 1);
     int64_t N = (int64_t)B * T;
-    std::vector<int> tok(N), tgt(N);
-    uint64_t s = 99;
-    for (int64_t i = 0; i < N; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        tok[i] = (int)((s >> 33) % (uint64_t)cfg.vocab_size);
-    }
-    for (int64_t i = 0; i < N; i++) tgt[i] = tok[(i + 1) % N];
+    std::vector<int> tok, tgt;
+    tool_random_batch(cfg.vocab_size, N, tok, tgt);
     /* flops per token: 6·params (matmuls fwd+bwd, the tied head once; a MoE
      * layer's active ones: router + k experts) + attention QKᵀ and PV over all T² */
     double active = (double)model_config_nparams(&cfg);

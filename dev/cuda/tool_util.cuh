@@ -53,6 +53,19 @@ static inline void tool_device_init(const char *prog) {
     printf("device: %s\n", desc);
 }
 
+/* the benches' batch: n token ids below vocab from a fixed LCG (seed 99), the
+ * targets the next token (cyclically) */
+static inline void tool_random_batch(int vocab, int64_t n, std::vector<int> &tok, std::vector<int> &tgt) {
+    tok.resize((size_t)n);
+    tgt.resize((size_t)n);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        tok[i] = (int)((s >> 33) % (uint64_t)vocab);
+    }
+    for (int64_t i = 0; i < n; i++) tgt[i] = tok[(i + 1) % n];
+}
+
 /* the median of `reps` CUDA-event timings of fn (ms), after 3 warm-up calls */
 template <typename F> static double median_ms(F fn, int reps = 20) {
     cudaEvent_t a, b;
