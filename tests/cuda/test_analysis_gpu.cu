@@ -40,6 +40,7 @@
 
 extern "C" {
 #include "../check.h"
+#include "run_tests.cuh"
 }
 
 int g_check_failed;
@@ -348,18 +349,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     int passed = 0, failed = 0;
-    for (const test_case &t : k_tests) {
-        if (argc > 1 && !strstr(t.name, argv[1])) continue;
-        g_check_failed = 0;
-        t.fn();
-        cudaError_t e = cudaDeviceSynchronize();
-        if (e != cudaSuccess) {
-            fprintf(stderr, "  CUDA error after %s: %s\n", t.name, cudaGetErrorString(e));
-            g_check_failed++;
-        }
-        printf("%s  %s\n", g_check_failed ? "FAIL" : "ok  ", t.name);
-        (g_check_failed ? failed : passed)++;
-    }
+    run_device_tests(k_tests, sizeof k_tests / sizeof k_tests[0], argc > 1 ? argv[1] : nullptr, &passed, &failed);
     const worst &w = g_worst;
     printf("largest deviations over %d tensors (%d converged, conv1 <= 1e-2; cos on %d of them with s2/s1 <= 0.9): "
            "R %.2g rel, |mu| %.2g rel, rms %.2g rel, sigma1 %.2g rel (unconverged %.2g), cos %.2g, e_mean %.2g, e_spike %.2g, e_tail %.2g, rho median %.2g rel, rho share %.2g, "

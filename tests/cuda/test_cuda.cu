@@ -28,6 +28,7 @@
 
 extern "C" {
 #include "../check.h"
+#include "run_tests.cuh"
 }
 #include "quant_corpus.cuh"
 
@@ -474,18 +475,7 @@ static const test_case k_tests[] = {
 int main(int argc, char **argv) {
     tool_device_init("test_cuda");
     int passed = 0, failed = 0;
-    for (const test_case &t : k_tests) {
-        if (argc > 1 && !strstr(t.name, argv[1])) continue;
-        g_check_failed = 0;
-        t.fn();
-        cudaError_t e = cudaDeviceSynchronize();
-        if (e != cudaSuccess) {
-            fprintf(stderr, "  CUDA error after %s: %s\n", t.name, cudaGetErrorString(e));
-            g_check_failed++;
-        }
-        printf("%s  %s\n", g_check_failed ? "FAIL" : "ok  ", t.name);
-        (g_check_failed ? failed : passed)++;
-    }
+    run_device_tests(k_tests, sizeof k_tests / sizeof k_tests[0], argc > 1 ? argv[1] : nullptr, &passed, &failed);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -40,6 +40,7 @@
 
 extern "C" {
 #include "../check.h"
+#include "run_tests.cuh"
 }
 
 typedef __nv_bfloat16 nvbf16;
@@ -509,18 +510,7 @@ int main(int argc, char **argv) {
                                {"cudnn_attention", test_cudnn_attention},
                                {"cudnn_attention_errors", test_cudnn_attention_errors}};
     int passed = 0, failed = 0;
-    for (const test_case &t : tests) {
-        if (argc > 1 && !strstr(t.name, argv[1])) continue;
-        g_check_failed = 0;
-        t.fn();
-        cudaError_t e = cudaDeviceSynchronize();
-        if (e != cudaSuccess) {
-            fprintf(stderr, "  CUDA error after %s: %s\n", t.name, cudaGetErrorString(e));
-            g_check_failed++;
-        }
-        printf("%s  %s\n", g_check_failed ? "FAIL" : "ok  ", t.name);
-        (g_check_failed ? failed : passed)++;
-    }
+    run_device_tests(tests, sizeof tests / sizeof tests[0], argc > 1 ? argv[1] : nullptr, &passed, &failed);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

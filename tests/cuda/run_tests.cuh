@@ -1,0 +1,29 @@
+/* run_tests.cuh — the device test programs' loop (test_cuda,
+ * test_analysis_gpu, test_cudnn_att): runs each test of tests[0..n) whose
+ * name contains `filter` (all when NULL), synchronises the device after it
+ * (a CUDA error fails the test), prints "ok"/"FAIL" and its name, and counts
+ * into *passed / *failed. Uses ../check.h's CHECK counter. */
+#ifndef AVERIS_TESTS_CUDA_RUN_TESTS_CUH
+#define AVERIS_TESTS_CUDA_RUN_TESTS_CUH
+#include "../check.h"
+
+#include <cuda_runtime.h>
+#include <cstdio>
+#include <cstring>
+
+static inline void run_device_tests(const test_case *tests, size_t n, const char *filter, int *passed, int *failed) {
+    for (size_t i = 0; i < n; i++) {
+        const test_case &t = tests[i];
+        if (filter && !strstr(t.name, filter)) continue;
+        g_check_failed = 0;
+        t.fn();
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) {
+            fprintf(stderr, "  CUDA error after %s: %s\n", t.name, cudaGetErrorString(e));
+            g_check_failed++;
+        }
+        printf("%s  %s\n", g_check_failed ? "FAIL" : "ok  ", t.name);
+        (g_check_failed ? *failed : *passed)++;
+    }
+}
+#endif
