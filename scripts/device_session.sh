@@ -31,7 +31,8 @@
 # the checks and benches of the GPU features changed since the last lease,
 # each script alone on the GPU: scripts/device_analysis.sh (no memcheck),
 # scripts/device_moe.sh (GPU part, no memcheck, 7B-A1.5B at 8 then 6
-# layers), scripts/device_nccl.sh bench (N = 1 overhead); no foreground.
+# layers), test_cudnn_att, test_cuda's kernel tests ($VERIFY_CUDA_TESTS),
+# scripts/device_nccl.sh bench (N = 1 overhead); no foreground.
 # Knobs: Q (state dir, /tmp/averis_q), SKIP_FG=1 (no foreground checks),
 # SWEEP_STEPS (800), ANA_STEPS (3052 = 50M tokens), CORPUS_MB (200).
 # Exit status: 0, or 1 when the build failed.
@@ -110,6 +111,11 @@ verify() {
     OUT="$Q/out/moe" RUNS="$Q/moe_runs" MOE_PARTS=gpu MOE_MEMCHECK=0 MOE_7B_LAYERS="8 6" bash scripts/device_moe.sh \
         >"$Q/out/device_moe.log" 2>&1
     log "verify: device_moe exit $?"
+    log "verify: test_cudnn_att, test_cuda's kernel tests"
+    timeout 120 build/test_cudnn_att >"$Q/out/test_cudnn_att.log" 2>&1; log "verify: test_cudnn_att exit $? ($(tail -1 "$Q/out/test_cudnn_att.log"))"
+    for t in ${VERIFY_CUDA_TESTS:-e2m1 bitexact transposed qlinear flash_attention}; do
+        timeout 200 build/test_cuda "$t" >>"$Q/out/test_cuda.log" 2>&1; log "verify: test_cuda $t exit $? ($(tail -1 "$Q/out/test_cuda.log"))"
+    done
     log "verify: device_nccl.sh bench"
     OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh bench >"$Q/out/device_nccl.log" 2>&1
     log "verify: device_nccl exit $?"
