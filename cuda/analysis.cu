@@ -30,15 +30,16 @@
  *      it are ranked in index order (chunk counts, their scan in one block,
  *      a block scan per chunk) and the first ⌈0.001 n⌉ give ρ = μ_j²/x²,
  *      written in index order; median and share > 0.5 on the host.
- *   4. NVFP4 per recipe transform: cq_quantize (the CPU's bits) writes the
- *      e2m1·e4m3 values as BF16; k_qerr rebuilds the quantizer input, the
- *      dequantized block (inverse RHT where used) and sums the error, the
- *      nonzero and the flushed inputs.
+ *   4. NVFP4, the four recipe transforms at once: k_qamax4 (one read) the
+ *      per-tensor amax of each quantizer input, k_qerr4 (one read) each
+ *      block's quantization with the quantizer's device codecs (the CPU's
+ *      bits), the dequantized block (inverse RHT where used), the sums of
+ *      the error, the nonzero and the flushed inputs.
  * Partial sums are fp64 per thread block, reduced on the host in block
  * order: the results replay bit for bit. The host waits for the stream at
  * the early-stop checks (iterations 6, 9, 12, 15) and once at the end.
  */
-#include "quant.cuh"
+#include "quant_block.cuh"
 #include "nvfp4_device.cuh"
 #include "averis/analysis_cuda.h"
 
@@ -318,48 +319,118 @@ __global__ void k_gram1(const float *cc, const float *mean, double l, float *c1,
 /* The NVFP4 round trip's error of one recipe transform: per 16-element block
  * the quantizer input (x − μ, RHT), q = the quantized e2m1·e4m3 (BF16),
  * x̂ = q·S_dec (inverse RHT) against x − μ. part slots: Σe², nonzero, flushed. */
-__global__ void k_qerr(const float *x, const float *mean, int rht, int64_t l, int64_t m, int64_t cp,
-                       const __nv_bfloat16 *q, const float *amax, double *p_err, double *p_nz, double *p_fl) {
-    __shared__ typename ana_reduce::TempStorage tmp;
-    float s_enc, s_dec;
-    nvfp4_spec_global_scales(*amax, &s_enc, &s_dec);
-    int64_t nb = cp / 16, nblocks = l * nb;
-    double err = 0, nz = 0, fl = 0;
+/* the 16 inputs of block (r, c0) of X [l × m] (zeros past m); vec: m % 16 == 0 */
+__device__ __forceinline__ void qerr_load(const float *x, int64_t r, int64_t c0, int64_t m, int vec, float o[16]) {
+    if (vec) {
+        const float4 *p = reinterpret_cast<const float4 *>(x + r * m + c0);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float4 f = __ldg(p + k);
+            o[4 * k] = f.x, o[4 * k + 1] = f.y, o[4 * k + 2] = f.z, o[4 * k + 3] = f.w;
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) o[i] = c0 + i < m ? __ldg(x + r * m + c0 + i) : 0.0f;
+}
+
+/* the quantizer input of transform qv (ANALYSIS_*) from the block's inputs o:
+ * the mean subtracted (split), then the RHT, as cq_quantize builds it */
+__device__ __forceinline__ void qerr_input(const float o[16], const float *mean, int64_t c0, int64_t m, int split,
+                                           int rht, float v[16]) {
+#pragma unroll
+    for (int i = 0; i < 16; i++) v[i] = split && c0 + i < m ? o[i] - __ldg(mean + c0 + i) : o[i];
+    if (rht) nvfp4_spec_rht16(v);
+}
+
+/* pass 1 of all four NVFP4 transforms in one read: amax[qv] (zeroed before)
+ * the per-tensor amax of each quantizer input, as cq_quantize's k_amax */
+__global__ void k_qamax4(const float *x, const float *mean, int64_t l, int64_t m, int vec, float *amax) {
+    int64_t nb = (m + 15) / 16, nblocks = l * nb;
+    float mx[ANALYSIS_NQ] = {0, 0, 0, 0};
     for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = g / nb, c0 = (g % nb) * 16;
-        float v[16], o[16], d[16];
+        float o[16], v[16];
+        qerr_load(x, r, c0, m, vec, o);
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            int64_t c = c0 + i;
-            float xv = c < m ? x[r * m + c] : 0.0f;
-            if (mean && c < m) xv = xv - mean[c];
-            v[i] = o[i] = xv;
-        }
-        if (rht) nvfp4_spec_rht16(v);
+        for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+            qerr_input(o, mean, c0, m, qv == ANALYSIS_SPLIT || qv == ANALYSIS_SPLIT_RHT,
+                       qv == ANALYSIS_RHT || qv == ANALYSIS_SPLIT_RHT, v);
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float qv = __bfloat162float(q[r * cp + c0 + i]);
-            d[i] = qv * s_dec;
-            nz += v[i] != 0.0f;
-            fl += v[i] != 0.0f && qv == 0.0f;
-        }
-        if (rht) nvfp4_spec_rht16_inv(d);
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            if (c0 + i < m) {
-                double e = (double)d[i] - (double)o[i];
-                err += e * e;
+            for (int i = 0; i < 16; i++) {
+                float a = fabsf(v[i]);
+                mx[qv] = a > mx[qv] ? a : mx[qv]; /* NaN ignored, as k_amax */
             }
+        }
     }
-    double s;
-    s = ana_reduce(tmp).Sum(err);
-    if (threadIdx.x == 0) p_err[blockIdx.x] = s;
-    __syncthreads();
-    s = ana_reduce(tmp).Sum(nz);
-    if (threadIdx.x == 0) p_nz[blockIdx.x] = s;
-    __syncthreads();
-    s = ana_reduce(tmp).Sum(fl);
-    if (threadIdx.x == 0) p_fl[blockIdx.x] = s;
+#pragma unroll
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+        cq_reduce_amax(mx[qv], amax + qv);
+        __syncthreads(); /* cq_reduce_amax's shared scratch is reused */
+    }
+}
+
+/* all four transforms' NVFP4 round trips in one read (1×16 along the
+ * features, round to nearest, the quantizer's bits: the block scale, the
+ * E2M1 codes, e2m1·e4m3·S_dec, the inverse RHT), each summing Σ(x̂ − x)², the
+ * nonzero and the flushed inputs into its three partial-sum rows
+ * part + (1 + 3·qv)·ANA_NBLK (fp64, a thread's blocks in grid-stride order) */
+__global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m, int vec, const float *amax,
+                        double *part) {
+    __shared__ typename ana_reduce::TempStorage tmp;
+    int64_t nb = (m + 15) / 16, nblocks = l * nb;
+    float s_enc[ANALYSIS_NQ], s_dec[ANALYSIS_NQ];
+#pragma unroll
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) nvfp4_spec_global_scales(amax[qv], &s_enc[qv], &s_dec[qv]);
+    double err[ANALYSIS_NQ] = {0, 0, 0, 0}, nz[ANALYSIS_NQ] = {0, 0, 0, 0}, fl[ANALYSIS_NQ] = {0, 0, 0, 0};
+    for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = g / nb, c0 = (g % nb) * 16;
+        float o[16];
+        qerr_load(x, r, c0, m, vec, o);
+#pragma unroll
+        for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+            const int split = qv == ANALYSIS_SPLIT || qv == ANALYSIS_SPLIT_RHT, rht = qv == ANALYSIS_RHT || qv == ANALYSIS_SPLIT_RHT;
+            float v[16], d[16];
+            qerr_input(o, mean, c0, m, split, rht, v);
+            float bamax = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                float a = fabsf(v[i]);
+                bamax = a > bamax ? a : bamax;
+            }
+            uint32_t sc = avd_block_scale(bamax, s_enc[qv]);
+            float enc = avd_block_enc(sc, s_dec[qv]), sb = avd_e4m3_decode(sc);
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                float qval = avd_e2m1_decode(avd_e2m1_rn(v[i] * enc)) * sb; /* exact: the BF16 operand's value */
+                d[i] = qval * s_dec[qv];
+                nz[qv] += v[i] != 0.0f;
+                fl[qv] += v[i] != 0.0f && qval == 0.0f;
+            }
+            if (rht) nvfp4_spec_rht16_inv(d);
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                if (c0 + i < m) {
+                    /* the error against the transform's input before the RHT: x − μ for the split */
+                    float ref = split ? o[i] - __ldg(mean + c0 + i) : o[i];
+                    double e = (double)d[i] - (double)ref;
+                    err[qv] += e * e;
+                }
+        }
+    }
+#pragma unroll
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+        double *pe = part + (int64_t)(1 + 3 * qv) * ANA_NBLK;
+        double t = ana_reduce(tmp).Sum(err[qv]);
+        if (threadIdx.x == 0) pe[blockIdx.x] = t;
+        __syncthreads();
+        t = ana_reduce(tmp).Sum(nz[qv]);
+        if (threadIdx.x == 0) pe[ANA_NBLK + blockIdx.x] = t;
+        __syncthreads();
+        t = ana_reduce(tmp).Sum(fl[qv]);
+        if (threadIdx.x == 0) pe[2 * ANA_NBLK + blockIdx.x] = t;
+        __syncthreads();
+    }
 }
 
 /* eigenvalues (descending) and, if vec, eigenvectors (columns of V, col-major)
@@ -813,23 +884,14 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
 
     phase.reset();
     phase.emplace("analysis 4: NVFP4 round trips and errors", s);
-    /* 4. NVFP4 round trips along the features */
-    int64_t cp = (m + 15) / 16 * 16;
-    __nv_bfloat16 *qb = nullptr;
-    CU_OK(a->get(a->q, l * cp, &qb));
-    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
-        int split = qv == ANALYSIS_SPLIT || qv == ANALYSIS_SPLIT_RHT, rht = qv == ANALYSIS_RHT || qv == ANALYSIS_SPLIT_RHT;
-        cq_job j = {};
-        j.src = X, j.bf16_in = 0, j.srows = l, j.scols = m, j.ld = m;
-        j.rht = rht, j.mean = split ? mean : nullptr;
-        j.amax_in = split && !rht ? scal : nullptr; /* the residual's amax from the column statistics */
-        j.amax = scal + 1 + qv;
-        j.bf16_out = qb, j.ld_out = cp;
-        CU_OK(cq_quantize(&j, s));
-        double *pe = dpart + (int64_t)(1 + 3 * qv) * ANA_NBLK;
-        k_qerr<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, j.mean, rht, l, m, cp, qb, j.amax, pe, pe + ANA_NBLK, pe + 2 * ANA_NBLK);
-        CU_LAUNCHED();
-    }
+    /* 4. NVFP4 round trips along the features, all four transforms at once:
+     * one read for their amaxes, one for the round trips and their errors */
+    const int vec = m % 16 == 0;
+    CU_TRY(cudaMemsetAsync(scal + 1, 0, ANALYSIS_NQ * sizeof(float), s));
+    k_qamax4<<<grid_for(l * ((m + 15) / 16)), ANA_THREADS, 0, s>>>(X, mean, l, m, vec, scal + 1);
+    CU_LAUNCHED();
+    k_qerr4<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, mean, l, m, vec, scal + 1, dpart);
+    CU_LAUNCHED();
     phase.reset();
     phase.emplace("analysis 5: copies to the host, host eigensolvers", s);
     /* everything the host needs, after one wait for the stream */
