@@ -32,7 +32,9 @@
 # each script alone on the GPU: scripts/device_analysis.sh (no memcheck),
 # scripts/device_moe.sh (GPU part, no memcheck, 7B-A1.5B at 8 then 6
 # layers), test_cudnn_att, test_cuda's kernel tests ($VERIFY_CUDA_TESTS),
-# scripts/device_nccl.sh bench (N = 1 overhead); no foreground.
+# scripts/device_nccl.sh bench (N = 1 overhead); no foreground. VERIFY_PARTS
+# picks among "analysis moe cudnn cuda nccl" (default all), VERIFY_EXTRA names
+# a script run last with the output directory as its argument.
 # Knobs: Q (state dir, /tmp/averis_q), SKIP_FG=1 (no foreground checks),
 # SWEEP_STEPS (800), ANA_STEPS (3052 = 50M tokens), CORPUS_MB (200).
 # Exit status: 0, or 1 when the build failed.
@@ -104,21 +106,36 @@ background() {
 }
 
 verify() {
-    log "verify: device_analysis.sh"
-    OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=0 bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
-    log "verify: device_analysis exit $?"
-    log "verify: device_moe.sh (GPU part)"
-    OUT="$Q/out/moe" RUNS="$Q/moe_runs" MOE_PARTS=gpu MOE_MEMCHECK=0 MOE_7B_LAYERS="8 6" bash scripts/device_moe.sh \
-        >"$Q/out/device_moe.log" 2>&1
-    log "verify: device_moe exit $?"
-    log "verify: test_cudnn_att, test_cuda's kernel tests"
-    timeout 120 build/test_cudnn_att >"$Q/out/test_cudnn_att.log" 2>&1; log "verify: test_cudnn_att exit $? ($(tail -1 "$Q/out/test_cudnn_att.log"))"
-    for t in ${VERIFY_CUDA_TESTS:-e2m1 bitexact transposed qlinear flash_attention}; do
-        timeout 200 build/test_cuda "$t" >>"$Q/out/test_cuda.log" 2>&1; log "verify: test_cuda $t exit $? ($(tail -1 "$Q/out/test_cuda.log"))"
-    done
-    log "verify: device_nccl.sh bench"
-    OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh bench >"$Q/out/device_nccl.log" 2>&1
-    log "verify: device_nccl exit $?"
+    local parts=" ${VERIFY_PARTS:-analysis moe cudnn cuda nccl} "
+    if [[ $parts == *" analysis "* ]]; then
+        log "verify: device_analysis.sh"
+        OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=0 bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
+        log "verify: device_analysis exit $?"
+    fi
+    if [[ $parts == *" moe "* ]]; then
+        log "verify: device_moe.sh (GPU part)"
+        OUT="$Q/out/moe" RUNS="$Q/moe_runs" MOE_PARTS=gpu MOE_MEMCHECK=0 MOE_7B_LAYERS="8 6" bash scripts/device_moe.sh \
+            >"$Q/out/device_moe.log" 2>&1
+        log "verify: device_moe exit $?"
+    fi
+    if [[ $parts == *" cudnn "* ]]; then
+        timeout 120 build/test_cudnn_att >"$Q/out/test_cudnn_att.log" 2>&1; log "verify: test_cudnn_att exit $? ($(tail -1 "$Q/out/test_cudnn_att.log"))"
+    fi
+    if [[ $parts == *" cuda "* ]]; then
+        for t in ${VERIFY_CUDA_TESTS:-e2m1 bitexact transposed qlinear flash_attention}; do
+            timeout 200 build/test_cuda "$t" >>"$Q/out/test_cuda.log" 2>&1; log "verify: test_cuda $t exit $? ($(tail -1 "$Q/out/test_cuda.log"))"
+        done
+    fi
+    if [[ $parts == *" nccl "* ]]; then
+        log "verify: device_nccl.sh bench"
+        OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh bench >"$Q/out/device_nccl.log" 2>&1
+        log "verify: device_nccl exit $?"
+    fi
+    if [[ -n ${VERIFY_EXTRA:-} ]]; then # a script of further checks, its output in the session log
+        log "verify: $VERIFY_EXTRA"
+        bash "$VERIFY_EXTRA" "$Q/out" >"$Q/out/verify_extra.log" 2>&1
+        log "verify: $VERIFY_EXTRA exit $?"
+    fi
     log "bg: done"
     touch "$Q/bg.done"
 }
