@@ -198,7 +198,12 @@ __global__ void k_hist(const float *x, int64_t n, int shift, int width, const lo
     uint32_t prefix = top >= 31 ? 0u : (uint32_t)sel[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
-        if (top >= 31 || (key >> top) == prefix) atomicAdd(&h[(key >> shift) & (uint32_t)(nb - 1)], 1u);
+        /* the lanes of a warp that share a bucket add once (most share a few
+         * buckets of the exponent in the first pass) */
+        const bool in = top >= 31 || (key >> top) == prefix;
+        const uint32_t bin = in ? (key >> shift) & (uint32_t)(nb - 1) : 0xffffffffu;
+        const unsigned peers = __match_any_sync(__activemask(), bin);
+        if (in && (threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1)) atomicAdd(&h[bin], (unsigned)__popc(peers));
     }
     __syncthreads();
     for (int i = threadIdx.x; i < nb; i += blockDim.x)
@@ -382,7 +387,9 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
     float s_enc[ANALYSIS_NQ], s_dec[ANALYSIS_NQ];
 #pragma unroll
     for (int qv = 0; qv < ANALYSIS_NQ; qv++) nvfp4_spec_global_scales(amax[qv], &s_enc[qv], &s_dec[qv]);
-    double err[ANALYSIS_NQ] = {0, 0, 0, 0}, nz[ANALYSIS_NQ] = {0, 0, 0, 0}, fl[ANALYSIS_NQ] = {0, 0, 0, 0};
+    /* the counts as integers (exact, as their fp64 sums are: fewer registers) */
+    double err[ANALYSIS_NQ] = {0, 0, 0, 0};
+    int nz[ANALYSIS_NQ] = {0, 0, 0, 0}, fl[ANALYSIS_NQ] = {0, 0, 0, 0};
     for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = g / nb, c0 = (g % nb) * 16;
         float o[16];
@@ -424,10 +431,10 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
         double t = ana_reduce(tmp).Sum(err[qv]);
         if (threadIdx.x == 0) pe[blockIdx.x] = t;
         __syncthreads();
-        t = ana_reduce(tmp).Sum(nz[qv]);
+        t = ana_reduce(tmp).Sum((double)nz[qv]);
         if (threadIdx.x == 0) pe[ANA_NBLK + blockIdx.x] = t;
         __syncthreads();
-        t = ana_reduce(tmp).Sum(fl[qv]);
+        t = ana_reduce(tmp).Sum((double)fl[qv]);
         if (threadIdx.x == 0) pe[2 * ANA_NBLK + blockIdx.x] = t;
         __syncthreads();
     }
@@ -580,11 +587,41 @@ struct avc_analysis {
     buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C;
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
     int smem_optin = 0; /* the shared memory a block may opt in to (bytes) */
+    void *cublas_ws = nullptr; /* the handle's own workspace: the same GEMM kernels in and out of a capture */
+    /* pinned host staging for the results (one wait for them all) */
+    void *host = nullptr;
+    size_t host_cap = 0;
+    /* a tap's CUDA graphs (the Gram path): its stages before, in and after the
+     * iteration loop, by key (job_key); graph_off after a capture failed */
+    struct graphs {
+        std::vector<int64_t> key;
+        cudaGraphExec_t pre = nullptr, it = nullptr, post = nullptr;
+    };
+    std::vector<graphs> cache;
+    int graph_off = 0;
     ~avc_analysis() {
+        for (graphs &g : cache)
+            for (cudaGraphExec_t e : {g.pre, g.it, g.post})
+                if (e) cudaGraphExecDestroy(e);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
                        &off, &rho, &xc, &C})
             if (b->p) cudaFree(b->p);
+        if (host) cudaFreeHost(host);
         if (cb) cublasDestroy(cb);
+        if (cublas_ws) cudaFree(cublas_ws);
+    }
+    averis_status get_host(size_t bytes, void **out) {
+        if (bytes > host_cap) {
+            if (host) {
+                CU_TRY(cudaStreamSynchronize(s));
+                CU_TRY(cudaFreeHost(host));
+                host = nullptr, host_cap = 0;
+            }
+            CU_ALLOC(cudaMallocHost(&host, bytes), bytes);
+            host_cap = bytes;
+        }
+        *out = host;
+        return AVERIS_OK;
     }
     template <typename T> averis_status get(buf &b, int64_t n, T **out) {
         size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
@@ -684,10 +721,8 @@ averis_status panel_xv(avc_analysis *a, const float *X, const float *mean, const
 
 /* the magnitude that is the cnt-th largest, by a 3-pass radix select of the
  * keys, left in sel[0] on the device (no host round trip) */
-averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, long long *sel) {
+averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, unsigned *hist, long long *sel) {
     static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
-    unsigned *hist = nullptr;
-    CU_OK(a->get(a->hist, 2048, &hist));
     CU_TRY(cudaMemsetAsync(hist, 0, 2048 * sizeof(unsigned), a->s)); /* k_pick zeroes it after each pass */
     for (int pass = 0; pass < 3; pass++) {
         k_hist<<<grid_for(n), ANA_THREADS, 0, a->s>>>(X, n, shift[pass], width[pass], sel, hist);
@@ -696,6 +731,164 @@ averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64
         CU_LAUNCHED();
     }
     return AVERIS_OK;
+}
+
+/* One tap's shape and device buffers: what a captured graph bakes in. */
+struct ana_job {
+    int64_t l, m, n, cnt, nch;
+    int p1, p2, gram;
+    const float *X;
+    float *mean, *scal, *V, *Y, *Z, *W, *ones, *vec1, *Xc, *C;
+    double *Zd, *G, *Gs, *tr, *dpart, *rho;
+    long long *sel;
+    unsigned *cnt_d, *hist;
+    int64_t *off_d;
+};
+
+/* Σx² (1., after cq_colstats), the start panel and its Cholesky-QR, and on
+ * the Gram path Cc = XcᵀXc and C₁ = Cc + l·μμᵀ (2.) */
+averis_status stage_pre(avc_analysis *a, const ana_job &j) {
+    cudaStream_t s = a->s;
+    const int P = j.p1 + j.p2;
+    const int64_t m = j.m, l = j.l;
+    std::optional<cu_prof_scope> phase;
+    phase.emplace("analysis 1: column stats, sum of squares", s);
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    CU_TRY(cudaMemsetAsync(j.dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
+    k_sumsq<<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.n, j.dpart);
+    CU_LAUNCHED();
+    phase.reset();
+    phase.emplace(j.gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
+    k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.V, m * P, 0x5eed1234u);
+    CU_LAUNCHED();
+    CU_OK(cholqr(a, j.V, j.Z, m, j.p1, j.p2, j.Zd, j.G, j.Gs, j.W, j.tr));
+    CU_TRY(cudaMemcpyAsync(j.V, j.Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    /* the iterations only find the subspace: their GEMMs on X may use TF32
+     * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
+     * the Rayleigh–Ritz step runs in full fp32 */
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    if (j.gram) {
+        /* the Gram path (m ≤ AVERIS_ANALYSIS_GRAM): Cc = XcᵀXc of the centred copy
+         * and C₁ = Cc + l·μμᵀ, once (TF32, the rounding of X the panel GEMMs
+         * would see each iteration, the centring exact before it); then each
+         * iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ on m × m, never reading X */
+        const float onef = 1.0f, zerof = 0.0f;
+        k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, j.Xc, j.n, m);
+        CU_LAUNCHED();
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, j.Xc, (int)m, j.Xc,
+                                  (int)m, &zerof, j.C + m * m, (int)m));
+        k_gram1<<<grid_for(m * m), ANA_THREADS, 0, s>>>(j.C + m * m, j.mean, (double)l, j.C, m);
+        CU_LAUNCHED();
+    }
+    return AVERIS_OK;
+}
+
+/* one subspace iteration: block 1 on X (C₁), block 2 on Xc (Cc), then
+ * Cholesky-QR of both blocks back into V; tr holds both blocks' traces */
+averis_status stage_iter(avc_analysis *a, const ana_job &j) {
+    const float onef = 1.0f, zerof = 0.0f, neg = -1.0f;
+    const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
+    const int64_t m = j.m, l = j.l;
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    if (j.gram) {
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, j.V, (int)m,
+                                  &zerof, j.Z, (int)m));
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, j.C + m * m, (int)m,
+                                  j.V + (int64_t)p1 * m, (int)m, &zerof, j.Z + (int64_t)p1 * m, (int)m));
+    } else {
+        CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.X, (int)m, j.Y, (int)l,
+                                  &zerof, j.Z, (int)m));
+        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, j.Y + (int64_t)p1 * l, (int)l, j.ones, 1, &zerof,
+                                  j.vec1, 1));
+        CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, j.mean, 1, j.vec1, 1, j.Z + (int64_t)p1 * m, (int)m));
+    }
+    return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr);
+}
+
+/* 2b. re-orthonormalise, Rayleigh–Ritz's B_b = (X V_b)ᵀ(X V_b) in fp64;
+ * 3. the top-0.1% threshold and ρ; 4. the NVFP4 round trips */
+averis_status stage_post(avc_analysis *a, const ana_job &j) {
+    cudaStream_t s = a->s;
+    const double oned = 1.0, zerod = 0.0;
+    const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
+    const int64_t m = j.m, l = j.l;
+    std::optional<cu_prof_scope> phase;
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    phase.emplace("analysis 2b: Rayleigh-Ritz", s);
+    /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
+    CU_TRY(cudaMemcpyAsync(j.Z, j.V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    CU_OK(cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr));
+    CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
+    k_to_f64<<<grid_for(l * P), ANA_THREADS, 0, s>>>(j.Y, j.Zd, l * P);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p1, p1, (int)l, &oned, j.Zd, (int)l, j.Zd, (int)l, &zerod,
+                              j.G, p1));
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, j.Zd + (int64_t)p1 * l, (int)l,
+                              j.Zd + (int64_t)p1 * l, (int)l, &zerod, j.G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
+
+    phase.reset();
+    phase.emplace("analysis 3: top-0.1% select and rho", s);
+    /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
+     * chunk counts, their scan, ρ at its rank (sel[2] of them) */
+    CU_OK(select_threshold(a, j.X, j.n, j.cnt, j.hist, j.sel));
+    k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.sel, j.cnt_d);
+    CU_LAUNCHED();
+    k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, j.off_d, j.sel);
+    CU_LAUNCHED();
+    k_rho<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.mean, j.n, m, j.sel, j.off_d, j.rho);
+    CU_LAUNCHED();
+
+    phase.reset();
+    phase.emplace("analysis 4: NVFP4 round trips and errors", s);
+    /* 4. NVFP4 round trips along the features, all four transforms at once:
+     * one read for their amaxes, one for the round trips and their errors */
+    const int vec = m % 16 == 0;
+    CU_TRY(cudaMemsetAsync(j.scal + 1, 0, ANALYSIS_NQ * sizeof(float), s));
+    k_qamax4<<<grid_for(l * ((m + 15) / 16)), ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, vec, j.scal + 1);
+    CU_LAUNCHED();
+    k_qerr4<<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, vec, j.scal + 1, j.dpart);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
+/* a stage captured into an executable graph */
+averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(avc_analysis *, const ana_job &),
+                      cudaGraphExec_t *out) {
+    *out = nullptr;
+    CU_TRY(cudaStreamBeginCapture(a->s, cudaStreamCaptureModeThreadLocal));
+    averis_status st = stage(a, j);
+    cudaGraph_t g = nullptr;
+    cudaError_t e = cudaStreamEndCapture(a->s, &g);
+    if (!st && (e != cudaSuccess || !g))
+        st = averis_fail(AVERIS_EIO, "cuda analysis: stream capture failed: %s", cudaGetErrorString(e));
+    if (!st && (e = cudaGraphInstantiate(out, g, 0)) != cudaSuccess) {
+        *out = nullptr;
+        st = averis_fail(AVERIS_EIO, "cuda analysis: graph instantiation failed: %s", cudaGetErrorString(e));
+    }
+    if (g) cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+    return st;
+}
+
+/* the graphs' key: the shape, every device pointer, the settings read while capturing */
+std::vector<int64_t> job_key(const ana_job &j) {
+    const char *cg = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
+    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1'};
+    for (const void *p : {(const void *)j.X, (const void *)j.mean, (const void *)j.scal, (const void *)j.V,
+                          (const void *)j.Y, (const void *)j.Z, (const void *)j.W, (const void *)j.ones,
+                          (const void *)j.vec1, (const void *)j.Xc, (const void *)j.C, (const void *)j.Zd,
+                          (const void *)j.G, (const void *)j.Gs, (const void *)j.tr, (const void *)j.dpart,
+                          (const void *)j.rho, (const void *)j.sel, (const void *)j.cnt_d, (const void *)j.hist,
+                          (const void *)j.off_d})
+        k.push_back((int64_t)reinterpret_cast<intptr_t>(p));
+    return k;
+}
+
+/* CUDA graphs for a tap (AVERIS_ANALYSIS_GRAPH=0: never) */
+int env_graph() {
+    const char *e = getenv("AVERIS_ANALYSIS_GRAPH");
+    return !(e && *e == '0');
 }
 
 } // namespace
@@ -712,6 +905,14 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
     }
     /* fp32 GEMMs stay fp32 (no TF32): the tolerances vs the CPU assume it */
     cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH);
+    /* a workspace of the handle's own (after cublasSetStream, which resets it): cuBLAS then
+     * picks the same kernels while a stream is captured as outside */
+    const size_t ws_bytes = (size_t)32 << 20;
+    if (cudaMalloc(&a->cublas_ws, ws_bytes) != cudaSuccess || cublasSetWorkspace(a->cb, a->cublas_ws, ws_bytes) != CUBLAS_STATUS_SUCCESS) {
+        (void)cudaGetLastError();
+        delete a;
+        return averis_fail(AVERIS_ENOMEM, "cuda analysis: cannot set a 32 MiB cuBLAS workspace");
+    }
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&a->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
@@ -746,174 +947,149 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
                            (long long)m, p2, AVC_ANA_PMAX);
     int iters = env_iters(), used = 0;
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH)); /* also after an error mid-iteration */
-    /* the input as fp32 */
+    const int gram = m <= env_gram_max();
+    /* the Gram path's stages as CUDA graphs (their launches cost more host time than
+     * the GPU's work on a 768-wide tap): off on the legacy default stream (no capture),
+     * under the profiler (its phases time the stages) and with AVERIS_ANALYSIS_GRAPH=0 */
+    const int use_graph = gram && s != nullptr && !a->graph_off && !cu_prof_active() && env_graph();
+    /* the input as fp32; a graph reads it from the fixed scratch copy */
     const float *X = static_cast<const float *>(x_dev);
-    if (bf16) {
+    if (bf16 || use_graph) {
         float *xf = nullptr;
         CU_OK(a->get(a->xf, n, &xf));
-        k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
-        CU_LAUNCHED();
+        if (bf16) {
+            k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
+            CU_LAUNCHED();
+        } else {
+            CU_TRY(cudaMemcpyAsync(xf, x_dev, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        }
         X = xf;
     }
-    float *mean = nullptr, *scal = nullptr, *V = nullptr, *Y = nullptr, *Z = nullptr, *W = nullptr, *ones = nullptr,
-          *vec1 = nullptr;
-    double *Zd = nullptr, *G = nullptr, *Gs = nullptr, *tr = nullptr, *dpart = nullptr;
-    long long *sel = nullptr;
-    CU_OK(a->get(a->mean, m, &mean));
-    CU_OK(a->get(a->scal, 8, &scal));  /* [0] residual amax, [1..4] the quantizer inputs' amax */
-    CU_OK(a->get(a->V, m * P, &V));
-    CU_OK(a->get(a->Y, l * P, &Y));
-    CU_OK(a->get(a->Z, std::max(m, l) * P, &Z));
-    CU_OK(a->get(a->Zd, std::max(m, l) * P, &Zd));
-    CU_OK(a->get(a->G, (int64_t)2 * AVC_ANA_PMAX * AVC_ANA_PMAX, &G)); /* ≥ P², and B₂ at PMAX² */
-    CU_OK(a->get(a->Gs, (int64_t)AVC_ANA_PMAX * (AVC_ANA_PMAX + 1), &Gs));
-    CU_OK(a->get(a->W, (int64_t)P * P, &W));
-    CU_OK(a->get(a->tr, 2, &tr));
-    CU_OK(a->get(a->sel, 4, &sel));
-    CU_OK(a->get(a->ones, std::max(l, m), &ones));
-    CU_OK(a->get(a->vec1, 2 * AVC_ANA_PMAX, &vec1));
-    CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &dpart));
-    const int gram = m <= env_gram_max();
-    float *Xc = nullptr, *C = nullptr;
+    ana_job jb = {};
+    jb.l = l, jb.m = m, jb.n = n, jb.p1 = p1, jb.p2 = p2, jb.gram = gram, jb.X = X;
+    jb.cnt = (int64_t)ceil(0.001 * (double)n);
+    jb.nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
+    CU_OK(a->get(a->mean, m, &jb.mean));
+    CU_OK(a->get(a->scal, 8, &jb.scal));  /* [0] residual amax, [1..4] the quantizer inputs' amax */
+    CU_OK(a->get(a->V, m * P, &jb.V));
+    CU_OK(a->get(a->Y, l * P, &jb.Y));
+    CU_OK(a->get(a->Z, std::max(m, l) * P, &jb.Z));
+    CU_OK(a->get(a->Zd, std::max(m, l) * P, &jb.Zd));
+    CU_OK(a->get(a->G, (int64_t)2 * AVC_ANA_PMAX * AVC_ANA_PMAX, &jb.G)); /* ≥ P², and B₂ at PMAX² */
+    CU_OK(a->get(a->Gs, (int64_t)AVC_ANA_PMAX * (AVC_ANA_PMAX + 1), &jb.Gs));
+    CU_OK(a->get(a->W, (int64_t)P * P, &jb.W));
+    CU_OK(a->get(a->tr, 2, &jb.tr));
+    CU_OK(a->get(a->sel, 4, &jb.sel));
+    CU_OK(a->get(a->ones, std::max(l, m), &jb.ones));
+    CU_OK(a->get(a->vec1, 2 * AVC_ANA_PMAX, &jb.vec1));
+    CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &jb.dpart));
+    CU_OK(a->get(a->hist, 2048, &jb.hist));
+    CU_OK(a->get(a->cnt, jb.nch, &jb.cnt_d));
+    CU_OK(a->get(a->off, jb.nch, &jb.off_d));
+    CU_OK(a->get(a->rho, jb.cnt, &jb.rho));
     if (gram) {
-        CU_OK(a->get(a->xc, n, &Xc));
-        CU_OK(a->get(a->C, 2 * m * m, &C));
+        CU_OK(a->get(a->xc, n, &jb.Xc));
+        CU_OK(a->get(a->C, 2 * m * m, &jb.C));
     }
-    CU_TRY(cudaMemsetAsync(dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
-    /* device time by phase, for bench_analysis with AVERIS_CUDA_PROFILE=1 (a flag test when off);
-     * a phase's time includes the GPU's idle time while the host waits or prepares inside it */
-    std::optional<cu_prof_scope> phase;
-    phase.emplace("analysis 1: column stats, sum of squares", s);
-
-    /* 1. μ (the Averis column statistics), Σx² */
-    CU_OK(cq_colstats(X, 0, l, m, m, mean, scal, nullptr, nullptr, s));
-    k_sumsq<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, n, dpart);
-    CU_LAUNCHED();
     if (a->ones_n < std::max(l, m)) {
         std::vector<float> one_h((size_t)std::max(l, m), 1.0f);
-        CU_TRY(cudaMemcpyAsync(ones, one_h.data(), one_h.size() * sizeof(float), cudaMemcpyHostToDevice, s));
+        CU_TRY(cudaMemcpyAsync(jb.ones, one_h.data(), one_h.size() * sizeof(float), cudaMemcpyHostToDevice, s));
         CU_TRY(cudaStreamSynchronize(s)); /* one_h must outlive the copy */
         a->ones_n = std::max(l, m);
     }
+    /* the host's copies, pinned: part, B₁, B₂, ρ, sel, the traces (doubles), then V₁, μ (floats) */
+    const size_t o_part = 0, o_b1 = o_part + (size_t)ANA_SLOTS * ANA_NBLK, o_b2 = o_b1 + (size_t)p1 * p1,
+                 o_rho = o_b2 + (size_t)p2 * p2, o_sel = o_rho + (size_t)jb.cnt, o_tr = o_sel + 4, o_v1 = o_tr + 2,
+                 o_mu = o_v1 + ((size_t)(m * p1) + 1) / 2, o_end = o_mu + ((size_t)m + 1) / 2;
+    double *hd = nullptr;
+    CU_OK(a->get_host(o_end * sizeof(double), reinterpret_cast<void **>(&hd)));
 
-    phase.reset();
-    phase.emplace(gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
-    /* 2. subspace iteration: block 1 on X, block 2 on Xc */
-    const float onef = 1.0f, zerof = 0.0f, neg = -1.0f;
-    const double oned = 1.0, zerod = 0.0;
-    k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(V, m * P, 0x5eed1234u);
-    CU_LAUNCHED();
-    CU_OK(cholqr(a, V, Z, m, p1, p2, Zd, G, Gs, W, tr));
-    CU_TRY(cudaMemcpyAsync(V, Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    /* the iterations only find the subspace: their GEMMs on X may use TF32
-     * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
-     * the Rayleigh–Ritz step below runs in full fp32 */
-    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
-    if (gram) {
-        /* the Gram path (m ≤ AVERIS_ANALYSIS_GRAM): Cc = XcᵀXc of the centred copy
-         * and C₁ = Cc + l·μμᵀ, once (TF32, the rounding of X the panel GEMMs
-         * would see each iteration, the centring exact before it); then each
-         * iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ on m × m, never reading X */
-        k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(X, mean, Xc, n, m);
-        CU_LAUNCHED();
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, Xc, (int)m, Xc, (int)m,
-                                  &zerof, C + m * m, (int)m));
-        k_gram1<<<grid_for(m * m), ANA_THREADS, 0, s>>>(C + m * m, mean, (double)l, C, m);
-        CU_LAUNCHED();
-    }
-    /* early stop: every 3rd iteration from the 6th, tr(ZᵀZ) = tr(Vᵀ(XᵀX)²V) of both blocks
-     * changed by ≤ tol relative over the last 3 (default 5e-5: above the TF32 GEMMs'
-     * jitter of ~1e-5; the eigenvalue error left is then ≲ 2e-4 at a rate of 0.9 an
-     * iteration); AVERIS_ANALYSIS_TOL overrides, 0 runs every iteration */
-    const double tol = env_tol();
-    double prev1 = -1, prev2 = -1;
-    int done = 0;
-    for (int it = 0; it < iters && !done; it++) {
-        if (gram) {
-            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, C, (int)m, V, (int)m,
-                                      &zerof, Z, (int)m));
-            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, C + m * m, (int)m,
-                                      V + (int64_t)p1 * m, (int)m, &zerof, Z + (int64_t)p1 * m, (int)m));
-        } else {
-            CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
-            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, X, (int)m, Y, (int)l, &zerof, Z, (int)m));
-            CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, Y + (int64_t)p1 * l, (int)l, ones, 1, &zerof, vec1, 1));
-            CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, mean, 1, vec1, 1, Z + (int64_t)p1 * m, (int)m));
+    /* the graphs of this shape and these buffers, captured on first use */
+    avc_analysis::graphs *gr = nullptr;
+    if (use_graph) {
+        std::vector<int64_t> key = job_key(jb);
+        for (auto &c : a->cache)
+            if (c.key == key) gr = &c;
+        if (!gr) {
+            avc_analysis::graphs c;
+            c.key = key;
+            averis_status st = capture(a, jb, stage_pre, &c.pre);
+            if (!st) st = capture(a, jb, stage_iter, &c.it);
+            if (!st) st = capture(a, jb, stage_post, &c.post);
+            CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+            if (st) { /* run the stages directly from now on */
+                fprintf(stderr, "averis: cuda analysis: CUDA graphs off (%s)\n", averis_last_error());
+                for (cudaGraphExec_t e : {c.pre, c.it, c.post})
+                    if (e) cudaGraphExecDestroy(e);
+                a->graph_off = 1;
+            } else {
+                if (a->cache.size() >= 8) { /* shapes come back: keep the last few */
+                    for (cudaGraphExec_t e : {a->cache[0].pre, a->cache[0].it, a->cache[0].post}) cudaGraphExecDestroy(e);
+                    a->cache.erase(a->cache.begin());
+                }
+                a->cache.push_back(c);
+                gr = &a->cache.back();
+            }
         }
-        int check = it >= 5 && (it - 5) % 3 == 0 && it + 1 < iters;
-        double t[2] = {0, 0};
-        CU_OK(cholqr(a, Z, V, m, p1, p2, Zd, G, Gs, W, tr, check ? t : nullptr));
-        if (check) {
-            done = fabs(t[0] - prev1) <= tol * t[0] && fabs(t[1] - prev2) <= tol * t[1] && tol > 0;
-            prev1 = t[0], prev2 = t[1];
-        }
-        used = it + 1;
     }
+
+    /* 1. μ (the Averis column statistics: its scratch may be the model's, so never in a graph) */
+    {
+        std::optional<cu_prof_scope> phase;
+        phase.emplace("analysis 1: column stats, sum of squares", s);
+        CU_OK(cq_colstats(X, 0, l, m, m, jb.mean, jb.scal, nullptr, nullptr, s));
+    }
+    if (gr) CU_TRY(cudaGraphLaunch(gr->pre, s));
+    else CU_OK(stage_pre(a, jb));
+    /* 2. subspace iteration. Early stop: every 3rd iteration from the 6th, tr(ZᵀZ) =
+     * tr(Vᵀ(XᵀX)²V) of both blocks changed by ≤ tol relative over the last 3 (default
+     * 5e-5: above the TF32 GEMMs' jitter of ~1e-5; the eigenvalue error left is then
+     * ≲ 2e-4 at a rate of 0.9 an iteration); AVERIS_ANALYSIS_TOL overrides, 0 runs
+     * every iteration */
+    {
+        std::optional<cu_prof_scope> phase;
+        phase.emplace(gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
+        const double tol = env_tol();
+        double prev1 = -1, prev2 = -1;
+        int done = 0;
+        for (int it = 0; it < iters && !done; it++) {
+            if (gr) CU_TRY(cudaGraphLaunch(gr->it, s));
+            else CU_OK(stage_iter(a, jb));
+            if (it >= 5 && (it - 5) % 3 == 0 && it + 1 < iters) {
+                CU_TRY(cudaMemcpyAsync(hd + o_tr, jb.tr, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
+                CU_TRY(cudaStreamSynchronize(s));
+                const double t0 = hd[o_tr], t1 = hd[o_tr + 1];
+                done = fabs(t0 - prev1) <= tol * t0 && fabs(t1 - prev2) <= tol * t1 && tol > 0;
+                prev1 = t0, prev2 = t1;
+            }
+            used = it + 1;
+        }
+    }
+    if (gr) CU_TRY(cudaGraphLaunch(gr->post, s));
+    else CU_OK(stage_post(a, jb));
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
-    phase.reset();
-    phase.emplace("analysis 2b: Rayleigh-Ritz", s);
-    /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
-    CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CU_OK(cholqr(a, Z, V, m, p1, p2, Zd, G, Gs, W, tr));
-    CU_OK(panel_xv(a, X, mean, ones, l, m, p1, p2, V, Y, vec1));
-    k_to_f64<<<grid_for(l * P), ANA_THREADS, 0, s>>>(Y, Zd, l * P);
-    CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p1, p1, (int)l, &oned, Zd, (int)l, Zd, (int)l, &zerod, G, p1));
-    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, Zd + (int64_t)p1 * l, (int)l,
-                              Zd + (int64_t)p1 * l, (int)l, &zerod, G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
 
-    phase.reset();
-    phase.emplace("analysis 3: top-0.1% select and rho", s);
-    /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
-     * chunk counts, their scan, ρ at its rank (sel[2] of them) */
-    int64_t cnt = (int64_t)ceil(0.001 * (double)n);
-    CU_OK(select_threshold(a, X, n, cnt, sel));
-    int64_t nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
-    unsigned *cnt_d = nullptr;
-    int64_t *off_d = nullptr;
-    double *rho_d = nullptr;
-    CU_OK(a->get(a->cnt, nch, &cnt_d));
-    CU_OK(a->get(a->off, nch, &off_d));
-    CU_OK(a->get(a->rho, cnt, &rho_d));
-    k_count_ge<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, n, sel, cnt_d);
-    CU_LAUNCHED();
-    k_offsets<<<1, ANA_PICK, 0, s>>>(cnt_d, nch, (long long)cnt, off_d, sel);
-    CU_LAUNCHED();
-    k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(X, mean, n, m, sel, off_d, rho_d);
-    CU_LAUNCHED();
-
-    phase.reset();
-    phase.emplace("analysis 4: NVFP4 round trips and errors", s);
-    /* 4. NVFP4 round trips along the features, all four transforms at once:
-     * one read for their amaxes, one for the round trips and their errors */
-    const int vec = m % 16 == 0;
-    CU_TRY(cudaMemsetAsync(scal + 1, 0, ANALYSIS_NQ * sizeof(float), s));
-    k_qamax4<<<grid_for(l * ((m + 15) / 16)), ANA_THREADS, 0, s>>>(X, mean, l, m, vec, scal + 1);
-    CU_LAUNCHED();
-    k_qerr4<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, mean, l, m, vec, scal + 1, dpart);
-    CU_LAUNCHED();
-    phase.reset();
+    std::optional<cu_prof_scope> phase;
     phase.emplace("analysis 5: copies to the host, host eigensolvers", s);
     /* everything the host needs, after one wait for the stream */
-    std::vector<double> part((size_t)ANA_SLOTS * ANA_NBLK);
-    std::vector<double> B1((size_t)p1 * p1), B2((size_t)p2 * p2), rho_h;
-    std::vector<float> V1((size_t)(m * p1)), mu_h((size_t)m);
-    long long sel_h[4] = {0, 0, 0, 0};
-    CU_TRY(cudaMemcpyAsync(part.data(), dpart, part.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(B1.data(), G, B1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(B2.data(), G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, B2.size() * sizeof(double),
+    CU_TRY(cudaMemcpyAsync(hd + o_part, jb.dpart, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_b1, jb.G, (size_t)p1 * p1 * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_b2, jb.G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, (size_t)p2 * p2 * sizeof(double),
                            cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(V1.data(), V, V1.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(mu_h.data(), mean, mu_h.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(sel_h, sel, sizeof sel_h, cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_rho, jb.rho, (size_t)jb.cnt * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_sel, jb.sel, 4 * sizeof(long long), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_v1, jb.V, (size_t)(m * p1) * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(hd + o_mu, jb.mean, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost, s));
     CU_TRY(cudaStreamSynchronize(s));
+    const double *part = hd + o_part;
+    const float *V1 = reinterpret_cast<const float *>(hd + o_v1), *mu_h = reinterpret_cast<const float *>(hd + o_mu);
+    long long sel_h[4];
+    memcpy(sel_h, hd + o_sel, sizeof sel_h);
+    const int64_t cnt = jb.cnt;
     if (sel_h[2] < 0 || sel_h[2] > cnt)
         return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)cnt);
-    rho_h.resize((size_t)sel_h[2]);
-    if (!rho_h.empty()) {
-        CU_TRY(cudaMemcpyAsync(rho_h.data(), rho_d, rho_h.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-        CU_TRY(cudaStreamSynchronize(s));
-    }
+    std::vector<double> B1(hd + o_b1, hd + o_b1 + (size_t)p1 * p1), B2(hd + o_b2, hd + o_b2 + (size_t)p2 * p2),
+        rho_h(hd + o_rho, hd + o_rho + (size_t)sel_h[2]);
     auto slot = [&](int sl) {
         double t = 0;
         for (int b = 0; b < ANA_NBLK; b++) t += part[(size_t)sl * ANA_NBLK + b];

@@ -94,6 +94,8 @@ __device__ __forceinline__ void cu_st(__nv_bfloat16 *p, float v) { *p = __float2
  * benchmarks: bench_cuda with AVERIS_CUDA_PROFILE=1) turns it on; when off,
  * a scope costs a flag test. */
 void cu_prof_enable(int on);
+/* the profiler is on (its scopes record events) */
+int cu_prof_active(void);
 struct cu_prof_scope {
     cu_prof_scope(const char *label, cudaStream_t s);
     ~cu_prof_scope();

@@ -35,6 +35,7 @@ void prof_collect() {
 } // namespace
 
 void cu_prof_enable(int on) { g_prof.on = on > 0; }
+int cu_prof_active(void) { return prof_on(); }
 
 cu_prof_scope::cu_prof_scope(const char *l, cudaStream_t st) : label(l), s(st) {
     if (!prof_on() || g_prof.depth++ > 0) return;

@@ -72,6 +72,10 @@ double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
 void upd(double &w, double v) { w = v > w ? v : w; }
 
 avc_analysis *g_ana;
+cudaStream_t g_stream; /* the analysis's stream (a created one: the CUDA graphs need it) */
+struct {
+    int n = 0, same = 0; /* tensors computed with graphs and directly; bit-identical ones */
+} g_graph;
 
 /* X as the GPU sees it (fp32, or BF16 when bf16: the CPU then gets the same BF16 values) */
 void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int bf16) {
@@ -98,16 +102,41 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     cudaEventCreate(&e0), cudaEventCreate(&e1);
     /* once to warm up (allocations), once timed */
     averis_status st = avc_analysis_compute(g_ana, d, bf16, l, m, &g, &info);
-    cudaEventRecord(e0);
+    cudaEventRecord(e0, g_stream);
     if (!st) st = avc_analysis_compute(g_ana, d, bf16, l, m, &g, &info);
-    cudaEventRecord(e1);
+    cudaEventRecord(e1, g_stream);
     cudaEventSynchronize(e1);
     float ms = 0;
     cudaEventElapsedTime(&ms, e0, e1);
     cudaEventDestroy(e0), cudaEventDestroy(e1);
+    /* the stages run directly (AVERIS_ANALYSIS_GRAPH=0) against the CUDA graphs above */
+    analysis_metrics gd;
+    avc_analysis_info infod;
+    if (!st) {
+        setenv("AVERIS_ANALYSIS_GRAPH", "0", 1);
+        st = avc_analysis_compute(g_ana, d, bf16, l, m, &gd, &infod);
+        unsetenv("AVERIS_ANALYSIS_GRAPH");
+    }
     cudaFree(d);
     CHECK(!st, "%s: GPU analysis failed: %s", name, averis_last_error());
     if (st) return;
+    {
+        int same = memcmp(&g, &gd, sizeof g) == 0 && info.iters == infod.iters;
+        g_graph.n++;
+        g_graph.same += same;
+        auto near = [](double x, double y) { return fabs(x - y) <= 1e-6 * fmax(fabs(y), 1e-30) + 1e-12; };
+        CHECK(g.R == gd.R && g.mean_norm == gd.mean_norm && g.rms_token_norm == gd.rms_token_norm &&
+                  g.e_mean == gd.e_mean && g.top_count == gd.top_count && g.rho_median == gd.rho_median &&
+                  g.rho_frac_half == gd.rho_frac_half,
+              "%s: graph vs direct: the non-iterative metrics differ", name);
+        for (int q = 0; q < ANALYSIS_NQ; q++)
+            CHECK(g.q_rel_mse[q] == gd.q_rel_mse[q] && g.q_flushed[q] == gd.q_flushed[q],
+                  "%s: graph vs direct: NVFP4 metric %d differs", name, q);
+        CHECK(near(g.sigma1, gd.sigma1) && near(g.cos_mu_v1, gd.cos_mu_v1) && near(g.e_spike, gd.e_spike) &&
+                  near(g.e_tail, gd.e_tail),
+              "%s: graph vs direct: sigma1 %.9g/%.9g cos %.9g/%.9g spike %.9g/%.9g", name, g.sigma1, gd.sigma1,
+              g.cos_mu_v1, gd.cos_mu_v1, g.e_spike, gd.e_spike);
+    }
     g_worst.ntensor++;
     g_worst.ms += ms;
     double gap = c.sigma1 > 0 ? info.sigma2 / g.sigma1 : 1.0;
@@ -344,7 +373,7 @@ const test_case k_tests[] = {
 
 int main(int argc, char **argv) {
     tool_device_init("test_analysis_gpu");
-    if (avc_analysis_create(&g_ana, nullptr)) {
+    if (cudaStreamCreate(&g_stream) != cudaSuccess || avc_analysis_create(&g_ana, g_stream)) {
         fprintf(stderr, "test_analysis_gpu: %s\n", averis_last_error());
         return 1;
     }
@@ -356,7 +385,9 @@ int main(int argc, char **argv) {
            "relmse %.2g rel, flushed %.2g; GPU %.3f ms per tensor\n",
            w.ntensor, w.nconv, w.ncos, w.R, w.mean_norm, w.rms, w.sigma1, w.sigma1_loose, w.cos, w.e_mean, w.e_spike, w.e_tail, w.rho_med,
            w.rho_half, w.mse, w.flushed, w.ntensor ? w.ms / w.ntensor : 0.0);
+    printf("graphs vs direct stages: %d of %d tensors bit-identical\n", g_graph.same, g_graph.n);
     avc_analysis_free(g_ana);
+    cudaStreamDestroy(g_stream);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
