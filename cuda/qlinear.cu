@@ -426,6 +426,8 @@ static averis_status fp32_only(const qlin_recipe *r, const cl_input *x) {
 }
 
 averis_status cl_prep_x(const qlin_recipe *r, cl_input *x, cudaStream_t s) {
+    const int known = x->amax_known;
+    x->amax_known = 0; /* one producer, one use */
     x->xt_ready = 0;
     x->amax_valid = r->fp4;
     CU_OK(fp32_only(r, x));
@@ -435,7 +437,8 @@ averis_status cl_prep_x(const qlin_recipe *r, cl_input *x, cudaStream_t s) {
     cq_job j = {};
     j.src = x->x, j.bf16_in = x->bf16, j.srows = x->l, j.scols = x->m, j.ld = x->m;
     j.mean = r->split_x ? x->mean : nullptr;
-    j.amax_in = r->split_x ? x->res_amax : nullptr;
+    /* the split's residual amax from its statistics; else the producer's, if it reduced one into x->amax */
+    j.amax_in = r->split_x ? x->res_amax : known ? x->amax : nullptr;
     j.amax = x->amax;
     j.bf16_out = x->xq, j.ld_out = x->m;
     return cq_quantize(&j, s);
