@@ -171,6 +171,37 @@ void test_fused_quant_d(void) {
     }
     printf("  fused D quantization: %d cases, every output compared\n", compared);
     CHECK(compared == 7 * TEST_NPATTERNS * 3 * 16, "ran every case (%d)", compared);
+    /* a pair it does not fuse (n % 16 != 0): the two calls, the same outputs */
+    {
+        const int64_t l = 33, n = 40, lp = 48;
+        std::vector<float> x(l * n);
+        for (auto &v : x) v = trng_normal(&r);
+        float *D = dev_copy(x.data(), x.size());
+        dual_out a, b;
+        dual_alloc(&a, l, n, lp);
+        dual_alloc(&b, l, n, lp);
+        /* the rows of a 40-wide tensor pad to 48: room for the padded codes, scales and BF16 rows */
+        cudaFree(a.codes_r), cudaFree(b.codes_r), cudaFree(a.scales_r), cudaFree(b.scales_r), cudaFree(a.bf16_r), cudaFree(b.bf16_r);
+        a.n_codes_r = b.n_codes_r = (size_t)(l * 48 / 2), a.n_scales_r = b.n_scales_r = (size_t)(l * 3), a.n_bf16_r = b.n_bf16_r = (size_t)(l * 48);
+        for (dual_out *o : {&a, &b}) {
+            DEV(cudaMalloc(&o->codes_r, o->n_codes_r)); DEV(cudaMalloc(&o->scales_r, o->n_scales_r));
+            DEV(cudaMalloc(&o->bf16_r, o->n_bf16_r * 2));
+            DEV(cudaMemset(o->codes_r, 0xAB, o->n_codes_r)); DEV(cudaMemset(o->scales_r, 0xAB, o->n_scales_r));
+            DEV(cudaMemset(o->bf16_r, 0xCD, o->n_bf16_r * 2));
+        }
+        cq_job ja, jta, jb, jtb;
+        dual_jobs(D, l, n, n, 1, 1, nullptr, nullptr, 1, a, &ja, &jta);
+        dual_jobs(D, l, n, n, 1, 1, nullptr, nullptr, 1, b, &jb, &jtb);
+        ja.ld_out = jb.ld_out = 48;
+        CHECK(!cq_dual_fusable(&jb, &jtb), "n = 40 is not fusable");
+        CHECK(cq_quantize(&ja, 0) == AVERIS_OK && cq_quantize(&jta, 0) == AVERIS_OK, "two calls: %s", averis_last_error());
+        CHECK(cq_quantize_dual(&jb, &jtb, 0) == AVERIS_OK, "dual (fallback): %s", averis_last_error());
+        DEV(cudaDeviceSynchronize());
+        dual_compare(a, b, "33x40 (the fallback)");
+        dual_free(&a);
+        dual_free(&b);
+        cudaFree(D);
+    }
 }
 
 /* dX and dW of the standalone layer, fused vs the two calls, per recipe */
