@@ -23,6 +23,7 @@
  * replays bit for bit on the same GPU.
  */
 #include "qlinear.cuh"
+#include "quant_fused.cuh"
 #include "attention.cuh"
 #include "norm.cuh"
 #include "rope.cuh"
@@ -343,6 +344,22 @@ mean_terms layer_means(const avc_model *net, const cm_layer &io, const qlin_reci
         if (net->tap) net->tap(net->tap_ctx, (layer), (kind), (x), (bf16), (rows), (cols));                \
     } while (0)
 
+/* The producer amax (quant_fused.cuh's switch): a linear's input is
+ * reduced to its amax by the kernel that writes it (norm, SwiGLU) into x's
+ * amax, zeroed here, and cl_prep_x skips its amax pass. For the FP4 recipes
+ * without the mean split only: the forward operand is then the tensor
+ * itself (no RHT on it); the split's amax comes from its statistics. *amax:
+ * where the producer reduces, or NULL. */
+static averis_status producer_amax(const qlin_recipe *r, cl_input *x, float **amax, cudaStream_t s) {
+    *amax = nullptr;
+    x->amax_known = 0;
+    if (!r->fp4 || r->split_x || !cq_fused_quant()) return AVERIS_OK;
+    CU_TRY(cudaMemsetAsync(x->amax, 0, sizeof(float), s));
+    x->amax_known = 1;
+    *amax = x->amax;
+    return AVERIS_OK;
+}
+
 /* A: the activations' type (float or BF16) */
 template <typename A>
 averis_status forward_backward(avc_model *net, const int *tokens, const int *targets, int backward, float loss_scale,
@@ -368,7 +385,9 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         cl_weight *wo = &net->wops[7 * l];
         {
             CU_PROF("norms fwd + rope", s);
-            CU_OK(cn_rmsnorm(io.x_in, w.in_norm, static_cast<A *>(io.h1), io.rstd1, N, C, eps, s));
+            float *amax_h1;
+            CU_OK(producer_amax(r, &io.in_h1, &amax_h1, s));
+            CU_OK(cn_rmsnorm(io.x_in, w.in_norm, static_cast<A *>(io.h1), io.rstd1, N, C, eps, s, amax_h1));
         }
         CM_TAP(l, "attn_in", io.h1, net->act_bf16, N, C);
         CU_OK(cl_prep_x(r, &io.in_h1, s));
@@ -389,12 +408,15 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         CU_OK(cl_prep_x(r, &io.in_ao, s));
         CU_OK(cl_forward(r, &io.in_ao, &wo[3], io.x_mid, 0, io.x_in, nullptr, &net->scr, s)); /* x_mid = x_in + ao·Woᵀ */
         CM_TAP(l, "resid_attn", io.x_mid, 0, N, C);
+        const int moe_layer = net->moe && net->moe_st.layers[l].used; /* (its linears' inputs: moe.cu's) */
         {
             CU_PROF("norms fwd + rope", s);
-            CU_OK(cn_rmsnorm(io.x_mid, w.post_norm, static_cast<A *>(io.h2), io.rstd2, N, C, eps, s));
+            float *amax_h2 = nullptr;
+            if (!moe_layer) CU_OK(producer_amax(r, &io.in_h2, &amax_h2, s));
+            CU_OK(cn_rmsnorm(io.x_mid, w.post_norm, static_cast<A *>(io.h2), io.rstd2, N, C, eps, s, amax_h2));
         }
         CM_TAP(l, "ffn_in", io.h2, net->act_bf16, N, C);
-        if (net->moe && net->moe_st.layers[l].used) { /* x_next = x_mid + the MoE block's output */
+        if (moe_layer) { /* x_next = x_mid + the MoE block's output */
             float *x_next = l + 1 < Lc ? net->layers[l + 1].x_in : net->x_out;
             CU_OK(cm_moe_forward(&net->moe_st, l, r, io.h2, net->act_bf16, io.x_mid, x_next, &net->scr, net->cb, net->tap,
                                  net->tap_ctx, s));
@@ -404,8 +426,10 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         CU_OK(cl_prep_x(r, &io.in_h2, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[4], io.g, net->act_bf16, nullptr, mt.g, &net->scr, s));
         CU_OK(cl_forward(r, &io.in_h2, &wo[5], io.u, net->act_bf16, nullptr, mt.u, &net->scr, s));
+        float *amax_a;
+        CU_OK(producer_amax(r, &io.in_a, &amax_a, s));
         CU_OK(cs_swiglu(static_cast<const A *>(io.g), static_cast<const A *>(io.u), mt.g, mt.u, static_cast<A *>(io.a),
-                        N * F, F, s));
+                        N * F, F, s, amax_a));
         CM_TAP(l, "ffn_down_in", io.a, net->act_bf16, N, F);
         CU_OK(cl_prep_x(r, &io.in_a, s));
         float *x_next = l + 1 < Lc ? net->layers[l + 1].x_in : net->x_out;

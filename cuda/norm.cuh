@@ -6,22 +6,32 @@
 #define AVERIS_CUDA_NORM_CUH
 
 #include "common.cuh"
+#include "producer_amax.cuh"
 
 namespace {
 
-/* y = w·(x·rstd), rstd = (mean x² + ε)^-½: one warp per row; y fp32 or BF16 */
+/* y = w·(x·rstd), rstd = (mean x² + ε)^-½: one warp per row; y fp32 or BF16;
+ * amax (or NULL): max |y| as stored, reduced into (producer_amax.cuh) */
 template <typename Y>
-__global__ void k_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int64_t rows, int64_t d, float eps) {
+__global__ void k_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int64_t rows, int64_t d, float eps,
+                          float *amax) {
     int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const float *xr = x + r * d;
-    float ss = 0.0f;
-    for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
-    ss = cu_warp_sum(ss);
-    float rs = 1.0f / sqrtf(ss / (float)d + eps);
-    if (lane == 0) rstd[r] = rs;
-    for (int64_t i = lane; i < d; i += 32) cu_st(y + r * d + i, w[i] * (xr[i] * rs));
+    float m = 0.0f;
+    if (r < rows) { /* (no early return: the whole block reduces the amax) */
+        const float *xr = x + r * d;
+        float ss = 0.0f;
+        for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
+        ss = cu_warp_sum(ss);
+        float rs = 1.0f / sqrtf(ss / (float)d + eps);
+        if (lane == 0) rstd[r] = rs;
+        for (int64_t i = lane; i < d; i += 32) {
+            float v = w[i] * (xr[i] * rs);
+            cu_st(y + r * d + i, v);
+            if (amax) m = pa_max(m, pa_stored(y, v));
+        }
+    }
+    if (amax) cq_reduce_amax(m, amax); /* uniform: a kernel argument */
 }
 
 /* dx (= or +=) rstd·(dy·w − x̂·mean(dy·w·x̂)), x̂ = x·rstd: one warp per row.
@@ -106,11 +116,12 @@ __global__ void k_headnorm_rope(const A *raw, const float *mb, const float *w, c
     }
 }
 
-/* y [rows × d] = RMSNorm(x [rows × d])·w [d], rstd [rows] */
+/* y [rows × d] = RMSNorm(x [rows × d])·w [d], rstd [rows]; amax (or NULL):
+ * a zeroed device scalar that gets max |y| (producer_amax.cuh) */
 template <typename Y>
 averis_status cn_rmsnorm(const float *x, const float *w, Y *y, float *rstd, int64_t rows, int64_t d, float eps,
-                         cudaStream_t s) {
-    k_rmsnorm<<<cu_blocks(rows * 32, 256), 256, 0, s>>>(x, w, y, rstd, rows, d, eps);
+                         cudaStream_t s, float *amax = nullptr) {
+    k_rmsnorm<<<cu_blocks(rows * 32, 256), 256, 0, s>>>(x, w, y, rstd, rows, d, eps, amax);
     CU_LAUNCHED();
     return AVERIS_OK;
 }

@@ -3,6 +3,7 @@
  * the quantized operands are the CPU's bits; only the GEMM accumulation
  * order and the split-BF16 rank-one columns differ. */
 #include "qlinear.cuh"
+#include "quant_fused.cuh"
 #include "nvfp4_device.cuh"
 #include "averis/model_spec.h"
 
@@ -425,6 +426,8 @@ static averis_status fp32_only(const qlin_recipe *r, const cl_input *x) {
 }
 
 averis_status cl_prep_x(const qlin_recipe *r, cl_input *x, cudaStream_t s) {
+    const int known = x->amax_known;
+    x->amax_known = 0; /* one producer, one use */
     x->xt_ready = 0;
     x->amax_valid = r->fp4;
     CU_OK(fp32_only(r, x));
@@ -434,7 +437,8 @@ averis_status cl_prep_x(const qlin_recipe *r, cl_input *x, cudaStream_t s) {
     cq_job j = {};
     j.src = x->x, j.bf16_in = x->bf16, j.srows = x->l, j.scols = x->m, j.ld = x->m;
     j.mean = r->split_x ? x->mean : nullptr;
-    j.amax_in = r->split_x ? x->res_amax : nullptr;
+    /* the split's residual amax from its statistics; else the producer's, if it reduced one into x->amax */
+    j.amax_in = r->split_x ? x->res_amax : known ? x->amax : nullptr;
     j.amax = x->amax;
     j.bf16_out = x->xq, j.ld_out = x->m;
     return cq_quantize(&j, s);
@@ -473,6 +477,33 @@ averis_status cl_forward(const qlin_recipe *r, const cl_input *x, const cl_weigh
     return cl_matmul(0, 1, l, n, m, alpha, x->xq, CUDA_R_16BF, m, w->wq, CUDA_R_16BF, m, beta, C, Y, ty, n, bias, s);
 }
 
+/* D's dgrad operand: along n, SR stream 2·sr_stream */
+static cq_job dgrad_job(const qlin_recipe *r, const float *D, int64_t l, int64_t n, uint64_t sr_stream, cl_scratch *scr) {
+    cq_job j = {};
+    j.src = D, j.srows = l, j.scols = n, j.ld = n;
+    j.sr = r->sr, j.seed = r->seed, j.stream = qlin_dgrad_stream(sr_stream);
+    j.mean = r->split_d ? scr->mean_d : nullptr;
+    j.amax_in = r->split_d ? scr->scal + S_RES_D : nullptr;
+    j.amax = scr->scal + S_AMAX_DQ;
+    j.bf16_out = scr->dq, j.ld_out = n;
+    return j;
+}
+
+/* D's wgrad copy: along tokens, RHT, SR stream 2·sr_stream+1 */
+static cq_job wgrad_job(const qlin_recipe *r, const float *D, int64_t l, int64_t n, uint64_t sr_stream, int has_dx,
+                        cl_scratch *scr) {
+    cq_job j = {};
+    j.src = D, j.srows = l, j.scols = n, j.ld = n, j.transpose = 1;
+    j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = qlin_wgrad_stream(sr_stream);
+    j.mean = r->split_d ? scr->mean_d : nullptr;
+    /* without the RHT the copy holds the dgrad operand's values: the same amax, no first pass */
+    j.amax_in = !r->rht && has_dx ? scr->scal + S_AMAX_DQ : nullptr;
+    j.amax = scr->scal + S_AMAX_DT;
+    j.bf16_out = scr->dt, j.ld_out = cl_kp(r, l);
+    j.rowsum = r->split_x ? scr->sum_d : nullptr;
+    return j;
+}
+
 averis_status cl_backward(const qlin_recipe *r, cl_input *x, const cl_weight *w, const float *D, float *dX, int dx_acc,
                           float *dW, uint64_t sr_stream, cl_scratch *scr, cudaStream_t s) {
     int64_t l = x->l, m = x->m, n = w->n;
@@ -496,16 +527,16 @@ averis_status cl_backward(const qlin_recipe *r, cl_input *x, const cl_weight *w,
     }
     float *res_d = scr->scal + S_RES_D;
     if (r->split_d) CU_OK(cq_colstats(D, 0, l, n, n, scr->mean_d, res_d, nullptr, nullptr, s));
+    /* both of D's operands from one read of D (quant_fused.cu), the same bits */
+    const int fused = dX && dW && cq_fused_quant();
+    if (fused) {
+        cq_job jd = dgrad_job(r, D, l, n, sr_stream, scr), jw = wgrad_job(r, D, l, n, sr_stream, dX != nullptr, scr);
+        CU_OK(cq_quantize_dual(&jd, &jw, s));
+    }
     if (dX) {
-        /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)); D along n with SR stream 2·sr_stream */
-        cq_job j = {};
-        j.src = D, j.srows = l, j.scols = n, j.ld = n;
-        j.sr = r->sr, j.seed = r->seed, j.stream = qlin_dgrad_stream(sr_stream);
-        j.mean = r->split_d ? scr->mean_d : nullptr;
-        j.amax_in = r->split_d ? res_d : nullptr;
-        j.amax = scr->scal + S_AMAX_DQ;
-        j.bf16_out = scr->dq, j.ld_out = n;
-        CU_OK(cq_quantize(&j, s));
+        /* dX = D̄(_R)·W̄ (+ 1·(μ̄_D·W̄)) */
+        cq_job j = dgrad_job(r, D, l, n, sr_stream, scr);
+        if (!fused) CU_OK(cq_quantize(&j, s));
         float *alpha = scr->scal + S_ALPHA_DG;
         CU_OK(cq_alpha(j.amax, w->amax, alpha, s));
         const float *bias = nullptr;
@@ -523,17 +554,8 @@ averis_status cl_backward(const qlin_recipe *r, cl_input *x, const cl_weight *w,
     }
     if (dW) {
         int64_t lp = (l + 15) / 16 * 16, kp = cl_kp(r, l);
-        /* the wgrad copies: along tokens, RHT, SR stream 2·sr_stream+1 for D */
-        cq_job j = {};
-        j.src = D, j.srows = l, j.scols = n, j.ld = n, j.transpose = 1;
-        j.rht = r->rht, j.sr = r->sr, j.seed = r->seed, j.stream = qlin_wgrad_stream(sr_stream);
-        j.mean = r->split_d ? scr->mean_d : nullptr;
-        /* without the RHT the copy holds the dgrad operand's values: the same amax, no first pass */
-        j.amax_in = !r->rht && dX ? scr->scal + S_AMAX_DQ : nullptr;
-        j.amax = scr->scal + S_AMAX_DT;
-        j.bf16_out = scr->dt, j.ld_out = kp;
-        j.rowsum = r->split_x ? scr->sum_d : nullptr;
-        CU_OK(cq_quantize(&j, s));
+        cq_job j = wgrad_job(r, D, l, n, sr_stream, dX != nullptr, scr);
+        if (!fused) CU_OK(cq_quantize(&j, s));
         if (!x->xt_ready) {
             cq_job jx = {};
             jx.src = x->x, jx.bf16_in = x->bf16, jx.srows = l, jx.scols = m, jx.ld = m, jx.transpose = 1;

@@ -52,6 +52,8 @@ struct cl_input {
     __nv_bfloat16 *xq; /* [l×m] */
     float *amax;       /* [1] */
     int amax_valid;    /* amax holds the forward operand's amax (cl_prep_x ran) */
+    int amax_known;    /* amax already holds max |x|, reduced by x's producer (producer_amax.cuh):
+                          cl_prep_x skips its amax pass (recipes without the mean split) and clears it */
     float *mean;       /* [m] split only */
     float *res_amax;   /* [1] split only */
     /* the wgrad copy [m × kp], prepared on first use in the backward */

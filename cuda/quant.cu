@@ -436,6 +436,14 @@ averis_status cq_run(const cq_job *j, const cq_params *plan, cudaStream_t s) {
     return AVERIS_OK;
 }
 
+averis_status cq_ws_take(void **p, size_t bytes, cudaStream_t s) { return ws_take(p, bytes, s); }
+averis_status cq_ws_give(void *p, cudaStream_t s) { return ws_give(p, s); }
+averis_status cq_rowsum_finish(const double *part, int64_t nparts, int64_t qrows, float *out, cudaStream_t s) {
+    k_rowsum<<<cu_blocks(qrows, 32), dim3(32, 8), 0, s>>>(part, nparts, qrows, out);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
 /* Rows 1×16: v2 of the kernel lab (a thread per 16-element block, 16-byte
  * loads); v1 and v3 and their measurements: dev/cuda/quant_lab.cu. */
 averis_status cq_quantize(const cq_job *j, cudaStream_t s) {

@@ -34,6 +34,13 @@ averis_status cq_plan(const cq_job *j, cq_params *p);
 /* Quantizes j with quant.cu's kernels (pass 1 unless the amax is known,
  * pass 2, row sums) on the parameters of cq_plan. */
 averis_status cq_run(const cq_job *j, const cq_params *p, cudaStream_t s);
+/* The workspace (cq_set_workspace) when bytes fit, else a stream-ordered
+ * allocation; cq_ws_give returns it (quant_fused.cu's row-sum partials). */
+averis_status cq_ws_take(void **p, size_t bytes, cudaStream_t s);
+averis_status cq_ws_give(void *p, cudaStream_t s);
+/* out[j] = Σ_b part[b·qrows + j] over b < nparts, as cq_run's row sums
+ * finish (the same kernel, so the same fp64 order and bits) */
+averis_status cq_rowsum_finish(const double *part, int64_t nparts, int64_t qrows, float *out, cudaStream_t s);
 
 namespace {
 

@@ -5,6 +5,7 @@
 #define AVERIS_CUDA_SWIGLU_CUH
 
 #include "common.cuh"
+#include "producer_amax.cuh"
 
 namespace {
 
@@ -19,14 +20,20 @@ __device__ __forceinline__ void gu_load(const A *g, const A *u, const float *mg,
     }
 }
 
+/* amax (or NULL): max |a| as stored, reduced into (producer_amax.cuh) */
 template <typename A>
-__global__ void k_swiglu(const A *g, const A *u, const float *mg, const float *mu, A *a, int64_t n, int64_t F) {
+__global__ void k_swiglu(const A *g, const A *u, const float *mg, const float *mu, A *a, int64_t n, int64_t F,
+                         float *amax) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float m = 0.0f;
     if (i < n) {
         float gv, uv;
         gu_load(g, u, mg, mu, i, F, gv, uv);
-        cu_st(a + i, gv / (1.0f + expf(-gv)) * uv);
+        float v = gv / (1.0f + expf(-gv)) * uv;
+        cu_st(a + i, v);
+        if (amax) m = pa_max(m, pa_stored(a, v));
     }
+    if (amax) cq_reduce_amax(m, amax); /* uniform: a kernel argument */
 }
 
 template <typename A>
@@ -42,12 +49,13 @@ __global__ void k_swiglu_bwd(const float *da, const A *g, const A *u, const floa
     }
 }
 
-/* a [n] = silu(g)⊙u over n = rows·F elements */
+/* a [n] = silu(g)⊙u over n = rows·F elements; amax (or NULL): a zeroed
+ * device scalar that gets max |a| (producer_amax.cuh) */
 template <typename A>
 averis_status cs_swiglu(const A *g, const A *u, const float *mg, const float *mu, A *a, int64_t n, int64_t F,
-                        cudaStream_t s) {
+                        cudaStream_t s, float *amax = nullptr) {
     CU_PROF("elementwise", s);
-    k_swiglu<<<cu_blocks(n, 256), 256, 0, s>>>(g, u, mg, mu, a, n, F);
+    k_swiglu<<<cu_blocks(n, 256), 256, 0, s>>>(g, u, mg, mu, a, n, F, amax);
     CU_LAUNCHED();
     return AVERIS_OK;
 }

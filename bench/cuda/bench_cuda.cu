@@ -4,17 +4,22 @@
  *                      bytes they must move (input read once + packed codes
  *                      and scales written) vs a device-to-device copy (the
  *                      other numbered versions: build/quant_lab bench)
+ *   bench_cuda fused   an output gradient D [16384 × 2048] to both of its
+ *                      operands per recipe: the two cq_quantize calls vs
+ *                      cq_quantize_dual (quant_fused.cuh), ms and vs copy
  *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]
  *                      (--layers: only the first L layers of the config, for
  *                      a model that does not fit whole, e.g. qwen3-moe-7b-a1.5b)
  *                      one training step (zero grad, forward, backward, norm,
  *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
  *                      the paper reports (averis / nvfp4, ...) vs bf16
- * Times are medians of CUDA-event (quant) or synchronised host-clock (step)
+ * AVERIS_FUSED_QUANT=0 turns the fewer-pass paths off (step: compare runs).
+ * Times are medians of CUDA-event (quant, fused) or synchronised host-clock (step)
  * measurements after warm-up. AVERIS_CUDA_PROFILE=1 turns on the library's
  * profiler (cu_prof_enable): step then prints device time per category.
  */
 #include "common.cuh"
+#include "quant_fused.cuh"
 #include "../../dev/cuda/tool_util.cuh"
 #include "averis/moe.h"
 
@@ -65,6 +70,108 @@ static int bench_quant(void) {
     return 0;
 }
 
+/* D [16384 × 2048] fp32 (the output gradient of a 2048-wide linear over
+ * 16384 tokens) quantized both ways per recipe, as cl_backward does: the
+ * two cq_quantize calls against cq_quantize_dual (each after the column
+ * statistics for the split recipes, included in both times). The bytes
+ * either must move: D read once (4 B/element) + the two BF16 operands
+ * written (2 + 2): the same 8 B/element as a device-to-device copy of D,
+ * so "vs copy" = copy ms / ms. */
+static int bench_fused(void) {
+    const int64_t l = 16384, n = 2048, lp = l, kp = lp + 16, ne = l * n;
+    float *D, *mean, *scal;
+    __nv_bfloat16 *dq, *dt;
+    void *copy_dst;
+    DEV(cudaMalloc(&D, ne * 4));
+    DEV(cudaMalloc(&copy_dst, ne * 4));
+    DEV(cudaMalloc(&dq, ne * 2));
+    DEV(cudaMalloc(&dt, n * kp * 2));
+    DEV(cudaMalloc(&mean, n * 4));
+    DEV(cudaMalloc(&scal, 8 * 4));
+    k_bench_fill<<<cu_blocks(ne, 256), 256>>>(D, ne, n, 777);
+    DEV(cudaGetLastError());
+    void *ws = nullptr;
+    DEV(cudaMalloc(&ws, cq_ws_bytes(l, n)));
+    cq_set_workspace(ws, cq_ws_bytes(l, n)); /* as the model does */
+    double copy_ms = median_ms([&] { cudaMemcpyAsync(copy_dst, D, ne * 4, cudaMemcpyDeviceToDevice); });
+    double copy_gbs = 2.0 * ne * 4 / (copy_ms * 1e6);
+    printf("D %lld x %lld fp32 to its dgrad operand and wgrad copy (BF16), ms; GB/s of 8 B/element "
+           "(D read once + 2 BF16 written)\n", (long long)l, (long long)n);
+    printf("%-12s %10s %10s %8s %10s %10s %9s %9s\n", "recipe", "two calls", "fused", "speedup", "GB/s two", "GB/s fused",
+           "two/copy", "fused/copy");
+    printf("%-12s %10.3f %10s %8s %10.0f %10s %9.2f\n", "d2d copy", copy_ms, "", "", copy_gbs, "", 1.0);
+    const char *recipes[] = {"nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+    for (const char *name : recipes) {
+        qlin_recipe r;
+        TOOL_OK(qlin_recipe_parse(name, &r));
+        r.seed = 7;
+        /* cl_backward's jobs (qlinear.cu: dgrad_job, wgrad_job), row sums on the split */
+        cq_job jd = {}, jw = {};
+        jd.src = D, jd.srows = l, jd.scols = n, jd.ld = n;
+        jd.sr = r.sr, jd.seed = r.seed, jd.stream = 2;
+        jd.mean = r.split_d ? mean : nullptr, jd.amax_in = r.split_d ? scal : nullptr;
+        jd.amax = scal + 1, jd.bf16_out = dq, jd.ld_out = n;
+        jw.src = D, jw.srows = l, jw.scols = n, jw.ld = n, jw.transpose = 1;
+        jw.rht = r.rht, jw.sr = r.sr, jw.seed = r.seed, jw.stream = 3;
+        jw.mean = jd.mean, jw.amax_in = !r.rht ? scal + 1 : nullptr;
+        jw.amax = scal + 2, jw.bf16_out = dt, jw.ld_out = r.split_x ? kp : lp;
+        float *rowsum = nullptr;
+        if (r.split_x) {
+            DEV(cudaMalloc(&rowsum, n * 4));
+            jw.rowsum = rowsum;
+        }
+        if (!cq_dual_fusable(&jd, &jw)) {
+            fprintf(stderr, "bench_cuda fused: %s's jobs are not fusable\n", name);
+            return 1;
+        }
+        auto stats = [&] {
+            if (r.split_d) cq_colstats(D, 0, l, n, n, mean, scal, nullptr, nullptr, 0);
+        };
+        double two = median_ms([&] {
+            stats();
+            cq_quantize(&jd, 0);
+            cq_quantize(&jw, 0);
+        });
+        double fused = median_ms([&] {
+            stats();
+            cq_quantize_dual(&jd, &jw, 0);
+        });
+        /* the timings mean something only if both give the same operands */
+        auto outputs = [&] {
+            DEV(cudaDeviceSynchronize());
+            std::vector<uint16_t> h = host_copy(reinterpret_cast<const uint16_t *>(dq), (size_t)ne),
+                                  t = host_copy(reinterpret_cast<const uint16_t *>(dt), (size_t)(n * jw.ld_out));
+            h.insert(h.end(), t.begin(), t.end());
+            return h;
+        };
+        auto poison = [&] { /* what either leaves unwritten stays equal, the rest is rewritten */
+            DEV(cudaMemset(dq, 0xFF, ne * 2));
+            DEV(cudaMemset(dt, 0xFF, n * kp * 2));
+        };
+        poison();
+        stats();
+        TOOL_OK(cq_quantize(&jd, 0));
+        TOOL_OK(cq_quantize(&jw, 0));
+        std::vector<uint16_t> ref = outputs();
+        poison();
+        stats();
+        TOOL_OK(cq_quantize_dual(&jd, &jw, 0));
+        if (outputs() != ref) {
+            fprintf(stderr, "bench_cuda fused: %s: the fused operands differ from the two calls'\n", name);
+            return 1;
+        }
+        double g2 = 8.0 * ne / (two * 1e6), gf = 8.0 * ne / (fused * 1e6);
+        printf("%-12s %10.3f %10.3f %7.2fx %10.0f %10.0f %9.2f %9.2f\n", name, two, fused, two / fused, g2, gf,
+               g2 / copy_gbs, gf / copy_gbs);
+        cudaFree(rowsum);
+    }
+    printf("(reads of D, two calls → fused: nvfp4 3 → 2, nvfp4-rht 4 → 2, averis 3 → 2, averis-rht 4 → 3, "
+           "the column statistics counted)\n");
+    cq_set_workspace(nullptr, 0);
+    cudaFree(ws); cudaFree(D); cudaFree(copy_dst); cudaFree(dq); cudaFree(dt); cudaFree(mean); cudaFree(scal);
+    return 0;
+}
+
 static double now_s(void) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -103,6 +210,7 @@ static int bench_step(int argc, char **argv) {
                        12.0 * cfg.num_hidden_layers * (double)cfg.num_attention_heads * cfg.head_dim * T;
     printf("training step, %s (%d layers, %.3gB parameters, %.3gB active), %d x %d tokens, %d timed steps after 2 "
            "warm-up\n", config, cfg.num_hidden_layers, (double)model_config_nparams(&cfg) / 1e9, active / 1e9, B, T, steps);
+    printf("fewer-pass quantization (AVERIS_FUSED_QUANT): %s\n", cq_fused_quant() ? "on" : "off");
     printf("%-12s %10s %12s %8s %10s\n", "recipe", "ms/step", "tokens/s", "MFU", "loss");
     std::vector<std::pair<std::string, double>> res;
     std::string list = recipes;
@@ -162,6 +270,7 @@ int main(int argc, char **argv) {
     cu_prof_enable(prof && atoi(prof) > 0); /* where the step's device time goes, by category */
     if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
     if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
-    fprintf(stderr, "usage: bench_cuda quant | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]\n");
+    if (argc > 1 && !strcmp(argv[1], "fused")) return bench_fused();
+    fprintf(stderr, "usage: bench_cuda quant | fused | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]\n");
     return 2;
 }

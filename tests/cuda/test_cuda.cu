@@ -10,6 +10,8 @@
  *   dequantize bit-identical to nvfp4_dequantize
  *   qlinear    forward, dgrad and wgrad per recipe within a stated relative
  *              error of qlin_forward / qlin_backward
+ *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
+ *              replace, bit for bit (fused_check.cu)
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #include "quant.cuh"
@@ -450,6 +452,13 @@ template <int T> static void test_model_vs_cpu_cudnn(void) {
     test_model_vs_cpu_T(T, &o);
 }
 
+/* fused_check.cu: the fewer-pass quantization paths (quant_fused.cuh) vs the paths they replace, bit for bit */
+void test_fused_quant_d(void);
+void test_fused_qlinear_backward(void);
+void test_fused_producer_amax_rmsnorm(void);
+void test_fused_producer_amax_swiglu(void);
+void test_fused_model_step(void);
+
 static const test_case k_tests[] = {
     {"e2m1_exhaustive", test_e2m1_exhaustive},
     {"quantize_bitexact", test_quantize_bitexact},
@@ -470,6 +479,12 @@ static const test_case k_tests[] = {
     /* Qwen3-MoE (issue 15): fp32 and BF16 activations */
     {"moe_vs_cpu_fp32act", test_moe_vs_cpu<64, AVC_ACT_FP32>},
     {"moe_vs_cpu_bf16act", test_moe_vs_cpu<64, AVC_ACT_BF16>},
+    /* issue 14: one read of D for both of its operands, the producers' amax */
+    {"fused_quant_d", test_fused_quant_d},
+    {"fused_qlinear_backward", test_fused_qlinear_backward},
+    {"fused_producer_amax_rmsnorm", test_fused_producer_amax_rmsnorm},
+    {"fused_producer_amax_swiglu", test_fused_producer_amax_swiglu},
+    {"fused_model_step", test_fused_model_step},
 };
 
 int main(int argc, char **argv) {
