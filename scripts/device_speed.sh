@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# device_speed.sh [OUT] — the Hopper speed checks of issue 14 (fused
+# quantization) and issue 15 (the MoE's grouped experts), alone on the GPU,
+# each with its switch off and on in the same run:
+#   1. test_cuda fused (the fused paths bit-exact to the separate calls),
+#      test_cuda moe (the batched/grouped experts vs the per-expert path)
+#   2. bench_cuda fused (D to both operands: two calls vs one, vs copy)
+#   3. bench_cuda step per recipe, 0.6B (8×1024) and 114M (16×1024),
+#      AVERIS_FUSED_QUANT=0 then 1; the profile of averis at 0.6B
+#   4. bench_cuda step on moe-small, AVERIS_MOE_GROUPED=0, 2, 1
+# Needs the CUDA build (build/test_cuda, build/bench_cuda). Logs under OUT
+# (default out/device_speed). Exit status: failures.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-out/device_speed}
+mkdir -p "$OUT"
+fail=0
+note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
+step() { echo; echo "=== $* ($(date +%T))"; }
+step "test_cuda fused, moe"
+for t in fused moe; do
+    timeout 300 build/test_cuda "$t" >"$OUT/test_cuda_$t.log" 2>&1 || note_fail "test_cuda $t"
+    grep -E "FAIL|passed" "$OUT/test_cuda_$t.log" | tail -8
+done
+step "bench_cuda fused"
+timeout 120 build/bench_cuda fused 2>&1 | tee "$OUT/bench_fused.txt" || note_fail "bench fused"
+for shape in "qwen3-0.6b 8" "bench/configs/qwen3-114m.json 16"; do
+    set -- $shape
+    for f in 0 1; do
+        step "bench_cuda step $1 AVERIS_FUSED_QUANT=$f"
+        AVERIS_FUSED_QUANT=$f timeout 240 build/bench_cuda step --config "$1" --batch "$2" --seq 1024 --steps 5 \
+            >"$OUT/step_$(basename "$1" .json)_fused$f.txt" 2>&1 || note_fail "step $1 fused=$f"
+        grep -vE "^\s*$" "$OUT/step_$(basename "$1" .json)_fused$f.txt" | tail -12
+    done
+done
+step "profile averis 0.6B"
+AVERIS_CUDA_PROFILE=1 timeout 200 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 \
+    --recipes nvfp4,averis >"$OUT/profile_06b.txt" 2>&1 || note_fail "profile"
+grep -qs AVERIS_MOE_GROUPED cuda/*.cu || echo "(no AVERIS_MOE_GROUPED in this tree: the MoE comparison skipped)"
+grep -qs AVERIS_MOE_GROUPED cuda/*.cu && for g in 0 2 1; do
+    step "bench_cuda step moe-small AVERIS_MOE_GROUPED=$g"
+    AVERIS_MOE_GROUPED=$g timeout 240 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 \
+        >"$OUT/step_moe_small_grouped$g.txt" 2>&1 || note_fail "moe-small grouped=$g"
+    grep -vE "^\s*$" "$OUT/step_moe_small_grouped$g.txt" | tail -8
+done
+echo
+echo "device_speed: $fail failure(s); logs in $OUT"
+exit $((fail > 0))
