@@ -198,12 +198,7 @@ __global__ void k_hist(const float *x, int64_t n, int shift, int width, const lo
     uint32_t prefix = top >= 31 ? 0u : (uint32_t)sel[0];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
-        /* the lanes of a warp that share a bucket add once (most share a few
-         * buckets of the exponent in the first pass) */
-        const bool in = top >= 31 || (key >> top) == prefix;
-        const uint32_t bin = in ? (key >> shift) & (uint32_t)(nb - 1) : 0xffffffffu;
-        const unsigned peers = __match_any_sync(__activemask(), bin);
-        if (in && (threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1)) atomicAdd(&h[bin], (unsigned)__popc(peers));
+        if (top >= 31 || (key >> top) == prefix) atomicAdd(&h[(key >> shift) & (uint32_t)(nb - 1)], 1u);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < nb; i += blockDim.x)
@@ -595,14 +590,22 @@ struct avc_analysis {
      * iteration loop, by key (job_key); graph_off after a capture failed */
     struct graphs {
         std::vector<int64_t> key;
-        cudaGraphExec_t pre = nullptr, it = nullptr, post = nullptr;
+        cudaGraphExec_t pre = nullptr, it = nullptr, rr = nullptr, side = nullptr;
+        void destroy() {
+            for (cudaGraphExec_t e : {pre, it, rr, side})
+                if (e) cudaGraphExecDestroy(e);
+        }
     };
     std::vector<graphs> cache;
     int graph_off = 0;
+    /* phases 3 and 4 on a second stream beside the iteration (a created stream only) */
+    cudaStream_t side = nullptr;
+    cudaEvent_t fork = nullptr, join = nullptr;
     ~avc_analysis() {
-        for (graphs &g : cache)
-            for (cudaGraphExec_t e : {g.pre, g.it, g.post})
-                if (e) cudaGraphExecDestroy(e);
+        for (graphs &g : cache) g.destroy();
+        if (side) cudaStreamDestroy(side);
+        if (fork) cudaEventDestroy(fork);
+        if (join) cudaEventDestroy(join);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
                        &off, &rho, &xc, &C})
             if (b->p) cudaFree(b->p);
@@ -721,13 +724,13 @@ averis_status panel_xv(avc_analysis *a, const float *X, const float *mean, const
 
 /* the magnitude that is the cnt-th largest, by a 3-pass radix select of the
  * keys, left in sel[0] on the device (no host round trip) */
-averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64_t cnt, unsigned *hist, long long *sel) {
+averis_status select_threshold(cudaStream_t st, const float *X, int64_t n, int64_t cnt, unsigned *hist, long long *sel) {
     static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
-    CU_TRY(cudaMemsetAsync(hist, 0, 2048 * sizeof(unsigned), a->s)); /* k_pick zeroes it after each pass */
+    CU_TRY(cudaMemsetAsync(hist, 0, 2048 * sizeof(unsigned), st)); /* k_pick zeroes it after each pass */
     for (int pass = 0; pass < 3; pass++) {
-        k_hist<<<grid_for(n), ANA_THREADS, 0, a->s>>>(X, n, shift[pass], width[pass], sel, hist);
+        k_hist<<<grid_for(n), ANA_THREADS, 0, st>>>(X, n, shift[pass], width[pass], sel, hist);
         CU_LAUNCHED();
-        k_pick<<<1, ANA_PICK, 0, a->s>>>(hist, width[pass], pass == 0, (long long)cnt, sel);
+        k_pick<<<1, ANA_PICK, 0, st>>>(hist, width[pass], pass == 0, (long long)cnt, sel);
         CU_LAUNCHED();
     }
     return AVERIS_OK;
@@ -735,6 +738,7 @@ averis_status select_threshold(avc_analysis *a, const float *X, int64_t n, int64
 
 /* One tap's shape and device buffers: what a captured graph bakes in. */
 struct ana_job {
+    cudaStream_t side; /* phases 3 and 4 (the stream, or a second one beside it) */
     int64_t l, m, n, cnt, nch;
     int p1, p2, gram;
     const float *X;
@@ -754,7 +758,6 @@ averis_status stage_pre(avc_analysis *a, const ana_job &j) {
     std::optional<cu_prof_scope> phase;
     phase.emplace("analysis 1: column stats, sum of squares", s);
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
-    CU_TRY(cudaMemsetAsync(j.dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
     k_sumsq<<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.n, j.dpart);
     CU_LAUNCHED();
     phase.reset();
@@ -806,9 +809,8 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
     return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr);
 }
 
-/* 2b. re-orthonormalise, Rayleigh–Ritz's B_b = (X V_b)ᵀ(X V_b) in fp64;
- * 3. the top-0.1% threshold and ρ; 4. the NVFP4 round trips */
-averis_status stage_post(avc_analysis *a, const ana_job &j) {
+/* 2b. re-orthonormalise, Rayleigh–Ritz's B_b = (X V_b)ᵀ(X V_b) in fp64 */
+averis_status stage_rr(avc_analysis *a, const ana_job &j) {
     cudaStream_t s = a->s;
     const double oned = 1.0, zerod = 0.0;
     const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
@@ -827,11 +829,20 @@ averis_status stage_post(avc_analysis *a, const ana_job &j) {
     CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p2, p2, (int)l, &oned, j.Zd + (int64_t)p1 * l, (int)l,
                               j.Zd + (int64_t)p1 * l, (int)l, &zerod, j.G + (int64_t)AVC_ANA_PMAX * AVC_ANA_PMAX, p2));
 
-    phase.reset();
+    return AVERIS_OK;
+}
+
+/* 3. the top-0.1% threshold and ρ; 4. the NVFP4 round trips: on j.side,
+ * beside the iteration (they read X and μ only) */
+averis_status stage_side(avc_analysis *a, const ana_job &j) {
+    (void)a;
+    cudaStream_t s = j.side;
+    const int64_t m = j.m, l = j.l;
+    std::optional<cu_prof_scope> phase;
     phase.emplace("analysis 3: top-0.1% select and rho", s);
     /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
      * chunk counts, their scan, ρ at its rank (sel[2] of them) */
-    CU_OK(select_threshold(a, j.X, j.n, j.cnt, j.hist, j.sel));
+    CU_OK(select_threshold(s, j.X, j.n, j.cnt, j.hist, j.sel));
     k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.sel, j.cnt_d);
     CU_LAUNCHED();
     k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, j.off_d, j.sel);
@@ -854,12 +865,13 @@ averis_status stage_post(avc_analysis *a, const ana_job &j) {
 
 /* a stage captured into an executable graph */
 averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(avc_analysis *, const ana_job &),
-                      cudaGraphExec_t *out) {
+                      cudaStream_t st_cap, cudaGraphExec_t *out) {
     *out = nullptr;
-    CU_TRY(cudaStreamBeginCapture(a->s, cudaStreamCaptureModeThreadLocal));
+    (void)a;
+    CU_TRY(cudaStreamBeginCapture(st_cap, cudaStreamCaptureModeThreadLocal));
     averis_status st = stage(a, j);
     cudaGraph_t g = nullptr;
-    cudaError_t e = cudaStreamEndCapture(a->s, &g);
+    cudaError_t e = cudaStreamEndCapture(st_cap, &g);
     if (!st && (e != cudaSuccess || !g))
         st = averis_fail(AVERIS_EIO, "cuda analysis: stream capture failed: %s", cudaGetErrorString(e));
     if (!st && (e = cudaGraphInstantiate(out, g, 0)) != cudaSuccess) {
@@ -912,6 +924,13 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
         (void)cudaGetLastError();
         delete a;
         return averis_fail(AVERIS_ENOMEM, "cuda analysis: cannot set a 32 MiB cuBLAS workspace");
+    }
+    if (a->s && (cudaStreamCreateWithFlags(&a->side, cudaStreamNonBlocking) != cudaSuccess ||
+                 cudaEventCreateWithFlags(&a->fork, cudaEventDisableTiming) != cudaSuccess ||
+                 cudaEventCreateWithFlags(&a->join, cudaEventDisableTiming) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        delete a;
+        return averis_fail(AVERIS_EIO, "cuda analysis: cannot create its second stream");
     }
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -966,6 +985,9 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         X = xf;
     }
     ana_job jb = {};
+    /* the second stream where there is one (AVERIS_ANALYSIS_SIDE=0: none) */
+    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
+    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
     jb.l = l, jb.m = m, jb.n = n, jb.p1 = p1, jb.p2 = p2, jb.gram = gram, jb.X = X;
     jb.cnt = (int64_t)ceil(0.001 * (double)n);
     jb.nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
@@ -1013,18 +1035,18 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         if (!gr) {
             avc_analysis::graphs c;
             c.key = key;
-            averis_status st = capture(a, jb, stage_pre, &c.pre);
-            if (!st) st = capture(a, jb, stage_iter, &c.it);
-            if (!st) st = capture(a, jb, stage_post, &c.post);
+            averis_status st = capture(a, jb, stage_pre, s, &c.pre);
+            if (!st) st = capture(a, jb, stage_iter, s, &c.it);
+            if (!st) st = capture(a, jb, stage_rr, s, &c.rr);
+            if (!st) st = capture(a, jb, stage_side, jb.side, &c.side);
             CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
             if (st) { /* run the stages directly from now on */
                 fprintf(stderr, "averis: cuda analysis: CUDA graphs off (%s)\n", averis_last_error());
-                for (cudaGraphExec_t e : {c.pre, c.it, c.post})
-                    if (e) cudaGraphExecDestroy(e);
+                c.destroy();
                 a->graph_off = 1;
             } else {
                 if (a->cache.size() >= 8) { /* shapes come back: keep the last few */
-                    for (cudaGraphExec_t e : {a->cache[0].pre, a->cache[0].it, a->cache[0].post}) cudaGraphExecDestroy(e);
+                    a->cache[0].destroy();
                     a->cache.erase(a->cache.begin());
                 }
                 a->cache.push_back(c);
@@ -1037,8 +1059,17 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     {
         std::optional<cu_prof_scope> phase;
         phase.emplace("analysis 1: column stats, sum of squares", s);
+        CU_TRY(cudaMemsetAsync(jb.dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
         CU_OK(cq_colstats(X, 0, l, m, m, jb.mean, jb.scal, nullptr, nullptr, s));
     }
+    /* 3. and 4. beside 2.: they read X and μ (and write their own slots of dpart) */
+    if (jb.side != s) {
+        CU_TRY(cudaEventRecord(a->fork, s));
+        CU_TRY(cudaStreamWaitEvent(jb.side, a->fork, 0));
+    }
+    if (gr) CU_TRY(cudaGraphLaunch(gr->side, jb.side));
+    else CU_OK(stage_side(a, jb));
+    if (jb.side != s) CU_TRY(cudaEventRecord(a->join, jb.side));
     if (gr) CU_TRY(cudaGraphLaunch(gr->pre, s));
     else CU_OK(stage_pre(a, jb));
     /* 2. subspace iteration. Early stop: every 3rd iteration from the 6th, tr(ZᵀZ) =
@@ -1065,9 +1096,10 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
             used = it + 1;
         }
     }
-    if (gr) CU_TRY(cudaGraphLaunch(gr->post, s));
-    else CU_OK(stage_post(a, jb));
+    if (gr) CU_TRY(cudaGraphLaunch(gr->rr, s));
+    else CU_OK(stage_rr(a, jb));
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    if (jb.side != s) CU_TRY(cudaStreamWaitEvent(s, a->join, 0));
 
     std::optional<cu_prof_scope> phase;
     phase.emplace("analysis 5: copies to the host, host eigensolvers", s);

@@ -40,6 +40,7 @@ static double now_s(void) {
 struct timed_ctx {
     avc_analysis *a;
     std::map<std::string, std::pair<double, int>> by_kind;
+    std::map<std::string, int> iters; /* subspace iterations, summed */
     averis_status st = AVERIS_OK;
 };
 static void timed_tap(void *ctx, int layer, const char *kind, const void *x, int bf16, int64_t rows, int64_t cols) {
@@ -49,7 +50,9 @@ static void timed_tap(void *ctx, int layer, const char *kind, const void *x, int
     cudaDeviceSynchronize();
     double t0 = now_s();
     analysis_metrics am;
-    c->st = avc_analysis_compute(c->a, x, bf16, rows, cols, &am, nullptr);
+    avc_analysis_info info;
+    c->st = avc_analysis_compute(c->a, x, bf16, rows, cols, &am, &info);
+    c->iters[kind] += info.iters;
     auto &e = c->by_kind[kind];
     e.first += now_s() - t0;
     e.second++;
@@ -135,11 +138,11 @@ int main(int argc, char **argv) {
     TOOL_OK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12345, &loss));
     avc_model_set_tap(net, nullptr, nullptr);
     TOOL_OK(tc.st);
-    printf("%-16s %6s %10s %10s\n", "kind", "count", "ms each", "ms total");
+    printf("%-16s %6s %10s %10s %7s\n", "kind", "count", "ms each", "ms total", "iters");
     double tot = 0;
     for (auto &e : tc.by_kind) {
-        printf("%-16s %6d %10.3f %10.2f\n", e.first.c_str(), e.second.second, 1e3 * e.second.first / e.second.second,
-               1e3 * e.second.first);
+        printf("%-16s %6d %10.3f %10.2f %7.1f\n", e.first.c_str(), e.second.second, 1e3 * e.second.first / e.second.second,
+               1e3 * e.second.first, (double)tc.iters[e.first] / e.second.second);
         tot += e.second.first;
     }
     printf("%-16s %6s %10s %10.2f\n", "all taps", "", "", 1e3 * tot);
