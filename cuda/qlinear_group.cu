@@ -197,24 +197,33 @@ struct grp_state {
     int cap = 0;
     int ok_bf16 = 0, ok_f32 = 0;
 };
-grp_state g_grp;
+/* per device (a cuBLAS handle belongs to the device it was created on: the
+ * data-parallel trainer runs a thread per GPU); grp() is the current one's */
+enum { GRP_MAX_DEVICES = 64 };
+grp_state g_grp_dev[GRP_MAX_DEVICES];
 std::mutex g_grp_mu;
+grp_state &grp() {
+    int d = 0;
+    if (cudaGetDevice(&d) != cudaSuccess || d < 0 || d >= GRP_MAX_DEVICES) d = 0;
+    return g_grp_dev[d];
+}
 
 averis_status grp_reserve(int n) {
-    if (!g_grp.h) CU_CUBLAS_TRY(cublasCreate(&g_grp.h));
-    if (n <= g_grp.cap) return AVERIS_OK;
-    if (g_grp.ptrs) cudaFreeHost(g_grp.ptrs);
-    if (g_grp.alpha_h) cudaFreeHost(g_grp.alpha_h);
-    if (g_grp.ab) cudaFreeHost(g_grp.ab);
-    g_grp.ptrs = nullptr, g_grp.alpha_h = g_grp.ab = nullptr, g_grp.cap = 0;
-    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g_grp.ptrs), 3 * (size_t)n * sizeof(void *), cudaHostAllocMapped | cudaHostAllocPortable));
-    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g_grp.alpha_h), (size_t)n * sizeof(float), cudaHostAllocMapped | cudaHostAllocPortable));
-    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g_grp.ab), 2 * (size_t)n * sizeof(float), cudaHostAllocMapped | cudaHostAllocPortable));
+    grp_state &g = grp();
+    if (!g.h) CU_CUBLAS_TRY(cublasCreate(&g.h));
+    if (n <= g.cap) return AVERIS_OK;
+    if (g.ptrs) cudaFreeHost(g.ptrs);
+    if (g.alpha_h) cudaFreeHost(g.alpha_h);
+    if (g.ab) cudaFreeHost(g.ab);
+    g.ptrs = nullptr, g.alpha_h = g.ab = nullptr, g.cap = 0;
+    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g.ptrs), 3 * (size_t)n * sizeof(void *), cudaHostAllocMapped | cudaHostAllocPortable));
+    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g.alpha_h), (size_t)n * sizeof(float), cudaHostAllocMapped | cudaHostAllocPortable));
+    CU_TRY(cudaHostAlloc(reinterpret_cast<void **>(&g.ab), 2 * (size_t)n * sizeof(float), cudaHostAllocMapped | cudaHostAllocPortable));
     void *dp = nullptr;
-    CU_TRY(cudaHostGetDevicePointer(&dp, g_grp.ptrs, 0));
-    if (dp != static_cast<void *>(g_grp.ptrs))
+    CU_TRY(cudaHostGetDevicePointer(&dp, g.ptrs, 0));
+    if (dp != static_cast<void *>(g.ptrs))
         return averis_fail(AVERIS_EUNSUPPORTED, "grouped GEMM: pinned memory has another device address (no unified addressing)");
-    g_grp.cap = n;
+    g.cap = n;
     return AVERIS_OK;
 }
 
@@ -224,25 +233,26 @@ averis_status grp_reserve(int n) {
  * stream (the arrays of the previous call are free). Row-major items map to
  * cuBLAS's column-major as cl_matmul does: D' = op(B)'·op(A)'. */
 cublasStatus_t grp_call(const seg_gemm &q, const float *alpha, const float *beta, cudaStream_t s) {
+    grp_state &g = grp();
     int ng = (int)q.M.size();
     /* α and β in pinned mapped memory too: host pointer mode reads them on the host, but where they are read is
      * then no matter */
-    float *alpha_h = g_grp.ab, *beta_h = g_grp.ab + g_grp.cap;
+    float *alpha_h = g.ab, *beta_h = g.ab + g.cap;
     for (int i = 0; i < ng; i++) alpha_h[i] = alpha[i], beta_h[i] = beta[i];
     std::vector<cublasOperation_t> ta((size_t)ng, q.transB ? CUBLAS_OP_T : CUBLAS_OP_N),
         tb((size_t)ng, q.transA ? CUBLAS_OP_T : CUBLAS_OP_N);
     std::vector<int> mm(ng), nn(ng), kk(ng), la(ng), lb(ng), lc(ng), gs(ng, 1);
-    const void **pa = const_cast<const void **>(g_grp.ptrs), **pb = pa + ng;
-    void **pc = g_grp.ptrs + 2 * ng;
+    const void **pa = const_cast<const void **>(g.ptrs), **pb = pa + ng;
+    void **pc = g.ptrs + 2 * ng;
     for (int i = 0; i < ng; i++) {
         mm[i] = (int)q.N[i], nn[i] = (int)q.M[i], kk[i] = (int)q.K[i];
         pa[i] = q.B[i], la[i] = (int)q.ldb[i];
         pb[i] = q.A[i], lb[i] = (int)q.lda[i];
         pc[i] = q.D[i], lc[i] = (int)q.ldd[i];
     }
-    cublasStatus_t st = cublasSetStream(g_grp.h, s);
+    cublasStatus_t st = cublasSetStream(g.h, s);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
-    return cublasGemmGroupedBatchedEx(g_grp.h, ta.data(), tb.data(), mm.data(), nn.data(), kk.data(), alpha_h, pa, q.tab,
+    return cublasGemmGroupedBatchedEx(g.h, ta.data(), tb.data(), mm.data(), nn.data(), kk.data(), alpha_h, pa, q.tab,
                                       la.data(), pb, q.tab, lb.data(), beta_h, pc, CUDA_R_32F, lc.data(), ng, gs.data(),
                                       CUBLAS_COMPUTE_32F);
 }
@@ -336,15 +346,16 @@ averis_status run_gemms(const seg_gemm &q, int mode, const float *alpha_all, int
         CU_PROF("gemm grouped", s);
         std::lock_guard<std::mutex> lock(g_grp_mu);
         CU_OK(grp_reserve(std::max((int)q.M.size(), E)));
+        grp_state &g = grp();
         if (bias_all) {
             k_bias_rows_seg<<<dim3(cu_blocks(maxn * N_all, 256), (unsigned)E), 256, 0, s>>>(offs_d, D_all, N_all, bias_all,
                                                                                             q.beta1);
             CU_LAUNCHED();
         }
-        if (alpha_all) CU_TRY(cudaMemcpyAsync(g_grp.alpha_h, alpha_all, (size_t)E * sizeof(float), cudaMemcpyDeviceToHost, s));
+        if (alpha_all) CU_TRY(cudaMemcpyAsync(g.alpha_h, alpha_all, (size_t)E * sizeof(float), cudaMemcpyDeviceToHost, s));
         CU_TRY(cudaStreamSynchronize(s)); /* α on the host; the previous call's pointer arrays are free */
         std::vector<float> al(q.M.size()), be(q.M.size(), (q.beta1 || bias_all) ? 1.0f : 0.0f);
-        for (size_t i = 0; i < q.M.size(); i++) al[i] = alpha_all ? g_grp.alpha_h[q.expert[i]] : 1.0f;
+        for (size_t i = 0; i < q.M.size(); i++) al[i] = alpha_all ? g.alpha_h[q.expert[i]] : 1.0f;
         cublasStatus_t st = grp_call(q, al.data(), be.data(), s);
         if (st != CUBLAS_STATUS_SUCCESS)
             return averis_fail(AVERIS_EIO, "cublasGemmGroupedBatchedEx: status %d (%zu groups)", (int)st, q.M.size());
@@ -374,7 +385,8 @@ int64_t seg_maxn(const cq_seg &g) {
 
 int cl_seg_grouped_ok(cudaDataType_t operands) {
     std::lock_guard<std::mutex> lock(g_grp_mu);
-    int &ok = operands == CUDA_R_16BF ? g_grp.ok_bf16 : g_grp.ok_f32;
+    grp_state &g = grp();
+    int &ok = operands == CUDA_R_16BF ? g.ok_bf16 : g.ok_f32;
     if (!ok) {
         ok = grp_probe(operands) ? 1 : -1;
         if (ok < 0)
@@ -438,6 +450,7 @@ averis_status cl_seg_forward(const qlin_recipe *r, const cl_seg_input *x, const 
     int E = g.nseg;
     int64_t m = x->m, n = w->n, maxn = seg_maxn(g);
     if (m != w->m || E != w->E || !g.offs_d) return averis_fail(AVERIS_EINVAL, "cuda seg forward: shapes differ");
+    CU_OK(cl_lt_ready()); /* cl_one()/cl_zero() */
     seg_gemm q;
     q.transA = 0, q.transB = 1;
     const float *alpha = nullptr, *bias = nullptr;
@@ -481,6 +494,7 @@ averis_status cl_seg_backward(const qlin_recipe *r, cl_seg_input *x, const cl_se
     int E = g.nseg;
     int64_t m = x->m, n = w->n, maxn = seg_maxn(g);
     if (m != w->m || E != w->E || !g.offs_d) return averis_fail(AVERIS_EINVAL, "cuda seg backward: shapes differ");
+    CU_OK(cl_lt_ready()); /* cl_one()/cl_zero() */
     seg_gemm qd, qw; /* dgrad: dX_e = D_e·W_e; wgrad: dW_e += D_eᵀ·X_e */
     qd.transA = 0, qd.transB = 0, qd.beta1 = dx_acc;
     qw.beta1 = 1;
