@@ -10,6 +10,7 @@
 #include <cmath>
 #include <type_traits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -219,7 +220,19 @@ averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t 
     return AVERIS_OK;
 }
 
+averis_status cm_moe_mode(int *mode) {
+    const char *v = getenv("AVERIS_MOE_GROUPED");
+    *mode = CL_SEG_GROUPED;
+    if (!v || !*v) return AVERIS_OK;
+    if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "2"))
+        return averis_fail(AVERIS_EINVAL, "AVERIS_MOE_GROUPED=%s: 0 (per expert), 1 (grouped GEMMs) or 2 (batched "
+                           "quantization, per-expert GEMMs)", v);
+    *mode = atoi(v);
+    return AVERIS_OK;
+}
+
 averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const cm_alloc_fn &alloc) {
+    CU_OK(cm_moe_mode(&mo->mode));
     mo->E = c.num_experts, mo->k = c.num_experts_per_tok, mo->L = c.num_hidden_layers;
     mo->norm_topk = c.norm_topk_prob, mo->aux_on = c.output_router_logits, mo->coef = c.router_aux_loss_coef;
     mo->N = N, mo->C = c.hidden_size, mo->I = c.moe_intermediate_size, mo->R = N * mo->k;
@@ -247,6 +260,18 @@ averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const c
         a.in_x.assign((size_t)E, cl_input());
         a.in_a.assign((size_t)E, cl_input());
         a.wg.assign((size_t)E, cl_weight()), a.wu.assign((size_t)E, cl_weight()), a.wd.assign((size_t)E, cl_weight());
+        /* the experts' weight operands, stacked (cl_seg_weight; the per-expert cl_weights view them) */
+        cl_seg_weight *sw[3] = {&a.swg, &a.swu, &a.swd};
+        const int64_t sdims[3][2] = {{I, C}, {I, C}, {C, I}};
+        for (int q = 0; q < 3; q++) {
+            sw[q]->n = sdims[q][0], sw[q]->m = sdims[q][1], sw[q]->E = (int)E;
+            CU_OK(take(&sw[q]->wq, E * I * C));
+            CU_OK(take(&sw[q]->amax, E));
+        }
+        if (mo->mode != CM_MOE_PER_EXPERT) {
+            CU_OK(cl_seg_input_setup(&a.sx, C, (int)E, alloc));
+            CU_OK(cl_seg_input_setup(&a.sa, I, (int)E, alloc));
+        }
         /* per expert: its inputs' statistics (the split's mean, amax: the backward reuses them) */
         for (int e = 0; e < E; e++) {
             cl_input *ins[2] = {&a.in_x[e], &a.in_a[e]};
@@ -262,8 +287,8 @@ averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const c
             for (int q = 0; q < 3; q++) {
                 cl_weight &o = *ws[q];
                 o.n = dims[q][0], o.m = dims[q][1];
-                CU_OK(take(&o.wq, o.n * o.m));
-                CU_OK(take(&o.amax, 1));
+                o.wq = sw[q]->wq + e * o.n * o.m;
+                o.amax = sw[q]->amax + e;
             }
         }
     }
@@ -274,6 +299,21 @@ averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const c
     CU_OK(take(&mo->psum, (int64_t)std::max(mo->nmoe, 1) * E));
     mo->psum_h.assign((size_t)std::max(mo->nmoe, 1) * E, 0.0);
     mo->daux_h.assign((size_t)E, 0.0f);
+    if (mo->mode != CM_MOE_PER_EXPERT) {
+        int64_t wmax = std::max(C, I);
+        CU_OK(take(&mo->sxq, cq_seg_rows(R, (int)E) * wmax));
+        CU_OK(take(&mo->sxt, wmax * cq_seg_cols(R, (int)E)));
+        CU_OK(cl_seg_scratch_setup(&mo->sscr, R, (int)E, wmax, alloc));
+        CU_OK(take(&mo->streams_d, 6 * E));
+        mo->seg_ws_bytes = cq_seg_ws_bytes(R, (int)E, wmax);
+        CU_OK(alloc(&mo->seg_ws, mo->seg_ws_bytes));
+        mo->streams_h.assign((size_t)(6 * E * mo->L), 0); /* per layer: an async copy's source stays put */
+        for (cm_moe_layer &a : mo->layers) {
+            if (!a.used) continue;
+            a.sx.xq = a.sa.xq = mo->sxq;
+            a.sx.xt = a.sa.xt = mo->sxt;
+        }
+    }
     return AVERIS_OK;
 }
 
@@ -282,6 +322,7 @@ void cm_moe_bind(cm_moe *mo, int l, const float *router, const float *eg, const 
     cm_moe_layer &a = mo->layers[l];
     a.router = router, a.eg = eg, a.eu = eu, a.ed = ed;
     a.g_router = g_router, a.g_eg = g_eg, a.g_eu = g_eu, a.g_ed = g_ed;
+    a.swg.w = eg, a.swu.w = eu, a.swd.w = ed;
     int64_t IC = mo->I * mo->C;
     for (int e = 0; e < mo->E; e++) {
         a.wg[e].w = eg + e * IC;
@@ -300,6 +341,11 @@ void cm_moe_set_operands(cm_moe *mo, __nv_bfloat16 *xq, __nv_bfloat16 *xt) {
 
 averis_status cm_moe_prep_weights(cm_moe *mo, int l, const qlin_recipe *r, cudaStream_t s) {
     cm_moe_layer &a = mo->layers[l];
+    if (mo->mode != CM_MOE_PER_EXPERT) { /* the E weights of a linear in one launch sequence */
+        CU_OK(cl_seg_prep_w(r, &a.swg, s));
+        CU_OK(cl_seg_prep_w(r, &a.swu, s));
+        return cl_seg_prep_w(r, &a.swd, s);
+    }
     for (int e = 0; e < mo->E; e++) {
         CU_OK(cl_prep_w(r, &a.wg[e], s));
         CU_OK(cl_prep_w(r, &a.wu[e], s));
@@ -340,7 +386,23 @@ averis_status cm_moe_forward(cm_moe *mo, int l, const qlin_recipe *r, const void
         CU_TRY(cudaStreamSynchronize(s)); /* the GEMM sizes */
     }
     cl_size_class_scope by_class; /* the experts' GEMMs planned by size class (qlinear.cu) */
-    for (int e = 0; e < E; e++) {
+    if (mo->mode != CM_MOE_PER_EXPERT) { /* every expert at once (qlinear_group.cuh) */
+        cq_seg g = {E, a.offs_d, a.offs.data(), 0, 1, mo->seg_ws, mo->seg_ws_bytes};
+        a.sx.x = a.xs, a.sa.x = a.a;
+        CU_OK(cl_seg_prep_x(r, &a.sx, &g, s));
+        CU_OK(cl_seg_forward(r, &a.sx, &a.swg, &g, a.g, mo->mode, &mo->sscr, s));
+        CU_OK(cl_seg_forward(r, &a.sx, &a.swu, &g, a.u, mo->mode, &mo->sscr, s));
+        CU_OK(cs_swiglu<float>(a.g, a.u, nullptr, nullptr, a.a, R * I, I, s)); /* elementwise: the per-expert calls' values */
+        CU_OK(cl_seg_prep_x(r, &a.sa, &g, s));
+        CU_OK(cl_seg_forward(r, &a.sa, &a.swd, &g, a.y, mo->mode, &mo->sscr, s));
+        for (int e = 0; e < E; e++) /* xs and a are kept: the taps in the per-expert path's order */
+            if (a.counts[e]) {
+                int64_t o = a.offs[e], n = a.counts[e];
+                tap_expert(tap, tap_ctx, l, "expert%d_in", e, a.xs + o * C, n, C);
+                tap_expert(tap, tap_ctx, l, "expert%d_down_in", e, a.a + o * I, n, I);
+            }
+    }
+    for (int e = 0; e < E && mo->mode == CM_MOE_PER_EXPERT; e++) {
         int64_t n = a.counts[e], o = a.offs[e];
         if (!n) continue; /* no tokens: no GEMM, no statistics */
         cl_input &x = a.in_x[e], &xa = a.in_a[e];
@@ -406,7 +468,34 @@ averis_status cm_moe_backward(cm_moe *mo, int l, const qlin_recipe *r, const voi
         CU_LAUNCHED();
     }
     cl_size_class_scope by_class;
-    for (int e = 0; e < E; e++) {
+    if (mo->mode != CM_MOE_PER_EXPERT) { /* every expert at once (qlinear_group.cuh) */
+        int64_t R = mo->R;
+        cq_seg g = {E, a.offs_d, a.offs.data(), 0, 1, mo->seg_ws, mo->seg_ws_bytes};
+        /* each expert's SR streams (moe_sr_stream, as the per-expert path): (down, gate, up) × (dgrad, wgrad) × E */
+        const int lins[3] = {MODEL_LIN_DOWN, MODEL_LIN_GATE, MODEL_LIN_UP};
+        uint64_t *hs = mo->streams_h.data() + (size_t)6 * E * l;
+        for (int q = 0; q < 3; q++)
+            for (int e = 0; e < E; e++) {
+                uint64_t st = moe_sr_stream(sr_stream, l, e, lins[q]);
+                hs[(size_t)(2 * q) * E + e] = qlin_dgrad_stream(st);
+                hs[(size_t)(2 * q + 1) * E + e] = qlin_wgrad_stream(st);
+            }
+        CU_TRY(cudaMemcpyAsync(mo->streams_d, hs, 6 * E * sizeof(uint64_t), cudaMemcpyHostToDevice, s));
+        a.sx.x = a.xs, a.sa.x = a.a;
+        a.sx.xt_ready = a.sa.xt_ready = 0; /* the operand buffers are shared by the layers: prepare again */
+        CU_OK(cl_seg_backward(r, &a.sa, &a.swd, &g, mo->dy, mo->da, 0, a.g_ed, mo->streams_d, mo->mode, &mo->sscr, s));
+        CU_OK(cs_swiglu_bwd<float>(mo->da, a.g, a.u, nullptr, nullptr, mo->dg, mo->du, R * I, I, s));
+        for (int e = 0; e < E; e++) /* dy, dg, du are kept: the taps in the per-expert path's order */
+            if (a.counts[e]) {
+                int64_t o = a.offs[e], n = a.counts[e];
+                tap_expert(tap, tap_ctx, l, "grad_expert%d_down", e, mo->dy + o * C, n, C);
+                tap_expert(tap, tap_ctx, l, "grad_expert%d_gate", e, mo->dg + o * I, n, I);
+                tap_expert(tap, tap_ctx, l, "grad_expert%d_up", e, mo->du + o * I, n, I);
+            }
+        CU_OK(cl_seg_backward(r, &a.sx, &a.swg, &g, mo->dg, mo->dxs, 0, a.g_eg, mo->streams_d + 2 * E, mo->mode, &mo->sscr, s));
+        CU_OK(cl_seg_backward(r, &a.sx, &a.swu, &g, mo->du, mo->dxs, 1, a.g_eu, mo->streams_d + 4 * E, mo->mode, &mo->sscr, s));
+    }
+    for (int e = 0; e < E && mo->mode == CM_MOE_PER_EXPERT; e++) {
         int64_t n = a.counts[e], o = a.offs[e];
         if (!n) continue;
         cl_input &x = a.in_x[e], &xa = a.in_a[e];

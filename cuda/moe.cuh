@@ -26,6 +26,7 @@
 #define AVERIS_CUDA_MOE_CUH
 
 #include "qlinear.cuh"
+#include "qlinear_group.cuh"
 #include "averis/analysis_cuda.h"
 
 #include <cublas_v2.h>
@@ -44,11 +45,19 @@ struct cm_moe_layer {
     float *g = nullptr, *u = nullptr, *a = nullptr; /* [R·I] */
     std::vector<int> counts, offs;              /* host copies: [E], [E+1] */
     std::vector<cl_input> in_x, in_a;           /* per expert: its rows of xs and of a */
-    std::vector<cl_weight> wg, wu, wd;          /* per expert operands */
+    std::vector<cl_weight> wg, wu, wd;          /* per expert operands (views of swg, swu, swd) */
+    cl_seg_input sx = {}, sa = {};                      /* modes 1, 2: xs and a, all experts (stats per expert) */
+    cl_seg_weight swg = {}, swu = {}, swd = {};              /* the E stacked weights and their operands */
 };
 
+/* AVERIS_MOE_GROUPED: 1 (default) the experts' quantization in one launch
+ * sequence per linear (seg.cuh) and grouped GEMMs, 2 the same quantization
+ * with one cuBLASLt GEMM per expert (the bits of 0); both through
+ * qlinear_group.cuh. 0: cl_prep_x / cl_forward / cl_backward per expert. */
+enum { CM_MOE_PER_EXPERT = 0 };
 struct cm_moe {
     int E = 0, k = 0, L = 0, nmoe = 0, norm_topk = 0, aux_on = 0;
+    int mode = CL_SEG_GROUPED;
     double coef = 0.0;
     int64_t N = 0, C = 0, I = 0, R = 0;
     std::vector<cm_moe_layer> layers; /* [L], used where the layer is MoE */
@@ -61,6 +70,13 @@ struct cm_moe {
     std::vector<double> psum_h;
     std::vector<float> daux_h;
     float aux = 0.0f;                 /* the last forward's aux loss */
+    /* modes 1, 2 */
+    __nv_bfloat16 *sxq = nullptr, *sxt = nullptr; /* the experts' operands, shared by the layers (seg.cuh layouts) */
+    cl_seg_scratch sscr = {};
+    void *seg_ws = nullptr;           /* the segmented statistics' partial sums (cq_seg_ws_bytes) */
+    size_t seg_ws_bytes = 0;
+    uint64_t *streams_d = nullptr;    /* [6·E] the SR streams of a layer's backward: (down, gate, up) × (dgrad, wgrad) × E */
+    std::vector<uint64_t> streams_h;  /* [L × 6·E] their host copies */
 };
 
 /* allocation of bytes on the device, owned by the model */
@@ -68,6 +84,8 @@ typedef std::function<averis_status(void **, size_t)> cm_alloc_fn;
 
 /* I·C and C·I shapes accepted by recipe r for up to N rows */
 averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t N);
+/* the mode from AVERIS_MOE_GROUPED (unset: 1) */
+averis_status cm_moe_mode(int *mode);
 /* buffers for N tokens; weights/grads: the model's layer pointers (router,
  * eg, eu, ed) bound per MoE layer with cm_moe_bind */
 averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const cm_alloc_fn &alloc);

@@ -664,3 +664,10 @@ extern "C" averis_status avc_qlin_backward(const qlin_recipe *r, const float *X,
         return st ? st : cl_backward(r, &x, &w, D, dX, 0, dW, sr_stream, &scr, 0);
     });
 }
+
+/* cuBLASLt's state (and so cl_one()/cl_zero()) ready, for callers outside
+ * this file (qlinear_group.cu) */
+averis_status cl_lt_ready(void) {
+    std::lock_guard<std::mutex> lock(g_lt_mu);
+    return lt_init();
+}

@@ -33,9 +33,10 @@ struct cl_size_class_scope { /* on for a scope */
     cl_size_class_scope(const cl_size_class_scope &) = delete;
     cl_size_class_scope &operator=(const cl_size_class_scope &) = delete;
 };
-/* device constants 0.0f and 1.0f */
+/* device constants 0.0f and 1.0f (after cl_lt_ready or any GEMM) */
 const float *cl_zero(void);
 const float *cl_one(void);
+averis_status cl_lt_ready(void);
 
 /* A weight W [n×m] fp32, with its operand for the run's recipe. */
 struct cl_weight {

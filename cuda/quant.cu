@@ -581,3 +581,354 @@ averis_status avc_colstats(const float *x, int64_t rows, int64_t cols, float *me
 }
 
 } // extern "C"
+
+/* ======================================================= segmented (seg.cuh)
+ * The MoE experts' row segments in one launch sequence: blockIdx.y (or .z)
+ * is the segment, whose cq_params are cq_plan's for its rows alone
+ * (seg_params), and the kernels' bodies are k_amax's, k_quant's,
+ * k_rowsum's and the column statistics' on them: the per-expert calls' bits. */
+#include "seg.cuh"
+
+namespace {
+
+struct cq_seg_dev {
+    const int *offs;          /* [nseg + 1], or NULL: rows_each rows a segment */
+    int64_t rows_each;
+    int pad;                  /* rows layout: cq_seg_row0 starts */
+    const uint64_t *streams;  /* [nseg] or NULL */
+    int64_t kp_extra;
+    int64_t esz;              /* bytes of an input element */
+    double *part;             /* row-sum partials: segment e's at (o_e/64 + e)·qrows */
+};
+
+__device__ __forceinline__ bool seg_range(const int *offs, int64_t rows_each, int e, int64_t &o, int64_t &n) {
+    if (offs) {
+        o = offs[e];
+        n = offs[e + 1] - o;
+    } else {
+        o = e * rows_each;
+        n = rows_each;
+    }
+    return n > 0;
+}
+
+/* cq_plan's parameters for segment e of the template t (false: empty) */
+__device__ __forceinline__ bool seg_params(const cq_params &t, const cq_seg_dev &g, int e, cq_params &p) {
+    int64_t o, n;
+    if (!seg_range(g.offs, g.rows_each, e, o, n)) return false;
+    p = t;
+    p.src = static_cast<const char *>(t.src) + o * t.ld * g.esz;
+    p.srows = n;
+    int64_t qrows = t.transpose ? t.scols : n, qcols = t.transpose ? n : t.scols;
+    p.cp = (qcols + 15) / 16 * 16;
+    p.nb = p.cp / 16;
+    if (g.streams) p.stream = g.streams[e];
+    p.mean = t.mean ? t.mean + e * t.scols : nullptr;
+    p.amax = t.amax + e;
+    if (t.transpose) {
+        p.bf16_out = t.bf16_out + t.scols * cq_seg_col0(o, e);
+        p.ld_out = p.cp + g.kp_extra;
+    } else {
+        p.bf16_out = t.bf16_out + (g.pad ? cq_seg_row0(o, e) : o) * t.ld_out;
+    }
+    p.nthreads = p.tile ? (qrows + 15) / 16 * 16 * p.nb
+               : p.transpose ? qrows * ((p.nb + CQ_TG - 1) / CQ_TG)
+                             : qrows * p.nb;
+    p.vec = !t.transpose && t.scols % 16 == 0 && (t.ld * g.esz) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(p.src) % 16 == 0;
+    p.rowsum_part = g.part ? g.part + (o / 64 + e) * qrows : nullptr;
+    return true;
+}
+
+/* k_amax on segment blockIdx.y (a block past the segment's threads leaves whole) */
+template <typename T> __global__ void k_amax_seg(cq_params t, cq_seg_dev g) {
+    cq_params p;
+    if (!seg_params(t, g, (int)blockIdx.y, p) || (int64_t)blockIdx.x * blockDim.x >= p.nthreads) return;
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float v[16];
+    int64_t qrow, b;
+    bool valid;
+    float m = 0.0f;
+    if (p.transpose) {
+        int64_t j = (uint32_t)gid % (uint32_t)p.scols, b0 = (int64_t)((uint32_t)gid / (uint32_t)p.scols) * CQ_TG;
+        for (int k = 0; k < CQ_TG; k++) {
+            block_input<T>(p, (b0 + k) * p.scols + j, v, qrow, b, valid);
+            if (gid < p.nthreads) m = fmaxf(m, block_amax(p, v));
+        }
+    } else {
+        block_input<T>(p, gid, v, qrow, b, valid);
+        m = block_amax(p, v);
+    }
+    cq_reduce_amax(m, p.amax);
+}
+
+/* k_quant on segment blockIdx.y */
+template <typename T> __global__ void __launch_bounds__(256, 4) k_quant_seg(cq_params t, cq_seg_dev g) {
+    cq_params p;
+    if (!seg_params(t, g, (int)blockIdx.y, p) || (int64_t)blockIdx.x * blockDim.x >= p.nthreads) return;
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float s_enc, s_dec;
+    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
+    if (!p.transpose) {
+        quant_block<T>(p, gid, s_enc, s_dec);
+        return;
+    }
+    if (gid >= p.nthreads) return;
+    int64_t j = (uint32_t)gid % (uint32_t)p.scols, bt = (uint32_t)gid / (uint32_t)p.scols;
+    double acc = 0.0;
+    for (int k = 0; k < CQ_TG; k++) acc += quant_block<T>(p, (bt * CQ_TG + k) * p.scols + j, s_enc, s_dec);
+    if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
+}
+
+/* k_rowsum on segment blockIdx.y: out [nseg × qrows] */
+__global__ void k_rowsum_seg(const double *part_all, const int *offs, int64_t rows_each, int64_t qrows, float *out_all) {
+    int e = (int)blockIdx.y;
+    int64_t o, n;
+    if (!seg_range(offs, rows_each, e, o, n)) return;
+    int64_t nb = ((n + 15) / 16 + CQ_TG - 1) / CQ_TG;
+    const double *part = part_all + (o / 64 + e) * qrows;
+    float *out = out_all + e * qrows;
+    __shared__ double red[8][33];
+    int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    double acc = 0.0;
+    if (j < qrows)
+        for (int64_t b = threadIdx.y; b < nb; b += 8) acc += part[b * qrows + j];
+    red[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < qrows) {
+        double t = ((red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x])) +
+                   ((red[4][threadIdx.x] + red[5][threadIdx.x]) + (red[6][threadIdx.x] + red[7][threadIdx.x]));
+        out[j] = (float)t;
+    }
+}
+
+/* k_colstats_part on segment blockIdx.z (chunks from the segment's first row);
+ * partials of segment e at (o_e/CHUNK + e)·cols */
+template <typename T>
+__global__ void k_colstats_part_seg(const T *x_all, const int *offs, int64_t cols, int64_t ld, double *part_all,
+                                    float *pmx_all, float *pmn_all, float *res_amax_all) {
+    int e = (int)blockIdx.z;
+    int64_t o, rows;
+    if (!seg_range(offs, 0, e, o, rows)) return;
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t c = blockIdx.y;
+    if (c * NVFP4_SPLIT_CHUNK >= rows) return;
+    const T *x = x_all + o * ld;
+    int64_t base = (o / NVFP4_SPLIT_CHUNK + e) * cols;
+    double *part = part_all + base;
+    float *pmx = pmx_all + base, *pmn = pmn_all + base, *res_amax = res_amax_all + e;
+    if (j == 0 && c == 0) *res_amax = 0.0f; /* for k_colstats_final_seg's atomicMax, which runs after */
+    if (j >= cols) return;
+    int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
+    double s = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    enum { U = 64 };
+    int64_t r = r0;
+    for (; r + U <= r1; r += U) {
+        float v[U];
+#pragma unroll
+        for (int k = 0; k < U; k++) v[k] = cq_ld_elem(x + (r + k) * ld + j);
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            s += (double)v[k];
+            mx = v[k] > mx ? v[k] : mx;
+            mn = v[k] < mn ? v[k] : mn;
+        }
+    }
+    for (; r < r1; r++) {
+        float v = cq_ld_elem(x + r * ld + j);
+        s += (double)v;
+        mx = v > mx ? v : mx;
+        mn = v < mn ? v : mn;
+    }
+    part[c * cols + j] = s;
+    pmx[c * cols + j] = mx;
+    pmn[c * cols + j] = mn;
+}
+
+/* k_colstats_final on segment blockIdx.y */
+__global__ void k_colstats_final_seg(const double *part_all, const float *pmx_all, const float *pmn_all, const int *offs,
+                                     int64_t cols, float *mean_all, float *res_amax_all) {
+    int e = (int)blockIdx.y;
+    int64_t o, rows;
+    if (!seg_range(offs, 0, e, o, rows)) return;
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    int64_t nchunk = (rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK, base = (o / NVFP4_SPLIT_CHUNK + e) * cols;
+    const double *part = part_all + base;
+    const float *pmx = pmx_all + base, *pmn = pmn_all + base;
+    double total = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    for (int64_t c = 0; c < nchunk; c++) {
+        total += part[c * cols + j];
+        float a = pmx[c * cols + j], b = pmn[c * cols + j];
+        mx = a > mx ? a : mx;
+        mn = b < mn ? b : mn;
+    }
+    float mu = (float)(total / (double)rows);
+    mean_all[e * cols + j] = mu;
+    float a = fabsf(mx - mu), b = fabsf(mu - mn), m = 0.0f;
+    if (a > m) m = a;
+    if (b > m) m = b;
+    if (m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(res_amax_all + e), __float_as_uint(m));
+}
+
+__global__ void k_alpha_seg(const float *amax_a, const float *amax_b, float *alpha, int nseg) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= nseg) return;
+    float ea, da, eb, db;
+    nvfp4_spec_global_scales(amax_a[e], &ea, &da);
+    nvfp4_spec_global_scales(amax_b[e], &eb, &db);
+    alpha[e] = da * db;
+}
+
+/* y rows of segment blockIdx.y (rows layout with padded starts) = bf16(x rows) */
+__global__ void k_to_bf16_seg(const float *x, const int *offs, int64_t rows_each, int pad, int64_t cols,
+                              __nv_bfloat16 *y) {
+    int e = (int)blockIdx.y;
+    int64_t o, n;
+    if (!seg_range(offs, rows_each, e, o, n)) return;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * cols) return;
+    int64_t r0 = pad ? cq_seg_row0(o, e) : o;
+    y[r0 * cols + i] = __float2bfloat16_rn(x[o * cols + i]);
+}
+
+} // namespace
+
+size_t cq_seg_ws_bytes(int64_t R, int nseg, int64_t cols) {
+    size_t colstats = (size_t)((R / NVFP4_SPLIT_CHUNK + nseg + 1) * cols) * (sizeof(double) + 2 * sizeof(float));
+    size_t rowsum = (size_t)((R / 64 + nseg + 1) * cols) * sizeof(double);
+    return colstats > rowsum ? colstats : rowsum;
+}
+
+static averis_status seg_ws_take(const cq_seg *g, void **p, size_t bytes, cudaStream_t s) {
+    if (g->ws && bytes <= g->ws_bytes) {
+        *p = g->ws;
+        return AVERIS_OK;
+    }
+    CU_ALLOC(cudaMallocAsync(p, bytes, s), bytes);
+    return AVERIS_OK;
+}
+static averis_status seg_ws_give(const cq_seg *g, void *p, cudaStream_t s) {
+    if (p != g->ws) CU_TRY(cudaFreeAsync(p, s));
+    return AVERIS_OK;
+}
+
+static averis_status seg_check(const cq_seg *g, int64_t *total, int64_t *maxn) {
+    if (g->nseg <= 0 || g->nseg > 65535 || (!g->offs_d != !g->offs_h) || (!g->offs_d && g->rows_each <= 0))
+        return averis_fail(AVERIS_EINVAL, "cuda quantize: bad segments (%d)", g->nseg);
+    *maxn = 0;
+    for (int e = 0; e < g->nseg; e++) {
+        int64_t n = cq_seg_n(*g, e);
+        if (n < 0) return averis_fail(AVERIS_EINVAL, "cuda quantize: segment %d has %lld rows", e, (long long)n);
+        *maxn = n > *maxn ? n : *maxn;
+    }
+    *total = cq_seg_off(*g, g->nseg);
+    return AVERIS_OK;
+}
+
+averis_status cq_quantize_seg(const cq_seg_job *j, const cq_seg *g, cudaStream_t s) {
+    CU_PROF(j->transpose ? "quant wgrad copy (segments)" : j->tile ? "quant weight 16x16 (segments)" : "quant rows (segments)", s);
+    int64_t total = 0, maxn = 0;
+    CU_OK(seg_check(g, &total, &maxn));
+    if (j->scols <= 0 || j->ld < j->scols || !j->bf16_out || !j->amax || (j->transpose && j->tile) ||
+        (j->sr && !j->streams) || (j->rowsum && !j->transpose))
+        return averis_fail(AVERIS_EINVAL, "cuda quantize_seg: bad job (%lld columns)", (long long)j->scols);
+    int64_t qrows_max = j->transpose ? j->scols : maxn, qcols_max = j->transpose ? maxn : j->scols;
+    int64_t cp_max = (qcols_max + 15) / 16 * 16, nb_max = cp_max / 16;
+    if (j->transpose ? (j->scols % 8 || (j->kp_extra % 16)) : (j->ld_out < (j->scols + 15) / 16 * 16 || j->ld_out % 8))
+        return averis_fail(AVERIS_EINVAL, "cuda quantize_seg: BF16 output layout (cols %lld, ld_out %lld)",
+                           (long long)j->scols, (long long)j->ld_out);
+    if (reinterpret_cast<uintptr_t>(j->bf16_out) % 256)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize_seg: the BF16 output must be 256-byte aligned");
+    if (maxn == 0) return AVERIS_OK;
+    int64_t nthreads_max = j->tile ? (qrows_max + 15) / 16 * 16 * nb_max
+                         : j->transpose ? qrows_max * ((nb_max + CQ_TG - 1) / CQ_TG)
+                                        : qrows_max * nb_max;
+    if (4 * nthreads_max + 1024 > (int64_t)UINT32_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda quantize_seg: %lld blocks of 16 is too many", (long long)nthreads_max);
+    cq_params t = {};
+    t.src = j->src;
+    t.scols = j->scols, t.ld = j->ld;
+    t.tile = j->tile, t.rht = j->rht, t.sr = j->sr, t.transpose = j->transpose;
+    t.seed = j->seed;
+    t.mean = j->mean;
+    t.amax = j->amax;
+    t.bf16_out = j->bf16_out, t.ld_out = j->ld_out;
+    cq_seg_dev d = {g->offs_d, g->rows_each, g->pad, j->sr ? j->streams : nullptr, j->kp_extra, j->bf16_in ? 2 : 4, nullptr};
+    const int threads = 256;
+    dim3 grid(cu_blocks(nthreads_max, threads), (unsigned)g->nseg);
+    if (j->amax_in) {
+        if (j->amax_in != j->amax)
+            CU_TRY(cudaMemcpyAsync(j->amax, j->amax_in, (size_t)g->nseg * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    } else {
+        CU_TRY(cudaMemsetAsync(j->amax, 0, (size_t)g->nseg * sizeof(float), s));
+        if (j->bf16_in) k_amax_seg<__nv_bfloat16><<<grid, threads, 0, s>>>(t, d);
+        else k_amax_seg<float><<<grid, threads, 0, s>>>(t, d);
+        CU_LAUNCHED();
+    }
+    double *part = nullptr;
+    if (j->rowsum) {
+        CU_OK(seg_ws_take(g, reinterpret_cast<void **>(&part), (size_t)((total / 64 + g->nseg + 1) * j->scols) * sizeof(double), s));
+        d.part = part;
+    }
+    if (j->bf16_in) k_quant_seg<__nv_bfloat16><<<grid, threads, 0, s>>>(t, d);
+    else k_quant_seg<float><<<grid, threads, 0, s>>>(t, d);
+    CU_LAUNCHED();
+    if (part) {
+        k_rowsum_seg<<<dim3(cu_blocks(j->scols, 32), (unsigned)g->nseg), dim3(32, 8), 0, s>>>(part, g->offs_d, g->rows_each,
+                                                                                             j->scols, j->rowsum);
+        CU_LAUNCHED();
+        CU_OK(seg_ws_give(g, part, s));
+    }
+    return AVERIS_OK;
+}
+
+averis_status cq_colstats_seg(const void *x, int bf16_in, int64_t cols, int64_t ld, const cq_seg *g, float *mean,
+                              float *res_amax, cudaStream_t s) {
+    CU_PROF("averis colstats (segments)", s);
+    int64_t total = 0, maxn = 0;
+    CU_OK(seg_check(g, &total, &maxn));
+    if (!g->offs_d || cols <= 0 || ld < cols)
+        return averis_fail(AVERIS_EINVAL, "cuda colstats_seg: bad shape (%lld columns, offsets %s)", (long long)cols,
+                           g->offs_d ? "given" : "missing");
+    if (maxn == 0) return AVERIS_OK;
+    int64_t nchunk_max = (maxn + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK;
+    if (nchunk_max > 65535) return averis_fail(AVERIS_EINVAL, "cuda colstats_seg: %lld rows is too many", (long long)maxn);
+    size_t n = (size_t)((total / NVFP4_SPLIT_CHUNK + g->nseg + 1) * cols);
+    char *buf = nullptr;
+    CU_OK(seg_ws_take(g, reinterpret_cast<void **>(&buf), n * (sizeof(double) + 2 * sizeof(float)), s));
+    double *part = reinterpret_cast<double *>(buf);
+    float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
+    dim3 grid(cu_blocks(cols, 128), (unsigned)nchunk_max, (unsigned)g->nseg);
+    if (bf16_in)
+        k_colstats_part_seg<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), g->offs_d, cols, ld, part, pmx, pmn,
+                                                 res_amax);
+    else
+        k_colstats_part_seg<<<grid, 128, 0, s>>>(static_cast<const float *>(x), g->offs_d, cols, ld, part, pmx, pmn, res_amax);
+    CU_LAUNCHED();
+    k_colstats_final_seg<<<dim3(cu_blocks(cols, 128), (unsigned)g->nseg), 128, 0, s>>>(part, pmx, pmn, g->offs_d, cols, mean,
+                                                                                      res_amax);
+    CU_LAUNCHED();
+    CU_OK(seg_ws_give(g, buf, s));
+    return AVERIS_OK;
+}
+
+averis_status cq_alpha_seg(const float *amax_a, const float *amax_b, float *alpha, int nseg, cudaStream_t s) {
+    if (nseg <= 0) return AVERIS_OK;
+    k_alpha_seg<<<cu_blocks(nseg, 128), 128, 0, s>>>(amax_a, amax_b, alpha, nseg);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
+averis_status cq_to_bf16_seg(const float *x, int64_t cols, const cq_seg *g, __nv_bfloat16 *y, cudaStream_t s) {
+    CU_PROF("to bf16", s);
+    int64_t total = 0, maxn = 0;
+    CU_OK(seg_check(g, &total, &maxn));
+    if (maxn == 0) return AVERIS_OK;
+    k_to_bf16_seg<<<dim3(cu_blocks(maxn * cols, 256), (unsigned)g->nseg), 256, 0, s>>>(x, g->offs_d, g->rows_each, g->pad,
+                                                                                       cols, y);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}

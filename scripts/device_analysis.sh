@@ -8,8 +8,9 @@
 #   3. compute-sanitizer memcheck on its small synthetic cases
 #   4. bench_analysis: one analysis step against --analyze-every 250 training
 #      steps on the 88M shape (width 768, 12 layers, 12/4 heads, FFN 2048,
-#      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%); then again
-#      with the stages launched directly (AVERIS_ANALYSIS_GRAPH=0)
+#      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%); then averis
+#      with the stages launched directly (AVERIS_ANALYSIS_GRAPH=0) and on one
+#      stream (AVERIS_ANALYSIS_SIDE=0)
 #   5. end to end: `train --device cuda --analyze-every` on tiny (rows at
 #      steps 0, 10, 20, no weights downloaded for them) and
 #      `analyze CKPT --device cuda`; moe-tiny's rows include the experts
@@ -60,10 +61,10 @@ for r in averis bf16; do
     [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis $r"
 done
 
-step "bench_analysis with the stages launched directly (AVERIS_ANALYSIS_GRAPH=0), same lease"
-for r in averis bf16; do
-    AVERIS_ANALYSIS_GRAPH=0 timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 \
-        --csv "$OUT/bench_analysis_nograph.csv" 2>&1 | tee "$OUT/bench_analysis_nograph_$r.log" | grep -E "overhead|analysis step"
+step "bench_analysis, averis, with the stages launched directly (AVERIS_ANALYSIS_GRAPH=0), then on one stream (AVERIS_ANALYSIS_SIDE=0)"
+for v in AVERIS_ANALYSIS_GRAPH=0 AVERIS_ANALYSIS_SIDE=0; do
+    env "$v" timeout 240 build/bench_analysis --recipe averis --every 250 --steps 10 \
+        --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${v%%=*}.log" | grep -E "overhead|analysis step"
 done
 step "end to end: train --device cuda --analyze-every, analyze --device cuda"
 if ls "$DATA"/train_*.bin >/dev/null 2>&1; then

@@ -7,9 +7,11 @@
 #   2. bench_cuda fused (D to both operands: two calls vs one, vs copy)
 #   3. bench_cuda step per recipe, 0.6B (8×1024) and 114M (16×1024),
 #      AVERIS_FUSED_QUANT=0 then 1; the profile of averis at 0.6B
-#   4. bench_cuda step on moe-small, AVERIS_MOE_GROUPED=0, 2, 1
+#   4. bench_cuda step --moe-modes: moe-small in AVERIS_MOE_GROUPED 0, 2, 1
+#      and the paper's 7B-A1.5B (6 layers) in 0 and 1, each in one run
 # Needs the CUDA build (build/test_cuda, build/bench_cuda). Logs under OUT
-# (default out/device_speed). Exit status: failures.
+# (default out/device_speed); SPEED_DENSE=0 skips the dense steps (3.).
+# Exit status: failures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/device_speed}
@@ -17,14 +19,22 @@ mkdir -p "$OUT"
 fail=0
 note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
 step() { echo; echo "=== $* ($(date +%T))"; }
-step "test_cuda fused, moe"
-for t in fused moe; do
-    timeout 300 build/test_cuda "$t" >"$OUT/test_cuda_$t.log" 2>&1 || note_fail "test_cuda $t"
-    grep -E "FAIL|passed" "$OUT/test_cuda_$t.log" | tail -8
+step "test_cuda fused, moe_ (the batched experts in the default mode), moe_vs_cpu in modes 0 and 2"
+for t in fused moe_; do
+    timeout 400 build/test_cuda "$t" >"$OUT/test_cuda_$t.log" 2>&1 || note_fail "test_cuda $t"
+    grep -E "FAIL|passed|grouped|fall" "$OUT/test_cuda_$t.log" | tail -12
 done
+if grep -qs AVERIS_MOE_GROUPED cuda/*.cu; then
+    for g in 0 2; do
+        AVERIS_MOE_GROUPED=$g timeout 300 build/test_cuda moe_vs_cpu >"$OUT/test_cuda_moe_vs_cpu_g$g.log" 2>&1 \
+            || note_fail "test_cuda moe_vs_cpu AVERIS_MOE_GROUPED=$g"
+        echo "AVERIS_MOE_GROUPED=$g: $(tail -1 "$OUT/test_cuda_moe_vs_cpu_g$g.log")"
+    done
+fi
 step "bench_cuda fused"
 timeout 120 build/bench_cuda fused 2>&1 | tee "$OUT/bench_fused.txt" || note_fail "bench fused"
-for shape in "qwen3-0.6b 8" "bench/configs/qwen3-114m.json 16"; do
+for shape in $([[ ${SPEED_DENSE:-1} == 1 ]] && echo "qwen3-0.6b:8 bench/configs/qwen3-114m.json:16"); do
+    shape=${shape/:/ }
     set -- $shape
     for f in 0 1; do
         step "bench_cuda step $1 AVERIS_FUSED_QUANT=$f"
@@ -33,16 +43,23 @@ for shape in "qwen3-0.6b 8" "bench/configs/qwen3-114m.json 16"; do
         grep -vE "^\s*$" "$OUT/step_$(basename "$1" .json)_fused$f.txt" | tail -12
     done
 done
-step "profile averis 0.6B"
-AVERIS_CUDA_PROFILE=1 timeout 200 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 \
-    --recipes nvfp4,averis >"$OUT/profile_06b.txt" 2>&1 || note_fail "profile"
-grep -qs AVERIS_MOE_GROUPED cuda/*.cu || echo "(no AVERIS_MOE_GROUPED in this tree: the MoE comparison skipped)"
-grep -qs AVERIS_MOE_GROUPED cuda/*.cu && for g in 0 2 1; do
-    step "bench_cuda step moe-small AVERIS_MOE_GROUPED=$g"
-    AVERIS_MOE_GROUPED=$g timeout 240 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 \
-        >"$OUT/step_moe_small_grouped$g.txt" 2>&1 || note_fail "moe-small grouped=$g"
-    grep -vE "^\s*$" "$OUT/step_moe_small_grouped$g.txt" | tail -8
-done
+if [[ ${SPEED_DENSE:-1} == 1 ]]; then
+    step "profile averis 0.6B"
+    AVERIS_CUDA_PROFILE=1 timeout 200 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 \
+        --recipes nvfp4,averis >"$OUT/profile_06b.txt" 2>&1 || note_fail "profile"
+fi
+if grep -qs AVERIS_MOE_GROUPED cuda/*.cu; then
+    step "bench_cuda step moe-small, AVERIS_MOE_GROUPED 0, 2, 1 in one run"
+    timeout 300 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 --moe-modes 0,2,1 \
+        >"$OUT/step_moe_small_modes.txt" 2>&1 || note_fail "moe-small modes"
+    grep -vE "^\s*$" "$OUT/step_moe_small_modes.txt" | tail -22
+    step "bench_cuda step qwen3-moe-7b-a1.5b (6 layers), modes 0 and 1"
+    timeout 300 build/bench_cuda step --config qwen3-moe-7b-a1.5b --layers 6 --batch 4 --seq 1024 --steps 3 \
+        --recipes bf16,nvfp4,averis --moe-modes 0,1 >"$OUT/step_moe_7b_modes.txt" 2>&1 || note_fail "7B-A1.5B modes"
+    grep -vE "^\s*$" "$OUT/step_moe_7b_modes.txt" | tail -14
+else
+    echo "(no AVERIS_MOE_GROUPED in this tree: the MoE comparison skipped)"
+fi
 echo
 echo "device_speed: $fail failure(s); logs in $OUT"
 exit $((fail > 0))

@@ -7,9 +7,12 @@
  *   bench_cuda fused   an output gradient D [16384 × 2048] to both of its
  *                      operands per recipe: the two cq_quantize calls vs
  *                      cq_quantize_dual (quant_fused.cuh), ms and vs copy
- *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]
+ *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L] [--moe-modes 0,1,2]
  *                      (--layers: only the first L layers of the config, for
- *                      a model that does not fit whole, e.g. qwen3-moe-7b-a1.5b)
+ *                      a model that does not fit whole, e.g. qwen3-moe-7b-a1.5b;
+ *                      --moe-modes: each recipe in each AVERIS_MOE_GROUPED mode,
+ *                      rows named recipe/gM, with the modes' time ratios; without
+ *                      it the environment's AVERIS_MOE_GROUPED holds)
  *                      one training step (zero grad, forward, backward, norm,
  *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
  *                      the paper reports (averis / nvfp4, ...) vs bf16
@@ -178,6 +181,7 @@ static double now_s(void) {
 
 static int bench_step(int argc, char **argv) {
     const char *config = "qwen3-0.6b", *recipes = "bf16,nvfp4,nvfp4-rht,averis,averis-rht";
+    const char *moe_modes = nullptr;
     int B = 8, T = 1024, steps = 5, layers = 0;
     for (int i = 0; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
@@ -186,6 +190,7 @@ static int bench_step(int argc, char **argv) {
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--recipes")) recipes = argv[i + 1];
         else if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--moe-modes")) moe_modes = argv[i + 1];
         else { fprintf(stderr, "bench_cuda step: unknown option %s\n", argv[i]); return 2; }
     }
     model_config cfg;
@@ -213,15 +218,25 @@ static int bench_step(int argc, char **argv) {
     printf("fewer-pass quantization (AVERIS_FUSED_QUANT): %s\n", cq_fused_quant() ? "on" : "off");
     printf("%-12s %10s %12s %8s %10s\n", "recipe", "ms/step", "tokens/s", "MFU", "loss");
     std::vector<std::pair<std::string, double>> res;
-    std::string list = recipes;
-    size_t p0 = 0;
-    while (p0 <= list.size()) {
-        size_t p1 = list.find(',', p0);
-        if (p1 == std::string::npos) p1 = list.size();
-        std::string name = list.substr(p0, p1 - p0);
-        p0 = p1 + 1;
-        if (name.empty()) continue;
-        TOOL_OK(qlin_recipe_parse(name.c_str(), &m.recipe));
+    auto split = [](const char *csv) {
+        std::vector<std::string> out;
+        std::string list = csv;
+        size_t p0 = 0;
+        while (p0 <= list.size()) {
+            size_t p1 = list.find(',', p0);
+            if (p1 == std::string::npos) p1 = list.size();
+            if (p1 > p0) out.push_back(list.substr(p0, p1 - p0));
+            p0 = p1 + 1;
+        }
+        return out;
+    };
+    std::vector<std::string> modes = moe_modes ? split(moe_modes) : std::vector<std::string>{""};
+    if (moe_modes && !cfg.num_experts) fprintf(stderr, "bench_cuda step: --moe-modes on a dense config: no effect\n");
+    for (const std::string &recipe : split(recipes))
+    for (const std::string &mode : modes) {
+        std::string name = recipe + (mode.empty() ? "" : "/g" + mode);
+        if (!mode.empty()) setenv("AVERIS_MOE_GROUPED", mode.c_str(), 1); /* read by avc_model_create (cuda/moe.cu) */
+        TOOL_OK(qlin_recipe_parse(recipe.c_str(), &m.recipe));
         m.recipe.seed = 7;
         avc_model *net;
         avc_model_opts opts;
@@ -255,11 +270,27 @@ static int bench_step(int argc, char **argv) {
             if (r.first == nm) return r.second;
         return 0.0;
     };
-    printf("ratios (same run): ");
     const char *pairs[][2] = {{"averis", "nvfp4"}, {"nvfp4-rht", "nvfp4"}, {"averis-rht", "nvfp4"}, {"nvfp4", "bf16"}};
-    for (auto &pr : pairs)
-        if (get(pr[0]) > 0 && get(pr[1]) > 0) printf("%s/%s %.3f  ", pr[0], pr[1], get(pr[0]) / get(pr[1]));
-    printf("\n(MFU against 989 TFLOP/s, the H100 SXM dense BF16 peak; flops/token = 6·params + 12·L·H·Dh·T)\n");
+    for (const std::string &mode : modes) {
+        std::string sfx = mode.empty() ? "" : "/g" + mode;
+        printf("ratios (same run)%s: ", mode.empty() ? "" : (", AVERIS_MOE_GROUPED=" + mode).c_str());
+        for (auto &pr : pairs) {
+            std::string a = pr[0] + sfx, b = pr[1] + sfx;
+            if (get(a.c_str()) > 0 && get(b.c_str()) > 0) printf("%s/%s %.3f  ", pr[0], pr[1], get(a.c_str()) / get(b.c_str()));
+        }
+        printf("\n");
+    }
+    if (modes.size() > 1) { /* each mode's time over the first mode's, per recipe */
+        printf("time ratios between AVERIS_MOE_GROUPED modes (same run): ");
+        for (const std::string &recipe : split(recipes))
+            for (size_t i = 1; i < modes.size(); i++) {
+                std::string a = recipe + "/g" + modes[i], b = recipe + "/g" + modes[0];
+                if (get(a.c_str()) > 0 && get(b.c_str()) > 0)
+                    printf("%s g%s/g%s %.3f  ", recipe.c_str(), modes[i].c_str(), modes[0].c_str(), get(a.c_str()) / get(b.c_str()));
+            }
+        printf("\n");
+    }
+    printf("(MFU against 989 TFLOP/s, the H100 SXM dense BF16 peak; flops/token = 6·params + 12·L·H·Dh·T)\n");
     model_free(&m);
     return 0;
 }
@@ -271,6 +302,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
     if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "fused")) return bench_fused();
-    fprintf(stderr, "usage: bench_cuda quant | fused | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L]\n");
+    fprintf(stderr, "usage: bench_cuda quant | fused | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L] "
+                    "[--moe-modes 0,1,2]\n");
     return 2;
 }

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -146,3 +147,79 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("tiny
 
 /* the Qwen3-MoE model (moe-tiny: 8 experts of 64, top-2, every layer sparse) */
 void test_moe_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("moe-tiny", T, opts); }
+
+/* AVERIS_MOE_GROUPED (docs/moe.md): moe-tiny trained 3 steps (AdamW) per
+ * recipe in mode 0 (per expert), 2 (batched quantization, per-expert GEMMs)
+ * and 1 (grouped GEMMs). Mode 2 must give mode 0's bits (losses, first and
+ * last gradients); mode 1 the same operands with another GEMM summation
+ * order, which can flip an FP4 rounding or a near-tie routing downstream:
+ * its losses within the GPU-vs-CPU bound (2e-3) and its first gradient
+ * within 1e-2 (relative L2), both printed. */
+void test_moe_grouped_modes(void) {
+    const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+    const char *modes[] = {"0", "2", "1"};
+    model_config cfg;
+    CHECK(model_config_load("moe-tiny", &cfg) == AVERIS_OK, "preset moe-tiny");
+    const int B = 2, T = 64, N = B * T, steps = 3;
+    std::vector<int> tok(N), tgt(N);
+    trng r = {91};
+    for (int i = 0; i < N; i++) tok[i] = (int)(trng_u64(&r) % (unsigned long long)cfg.vocab_size);
+    for (int i = 0; i < N; i++) tgt[i] = i + 1 < N ? tok[i + 1] : 0;
+    const char *prev = getenv("AVERIS_MOE_GROUPED");
+    std::string saved = prev ? prev : "";
+    printf("  %-11s %-5s %12s %12s %12s %10s\n", "recipe", "mode", "loss 1", "loss 2", "loss 3", "grad 1 rel");
+    for (const char *rname : recipes) {
+        float loss[3][steps] = {};
+        std::vector<float> g_first[3], g_last[3];
+        for (int mi = 0; mi < 3; mi++) {
+            setenv("AVERIS_MOE_GROUPED", modes[mi], 1);
+            model m;
+            CHECK(model_create(&m, &cfg) == AVERIS_OK, "model_create");
+            model_init_weights(&m, 5);
+            qlin_recipe_parse(rname, &m.recipe);
+            m.recipe.seed = 3;
+            avc_model *net = nullptr;
+            const avc_model_opts o = {AVC_ACT_FP32, AVC_ATTN_AUTO};
+            averis_status st = avc_model_create(&net, &m, B, T, &o);
+            CHECK(st == AVERIS_OK, "%s mode %s: avc_model_create: %s", rname, modes[mi], averis_last_error());
+            if (st) { model_free(&m); continue; }
+            g_first[mi].assign(m.nparams, 0.0f), g_last[mi].assign(m.nparams, 0.0f);
+            for (int k = 0; k < steps; k++) {
+                double norm = 0.0;
+                CHECK(avc_model_zero_grad(net) == AVERIS_OK, "zero_grad");
+                CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12 + k, &loss[mi][k]) == AVERIS_OK,
+                      "%s mode %s step %d: %s", rname, modes[mi], k, averis_last_error());
+                CHECK(avc_model_grads(net, k == 0 ? g_first[mi].data() : g_last[mi].data()) == AVERIS_OK, "grads");
+                CHECK(avc_model_grad_norm(net, &norm) == AVERIS_OK, "grad norm");
+                CHECK(avc_model_adamw(net, 1e-3, 0.9, 0.95, 1e-8, 0.1, k + 1, norm > 1.0 ? (float)(1.0 / norm) : 1.0f) ==
+                          AVERIS_OK, "adamw");
+            }
+            avc_model_free(net);
+            model_free(&m);
+        }
+        for (int mi = 0; mi < 3; mi++) {
+            double num = 0, den = 0;
+            for (size_t i = 0; i < g_first[0].size() && i < g_first[mi].size(); i++) {
+                double d = (double)g_first[mi][i] - g_first[0][i];
+                num += d * d, den += (double)g_first[0][i] * g_first[0][i];
+            }
+            double grel = den > 0 ? sqrt(num / den) : sqrt(num);
+            printf("  %-11s %-5s %12.6f %12.6f %12.6f %10.2e\n", rname, modes[mi], loss[mi][0], loss[mi][1], loss[mi][2], grel);
+            if (mi == 1) {
+                CHECK(!memcmp(loss[1], loss[0], sizeof loss[0]), "%s: mode 2 losses differ from mode 0's", rname);
+                CHECK(g_first[1] == g_first[0] && g_last[1] == g_last[0] &&
+                          !memcmp(g_first[1].data(), g_first[0].data(), g_first[0].size() * sizeof(float)) &&
+                          !memcmp(g_last[1].data(), g_last[0].data(), g_last[0].size() * sizeof(float)),
+                      "%s: mode 2 gradients differ from mode 0's (first step rel %.3g)", rname, grel);
+            }
+            if (mi == 2) {
+                for (int k = 0; k < steps; k++)
+                    CHECK(fabs((double)loss[2][k] - loss[0][k]) <= 2e-3 * fabs((double)loss[0][k]),
+                          "%s: mode 1 loss at step %d %.6f vs mode 0 %.6f", rname, k + 1, loss[2][k], loss[0][k]);
+                CHECK(grel <= 1e-2, "%s: mode 1 first gradient differs by %.3g (bound 1e-2)", rname, grel);
+            }
+        }
+    }
+    if (prev) setenv("AVERIS_MOE_GROUPED", saved.c_str(), 1);
+    else unsetenv("AVERIS_MOE_GROUPED");
+}

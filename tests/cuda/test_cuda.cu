@@ -12,15 +12,23 @@
  *              error of qlin_forward / qlin_backward
  *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
  *              replace, bit for bit (fused_check.cu)
+ *   moe_*      the MoE experts' segmented quantization (seg.cuh) = the
+ *              per-expert calls' bits; the segmented linears
+ *              (qlinear_group.cuh) = the per-expert ones (mode 2) or close
+ *              (mode 1, grouped GEMMs); the model in the three
+ *              AVERIS_MOE_GROUPED modes; the MoE model against the CPU
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #include "quant.cuh"
+#include "seg.cuh"
+#include "qlinear_group.cuh"
 #include "flash.cuh"
 #include "cudnn_att.cuh"
 #include "nvfp4_device.cuh"
 #include "../../dev/cuda/tool_util.cuh"
 #include "averis/half.h"
 #include "averis/qlinear.h"
+#include "averis/model_spec.h"
 
 #include <cmath>
 #include <cstdio>
@@ -428,6 +436,333 @@ static void test_flash_attention(void) {
     }
 }
 
+/* ------------------------------------------- MoE segments (seg.cuh, qlinear_group.cuh) */
+/* experts' token counts: empty ones, counts not multiples of 16, one over a
+ * column-statistics chunk (256 rows) and several row-sum groups (64) */
+static const int k_seg_counts[] = {0, 5, 16, 37, 0, 100, 1, 33, 300};
+
+static void *dfill(size_t bytes, int byte) {
+    void *p;
+    DEV(cudaMalloc(&p, bytes));
+    DEV(cudaMemset(p, byte, bytes));
+    return p;
+}
+
+/* the first differing byte of two device buffers, or -1 */
+static int64_t dev_diff(const void *a, const void *b, size_t bytes) {
+    std::vector<unsigned char> ha = host_copy(static_cast<const unsigned char *>(a), bytes),
+                               hb = host_copy(static_cast<const unsigned char *>(b), bytes);
+    for (size_t i = 0; i < bytes; i++)
+        if (ha[i] != hb[i]) return (int64_t)i;
+    return -1;
+}
+
+/* cq_quantize_seg, cq_colstats_seg, cq_alpha_seg and cq_to_bf16_seg against
+ * the per-expert calls, byte for byte, over every quantizer configuration
+ * the recipes use (rows / transposed wgrad copies × RHT × SR × Averis mean ×
+ * fp32/BF16 input × known amax) and the 16×16 weight tiles */
+static void test_moe_seg_quant_bitexact(void) {
+    const int E = (int)(sizeof k_seg_counts / sizeof k_seg_counts[0]);
+    std::vector<int> offs(E + 1, 0);
+    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + k_seg_counts[e];
+    const int64_t R = offs[E];
+    int *offs_d = dev_copy(offs.data(), E + 1);
+    std::vector<float> amax_in(E);
+    std::vector<uint64_t> streams(E);
+    for (int e = 0; e < E; e++) amax_in[e] = 3.0f + e, streams[e] = 1000 + 7 * (uint64_t)e;
+    float *amax_in_d = dev_copy(amax_in.data(), E);
+    uint64_t *streams_d = dev_copy(streams.data(), E);
+    trng rg = {4242};
+    int compared = 0;
+    for (int64_t cols : {48, 40}) {
+        std::vector<float> x(R * cols);
+        std::vector<uint16_t> xb(R * cols);
+        for (auto &v : x) v = 2.0f * trng_normal(&rg) + 0.7f;
+        x[17 * cols + 3] = 40.0f; /* an outlier in one expert */
+        for (size_t i = 0; i < x.size(); i++) xb[i] = bf16_from_f32(x[i]);
+        float *dx = dev_copy(x.data(), x.size());
+        uint16_t *dxb = dev_copy(xb.data(), xb.size());
+        /* the Averis column statistics */
+        float *mean_d = (float *)dfill(E * cols * 4, 0);
+        for (int bf = 0; bf < 2; bf++) {
+            const char *src = bf ? (const char *)dxb : (const char *)dx;
+            size_t esz = bf ? 2 : 4;
+            float *ms = (float *)dfill(E * cols * 4, 0xFF), *rs = (float *)dfill(E * 4, 0xFF);
+            float *mr = (float *)dfill(E * cols * 4, 0xFF), *rr = (float *)dfill(E * 4, 0xFF);
+            cq_seg g = {E, offs_d, offs.data(), 0, 0, nullptr, 0};
+            CHECK(cq_colstats_seg(src, bf, cols, cols, &g, ms, rs, 0) == AVERIS_OK, "colstats_seg: %s", averis_last_error());
+            for (int e = 0; e < E; e++)
+                if (k_seg_counts[e])
+                    CHECK(cq_colstats(src + offs[e] * cols * esz, bf, k_seg_counts[e], cols, cols, mr + e * cols, rr + e,
+                                      nullptr, nullptr, 0) == AVERIS_OK, "colstats: %s", averis_last_error());
+            std::vector<float> hms = host_copy(ms, E * cols), hmr = host_copy(mr, E * cols), hrs = host_copy(rs, E),
+                               hrr = host_copy(rr, E);
+            for (int e = 0; e < E; e++)
+                if (k_seg_counts[e])
+                    CHECK(!memcmp(&hms[e * cols], &hmr[e * cols], cols * 4) && !memcmp(&hrs[e], &hrr[e], 4),
+                          "colstats_seg differs: cols %lld bf16 %d expert %d (res amax %a vs %a)", (long long)cols, bf, e,
+                          (double)hrs[e], (double)hrr[e]);
+            if (!bf) DEV(cudaMemcpy(mean_d, ms, E * cols * 4, cudaMemcpyDeviceToDevice));
+            cudaFree(ms), cudaFree(rs), cudaFree(mr), cudaFree(rr);
+            compared++;
+        }
+        const int64_t ld_out = (cols + 15) / 16 * 16;
+        for (int v = 0; v < 64; v++) {
+            int transpose = v & 1, rht = (v >> 1) & 1, sr = (v >> 2) & 1, use_mean = (v >> 3) & 1, bf = (v >> 4) & 1,
+                given = (v >> 5) & 1;
+            int64_t extra = transpose && use_mean ? 16 : 0;
+            size_t nout = transpose ? (size_t)(cols * cq_seg_cols(R, E)) : (size_t)(cq_seg_rows(R, E) * ld_out);
+            const char *src = bf ? (const char *)dxb : (const char *)dx;
+            size_t esz = bf ? 2 : 4;
+            __nv_bfloat16 *os = (__nv_bfloat16 *)dfill(nout * 2, 0xFF), *orf = (__nv_bfloat16 *)dfill(nout * 2, 0xFF);
+            float *as = (float *)dfill(E * 4, 0xFF), *ar = (float *)dfill(E * 4, 0xFF);
+            float *ss = (float *)dfill(E * cols * 4, 0xFF), *sr_ = (float *)dfill(E * cols * 4, 0xFF);
+            cq_seg g = {E, offs_d, offs.data(), 0, 1, nullptr, 0};
+            cq_seg_job j = {};
+            j.src = src, j.bf16_in = bf, j.scols = cols, j.ld = cols, j.transpose = transpose;
+            j.rht = rht, j.sr = sr, j.seed = 77, j.streams = streams_d;
+            j.mean = use_mean ? mean_d : nullptr;
+            j.amax_in = given ? amax_in_d : nullptr;
+            j.amax = as, j.bf16_out = os, j.ld_out = ld_out, j.kp_extra = extra;
+            j.rowsum = transpose ? ss : nullptr;
+            CHECK(cq_quantize_seg(&j, &g, 0) == AVERIS_OK, "quantize_seg variant %d: %s", v, averis_last_error());
+            for (int e = 0; e < E; e++) {
+                int64_t o = offs[e], n = k_seg_counts[e];
+                if (!n) continue;
+                cq_job r = {};
+                r.src = src + o * cols * esz, r.bf16_in = bf, r.srows = n, r.scols = cols, r.ld = cols;
+                r.transpose = transpose, r.rht = rht, r.sr = sr, r.seed = 77, r.stream = streams[e];
+                r.mean = use_mean ? mean_d + e * cols : nullptr;
+                r.amax_in = given ? amax_in_d + e : nullptr;
+                r.amax = ar + e;
+                r.bf16_out = transpose ? orf + cols * cq_seg_col0(o, e) : orf + cq_seg_row0(o, e) * ld_out;
+                r.ld_out = transpose ? (n + 15) / 16 * 16 + extra : ld_out;
+                r.rowsum = transpose ? sr_ + e * cols : nullptr;
+                CHECK(cq_quantize(&r, 0) == AVERIS_OK, "quantize expert %d: %s", e, averis_last_error());
+            }
+            int64_t bad = dev_diff(os, orf, nout * 2);
+            CHECK(bad < 0, "quantize_seg BF16 operand differs: cols %lld variant %d (transpose %d rht %d sr %d mean %d bf16 %d "
+                  "amax given %d) at byte %lld", (long long)cols, v, transpose, rht, sr, use_mean, bf, given, (long long)bad);
+            std::vector<float> has = host_copy(as, E), har = host_copy(ar, E), hss = host_copy(ss, E * cols),
+                               hsr = host_copy(sr_, E * cols);
+            for (int e = 0; e < E; e++)
+                if (k_seg_counts[e]) {
+                    CHECK(!memcmp(&has[e], &har[e], 4), "quantize_seg amax differs: variant %d expert %d: %a vs %a", v, e,
+                          (double)has[e], (double)har[e]);
+                    CHECK(!transpose || !memcmp(&hss[e * cols], &hsr[e * cols], cols * 4),
+                          "quantize_seg row sums differ: variant %d expert %d", v, e);
+                }
+            cudaFree(os), cudaFree(orf), cudaFree(as), cudaFree(ar), cudaFree(ss), cudaFree(sr_);
+            compared++;
+        }
+        /* the BF16 recipe's operands */
+        {
+            size_t nout = (size_t)(cq_seg_rows(R, E) * cols);
+            __nv_bfloat16 *os = (__nv_bfloat16 *)dfill(nout * 2, 0xFF), *orf = (__nv_bfloat16 *)dfill(nout * 2, 0xFF);
+            cq_seg g = {E, offs_d, offs.data(), 0, 1, nullptr, 0};
+            CHECK(cq_to_bf16_seg(dx, cols, &g, os, 0) == AVERIS_OK, "to_bf16_seg: %s", averis_last_error());
+            for (int e = 0; e < E; e++)
+                if (k_seg_counts[e])
+                    CHECK(cq_to_bf16(dx + offs[e] * cols, orf + cq_seg_row0(offs[e], e) * cols, k_seg_counts[e] * cols, 0) ==
+                          AVERIS_OK, "to_bf16");
+            CHECK(dev_diff(os, orf, nout * 2) < 0, "to_bf16_seg differs (cols %lld)", (long long)cols);
+            cudaFree(os), cudaFree(orf);
+            compared++;
+        }
+        cudaFree(dx), cudaFree(dxb), cudaFree(mean_d);
+    }
+    /* the experts' weights: 16×16 tiles, E stacked [n × m] */
+    {
+        const int EW = 3;
+        const int64_t n = 48, m = 64;
+        std::vector<float> w(EW * n * m);
+        for (auto &v : w) v = 0.05f * trng_normal(&rg);
+        w[n * m + 5] = 3.0f; /* expert 1's amax */
+        float *dw = dev_copy(w.data(), w.size());
+        __nv_bfloat16 *qs = (__nv_bfloat16 *)dfill(w.size() * 2, 0xFF), *qr = (__nv_bfloat16 *)dfill(w.size() * 2, 0xFF);
+        float *as = (float *)dfill(EW * 4, 0xFF), *ar = (float *)dfill(EW * 4, 0xFF);
+        cq_seg g = {EW, nullptr, nullptr, n, 0, nullptr, 0};
+        cq_seg_job j = {};
+        j.src = dw, j.scols = m, j.ld = m, j.tile = 1, j.amax = as, j.bf16_out = qs, j.ld_out = m;
+        CHECK(cq_quantize_seg(&j, &g, 0) == AVERIS_OK, "quantize_seg weights: %s", averis_last_error());
+        for (int e = 0; e < EW; e++) {
+            cq_job r = {};
+            r.src = dw + e * n * m, r.srows = n, r.scols = m, r.ld = m, r.tile = 1;
+            r.amax = ar + e, r.bf16_out = qr + e * n * m, r.ld_out = m;
+            CHECK(cq_quantize(&r, 0) == AVERIS_OK, "quantize weight: %s", averis_last_error());
+        }
+        CHECK(dev_diff(qs, qr, w.size() * 2) < 0 && dev_diff(as, ar, EW * 4) < 0, "quantize_seg 16x16 weights differ");
+        /* α per expert */
+        float *al_s = (float *)dfill(EW * 4, 0xFF), *al_r = (float *)dfill(EW * 4, 0xFF);
+        std::vector<float> amb = {0.0f, 1e-30f, 2.5f};
+        float *damb = dev_copy(amb.data(), EW);
+        CHECK(cq_alpha_seg(as, damb, al_s, EW, 0) == AVERIS_OK, "alpha_seg");
+        for (int e = 0; e < EW; e++) CHECK(cq_alpha(as + e, damb + e, al_r + e, 0) == AVERIS_OK, "alpha");
+        CHECK(dev_diff(al_s, al_r, EW * 4) < 0, "alpha_seg differs");
+        cudaFree(dw), cudaFree(qs), cudaFree(qr), cudaFree(as), cudaFree(ar), cudaFree(al_s), cudaFree(al_r), cudaFree(damb);
+        compared += 2;
+    }
+    cudaFree(offs_d), cudaFree(amax_in_d), cudaFree(streams_d);
+    printf("  segmented quantization: %d configurations compared byte for byte with the per-expert calls\n", compared);
+    CHECK(compared == 2 * (2 + 64 + 1) + 2, "ran every comparison (%d)", compared);
+}
+
+/* The experts' gate/up-like pair of linears sharing one input (as moe.cu's
+ * gate and up): per-expert cl_* calls against cl_seg_* in `mode`; every
+ * recipe. Mode 2 must give the same bits; mode 1 (grouped GEMMs) the same
+ * operands with another fp32 summation order and the bias added before the
+ * GEMM: each output within a few ulps of its terms' magnitude, so 1e-5 of
+ * the norm (measured errors printed). */
+static void moe_group_linear(int mode) {
+    const int counts[] = {37, 0, 16, 100, 5, 50};
+    const int E = 6;
+    const int64_t m = 64, n = 48, wmax = 64;
+    std::vector<int> offs(E + 1, 0);
+    for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + counts[e];
+    const int64_t R = offs[E];
+    trng rg = {2027};
+    std::vector<float> X(R * m), W1(E * n * m), W2(E * n * m), D1(R * n), D2(R * n);
+    for (auto &v : X) v = trng_normal(&rg) + 0.7f;
+    for (auto &v : W1) v = 0.05f * trng_normal(&rg);
+    for (auto &v : W2) v = 0.05f * trng_normal(&rg);
+    for (auto &v : D1) v = 1e-3f * trng_normal(&rg) + 2e-4f;
+    for (auto &v : D2) v = 1e-3f * trng_normal(&rg) - 1e-4f;
+    float *dX_in = dev_copy(X.data(), X.size()), *dW1 = dev_copy(W1.data(), W1.size()), *dW2 = dev_copy(W2.data(), W2.size()),
+          *dD1 = dev_copy(D1.data(), D1.size()), *dD2 = dev_copy(D2.data(), D2.size());
+    int *offs_d = dev_copy(offs.data(), E + 1);
+    std::vector<uint64_t> st1(2 * E), st2(2 * E);
+    for (int e = 0; e < E; e++) {
+        uint64_t a = 5000 + 3 * (uint64_t)e, b = 9000 + 5 * (uint64_t)e;
+        st1[e] = qlin_dgrad_stream(a), st1[E + e] = qlin_wgrad_stream(a);
+        st2[e] = qlin_dgrad_stream(b), st2[E + e] = qlin_wgrad_stream(b);
+    }
+    uint64_t *st1_d = dev_copy(st1.data(), 2 * E), *st2_d = dev_copy(st2.data(), 2 * E);
+    std::vector<void *> allocs;
+    cl_alloc_fn alloc = [&](void **p, size_t b) -> averis_status {
+        DEV(cudaMalloc(p, b ? b : 1));
+        DEV(cudaMemset(*p, 0, b ? b : 1));
+        allocs.push_back(*p);
+        return AVERIS_OK;
+    };
+    auto take = [&](size_t bytes, int byte) {
+        void *p = dfill(bytes, byte);
+        allocs.push_back(p);
+        return p;
+    };
+    const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
+    printf("  mode %d%s\n", mode, mode == CL_SEG_GROUPED ? (cl_seg_grouped_ok(CUDA_R_16BF) ? ": grouped GEMMs (BF16 operands)"
+                                                         : ": NOTE grouped GEMMs unavailable for BF16, ran as mode 2") : "");
+    for (const char *name : recipes) {
+        qlin_recipe rc;
+        qlin_recipe_parse(name, &rc);
+        rc.seed = 42;
+        float *Y1[2], *Y2[2], *dX[2], *gW1[2], *gW2[2];
+        std::vector<float> quarter(E * n * m, 0.25f);
+        for (int p = 0; p < 2; p++) {
+            Y1[p] = (float *)take(R * n * 4, 0xFF), Y2[p] = (float *)take(R * n * 4, 0xFF);
+            dX[p] = (float *)take(R * m * 4, 0xFF);
+            gW1[p] = (float *)take(E * n * m * 4, 0), gW2[p] = (float *)take(E * n * m * 4, 0);
+            DEV(cudaMemcpy(gW1[p], quarter.data(), quarter.size() * 4, cudaMemcpyHostToDevice));
+            DEV(cudaMemcpy(gW2[p], quarter.data(), quarter.size() * 4, cudaMemcpyHostToDevice));
+        }
+        {   /* per expert (moe.cu's mode 0) */
+            cl_size_class_scope by_class;
+            int64_t kpmax = cl_kp(&rc, 100);
+            cl_input x = {};
+            x.m = m;
+            x.xq = (__nv_bfloat16 *)take(R * m * 2, 0), x.xt = (__nv_bfloat16 *)take(m * kpmax * 2, 0);
+            x.amax = (float *)take(4, 0), x.res_amax = (float *)take(4, 0), x.xt_amax = (float *)take(4, 0);
+            x.mean = (float *)take(m * 4, 0), x.xt_sum = (float *)take(m * 4, 0);
+            cl_scratch scr = {};
+            scr.dq = (__nv_bfloat16 *)take(R * wmax * 2, 0), scr.dt = (__nv_bfloat16 *)take(wmax * kpmax * 2, 0);
+            scr.mean_d = (float *)take(wmax * 4, 0), scr.sum_d = (float *)take(wmax * 4, 0);
+            scr.scal = (float *)take(8 * 4, 0), scr.bias = (float *)take(wmax * 4, 0);
+            scr.mean_part = (float *)take(CL_MEAN_SLICES * wmax * 4, 0);
+            __nv_bfloat16 *wq1 = (__nv_bfloat16 *)take(E * n * m * 2, 0), *wq2 = (__nv_bfloat16 *)take(E * n * m * 2, 0);
+            float *wa1 = (float *)take(E * 4, 0), *wa2 = (float *)take(E * 4, 0);
+            for (int e = 0; e < E; e++) {
+                cl_weight w1 = {dW1 + e * n * m, n, m, wq1 + e * n * m, wa1 + e}, w2 = {dW2 + e * n * m, n, m, wq2 + e * n * m, wa2 + e};
+                CHECK(cl_prep_w(&rc, &w1, 0) == AVERIS_OK && cl_prep_w(&rc, &w2, 0) == AVERIS_OK, "%s prep_w: %s", name,
+                      averis_last_error());
+                int64_t o = offs[e], l = counts[e];
+                if (!l) continue;
+                x.x = dX_in + o * m, x.l = l;
+                CHECK(cl_prep_x(&rc, &x, 0) == AVERIS_OK, "%s prep_x: %s", name, averis_last_error());
+                CHECK(cl_forward(&rc, &x, &w1, Y1[0] + o * n, 0, nullptr, nullptr, &scr, 0) == AVERIS_OK &&
+                          cl_forward(&rc, &x, &w2, Y2[0] + o * n, 0, nullptr, nullptr, &scr, 0) == AVERIS_OK,
+                      "%s forward: %s", name, averis_last_error());
+                x.xt_ready = 0;
+                CHECK(cl_backward(&rc, &x, &w1, dD1 + o * n, dX[0] + o * m, 0, gW1[0] + e * n * m, 5000 + 3 * (uint64_t)e,
+                                  &scr, 0) == AVERIS_OK &&
+                          cl_backward(&rc, &x, &w2, dD2 + o * n, dX[0] + o * m, 1, gW2[0] + e * n * m,
+                                      9000 + 5 * (uint64_t)e, &scr, 0) == AVERIS_OK,
+                      "%s backward: %s", name, averis_last_error());
+            }
+        }
+        {   /* segmented */
+            cl_size_class_scope by_class;
+            cq_seg g = {E, offs_d, offs.data(), 0, 1, nullptr, 0};
+            cl_seg_input sx = {};
+            CHECK(cl_seg_input_setup(&sx, m, E, alloc) == AVERIS_OK, "seg input");
+            sx.x = dX_in;
+            sx.xq = (__nv_bfloat16 *)take(cq_seg_rows(R, E) * m * 2, 0);
+            sx.xt = (__nv_bfloat16 *)take(m * cq_seg_cols(R, E) * 2, 0);
+            cl_seg_scratch ss = {};
+            CHECK(cl_seg_scratch_setup(&ss, R, E, wmax, alloc) == AVERIS_OK, "seg scratch");
+            cl_seg_weight s1 = {dW1, n, m, E, (__nv_bfloat16 *)take(E * n * m * 2, 0), (float *)take(E * 4, 0)};
+            cl_seg_weight s2 = {dW2, n, m, E, (__nv_bfloat16 *)take(E * n * m * 2, 0), (float *)take(E * 4, 0)};
+            CHECK(cl_seg_prep_w(&rc, &s1, 0) == AVERIS_OK && cl_seg_prep_w(&rc, &s2, 0) == AVERIS_OK, "%s seg prep_w: %s",
+                  name, averis_last_error());
+            CHECK(cl_seg_prep_x(&rc, &sx, &g, 0) == AVERIS_OK, "%s seg prep_x: %s", name, averis_last_error());
+            CHECK(cl_seg_forward(&rc, &sx, &s1, &g, Y1[1], mode, &ss, 0) == AVERIS_OK &&
+                      cl_seg_forward(&rc, &sx, &s2, &g, Y2[1], mode, &ss, 0) == AVERIS_OK,
+                  "%s seg forward: %s", name, averis_last_error());
+            sx.xt_ready = 0;
+            CHECK(cl_seg_backward(&rc, &sx, &s1, &g, dD1, dX[1], 0, gW1[1], st1_d, mode, &ss, 0) == AVERIS_OK &&
+                      cl_seg_backward(&rc, &sx, &s2, &g, dD2, dX[1], 1, gW2[1], st2_d, mode, &ss, 0) == AVERIS_OK,
+                  "%s seg backward: %s", name, averis_last_error());
+        }
+        DEV(cudaDeviceSynchronize());
+        struct { const char *what; float *a, *b; int64_t n; } outs[] = {
+            {"Y gate", Y1[1], Y1[0], R * n}, {"Y up", Y2[1], Y2[0], R * n}, {"dX", dX[1], dX[0], R * m},
+            {"dW gate", gW1[1], gW1[0], E * n * m}, {"dW up", gW2[1], gW2[0], E * n * m}};
+        double worst = 0.0;
+        for (auto &o : outs) {
+            std::vector<float> ha = host_copy(o.a, o.n), hb = host_copy(o.b, o.n);
+            if (mode == CL_SEG_PER_EXPERT) {
+                int64_t bad = -1;
+                for (int64_t i = 0; i < o.n && bad < 0; i++)
+                    if (memcmp(&ha[i], &hb[i], 4)) bad = i;
+                CHECK(bad < 0, "%s %s: segmented differs from per expert at %lld: %a vs %a", name, o.what, (long long)bad,
+                      bad < 0 ? 0.0 : (double)ha[bad], bad < 0 ? 0.0 : (double)hb[bad]);
+            } else {
+                if (o.n == E * n * m) /* dW: the 0.25 start removed (accumulated into) */
+                    for (int64_t i = 0; i < o.n; i++) ha[i] -= 0.25f, hb[i] -= 0.25f;
+                double err = rel_err(ha.data(), hb.data(), o.n);
+                worst = err > worst || std::isnan(err) ? err : worst;
+                CHECK(err <= 1e-5, "%s %s: grouped vs per expert relative error %.3g > 1e-5", name, o.what, err);
+            }
+            if (o.n == E * n * m) { /* expert 1 got no token: its gradient is untouched */
+                std::vector<float> h = host_copy(o.a, o.n);
+                int untouched = 1;
+                for (int64_t i = n * m; i < 2 * n * m; i++) untouched &= h[i] == 0.25f;
+                CHECK(untouched, "%s %s: the empty expert's gradient was written", name, o.what);
+            }
+        }
+        printf("  %-11s %s\n", name, mode == CL_SEG_PER_EXPERT ? "Y, dX, dW: the same bits" : "");
+        if (mode != CL_SEG_PER_EXPERT) printf("  %-11s worst relative error %.2e\n", name, worst);
+        for (void *p : allocs) cudaFree(p);
+        allocs.clear();
+    }
+    cudaFree(dX_in), cudaFree(dW1), cudaFree(dW2), cudaFree(dD1), cudaFree(dD2), cudaFree(offs_d), cudaFree(st1_d),
+        cudaFree(st2_d);
+}
+static void test_moe_group_linear_bitexact(void) { moe_group_linear(CL_SEG_PER_EXPERT); }
+static void test_moe_group_linear_grouped_gemm(void) { moe_group_linear(CL_SEG_GROUPED); }
+
+/* model_check.cu: moe-tiny trained a few steps in AVERIS_MOE_GROUPED 0, 2, 1 */
+void test_moe_grouped_modes(void);
+
 /* model_check.cu: one step of the tiny model per recipe vs the CPU */
 void test_model_vs_cpu_T(int T, const avc_model_opts *opts);
 template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void) {
@@ -485,6 +820,11 @@ static const test_case k_tests[] = {
     {"fused_producer_amax_rmsnorm", test_fused_producer_amax_rmsnorm},
     {"fused_producer_amax_swiglu", test_fused_producer_amax_swiglu},
     {"fused_model_step", test_fused_model_step},
+    /* the experts batched (AVERIS_MOE_GROUPED, docs/moe.md) */
+    {"moe_seg_quant_bitexact", test_moe_seg_quant_bitexact},
+    {"moe_group_linear_bitexact", test_moe_group_linear_bitexact},
+    {"moe_group_linear_grouped_gemm", test_moe_group_linear_grouped_gemm},
+    {"moe_grouped_vs_per_expert", test_moe_grouped_modes},
 };
 
 int main(int argc, char **argv) {
