@@ -579,7 +579,7 @@ struct avc_analysis {
         void *p = nullptr;
         size_t cap = 0;
     };
-    buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C;
+    buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C, Z2;
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
     int smem_optin = 0; /* the shared memory a block may opt in to (bytes) */
     void *cublas_ws = nullptr; /* the handle's own workspace: the same GEMM kernels in and out of a capture */
@@ -607,7 +607,7 @@ struct avc_analysis {
         if (fork) cudaEventDestroy(fork);
         if (join) cudaEventDestroy(join);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C})
+                       &off, &rho, &xc, &C, &Z2})
             if (b->p) cudaFree(b->p);
         if (host) cudaFreeHost(host);
         if (cb) cublasDestroy(cb);
@@ -741,8 +741,9 @@ struct ana_job {
     cudaStream_t side; /* phases 3 and 4 (the stream, or a second one beside it) */
     int64_t l, m, n, cnt, nch;
     int p1, p2, gram;
+    int step2; /* Gram path: two products by C per orthonormalisation (Z2 between them) */
     const float *X;
-    float *mean, *scal, *V, *Y, *Z, *W, *ones, *vec1, *Xc, *C;
+    float *mean, *scal, *V, *Y, *Z, *W, *ones, *vec1, *Xc, *C, *Z2;
     double *Zd, *G, *Gs, *tr, *dpart, *rho;
     long long *sel;
     unsigned *cnt_d, *hist;
@@ -794,10 +795,18 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
     const int64_t m = j.m, l = j.l;
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
     if (j.gram) {
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, j.V, (int)m,
+        const float *in = j.V;
+        if (j.step2) { /* Z2 = C V first, then Z = C Z2 */
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, j.V, (int)m,
+                                      &zerof, j.Z2, (int)m));
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, j.C + m * m, (int)m,
+                                      j.V + (int64_t)p1 * m, (int)m, &zerof, j.Z2 + (int64_t)p1 * m, (int)m));
+            in = j.Z2;
+        }
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, in, (int)m,
                                   &zerof, j.Z, (int)m));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, j.C + m * m, (int)m,
-                                  j.V + (int64_t)p1 * m, (int)m, &zerof, j.Z + (int64_t)p1 * m, (int)m));
+                                  in + (int64_t)p1 * m, (int)m, &zerof, j.Z + (int64_t)p1 * m, (int)m));
     } else {
         CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.X, (int)m, j.Y, (int)l,
@@ -886,8 +895,8 @@ averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(
 /* the graphs' key: the shape, every device pointer, the settings read while capturing */
 std::vector<int64_t> job_key(const ana_job &j) {
     const char *cg = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
-    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1'};
-    for (const void *p : {(const void *)j.X, (const void *)j.mean, (const void *)j.scal, (const void *)j.V,
+    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1', j.step2};
+    for (const void *p : {(const void *)j.Z2, (const void *)j.X, (const void *)j.mean, (const void *)j.scal, (const void *)j.V,
                           (const void *)j.Y, (const void *)j.Z, (const void *)j.W, (const void *)j.ones,
                           (const void *)j.vec1, (const void *)j.Xc, (const void *)j.C, (const void *)j.Zd,
                           (const void *)j.G, (const void *)j.Gs, (const void *)j.tr, (const void *)j.dpart,
@@ -1012,6 +1021,11 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     if (gram) {
         CU_OK(a->get(a->xc, n, &jb.Xc));
         CU_OK(a->get(a->C, 2 * m * m, &jb.C));
+        /* AVERIS_ANALYSIS_STEP=2: two products by the Gram matrix per Cholesky-QR (half the
+         * orthonormalisations for the same powers of C; the iteration count stays in products) */
+        const char *st2 = getenv("AVERIS_ANALYSIS_STEP");
+        jb.step2 = st2 && *st2 == '2';
+        if (jb.step2) CU_OK(a->get(a->Z2, m * P, &jb.Z2));
     }
     if (a->ones_n < std::max(l, m)) {
         std::vector<float> one_h((size_t)std::max(l, m), 1.0f);
@@ -1083,17 +1097,20 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         const double tol = env_tol();
         double prev1 = -1, prev2 = -1;
         int done = 0;
-        for (int it = 0; it < iters && !done; it++) {
+        const int per = jb.step2 ? 2 : 1; /* products by C per launch of the iteration */
+        for (int it = 0; it < iters && !done; it += per) {
             if (gr) CU_TRY(cudaGraphLaunch(gr->it, s));
             else CU_OK(stage_iter(a, jb));
-            if (it >= 5 && (it - 5) % 3 == 0 && it + 1 < iters) {
+            /* the checks after products 6, 9, 12, 15 (one at a time), 6, 10, 14 (two) */
+            const int k_done = it + per - 1;
+            if (k_done >= 5 && (k_done - 5) % (per == 1 ? 3 : 4) == 0 && k_done + 1 < iters) {
                 CU_TRY(cudaMemcpyAsync(hd + o_tr, jb.tr, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
                 CU_TRY(cudaStreamSynchronize(s));
                 const double t0 = hd[o_tr], t1 = hd[o_tr + 1];
                 done = fabs(t0 - prev1) <= tol * t0 && fabs(t1 - prev2) <= tol * t1 && tol > 0;
                 prev1 = t0, prev2 = t1;
             }
-            used = it + 1;
+            used = it + per;
         }
     }
     if (gr) CU_TRY(cudaGraphLaunch(gr->rr, s));
