@@ -16,6 +16,8 @@
 #      steps 0, 10, 20, no weights downloaded for them) and
 #      `analyze CKPT --device cuda`; moe-tiny's rows include the experts
 # Needs nvcc, a GPU; step 5 needs a corpus (DATA, default data/default).
+# Knobs: DEVICE_ANALYSIS_MEMCHECK=0, DEVICE_ANALYSIS_E2E=0 (skip 3., 5.),
+# ANALYSIS_VARIANTS (the environment settings step 4 times averis under).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,12 +70,14 @@ for r in averis bf16; do
 done
 
 step "bench_analysis, averis, with the stages launched directly (AVERIS_ANALYSIS_GRAPH=0), on one stream (AVERIS_ANALYSIS_SIDE=0), two products per orthonormalisation (AVERIS_ANALYSIS_STEP=2)"
-for v in AVERIS_ANALYSIS_GRAPH=0 AVERIS_ANALYSIS_SIDE=0 AVERIS_ANALYSIS_STEP=2; do
+for v in ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_GRAPH=0 AVERIS_ANALYSIS_SIDE=0 AVERIS_ANALYSIS_STEP=2}; do
     env "$v" timeout 240 build/bench_analysis --recipe averis --every 250 --steps 10 \
         --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${v%%=*}.log" | grep -E "overhead|analysis step"
 done
 step "end to end: train --device cuda --analyze-every, analyze --device cuda"
-if ls "$DATA"/train_*.bin >/dev/null 2>&1; then
+if [[ ${DEVICE_ANALYSIS_E2E:-1} == 0 ]]; then
+    echo "(skipped: DEVICE_ANALYSIS_E2E=0)"
+elif ls "$DATA"/train_*.bin >/dev/null 2>&1; then
     rm -rf "$RUNS/tiny"
     if timeout 240 build/averis train --device cuda --config tiny --recipe averis --data "$DATA" --out "$RUNS/tiny" \
         --steps 20 --batch 8 --seq 128 --analyze-every 10 --log-every 10 >"$OUT/train_tiny.log" 2>&1; then
