@@ -222,7 +222,9 @@ averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t 
 
 averis_status cm_moe_mode(int *mode) {
     const char *v = getenv("AVERIS_MOE_GROUPED");
-    *mode = CL_SEG_GROUPED;
+    /* 2 by default: cuBLAS 13 refuses the grouped GEMM for BF16 operands with an fp32
+     * output (status 15 on the H200, 2026-12-06), so mode 1 ran as 2 at the same speed */
+    *mode = CL_SEG_PER_EXPERT;
     if (!v || !*v) return AVERIS_OK;
     if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "2"))
         return averis_fail(AVERIS_EINVAL, "AVERIS_MOE_GROUPED=%s: 0 (per expert), 1 (grouped GEMMs) or 2 (batched "

@@ -50,14 +50,15 @@ struct cm_moe_layer {
     cl_seg_weight swg = {}, swu = {}, swd = {};              /* the E stacked weights and their operands */
 };
 
-/* AVERIS_MOE_GROUPED: 1 (default) the experts' quantization in one launch
- * sequence per linear (seg.cuh) and grouped GEMMs, 2 the same quantization
- * with one cuBLASLt GEMM per expert (the bits of 0); both through
+/* AVERIS_MOE_GROUPED: 2 (default) the experts' quantization in one launch
+ * sequence per linear (seg.cuh) with one cuBLASLt GEMM per expert (the bits
+ * of 0), 1 the same with grouped GEMMs (cuBLAS refuses BF16 operands with an
+ * fp32 output: then it runs as 2); both through
  * qlinear_group.cuh. 0: cl_prep_x / cl_forward / cl_backward per expert. */
 enum { CM_MOE_PER_EXPERT = 0 };
 struct cm_moe {
     int E = 0, k = 0, L = 0, nmoe = 0, norm_topk = 0, aux_on = 0;
-    int mode = CL_SEG_GROUPED;
+    int mode = CL_SEG_PER_EXPERT;
     double coef = 0.0;
     int64_t N = 0, C = 0, I = 0, R = 0;
     std::vector<cm_moe_layer> layers; /* [L], used where the layer is MoE */
@@ -84,7 +85,7 @@ typedef std::function<averis_status(void **, size_t)> cm_alloc_fn;
 
 /* I·C and C·I shapes accepted by recipe r for up to N rows */
 averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t N);
-/* the mode from AVERIS_MOE_GROUPED (unset: 1) */
+/* the mode from AVERIS_MOE_GROUPED (unset: 2) */
 averis_status cm_moe_mode(int *mode);
 /* buffers for N tokens; weights/grads: the model's layer pointers (router,
  * eg, eu, ed) bound per MoE layer with cm_moe_bind */
