@@ -3,6 +3,7 @@
  * the quantized operands are the CPU's bits; only the GEMM accumulation
  * order and the split-BF16 rank-one columns differ. */
 #include "qlinear.cuh"
+#include "qlinear_kern.cuh"
 #include "quant_fused.cuh"
 #include "nvfp4_device.cuh"
 #include "averis/model_spec.h"
@@ -275,113 +276,31 @@ averis_status cl_matmul(int transA, int transB, int64_t M, int64_t N, int64_t K,
 /* ===================================================== the linear layer */
 namespace {
 
-/* bias[o] = S_dec(W)·Σ_i μ[i]·W̄[o][i]: one warp per output row, 8 weights
- * (16 bytes) per lane and load (m % 8 == 0: FP4 recipes have m % 16 == 0) */
+/* the bodies: qlinear_kern.cuh (shared with the MoE experts' qlinear_group.cu) */
 __global__ void __launch_bounds__(256, 4) k_mean_fwd(const float *mu, const __nv_bfloat16 *wq, const float *w_amax,
                                                     int64_t n, int64_t m, float *bias) {
-    int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (o >= n) return;
-    float acc = 0.0f;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(wq + o * m);
-#pragma unroll 4
-    for (int64_t k = lane; k < m / 8; k += 32) {
-        uint4 u = __ldg(wr + k);
-        float4 a = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k), c = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k + 1);
-        const float f[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            acc += f[2 * i] * __uint_as_float(w[i] << 16);
-            acc += f[2 * i + 1] * __uint_as_float(w[i] & 0xFFFF0000u);
-        }
-    }
-    acc = cu_warp_sum(acc);
-    if (lane == 0) {
-        float e, d;
-        nvfp4_spec_global_scales(*w_amax, &e, &d);
-        bias[o] = acc * d;
-    }
+    mean_fwd_body(mu, wq, *w_amax, n, m, bias);
 }
 
-/* bias[i] = S_dec(W)·Σ_o μ_D[o]·W̄[o][i], in two steps for parallelism:
- * part[y][i] over rows slice y (CL_MEAN_SLICES of them), then the sum over y.
- * A (32, 8) block covers 256 columns, 8 per thread from one 16-byte load. */
 __global__ void __launch_bounds__(256, 4) k_mean_dgrad_part(const float *mu, const __nv_bfloat16 *wq, int64_t n, int64_t m,
                                                             float *part) {
-    __shared__ float red[8][256 + 8];
-    int64_t c8 = (int64_t)blockIdx.x * 32 + threadIdx.x; /* 8-column group */
-    int64_t per = (n + CL_MEAN_SLICES - 1) / CL_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (c8 * 8 < m)
-#pragma unroll 4
-        for (int64_t o = o0 + threadIdx.y; o < o1; o += 8) {
-            uint4 u = __ldg(reinterpret_cast<const uint4 *>(wq + o * m) + c8);
-            float mo = __ldg(mu + o);
-            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                acc[2 * i] += mo * __uint_as_float(w[i] << 16);
-                acc[2 * i + 1] += mo * __uint_as_float(w[i] & 0xFFFF0000u);
-            }
-        }
-#pragma unroll
-    for (int i = 0; i < 8; i++) red[threadIdx.y][threadIdx.x * 8 + i] = acc[i];
-    __syncthreads();
-    int t = threadIdx.y * 32 + threadIdx.x; /* 256 threads, one column each */
-    int64_t col = (int64_t)blockIdx.x * 256 + t;
-    if (col < m) {
-        float sum = 0.0f;
-        for (int y = 0; y < 8; y++) sum += red[y][t];
-        part[blockIdx.y * m + col] = sum;
-    }
+    mean_dgrad_part_body(mu, wq, n, m, part);
 }
 
 __global__ void k_mean_dgrad_sum(const float *part, int64_t m, const float *w_amax, float *bias) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= m) return;
-    float s = 0.0f;
-    for (int y = 0; y < CL_MEAN_SLICES; y++) s += part[y * m + i];
-    float e, d;
-    nvfp4_spec_global_scales(*w_amax, &e, &d);
-    bias[i] = s * d;
+    mean_dgrad_sum_body(part, m, *w_amax, bias);
 }
 
-__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16 &hi, __nv_bfloat16 &lo) {
-    hi = __float2bfloat16_rn(v);
-    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
-}
-
-/* The X side of the folded rank-one wgrad terms: columns lp..lp+15 of xt row j
- * hold [v1h, v1l, v1h, v2h, v2l, v2h, 0…], v1 = ΣX̄_R + l·μ̄_X, v2 = μ̄_X. */
 __global__ void k_fill_x(__nv_bfloat16 *xt, int64_t kp, int64_t lp, int64_t m, int64_t l, const float *sum_x,
                          const float *mean_x) {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= m) return;
-    float v1 = sum_x[j] + (float)l * mean_x[j], v2 = mean_x[j];
-    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
-    split_bf16(v1, h1, l1);
-    split_bf16(v2, h2, l2);
-    __align__(16) __nv_bfloat16 c[16] = {h1, l1, h1, h2, l2, h2, z, z, z, z, z, z, z, z, z, z};
-    uint4 *dst = reinterpret_cast<uint4 *>(xt + j * kp + lp); /* kp, lp multiples of 16 */
-    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
-    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
+    if (j < m) fill_x_row(xt, kp, lp, j, l, sum_x, mean_x);
 }
 
-/* The D side: [U1h, U1h, U1l, U2h, U2h, U2l, 0…], U1 = μ̄_D/α, U2 = ΣD̄_R/α */
 __global__ void k_fill_d(__nv_bfloat16 *dt, int64_t kp, int64_t lp, int64_t n, const float *mean_d, const float *sum_d,
                          const float *alpha) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float a = *alpha;
-    float u1 = a != 0.0f ? mean_d[i] / a : 0.0f, u2 = a != 0.0f ? sum_d[i] / a : 0.0f;
-    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
-    split_bf16(u1, h1, l1);
-    split_bf16(u2, h2, l2);
-    __align__(16) __nv_bfloat16 c[16] = {h1, h1, l1, h2, h2, l2, z, z, z, z, z, z, z, z, z, z};
-    uint4 *dst = reinterpret_cast<uint4 *>(dt + i * kp + lp);
-    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
-    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
+    if (i < n) fill_d_row(dt, kp, lp, i, mean_d, sum_d, *alpha);
 }
 
 enum { S_RES_D = 0, S_AMAX_DQ, S_AMAX_DT, S_ALPHA_F, S_ALPHA_DG, S_ALPHA_WG };

@@ -1,8 +1,9 @@
 /* qlinear_group.cu — the MoE experts' linears of one layer at once
- * (qlinear_group.cuh). The per-expert kernels' bodies (k_mean_fwd,
- * k_mean_dgrad_part/_sum, k_fill_x/_d of qlinear.cu) run here on a segment
- * each (blockIdx.y or .z), with the same arithmetic: the same bits. */
+ * (qlinear_group.cuh). The per-expert kernels' bodies (qlinear_kern.cuh,
+ * which qlinear.cu's k_mean_fwd, k_mean_dgrad_part/_sum, k_fill_x/_d run)
+ * run here on a segment each (blockIdx.y or .z): the same bits. */
 #include "qlinear_group.cuh"
+#include "qlinear_kern.cuh"
 #include "nvfp4_device.cuh"
 #include "averis/model_spec.h"
 
@@ -31,30 +32,7 @@ __global__ void __launch_bounds__(256, 4) k_mean_fwd_seg(const int *offs, const 
     if (!seg_of(offs, e, so, sn)) return;
     const float *mu = mu_all + e * m;
     const __nv_bfloat16 *wq = wq_all + e * n * m;
-    float *bias = bias_all + e * n;
-    int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (o >= n) return;
-    float acc = 0.0f;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(wq + o * m);
-#pragma unroll 4
-    for (int64_t k = lane; k < m / 8; k += 32) {
-        uint4 u = __ldg(wr + k);
-        float4 a = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k), c = __ldg(reinterpret_cast<const float4 *>(mu) + 2 * k + 1);
-        const float f[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            acc += f[2 * i] * __uint_as_float(w[i] << 16);
-            acc += f[2 * i + 1] * __uint_as_float(w[i] & 0xFFFF0000u);
-        }
-    }
-    acc = cu_warp_sum(acc);
-    if (lane == 0) {
-        float ee, d;
-        nvfp4_spec_global_scales(w_amax_all[e], &ee, &d);
-        bias[o] = acc * d;
-    }
+    mean_fwd_body(mu, wq, w_amax_all[e], n, m, bias_all + e * n);
 }
 
 /* k_mean_dgrad_part on expert blockIdx.z: part [E × CL_MEAN_SLICES × m] */
@@ -66,33 +44,7 @@ __global__ void __launch_bounds__(256, 4) k_mean_dgrad_part_seg(const int *offs,
     if (!seg_of(offs, e, so, sn)) return;
     const float *mu = mu_all + e * n;
     const __nv_bfloat16 *wq = wq_all + e * n * m;
-    float *part = part_all + (int64_t)e * CL_MEAN_SLICES * m;
-    __shared__ float red[8][256 + 8];
-    int64_t c8 = (int64_t)blockIdx.x * 32 + threadIdx.x; /* 8-column group */
-    int64_t per = (n + CL_MEAN_SLICES - 1) / CL_MEAN_SLICES, o0 = blockIdx.y * per, o1 = min(o0 + per, n);
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (c8 * 8 < m)
-#pragma unroll 4
-        for (int64_t o = o0 + threadIdx.y; o < o1; o += 8) {
-            uint4 u = __ldg(reinterpret_cast<const uint4 *>(wq + o * m) + c8);
-            float mo = __ldg(mu + o);
-            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                acc[2 * i] += mo * __uint_as_float(w[i] << 16);
-                acc[2 * i + 1] += mo * __uint_as_float(w[i] & 0xFFFF0000u);
-            }
-        }
-#pragma unroll
-    for (int i = 0; i < 8; i++) red[threadIdx.y][threadIdx.x * 8 + i] = acc[i];
-    __syncthreads();
-    int t = threadIdx.y * 32 + threadIdx.x; /* 256 threads, one column each */
-    int64_t col = (int64_t)blockIdx.x * 256 + t;
-    if (col < m) {
-        float sum = 0.0f;
-        for (int y = 0; y < 8; y++) sum += red[y][t];
-        part[blockIdx.y * m + col] = sum;
-    }
+    mean_dgrad_part_body(mu, wq, n, m, part_all + (int64_t)e * CL_MEAN_SLICES * m);
 }
 
 /* k_mean_dgrad_sum on expert blockIdx.y: bias [E × m] */
@@ -101,19 +53,7 @@ __global__ void k_mean_dgrad_sum_seg(const int *offs, const float *part_all, int
     int e = (int)blockIdx.y;
     int64_t so, sn;
     if (!seg_of(offs, e, so, sn)) return;
-    const float *part = part_all + (int64_t)e * CL_MEAN_SLICES * m;
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= m) return;
-    float s = 0.0f;
-    for (int y = 0; y < CL_MEAN_SLICES; y++) s += part[y * m + i];
-    float ee, d;
-    nvfp4_spec_global_scales(w_amax_all[e], &ee, &d);
-    bias_all[e * m + i] = s * d;
-}
-
-__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16 &hi, __nv_bfloat16 &lo) {
-    hi = __float2bfloat16_rn(v);
-    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+    mean_dgrad_sum_body(part_all + (int64_t)e * CL_MEAN_SLICES * m, m, w_amax_all[e], bias_all + e * m);
 }
 
 /* k_fill_x on expert blockIdx.y: its wgrad copy's block [m × kp_e] in xt */
@@ -125,15 +65,7 @@ __global__ void k_fill_x_seg(const int *offs, __nv_bfloat16 *xt_all, int64_t m, 
     __nv_bfloat16 *xt = xt_all + m * cq_seg_col0(so, e);
     const float *sum_x = sum_all + e * m, *mean_x = mean_all + e * m;
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= m) return;
-    float v1 = sum_x[j] + (float)l * mean_x[j], v2 = mean_x[j];
-    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
-    split_bf16(v1, h1, l1);
-    split_bf16(v2, h2, l2);
-    __align__(16) __nv_bfloat16 c[16] = {h1, l1, h1, h2, l2, h2, z, z, z, z, z, z, z, z, z, z};
-    uint4 *dst = reinterpret_cast<uint4 *>(xt + j * kp + lp);
-    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
-    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
+    if (j < m) fill_x_row(xt, kp, lp, j, l, sum_x, mean_x);
 }
 
 /* k_fill_d on expert blockIdx.y */
@@ -146,16 +78,7 @@ __global__ void k_fill_d_seg(const int *offs, __nv_bfloat16 *dt_all, int64_t n, 
     __nv_bfloat16 *dt = dt_all + n * cq_seg_col0(so, e);
     const float *mean_d = mean_all + e * n, *sum_d = sum_all + e * n;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float a = alpha_all[e];
-    float u1 = a != 0.0f ? mean_d[i] / a : 0.0f, u2 = a != 0.0f ? sum_d[i] / a : 0.0f;
-    __nv_bfloat16 h1, l1, h2, l2, z = __float2bfloat16_rn(0.0f);
-    split_bf16(u1, h1, l1);
-    split_bf16(u2, h2, l2);
-    __align__(16) __nv_bfloat16 c[16] = {h1, h1, l1, h2, h2, l2, z, z, z, z, z, z, z, z, z, z};
-    uint4 *dst = reinterpret_cast<uint4 *>(dt + i * kp + lp);
-    dst[0] = reinterpret_cast<const uint4 *>(c)[0];
-    dst[1] = reinterpret_cast<const uint4 *>(c)[1];
+    if (i < n) fill_d_row(dt, kp, lp, i, mean_d, sum_d, alpha_all[e]);
 }
 
 /* the grouped path's bias: D rows of expert blockIdx.y = (add ? D : 0) + bias_e */

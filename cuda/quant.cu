@@ -231,7 +231,7 @@ __device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, f
 
 /* out[j] = Σ_b part[b][j]: a (32, 8) block per 32 rows, 8 strided partial
  * sums then a fixed tree: deterministic, and 8 loads in flight per row */
-__global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *out) {
+__device__ __forceinline__ void rowsum_body(const double *part, int64_t nb, int64_t qrows, float *out) {
     __shared__ double red[8][33];
     int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
     double acc = 0.0;
@@ -245,17 +245,15 @@ __global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *o
         out[j] = (float)t;
     }
 }
+__global__ void k_rowsum(const double *part, int64_t nb, int64_t qrows, float *out) { rowsum_body(part, nb, qrows, out); }
 
 /* ------------------------------------------------------ column statistics */
 /* part[c][j] = Σ of rows of chunk c (NVFP4_SPLIT_CHUNK, in order, fp64),
- * and the chunk's max and min (NaN ignored) */
+ * and the chunk's max and min (NaN ignored), column j of chunk c a thread
+ * (the body shared by the per-expert kernel below) */
 template <typename T>
-__global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
-                                float *pmn, float *res_amax) {
-    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int64_t c = blockIdx.y;
-    if (res_amax && j == 0 && c == 0) *res_amax = 0.0f; /* for k_colstats_final's atomicMax, which runs after */
-    if (j >= cols) return;
+__device__ __forceinline__ void colstats_chunk(const T *x, int64_t rows, int64_t cols, int64_t ld, int64_t j, int64_t c,
+                                               double *part, float *pmx, float *pmn) {
     int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
     double s = 0.0;
     float mx = -INFINITY, mn = INFINITY;
@@ -285,12 +283,23 @@ __global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t 
     pmn[c * cols + j] = mn;
 }
 
-__global__ void k_colstats_final(const double *part, const float *pmx, const float *pmn, int64_t nchunk, int64_t rows,
-                                 int64_t cols, float *mean, float *col_max, float *col_min, float *res_amax) {
+template <typename T>
+__global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t ld, double *part, float *pmx,
+                                float *pmn, float *res_amax) {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t c = blockIdx.y;
+    if (res_amax && j == 0 && c == 0) *res_amax = 0.0f; /* for k_colstats_final's atomicMax, which runs after */
     if (j >= cols) return;
+    colstats_chunk(x, rows, cols, ld, j, c, part, pmx, pmn);
+}
+
+/* column j's mean, max and min from its chunks' partials (in chunk order);
+ * the residual's amax max(|max − μ|, |μ − min|) into *res_amax */
+__device__ __forceinline__ float colstats_final_col(const double *part, const float *pmx, const float *pmn, int64_t nchunk,
+                                                    int64_t rows, int64_t cols, int64_t j, float *res_amax, float &mx,
+                                                    float &mn) {
     double total = 0.0;
-    float mx = -INFINITY, mn = INFINITY;
+    mx = -INFINITY, mn = INFINITY;
     for (int64_t c = 0; c < nchunk; c++) {
         total += part[c * cols + j];
         float a = pmx[c * cols + j], b = pmn[c * cols + j];
@@ -298,13 +307,21 @@ __global__ void k_colstats_final(const double *part, const float *pmx, const flo
         mn = b < mn ? b : mn;
     }
     float mu = (float)(total / (double)rows);
-    mean[j] = mu;
-    if (col_max) col_max[j] = mx;
-    if (col_min) col_min[j] = mn;
     float a = fabsf(mx - mu), b = fabsf(mu - mn), m = 0.0f;
     if (a > m) m = a;
     if (b > m) m = b;
     if (m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(res_amax), __float_as_uint(m));
+    return mu;
+}
+
+__global__ void k_colstats_final(const double *part, const float *pmx, const float *pmn, int64_t nchunk, int64_t rows,
+                                 int64_t cols, float *mean, float *col_max, float *col_min, float *res_amax) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    float mx, mn;
+    mean[j] = colstats_final_col(part, pmx, pmn, nchunk, rows, cols, j, res_amax, mx, mn);
+    if (col_max) col_max[j] = mx;
+    if (col_min) col_min[j] = mn;
 }
 
 /* 8 elements a thread: two 16-byte loads, one 16-byte store (n % 8 == 0, aligned) */
@@ -686,20 +703,7 @@ __global__ void k_rowsum_seg(const double *part_all, const int *offs, int64_t ro
     int64_t o, n;
     if (!seg_range(offs, rows_each, e, o, n)) return;
     int64_t nb = ((n + 15) / 16 + CQ_TG - 1) / CQ_TG;
-    const double *part = part_all + (o / 64 + e) * qrows;
-    float *out = out_all + e * qrows;
-    __shared__ double red[8][33];
-    int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
-    double acc = 0.0;
-    if (j < qrows)
-        for (int64_t b = threadIdx.y; b < nb; b += 8) acc += part[b * qrows + j];
-    red[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < qrows) {
-        double t = ((red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x])) +
-                   ((red[4][threadIdx.x] + red[5][threadIdx.x]) + (red[6][threadIdx.x] + red[7][threadIdx.x]));
-        out[j] = (float)t;
-    }
+    rowsum_body(part_all + (o / 64 + e) * qrows, nb, qrows, out_all + e * qrows);
 }
 
 /* k_colstats_part on segment blockIdx.z (chunks from the segment's first row);
@@ -719,31 +723,7 @@ __global__ void k_colstats_part_seg(const T *x_all, const int *offs, int64_t col
     float *pmx = pmx_all + base, *pmn = pmn_all + base, *res_amax = res_amax_all + e;
     if (j == 0 && c == 0) *res_amax = 0.0f; /* for k_colstats_final_seg's atomicMax, which runs after */
     if (j >= cols) return;
-    int64_t r0 = c * NVFP4_SPLIT_CHUNK, r1 = r0 + NVFP4_SPLIT_CHUNK < rows ? r0 + NVFP4_SPLIT_CHUNK : rows;
-    double s = 0.0;
-    float mx = -INFINITY, mn = INFINITY;
-    enum { U = 64 };
-    int64_t r = r0;
-    for (; r + U <= r1; r += U) {
-        float v[U];
-#pragma unroll
-        for (int k = 0; k < U; k++) v[k] = cq_ld_elem(x + (r + k) * ld + j);
-#pragma unroll
-        for (int k = 0; k < U; k++) {
-            s += (double)v[k];
-            mx = v[k] > mx ? v[k] : mx;
-            mn = v[k] < mn ? v[k] : mn;
-        }
-    }
-    for (; r < r1; r++) {
-        float v = cq_ld_elem(x + r * ld + j);
-        s += (double)v;
-        mx = v > mx ? v : mx;
-        mn = v < mn ? v : mn;
-    }
-    part[c * cols + j] = s;
-    pmx[c * cols + j] = mx;
-    pmn[c * cols + j] = mn;
+    colstats_chunk(x, rows, cols, ld, j, c, part, pmx, pmn);
 }
 
 /* k_colstats_final on segment blockIdx.y */
@@ -755,22 +735,9 @@ __global__ void k_colstats_final_seg(const double *part_all, const float *pmx_al
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= cols) return;
     int64_t nchunk = (rows + NVFP4_SPLIT_CHUNK - 1) / NVFP4_SPLIT_CHUNK, base = (o / NVFP4_SPLIT_CHUNK + e) * cols;
-    const double *part = part_all + base;
-    const float *pmx = pmx_all + base, *pmn = pmn_all + base;
-    double total = 0.0;
-    float mx = -INFINITY, mn = INFINITY;
-    for (int64_t c = 0; c < nchunk; c++) {
-        total += part[c * cols + j];
-        float a = pmx[c * cols + j], b = pmn[c * cols + j];
-        mx = a > mx ? a : mx;
-        mn = b < mn ? b : mn;
-    }
-    float mu = (float)(total / (double)rows);
-    mean_all[e * cols + j] = mu;
-    float a = fabsf(mx - mu), b = fabsf(mu - mn), m = 0.0f;
-    if (a > m) m = a;
-    if (b > m) m = b;
-    if (m > 0.0f) atomicMax(reinterpret_cast<unsigned int *>(res_amax_all + e), __float_as_uint(m));
+    float mx, mn;
+    mean_all[e * cols + j] = colstats_final_col(part_all + base, pmx_all + base, pmn_all + base, nchunk, rows, cols, j,
+                                                res_amax_all + e, mx, mn);
 }
 
 __global__ void k_alpha_seg(const float *amax_a, const float *amax_b, float *alpha, int nseg) {
