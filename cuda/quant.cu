@@ -123,8 +123,8 @@ __device__ __forceinline__ float block_amax(const cq_params &p, const float v[16
     return m;
 }
 
-/* pass 1: the per-tensor amax */
-template <typename T> __global__ void k_amax(cq_params p) {
+/* pass 1: the per-tensor amax (the body shared by k_amax_seg) */
+template <typename T> __device__ __forceinline__ void amax_body(const cq_params &p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float v[16];
     int64_t qrow, b;
@@ -142,6 +142,7 @@ template <typename T> __global__ void k_amax(cq_params p) {
     }
     cq_reduce_amax(m, p.amax);
 }
+template <typename T> __global__ void k_amax(cq_params p) { amax_body<T>(p); }
 
 /* pass 2: scales, codes, BF16 operand, row sums */
 template <typename T>
@@ -150,7 +151,7 @@ __device__ __forceinline__ double quant_block(const cq_params &p, int64_t gid, f
 /* (launch bounds: 64 registers, 4 blocks an SM; at ptxas's own register
  * count the kernel, which is instruction- and latency-bound, runs slower:
  * docs/cuda.md, docs/benchmarks.md) */
-template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_params p) {
+template <typename T> __device__ __forceinline__ void quant_body(const cq_params &p) {
     int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float s_enc, s_dec;
     nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
@@ -164,6 +165,7 @@ template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_param
     for (int k = 0; k < CQ_TG; k++) acc += quant_block<T>(p, (bt * CQ_TG + k) * p.scols + j, s_enc, s_dec);
     if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
 }
+template <typename T> __global__ void __launch_bounds__(256, 4) k_quant(cq_params p) { quant_body<T>(p); }
 
 /* one 16-element block; returns Σ of its dequantized values (after the
  * inverse RHT) when row sums are asked for */
@@ -661,40 +663,14 @@ __device__ __forceinline__ bool seg_params(const cq_params &t, const cq_seg_dev 
 template <typename T> __global__ void k_amax_seg(cq_params t, cq_seg_dev g) {
     cq_params p;
     if (!seg_params(t, g, (int)blockIdx.y, p) || (int64_t)blockIdx.x * blockDim.x >= p.nthreads) return;
-    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    float v[16];
-    int64_t qrow, b;
-    bool valid;
-    float m = 0.0f;
-    if (p.transpose) {
-        int64_t j = (uint32_t)gid % (uint32_t)p.scols, b0 = (int64_t)((uint32_t)gid / (uint32_t)p.scols) * CQ_TG;
-        for (int k = 0; k < CQ_TG; k++) {
-            block_input<T>(p, (b0 + k) * p.scols + j, v, qrow, b, valid);
-            if (gid < p.nthreads) m = fmaxf(m, block_amax(p, v));
-        }
-    } else {
-        block_input<T>(p, gid, v, qrow, b, valid);
-        m = block_amax(p, v);
-    }
-    cq_reduce_amax(m, p.amax);
+    amax_body<T>(p);
 }
 
 /* k_quant on segment blockIdx.y */
 template <typename T> __global__ void __launch_bounds__(256, 4) k_quant_seg(cq_params t, cq_seg_dev g) {
     cq_params p;
     if (!seg_params(t, g, (int)blockIdx.y, p) || (int64_t)blockIdx.x * blockDim.x >= p.nthreads) return;
-    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    float s_enc, s_dec;
-    nvfp4_spec_global_scales(*p.amax, &s_enc, &s_dec);
-    if (!p.transpose) {
-        quant_block<T>(p, gid, s_enc, s_dec);
-        return;
-    }
-    if (gid >= p.nthreads) return;
-    int64_t j = (uint32_t)gid % (uint32_t)p.scols, bt = (uint32_t)gid / (uint32_t)p.scols;
-    double acc = 0.0;
-    for (int k = 0; k < CQ_TG; k++) acc += quant_block<T>(p, (bt * CQ_TG + k) * p.scols + j, s_enc, s_dec);
-    if (p.rowsum_part) p.rowsum_part[bt * p.scols + j] = acc;
+    quant_body<T>(p);
 }
 
 /* k_rowsum on segment blockIdx.y: out [nseg × qrows] */
