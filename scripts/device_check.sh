@@ -13,7 +13,8 @@
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
 #      build, and resumed on the CPU
 #   6. NCCL data parallel at N = 1 (scripts/device_nccl.sh quick), if built
-# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant and step, quant_lab bench.
+# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant, fused and step (also with
+# AVERIS_FUSED_QUANT=0), quant_lab bench.
 # Needs: nvcc, a GPU, data/default (scripts/get_data.sh; carried to the
 # device). Writes logs to $OUT (or out/device_check). Exit status: failures.
 set -uo pipefail
@@ -131,6 +132,8 @@ fi
 if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     step "bench: quantize kernels"
     build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
+    step "bench: an output gradient to both of its operands, two calls vs one (bench_cuda fused)"
+    build/bench_cuda fused 2>&1 | tee "$OUT/bench_fused.txt" || note_fail "bench fused"
     step "bench: the kernel lab's quantize versions"
     build/quant_lab bench 2>&1 | tee "$OUT/bench_quant_lab.txt" || note_fail "quant_lab bench"
     step "bench: Qwen3-0.6B training step"
@@ -144,6 +147,9 @@ if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
     echo "--- the same with fp32 activations between kernels (AVERIS_ACT=fp32)" | tee -a "$OUT/bench_step.txt"
     AVERIS_ACT=fp32 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
         | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fp32 activations)"
+    echo "--- the same with the fewer-pass quantization off (AVERIS_FUSED_QUANT=0)" | tee -a "$OUT/bench_step.txt"
+    AVERIS_FUSED_QUANT=0 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes nvfp4,averis 2>&1 \
+        | tail -5 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fused quantization off)"
     step "profile: where the averis step's device time goes (AVERIS_CUDA_PROFILE=1)"
     AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,averis 2>&1 \
         | tee "$OUT/profile_step.txt" >/dev/null || note_fail "profile step"
