@@ -51,8 +51,9 @@ extern "C" {
 #endif
 
 enum {
-    AVC_ANA_ITERS = 16, /* subspace iterations at most (AVERIS_ANALYSIS_ITERS overrides); fewer when
-                           both blocks' tr(Vᵀ(XᵀX)²V) moved ≤ 5e-5 in 3 (AVERIS_ANALYSIS_TOL, 0: never) */
+    AVC_ANA_ITERS = 16, /* subspace iterations (products by XᵀX) at most (AVERIS_ANALYSIS_ITERS overrides);
+                           fewer when both blocks' trace moved ≤ 5e-5 since the last check (AVERIS_ANALYSIS_TOL,
+                           0: never); the Gram path orthonormalises after every second (AVERIS_ANALYSIS_STEP) */
     AVC_ANA_P1 = 16,    /* block for v₁ */
     AVC_ANA_OVER = 8,   /* oversampling of the spike block */
     AVC_ANA_PMAX = 512, /* largest block: spike k ≤ 504, min(rows, cols) ≤ 50400 */
