@@ -688,10 +688,10 @@ averis_status launch_chol(avc_analysis *a, const double *G, int p1, int p2, floa
 /* Cholesky-QR of both blocks of the m × (p1 + p2) panel Z into V: Zd = Z in
  * fp64, G = ZdᵀZd (the P × P Gram, one DGEMM; only its diagonal blocks are
  * used), one k_chol_inv launch (a thread block per block) for the
- * block-diagonal W = diag(R₁⁻¹, R₂⁻¹), V = Z W (one SGEMM). trace: where not
- * NULL, tr(Z_bᵀZ_b) of both blocks (waits for the stream). */
+ * block-diagonal W = diag(R₁⁻¹, R₂⁻¹) and tr = tr(Z_bᵀZ_b) of both blocks on
+ * the device, V = Z W (one SGEMM). */
 averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
-                     double *Gs, float *W, double *tr, double *trace = nullptr) {
+                     double *Gs, float *W, double *tr) {
     const double one = 1.0, zero = 0.0;
     const float onef = 1.0f, zerof = 0.0f;
     const int P = p1 + p2, pm = std::max(p1, p2);
@@ -708,10 +708,6 @@ averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p
     else if (pm <= 256) CU_OK(launch_chol<8>(a, G, p1, p2, W, tr, Gs, threads, smem));
     else CU_OK(launch_chol<(AVC_ANA_PMAX + 31) / 32>(a, G, p1, p2, W, tr, Gs, threads, smem));
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, Z, (int)m, W, P, &zerof, V, (int)m));
-    if (trace) { /* a pageable copy: waits for the stream */
-        CU_TRY(cudaMemcpyAsync(trace, tr, 2 * sizeof(double), cudaMemcpyDeviceToHost, a->s));
-        CU_TRY(cudaStreamSynchronize(a->s));
-    }
     return AVERIS_OK;
 }
 
@@ -798,19 +794,17 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
     const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
     const int64_t m = j.m, l = j.l;
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
-    if (j.gram) {
+    if (j.gram) { /* Z = C V, or with step2 Z2 = C V first, then Z = C Z2 */
         const float *in = j.V;
-        if (j.step2) { /* Z2 = C V first, then Z = C Z2 */
-            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, j.V, (int)m,
-                                      &zerof, j.Z2, (int)m));
+        const int nprod = j.step2 ? 2 : 1;
+        for (int k = 0; k < nprod; k++) {
+            float *out = k + 1 < nprod ? j.Z2 : j.Z;
+            CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, in, (int)m,
+                                      &zerof, out, (int)m));
             CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, j.C + m * m, (int)m,
-                                      j.V + (int64_t)p1 * m, (int)m, &zerof, j.Z2 + (int64_t)p1 * m, (int)m));
-            in = j.Z2;
+                                      in + (int64_t)p1 * m, (int)m, &zerof, out + (int64_t)p1 * m, (int)m));
+            in = out;
         }
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p1, (int)m, &onef, j.C, (int)m, in, (int)m,
-                                  &zerof, j.Z, (int)m));
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p2, (int)m, &onef, j.C + m * m, (int)m,
-                                  in + (int64_t)p1 * m, (int)m, &zerof, j.Z + (int64_t)p1 * m, (int)m));
     } else {
         CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.X, (int)m, j.Y, (int)l,
@@ -880,7 +874,6 @@ averis_status stage_side(avc_analysis *a, const ana_job &j) {
 averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(avc_analysis *, const ana_job &),
                       cudaStream_t st_cap, cudaGraphExec_t *out) {
     *out = nullptr;
-    (void)a;
     CU_TRY(cudaStreamBeginCapture(st_cap, cudaStreamCaptureModeThreadLocal));
     averis_status st = stage(a, j);
     cudaGraph_t g = nullptr;
@@ -1092,11 +1085,10 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     if (jb.side != s) CU_TRY(cudaEventRecord(a->join, jb.side));
     if (gr) CU_TRY(cudaGraphLaunch(gr->pre, s));
     else CU_OK(stage_pre(a, jb));
-    /* 2. subspace iteration. Early stop: every 3rd iteration from the 6th, tr(ZᵀZ) =
-     * tr(Vᵀ(XᵀX)²V) of both blocks changed by ≤ tol relative over the last 3 (default
-     * 5e-5: above the TF32 GEMMs' jitter of ~1e-5; the eigenvalue error left is then
-     * ≲ 2e-4 at a rate of 0.9 an iteration); AVERIS_ANALYSIS_TOL overrides, 0 runs
-     * every iteration */
+    /* 2. subspace iteration. Early stop: at the checks below, both blocks' traces
+     * tr(ZᵀZ) changed by ≤ tol relative since the last check (default 5e-5: above the
+     * TF32 GEMMs' jitter of ~1e-5; the eigenvalue error left is then ≲ 2e-4 at a rate
+     * of 0.9 an iteration); AVERIS_ANALYSIS_TOL overrides, 0 runs every iteration */
     {
         std::optional<cu_prof_scope> phase;
         phase.emplace(gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
