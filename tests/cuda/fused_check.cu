@@ -34,6 +34,7 @@
 extern "C" {
 #include "../check.h"
 }
+#include "model_steps.cuh"
 
 /* a's and b's bytes; NaN floats compare equal to NaN (is_float) */
 static int64_t first_diff(const void *a, const void *b, size_t bytes, int is_float) {
@@ -355,43 +356,6 @@ void test_fused_producer_amax_swiglu(void) {
         }
 }
 
-/* K steps (zero grad, step, norm, AdamW) of config under recipe: the losses and the last step's gradient
- * (which depends on every earlier step through the parameters) */
-static void model_steps(const char *config, const char *recipe, avc_act act, int K, std::vector<float> &losses,
-                        std::vector<float> &grads) {
-    model_config cfg;
-    CHECK(model_config_load(config, &cfg) == AVERIS_OK, "preset %s", config);
-    const int B = 2, T = 64, N = B * T;
-    std::vector<int> tok, tgt;
-    tool_random_batch(cfg.vocab_size, N, tok, tgt);
-    model m;
-    CHECK(model_create(&m, &cfg) == AVERIS_OK, "model_create");
-    model_init_weights(&m, 5);
-    qlin_recipe_parse(recipe, &m.recipe);
-    m.recipe.seed = 3;
-    avc_model *net = nullptr;
-    const avc_model_opts o = {act, AVC_ATTN_AUTO};
-    averis_status st = avc_model_create(&net, &m, B, T, &o);
-    CHECK(st == AVERIS_OK, "%s %s: avc_model_create: %s", config, recipe, averis_last_error());
-    losses.assign(K, 0.0f);
-    grads.clear();
-    if (st == AVERIS_OK) {
-        for (int k = 0; k < K; k++) {
-            double norm = 0;
-            CHECK(avc_model_zero_grad(net) == AVERIS_OK, "zero_grad");
-            CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, (uint64_t)k, &losses[k]) == AVERIS_OK, "%s %s step: %s",
-                  config, recipe, averis_last_error());
-            CHECK(avc_model_grad_norm(net, &norm) == AVERIS_OK, "grad norm");
-            CHECK(avc_model_adamw(net, 1e-3, 0.9, 0.95, 1e-8, 0.1, k + 1, norm > 1.0 ? (float)(1.0 / norm) : 1.0f) == AVERIS_OK,
-                  "adamw");
-        }
-        grads.resize(m.nparams);
-        CHECK(avc_model_grads(net, grads.data()) == AVERIS_OK, "grads");
-    }
-    avc_model_free(net);
-    model_free(&m);
-}
-
 void test_fused_model_step(void) {
     const char *recipes[] = {"nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     const char *configs[] = {"tiny", "moe-tiny"};
@@ -403,9 +367,9 @@ void test_fused_model_step(void) {
                 if (act == AVC_ACT_FP32 && !strcmp(config, "moe-tiny")) continue; /* (bounded for memcheck) */
                 std::vector<float> l0, l1, g0, g1;
                 cq_set_fused_quant(0);
-                model_steps(config, recipe, act, 3, l0, g0);
+                gpu_model_steps(config, recipe, act, 3, 0, l0, nullptr, g0); /* g: the last step's gradient */
                 cq_set_fused_quant(1);
-                model_steps(config, recipe, act, 3, l1, g1);
+                gpu_model_steps(config, recipe, act, 3, 0, l1, nullptr, g1);
                 const char *an = act == AVC_ACT_BF16 ? "bf16 act" : "fp32 act";
                 printf("  %-8s %-8s %-11s losses", config, an, recipe);
                 for (size_t k = 0; k < l1.size(); k++) printf(" %.6f/%.6f", l0[k], l1[k]);

@@ -24,6 +24,7 @@
 extern "C" {
 #include "../check.h"
 }
+#include "model_steps.cuh"
 
 /* config: a preset (tiny; moe-tiny for the Qwen3-MoE path of cuda/moe.cu).
  * For a MoE config the loss includes the aux loss (both models), and the GPU
@@ -158,13 +159,7 @@ void test_moe_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("moe-ti
 void test_moe_grouped_modes(void) {
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
     const char *modes[] = {"0", "2", "1"};
-    model_config cfg;
-    CHECK(model_config_load("moe-tiny", &cfg) == AVERIS_OK, "preset moe-tiny");
-    const int B = 2, T = 64, N = B * T, steps = 3;
-    std::vector<int> tok(N), tgt(N);
-    trng r = {91};
-    for (int i = 0; i < N; i++) tok[i] = (int)(trng_u64(&r) % (unsigned long long)cfg.vocab_size);
-    for (int i = 0; i < N; i++) tgt[i] = i + 1 < N ? tok[i + 1] : 0;
+    const int steps = 3;
     const char *prev = getenv("AVERIS_MOE_GROUPED");
     std::string saved = prev ? prev : "";
     printf("  %-11s %-5s %12s %12s %12s %10s\n", "recipe", "mode", "loss 1", "loss 2", "loss 3", "grad 1 rel");
@@ -173,29 +168,9 @@ void test_moe_grouped_modes(void) {
         std::vector<float> g_first[3], g_last[3];
         for (int mi = 0; mi < 3; mi++) {
             setenv("AVERIS_MOE_GROUPED", modes[mi], 1);
-            model m;
-            CHECK(model_create(&m, &cfg) == AVERIS_OK, "model_create");
-            model_init_weights(&m, 5);
-            qlin_recipe_parse(rname, &m.recipe);
-            m.recipe.seed = 3;
-            avc_model *net = nullptr;
-            const avc_model_opts o = {AVC_ACT_FP32, AVC_ATTN_AUTO};
-            averis_status st = avc_model_create(&net, &m, B, T, &o);
-            CHECK(st == AVERIS_OK, "%s mode %s: avc_model_create: %s", rname, modes[mi], averis_last_error());
-            if (st) { model_free(&m); continue; }
-            g_first[mi].assign(m.nparams, 0.0f), g_last[mi].assign(m.nparams, 0.0f);
-            for (int k = 0; k < steps; k++) {
-                double norm = 0.0;
-                CHECK(avc_model_zero_grad(net) == AVERIS_OK, "zero_grad");
-                CHECK(avc_model_step(net, tok.data(), tgt.data(), 1, 1.0f, 12 + k, &loss[mi][k]) == AVERIS_OK,
-                      "%s mode %s step %d: %s", rname, modes[mi], k, averis_last_error());
-                CHECK(avc_model_grads(net, k == 0 ? g_first[mi].data() : g_last[mi].data()) == AVERIS_OK, "grads");
-                CHECK(avc_model_grad_norm(net, &norm) == AVERIS_OK, "grad norm");
-                CHECK(avc_model_adamw(net, 1e-3, 0.9, 0.95, 1e-8, 0.1, k + 1, norm > 1.0 ? (float)(1.0 / norm) : 1.0f) ==
-                          AVERIS_OK, "adamw");
-            }
-            avc_model_free(net);
-            model_free(&m);
+            std::vector<float> l;
+            gpu_model_steps("moe-tiny", rname, AVC_ACT_FP32, steps, 12, l, &g_first[mi], g_last[mi]);
+            for (size_t k = 0; k < l.size(); k++) loss[mi][k] = l[k];
         }
         for (int mi = 0; mi < 3; mi++) {
             double num = 0, den = 0;
