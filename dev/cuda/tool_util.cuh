@@ -9,8 +9,10 @@
 #include "quant.cuh"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #define DEV(call)                                                                                          \
@@ -44,6 +46,23 @@ template <typename T> static std::vector<T> host_copy(const T *d, size_t n) {
 }
 
 /* selects GPU 0 and prints it; ends the program (status 2) without one */
+/* where host buffers a and b first differ: the byte, or with is_float the
+ * float element (NaN equal to NaN); -1 where they are the same */
+static inline int64_t tool_first_diff(const void *a, const void *b, size_t bytes, int is_float) {
+    const uint8_t *x = static_cast<const uint8_t *>(a), *y = static_cast<const uint8_t *>(b);
+    if (!is_float) {
+        for (size_t i = 0; i < bytes; i++)
+            if (x[i] != y[i]) return (int64_t)i;
+        return -1;
+    }
+    for (size_t i = 0; i + 4 <= bytes; i += 4) {
+        float u, v;
+        memcpy(&u, x + i, 4), memcpy(&v, y + i, 4);
+        if (memcmp(&u, &v, 4) && !(std::isnan(u) && std::isnan(v))) return (int64_t)(i / 4);
+    }
+    return -1;
+}
+
 static inline void tool_device_init(const char *prog) {
     char desc[256];
     if (avc_init(0, desc, sizeof desc)) {

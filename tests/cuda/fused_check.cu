@@ -36,22 +36,6 @@ extern "C" {
 }
 #include "model_steps.cuh"
 
-/* a's and b's bytes; NaN floats compare equal to NaN (is_float) */
-static int64_t first_diff(const void *a, const void *b, size_t bytes, int is_float) {
-    const uint8_t *x = static_cast<const uint8_t *>(a), *y = static_cast<const uint8_t *>(b);
-    if (!is_float) {
-        for (size_t i = 0; i < bytes; i++)
-            if (x[i] != y[i]) return (int64_t)i;
-        return -1;
-    }
-    for (size_t i = 0; i + 4 <= bytes; i += 4) {
-        float u, v;
-        memcpy(&u, x + i, 4), memcpy(&v, y + i, 4);
-        if (memcmp(&u, &v, 4) && !(std::isnan(u) && std::isnan(v))) return (int64_t)(i / 4);
-    }
-    return -1;
-}
-
 /* one set of outputs of the two jobs (device), prefilled with the same junk */
 struct dual_out {
     float *amax_r, *amax_t, *rowsum;
@@ -97,7 +81,7 @@ static void dual_compare(const dual_out &a, const dual_out &b, const char *what)
     for (const auto &e : f) {
         std::vector<uint8_t> hx = host_copy(static_cast<const uint8_t *>(e.x), e.bytes),
                              hy = host_copy(static_cast<const uint8_t *>(e.y), e.bytes);
-        int64_t d = first_diff(hx.data(), hy.data(), e.bytes, e.is_float);
+        int64_t d = tool_first_diff(hx.data(), hy.data(), e.bytes, e.is_float);
         CHECK(d < 0, "%s: %s differ at %s %lld", what, e.name, e.is_float ? "element" : "byte", (long long)d);
     }
 }
@@ -240,7 +224,8 @@ void test_fused_qlinear_backward(void) {
             }
             std::vector<float> x0 = host_copy(gx[0], l * m), x1 = host_copy(gx[1], l * m), w0 = host_copy(gw[0], n * m),
                                w1 = host_copy(gw[1], n * m);
-            int64_t dx = first_diff(x0.data(), x1.data(), x0.size() * 4, 0), dw = first_diff(w0.data(), w1.data(), w0.size() * 4, 0);
+            int64_t dx = tool_first_diff(x0.data(), x1.data(), x0.size() * 4, 0),
+                    dw = tool_first_diff(w0.data(), w1.data(), w0.size() * 4, 0);
             CHECK(dx < 0 && dw < 0, "%s %lldx%lldx%lld: fused differs: dX byte %lld, dW byte %lld", name, (long long)l,
                   (long long)m, (long long)n, (long long)dx, (long long)dw);
             double s = 0;
@@ -378,7 +363,7 @@ void test_fused_model_step(void) {
                       config, an, recipe);
                 CHECK(g0.size() == g1.size() && !g0.empty() && !memcmp(g0.data(), g1.data(), g0.size() * 4),
                       "%s %s %s: the third step's gradients differ (byte %lld)", config, an, recipe,
-                      g0.size() == g1.size() ? (long long)first_diff(g0.data(), g1.data(), g0.size() * 4, 0) : -2LL);
+                      g0.size() == g1.size() ? (long long)tool_first_diff(g0.data(), g1.data(), g0.size() * 4, 0) : -2LL);
                 CHECK(std::isfinite(l1.back()), "%s %s %s: loss %g", config, an, recipe, l1.back());
             }
     cq_set_fused_quant(prev);

@@ -452,9 +452,7 @@ static void *dfill(size_t bytes, int byte) {
 static int64_t dev_diff(const void *a, const void *b, size_t bytes) {
     std::vector<unsigned char> ha = host_copy(static_cast<const unsigned char *>(a), bytes),
                                hb = host_copy(static_cast<const unsigned char *>(b), bytes);
-    for (size_t i = 0; i < bytes; i++)
-        if (ha[i] != hb[i]) return (int64_t)i;
-    return -1;
+    return tool_first_diff(ha.data(), hb.data(), bytes, 0);
 }
 
 /* cq_quantize_seg, cq_colstats_seg, cq_alpha_seg and cq_to_bf16_seg against
