@@ -39,6 +39,13 @@
  *      block's quantization with the quantizer's device codecs (the CPU's
  *      bits), the dequantized block (inverse RHT where used), the sums of
  *      the error, the nonzero and the flushed inputs.
+ * Deferred (the default for the Gram path, AVERIS_ANALYSIS_DEFER): at the
+ * tap only 1., the Gram matrices, 3. and 4. run (into a slot of the tap's
+ * own); avc_analysis_flush runs 2.'s iteration for every queued tap of one
+ * shape as batched GEMMs, Rayleigh–Ritz as V_bᵀ(C_b V_b), and waits once.
+ * 3. by default first takes a threshold from a sample and selects among the
+ * few elements above it (the 3-pass path where the sample misled; the same
+ * bits; AVERIS_ANALYSIS_SELECT=radix: the 3-pass path alone).
  * Partial sums are fp64 per thread block, reduced on the host in block
  * order: the results replay bit for bit. The host waits for the stream at
  * the early-stop checks (iterations 6, 9, 12, 15) and once at the end.
@@ -56,6 +63,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -115,14 +124,16 @@ __global__ void k_to_f64(const float *x, double *y, int64_t n) {
 enum { ANA_CHOL_THREADS = 1024 };
 __device__ __forceinline__ int64_t pk(int i, int j) { return (int64_t)j * (j + 1) / 2 + i; }
 template <int NR>
-__global__ void __launch_bounds__(ANA_CHOL_THREADS) k_chol_inv(const double *Gf, int p1, int p2, float *Wg,
+__global__ void __launch_bounds__(ANA_CHOL_THREADS) k_chol_inv(const double *Gf, int p1, int p2, int pb, float *Wg,
                                                                double *trace, double *gscr, int use_smem) {
     extern __shared__ double sm[];
     __shared__ double rowk[AVC_ANA_PMAX], rdiag[AVC_ANA_PMAX];
     __shared__ double dmax_s;
-    const int b = blockIdx.x, P = p1 + p2, o = b ? p1 : 0, p = b ? p2 : p1;
+    /* pb > 0: batched, thread block b factors its own pb × pb G_b at Gf + b·pb² into W_b at Wg + b·pb² */
+    const int b = blockIdx.x, P = pb > 0 ? pb : p1 + p2, o = pb > 0 || !b ? 0 : p1, p = pb > 0 ? pb : b ? p2 : p1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const double *G = Gf + o + (int64_t)o * P;
+    const double *G = pb > 0 ? Gf + (int64_t)b * pb * pb : Gf + o + (int64_t)o * P;
+    if (pb > 0) Wg += (int64_t)b * pb * pb;
     double *S = use_smem ? sm : gscr + (int64_t)b * ((int64_t)AVC_ANA_PMAX * (AVC_ANA_PMAX + 1) / 2);
     for (int j = warp; j < p; j += nwarps)
         for (int i = lane; i <= j; i += 32) S[pk(i, j)] = G[i + (int64_t)j * P];
@@ -191,9 +202,16 @@ __global__ void __launch_bounds__(ANA_CHOL_THREADS) k_chol_inv(const double *Gf,
  * (sel: [0] the key prefix found so far, [1] the rank still needed below
  * it, [2] how many ρ were written): no host round trip between passes. */
 
+/* The sampled select (issue 24's cost) gates the kernels of two paths on
+ * gate[1] (k_cand_offsets's verdict): a kernel with a gate runs only where
+ * (gate[1] ≠ 0) == want; no gate: always. */
+__device__ __forceinline__ bool gated_off(const long long *gate, int want) { return gate && (gate[1] != 0) != (want != 0); }
+
 /* histogram of the magnitude keys' bits [shift, shift + width) among the keys
  * whose bits above are sel[0] (every key in the first pass) */
-__global__ void k_hist(const float *x, int64_t n, int shift, int width, const long long *sel, unsigned *hist) {
+__global__ void k_hist(const float *x, int64_t n, int shift, int width, const long long *sel, unsigned *hist,
+                       const long long *gate = nullptr, int want = 0) {
+    if (gated_off(gate, want)) return;
     __shared__ unsigned h[2048];
     int nb = 1 << width;
     for (int i = threadIdx.x; i < nb; i += blockDim.x) h[i] = 0;
@@ -214,7 +232,9 @@ __global__ void k_hist(const float *x, int64_t n, int shift, int width, const lo
  * whose count reaches the rank still needed, else bucket 0), appended to
  * the prefix; the histogram is zeroed for the next pass. */
 enum { ANA_PICK = 1024 };
-__global__ void __launch_bounds__(ANA_PICK) k_pick(unsigned *hist, int width, int first, long long cnt, long long *sel) {
+__global__ void __launch_bounds__(ANA_PICK) k_pick(unsigned *hist, int width, int first, long long cnt, long long *sel,
+                                                   const long long *gate = nullptr, int want = 0) {
+    if (gated_off(gate, want)) return;
     typedef cub::BlockScan<long long, ANA_PICK> scan;
     __shared__ typename scan::TempStorage tmp;
     const int nb = 1 << width;
@@ -246,7 +266,9 @@ __global__ void __launch_bounds__(ANA_PICK) k_pick(unsigned *hist, int width, in
 }
 
 /* elements with |x| ≥ thr per chunk of ANA_CHUNK */
-__global__ void k_count_ge(const float *x, int64_t n, const long long *sel, unsigned *cnt) {
+__global__ void k_count_ge(const float *x, int64_t n, const long long *sel, unsigned *cnt, const long long *gate = nullptr,
+                           int want = 0) {
+    if (gated_off(gate, want)) return;
     typedef cub::BlockReduce<unsigned, ANA_THREADS> red;
     __shared__ typename red::TempStorage tmp;
     const float thr = __uint_as_float((uint32_t)sel[0]);
@@ -264,7 +286,8 @@ __global__ void k_count_ge(const float *x, int64_t n, const long long *sel, unsi
  * how many ρ are written, min(Σ counts, cnt), 0 where the threshold is not
  * positive (all zeros: no ρ, as the CPU) */
 __global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t nch, long long cnt, int64_t *off,
-                                                      long long *sel) {
+                                                      long long *sel, const long long *gate = nullptr, int want = 0) {
+    if (gated_off(gate, want)) return;
     typedef cub::BlockScan<long long, ANA_PICK> scan;
     __shared__ typename scan::TempStorage tmp;
     long long run = 0;
@@ -285,7 +308,8 @@ __global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t
 /* ρ = μ_j²/x² of the elements ≥ thr whose index-order rank is below sel[2],
  * at their rank */
 __global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, const long long *sel, const int64_t *off,
-                      double *rho) {
+                      double *rho, const long long *gate = nullptr, int want = 0, const long long *idx = nullptr) {
+    if (gated_off(gate, want)) return;
     typedef cub::BlockScan<int, ANA_THREADS> scan;
     __shared__ typename scan::TempStorage tmp;
     const float thr = __uint_as_float((uint32_t)sel[0]);
@@ -299,8 +323,94 @@ __global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, c
         __syncthreads();
         int64_t r = run + rank;
         if (f && r < cnt) {
-            double mj = mean[i % m], xv = v;
+            double mj = mean[(idx ? idx[i] : i) % m], xv = v; /* idx: x holds candidates, their indices */
             rho[r] = mj * mj / (xv * xv);
+        }
+        run += total;
+    }
+}
+
+/* The sampled select: a threshold t below the ⌈0.1 % n⌉-th largest magnitude
+ * from a sample, the elements ≥ t (about twice as many) compacted in index
+ * order, the exact select and ρ among them. Where the sample misled (fewer
+ * than cnt or more than the buffer's cap elements ≥ t) the full 3-pass path
+ * runs instead (the gates): the same results either way. */
+enum { ANA_SAMPLE = 65536, ANA_CAND_MUL = 8 };
+
+/* one block: ns = min(n, ANA_SAMPLE) magnitudes at quasi-random indices
+ * (⌊frac(s·φ)·n⌋: no period that could follow the columns) in a histogram of
+ * the key's bits 20…30; st[0] = the lower edge of the bucket where the
+ * count from the top reaches 2·cnt·ns/n */
+__global__ void __launch_bounds__(ANA_PICK) k_sample_thr(const float *x, int64_t n, long long cnt, long long *st) {
+    typedef cub::BlockScan<long long, ANA_PICK> scan;
+    __shared__ typename scan::TempStorage tmp;
+    __shared__ unsigned h[2048];
+    for (int i = threadIdx.x; i < 2048; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    const int64_t ns = n < ANA_SAMPLE ? n : ANA_SAMPLE;
+    for (int64_t q = threadIdx.x; q < ns; q += blockDim.x) {
+        double f = (double)q * 0.6180339887498949;
+        int64_t i = (int64_t)((f - floor(f)) * (double)n);
+        i = i < n ? i : n - 1;
+        uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
+        atomicAdd(&h[key >> 20], 1u);
+    }
+    __syncthreads();
+    long long need = (long long)ceil(2.0 * (double)cnt * (double)ns / (double)n);
+    need = need < 1 ? 1 : need;
+    long long hv[2], ex[2];
+    int bk[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        bk[e] = 2047 - (2 * (int)threadIdx.x + e);
+        hv[e] = bk[e] >= 0 ? (long long)h[bk[e]] : 0;
+    }
+    scan(tmp).ExclusiveSum(hv, ex);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int b = bk[e];
+        if (b < 0) continue;
+        if (b == 0 ? ex[e] < need : ex[e] < need && ex[e] + hv[e] >= need) st[0] = (long long)((uint32_t)b << 20);
+    }
+}
+
+/* one block: off = the scan of the chunk counts of elements ≥ t; st[2] = their
+ * total, st[1] = 1 where cnt ≤ total ≤ cap (the candidates hold the top cnt) */
+__global__ void __launch_bounds__(ANA_PICK) k_cand_offsets(const unsigned *c, int64_t nch, long long cnt, long long cap,
+                                                           int64_t *off, long long *st) {
+    typedef cub::BlockScan<long long, ANA_PICK> scan;
+    __shared__ typename scan::TempStorage tmp;
+    long long run = 0;
+    for (int64_t base = 0; base < nch; base += ANA_PICK) {
+        int64_t i = base + threadIdx.x;
+        long long v = i < nch ? (long long)c[i] : 0, ex, tot;
+        scan(tmp).ExclusiveSum(v, ex, tot);
+        __syncthreads();
+        if (i < nch) off[i] = run + ex;
+        run += tot;
+    }
+    if (threadIdx.x == 0) {
+        st[2] = run;
+        st[1] = run >= cnt && run <= cap;
+    }
+}
+
+/* the elements ≥ t (st[0]) and their indices, in index order, at off */
+__global__ void k_compact(const float *x, int64_t n, const long long *st, const int64_t *off, float *cv, long long *ci) {
+    if (!st[1]) return;
+    typedef cub::BlockScan<int, ANA_THREADS> scan;
+    __shared__ typename scan::TempStorage tmp;
+    const float thr = __uint_as_float((uint32_t)st[0]);
+    int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
+    for (int t = 0; t < 16; t++) {
+        int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
+        float v = i < n ? x[i] : 0.0f;
+        int f = i < n && fabsf(v) >= thr, rank, total;
+        scan(tmp).ExclusiveSum(f, rank, total);
+        __syncthreads();
+        if (f) {
+            cv[run + rank] = v;
+            ci[run + rank] = i;
         }
         run += total;
     }
@@ -584,6 +694,7 @@ struct avc_analysis {
         size_t cap = 0;
     };
     buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C, Z2;
+    buf st, cand_v, cand_i, cnt_c, off_c; /* the sampled select */
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
     int smem_optin = 0; /* the shared memory a block may opt in to (bytes) */
     void *cublas_ws = nullptr; /* the handle's own workspace: the same GEMM kernels in and out of a capture */
@@ -602,6 +713,26 @@ struct avc_analysis {
     };
     std::vector<graphs> cache;
     int graph_off = 0;
+    /* deferred taps (AVERIS_ANALYSIS_DEFER): a Gram-path tap's Gram matrices
+     * and device results wait in a slot of their own; avc_analysis_flush runs
+     * the subspace iterations of all waiting taps of one shape as batched
+     * GEMMs, then hands each tap's metrics to the sink in submission order */
+    struct pending {
+        int64_t l, m, cnt;
+        int k, p, deferred;
+        size_t slot;
+        void *tag;
+        analysis_metrics met;
+        avc_analysis_info info;
+    };
+    std::vector<pending> pend;
+    std::vector<buf> slots;
+    size_t pend_bytes = 0;
+    avc_result_fn sink = nullptr;
+    void *sink_ctx = nullptr;
+    buf gV, gZ, gZ2, gZd, gYd, gG, gW, gtr, gptr; /* a flush's batched iteration */
+    void *host2 = nullptr; /* pinned: the pointer arrays of a flush */
+    size_t host2_cap = 0;
     /* phases 3 and 4 on a second stream beside the iteration (a created stream only) */
     cudaStream_t side = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr;
@@ -611,23 +742,28 @@ struct avc_analysis {
         if (fork) cudaEventDestroy(fork);
         if (join) cudaEventDestroy(join);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C, &Z2})
+                       &off, &rho, &xc, &C, &Z2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
             if (b->p) cudaFree(b->p);
+        for (buf &b : slots)
+            if (b.p) cudaFree(b.p);
         if (host) cudaFreeHost(host);
+        if (host2) cudaFreeHost(host2);
         if (cb) cublasDestroy(cb);
         if (cublas_ws) cudaFree(cublas_ws);
     }
-    averis_status get_host(size_t bytes, void **out) {
-        if (bytes > host_cap) {
-            if (host) {
+    averis_status get_host(size_t bytes, void **out, int second = 0) {
+        void *&h = second ? host2 : host;
+        size_t &cap = second ? host2_cap : host_cap;
+        if (bytes > cap) {
+            if (h) {
                 CU_TRY(cudaStreamSynchronize(s));
-                CU_TRY(cudaFreeHost(host));
-                host = nullptr, host_cap = 0;
+                CU_TRY(cudaFreeHost(h));
+                h = nullptr, cap = 0;
             }
-            CU_ALLOC(cudaMallocHost(&host, bytes), bytes);
-            host_cap = bytes;
+            CU_ALLOC(cudaMallocHost(&h, bytes), bytes);
+            cap = bytes;
         }
-        *out = host;
+        *out = h;
         return AVERIS_OK;
     }
     template <typename T> averis_status get(buf &b, int64_t n, T **out) {
@@ -677,10 +813,10 @@ int64_t env_gram_max() {
 
 template <int NR>
 averis_status launch_chol(avc_analysis *a, const double *G, int p1, int p2, float *W, double *tr, double *gs,
-                          int threads, size_t smem) {
+                          int threads, size_t smem, int nblocks = 2, int pb = 0) {
     if (smem > 32 * 1024) /* beside the 8 KiB static: past the 48 KiB of no opt-in */
         CU_TRY(cudaFuncSetAttribute(k_chol_inv<NR>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k_chol_inv<NR><<<2, threads, smem, a->s>>>(G, p1, p2, W, tr, gs, smem > 0);
+    k_chol_inv<NR><<<nblocks, threads, smem, a->s>>>(G, p1, p2, pb, W, tr, gs, smem > 0);
     CU_LAUNCHED();
     return AVERIS_OK;
 }
@@ -724,16 +860,26 @@ averis_status panel_xv(avc_analysis *a, const float *X, const float *mean, const
 
 /* the magnitude that is the cnt-th largest, by a 3-pass radix select of the
  * keys, left in sel[0] on the device (no host round trip) */
-averis_status select_threshold(cudaStream_t st, const float *X, int64_t n, int64_t cnt, unsigned *hist, long long *sel) {
+averis_status select_threshold(cudaStream_t st, const float *X, int64_t n, int64_t cnt, unsigned *hist, long long *sel,
+                               const long long *gate = nullptr, int want = 0) {
     static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
     CU_TRY(cudaMemsetAsync(hist, 0, 2048 * sizeof(unsigned), st)); /* k_pick zeroes it after each pass */
     for (int pass = 0; pass < 3; pass++) {
-        k_hist<<<grid_for(n), ANA_THREADS, 0, st>>>(X, n, shift[pass], width[pass], sel, hist);
+        k_hist<<<grid_for(n), ANA_THREADS, 0, st>>>(X, n, shift[pass], width[pass], sel, hist, gate, want);
         CU_LAUNCHED();
-        k_pick<<<1, ANA_PICK, 0, st>>>(hist, width[pass], pass == 0, (long long)cnt, sel);
+        k_pick<<<1, ANA_PICK, 0, st>>>(hist, width[pass], pass == 0, (long long)cnt, sel, gate, want);
         CU_LAUNCHED();
     }
     return AVERIS_OK;
+}
+
+/* the sampled select's candidate buffer: ANA_CAND_MUL·cnt elements */
+int64_t cand_cap(int64_t cnt) { return ANA_CAND_MUL * cnt; }
+
+/* the sampled select (AVERIS_ANALYSIS_SELECT=radix: the 3-pass one alone) */
+int env_sampled_select() {
+    const char *e = getenv("AVERIS_ANALYSIS_SELECT");
+    return !(e && !strcmp(e, "radix"));
 }
 
 /* One tap's shape and device buffers: what a captured graph bakes in. */
@@ -748,14 +894,38 @@ struct ana_job {
     long long *sel;
     unsigned *cnt_d, *hist;
     int64_t *off_d;
+    /* the sampled select: its state, the candidates and their chunk counts (0 cap: the 3-pass select alone) */
+    int64_t cap, nch_c;
+    long long *st, *cand_i;
+    float *cand_v;
+    unsigned *cnt_c;
+    int64_t *off_c;
 };
+
+/* the Gram path (m ≤ AVERIS_ANALYSIS_GRAM): Cc = XcᵀXc of the centred copy
+ * (at j.C + m²) and C₁ = Cc + l·μμᵀ (at j.C), once (TF32, the rounding of X
+ * the panel GEMMs would see each iteration, the centring exact before it);
+ * then each iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ on m × m, never reading X */
+averis_status gram_form(avc_analysis *a, const ana_job &j) {
+    cudaStream_t s = a->s;
+    const int64_t m = j.m, l = j.l;
+    const float onef = 1.0f, zerof = 0.0f;
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, j.Xc, j.n, m);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, j.Xc, (int)m, j.Xc,
+                              (int)m, &zerof, j.C + m * m, (int)m));
+    k_gram1<<<grid_for(m * m), ANA_THREADS, 0, s>>>(j.C + m * m, j.mean, (double)l, j.C, m);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
 
 /* Σx² (1., after cq_colstats), the start panel and its Cholesky-QR, and on
  * the Gram path Cc = XcᵀXc and C₁ = Cc + l·μμᵀ (2.) */
 averis_status stage_pre(avc_analysis *a, const ana_job &j) {
     cudaStream_t s = a->s;
     const int P = j.p1 + j.p2;
-    const int64_t m = j.m, l = j.l;
+    const int64_t m = j.m;
     std::optional<cu_prof_scope> phase;
     phase.emplace("analysis 1: column stats, sum of squares", s);
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
@@ -771,19 +941,7 @@ averis_status stage_pre(avc_analysis *a, const ana_job &j) {
      * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
      * the Rayleigh–Ritz step runs in full fp32 */
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
-    if (j.gram) {
-        /* the Gram path (m ≤ AVERIS_ANALYSIS_GRAM): Cc = XcᵀXc of the centred copy
-         * and C₁ = Cc + l·μμᵀ, once (TF32, the rounding of X the panel GEMMs
-         * would see each iteration, the centring exact before it); then each
-         * iteration is Z₁ = C₁V₁, Z₂ = Cc V₂ on m × m, never reading X */
-        const float onef = 1.0f, zerof = 0.0f;
-        k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, j.Xc, j.n, m);
-        CU_LAUNCHED();
-        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, j.Xc, (int)m, j.Xc,
-                                  (int)m, &zerof, j.C + m * m, (int)m));
-        k_gram1<<<grid_for(m * m), ANA_THREADS, 0, s>>>(j.C + m * m, j.mean, (double)l, j.C, m);
-        CU_LAUNCHED();
-    }
+    if (j.gram) CU_OK(gram_form(a, j));
     return AVERIS_OK;
 }
 
@@ -849,12 +1007,35 @@ averis_status stage_side(avc_analysis *a, const ana_job &j) {
     phase.emplace("analysis 3: top-0.1% select and rho", s);
     /* 3. ρ over the top 0.1%, on the device: the threshold (sel[0]), the
      * chunk counts, their scan, ρ at its rank (sel[2] of them) */
-    CU_OK(select_threshold(s, j.X, j.n, j.cnt, j.hist, j.sel));
-    k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.sel, j.cnt_d);
+    const long long *gate = nullptr;
+    if (j.cap > 0) {
+        /* the sampled select: a threshold from a sample, the candidates ≥ it, the exact
+         * select and ρ among them; the 3-pass path below runs only where st[1] = 0 */
+        gate = j.st;
+        k_sample_thr<<<1, ANA_PICK, 0, s>>>(j.X, j.n, (long long)j.cnt, j.st);
+        CU_LAUNCHED();
+        k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.st, j.cnt_d);
+        CU_LAUNCHED();
+        k_cand_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, (long long)j.cap, j.off_d, j.st);
+        CU_LAUNCHED();
+        CU_TRY(cudaMemsetAsync(j.cand_v, 0, (size_t)j.cap * sizeof(float), s)); /* zeros past the candidates */
+        k_compact<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.st, j.off_d, j.cand_v, j.cand_i);
+        CU_LAUNCHED();
+        CU_OK(select_threshold(s, j.cand_v, j.cap, j.cnt, j.hist, j.sel, gate, 1));
+        k_count_ge<<<(unsigned)j.nch_c, ANA_THREADS, 0, s>>>(j.cand_v, j.cap, j.sel, j.cnt_c, gate, 1);
+        CU_LAUNCHED();
+        k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_c, j.nch_c, (long long)j.cnt, j.off_c, j.sel, gate, 1);
+        CU_LAUNCHED();
+        k_rho<<<(unsigned)j.nch_c, ANA_THREADS, 0, s>>>(j.cand_v, j.mean, j.cap, m, j.sel, j.off_c, j.rho, gate, 1,
+                                                        j.cand_i);
+        CU_LAUNCHED();
+    }
+    CU_OK(select_threshold(s, j.X, j.n, j.cnt, j.hist, j.sel, gate, 0));
+    k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.sel, j.cnt_d, gate, 0);
     CU_LAUNCHED();
-    k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, j.off_d, j.sel);
+    k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, j.off_d, j.sel, gate, 0);
     CU_LAUNCHED();
-    k_rho<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.mean, j.n, m, j.sel, j.off_d, j.rho);
+    k_rho<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.mean, j.n, m, j.sel, j.off_d, j.rho, gate, 0);
     CU_LAUNCHED();
 
     phase.reset();
@@ -892,15 +1073,391 @@ averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(
 /* the graphs' key: the shape, every device pointer, the settings read while capturing */
 std::vector<int64_t> job_key(const ana_job &j) {
     const char *cg = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
-    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1', j.step2};
+    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1', j.step2, j.cap};
     for (const void *p : {(const void *)j.Z2, (const void *)j.X, (const void *)j.mean, (const void *)j.scal, (const void *)j.V,
                           (const void *)j.Y, (const void *)j.Z, (const void *)j.W, (const void *)j.ones,
                           (const void *)j.vec1, (const void *)j.Xc, (const void *)j.C, (const void *)j.Zd,
                           (const void *)j.G, (const void *)j.Gs, (const void *)j.tr, (const void *)j.dpart,
                           (const void *)j.rho, (const void *)j.sel, (const void *)j.cnt_d, (const void *)j.hist,
-                          (const void *)j.off_d})
+                          (const void *)j.off_d, (const void *)j.st, (const void *)j.cand_i, (const void *)j.cand_v,
+                          (const void *)j.cnt_c, (const void *)j.off_c})
         k.push_back((int64_t)reinterpret_cast<intptr_t>(p));
     return k;
+}
+
+/* the metrics from what the device computed, as analysis_compute writes
+ * them: part the fp64 partial sums (ANA_SLOTS rows of ANA_NBLK), B₁ (p1 × p1)
+ * and B₂ (p2 × p2) the Rayleigh–Ritz matrices, V1 [m × p1] (column-major)
+ * block 1's panel, mu_h μ, rho_h the ρ of the top 0.1 %; used products */
+void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const double *part, std::vector<double> &B1,
+                    std::vector<double> &B2, const float *V1, const float *mu_h, std::vector<double> &rho_h,
+                    analysis_metrics *out, avc_analysis_info *info) {
+    const int64_t g = std::min(l, m);
+    auto slot = [&](int sl) {
+        double t = 0;
+        for (int b = 0; b < ANA_NBLK; b++) t += part[(size_t)sl * ANA_NBLK + b];
+        return t;
+    };
+
+    /* the metrics, as analysis_compute writes them */
+    double total = slot(0), mu2 = 0;
+    for (int64_t j = 0; j < m; j++) mu2 += (double)mu_h[(size_t)j] * mu_h[(size_t)j];
+    out->mean_norm = sqrt(mu2);
+    out->rms_token_norm = sqrt(total / (double)l);
+    out->R = total > 0 ? out->mean_norm / out->rms_token_norm : 0.0;
+    std::vector<double> w1, u1, w2;
+    jacobi_eig(B1, p1, w1, &u1);
+    sym_eigvals(B2, p2, w2); /* p2 reaches 172 for the LM head: not Jacobi */
+    out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
+    if (info) {
+        info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
+        info->iters = used, info->p1 = p1, info->p2 = p2;
+        /* the block's convergence factor for θ₁, (θ_p1/θ₁)^iters (θ_p1 ≥ λ_{p1+1}: an upper bound) */
+        info->conv1 = p1 < g && w1[0] > 0 ? pow(std::max(w1[(size_t)p1 - 1], 0.0) / w1[0], used) : 0.0;
+    }
+    double dot = 0, vn = 0;
+    for (int64_t j = 0; j < m; j++) {
+        double v = 0;
+        for (int c = 0; c < p1; c++) v += (double)V1[(size_t)(c * m + j)] * u1[(size_t)c];
+        dot += (double)mu_h[(size_t)j] * v;
+        vn += v * v;
+    }
+    out->cos_mu_v1 = out->mean_norm > 0 && vn > 0 ? fabs(dot) / (out->mean_norm * sqrt(vn)) : 0.0;
+    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = 0;
+    for (int i = 0; i < k && i < p2; i++) e_spike += std::max(w2[(size_t)i], 0.0);
+    if (e_c < 0) e_c = 0;
+    if (e_spike > e_c) e_spike = e_c;
+    out->spike_k = k;
+    if (total > 0) {
+        out->e_mean = e_mean / total;
+        out->e_spike = e_spike / total;
+        out->e_tail = (e_c - e_spike) / total;
+    }
+    int64_t r = (int64_t)rho_h.size();
+    out->top_count = r;
+    if (r > 0) {
+        int64_t half = 0;
+        for (double v : rho_h) half += v > 0.5;
+        out->rho_frac_half = (double)half / (double)r;
+        std::nth_element(rho_h.begin(), rho_h.begin() + r / 2, rho_h.end());
+        double hi = rho_h[(size_t)(r / 2)];
+        if (r % 2) out->rho_median = hi;
+        else out->rho_median = 0.5 * (*std::max_element(rho_h.begin(), rho_h.begin() + r / 2) + hi);
+    }
+    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
+        double err = slot(1 + 3 * qv), nz = slot(2 + 3 * qv), fl = slot(3 + 3 * qv);
+        out->q_rel_mse[qv] = total > 0 ? err / total : (err > 0 ? INFINITY : 0.0);
+        out->q_flushed[qv] = nz > 0 ? fl / nz : 0.0;
+    }
+}
+
+/* the sampled select's buffers for job j (after j.cnt and j.nch are set) */
+averis_status select_bufs(avc_analysis *a, ana_job &j) {
+    if (!env_sampled_select()) {
+        j.cap = 0;
+        return AVERIS_OK;
+    }
+    j.cap = cand_cap(j.cnt);
+    j.nch_c = (j.cap + ANA_CHUNK - 1) / ANA_CHUNK;
+    CU_OK(a->get(a->st, 4, &j.st));
+    CU_OK(a->get(a->cand_v, j.cap, &j.cand_v));
+    CU_OK(a->get(a->cand_i, j.cap, &j.cand_i));
+    CU_OK(a->get(a->cnt_c, j.nch_c, &j.cnt_c));
+    CU_OK(a->get(a->off_c, j.nch_c, &j.off_c));
+    return AVERIS_OK;
+}
+
+/* ------------------------------------------------ deferred taps */
+/* a deferred tap's slot: byte offsets of its device results */
+struct slot_layout {
+    size_t c, mean, scal, dpart, rho, sel, end;
+};
+slot_layout layout_for(int64_t m, int64_t cnt) {
+    auto up = [](size_t b) { return (b + 255) / 256 * 256; };
+    slot_layout L;
+    L.c = 0;
+    L.mean = up(L.c + (size_t)(2 * m * m) * sizeof(float));
+    L.scal = up(L.mean + (size_t)m * sizeof(float));
+    L.dpart = up(L.scal + 8 * sizeof(float));
+    L.rho = up(L.dpart + (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double));
+    L.sel = up(L.rho + (size_t)std::max<int64_t>(cnt, 1) * sizeof(double));
+    L.end = up(L.sel + 4 * sizeof(long long));
+    return L;
+}
+
+/* MiB the queued slots may take (AVERIS_ANALYSIS_DEFER; 0: no deferral) */
+size_t env_defer_bytes() {
+    const char *e = getenv("AVERIS_ANALYSIS_DEFER");
+    long long v = e && *e ? atoll(e) : 4096;
+    return v > 0 ? (size_t)v << 20 : 0;
+}
+
+/* the blocks of a tap: p1 for v₁, p2 = k + oversampling for the spike */
+void blocks_for(int64_t l, int64_t m, int *k, int *p1, int *p2) {
+    int64_t g = std::min(l, m);
+    *k = std::max(1, (int)ceil(0.01 * (double)g));
+    *p1 = (int)std::min<int64_t>(AVC_ANA_P1, g);
+    *p2 = (int)std::min<int64_t>(*k + AVC_ANA_OVER, g);
+}
+
+/* at the tap: μ, Σx², the top-0.1 % select and ρ, the NVFP4 errors (into the
+ * slot) and the two Gram matrices (into the slot); X is not read after */
+averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m, int64_t cnt, char *slot,
+                        const slot_layout &L) {
+    cudaStream_t s = a->s;
+    const int64_t n = l * m;
+    const float *X = static_cast<const float *>(x_dev);
+    if (bf16) {
+        float *xf = nullptr;
+        CU_OK(a->get(a->xf, n, &xf));
+        k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
+        CU_LAUNCHED();
+        X = xf;
+    }
+    ana_job jb = {};
+    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
+    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
+    jb.l = l, jb.m = m, jb.n = n, jb.gram = 1, jb.X = X;
+    jb.cnt = cnt;
+    jb.nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
+    jb.C = reinterpret_cast<float *>(slot + L.c);
+    jb.mean = reinterpret_cast<float *>(slot + L.mean);
+    jb.scal = reinterpret_cast<float *>(slot + L.scal);
+    jb.dpart = reinterpret_cast<double *>(slot + L.dpart);
+    jb.rho = reinterpret_cast<double *>(slot + L.rho);
+    jb.sel = reinterpret_cast<long long *>(slot + L.sel);
+    CU_OK(a->get(a->hist, 2048, &jb.hist));
+    CU_OK(a->get(a->cnt, jb.nch, &jb.cnt_d));
+    CU_OK(a->get(a->off, jb.nch, &jb.off_d));
+    CU_OK(select_bufs(a, jb));
+    CU_OK(a->get(a->xc, n, &jb.Xc));
+    {
+        std::optional<cu_prof_scope> phase;
+        phase.emplace("analysis 1: column stats, sum of squares", s);
+        CU_TRY(cudaMemsetAsync(jb.dpart, 0, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), s));
+        CU_OK(cq_colstats(X, 0, l, m, m, jb.mean, jb.scal, nullptr, nullptr, s));
+        k_sumsq<<<ANA_NBLK, ANA_THREADS, 0, s>>>(X, n, jb.dpart);
+        CU_LAUNCHED();
+    }
+    if (jb.side != s) {
+        CU_TRY(cudaEventRecord(a->fork, s));
+        CU_TRY(cudaStreamWaitEvent(jb.side, a->fork, 0));
+    }
+    CU_OK(stage_side(a, jb));
+    {
+        std::optional<cu_prof_scope> phase;
+        phase.emplace("analysis 2: Gram matrices (at the tap)", s);
+        CU_OK(gram_form(a, jb));
+        CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    }
+    /* the next tap's widening overwrites X: the side stream's reads come first */
+    if (jb.side != s) {
+        CU_TRY(cudaEventRecord(a->join, jb.side));
+        CU_TRY(cudaStreamWaitEvent(s, a->join, 0));
+    }
+    return AVERIS_OK;
+}
+
+/* Cholesky-QR of nb panels m × p at once: Zin (stride m·p) into Vout */
+averis_status cholqr_batched(avc_analysis *a, const float *Zin, float *Vout, int64_t m, int p, int nb, double *Zd,
+                             double *G, float *W, double *tr) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    const long long smp = (long long)m * p, spp = (long long)p * p;
+    k_to_f64<<<grid_for(nb * smp), ANA_THREADS, 0, a->s>>>(Zin, Zd, nb * smp);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p, p, (int)m, &one, Zd, (int)m, smp, Zd,
+                                            (int)m, smp, &zero, G, p, spp, nb));
+    size_t smem = (size_t)p * (p + 1) / 2 * sizeof(double); /* p ≤ 64: 16.3 KiB */
+    if (p <= 32) CU_OK(launch_chol<1>(a, G, 0, 0, W, tr, nullptr, 256, smem, nb, p));
+    else CU_OK(launch_chol<2>(a, G, 0, 0, W, tr, nullptr, 512, smem, nb, p));
+    CU_CUBLAS_TRY(cublasSgemmStridedBatched(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, p, &onef, Zin, (int)m, smp, W, p,
+                                            spp, &zerof, Vout, (int)m, smp, nb));
+    return AVERIS_OK;
+}
+
+/* the subspace iteration of one group (nb = 2T panels of the same m × p:
+ * block 1 of tap t on C₁ at panel 2t, block 2 on Cc at 2t + 1), then
+ * Rayleigh–Ritz: B_b = V_bᵀ(C_b V_b) (fp32 GEMM, fp64 product) into G */
+averis_status group_iter(avc_analysis *a, int64_t m, int p, int nb, int iters, const float *const *dC,
+                         float *const *dV, float *const *dZ, float *const *dZ2, float *V, float *Z, double *Zd,
+                         double *Yd, double *G, float *W, double *tr, uint32_t seed) {
+    cudaStream_t s = a->s;
+    const float onef = 1.0f, zerof = 0.0f;
+    const double oned = 1.0, zerod = 0.0;
+    const long long smp = (long long)m * p;
+    k_start<<<grid_for(nb * smp), ANA_THREADS, 0, s>>>(V, nb * smp, seed);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    CU_OK(cholqr_batched(a, V, Z, m, p, nb, Zd, G, W, tr));
+    CU_TRY(cudaMemcpyAsync(V, Z, (size_t)(nb * smp) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    for (int it = 0; it < iters; it += 2) {
+        CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+        if (it + 1 < iters) { /* two products: Z2 = C V, Z = C Z2 */
+            CU_CUBLAS_TRY(cublasSgemmBatched(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, (int)m, &onef, dC, (int)m,
+                                             (const float *const *)dV, (int)m, &zerof, dZ2, (int)m, nb));
+            CU_CUBLAS_TRY(cublasSgemmBatched(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, (int)m, &onef, dC, (int)m,
+                                             (const float *const *)dZ2, (int)m, &zerof, dZ, (int)m, nb));
+        } else {
+            CU_CUBLAS_TRY(cublasSgemmBatched(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, (int)m, &onef, dC, (int)m,
+                                             (const float *const *)dV, (int)m, &zerof, dZ, (int)m, nb));
+        }
+        CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+        CU_OK(cholqr_batched(a, Z, V, m, p, nb, Zd, G, W, tr));
+    }
+    std::optional<cu_prof_scope> phase;
+    phase.emplace("analysis 2b: Rayleigh-Ritz (batched)", s);
+    /* re-orthonormalise, then Y = C V in full fp32 and B = VᵀY in fp64 */
+    CU_TRY(cudaMemcpyAsync(Z, V, (size_t)(nb * smp) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    CU_OK(cholqr_batched(a, Z, V, m, p, nb, Zd, G, W, tr));
+    CU_CUBLAS_TRY(cublasSgemmBatched(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, p, (int)m, &onef, dC, (int)m,
+                                     (const float *const *)dV, (int)m, &zerof, dZ, (int)m, nb));
+    k_to_f64<<<grid_for(nb * smp), ANA_THREADS, 0, s>>>(V, Zd, nb * smp);
+    CU_LAUNCHED();
+    k_to_f64<<<grid_for(nb * smp), ANA_THREADS, 0, s>>>(Z, Yd, nb * smp);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, p, p, (int)m, &oned, Zd, (int)m, smp, Yd,
+                                            (int)m, smp, &zerod, G, p, (long long)p * p, nb));
+    return AVERIS_OK;
+}
+
+/* every queued tap: the groups' iterations, one wait, the metrics in order */
+averis_status flush_impl(avc_analysis *a) {
+    cudaStream_t s = a->s;
+    const int iters = env_iters();
+    /* groups by (m, p), in order of first appearance */
+    struct group {
+        int64_t m;
+        int p;
+        std::vector<size_t> taps;
+        size_t o_b, o_v; /* host offsets (doubles) of B [2T × p²] and V₁ [T × m × p floats] */
+    };
+    std::vector<group> gs;
+    for (size_t i = 0; i < a->pend.size(); i++) {
+        const avc_analysis::pending &e = a->pend[i];
+        if (!e.deferred) continue;
+        group *g = nullptr;
+        for (group &c : gs)
+            if (c.m == e.m && c.p == e.p) g = &c;
+        if (!g) {
+            gs.push_back(group{e.m, e.p, {}, 0, 0});
+            g = &gs.back();
+        }
+        g->taps.push_back(i);
+    }
+    if (gs.empty()) return AVERIS_OK;
+    /* the host layout (doubles): per group B and V₁, per tap part, ρ, sel, μ */
+    size_t o = 0, nptr = 0, scratch = 0;
+    for (group &g : gs) {
+        size_t T = g.taps.size();
+        g.o_b = o, o += 2 * T * (size_t)g.p * g.p;
+        g.o_v = o, o += (T * (size_t)g.m * g.p + 1) / 2;
+        nptr += 8 * T;
+        scratch = std::max(scratch, 2 * T * (size_t)g.m * g.p);
+    }
+    std::vector<size_t> o_tap(a->pend.size());
+    for (size_t i = 0; i < a->pend.size(); i++) {
+        const avc_analysis::pending &e = a->pend[i];
+        if (!e.deferred) continue;
+        o_tap[i] = o;
+        o += (size_t)ANA_SLOTS * ANA_NBLK + (size_t)e.cnt + 4 + ((size_t)e.m + 1) / 2;
+    }
+    double *hd = nullptr;
+    CU_OK(a->get_host(o * sizeof(double), reinterpret_cast<void **>(&hd)));
+    float *V = nullptr, *Z = nullptr, *Z2 = nullptr, *W = nullptr;
+    double *Zd = nullptr, *Yd = nullptr, *G = nullptr, *tr = nullptr;
+    size_t maxpp = 0;
+    for (group &g : gs) maxpp = std::max(maxpp, 2 * g.taps.size() * (size_t)g.p * g.p);
+    CU_OK(a->get(a->gV, (int64_t)scratch, &V));
+    CU_OK(a->get(a->gZ, (int64_t)scratch, &Z));
+    CU_OK(a->get(a->gZ2, (int64_t)scratch, &Z2));
+    CU_OK(a->get(a->gZd, (int64_t)scratch, &Zd));
+    CU_OK(a->get(a->gYd, (int64_t)scratch, &Yd));
+    CU_OK(a->get(a->gG, (int64_t)maxpp, &G));
+    CU_OK(a->get(a->gW, (int64_t)maxpp, &W));
+    CU_OK(a->get(a->gtr, (int64_t)scratch / 2 + 2, &tr));
+    /* the pointer arrays of every group (C, V, Z, Z2 per panel), one copy up */
+    void **dptr = nullptr, **hptr = nullptr;
+    CU_OK(a->get(a->gptr, (int64_t)nptr, &dptr));
+    CU_OK(a->get_host(nptr * sizeof(void *), reinterpret_cast<void **>(&hptr), 1));
+    {
+        size_t q = 0;
+        for (group &g : gs) {
+            const size_t T = g.taps.size(), nb = 2 * T, smp = (size_t)g.m * g.p;
+            for (size_t b = 0; b < nb; b++) {
+                const avc_analysis::pending &e = a->pend[g.taps[b / 2]];
+                char *slot = static_cast<char *>(a->slots[e.slot].p);
+                hptr[q + b] = reinterpret_cast<float *>(slot) + (b % 2) * (size_t)(g.m * g.m);
+                hptr[q + nb + b] = V + b * smp;
+                hptr[q + 2 * nb + b] = Z + b * smp;
+                hptr[q + 3 * nb + b] = Z2 + b * smp;
+            }
+            q += 4 * nb;
+        }
+        CU_TRY(cudaMemcpyAsync(dptr, hptr, nptr * sizeof(void *), cudaMemcpyHostToDevice, s));
+    }
+    {
+        std::optional<cu_prof_scope> phase;
+        phase.emplace("analysis 2: subspace iteration (batched)", s);
+        size_t q = 0;
+        for (group &g : gs) {
+            const int T = (int)g.taps.size(), nb = 2 * T;
+            CU_OK(group_iter(a, g.m, g.p, nb, iters, reinterpret_cast<const float *const *>(dptr + q),
+                             reinterpret_cast<float *const *>(dptr + q + nb), reinterpret_cast<float *const *>(dptr + q + 2 * nb),
+                             reinterpret_cast<float *const *>(dptr + q + 3 * nb), V, Z, Zd, Yd, G, W, tr, 0x5eed1234u));
+            q += 4 * (size_t)nb;
+            CU_TRY(cudaMemcpyAsync(hd + g.o_b, G, (size_t)nb * g.p * g.p * sizeof(double), cudaMemcpyDeviceToHost, s));
+            const size_t row = (size_t)g.m * g.p * sizeof(float);
+            CU_TRY(cudaMemcpy2DAsync(hd + g.o_v, row, V, 2 * row, row, (size_t)T, cudaMemcpyDeviceToHost, s));
+        }
+    }
+    CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
+    std::optional<cu_prof_scope> phase;
+    phase.emplace("analysis 5: copies to the host, host eigensolvers", s);
+    for (size_t i = 0; i < a->pend.size(); i++) {
+        const avc_analysis::pending &e = a->pend[i];
+        if (!e.deferred) continue;
+        const slot_layout L = layout_for(e.m, e.cnt);
+        const char *slot = static_cast<const char *>(a->slots[e.slot].p);
+        double *h = hd + o_tap[i];
+        CU_TRY(cudaMemcpyAsync(h, slot + L.dpart, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), cudaMemcpyDeviceToHost, s));
+        h += (size_t)ANA_SLOTS * ANA_NBLK;
+        CU_TRY(cudaMemcpyAsync(h, slot + L.rho, (size_t)e.cnt * sizeof(double), cudaMemcpyDeviceToHost, s));
+        h += e.cnt;
+        CU_TRY(cudaMemcpyAsync(h, slot + L.sel, 4 * sizeof(long long), cudaMemcpyDeviceToHost, s));
+        h += 4;
+        CU_TRY(cudaMemcpyAsync(h, slot + L.mean, (size_t)e.m * sizeof(float), cudaMemcpyDeviceToHost, s));
+    }
+    CU_TRY(cudaStreamSynchronize(s));
+    for (group &g : gs) {
+        const int p = g.p;
+        for (size_t t = 0; t < g.taps.size(); t++) {
+            avc_analysis::pending &e = a->pend[g.taps[t]];
+            const double *h = hd + o_tap[g.taps[t]];
+            const double *part = h;
+            const double *rho = h + (size_t)ANA_SLOTS * ANA_NBLK;
+            long long sel_h[4];
+            memcpy(sel_h, rho + e.cnt, sizeof sel_h);
+            const float *mu_h = reinterpret_cast<const float *>(rho + e.cnt + 4);
+            if (sel_h[2] < 0 || sel_h[2] > e.cnt)
+                return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)e.cnt);
+            std::vector<double> B[2];
+            for (int b = 0; b < 2; b++) {
+                const double *src = hd + g.o_b + (2 * t + b) * (size_t)p * p;
+                B[b].resize((size_t)p * p);
+                for (int c = 0; c < p; c++)
+                    for (int r = 0; r < p; r++)
+                        B[b][(size_t)c * p + r] = 0.5 * (src[(size_t)c * p + r] + src[(size_t)r * p + c]);
+            }
+            std::vector<double> rho_h(rho, rho + sel_h[2]);
+            const float *V1 = reinterpret_cast<const float *>(hd + g.o_v) + t * (size_t)g.m * p;
+            memset(&e.met, 0, sizeof e.met);
+            memset(&e.info, 0, sizeof e.info);
+            e.met.rows = e.l, e.met.cols = e.m;
+            finish_metrics(e.l, e.m, e.k, p, p, iters, part, B[0], B[1], V1, mu_h, rho_h, &e.met, &e.info);
+        }
+    }
+    return AVERIS_OK;
 }
 
 /* CUDA graphs for a tap (AVERIS_ANALYSIS_GRAPH=0: never) */
@@ -952,8 +1509,9 @@ void avc_analysis_free(avc_analysis *a) {
     delete a;
 }
 
-averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m,
-                                   analysis_metrics *out, avc_analysis_info *info) {
+/* one tensor's metrics at once (the path before deferral; the panel path) */
+static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m,
+                                 analysis_metrics *out, avc_analysis_info *info) {
     memset(out, 0, sizeof *out);
     if (info) memset(info, 0, sizeof *info);
     if (l < 1 || m < 1)
@@ -1014,6 +1572,7 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
     CU_OK(a->get(a->hist, 2048, &jb.hist));
     CU_OK(a->get(a->cnt, jb.nch, &jb.cnt_d));
     CU_OK(a->get(a->off, jb.nch, &jb.off_d));
+    CU_OK(select_bufs(a, jb));
     CU_OK(a->get(a->rho, jb.cnt, &jb.rho));
     if (gram) {
         CU_OK(a->get(a->xc, n, &jb.Xc));
@@ -1137,63 +1696,83 @@ averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16,
         return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)cnt);
     std::vector<double> B1(hd + o_b1, hd + o_b1 + (size_t)p1 * p1), B2(hd + o_b2, hd + o_b2 + (size_t)p2 * p2),
         rho_h(hd + o_rho, hd + o_rho + (size_t)sel_h[2]);
-    auto slot = [&](int sl) {
-        double t = 0;
-        for (int b = 0; b < ANA_NBLK; b++) t += part[(size_t)sl * ANA_NBLK + b];
-        return t;
-    };
-
-    /* the metrics, as analysis_compute writes them */
-    double total = slot(0), mu2 = 0;
-    for (int64_t j = 0; j < m; j++) mu2 += (double)mu_h[(size_t)j] * mu_h[(size_t)j];
-    out->mean_norm = sqrt(mu2);
-    out->rms_token_norm = sqrt(total / (double)l);
-    out->R = total > 0 ? out->mean_norm / out->rms_token_norm : 0.0;
-    std::vector<double> w1, u1, w2;
-    jacobi_eig(B1, p1, w1, &u1);
-    sym_eigvals(B2, p2, w2); /* p2 reaches 172 for the LM head: not Jacobi */
-    out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
-    if (info) {
-        info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
-        info->iters = used, info->p1 = p1, info->p2 = p2;
-        /* the block's convergence factor for θ₁, (θ_p1/θ₁)^iters (θ_p1 ≥ λ_{p1+1}: an upper bound) */
-        info->conv1 = p1 < g && w1[0] > 0 ? pow(std::max(w1[(size_t)p1 - 1], 0.0) / w1[0], used) : 0.0;
-    }
-    double dot = 0, vn = 0;
-    for (int64_t j = 0; j < m; j++) {
-        double v = 0;
-        for (int c = 0; c < p1; c++) v += (double)V1[(size_t)(c * m + j)] * u1[(size_t)c];
-        dot += (double)mu_h[(size_t)j] * v;
-        vn += v * v;
-    }
-    out->cos_mu_v1 = out->mean_norm > 0 && vn > 0 ? fabs(dot) / (out->mean_norm * sqrt(vn)) : 0.0;
-    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = 0;
-    for (int i = 0; i < k && i < p2; i++) e_spike += std::max(w2[(size_t)i], 0.0);
-    if (e_c < 0) e_c = 0;
-    if (e_spike > e_c) e_spike = e_c;
-    out->spike_k = k;
-    if (total > 0) {
-        out->e_mean = e_mean / total;
-        out->e_spike = e_spike / total;
-        out->e_tail = (e_c - e_spike) / total;
-    }
-    int64_t r = (int64_t)rho_h.size();
-    out->top_count = r;
-    if (r > 0) {
-        int64_t half = 0;
-        for (double v : rho_h) half += v > 0.5;
-        out->rho_frac_half = (double)half / (double)r;
-        std::nth_element(rho_h.begin(), rho_h.begin() + r / 2, rho_h.end());
-        double hi = rho_h[(size_t)(r / 2)];
-        if (r % 2) out->rho_median = hi;
-        else out->rho_median = 0.5 * (*std::max_element(rho_h.begin(), rho_h.begin() + r / 2) + hi);
-    }
-    for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
-        double err = slot(1 + 3 * qv), nz = slot(2 + 3 * qv), fl = slot(3 + 3 * qv);
-        out->q_rel_mse[qv] = total > 0 ? err / total : (err > 0 ? INFINITY : 0.0);
-        out->q_flushed[qv] = nz > 0 ? fl / nz : 0.0;
-    }
+    finish_metrics(l, m, k, p1, p2, used, part, B1, B2, V1, mu_h, rho_h, out, info);
     return AVERIS_OK;
+}
+
+void avc_analysis_set_sink(avc_analysis *a, avc_result_fn fn, void *ctx) {
+    a->sink = fn;
+    a->sink_ctx = ctx;
+}
+
+averis_status avc_analysis_submit(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m, void *tag) {
+    if (l < 1 || m < 1)
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: empty matrix (%lld × %lld)", (long long)l, (long long)m);
+    if (l > INT32_MAX || m > INT32_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda analysis: %lld × %lld exceeds cuBLAS's int dimensions", (long long)l,
+                           (long long)m);
+    avc_analysis::pending e = {};
+    e.l = l, e.m = m, e.tag = tag;
+    e.cnt = (int64_t)ceil(0.001 * (double)(l * m));
+    int p1, p2;
+    blocks_for(l, m, &e.k, &p1, &p2);
+    e.p = std::max(p1, p2);
+    const size_t budget = env_defer_bytes();
+    const slot_layout L = layout_for(m, e.cnt);
+    e.deferred = budget > 0 && m <= env_gram_max() && e.p <= 64 && L.end <= budget;
+    if (!e.deferred) {
+        averis_status st = compute_now(a, x_dev, bf16, l, m, &e.met, &e.info);
+        if (st) return st;
+        a->pend.push_back(e);
+        return AVERIS_OK;
+    }
+    if (a->pend_bytes + L.end > budget) CU_OK(avc_analysis_flush(a));
+    e.slot = a->pend.size();
+    if (a->slots.size() <= e.slot) a->slots.resize(e.slot + 1);
+    char *slot = nullptr;
+    CU_OK(a->get(a->slots[e.slot], (int64_t)L.end, &slot));
+    CU_OK(tap_stage(a, x_dev, bf16, l, m, e.cnt, slot, L));
+    a->pend_bytes += L.end;
+    a->pend.push_back(e);
+    return AVERIS_OK;
+}
+
+averis_status avc_analysis_flush(avc_analysis *a) {
+    averis_status st = flush_impl(a);
+    if (!st && a->sink)
+        for (avc_analysis::pending &e : a->pend) a->sink(a->sink_ctx, e.tag, &e.met, &e.info);
+    a->pend.clear();
+    a->pend_bytes = 0;
+    return st;
+}
+
+namespace {
+struct one_result {
+    analysis_metrics *out;
+    avc_analysis_info *info;
+};
+void one_sink(void *ctx, void *, const analysis_metrics *m, const avc_analysis_info *info) {
+    one_result *r = static_cast<one_result *>(ctx);
+    *r->out = *m;
+    if (r->info) *r->info = *info;
+}
+} // namespace
+
+averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m,
+                                   analysis_metrics *out, avc_analysis_info *info) {
+    memset(out, 0, sizeof *out);
+    if (info) memset(info, 0, sizeof *info);
+    CU_OK(avc_analysis_flush(a)); /* what was queued before goes to its sink */
+    if (!env_defer_bytes()) return compute_now(a, x_dev, bf16, l, m, out, info);
+    avc_result_fn fn = a->sink;
+    void *ctx = a->sink_ctx;
+    one_result r = {out, info};
+    avc_analysis_set_sink(a, one_sink, &r);
+    averis_status st = avc_analysis_submit(a, x_dev, bf16, l, m, nullptr);
+    if (!st) st = avc_analysis_flush(a);
+    else (void)avc_analysis_flush(a);
+    avc_analysis_set_sink(a, fn, ctx);
+    return st;
 }
 
 } // extern "C"
@@ -1206,36 +1785,48 @@ struct rows_ctx {
     FILE *csv, *table;
     const char *prefix;
     averis_status st;
+    std::vector<std::pair<int, std::string>> taps; /* a tag is an index here */
 };
+
+/* a tap's metrics, in tap order (the flush's sink) */
+void rows_sink(void *ctx, void *tag, const analysis_metrics *am, const avc_analysis_info *) {
+    rows_ctx *c = static_cast<rows_ctx *>(ctx);
+    const auto &t = c->taps[(size_t)reinterpret_cast<intptr_t>(tag)];
+    char pre[512];
+    snprintf(pre, sizeof pre, "%s%s%d,%s", c->prefix, *c->prefix ? "," : "", t.first, t.second.c_str());
+    analysis_csv_row(c->csv, pre, am);
+    if (c->table)
+        fprintf(c->table, "%-5d %-14s %7.4f %7.4f %7.4f %9.4f %9.4f %10.3e %10.3e\n", t.first, t.second.c_str(), am->R,
+                am->cos_mu_v1, am->e_mean, am->q_flushed[ANALYSIS_PLAIN], am->q_flushed[ANALYSIS_SPLIT],
+                am->q_rel_mse[ANALYSIS_PLAIN], am->q_rel_mse[ANALYSIS_SPLIT]);
+}
 
 void rows_tap(void *ctx, int layer, const char *kind, const void *x, int bf16, int64_t rows, int64_t cols) {
     rows_ctx *c = static_cast<rows_ctx *>(ctx);
     if (c->st) return;
-    analysis_metrics am;
-    if ((c->st = avc_analysis_compute(c->a, x, bf16, rows, cols, &am, nullptr))) return;
-    char pre[512];
-    snprintf(pre, sizeof pre, "%s%s%d,%s", c->prefix, *c->prefix ? "," : "", layer, kind);
-    analysis_csv_row(c->csv, pre, &am);
-    if (c->table)
-        fprintf(c->table, "%-5d %-14s %7.4f %7.4f %7.4f %9.4f %9.4f %10.3e %10.3e\n", layer, kind, am.R, am.cos_mu_v1,
-                am.e_mean, am.q_flushed[ANALYSIS_PLAIN], am.q_flushed[ANALYSIS_SPLIT], am.q_rel_mse[ANALYSIS_PLAIN],
-                am.q_rel_mse[ANALYSIS_SPLIT]);
+    c->taps.emplace_back(layer, kind);
+    c->st = avc_analysis_submit(c->a, x, bf16, rows, cols, reinterpret_cast<void *>((intptr_t)(c->taps.size() - 1)));
 }
 
 } // namespace
 
 extern "C" averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, const int *tokens, const int *targets,
                                                  FILE *csv, const char *prefix, uint64_t sr_stream, FILE *table) {
-    rows_ctx ctx = {a, csv, table, prefix ? prefix : "", AVERIS_OK};
+    rows_ctx ctx = {a, csv, table, prefix ? prefix : "", AVERIS_OK, {}};
     if (table)
         fprintf(table, "%-5s %-14s %7s %7s %7s %9s %9s %10s %10s\n", "layer", "kind", "R", "cos", "e_mean", "flush",
                 "flush_sp", "mse", "mse_sp");
     if (a->s != static_cast<cudaStream_t>(avc_model_stream(g)))
         return averis_fail(AVERIS_EINVAL, "cuda analysis: the analysis and the model run on different streams");
+    CU_OK(avc_analysis_flush(a)); /* nothing of another caller's in this step's rows */
+    avc_analysis_set_sink(a, rows_sink, &ctx);
     avc_model_set_tap(g, rows_tap, &ctx);
     float loss = 0;
     averis_status st = avc_model_step(g, tokens, targets, 1, 1.0f, sr_stream, &loss);
     avc_model_set_tap(g, nullptr, nullptr);
+    averis_status fs = avc_analysis_flush(a); /* the queued taps' rows, in tap order */
+    if (!ctx.st) ctx.st = fs;
+    avc_analysis_set_sink(a, nullptr, nullptr);
     fflush(csv);
     return st ? st : ctx.st;
 }

@@ -109,7 +109,7 @@ verify() {
     local parts=" ${VERIFY_PARTS:-analysis moe cudnn cuda nccl} "
     if [[ $parts == *" analysis "* ]]; then
         log "verify: device_analysis.sh"
-        OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=0 bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
+        OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=${DEVICE_ANALYSIS_MEMCHECK:-0} bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
         log "verify: device_analysis exit $?"
     fi
     if [[ $parts == *" moe "* ]]; then

@@ -74,9 +74,28 @@ typedef struct {
 
 /* The metrics of X [l × m] (row-major, contiguous) of fp32 or (bf16 = 1)
  * BF16 in device memory, as analysis_compute does on the host; info may be
- * NULL. Synchronises the stream. */
+ * NULL. Synchronises the stream. The Gram path goes through the deferred
+ * path below (submit, then flush) unless AVERIS_ANALYSIS_DEFER=0; tensors
+ * queued before are flushed to the sink first. */
 averis_status avc_analysis_compute(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m,
                                    analysis_metrics *out, avc_analysis_info *info);
+
+/* Deferred analysis: avc_analysis_submit queues X for its metrics and
+ * returns once the work that reads X is on the stream (X may then change);
+ * a Gram-path tensor (cols ≤ AVC_ANA_GRAM_MAX, BF16 or fp32) keeps its two
+ * cols × cols Gram matrices and its device results in a slot of its own,
+ * and avc_analysis_flush runs the subspace iterations of every queued tensor
+ * of one shape together (batched GEMMs, AVC_ANA_ITERS products, no early
+ * stop; Rayleigh–Ritz as V_bᵀ(C_b V_b) in fp32/fp64 on the Gram matrix),
+ * synchronises once and calls the sink with each tensor's metrics in
+ * submission order. Other tensors are computed at once (as
+ * avc_analysis_compute) and reach the sink in their turn. The queued slots
+ * take at most AVERIS_ANALYSIS_DEFER MiB (default 4096; a submit that would
+ * pass it flushes first; 0: every tensor at once, the pre-deferral path). */
+typedef void (*avc_result_fn)(void *ctx, void *tag, const analysis_metrics *m, const avc_analysis_info *info);
+void avc_analysis_set_sink(avc_analysis *a, avc_result_fn fn, void *ctx);
+averis_status avc_analysis_submit(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m, void *tag);
+averis_status avc_analysis_flush(avc_analysis *a);
 
 /* ------------------------------------------------ taps of the GPU model */
 /* Called at each analysed tensor during avc_model_step: layer, kind (as the

@@ -76,6 +76,10 @@ cudaStream_t g_stream; /* the analysis's stream (a created one: the CUDA graphs 
 struct {
     int n = 0, same = 0; /* tensors computed with graphs and directly; bit-identical ones */
 } g_graph;
+struct {
+    int n = 0;
+    double sigma1 = 0, cos = 0, spike = 0; /* deferred vs at once: the iterative metrics' largest deviations */
+} g_defer;
 
 /* X as the GPU sees it (fp32, or BF16 when bf16: the CPU then gets the same BF16 values) */
 void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int bf16) {
@@ -109,19 +113,53 @@ void compare(const char *name, std::vector<float> X, int64_t l, int64_t m, int b
     float ms = 0;
     cudaEventElapsedTime(&ms, e0, e1);
     cudaEventDestroy(e0), cudaEventDestroy(e1);
-    /* the stages run directly (AVERIS_ANALYSIS_GRAPH=0) against the CUDA graphs above */
-    analysis_metrics gd;
-    avc_analysis_info infod;
+    /* the path without deferral (AVERIS_ANALYSIS_DEFER=0) with CUDA graphs (gi) and
+     * with its stages run directly (AVERIS_ANALYSIS_GRAPH=0, gd): bit for bit the same;
+     * the deferred result (g, the default) has the same non-iterative metrics */
+    analysis_metrics gd, gi;
+    avc_analysis_info infod, infoi;
+    /* the 3-pass radix select alone (AVERIS_ANALYSIS_SELECT=radix) against the sampled one: ρ bit for bit */
+    analysis_metrics gr;
+    if (!st) {
+        setenv("AVERIS_ANALYSIS_SELECT", "radix", 1);
+        st = avc_analysis_compute(g_ana, d, bf16, l, m, &gr, nullptr);
+        unsetenv("AVERIS_ANALYSIS_SELECT");
+        if (!st)
+            CHECK(gr.top_count == g.top_count && gr.rho_median == g.rho_median && gr.rho_frac_half == g.rho_frac_half,
+                  "%s: sampled vs radix select: top %lld/%lld, rho median %.17g/%.17g, share %.17g/%.17g", name,
+                  (long long)g.top_count, (long long)gr.top_count, g.rho_median, gr.rho_median, g.rho_frac_half,
+                  gr.rho_frac_half);
+    }
+    const char *defer_env = getenv("AVERIS_ANALYSIS_DEFER");
+    std::string defer_saved = defer_env ? defer_env : "";
+    setenv("AVERIS_ANALYSIS_DEFER", "0", 1);
+    if (!st) st = avc_analysis_compute(g_ana, d, bf16, l, m, &gi, &infoi);
     if (!st) {
         setenv("AVERIS_ANALYSIS_GRAPH", "0", 1);
         st = avc_analysis_compute(g_ana, d, bf16, l, m, &gd, &infod);
         unsetenv("AVERIS_ANALYSIS_GRAPH");
     }
+    if (defer_env) setenv("AVERIS_ANALYSIS_DEFER", defer_saved.c_str(), 1);
+    else unsetenv("AVERIS_ANALYSIS_DEFER");
     cudaFree(d);
     CHECK(!st, "%s: GPU analysis failed: %s", name, averis_last_error());
     if (st) return;
     {
-        int same = memcmp(&g, &gd, sizeof g) == 0 && info.iters == infod.iters;
+        CHECK(g.R == gi.R && g.mean_norm == gi.mean_norm && g.rms_token_norm == gi.rms_token_norm &&
+                  g.e_mean == gi.e_mean && g.top_count == gi.top_count && g.rho_median == gi.rho_median &&
+                  g.rho_frac_half == gi.rho_frac_half,
+              "%s: deferred vs at once: the non-iterative metrics differ (R %.17g/%.17g)", name, g.R, gi.R);
+        for (int q = 0; q < ANALYSIS_NQ; q++)
+            CHECK(g.q_rel_mse[q] == gi.q_rel_mse[q] && g.q_flushed[q] == gi.q_flushed[q],
+                  "%s: deferred vs at once: NVFP4 metric %d differs", name, q);
+        upd(g_defer.sigma1, rel(g.sigma1, gi.sigma1));
+        upd(g_defer.cos, fabs(g.cos_mu_v1 - gi.cos_mu_v1));
+        upd(g_defer.spike, fabs(g.e_spike - gi.e_spike));
+        g_defer.n++;
+    }
+    {
+        analysis_metrics &g = gi; /* graph vs direct on the path without deferral */
+        int same = memcmp(&g, &gd, sizeof g) == 0 && infoi.iters == infod.iters;
         g_graph.n++;
         g_graph.same += same;
         auto near = [](double x, double y) { return fabs(x - y) <= 1e-6 * fmax(fabs(y), 1e-30) + 1e-12; };
@@ -207,6 +245,14 @@ void test_small() {
     std::vector<float> one(16, 0.0f);
     one[5] = 3.0f;
     compare("single row 1x16", one, 1, 16, 0);
+    /* the sampled select's fallback: 3 % of the magnitudes tie at the top (more
+     * candidates than its buffer holds), and every magnitude the same */
+    std::vector<float> ties = synth(1024, 256, 0.5, 0, 1, 13);
+    for (size_t i = 0; i < ties.size(); i += 33) ties[i] = i % 2 ? 7.0f : -7.0f;
+    compare("top ties 1024x256", ties, 1024, 256, 0);
+    std::vector<float> pm(512 * 64);
+    for (size_t i = 0; i < pm.size(); i++) pm[i] = (i * 2654435761u >> 7) % 2 ? 1.0f : -1.0f;
+    compare("all +-1 512x64", pm, 512, 64, 0);
 }
 
 void test_synthetic() {
@@ -239,9 +285,11 @@ void test_paths() {
     compare("panel odd cols 1000x40", synth(1000, 40, 0.7, 2, 5.0, 4), 1000, 40, 0);
     compare("panel wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
     unsetenv("AVERIS_ANALYSIS_GRAM");
-    setenv("AVERIS_ANALYSIS_CHOL_GLOBAL", "1", 1);
+    setenv("AVERIS_ANALYSIS_CHOL_GLOBAL", "1", 1); /* the path without deferral's */
+    setenv("AVERIS_ANALYSIS_DEFER", "0", 1);
     compare("chol global mean 2048x768", synth(2048, 768, 1.0, 4, 20.0, 3), 2048, 768, 0);
     compare("chol global wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
+    unsetenv("AVERIS_ANALYSIS_DEFER");
     unsetenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
     /* k = 40: p2 = 48 (the old shared-memory limit); k = 49: p2 = 57 */
     compare("p2 48 4000x4000", synth(4000, 4000, 0.8, 6, 6.0, 11), 4000, 4000, 0);
@@ -338,7 +386,21 @@ void test_model_rows() {
     if (!st) st = avc_analysis_create(&a, avc_model_stream(g));
     if (!st) st = avc_analysis_model_rows(g, a, in.data(), tg.data(), fg, "", 0, nullptr);
     CHECK(!st, "GPU rows: %s", averis_last_error());
-    rows_t rc = read_rows(fc), rg = read_rows(fg);
+    /* the same rows without deferral: the same tensors in the same order, R bit for bit */
+    FILE *fi = tmpfile();
+    analysis_csv_header(fi, "layer,kind");
+    if (!st) {
+        setenv("AVERIS_ANALYSIS_DEFER", "0", 1);
+        st = avc_analysis_model_rows(g, a, in.data(), tg.data(), fi, "", 0, nullptr);
+        unsetenv("AVERIS_ANALYSIS_DEFER");
+        CHECK(!st, "GPU rows without deferral: %s", averis_last_error());
+    }
+    rows_t rc = read_rows(fc), rg = read_rows(fg), ri = read_rows(fi);
+    CHECK(ri.key == rg.key, "GPU rows: deferred %zu rows, at once %zu, or in another order", rg.key.size(), ri.key.size());
+    if (ri.key == rg.key)
+        for (size_t i = 0; i < rg.key.size(); i++)
+            CHECK(ri.R[i] == rg.R[i], "row %s: R deferred %.17g, at once %.17g", rg.key[i].c_str(), rg.R[i], ri.R[i]);
+    fclose(fi);
     int L = m.cfg.num_hidden_layers;
     /* the CPU's 8 kinds + resid_attn, resid_ffn, grad_attn_q/k/v per layer, + grad_lm_head */
     CHECK((int)rc.key.size() == 8 * L, "CPU rows %zu, expected %d", rc.key.size(), 8 * L);
@@ -386,6 +448,8 @@ int main(int argc, char **argv) {
            w.ntensor, w.nconv, w.ncos, w.R, w.mean_norm, w.rms, w.sigma1, w.sigma1_loose, w.cos, w.e_mean, w.e_spike, w.e_tail, w.rho_med,
            w.rho_half, w.mse, w.flushed, w.ntensor ? w.ms / w.ntensor : 0.0);
     printf("graphs vs direct stages: %d of %d tensors bit-identical\n", g_graph.same, g_graph.n);
+    printf("deferred (batched) vs at once, %d tensors: sigma1 %.2g rel, cos %.2g, e_spike %.2g (the other metrics bit for bit)\n",
+           g_defer.n, g_defer.sigma1, g_defer.cos, g_defer.spike);
     avc_analysis_free(g_ana);
     cudaStreamDestroy(g_stream);
     printf("%d passed, %d failed\n", passed, failed);
