@@ -132,7 +132,7 @@ LIB_SRC   := src/status.c src/formats.c src/nvfp4.c src/io.c src/quant.c src/gem
 SIMD_SRC  := src/nvfp4_avx2.c src/nvfp4_avx512.c
 TOOL_SRC  := tools/averis.c tools/cli.c tools/cmd_quant.c tools/cmd_prepare.c tools/cmd_train.c tools/cmd_sample.c tools/cmd_analyze.c tools/dp_launch.c tools/cmd_tokenize.c tools/cmd_evaltask.c
 TEST_SRC  := $(wildcard tests/test_*.c)
-CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/quant_fused.cu cuda/qlinear.cu cuda/qlinear_group.cu cuda/flash.cu cuda/attention.cu cuda/model.cu cuda/moe.cu cuda/analysis.cu
+CUDA_SRC  := cuda/profile.cu cuda/quant.cu cuda/quant_fused.cu cuda/qlinear.cu cuda/qlinear_group.cu cuda/grouped_gemm.cu cuda/flash.cu cuda/attention.cu cuda/model.cu cuda/moe.cu cuda/analysis.cu
 CUDA_SRC  += $(CUDNN_SRC)
 CUDA_SRC  += cuda/dp.cu
 OBJ       = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC) $(SIMD_SRC))
@@ -186,7 +186,8 @@ cuda-tests: $(CUDA_TEST_BIN)
 $(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include/averis/*.h) tests/check.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
-$(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/cuda/fused_check.o $(BUILD)/tests/test_patterns.o $(LIB)
+$(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/cuda/fused_check.o \
+                    $(BUILD)/tests/cuda/grouped_gemm_check.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -222,13 +222,13 @@ averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t 
 
 averis_status cm_moe_mode(int *mode) {
     const char *v = getenv("AVERIS_MOE_GROUPED");
-    /* 2 by default: cuBLAS 13 refuses the grouped GEMM for BF16 operands with an fp32
-     * output (status 15 on the H200, 2026-12-06), so mode 1 ran as 2 at the same speed */
-    *mode = CL_SEG_PER_EXPERT;
+    /* 2 by default: cuBLAS 13 refuses its grouped GEMM for BF16 operands with an fp32
+     * output (status 15 on the H200, 2026-12-06); ours (3) is not yet measured */
+    *mode = CM_MOE_DEFAULT_MODE;
     if (!v || !*v) return AVERIS_OK;
-    if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "2"))
-        return averis_fail(AVERIS_EINVAL, "AVERIS_MOE_GROUPED=%s: 0 (per expert), 1 (grouped GEMMs) or 2 (batched "
-                           "quantization, per-expert GEMMs)", v);
+    if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "2") && strcmp(v, "3"))
+        return averis_fail(AVERIS_EINVAL, "AVERIS_MOE_GROUPED=%s: 0 (per expert), 1 (cuBLAS's grouped GEMMs), 2 (batched "
+                           "quantization, per-expert GEMMs) or 3 (batched quantization, our grouped GEMM)", v);
     *mode = atoi(v);
     return AVERIS_OK;
 }

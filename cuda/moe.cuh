@@ -46,19 +46,22 @@ struct cm_moe_layer {
     std::vector<int> counts, offs;              /* host copies: [E], [E+1] */
     std::vector<cl_input> in_x, in_a;           /* per expert: its rows of xs and of a */
     std::vector<cl_weight> wg, wu, wd;          /* per expert operands (views of swg, swu, swd) */
-    cl_seg_input sx = {}, sa = {};                      /* modes 1, 2: xs and a, all experts (stats per expert) */
+    cl_seg_input sx = {}, sa = {};                      /* modes 1-3: xs and a, all experts (stats per expert) */
     cl_seg_weight swg = {}, swu = {}, swd = {};              /* the E stacked weights and their operands */
 };
 
 /* AVERIS_MOE_GROUPED: 2 (default) the experts' quantization in one launch
  * sequence per linear (seg.cuh) with one cuBLASLt GEMM per expert (the bits
- * of 0), 1 the same with grouped GEMMs (cuBLAS refuses BF16 operands with an
- * fp32 output: then it runs as 2); both through
- * qlinear_group.cuh. 0: cl_prep_x / cl_forward / cl_backward per expert. */
+ * of 0), 3 the same with our grouped GEMM (grouped_gemm.cuh), 1 with
+ * cuBLAS's grouped GEMMs (refused for BF16 operands with an fp32 output:
+ * then it runs as 3); all through qlinear_group.cuh. 0: cl_prep_x /
+ * cl_forward / cl_backward per expert. */
 enum { CM_MOE_PER_EXPERT = 0 };
+/* the mode when AVERIS_MOE_GROUPED is unset */
+enum { CM_MOE_DEFAULT_MODE = CL_SEG_PER_EXPERT };
 struct cm_moe {
     int E = 0, k = 0, L = 0, nmoe = 0, norm_topk = 0, aux_on = 0;
-    int mode = CL_SEG_PER_EXPERT;
+    int mode = CM_MOE_DEFAULT_MODE;
     double coef = 0.0;
     int64_t N = 0, C = 0, I = 0, R = 0;
     std::vector<cm_moe_layer> layers; /* [L], used where the layer is MoE */
@@ -71,7 +74,7 @@ struct cm_moe {
     std::vector<double> psum_h;
     std::vector<float> daux_h;
     float aux = 0.0f;                 /* the last forward's aux loss */
-    /* modes 1, 2 */
+    /* modes 1-3 */
     __nv_bfloat16 *sxq = nullptr, *sxt = nullptr; /* the experts' operands, shared by the layers (seg.cuh layouts) */
     cl_seg_scratch sscr = {};
     void *seg_ws = nullptr;           /* the segmented statistics' partial sums (cq_seg_ws_bytes) */
@@ -85,7 +88,7 @@ typedef std::function<averis_status(void **, size_t)> cm_alloc_fn;
 
 /* I·C and C·I shapes accepted by recipe r for up to N rows */
 averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t N);
-/* the mode from AVERIS_MOE_GROUPED (unset: 2) */
+/* the mode from AVERIS_MOE_GROUPED (unset: CM_MOE_DEFAULT_MODE) */
 averis_status cm_moe_mode(int *mode);
 /* buffers for N tokens; weights/grads: the model's layer pointers (router,
  * eg, eu, ed) bound per MoE layer with cm_moe_bind */

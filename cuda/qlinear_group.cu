@@ -4,12 +4,14 @@
  * run here on a segment each (blockIdx.y or .z): the same bits. */
 #include "qlinear_group.cuh"
 #include "qlinear_kern.cuh"
+#include "grouped_gemm.cuh"
 #include "nvfp4_device.cuh"
 #include "averis/model_spec.h"
 
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -259,13 +261,48 @@ int grp_probe(cudaDataType_t tab) {
     return ok;
 }
 
-/* the GEMMs of q: grouped (mode 1, where available) or one cl_matmul per
- * expert. alpha_all [E] device (NULL: α = 1); bias_all [E × N] rows of
- * D_all [R × N] (grouped: added to the rows first, then β = 1). */
+/* q as our grouped GEMM's list (grouped_gemm.cuh): the same operands, α
+ * pointers and bias rows; empty if the kernel cannot take it (fp32
+ * operands, or gg_unsupported: one stderr line the first time), and then
+ * the caller runs the per-expert GEMMs */
+std::atomic<int> g_own_refused{0};
+std::vector<gg_gemm> own_list(const seg_gemm &q) {
+    std::vector<gg_gemm> v;
+    if (q.tab != CUDA_R_16BF) return v; /* the fp32 recipe */
+    v.resize(q.M.size());
+    for (size_t i = 0; i < q.M.size(); i++) {
+        gg_gemm &g = v[i];
+        g.M = q.M[i], g.N = q.N[i], g.K = q.K[i];
+        g.A = static_cast<const __nv_bfloat16 *>(q.A[i]), g.lda = q.lda[i];
+        g.B = static_cast<const __nv_bfloat16 *>(q.B[i]), g.ldb = q.ldb[i];
+        g.D = q.D[i], g.ldd = q.ldd[i];
+        g.alpha = q.alpha_d[i], g.beta = q.beta1 ? 1.0f : 0.0f, g.bias = q.bias[i];
+    }
+    if (const char *why = gg_unsupported(q.transA, q.transB, v.data(), (int)v.size())) {
+        if (!g_own_refused.exchange(1))
+            fprintf(stderr, "averis: AVERIS_MOE_GROUPED=3: our grouped GEMM cannot take %s; such lists run one cuBLASLt "
+                            "GEMM per expert\n", why);
+        v.clear();
+    }
+    return v;
+}
+
+/* the GEMMs of q: cuBLAS's grouped call (mode 1, where it takes the types;
+ * else as mode 3), ours (mode 3, where it takes the list) or one cl_matmul
+ * per expert. alpha_all [E] device (NULL: α = 1); bias_all [E × N] rows of
+ * D_all [R × N] (cuBLAS's grouped call: added to the rows first, then β = 1). */
 averis_status run_gemms(const seg_gemm &q, int mode, const float *alpha_all, int E, const int *offs_d, float *D_all,
                         int64_t N_all, int64_t maxn, const float *bias_all, cudaStream_t s) {
     if (q.M.empty()) return AVERIS_OK;
-    if (mode == CL_SEG_GROUPED && cl_seg_grouped_ok(q.tab)) {
+    if (mode == CL_SEG_GROUPED && !cl_seg_grouped_ok(q.tab)) mode = CL_SEG_OWN_GROUPED;
+    if (mode == CL_SEG_OWN_GROUPED) {
+        std::vector<gg_gemm> v = own_list(q);
+        if (!v.empty()) {
+            CU_PROF("gemm grouped", s);
+            return gg_run(q.transA, q.transB, v.data(), (int)v.size(), s);
+        }
+    }
+    if (mode == CL_SEG_GROUPED) {
         CU_PROF("gemm grouped", s);
         std::lock_guard<std::mutex> lock(g_grp_mu);
         CU_OK(grp_reserve(std::max((int)q.M.size(), E)));
@@ -313,8 +350,10 @@ int cl_seg_grouped_ok(cudaDataType_t operands) {
     if (!ok) {
         ok = grp_probe(operands) ? 1 : -1;
         if (ok < 0)
-            fprintf(stderr, "averis: AVERIS_MOE_GROUPED=1: no grouped GEMM for %s operands; the experts run one cuBLASLt "
-                            "GEMM each (as AVERIS_MOE_GROUPED=2)\n", operands == CUDA_R_16BF ? "BF16" : "fp32");
+            fprintf(stderr, "averis: AVERIS_MOE_GROUPED=1: no cuBLAS grouped GEMM for %s operands; %s\n",
+                    operands == CUDA_R_16BF ? "BF16" : "fp32",
+                    operands == CUDA_R_16BF ? "the experts' GEMMs run in our grouped GEMM (as AVERIS_MOE_GROUPED=3)"
+                                            : "the experts run one cuBLASLt GEMM each (as AVERIS_MOE_GROUPED=2)");
     }
     return ok > 0;
 }

@@ -1,5 +1,5 @@
 /* qlinear_group.cuh — the MoE experts' linears of one layer at once (internal
- * to cuda/; moe.cu's AVERIS_MOE_GROUPED modes 1 and 2): the E experts'
+ * to cuda/; moe.cu's AVERIS_MOE_GROUPED modes 1, 2 and 3): the E experts'
  * inputs are the row segments of one X [R × m] (segment e = rows
  * offs[e]..offs[e+1], seg.cuh), their weights E stacked [n × m] matrices.
  * Each expert's math is cl_forward / cl_backward's on its rows (qlinear.cuh),
@@ -8,11 +8,17 @@
  *   mode 2 (CL_SEG_PER_EXPERT): one cl_matmul per non-empty expert, on the same
  *       operands, pointers' alignment, α and bias as the per-expert path:
  *       the same bits (test_cuda moe_group_linear_bitexact), or
+ *   mode 3 (CL_SEG_OWN_GROUPED): our grouped GEMM (grouped_gemm.cuh), one
+ *       launch per GEMM kind for all experts, α read on the device, the bias
+ *       rows in its epilogue: no host sync. BF16 operands only (the fp32
+ *       recipe's GEMMs, and a list the kernel cannot take, run as mode 2).
+ *       Close, not the same bits: the kernel sums in its own order, or
  *   mode 1 (CL_SEG_GROUPED): one cublasGemmGroupedBatchedEx per GEMM kind (a
  *       group per expert) with host α (one stream sync per call) and the bias
- *       added to the output rows before the GEMM (β = 1); falls back to mode 2
- *       (one stderr line) where cuBLAS refuses the types. Close, not the same
- *       bits: the GEMM's summation order and where the bias is added differ.
+ *       added to the output rows before the GEMM (β = 1); where cuBLAS
+ *       refuses the types (BF16 A/B with an fp32 C under cuBLAS 13: one
+ *       stderr line) it runs as mode 3. Close, not the same bits: the GEMM's
+ *       summation order and where the bias is added differ.
  */
 #ifndef AVERIS_CUDA_QLINEAR_GROUP_CUH
 #define AVERIS_CUDA_QLINEAR_GROUP_CUH
@@ -22,7 +28,7 @@
 
 #include <functional>
 
-enum { CL_SEG_PER_EXPERT = 2, CL_SEG_GROUPED = 1 };
+enum { CL_SEG_PER_EXPERT = 2, CL_SEG_GROUPED = 1, CL_SEG_OWN_GROUPED = 3 };
 
 /* X [R × m] fp32 and its per-expert operands and statistics */
 struct cl_seg_input {
@@ -71,8 +77,8 @@ averis_status cl_seg_forward(const qlin_recipe *r, const cl_seg_input *x, const 
 averis_status cl_seg_backward(const qlin_recipe *r, cl_seg_input *x, const cl_seg_weight *w, const cq_seg *g,
                               const float *D, float *dX, int dx_acc, float *dW, const uint64_t *streams_d, int mode,
                               cl_seg_scratch *scr, cudaStream_t s);
-/* whether mode 1 runs grouped GEMMs for this operand type (probed once on
- * first use: cuBLAS's answer and a check of its result); 0 = mode 2 */
+/* whether mode 1 runs cuBLAS's grouped GEMMs for this operand type (probed
+ * once on first use: cuBLAS's answer and a check of its result); 0: mode 3 */
 int cl_seg_grouped_ok(cudaDataType_t operands);
 
 #endif

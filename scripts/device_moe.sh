@@ -26,9 +26,14 @@
 #      compute-sanitizer memcheck (the routing/sort/combine indexing)
 #   6. train --device cuda on moe.json (30 steps, averis and bf16) vs the CPU
 #      runs: per-step loss within 1e-2 relative, step 1 within 2e-3
+#   5b. the experts' GEMM modes: our grouped GEMM against fp64 and at the
+#      linear (test_cuda moe_grouped_gemm_vs_fp64, moe_group_linear_own_gemm),
+#      moe-tiny 3 steps in AVERIS_MOE_GROUPED 0, 2, 1, 3
+#      (moe_grouped_vs_per_expert), and moe_vs_cpu in mode 3
 #   7. bench_cuda step: moe-small (batch 8 × 1024) per recipe, tokens/s and
-#      the averis/nvfp4, nvfp4/bf16 ratios; qwen3-moe-7b-a1.5b with as many
-#      layers as fit (16, 12, 8, 6, 4, 2 tried in turn; batch 4 × 1024)
+#      the averis/nvfp4, nvfp4/bf16 ratios, then in AVERIS_MOE_GROUPED 2 and
+#      3; qwen3-moe-7b-a1.5b with as many layers as fit (16, 12, 8, 6, 4, 2
+#      tried in turn; batch 4 × 1024)
 # Writes logs to $OUT (or out/device_moe). Exit status: the number of failures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -131,6 +136,14 @@ else
     echo "compute-sanitizer not found: memcheck skipped" | tee "$OUT/memcheck_moe.log"
 fi
 
+step "the experts' GEMM modes: our grouped GEMM (AVERIS_MOE_GROUPED=3)"
+for t in moe_grouped_gemm_vs_fp64 moe_group_linear_own_gemm moe_grouped_vs_per_expert; do
+    build/test_cuda $t 2>&1 | tee -a "$OUT/test_cuda_moe_modes.log" | tail -1
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "test_cuda $t"
+done
+AVERIS_MOE_GROUPED=3 build/test_cuda moe_vs_cpu >"$OUT/test_cuda_moe_g3.log" 2>&1 || note_fail "test_cuda moe_vs_cpu AVERIS_MOE_GROUPED=3"
+echo "moe_vs_cpu, AVERIS_MOE_GROUPED=3: $(tail -1 "$OUT/test_cuda_moe_g3.log")"
+
 step "train --device cuda on a MoE config: 30 steps vs the CPU"
 for r in averis bf16; do
     build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/cpu_$r" >"$RUNS/cpu_$r.log" 2>&1 \
@@ -157,6 +170,9 @@ build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 2>&1 | t
 [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench moe-small"
 AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 3 --recipes bf16,averis \
     >"$OUT/bench_moe_small_profile.txt" 2>&1 || note_fail "bench moe-small profile"
+build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 --moe-modes 2,3 2>&1 \
+    | tee "$OUT/bench_moe_small_modes.txt" | tail -4
+[[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench moe-small modes 2,3"
 
 if [[ ${MOE_BENCH_7B:-1} != 0 ]]; then
     step "bench: qwen3-moe-7b-a1.5b, as many layers as fit"

@@ -7,7 +7,7 @@
  *   bench_cuda fused   an output gradient D [16384 × 2048] to both of its
  *                      operands per recipe: the two cq_quantize calls vs
  *                      cq_quantize_dual (quant_fused.cuh), ms and vs copy
- *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L] [--moe-modes 0,1,2]
+ *   bench_cuda step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L] [--moe-modes 0,1,2,3]
  *                      (--layers: only the first L layers of the config, for
  *                      a model that does not fit whole, e.g. qwen3-moe-7b-a1.5b;
  *                      --moe-modes: each recipe in each AVERIS_MOE_GROUPED mode,
@@ -16,6 +16,14 @@
  *                      one training step (zero grad, forward, backward, norm,
  *                      AdamW) per recipe: ms, tokens/s, MFU, and the ratios
  *                      the paper reports (averis / nvfp4, ...) vs bf16
+ *   bench_cuda grouped_gemm [--tokens 8192,16384]
+ *                      the MoE experts' GEMMs of moe-small and
+ *                      qwen3-moe-7b-a1.5b (tokens routed top-k to E experts
+ *                      at random: ragged counts) per GEMM kind of a layer:
+ *                      our grouped GEMM (grouped_gemm.cuh, one launch) vs one
+ *                      cuBLASLt call per expert (cl_matmul planned by size
+ *                      class, as AVERIS_MOE_GROUPED=2 runs them): ms, TFLOP/s,
+ *                      the ratio, and their relative difference
  * AVERIS_FUSED_QUANT=0 turns the fewer-pass paths off (step: compare runs).
  * Times are medians of CUDA-event (quant, fused) or synchronised host-clock (step)
  * measurements after warm-up. AVERIS_CUDA_PROFILE=1 turns on the library's
@@ -23,6 +31,9 @@
  */
 #include "common.cuh"
 #include "quant_fused.cuh"
+#include "grouped_gemm.cuh"
+#include "qlinear.cuh"
+#include "seg.cuh"
 #include "../../dev/cuda/tool_util.cuh"
 #include "averis/moe.h"
 
@@ -175,6 +186,167 @@ static int bench_fused(void) {
     return 0;
 }
 
+/* x [n] BF16 uniform in [-1, 1) from a hash of the index */
+static __global__ void k_fill_bf16(__nv_bfloat16 *x, int64_t n, uint32_t seed) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    x[i] = __float2bfloat16_rn((float)(h >> 8) * 0x1p-23f - 1.0f);
+}
+
+/* The experts' GEMMs of one MoE layer, as qlinear_group.cu lays them out
+ * (seg.cuh: rows from cq_seg_row0, wgrad copies at cq_seg_col0), for C
+ * hidden, I expert width, E experts, top-k, `tokens` tokens. Per kind, ours
+ * (one gg_run) against the per-expert cuBLASLt loop on the same operands. */
+static int bench_gg_shape(const char *name, int64_t C, int64_t I, int E, int k, int64_t tokens) {
+    /* routing: k distinct experts per token from a fixed LCG: counts near tokens·k/E, ragged */
+    std::vector<int> counts((size_t)E, 0);
+    uint64_t st = 4242;
+    for (int64_t t = 0; t < tokens; t++) {
+        std::vector<int> chosen;
+        while ((int)chosen.size() < k) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            int e = (int)((st >> 33) % (uint64_t)E);
+            if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+        }
+        for (int e : chosen) counts[(size_t)e]++;
+    }
+    std::vector<int64_t> offs((size_t)E + 1, 0);
+    for (int e = 0; e < E; e++) offs[(size_t)e + 1] = offs[(size_t)e] + counts[(size_t)e];
+    const int64_t R = offs[(size_t)E], W = std::max(C, I);
+    const int64_t rows = cq_seg_rows(R, E), cols = cq_seg_cols(R, E);
+    __nv_bfloat16 *xa, *xb, *ta, *tb, *wt;
+    float *D, *dW, *alpha;
+    DEV(cudaMalloc(&xa, rows * W * 2)); /* rows layout: the first operand (X or the output gradient) */
+    DEV(cudaMalloc(&xb, rows * W * 2)); /* rows layout: the BF16 wgrad's second operand */
+    DEV(cudaMalloc(&ta, W * cols * 2)); /* wgrad copies [width × Σ kp_e] */
+    DEV(cudaMalloc(&tb, W * cols * 2));
+    DEV(cudaMalloc(&wt, (int64_t)E * C * I * 2));
+    DEV(cudaMalloc(&D, R * W * 4));
+    DEV(cudaMalloc(&dW, (int64_t)E * C * I * 4));
+    DEV(cudaMalloc(&alpha, E * 4));
+    k_fill_bf16<<<cu_blocks(rows * W, 256), 256>>>(xa, rows * W, 1);
+    k_fill_bf16<<<cu_blocks(rows * W, 256), 256>>>(xb, rows * W, 2);
+    k_fill_bf16<<<cu_blocks(W * cols, 256), 256>>>(ta, W * cols, 3);
+    k_fill_bf16<<<cu_blocks(W * cols, 256), 256>>>(tb, W * cols, 4);
+    k_fill_bf16<<<cu_blocks((int64_t)E * C * I, 256), 256>>>(wt, (int64_t)E * C * I, 5);
+    std::vector<float> al((size_t)E);
+    for (int e = 0; e < E; e++) al[(size_t)e] = 0.25f + 0.01f * e;
+    DEV(cudaMemcpy(alpha, al.data(), E * 4, cudaMemcpyHostToDevice));
+    DEV(cudaMemset(dW, 0, (int64_t)E * C * I * 4));
+    DEV(cudaDeviceSynchronize());
+    printf("\n%s: C %lld, I %lld, %d experts top-%d, %lld tokens (%lld routed rows; expert rows %d..%d)\n", name,
+           (long long)C, (long long)I, E, k, (long long)tokens, (long long)R,
+           *std::min_element(counts.begin(), counts.end()), *std::max_element(counts.begin(), counts.end()));
+    printf("%-22s %5s %8s %9s %9s %9s %9s %8s %9s\n", "GEMM kind", "trans", "GFLOP", "ours ms", "TFLOP/s", "cuBLASLt",
+           "TFLOP/s", "Lt/ours", "rel diff");
+    /* kind: (trans, the GEMM per expert); n_out × m_in is the linear's weight shape */
+    struct kind {
+        const char *what;
+        int tA, tB, wgrad; /* wgrad: M, N the weight's, K along tokens; else M = tokens */
+        int64_t n, m;      /* forward/dgrad: D [l × n] = op(A) [l × m]·op(B); wgrad: dW [n × m] */
+        int fp4;           /* wgrad: K = ⌈l/16⌉·16 + 16 on the wgrad copies, else K = l on the rows */
+        int count;         /* how many of this kind a layer's step runs */
+    };
+    const kind kinds[] = {
+        {"fwd gate/up", 0, 1, 0, I, C, 0, 2},       {"fwd down", 0, 1, 0, C, I, 0, 1},
+        {"dgrad gate/up", 0, 0, 0, C, I, 0, 2},     {"dgrad down", 0, 0, 0, I, C, 0, 1},
+        {"wgrad gate/up fp4", 0, 1, 1, I, C, 1, 2}, {"wgrad down fp4", 0, 1, 1, C, I, 1, 1},
+        {"wgrad gate/up bf16", 1, 0, 1, I, C, 0, 2}, {"wgrad down bf16", 1, 0, 1, C, I, 0, 1},
+    };
+    double tot_ours[2] = {0, 0}, tot_lt[2] = {0, 0}; /* a layer's step: FP4 (fp4 wgrad) and BF16 (bf16 wgrad) */
+    for (const kind &kd : kinds) {
+        std::vector<gg_gemm> list;
+        double flop = 0;
+        for (int e = 0; e < E; e++) {
+            int64_t l = counts[(size_t)e], o = offs[(size_t)e];
+            if (!l) continue;
+            gg_gemm g = {};
+            g.alpha = alpha + e;
+            if (!kd.wgrad) { /* D [l × n]: fwd A = X_e [l × m], B = W_e [n × m]ᵀ; dgrad A = D_e [l × m], B = W_e [m × n] */
+                g.M = l, g.N = kd.n, g.K = kd.m;
+                g.A = xa + cq_seg_row0(o, e) * kd.m, g.lda = kd.m;
+                g.B = wt + (int64_t)e * C * I, g.ldb = kd.tB ? kd.m : kd.n;
+                g.D = D + o * kd.n, g.ldd = kd.n;
+            } else if (kd.fp4) { /* dW [n × m] += D̄ᵀ·X̄ on the wgrad copies, K = kp */
+                int64_t kp = (l + 15) / 16 * 16 + 16, c0 = cq_seg_col0(o, e);
+                g.M = kd.n, g.N = kd.m, g.K = kp;
+                g.A = ta + kd.n * c0, g.lda = kp, g.B = tb + kd.m * c0, g.ldb = kp;
+                g.D = dW + (int64_t)e * C * I, g.ldd = kd.m, g.beta = 1.0f;
+            } else { /* dW [n × m] += Dᵀ [n × l]·X [l × m] on the rows, K = l */
+                g.M = kd.n, g.N = kd.m, g.K = l;
+                g.A = xa + cq_seg_row0(o, e) * kd.n, g.lda = kd.n, g.B = xb + cq_seg_row0(o, e) * kd.m, g.ldb = kd.m;
+                g.D = dW + (int64_t)e * C * I, g.ldd = kd.m, g.beta = 1.0f;
+            }
+            flop += 2.0 * g.M * g.N * g.K;
+            list.push_back(g);
+        }
+        if (const char *why = gg_unsupported(kd.tA, kd.tB, list.data(), (int)list.size())) {
+            fprintf(stderr, "bench_cuda grouped_gemm: %s %s: %s\n", name, kd.what, why);
+            return 1;
+        }
+        auto ours = [&] { TOOL_OK(gg_run(kd.tA, kd.tB, list.data(), (int)list.size(), 0)); };
+        auto lt = [&] {
+            cl_size_class_scope by_class; /* as moe.cu plans the experts' GEMMs */
+            for (const gg_gemm &g : list)
+                TOOL_OK(cl_matmul(kd.tA, kd.tB, g.M, g.N, g.K, g.alpha, g.A, CUDA_R_16BF, g.lda, g.B, CUDA_R_16BF, g.ldb,
+                                  g.beta != 0.0f ? cl_one() : cl_zero(), g.D, g.D, CUDA_R_32F, g.ldd, nullptr, 0));
+        };
+        /* the same results first (from zeroed outputs), else the times mean nothing */
+        float *out = kd.wgrad ? dW : D;
+        size_t out_n = kd.wgrad ? (size_t)E * C * I : (size_t)(R * kd.n);
+        DEV(cudaMemset(out, 0, out_n * 4));
+        ours();
+        std::vector<float> a = host_copy(out, out_n);
+        DEV(cudaMemset(out, 0, out_n * 4));
+        lt();
+        std::vector<float> b = host_copy(out, out_n);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < out_n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+        double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        double ms_o = median_ms(ours), ms_l = median_ms(lt);
+        printf("%-22s    %d%d %8.2f %9.3f %9.1f %9.3f %9.1f %8.2f %9.1e%s\n", kd.what, kd.tA, kd.tB, flop / 1e9, ms_o,
+               flop / ms_o / 1e9, ms_l, flop / ms_l / 1e9, ms_l / ms_o, rel, rel > 1e-5 ? "  DIFFERENT" : "");
+        if (rel > 1e-5) return 1;
+        for (int p = 0; p < 2; p++)
+            if (!kd.wgrad || kd.fp4 == (p == 0)) tot_ours[p] += kd.count * ms_o, tot_lt[p] += kd.count * ms_l;
+    }
+    printf("a layer's expert GEMMs (gate, up, down: fwd + dgrad + wgrad), FP4 recipes: ours %.3f ms, cuBLASLt per "
+           "expert %.3f ms, Lt/ours %.2f; BF16: ours %.3f ms, Lt %.3f ms, Lt/ours %.2f\n", tot_ours[0], tot_lt[0],
+           tot_lt[0] / tot_ours[0], tot_ours[1], tot_lt[1], tot_lt[1] / tot_ours[1]);
+    cudaFree(xa), cudaFree(xb), cudaFree(ta), cudaFree(tb), cudaFree(wt), cudaFree(D), cudaFree(dW), cudaFree(alpha);
+    return 0;
+}
+
+static int bench_grouped_gemm(int argc, char **argv) {
+    const char *tokens_csv = "8192,16384";
+    for (int i = 0; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--tokens")) tokens_csv = argv[i + 1];
+        else { fprintf(stderr, "bench_cuda grouped_gemm: unknown option %s\n", argv[i]); return 2; }
+    }
+    TOOL_OK(cl_lt_ready()); /* cl_one() / cl_zero() */
+    printf("the MoE experts' GEMMs: our grouped GEMM (one launch per kind) vs one cuBLASLt GEMM per expert; BF16 "
+           "operands, fp32 output, α per expert from the device; medians of 20 CUDA-event timings\n");
+    struct { const char *config; } presets[] = {{"moe-small"}, {"qwen3-moe-7b-a1.5b"}};
+    for (const auto &p : presets) {
+        model_config cfg;
+        TOOL_OK(model_config_load(p.config, &cfg));
+        const char *c = tokens_csv;
+        while (*c) {
+            long long t = strtoll(c, nullptr, 10);
+            if (t <= 0) { fprintf(stderr, "bench_cuda grouped_gemm: --tokens %s\n", tokens_csv); return 2; }
+            if (int rc = bench_gg_shape(p.config, cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts,
+                                        cfg.num_experts_per_tok, t))
+                return rc;
+            c = strchr(c, ',');
+            if (!c) break;
+            c++;
+        }
+    }
+    return 0;
+}
+
 static double now_s(void) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -302,7 +474,8 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "quant")) return bench_quant();
     if (argc > 1 && !strcmp(argv[1], "step")) return bench_step(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "fused")) return bench_fused();
-    fprintf(stderr, "usage: bench_cuda quant | fused | step [--config C] [--batch B] [--seq T] [--steps K] [--recipes a,b] [--layers L] "
-                    "[--moe-modes 0,1,2]\n");
+    if (argc > 1 && !strcmp(argv[1], "grouped_gemm")) return bench_grouped_gemm(argc - 2, argv + 2);
+    fprintf(stderr, "usage: bench_cuda quant | fused | grouped_gemm [--tokens 8192,16384] | step [--config C] [--batch B] "
+                    "[--seq T] [--steps K] [--recipes a,b] [--layers L] [--moe-modes 0,1,2,3]\n");
     return 2;
 }

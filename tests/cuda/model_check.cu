@@ -150,36 +150,48 @@ void test_model_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("tiny
 void test_moe_vs_cpu_T(int T, const avc_model_opts *opts) { model_vs_cpu("moe-tiny", T, opts); }
 
 /* AVERIS_MOE_GROUPED (docs/moe.md): moe-tiny trained 3 steps (AdamW) per
- * recipe in mode 0 (per expert), 2 (batched quantization, per-expert GEMMs)
- * and 1 (grouped GEMMs). Mode 2 must give mode 0's bits (losses, first and
- * last gradients); mode 1 the same operands with another GEMM summation
- * order, which can flip an FP4 rounding or a near-tie routing downstream:
- * its losses within the GPU-vs-CPU bound (2e-3) and its first gradient
- * within 1e-2 (relative L2), both printed. */
+ * recipe in mode 0 (per expert), 2 (batched quantization, per-expert GEMMs),
+ * 1 (cuBLAS's grouped GEMMs, else as 3) and 3 (our grouped GEMM). Mode 2
+ * must give mode 0's bits (losses, first and last gradients). Modes 1 and
+ * 3 use the same operands with another GEMM summation order, which can flip
+ * an FP4 rounding or a near-tie routing downstream: mode 1's losses within
+ * the GPU-vs-CPU bound (2e-3) and its first gradient within 1e-2 (relative
+ * L2); mode 3 against mode 2: every loss within 1e-5 (relative), the first
+ * and last gradients within 1e-2 (the dense model's constant term), and the
+ * fp32 recipe (whose GEMMs stay per expert in mode 3) bit for bit. All
+ * printed. */
+static double grad_rel(const std::vector<float> &g, const std::vector<float> &ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size() && i < g.size(); i++) {
+        double d = (double)g[i] - ref[i];
+        num += d * d, den += (double)ref[i] * ref[i];
+    }
+    if (g.size() != ref.size()) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 void test_moe_grouped_modes(void) {
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
-    const char *modes[] = {"0", "2", "1"};
-    const int steps = 3;
+    const char *modes[] = {"0", "2", "1", "3"};
+    const int nmodes = 4, steps = 3;
     const char *prev = getenv("AVERIS_MOE_GROUPED");
     std::string saved = prev ? prev : "";
-    printf("  %-11s %-5s %12s %12s %12s %10s\n", "recipe", "mode", "loss 1", "loss 2", "loss 3", "grad 1 rel");
+    printf("  %-11s %-5s %12s %12s %12s %10s %10s %10s\n", "recipe", "mode", "loss 1", "loss 2", "loss 3", "grad 1 rel",
+           "vs mode 2", "last vs 2");
     for (const char *rname : recipes) {
-        float loss[3][steps] = {};
-        std::vector<float> g_first[3], g_last[3];
-        for (int mi = 0; mi < 3; mi++) {
+        float loss[nmodes][steps] = {};
+        std::vector<float> g_first[nmodes], g_last[nmodes];
+        for (int mi = 0; mi < nmodes; mi++) {
             setenv("AVERIS_MOE_GROUPED", modes[mi], 1);
             std::vector<float> l;
             gpu_model_steps("moe-tiny", rname, AVC_ACT_FP32, steps, 12, l, &g_first[mi], g_last[mi]);
             for (size_t k = 0; k < l.size(); k++) loss[mi][k] = l[k];
         }
-        for (int mi = 0; mi < 3; mi++) {
-            double num = 0, den = 0;
-            for (size_t i = 0; i < g_first[0].size() && i < g_first[mi].size(); i++) {
-                double d = (double)g_first[mi][i] - g_first[0][i];
-                num += d * d, den += (double)g_first[0][i] * g_first[0][i];
-            }
-            double grel = den > 0 ? sqrt(num / den) : sqrt(num);
-            printf("  %-11s %-5s %12.6f %12.6f %12.6f %10.2e\n", rname, modes[mi], loss[mi][0], loss[mi][1], loss[mi][2], grel);
+        for (int mi = 0; mi < nmodes; mi++) {
+            double grel = grad_rel(g_first[mi], g_first[0]), g2 = grad_rel(g_first[mi], g_first[1]),
+                   g2l = grad_rel(g_last[mi], g_last[1]);
+            printf("  %-11s %-5s %12.6f %12.6f %12.6f %10.2e %10.2e %10.2e\n", rname, modes[mi], loss[mi][0], loss[mi][1],
+                   loss[mi][2], grel, g2, g2l);
             if (mi == 1) {
                 CHECK(!memcmp(loss[1], loss[0], sizeof loss[0]), "%s: mode 2 losses differ from mode 0's", rname);
                 CHECK(g_first[1] == g_first[0] && g_last[1] == g_last[0] &&
@@ -192,6 +204,18 @@ void test_moe_grouped_modes(void) {
                     CHECK(fabs((double)loss[2][k] - loss[0][k]) <= 2e-3 * fabs((double)loss[0][k]),
                           "%s: mode 1 loss at step %d %.6f vs mode 0 %.6f", rname, k + 1, loss[2][k], loss[0][k]);
                 CHECK(grel <= 1e-2, "%s: mode 1 first gradient differs by %.3g (bound 1e-2)", rname, grel);
+            }
+            if (mi == 3) {
+                for (int k = 0; k < steps; k++)
+                    CHECK(fabs((double)loss[3][k] - loss[1][k]) <= 1e-5 * fabs((double)loss[1][k]),
+                          "%s: mode 3 loss at step %d %.7f vs mode 2 %.7f (rel %.2e > 1e-5)", rname, k + 1, loss[3][k],
+                          loss[1][k], fabs((double)loss[3][k] - loss[1][k]) / fabs((double)loss[1][k]));
+                CHECK(g2 <= 1e-2 && g2l <= 1e-2, "%s: mode 3 gradients vs mode 2: first %.3g, last %.3g (bound 1e-2)", rname,
+                      g2, g2l);
+                if (!strcmp(rname, "fp32"))
+                    CHECK(!memcmp(loss[3], loss[1], sizeof loss[1]) && g_last[3] == g_last[1] &&
+                              !memcmp(g_last[3].data(), g_last[1].data(), g_last[1].size() * sizeof(float)),
+                          "fp32: mode 3 differs from mode 2 (its GEMMs stay per expert: the same bits)");
             }
         }
     }

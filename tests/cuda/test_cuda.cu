@@ -13,15 +13,17 @@
  *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
  *              replace, bit for bit (fused_check.cu)
  *   moe_*      the MoE experts' segmented quantization (seg.cuh) = the
- *              per-expert calls' bits; the segmented linears
+ *              per-expert calls' bits; our grouped GEMM (grouped_gemm.cuh)
+ *              against fp64 (grouped_gemm_check.cu); the segmented linears
  *              (qlinear_group.cuh) = the per-expert ones (mode 2) or close
- *              (mode 1, grouped GEMMs); the model in the three
- *              AVERIS_MOE_GROUPED modes; the MoE model against the CPU
+ *              (mode 3, our grouped GEMM; mode 1, cuBLAS's); the model in
+ *              the four AVERIS_MOE_GROUPED modes; the MoE model against the CPU
  * Ends with "N passed, N failed"; exit status 1 on any failure.
  */
 #include "quant.cuh"
 #include "seg.cuh"
 #include "qlinear_group.cuh"
+#include "grouped_gemm.cuh"
 #include "flash.cuh"
 #include "cudnn_att.cuh"
 #include "nvfp4_device.cuh"
@@ -607,10 +609,13 @@ static void test_moe_seg_quant_bitexact(void) {
 
 /* The experts' gate/up-like pair of linears sharing one input (as moe.cu's
  * gate and up): per-expert cl_* calls against cl_seg_* in `mode`; every
- * recipe. Mode 2 must give the same bits; mode 1 (grouped GEMMs) the same
- * operands with another fp32 summation order and the bias added before the
- * GEMM: each output within a few ulps of its terms' magnitude, so 1e-5 of
- * the norm (measured errors printed). */
+ * recipe. Mode 2 must give the same bits; mode 3 (our grouped GEMM) and
+ * mode 1 (cuBLAS's grouped GEMMs, else as 3) the same operands with another
+ * fp32 summation order (mode 1: the bias added before the GEMM): each
+ * output within a few ulps of its terms' magnitude, so 1e-5 of the norm
+ * (measured errors printed). Mode 3 must have run our kernel for the BF16
+ * operands (every recipe but fp32, whose GEMMs stay per expert: the same
+ * bits as mode 2). */
 static void moe_group_linear(int mode) {
     const int counts[] = {37, 0, 16, 100, 5, 50};
     const int E = 6;
@@ -648,8 +653,9 @@ static void moe_group_linear(int mode) {
         return p;
     };
     const char *recipes[] = {"fp32", "bf16", "nvfp4", "nvfp4-rht", "averis", "averis-rht"};
-    printf("  mode %d%s\n", mode, mode == CL_SEG_GROUPED ? (cl_seg_grouped_ok(CUDA_R_16BF) ? ": grouped GEMMs (BF16 operands)"
-                                                         : ": NOTE grouped GEMMs unavailable for BF16, ran as mode 2") : "");
+    printf("  mode %d%s\n", mode, mode == CL_SEG_GROUPED ? (cl_seg_grouped_ok(CUDA_R_16BF) ? ": cuBLAS's grouped GEMMs (BF16 operands)"
+                                                         : ": NOTE cuBLAS's grouped GEMMs unavailable for BF16, ran as mode 3") :
+                                mode == CL_SEG_OWN_GROUPED ? ": our grouped GEMM" : "");
     for (const char *name : recipes) {
         qlin_recipe rc;
         qlin_recipe_parse(name, &rc);
@@ -697,6 +703,7 @@ static void moe_group_linear(int mode) {
                       "%s backward: %s", name, averis_last_error());
             }
         }
+        long long launches0 = gg_launches();
         {   /* segmented */
             cl_size_class_scope by_class;
             cq_seg g = {E, offs_d, offs.data(), 0, 1, nullptr, 0};
@@ -721,13 +728,18 @@ static void moe_group_linear(int mode) {
                   "%s seg backward: %s", name, averis_last_error());
         }
         DEV(cudaDeviceSynchronize());
+        const long long own = gg_launches() - launches0;
+        if (mode == CL_SEG_OWN_GROUPED) /* 2 forwards, 2 × (dgrad + wgrad): one launch each for BF16 operands */
+            CHECK(rc.id == QLIN_FP32 ? own == 0 : own == 6, "%s: mode 3 ran our grouped GEMM %lld times (want %d)", name,
+                  own, rc.id == QLIN_FP32 ? 0 : 6);
+        const int same_bits = mode == CL_SEG_PER_EXPERT || (mode == CL_SEG_OWN_GROUPED && rc.id == QLIN_FP32);
         struct { const char *what; float *a, *b; int64_t n; } outs[] = {
             {"Y gate", Y1[1], Y1[0], R * n}, {"Y up", Y2[1], Y2[0], R * n}, {"dX", dX[1], dX[0], R * m},
             {"dW gate", gW1[1], gW1[0], E * n * m}, {"dW up", gW2[1], gW2[0], E * n * m}};
         double worst = 0.0;
         for (auto &o : outs) {
             std::vector<float> ha = host_copy(o.a, o.n), hb = host_copy(o.b, o.n);
-            if (mode == CL_SEG_PER_EXPERT) {
+            if (same_bits) {
                 int64_t bad = -1;
                 for (int64_t i = 0; i < o.n && bad < 0; i++)
                     if (memcmp(&ha[i], &hb[i], 4)) bad = i;
@@ -747,8 +759,8 @@ static void moe_group_linear(int mode) {
                 CHECK(untouched, "%s %s: the empty expert's gradient was written", name, o.what);
             }
         }
-        printf("  %-11s %s\n", name, mode == CL_SEG_PER_EXPERT ? "Y, dX, dW: the same bits" : "");
-        if (mode != CL_SEG_PER_EXPERT) printf("  %-11s worst relative error %.2e\n", name, worst);
+        if (same_bits) printf("  %-11s Y, dX, dW: the same bits\n", name);
+        else printf("  %-11s worst relative error %.2e\n", name, worst);
         for (void *p : allocs) cudaFree(p);
         allocs.clear();
     }
@@ -757,8 +769,12 @@ static void moe_group_linear(int mode) {
 }
 static void test_moe_group_linear_bitexact(void) { moe_group_linear(CL_SEG_PER_EXPERT); }
 static void test_moe_group_linear_grouped_gemm(void) { moe_group_linear(CL_SEG_GROUPED); }
+static void test_moe_group_linear_own_gemm(void) { moe_group_linear(CL_SEG_OWN_GROUPED); }
 
-/* model_check.cu: moe-tiny trained a few steps in AVERIS_MOE_GROUPED 0, 2, 1 */
+/* grouped_gemm_check.cu: our grouped GEMM against fp64 */
+void test_moe_grouped_gemm_vs_fp64(void);
+
+/* model_check.cu: moe-tiny trained a few steps in AVERIS_MOE_GROUPED 0, 2, 1, 3 */
 void test_moe_grouped_modes(void);
 
 /* model_check.cu: one step of the tiny model per recipe vs the CPU */
@@ -822,6 +838,8 @@ static const test_case k_tests[] = {
     {"moe_seg_quant_bitexact", test_moe_seg_quant_bitexact},
     {"moe_group_linear_bitexact", test_moe_group_linear_bitexact},
     {"moe_group_linear_grouped_gemm", test_moe_group_linear_grouped_gemm},
+    {"moe_grouped_gemm_vs_fp64", test_moe_grouped_gemm_vs_fp64},
+    {"moe_group_linear_own_gemm", test_moe_group_linear_own_gemm},
     {"moe_grouped_vs_per_expert", test_moe_grouped_modes},
 };
 
