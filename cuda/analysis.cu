@@ -736,13 +736,21 @@ struct avc_analysis {
     /* phases 3 and 4 on a second stream beside the iteration (a created stream only) */
     cudaStream_t side = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr;
+    /* deferred BF16 taps widen into xf or xf2 by turns, so the second stream may still
+     * read one tap's copy while the model goes on: tjoin[b] marks the end of the
+     * side work that read buffer b (tlive[b]: recorded and not yet waited for) */
+    buf xf2;
+    cudaEvent_t tjoin[2] = {nullptr, nullptr};
+    int tflip = 0, tlive[2] = {0, 0};
     ~avc_analysis() {
         for (graphs &g : cache) g.destroy();
         if (side) cudaStreamDestroy(side);
         if (fork) cudaEventDestroy(fork);
         if (join) cudaEventDestroy(join);
+        for (cudaEvent_t e : tjoin)
+            if (e) cudaEventDestroy(e);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C, &Z2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
+                       &off, &rho, &xc, &C, &Z2, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
             if (b->p) cudaFree(b->p);
         for (buf &b : slots)
             if (b.p) cudaFree(b.p);
@@ -769,8 +777,9 @@ struct avc_analysis {
     template <typename T> averis_status get(buf &b, int64_t n, T **out) {
         size_t bytes = (size_t)std::max<int64_t>(n, 1) * sizeof(T);
         if (bytes > b.cap) {
-            if (b.p) {
+            if (b.p) { /* either stream may still read it */
                 CU_TRY(cudaStreamSynchronize(s));
+                if (side) CU_TRY(cudaStreamSynchronize(side));
                 CU_TRY(cudaFree(b.p));
                 b.p = nullptr, b.cap = 0;
                 if (&b == &ones) ones_n = 0;
@@ -1207,16 +1216,24 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
     cudaStream_t s = a->s;
     const int64_t n = l * m;
     const float *X = static_cast<const float *>(x_dev);
+    ana_job jb = {};
+    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
+    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
+    /* a BF16 X is widened into a copy of the analysis's own, xf or xf2 by turns: the
+     * second stream's reads of it need not hold the model up; an fp32 X is the
+     * model's tensor, so the model waits for them */
+    const int tb = bf16 && jb.side != s ? (a->tflip ^= 1) : -1;
+    if (tb >= 0 && a->tlive[tb]) { /* the side work that read this buffer two taps ago */
+        CU_TRY(cudaStreamWaitEvent(s, a->tjoin[tb], 0));
+        a->tlive[tb] = 0;
+    }
     if (bf16) {
         float *xf = nullptr;
-        CU_OK(a->get(a->xf, n, &xf));
+        CU_OK(a->get(tb == 1 ? a->xf2 : a->xf, n, &xf));
         k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
         CU_LAUNCHED();
         X = xf;
     }
-    ana_job jb = {};
-    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
-    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
     jb.l = l, jb.m = m, jb.n = n, jb.gram = 1, jb.X = X;
     jb.cnt = cnt;
     jb.nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
@@ -1250,11 +1267,25 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
         CU_OK(gram_form(a, jb));
         CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_PEDANTIC_MATH));
     }
-    /* the next tap's widening overwrites X: the side stream's reads come first */
     if (jb.side != s) {
-        CU_TRY(cudaEventRecord(a->join, jb.side));
-        CU_TRY(cudaStreamWaitEvent(s, a->join, 0));
+        if (tb >= 0) { /* waited for before this buffer's next use, and at the flush */
+            CU_TRY(cudaEventRecord(a->tjoin[tb], jb.side));
+            a->tlive[tb] = 1;
+        } else { /* X is the model's: the side stream's reads come first */
+            CU_TRY(cudaEventRecord(a->join, jb.side));
+            CU_TRY(cudaStreamWaitEvent(s, a->join, 0));
+        }
     }
+    return AVERIS_OK;
+}
+
+/* the stream waits for every tap's side work still outstanding */
+averis_status join_taps(avc_analysis *a) {
+    for (int b = 0; b < 2; b++)
+        if (a->tlive[b]) {
+            CU_TRY(cudaStreamWaitEvent(a->s, a->tjoin[b], 0));
+            a->tlive[b] = 0;
+        }
     return AVERIS_OK;
 }
 
@@ -1325,6 +1356,7 @@ averis_status group_iter(avc_analysis *a, int64_t m, int p, int nb, int iters, c
 averis_status flush_impl(avc_analysis *a) {
     cudaStream_t s = a->s;
     const int iters = env_iters();
+    CU_OK(join_taps(a)); /* the slots' side results, and xf/xf2 free for others */
     /* groups by (m, p), in order of first appearance */
     struct group {
         int64_t m;
@@ -1490,7 +1522,9 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
     }
     if (a->s && (cudaStreamCreateWithFlags(&a->side, cudaStreamNonBlocking) != cudaSuccess ||
                  cudaEventCreateWithFlags(&a->fork, cudaEventDisableTiming) != cudaSuccess ||
-                 cudaEventCreateWithFlags(&a->join, cudaEventDisableTiming) != cudaSuccess)) {
+                 cudaEventCreateWithFlags(&a->join, cudaEventDisableTiming) != cudaSuccess ||
+                 cudaEventCreateWithFlags(&a->tjoin[0], cudaEventDisableTiming) != cudaSuccess ||
+                 cudaEventCreateWithFlags(&a->tjoin[1], cudaEventDisableTiming) != cudaSuccess)) {
         (void)cudaGetLastError();
         delete a;
         return averis_fail(AVERIS_EIO, "cuda analysis: cannot create its second stream");
@@ -1506,6 +1540,7 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
 void avc_analysis_free(avc_analysis *a) {
     if (!a) return;
     cudaStreamSynchronize(a->s);
+    if (a->side) cudaStreamSynchronize(a->side);
     delete a;
 }
 
@@ -1721,6 +1756,7 @@ averis_status avc_analysis_submit(avc_analysis *a, const void *x_dev, int bf16, 
     const slot_layout L = layout_for(m, e.cnt);
     e.deferred = budget > 0 && m <= env_gram_max() && e.p <= 64 && L.end <= budget;
     if (!e.deferred) {
+        CU_OK(join_taps(a)); /* compute_now widens into xf, which a queued tap's side work may still read */
         averis_status st = compute_now(a, x_dev, bf16, l, m, &e.met, &e.info);
         if (st) return st;
         a->pend.push_back(e);
