@@ -298,7 +298,7 @@ static averis_status trainer_start(trainer *t) {
     if (resuming) {
         snprintf(dir, sizeof dir, "%s/%s", o->out_dir, latest);
         if ((st = ckpt_verify_latest(o->out_dir, latest)) || (st = resume_check(t, dir))) return st;
-        if ((st = ckpt_load_state(dir, &t->m, t->train.n, s, t->mom, t->var))) return st;
+        if ((st = ckpt_load_state(dir, &t->m, t->train.n, NULL, s, t->mom, t->var))) return st;
         if (strcmp(s->recipe, o->recipe))
             return averis_fail(AVERIS_EINVAL, "train: --recipe %s differs from the checkpoint's recipe %s (%s); resume with the same",
                                o->recipe, s->recipe, dir);
