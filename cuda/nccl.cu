@@ -17,6 +17,7 @@
 
 #include <nccl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -28,7 +29,7 @@ namespace {
 
 struct cc_nccl {
     ncclComm_t nc = nullptr;
-    cudaStream_t s = nullptr;
+    cudaStream_t s = nullptr;    /* the model's (set_stream) */
     __nv_bfloat16 *bf = nullptr; /* [bf_cap] the BF16 wire buffer */
     size_t bf_cap = 0;
     double *hv = nullptr; /* [64] host values on their way through NCCL */
@@ -77,9 +78,9 @@ averis_status cc_settle(comm *c, const char *what) {
         if (r_ == ncclInProgress) CU_OK(cc_settle((c), #call));                                              \
     } while (0)
 
-/* Waits for the stream (the collective just queued and what came before),
+/* Waits for `stream` (the collective just queued and what came before),
  * watching NCCL's asynchronous errors and the clock. */
-averis_status cc_wait(comm *c, const char *what) {
+averis_status cc_wait_stream(comm *c, cudaStream_t stream, const char *what) {
     cc_nccl *n = (cc_nccl *)c->impl;
     double t0 = cc_now();
     for (long spin = 0;; spin++) {
@@ -91,7 +92,7 @@ averis_status cc_wait(comm *c, const char *what) {
             return cc_fail(c, what, why);
         }
         if (ar == ncclSuccess) {
-            cudaError_t q = cudaStreamQuery(n->s);
+            cudaError_t q = cudaStreamQuery(stream);
             if (q == cudaSuccess) return AVERIS_OK;
             if (q != cudaErrorNotReady) return cc_fail(c, what, cudaGetErrorString(q));
         }
@@ -104,6 +105,8 @@ averis_status cc_wait(comm *c, const char *what) {
         if (spin > 2000) usleep(100); /* spin first: most waits are short */
     }
 }
+
+averis_status cc_wait(comm *c, const char *what) { return cc_wait_stream(c, ((cc_nccl *)c->impl)->s, what); }
 
 __global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -133,6 +136,36 @@ averis_status cc_allreduce(comm *c, float *buf, size_t n, comm_wire wire) {
     k_from_bf16<<<blocks, 256, 0, q->s>>>(q->bf, buf, n);
     CU_LAUNCHED();
     return cc_wait(c, "all-reduce of the gradients (bf16)");
+}
+
+/* Chunks of k ≤ K floats per rank through a device buffer [world·K] and
+ * the all-gather; rank 0 copies each rank's part out. K: 64 MiB in all,
+ * at least 256 KiB a rank. */
+averis_status cc_gather_host(comm *c, const float *src, float *dst, size_t n) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    int r = c->rank, w = c->world;
+    if (r == 0 && !dst && n) return averis_fail(AVERIS_EINVAL, "nccl gather: no destination on rank 0");
+    if (!n) return AVERIS_OK;
+    if (w == 1) {
+        memcpy(dst, src, n * sizeof *dst);
+        return AVERIS_OK;
+    }
+    size_t K = std::min(n, std::max<size_t>((size_t)1 << 16, ((size_t)16 << 20) / (size_t)w));
+    float *stage = nullptr;
+    CU_TRY(cudaMalloc(&stage, (size_t)w * K * sizeof(float)));
+    averis_status st = AVERIS_OK;
+    for (size_t o = 0; o < n && !st; o += K) {
+        size_t k = std::min(K, n - o);
+        cudaError_t e = cudaMemcpyAsync(stage + (size_t)r * k, src + o, k * sizeof(float), cudaMemcpyHostToDevice, q->s);
+        if (e != cudaSuccess) { st = averis_fail(AVERIS_EIO, "nccl gather: %s", cudaGetErrorString(e)); break; }
+        if ((st = c->allgather(c, stage, k))) break;
+        for (int p = 0; r == 0 && p < w && e == cudaSuccess; p++)
+            e = cudaMemcpyAsync(dst + (size_t)p * n + o, stage + (size_t)p * k, k * sizeof(float), cudaMemcpyDeviceToHost, q->s);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(q->s);
+        if (e != cudaSuccess) st = averis_fail(AVERIS_EIO, "nccl gather: %s", cudaGetErrorString(e));
+    }
+    cudaFree(stage);
+    return st;
 }
 
 averis_status cc_allgather(comm *c, float *buf, size_t per_rank) {
@@ -232,8 +265,8 @@ averis_status comm_nccl_create(comm **out, const comm_nccl_opts *o) {
     cc_nccl *n = new cc_nccl();
     if (!c) { delete n; return averis_fail(AVERIS_ENOMEM, "nccl: out of memory"); }
     n->timeout_s = timeout_s;
-    *c = comm{o->rank, o->world, "nccl", cc_allreduce, cc_allgather, cc_allreduce_host, cc_set_stream, cc_abort,
-              cc_destroy, n};
+    *c = comm{o->rank, o->world, "nccl", cc_allreduce, cc_allgather, cc_gather_host, cc_allreduce_host, cc_set_stream,
+              cc_abort, cc_destroy, n};
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&n->nc, o->world, id, o->rank, &cfg);

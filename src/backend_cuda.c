@@ -13,7 +13,8 @@ typedef struct {
     avc_model_opts opts;
     avc_model *gm;
     model *m; /* the host copy: checkpoints and analysis read it */
-    float *mom, *var;
+    float *mom, *var; /* [moment_window_numel(&win)] the host's moments */
+    moment_window win; /* the moments the device holds (a ZeRO-1 rank's shard and tail, or all) */
     avc_analysis *ana; /* made at the first analysis */
     char gpu_desc[256], line[512];
 } cuda_backend;
@@ -35,14 +36,17 @@ static void cuda_destroy(void *be) {
     free(c);
 }
 
-static averis_status cuda_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+static averis_status cuda_bind(void *be, model *m, float *mom, float *var, const moment_window *win, int B, int T) {
     cuda_backend *c = be;
     c->m = m, c->mom = mom, c->var = var;
+    c->win = win ? *win : moment_window_all(m->nparams);
     avc_analysis_free(c->ana);
     c->ana = NULL;
     avc_model_free(c->gm);
     c->gm = NULL;
-    return avc_model_create(&c->gm, m, B, T, &c->opts);
+    avc_model_opts o = c->opts;
+    o.moments = &c->win; /* the device allocates the window's moments only */
+    return avc_model_create(&c->gm, m, B, T, &o);
 }
 
 static averis_status cuda_upload(void *be) {
@@ -69,19 +73,25 @@ static averis_status cuda_adamw(void *be, double lr, double beta1, double beta2,
     return avc_model_adamw(((cuda_backend *)be)->gm, lr, beta1, beta2, eps, weight_decay, t, gscale);
 }
 
-static averis_status cuda_flat(void *be, float **params, float **grads, float **mom, float **var, void **stream) {
+static averis_status cuda_flat(void *be, float **params, float **grads, void **stream) {
     cuda_backend *c = be;
     if (!c->gm) return averis_fail(AVERIS_EINVAL, "cuda backend: flat buffers before bind");
-    return avc_model_flat(c->gm, params, grads, mom, var, stream);
+    return avc_model_flat(c->gm, params, grads, NULL, NULL, stream);
 }
 
+/* [lo, hi)'s moments are held from the window's index `at` on */
 static averis_status cuda_adamw_range(void *be, size_t lo, size_t hi, double lr, double beta1, double beta2, double eps,
                                       double weight_decay, int64_t t, float gscale) {
     cuda_backend *c = be;
     float *p, *g, *m, *v;
     void *s;
-    averis_status st = cuda_flat(be, &p, &g, &m, &v, &s);
-    return st ? st : avc_adamw_range(c->m->tensors, c->m->ntensors, p, g, m, v, lo, hi, lr, beta1, beta2, eps,
+    size_t at = moment_window_at(&c->win, lo, hi);
+    if (at == SIZE_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda backend: adamw over [%zu, %zu), whose moments are not all held ([%zu, %zu) "
+                                          "and [%zu, %zu) are)", lo, hi, c->win.lo[0], c->win.hi[0], c->win.lo[1], c->win.hi[1]);
+    if (!c->gm) return averis_fail(AVERIS_EINVAL, "cuda backend: adamw before bind");
+    averis_status st = avc_model_flat(c->gm, &p, &g, &m, &v, &s);
+    return st ? st : avc_adamw_range(c->m->tensors, c->m->ntensors, p, g, m + at, v + at, lo, hi, lr, beta1, beta2, eps,
                                      weight_decay, t, gscale, s);
 }
 

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 dp_range dp_shard(size_t n, int world, int rank) {
     size_t S = n / (size_t)world;
@@ -25,6 +26,11 @@ averis_status dp_rows(int global_batch, int world, int rank, int *row0, int *row
 }
 
 uint64_t dp_sr_stream(uint64_t s, int world, int rank) { return s * (uint64_t)world + (uint64_t)rank; }
+
+moment_window dp_moments(size_t n, int world, int rank) {
+    dp_range s = dp_shard(n, world, rank), t = dp_tail(n, world);
+    return (moment_window){{s.lo, t.lo}, {s.hi, t.hi}};
+}
 
 averis_status dp_agree(const dp_opts *o, double value, const char *what) {
     double v[2] = {value, value * value};
@@ -47,8 +53,10 @@ typedef struct {
     int row0, rows, T;
     size_t n;
     dp_range shard, tail;
-    float *params, *grads, *mom, *var; /* the inner backend's flat buffers */
-    char line[640];
+    moment_window win;     /* the moments this rank holds: shard and tail */
+    float *mom, *var;      /* [moment_window_numel(&win)] the host's (bind's) */
+    float *params, *grads; /* the inner backend's flat buffers */
+    char line[768];
 } dp_backend;
 
 static averis_status dp_create(void **be, const train_backend_opts *o) {
@@ -73,32 +81,49 @@ static void dp_destroy(void *be) {
     free(d);
 }
 
-static averis_status dp_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+static averis_status dp_moment_window(void *be, size_t n, moment_window *win) {
     dp_backend *d = be;
-    averis_status st = dp_rows(B, d->c->world, d->c->rank, &d->row0, &d->rows);
-    if (st || (st = d->in->bind(d->ictx, m, mom, var, d->rows, T))) return st;
-    d->T = T;
+    *win = dp_moments(n, d->c->world, d->c->rank);
+    return AVERIS_OK;
+}
+
+/* win must be dp_moment_window's: the inner backend holds those moments only */
+static averis_status dp_bind(void *be, model *m, float *mom, float *var, const moment_window *win, int B, int T) {
+    dp_backend *d = be;
     d->n = m->nparams;
     d->shard = dp_shard(d->n, d->c->world, d->c->rank);
     d->tail = dp_tail(d->n, d->c->world);
+    d->win = dp_moments(d->n, d->c->world, d->c->rank);
+    d->mom = mom, d->var = var;
+    if (mom && !(win && moment_window_equal(win, &d->win)) && !(!win && moment_window_is_all(&d->win, d->n)))
+        return averis_fail(AVERIS_EINVAL, "data parallel: bound moments other than rank %d's window", d->c->rank);
+    averis_status st = dp_rows(B, d->c->world, d->c->rank, &d->row0, &d->rows);
+    if (st || (st = d->in->bind(d->ictx, m, mom, var, &d->win, d->rows, T))) return st;
+    d->T = T;
     if (!mom) return AVERIS_OK; /* forward only */
     void *stream = NULL;
-    if ((st = d->in->flat(d->ictx, &d->params, &d->grads, &d->mom, &d->var, &stream))) return st;
+    if ((st = d->in->flat(d->ictx, &d->params, &d->grads, &stream))) return st;
     d->c->set_stream(d->c, stream);
     return AVERIS_OK;
 }
 
 static averis_status dp_upload(void *be) { dp_backend *d = be; return d->in->upload(d->ictx); }
 
-/* The moments: each rank holds its shard (and the tail) current; gathered
- * before they go to the host. */
-static averis_status dp_download(void *be, int moments) {
+static averis_status dp_download(void *be, int moments) { dp_backend *d = be; return d->in->download(d->ictx, moments); }
+
+/* The host's window [S | tail] of every rank → rank 0's mom/var [n]: the
+ * shards in rank order, then rank 0's tail (every rank's is the same). */
+static averis_status dp_gather_moments(void *be, float *mom, float *var) {
     dp_backend *d = be;
-    size_t S = d->shard.hi - d->shard.lo;
-    averis_status st = AVERIS_OK;
-    if (moments && d->mom && S && (st = d->c->allgather(d->c, d->mom, S))) return st;
-    if (moments && d->var && S && (st = d->c->allgather(d->c, d->var, S))) return st;
-    return d->in->download(d->ictx, moments);
+    size_t S = d->shard.hi - d->shard.lo, t = d->tail.hi - d->tail.lo, W = (size_t)d->c->world;
+    if (!d->mom) return averis_fail(AVERIS_EINVAL, "data parallel: gather of the moments before a training bind");
+    float *src[2] = {d->mom, d->var}, *dst[2] = {mom, var};
+    for (int k = 0; k < 2; k++) {
+        averis_status st = d->c->gather_host(d->c, src[k], dst[k], S);
+        if (st) return st;
+        if (dst[k] && t) memcpy(dst[k] + W * S, src[k] + S, t * sizeof(float));
+    }
+    return AVERIS_OK;
 }
 
 static averis_status dp_zero_grad(void *be) { dp_backend *d = be; return d->in->zero_grad(d->ictx); }
@@ -143,14 +168,18 @@ static averis_status dp_adamw(void *be, double lr, double beta1, double beta2, d
 static const char *dp_describe(void *be) {
     dp_backend *d = be;
     const char *in = d->in->describe(d->ictx);
-    snprintf(d->line, sizeof d->line, "%s%sdata parallel (%s): rank %d of %d, rows %d..%d of each batch, ZeRO-1 shard of %zu of %zu parameters, gradients in %s",
+    size_t held = moment_window_numel(&d->win);
+    snprintf(d->line, sizeof d->line,
+             "%s%sdata parallel (%s): rank %d of %d, rows %d..%d of each batch, ZeRO-1 shard of %zu of %zu parameters, "
+             "AdamW moments of %zu parameters on this rank (%zu bytes; %zu bytes = %.1f MiB saved), gradients in %s",
              in ? in : "", in ? "; " : "", d->c->kind, d->c->rank, d->c->world, d->row0, d->row0 + d->rows - 1,
-             d->shard.hi - d->shard.lo, d->n, d->wire == COMM_BF16 ? "bf16" : "fp32");
+             d->shard.hi - d->shard.lo, d->n, held, 2 * sizeof(float) * held, 2 * sizeof(float) * (d->n - held),
+             2.0 * sizeof(float) * (double)(d->n - held) / 1048576.0, d->wire == COMM_BF16 ? "bf16" : "fp32");
     return d->line;
 }
 
 const train_backend train_backend_dp = {
     .name = "dp", .create = dp_create, .destroy = dp_destroy, .bind = dp_bind, .upload = dp_upload,
     .download = dp_download, .zero_grad = dp_zero_grad, .step = dp_step, .grad_norm = dp_grad_norm,
-    .adamw = dp_adamw, .describe = dp_describe,
+    .adamw = dp_adamw, .describe = dp_describe, .moment_window = dp_moment_window, .gather_moments = dp_gather_moments,
 };

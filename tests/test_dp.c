@@ -4,9 +4,12 @@
  *   - N = 1 through the data-parallel path = the plain trainer, bit for bit;
  *   - N ranks × batch b = one process × batch N·b (fp32 recipe) within a
  *     stated tolerance, and an N-rank quantized run replays bit for bit;
- *   - rank 0's checkpoint holds the gathered ZeRO-1 moments: a 2-rank run
- *     stopped and resumed on 2 ranks equals the straight run bit for bit,
- *     and it resumes on 1 rank (and a 1-rank checkpoint on 2);
+ *   - each rank holds only its ZeRO-1 window of the moments (its shard and
+ *     the tail), as many bytes as it reports;
+ *   - rank 0's checkpoint holds the moments gathered from the windows: a
+ *     2-rank (and a 3-rank) run stopped and resumed on as many ranks equals
+ *     the straight run bit for bit, the 2-rank checkpoint resumes on 1 rank
+ *     and on 3, and one process and 1 rank resume each other bit for bit;
  *   - a rank that fails makes the others fail, not hang. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -324,10 +327,76 @@ void test_dp_ranks_match_one_process(void) {
     test_rm_tree(dir);
 }
 
-/* Rank 0's checkpoint carries the gathered moments: 2 ranks stopped at 4
- * and resumed on 2 ranks = straight, bit for bit (a shard's moments lost
- * would show); the same checkpoint resumes on 1 rank (within the fp32
- * tolerance of the test above) and a 1-rank checkpoint resumes on 3. */
+/* ZeRO-1's memory: each of N ranks (threads, each its own train_run) holds
+ * the moments of its shard and the tail only, 2·4·(⌊n/N⌋ + n mod N) bytes
+ * as its train_result reports them (the size the trainer allocates and
+ * binds), against 2·4·n for one process; N = 3 has a tail. */
+typedef struct {
+    train_opts o;
+    dp_opts dp;
+    train_result res;
+    averis_status st;
+} moment_job;
+
+static void *moment_rank(void *arg) {
+    moment_job *j = arg;
+    j->st = train_run(&j->o, &j->res);
+    if (j->st) j->dp.comm->abort(j->dp.comm);
+    return NULL;
+}
+
+void test_dp_moments_are_the_shard(void) {
+    char dir[64];
+    make_fixture(dir);
+    model_config cfg;
+    char cpath[128];
+    snprintf(cpath, sizeof cpath, "%s/model.json", dir);
+    CHECK(!model_config_load(cpath, &cfg), "%s", averis_last_error());
+    size_t n = (size_t)model_config_nparams(&cfg);
+    train_opts o;
+    train_result r1;
+    opts_for(&o, dir, 0, "one", "fp32");
+    o.steps = 2, o.batch = 6, o.accum = 1;
+    CHECK(!train_run(&o, &r1) && r1.moment_bytes == 8 * n, "one process: %zu bytes of moments, want 8·%zu: %s",
+          r1.moment_bytes, n, averis_last_error());
+    train_result_free(&r1);
+    for (int w = 2; w <= 3; w++) {
+        comm *ranks[3];
+        moment_job jobs[3];
+        pthread_t th[3];
+        CHECK(!comm_cpu_group(w, ranks), "%s", averis_last_error());
+        for (int r = 0; r < w; r++) {
+            char sub[16];
+            snprintf(sub, sizeof sub, "w%d", w);
+            opts_for(&jobs[r].o, dir, 1, sub, "fp32");
+            jobs[r].o.steps = 2, jobs[r].o.batch = 6, jobs[r].o.accum = 1, jobs[r].o.quiet = 1;
+            jobs[r].dp = (dp_opts){.comm = ranks[r], .wire = COMM_F32};
+            jobs[r].o.dp = &jobs[r].dp;
+            pthread_create(&th[r], NULL, moment_rank, &jobs[r]);
+        }
+        for (int r = 0; r < w; r++) pthread_join(th[r], NULL);
+        size_t S = n / (size_t)w, tail = n - S * (size_t)w;
+        for (int r = 0; r < w; r++) {
+            CHECK(jobs[r].st == AVERIS_OK, "%d ranks, rank %d: %s", w, r, averis_last_error());
+            CHECK(jobs[r].res.moment_bytes == 8 * (S + tail) && jobs[r].res.moment_bytes < 8 * n,
+                  "%d ranks, rank %d: %zu bytes of moments, want 8·(%zu + %zu) = %zu (all: %zu)", w, r,
+                  jobs[r].res.moment_bytes, S, tail, 8 * (S + tail), 8 * n);
+            train_result_free(&jobs[r].res);
+            ranks[r]->destroy(ranks[r]);
+        }
+        if (getenv("AVERIS_TEST_VERBOSE"))
+            fprintf(stderr, "  %d ranks: moments of %zu + %zu of %zu parameters a rank\n", w, S, tail, n);
+    }
+    test_rm_tree(dir);
+}
+
+/* Rank 0's checkpoint carries the moments gathered from the ranks' windows,
+ * and a resume reads each rank's window of it: 2 ranks, and 3 (with a
+ * tail), stopped at 4 and resumed on as many = straight, bit for bit (a
+ * shard's moments lost or misplaced would show); the 2-rank checkpoint
+ * resumes on 1 rank (the plain trainer) and on 3, within the fp32
+ * tolerance of the test above; a 1-rank checkpoint resumes in the plain
+ * trainer and a plain one on 1 rank, bit for bit. */
 void test_dp_checkpoint_resume_any_world(void) {
     char dir[64];
     make_fixture(dir);
@@ -372,13 +441,54 @@ void test_dp_checkpoint_resume_any_world(void) {
         CHECK(fabs(rc.losses[i] - ra.losses[i]) < 1e-4 * ra.losses[i], "on 3 ranks, step %d: %.7g vs %.7g", i + 1,
               rc.losses[i], ra.losses[i]);
     train_result_free(&rc);
+    train_result_free(&ra);
+    train_result_free(&rb1);
+    /* 3 ranks (n mod 3 = 2: a tail): stopped and resumed = straight */
+    opts_for(&o, dir, 0, "straight3", "fp32");
+    o.batch = 6;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, &ra), "straight on 3: %s", averis_last_error());
+    opts_for(&o, dir, 1, "stopped3", "fp32");
+    o.batch = 6;
+    o.stop_after = 4;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, &rb1) && rb1.steps_done == 4, "stop on 3: %s", averis_last_error());
+    o.stop_after = 0;
+    o.resume = 1;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, &rb2) && rb2.steps_done == 8, "resume on 3: %s", averis_last_error());
+    for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
+    CHECK(bits_equal(ra.losses, lb, 8, &at), "3 ranks, step %d: %.9g straight vs %.9g resumed", at + 1, ra.losses[at], lb[at]);
+    CHECK(same_ckpt(g_out[0], g_out[1], 8), "resumed 3-rank run ends elsewhere than the straight one");
+    train_result_free(&ra);
+    train_result_free(&rb1);
+    train_result_free(&rb2);
+    /* one process ↔ 1 rank: a plain run stopped at 4 and resumed on 1 rank, and
+     * a 1-rank run stopped at 4 and resumed plain, both = the plain straight run */
+    opts_for(&o, dir, 0, "plain", "fp32");
+    o.batch = 6;
+    CHECK(!train_run(&o, &ra), "plain: %s", averis_last_error());
+    for (int k = 0; k < 2; k++) {
+        opts_for(&o, dir, 1, k ? "dp_then_plain" : "plain_then_dp", "fp32");
+        o.batch = 6;
+        o.stop_after = 4;
+        CHECK(!(k ? train_run_threads(&o, 1, COMM_F32, &rb1) : train_run(&o, &rb1)) && rb1.steps_done == 4,
+              "stop (%d): %s", k, averis_last_error());
+        o.stop_after = 0;
+        o.resume = 1;
+        CHECK(!(k ? train_run(&o, &rb2) : train_run_threads(&o, 1, COMM_F32, &rb2)) && rb2.steps_done == 8,
+              "resume (%d): %s", k, averis_last_error());
+        for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
+        CHECK(bits_equal(ra.losses, lb, 8, &at), "%s, step %d: %.9g straight vs %.9g", k ? "1 rank then plain" :
+              "plain then 1 rank", at + 1, ra.losses[at], lb[at]);
+        CHECK(same_ckpt(g_out[0], g_out[1], 8), "%s ends elsewhere than the plain run", k ? "1 rank then plain" :
+              "plain then 1 rank");
+        train_result_free(&rb1);
+        train_result_free(&rb2);
+    }
+    train_result_free(&ra);
     /* a global batch the ranks cannot split is refused by name */
     opts_for(&o, dir, 4, "odd", "fp32");
     o.batch = 5;
     CHECK(train_run_threads(&o, 2, COMM_F32, &rc) != AVERIS_OK && strstr(averis_last_error(), "5 rows"), "odd batch: %s",
           averis_last_error());
-    train_result_free(&ra);
-    train_result_free(&rb1);
     test_rm_tree(dir);
 }
 

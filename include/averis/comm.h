@@ -9,7 +9,8 @@
  * Every collective is blocking from the caller's view and fails with a
  * message (never hangs) when a peer rank is gone: the CPU group's waits
  * and NCCL's polling both stop after a timeout (AVERIS_COMM_TIMEOUT
- * seconds, default 600) or when a peer called abort.
+ * seconds, default 600) or when a peer called abort. Every rank calls the
+ * same collectives in the same order.
  *
  * The result of a reduction has the same bits on every rank. The CPU group
  * sums in rank order, element by element, so N = 1 is the identity and
@@ -38,6 +39,10 @@ struct comm {
     averis_status (*allreduce)(comm *c, float *buf, size_t n, comm_wire wire);
     /* buf [world·per_rank]: rank r's part buf[r·per_rank ..) goes to every rank */
     averis_status (*allgather)(comm *c, float *buf, size_t per_rank);
+    /* rank 0's host dst [world·n] ← every rank's host src [n], in rank order
+     * (dst NULL on the other ranks); through the comm's memory in chunks (a
+     * checkpoint's ZeRO-1 moments) */
+    averis_status (*gather_host)(comm *c, const float *src, float *dst, size_t n);
     /* host doubles v [n] ← Σ over ranks, in place */
     averis_status (*allreduce_host)(comm *c, double *v, int n);
     /* the later collectives go on this stream (a cudaStream_t; cpu: ignored) */

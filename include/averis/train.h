@@ -57,6 +57,7 @@ typedef struct {
     float *losses;          /* [steps] train loss per step (NaN where not run in this call) */
     float final_val_loss;
     double tokens_per_s;
+    size_t moment_bytes;    /* the AdamW moments (m and v) this process held: 2·4·nparams, or a ZeRO-1 rank's window */
 } train_result;
 
 /* Runs (or resumes) training. Errors leave the last good checkpoint intact. */

@@ -12,6 +12,7 @@
  *              error of qlin_forward / qlin_backward
  *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
  *              replace, bit for bit (fused_check.cu)
+ *   dp_*       ZeRO-1's moment windows (dp_check.cu)
  *   moe_*      the MoE experts' segmented quantization (seg.cuh) = the
  *              per-expert calls' bits; the segmented linears
  *              (qlinear_group.cuh) = the per-expert ones (mode 2) or close
@@ -764,14 +765,14 @@ void test_moe_grouped_modes(void);
 /* model_check.cu: one step of the tiny model per recipe vs the CPU */
 void test_model_vs_cpu_T(int T, const avc_model_opts *opts);
 template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void) {
-    const avc_model_opts o = {ACT, ATTN};
+    const avc_model_opts o = {ACT, ATTN, nullptr};
     test_model_vs_cpu_T(T, &o);
 }
 
 /* the Qwen3-MoE model (cuda/moe.cu) the same way, moe-tiny */
 void test_moe_vs_cpu_T(int T, const avc_model_opts *opts);
 template <int T, avc_act ACT> static void test_moe_vs_cpu(void) {
-    const avc_model_opts o = {ACT, AVC_ATTN_AUTO};
+    const avc_model_opts o = {ACT, AVC_ATTN_AUTO, nullptr};
     test_moe_vs_cpu_T(T, &o);
 }
 
@@ -781,9 +782,12 @@ template <int T> static void test_model_vs_cpu_cudnn(void) {
         printf("  skipped: built without cuDNN attention\n");
         return;
     }
-    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_CUDNN};
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_CUDNN, nullptr};
     test_model_vs_cpu_T(T, &o);
 }
+
+/* dp_check.cu: data parallel's GPU half on one GPU (docs/multigpu.md) */
+void test_zero_window_on_gpu(void);
 
 /* fused_check.cu: the fewer-pass quantization paths (quant_fused.cuh) vs the paths they replace, bit for bit */
 void test_fused_quant_d(void);
@@ -823,6 +827,8 @@ static const test_case k_tests[] = {
     {"moe_group_linear_bitexact", test_moe_group_linear_bitexact},
     {"moe_group_linear_grouped_gemm", test_moe_group_linear_grouped_gemm},
     {"moe_grouped_vs_per_expert", test_moe_grouped_modes},
+    /* issue 16: ZeRO-1's moment windows */
+    {"dp_zero_window", test_zero_window_on_gpu},
 };
 
 int main(int argc, char **argv) {
