@@ -82,6 +82,9 @@ struct avc_model {
     float *mom = nullptr, *var = nullptr;       /* [mom_numel] each: the moments of window mwin */
     moment_window mwin;                         /* all, or a ZeRO-1 rank's shard and tail (avc_model_opts.moments) */
     size_t mom_numel = 0;
+    std::vector<size_t> seg_lo, seg_hi; /* [L + 2] model_grad_segment's segments, in the backward's order */
+    avc_grad_ready_fn ready = nullptr;  /* avc_model_set_grad_hook's */
+    void *ready_ctx = nullptr;
     std::vector<cm_block> blk_w, blk_grad; /* per layer: the parameters, their gradients */
     float *embed = nullptr, *final_norm = nullptr, *lm_head = nullptr, *g_embed = nullptr, *g_final_norm = nullptr,
           *g_lm_head = nullptr;
@@ -219,6 +222,11 @@ averis_status setup(avc_model *net, const model *m) {
         size_t len = strlen(net->desc);
         snprintf(net->desc + len, sizeof net->desc - len, ", AdamW moments of %zu of %zu parameters (%.1f MiB)",
                  net->mom_numel, net->nparams, 8.0 * (double)net->mom_numel / 1048576.0);
+    }
+    for (int k = 0;; k++) {
+        size_t lo, hi;
+        if (!model_grad_segment(m, k, &lo, &hi)) break;
+        net->seg_lo.push_back(lo), net->seg_hi.push_back(hi);
     }
     CU_TRY(cudaStreamCreateWithFlags(&net->s, cudaStreamNonBlocking));
     CU_CUBLAS_TRY(cublasCreate(&net->cb));
@@ -375,6 +383,12 @@ static averis_status producer_amax(const qlin_recipe *r, cl_input *x, float **am
     return AVERIS_OK;
 }
 
+/* The grad hook (avc_model_set_grad_hook): segment k of model_grad_segment is
+ * final once the kernels queued so far on the stream have run. */
+averis_status grad_ready(avc_model *net, int k) {
+    return net->ready ? net->ready(net->ready_ctx, net->seg_lo[(size_t)k], net->seg_hi[(size_t)k]) : AVERIS_OK;
+}
+
 /* A: the activations' type (float or BF16) */
 template <typename A>
 averis_status forward_backward(avc_model *net, const int *tokens, const int *targets, int backward, float loss_scale,
@@ -479,6 +493,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
     float *part = net->normw_part;
     CU_OK(cn_rmsnorm_bwd(net->dx, net->g_final_norm, net->dh, net->x_out, nullptr, 1, net->rstd_f, net->final_norm, N, C,
                          0, part, s));
+    CU_OK(grad_ready(net, 0)); /* the final norm's and an untied LM head's */
     for (int l = Lc - 1; l >= 0; l--) {
         cm_layer &io = net->layers[l];
         cm_block &w = net->blk_w[l], &gw = net->blk_grad[l];
@@ -517,9 +532,11 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         CU_OK(cl_backward(r, &io.in_h1, &wo[1], dk_raw, net->dh, 1, gw.wk, model_sr_stream(sr_stream, l, MODEL_LIN_K), &net->scr, s));
         CU_OK(cl_backward(r, &io.in_h1, &wo[2], net->dv, net->dh, 1, gw.wv, model_sr_stream(sr_stream, l, MODEL_LIN_V), &net->scr, s));
         CU_OK(cn_rmsnorm_bwd(net->dx, gw.in_norm, net->dh, io.x_in, nullptr, 1, io.rstd1, w.in_norm, N, C, 1, part, s));
+        CU_OK(grad_ready(net, Lc - l)); /* layer l's */
     }
     std::vector<int> emb_idx; /* the host side of net->emb_idx: alive until the sync below */
     CU_OK(ce_backward(tokens, N, C, net->dx, emb_idx, net->emb_idx, net->g_embed, s));
+    CU_OK(grad_ready(net, Lc + 1)); /* the embedding's (and a tied LM head's) */
     CU_TRY(cudaStreamSynchronize(s)); /* the host buffers above must outlive their copies */
     double total = 0.0;
     for (float v : tok_loss) total += v;
@@ -639,5 +656,10 @@ averis_status avc_model_flat(avc_model *net, float **params, float **grads, floa
 }
 
 void avc_model_params_changed(avc_model *net) { net->weights_ready = 0; }
+
+void avc_model_set_grad_hook(avc_model *net, avc_grad_ready_fn fn, void *ctx) {
+    net->ready = fn;
+    net->ready_ctx = ctx;
+}
 
 } // extern "C"

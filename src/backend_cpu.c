@@ -17,6 +17,8 @@ typedef struct {
     float *mom, *var; /* [moment_window_numel(&win)] */
     moment_window win;
     int B, T;
+    train_grad_ready_fn ready; /* the next backward's grad_hook, or NULL */
+    void *ready_ctx;
 } cpu_backend;
 
 static averis_status cpu_create(void **be, const train_backend_opts *o) {
@@ -38,11 +40,25 @@ static averis_status cpu_upload(void *be) { (void)be; return AVERIS_OK; }
 static averis_status cpu_download(void *be, int moments) { (void)be; (void)moments; return AVERIS_OK; }
 static averis_status cpu_zero_grad(void *be) { return model_zero_grad(((cpu_backend *)be)->m); }
 
+/* With a grad_hook, the segments are reported after the whole backward (in
+ * the GPU's order): data parallel's buckets become a sequence of all-reduces */
 static averis_status cpu_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
                               uint64_t sr_stream, float *loss) {
     cpu_backend *c = be;
+    train_grad_ready_fn ready = backward ? c->ready : NULL;
+    if (backward) c->ready = NULL; /* the next backward's only */
     averis_status st = model_forward(c->m, tokens, targets, c->B, c->T, loss);
-    return st || !backward ? st : model_backward(c->m, loss_scale, sr_stream);
+    if (st || !backward) return st;
+    st = model_backward(c->m, loss_scale, sr_stream);
+    size_t lo, hi;
+    for (int k = 0; !st && ready && model_grad_segment(c->m, k, &lo, &hi); k++) st = ready(c->ready_ctx, lo, hi);
+    return st;
+}
+
+static averis_status cpu_grad_hook(void *be, train_grad_ready_fn fn, void *ctx) {
+    cpu_backend *c = be;
+    c->ready = fn, c->ready_ctx = ctx;
+    return AVERIS_OK;
 }
 
 /* ‖g‖₂ summed in fixed chunks (the same bits for any thread count) */
@@ -114,5 +130,5 @@ const train_backend train_backend_cpu = {
     .name = "cpu", .create = cpu_create, .destroy = cpu_destroy, .bind = cpu_bind, .upload = cpu_upload,
     .download = cpu_download, .zero_grad = cpu_zero_grad, .step = cpu_step, .grad_norm = cpu_grad_norm,
     .adamw = cpu_adamw, .describe = cpu_describe, .flat = cpu_flat, .adamw_range = cpu_adamw_range,
-    .params_changed = cpu_params_changed,
+    .params_changed = cpu_params_changed, .grad_hook = cpu_grad_hook,
 };

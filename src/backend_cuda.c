@@ -15,6 +15,8 @@ typedef struct {
     model *m; /* the host copy: checkpoints and analysis read it */
     float *mom, *var; /* [moment_window_numel(&win)] the host's moments */
     moment_window win; /* the moments the device holds (a ZeRO-1 rank's shard and tail, or all) */
+    train_grad_ready_fn ready; /* the next backward's grad_hook, or NULL */
+    void *ready_ctx;
     avc_analysis *ana; /* made at the first analysis */
     char gpu_desc[256], line[512];
 } cuda_backend;
@@ -61,9 +63,20 @@ static averis_status cuda_download(void *be, int moments) {
 
 static averis_status cuda_zero_grad(void *be) { return avc_model_zero_grad(((cuda_backend *)be)->gm); }
 
+/* a grad_hook is the next backward's only */
 static averis_status cuda_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
                                uint64_t sr_stream, float *loss) {
-    return avc_model_step(((cuda_backend *)be)->gm, tokens, targets, backward, loss_scale, sr_stream, loss);
+    cuda_backend *c = be;
+    if (backward && c->ready) avc_model_set_grad_hook(c->gm, c->ready, c->ready_ctx);
+    averis_status st = avc_model_step(c->gm, tokens, targets, backward, loss_scale, sr_stream, loss);
+    if (backward && c->ready) avc_model_set_grad_hook(c->gm, NULL, NULL), c->ready = NULL;
+    return st;
+}
+
+static averis_status cuda_grad_hook(void *be, train_grad_ready_fn fn, void *ctx) {
+    cuda_backend *c = be;
+    c->ready = fn, c->ready_ctx = ctx;
+    return AVERIS_OK;
 }
 
 static averis_status cuda_grad_norm(void *be, double *norm) { return avc_model_grad_norm(((cuda_backend *)be)->gm, norm); }
@@ -119,5 +132,5 @@ const train_backend train_backend_cuda = {
     .name = "cuda", .create = cuda_create, .destroy = cuda_destroy, .bind = cuda_bind, .upload = cuda_upload,
     .download = cuda_download, .zero_grad = cuda_zero_grad, .step = cuda_step, .grad_norm = cuda_grad_norm,
     .adamw = cuda_adamw, .describe = cuda_describe, .analyze = cuda_analyze, .flat = cuda_flat,
-    .adamw_range = cuda_adamw_range, .params_changed = cuda_params_changed,
+    .adamw_range = cuda_adamw_range, .params_changed = cuda_params_changed, .grad_hook = cuda_grad_hook,
 };

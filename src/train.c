@@ -360,7 +360,8 @@ static averis_status trainer_start(trainer *t) {
     return AVERIS_OK;
 }
 
-/* load batch → forward → loss → backward, per micro-batch: the step's mean loss */
+/* load batch → forward → loss → backward, per micro-batch: the step's mean
+ * loss; the last micro-batch's backward leaves the gradients final */
 static averis_status forward_backward(trainer *t, int step, double *loss) {
     const train_opts *o = &t->o;
     averis_status st = t->be->zero_grad(t->bctx);
@@ -371,7 +372,8 @@ static averis_status forward_backward(trainer *t, int step, double *loss) {
         /* fault injection: a NaN loss scale makes every gradient NaN on the backend itself */
         float scale = step + 1 == t->inject_nan_step && k == 0 ? NAN : 1.0f / (float)o->accum;
         if (!(st = loader_next(&t->train, o->batch, o->seq, t->in, t->tg)) &&
-            !(st = t->be->step(t->bctx, t->in, t->tg, 1, scale, sr_stream, &l)))
+            !(st = t->be->step(t->bctx, t->in, t->tg, k + 1 == o->accum ? TRAIN_BACKWARD_LAST : TRAIN_BACKWARD, scale,
+                               sr_stream, &l)))
             *loss += l / o->accum;
     }
     return st;

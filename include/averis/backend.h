@@ -36,6 +36,16 @@ typedef struct {
     const struct dp_opts *dp;
 } train_backend_opts;
 
+/* step's `backward`: 0 forward only; TRAIN_BACKWARD adds the gradients;
+ * TRAIN_BACKWARD_LAST also says that this is the step's last micro-batch,
+ * so its backward leaves the gradients final (data parallel starts
+ * reducing them while it runs). Any non-zero value is a backward. */
+enum { TRAIN_FORWARD = 0, TRAIN_BACKWARD = 1, TRAIN_BACKWARD_LAST = 2 };
+
+/* A grad_hook's callback: the gradients of the flat range [lo, hi) are
+ * final once the work queued so far on the backend's stream has run. */
+typedef averis_status (*train_grad_ready_fn)(void *ctx, size_t lo, size_t hi);
+
 typedef struct train_backend {
     const char *name; /* "cpu", "cuda" */
     /* Opens the device; called before the run writes anything, so a missing
@@ -52,7 +62,8 @@ typedef struct train_backend {
     averis_status (*download)(void *be, int moments);
     averis_status (*zero_grad)(void *be);
     /* Forward over tokens/targets [B·T] (host) → mean loss; with `backward`
-     * also grads += d(loss_scale·loss)/dθ, SR keyed by sr_stream. */
+     * (TRAIN_BACKWARD or _LAST) also grads += d(loss_scale·loss)/dθ, SR
+     * keyed by sr_stream. */
     averis_status (*step)(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
                           uint64_t sr_stream, float *loss);
     /* ‖grads‖₂ in fp64 partials of TRAIN_GRADNORM_CHUNK elements */
@@ -80,6 +91,10 @@ typedef struct train_backend {
     /* the parameters were written through flat (the all-gather): derived
      * copies (the GPU's BF16 / NVFP4 weight operands) are stale; */
     averis_status (*params_changed)(void *be);
+    /* the next backward (only) calls fn(ctx, lo, hi) for each segment of the
+     * flat gradient as it becomes final, in model_grad_segment's order
+     * (data parallel's buckets; the CPU calls it after its backward). */
+    averis_status (*grad_hook)(void *be, train_grad_ready_fn fn, void *ctx);
     /* For a backend that holds a window of the moments (data parallel; NULL:
      * all of them): the window it holds of a model of n parameters, which
      * the trainer allocates on the host and binds; */

@@ -123,6 +123,12 @@ averis_status avc_model_flat(avc_model *g, float **params, float **grads, float 
 /* The parameters were written from outside (the all-gather): the weight
  * operands are rebuilt before the next forward. */
 void avc_model_params_changed(avc_model *g);
+/* Called by avc_model_step's backward as each segment [lo, hi) of the flat
+ * gradient (model_grad_segment's, in its order) becomes final: the kernels
+ * queued on the model's stream so far complete it. An error stops the step. */
+typedef averis_status (*avc_grad_ready_fn)(void *ctx, size_t lo, size_t hi);
+/* fn for the backwards from now on (NULL: none) */
+void avc_model_set_grad_hook(avc_model *g, avc_grad_ready_fn fn, void *ctx);
 /* AdamW (as avc_model_adamw) over the flat elements [lo, hi) of
  * params/grads (device, [nparams]) laid out as tensors [ntensors] (host;
  * the decay per tensor), with their moments at mom/var [hi − lo] (device:

@@ -9,11 +9,15 @@
  *       rank    0       1             w-1
  *
  *   step      each rank: forward + backward on its b rows, gradient scaled
- *             by 1/world; the losses averaged over the ranks (host);
- *   grad_norm all-reduce Σ of the gradients (fp32, or BF16 on the wire),
- *             then the backend's own norm: every rank holds the same
- *             gradient, so the clip uses the global norm, the same bits on
- *             every rank;
+ *             by 1/world; the losses averaged over the ranks (host). On
+ *             the step's last micro-batch the gradients are all-reduced
+ *             (Σ, fp32 or BF16 on the wire) in buckets as the backward
+ *             finishes them (dp_bucket_plan; the GPU overlaps them with the
+ *             rest of the backward, the CPU runs them after it);
+ *   grad_norm the backend's own norm (after one all-reduce of the whole
+ *             gradient when there were no buckets): every rank holds the
+ *             same gradient, so the clip uses the global norm, the same
+ *             bits on every rank;
  *   adamw     ZeRO-1: rank r updates only its shard of the flat parameter
  *             vector, whose moments are all it holds (with the tail's: its
  *             window, averis/moments.h), then the parameters are
@@ -49,9 +53,14 @@ extern "C" {
 #endif
 
 typedef struct dp_opts {
-    comm *comm;     /* this rank's communicator */
-    comm_wire wire; /* the gradients' type on the wire (default fp32) */
+    comm *comm;          /* this rank's communicator */
+    comm_wire wire;      /* the gradients' type on the wire (default fp32) */
+    size_t bucket_bytes; /* all-reduce buckets of about this size, as the backward finishes
+                          * them; 0: one all-reduce after the backward (--dp-buckets MB) */
 } dp_opts;
+
+/* --dp-buckets' default, MiB (PyTorch DDP's bucket_cap_mb) */
+#define DP_BUCKET_MB_DEFAULT 25.0
 
 /* ------------------------------------------------------- bookkeeping */
 typedef struct {
@@ -69,6 +78,17 @@ averis_status dp_rows(int global_batch, int world, int rank, int *row0, int *row
 uint64_t dp_sr_stream(uint64_t s, int world, int rank);
 /* rank's moment window: its shard and the tail (all of them when world is 1) */
 moment_window dp_moments(size_t n, int world, int rank);
+/* The buckets of the gradient all-reduce, in the order they are sent: the
+ * segments of model_grad_segment (the order the backward finishes them)
+ * joined from the end of the flat vector until a bucket holds at least
+ * bucket_bytes; what is left (the embedding's at least) is the last:
+ *
+ *   flat:    | embed | layer 0 | layer 1 | ... | layer L−1 | head |
+ *   buckets:  └ last ┘└─ … ──┘  └───── 1 ─────┘└──────── 0 ────────┘
+ *
+ * bucket_bytes 0: one bucket [0, n). Writes up to cap of them to out (cap
+ * ≥ L + 2 holds any plan) and returns their count. */
+int dp_bucket_plan(const model *m, size_t bucket_bytes, dp_range *out, int cap);
 
 /* Fails on every rank, naming `what` and this rank's value, unless all
  * ranks passed the same value (e.g. the step a resume starts from: each

@@ -67,9 +67,9 @@ void train_result_free(train_result *r);
 /* o's run on `world` data-parallel ranks that are threads of this process
  * (the CPU group of averis/comm.h; src/train_dp.c): the multi-GPU path
  * without GPUs, for the tests and `train --device cpu --gpus N`. o->batch is
- * the global batch; res gets rank 0's result. A failing rank aborts the
- * group, so the others stop too. */
-averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, train_result *res);
+ * the global batch; wire and bucket_bytes as dp_opts has them; res gets
+ * rank 0's result. A failing rank aborts the group, so the others stop too. */
+averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, size_t bucket_bytes, train_result *res);
 
 /* The mean loss over the first nbatches B×T batches of the loader's data
  * (the validation loss the trainer logs), on the CPU model m. */

@@ -12,7 +12,8 @@
  *              error of qlin_forward / qlin_backward
  *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
  *              replace, bit for bit (fused_check.cu)
- *   dp_*       ZeRO-1's moment windows (dp_check.cu)
+ *   dp_*       the backward's gradient segments for the bucketed all-reduce,
+ *              ZeRO-1's moment windows (dp_check.cu)
  *   moe_*      the MoE experts' segmented quantization (seg.cuh) = the
  *              per-expert calls' bits; the segmented linears
  *              (qlinear_group.cuh) = the per-expert ones (mode 2) or close
@@ -787,6 +788,7 @@ template <int T> static void test_model_vs_cpu_cudnn(void) {
 }
 
 /* dp_check.cu: data parallel's GPU half on one GPU (docs/multigpu.md) */
+void test_grad_hook_segments(void);
 void test_zero_window_on_gpu(void);
 
 /* fused_check.cu: the fewer-pass quantization paths (quant_fused.cuh) vs the paths they replace, bit for bit */
@@ -827,7 +829,8 @@ static const test_case k_tests[] = {
     {"moe_group_linear_bitexact", test_moe_group_linear_bitexact},
     {"moe_group_linear_grouped_gemm", test_moe_group_linear_grouped_gemm},
     {"moe_grouped_vs_per_expert", test_moe_grouped_modes},
-    /* issue 16: ZeRO-1's moment windows */
+    /* issue 16: the backward's gradient segments (bucketed all-reduce), ZeRO-1's moment windows */
+    {"dp_grad_hook_segments", test_grad_hook_segments},
     {"dp_zero_window", test_zero_window_on_gpu},
 };
 
