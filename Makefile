@@ -187,7 +187,7 @@ $(BUILD)/%.o: %.cu $(wildcard cuda/*.cuh dev/cuda/*.cuh tests/cuda/*.cuh include
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -Icuda -c $< -o $@
 $(BUILD)/test_cuda: $(BUILD)/tests/cuda/test_cuda.o $(BUILD)/tests/cuda/model_check.o $(BUILD)/tests/cuda/fused_check.o \
-                    $(BUILD)/tests/cuda/grouped_gemm_check.o $(BUILD)/tests/test_patterns.o $(LIB)
+                    $(BUILD)/tests/cuda/grouped_gemm_check.o $(BUILD)/tests/cuda/dp_check.o $(BUILD)/tests/test_patterns.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/bench_cuda: $(BUILD)/bench/cuda/bench_cuda.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

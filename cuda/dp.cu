@@ -1,7 +1,8 @@
 /* dp.cu — the GPU half of data parallel (src/dp.c): AdamW over a range of
- * the flat parameter vector, for a ZeRO-1 shard. The runs of tensors that
- * meet [lo, hi) are updated with adamw.cuh's kernel, each with its decay:
- * element for element the full update of avc_model_adamw. */
+ * the flat parameter vector, for a ZeRO-1 shard, whose moments are held
+ * apart (mom/var [hi − lo]: the rank's window, averis/moments.h). The runs
+ * of tensors that meet [lo, hi) are updated with adamw.cuh's kernel, each
+ * with its decay: element for element the full update of avc_model_adamw. */
 #include "adamw.cuh"
 
 #include <algorithm>
@@ -26,7 +27,7 @@ extern "C" averis_status avc_adamw_range(const model_tensor *tensors, int ntenso
         k = e + 1;
         if (a >= b) continue;
         int64_t n = (int64_t)(b - a);
-        k_adamw<<<cu_blocks(n, 256), 256, 0, s>>>(params + a, grads + a, mom + a, var + a, n, (float)beta1,
+        k_adamw<<<cu_blocks(n, 256), 256, 0, s>>>(params + a, grads + a, mom + (a - lo), var + (a - lo), n, (float)beta1,
                                                   (float)beta2, (float)eps, (float)lr, decay, c1, c2, gscale);
         CU_LAUNCHED();
     }

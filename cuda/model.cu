@@ -40,6 +40,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -71,13 +72,19 @@ struct avc_model {
     int bf16_last;
     avc_model_opts opts = {};
     int act_bf16; /* activations between kernels in BF16 (else fp32); the residual stream stays fp32 */
-    char desc[224];
+    char desc[320];
     int B, T;
     int64_t N, C, F, V, qd, kvd; /* tokens, width, MLP width, vocabulary, H·Dh, KV·Dh */
     int H, KV, Dh;
     size_t nparams;
     std::vector<model_tensor> tensors;
-    float *params = nullptr, *grads = nullptr, *mom = nullptr, *var = nullptr; /* [nparams] each */
+    float *params = nullptr, *grads = nullptr; /* [nparams] each */
+    float *mom = nullptr, *var = nullptr;       /* [mom_numel] each: the moments of window mwin */
+    moment_window mwin;                         /* all, or a ZeRO-1 rank's shard and tail (avc_model_opts.moments) */
+    size_t mom_numel = 0;
+    std::vector<size_t> seg_lo, seg_hi; /* [L + 2] model_grad_segment's segments, in the backward's order */
+    avc_grad_ready_fn ready = nullptr;  /* avc_model_set_grad_hook's */
+    void *ready_ctx = nullptr;
     std::vector<cm_block> blk_w, blk_grad; /* per layer: the parameters, their gradients */
     float *embed = nullptr, *final_norm = nullptr, *lm_head = nullptr, *g_embed = nullptr, *g_final_norm = nullptr,
           *g_lm_head = nullptr;
@@ -205,12 +212,28 @@ averis_status setup(avc_model *net, const model *m) {
     snprintf(net->desc, sizeof net->desc, "%s activations, attention %s", net->act_bf16 ? "BF16" : "fp32", at.path);
     net->nparams = m->nparams;
     net->tensors.assign(m->tensors, m->tensors + m->ntensors);
+    const moment_window &mw = net->mwin = net->opts.moments ? *net->opts.moments : moment_window_all(net->nparams);
+    net->opts.moments = nullptr; /* copied: the caller's may go */
+    if (mw.lo[0] > mw.hi[0] || mw.hi[0] > mw.lo[1] || mw.lo[1] > mw.hi[1] || mw.hi[1] > net->nparams)
+        return averis_fail(AVERIS_EINVAL, "cuda model: the moment window [%zu, %zu) + [%zu, %zu) is not inside %zu parameters",
+                           mw.lo[0], mw.hi[0], mw.lo[1], mw.hi[1], net->nparams);
+    net->mom_numel = moment_window_numel(&mw);
+    if (!moment_window_is_all(&mw, net->nparams)) {
+        size_t len = strlen(net->desc);
+        snprintf(net->desc + len, sizeof net->desc - len, ", AdamW moments of %zu of %zu parameters (%.1f MiB)",
+                 net->mom_numel, net->nparams, 8.0 * (double)net->mom_numel / 1048576.0);
+    }
+    for (int k = 0;; k++) {
+        size_t lo, hi;
+        if (!model_grad_segment(m, k, &lo, &hi)) break;
+        net->seg_lo.push_back(lo), net->seg_hi.push_back(hi);
+    }
     CU_TRY(cudaStreamCreateWithFlags(&net->s, cudaStreamNonBlocking));
     CU_CUBLAS_TRY(cublasCreate(&net->cb));
     CU_CUBLAS_TRY(cublasSetStream(net->cb, net->s));
     at.cb = net->cb, at.s = net->s;
     CU_OK(net->alloc(&net->params, (int64_t)net->nparams)); CU_OK(net->alloc(&net->grads, (int64_t)net->nparams));
-    CU_OK(net->alloc(&net->mom, (int64_t)net->nparams)); CU_OK(net->alloc(&net->var, (int64_t)net->nparams));
+    CU_OK(net->alloc(&net->mom, (int64_t)net->mom_numel)); CU_OK(net->alloc(&net->var, (int64_t)net->mom_numel));
     bind_blocks(m, net->params, net->blk_w);
     bind_blocks(m, net->grads, net->blk_grad);
     net->embed = net->params + (m->w.embed - m->params);
@@ -322,8 +345,8 @@ averis_status setup(avc_model *net, const model *m) {
     CU_TRY(cudaMemcpy(rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
     CU_TRY(cudaMemcpy(rope_sin, sn.data(), sn.size() * 4, cudaMemcpyHostToDevice));
     CU_TRY(cudaMemset(net->grads, 0, net->nparams * 4));
-    CU_TRY(cudaMemset(net->mom, 0, net->nparams * 4));
-    CU_TRY(cudaMemset(net->var, 0, net->nparams * 4));
+    CU_TRY(cudaMemset(net->mom, 0, net->mom_numel * 4));
+    CU_TRY(cudaMemset(net->var, 0, net->mom_numel * 4));
     return AVERIS_OK;
 }
 
@@ -358,6 +381,12 @@ static averis_status producer_amax(const qlin_recipe *r, cl_input *x, float **am
     x->amax_known = 1;
     *amax = x->amax;
     return AVERIS_OK;
+}
+
+/* The grad hook (avc_model_set_grad_hook): segment k of model_grad_segment is
+ * final once the kernels queued so far on the stream have run. */
+averis_status grad_ready(avc_model *net, int k) {
+    return net->ready ? net->ready(net->ready_ctx, net->seg_lo[(size_t)k], net->seg_hi[(size_t)k]) : AVERIS_OK;
 }
 
 /* A: the activations' type (float or BF16) */
@@ -464,6 +493,7 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
     float *part = net->normw_part;
     CU_OK(cn_rmsnorm_bwd(net->dx, net->g_final_norm, net->dh, net->x_out, nullptr, 1, net->rstd_f, net->final_norm, N, C,
                          0, part, s));
+    CU_OK(grad_ready(net, 0)); /* the final norm's and an untied LM head's */
     for (int l = Lc - 1; l >= 0; l--) {
         cm_layer &io = net->layers[l];
         cm_block &w = net->blk_w[l], &gw = net->blk_grad[l];
@@ -502,9 +532,11 @@ averis_status forward_backward(avc_model *net, const int *tokens, const int *tar
         CU_OK(cl_backward(r, &io.in_h1, &wo[1], dk_raw, net->dh, 1, gw.wk, model_sr_stream(sr_stream, l, MODEL_LIN_K), &net->scr, s));
         CU_OK(cl_backward(r, &io.in_h1, &wo[2], net->dv, net->dh, 1, gw.wv, model_sr_stream(sr_stream, l, MODEL_LIN_V), &net->scr, s));
         CU_OK(cn_rmsnorm_bwd(net->dx, gw.in_norm, net->dh, io.x_in, nullptr, 1, io.rstd1, w.in_norm, N, C, 1, part, s));
+        CU_OK(grad_ready(net, Lc - l)); /* layer l's */
     }
     std::vector<int> emb_idx; /* the host side of net->emb_idx: alive until the sync below */
     CU_OK(ce_backward(tokens, N, C, net->dx, emb_idx, net->emb_idx, net->g_embed, s));
+    CU_OK(grad_ready(net, Lc + 1)); /* the embedding's (and a tied LM head's) */
     CU_TRY(cudaStreamSynchronize(s)); /* the host buffers above must outlive their copies */
     double total = 0.0;
     for (float v : tok_loss) total += v;
@@ -546,20 +578,20 @@ void avc_model_free(avc_model *net) {
 }
 
 averis_status avc_model_upload(avc_model *net, const float *params, const float *mom, const float *var) {
-    size_t n = net->nparams * sizeof(float);
+    size_t n = net->nparams * sizeof(float), nm = net->mom_numel * sizeof(float);
     CU_TRY(cudaMemcpyAsync(net->params, params, n, cudaMemcpyHostToDevice, net->s));
-    if (mom) CU_TRY(cudaMemcpyAsync(net->mom, mom, n, cudaMemcpyHostToDevice, net->s));
-    if (var) CU_TRY(cudaMemcpyAsync(net->var, var, n, cudaMemcpyHostToDevice, net->s));
+    if (mom) CU_TRY(cudaMemcpyAsync(net->mom, mom, nm, cudaMemcpyHostToDevice, net->s));
+    if (var) CU_TRY(cudaMemcpyAsync(net->var, var, nm, cudaMemcpyHostToDevice, net->s));
     CU_TRY(cudaStreamSynchronize(net->s));
     net->weights_ready = 0;
     return AVERIS_OK;
 }
 
 averis_status avc_model_download(avc_model *net, float *params, float *mom, float *var) {
-    size_t n = net->nparams * sizeof(float);
+    size_t n = net->nparams * sizeof(float), nm = net->mom_numel * sizeof(float);
     if (params) CU_TRY(cudaMemcpyAsync(params, net->params, n, cudaMemcpyDeviceToHost, net->s));
-    if (mom) CU_TRY(cudaMemcpyAsync(mom, net->mom, n, cudaMemcpyDeviceToHost, net->s));
-    if (var) CU_TRY(cudaMemcpyAsync(var, net->var, n, cudaMemcpyDeviceToHost, net->s));
+    if (mom) CU_TRY(cudaMemcpyAsync(mom, net->mom, nm, cudaMemcpyDeviceToHost, net->s));
+    if (var) CU_TRY(cudaMemcpyAsync(var, net->var, nm, cudaMemcpyDeviceToHost, net->s));
     CU_TRY(cudaStreamSynchronize(net->s));
     return AVERIS_OK;
 }
@@ -605,6 +637,9 @@ averis_status avc_model_grad_norm(avc_model *net, double *norm) {
 
 averis_status avc_model_adamw(avc_model *net, double lr, double beta1, double beta2, double eps, double weight_decay,
                               int64_t t, float gscale) {
+    if (!moment_window_is_all(&net->mwin, net->nparams))
+        return averis_fail(AVERIS_EINVAL, "cuda model: AdamW over all parameters, but the model holds the moments of %zu of "
+                                          "%zu only (a ZeRO-1 window: avc_adamw_range)", net->mom_numel, net->nparams);
     CU_OK(co_adamw(net->tensors, net->params, net->grads, net->mom, net->var, lr, beta1, beta2, eps, weight_decay, t,
                    gscale, net->s));
     net->weights_ready = 0;
@@ -621,5 +656,10 @@ averis_status avc_model_flat(avc_model *net, float **params, float **grads, floa
 }
 
 void avc_model_params_changed(avc_model *net) { net->weights_ready = 0; }
+
+void avc_model_set_grad_hook(avc_model *net, avc_grad_ready_fn fn, void *ctx) {
+    net->ready = fn;
+    net->ready_ctx = ctx;
+}
 
 } // extern "C"

@@ -1,5 +1,11 @@
 /* nccl.cu — averis/comm.h over NCCL: one process per GPU, buffers in device
- * memory, collectives on the model's stream.
+ * memory, collectives on the model's stream; the bucket all-reduces on a
+ * stream of their own, each behind an event of the model's stream (so they
+ * overlap the rest of the backward), and the model's stream waits for them
+ * all at allreduce_wait:
+ *
+ *   model stream  ─ layer L−1 bwd ─●─ layer L−2 bwd ─●─ … ─ embed bwd ─●──────────────wait→ norm, AdamW
+ *   comm stream                    └→ all-reduce 1   └→ all-reduce 2    └→ last ─●──┘
  *
  * Nothing here may hang on a dead peer: the communicator is non-blocking
  * (ncclConfig_t.blocking = 0), and every collective is followed by a poll of
@@ -17,6 +23,7 @@
 
 #include <nccl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -28,9 +35,13 @@ namespace {
 
 struct cc_nccl {
     ncclComm_t nc = nullptr;
-    cudaStream_t s = nullptr;
+    cudaStream_t s = nullptr;    /* the model's (set_stream) */
+    cudaStream_t cs = nullptr;   /* the bucket all-reduces' (made at the first) */
+    cudaEvent_t ev_ready = nullptr, ev_done = nullptr;
+    int inflight = 0;            /* bucket all-reduces queued since the last allreduce_wait */
     __nv_bfloat16 *bf = nullptr; /* [bf_cap] the BF16 wire buffer */
     size_t bf_cap = 0;
+    size_t bf_used = 0;          /* its elements that the buckets in flight use */
     double *hv = nullptr; /* [64] host values on their way through NCCL */
     double timeout_s = 600.0;
 };
@@ -77,9 +88,9 @@ averis_status cc_settle(comm *c, const char *what) {
         if (r_ == ncclInProgress) CU_OK(cc_settle((c), #call));                                              \
     } while (0)
 
-/* Waits for the stream (the collective just queued and what came before),
+/* Waits for `stream` (the collective just queued and what came before),
  * watching NCCL's asynchronous errors and the clock. */
-averis_status cc_wait(comm *c, const char *what) {
+averis_status cc_wait_stream(comm *c, cudaStream_t stream, const char *what) {
     cc_nccl *n = (cc_nccl *)c->impl;
     double t0 = cc_now();
     for (long spin = 0;; spin++) {
@@ -91,7 +102,7 @@ averis_status cc_wait(comm *c, const char *what) {
             return cc_fail(c, what, why);
         }
         if (ar == ncclSuccess) {
-            cudaError_t q = cudaStreamQuery(n->s);
+            cudaError_t q = cudaStreamQuery(stream);
             if (q == cudaSuccess) return AVERIS_OK;
             if (q != cudaErrorNotReady) return cc_fail(c, what, cudaGetErrorString(q));
         }
@@ -105,6 +116,8 @@ averis_status cc_wait(comm *c, const char *what) {
     }
 }
 
+averis_status cc_wait(comm *c, const char *what) { return cc_wait_stream(c, ((cc_nccl *)c->impl)->s, what); }
+
 __global__ void k_to_bf16(const float *x, __nv_bfloat16 *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16_rn(x[i]);
@@ -114,8 +127,11 @@ __global__ void k_from_bf16(const __nv_bfloat16 *x, float *y, size_t n) {
     if (i < n) y[i] = __bfloat162float(x[i]);
 }
 
+averis_status cc_allreduce_wait(comm *c);
+
 averis_status cc_allreduce(comm *c, float *buf, size_t n, comm_wire wire) {
     cc_nccl *q = (cc_nccl *)c->impl;
+    if (q->inflight) CU_OK(cc_allreduce_wait(c)); /* the wire buffer may be the buckets' */
     if (wire == COMM_F32) {
         CC_TRY(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, q->nc, q->s));
         return cc_wait(c, "all-reduce of the gradients (fp32)");
@@ -133,6 +149,87 @@ averis_status cc_allreduce(comm *c, float *buf, size_t n, comm_wire wire) {
     k_from_bf16<<<blocks, 256, 0, q->s>>>(q->bf, buf, n);
     CU_LAUNCHED();
     return cc_wait(c, "all-reduce of the gradients (bf16)");
+}
+
+/* A bucket: queued on cs behind an event of the model's stream. The BF16
+ * wire gives each bucket in flight its own part of the wire buffer; when
+ * it is too small (the first step), the buckets in flight finish and it
+ * grows to what this step has asked so far. */
+averis_status cc_allreduce_start(comm *c, float *buf, size_t n, comm_wire wire) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    if (!q->cs) {
+        CU_TRY(cudaStreamCreateWithFlags(&q->cs, cudaStreamNonBlocking));
+        CU_TRY(cudaEventCreateWithFlags(&q->ev_ready, cudaEventDisableTiming));
+        CU_TRY(cudaEventCreateWithFlags(&q->ev_done, cudaEventDisableTiming));
+    }
+    __nv_bfloat16 *bf = nullptr;
+    if (wire == COMM_BF16) {
+        if (q->bf_used + n > q->bf_cap) {
+            size_t want = q->bf_used + n;
+            if (q->inflight) CU_OK(cc_wait_stream(c, q->cs, "bucketed all-reduce of the gradients"));
+            if (q->bf) cudaFree(q->bf);
+            q->bf = nullptr, q->bf_cap = q->bf_used = 0;
+            CU_TRY(cudaMalloc(&q->bf, want * sizeof(__nv_bfloat16)));
+            q->bf_cap = want;
+        }
+        bf = q->bf + q->bf_used;
+        q->bf_used += n;
+    }
+    CU_TRY(cudaEventRecord(q->ev_ready, q->s));
+    CU_TRY(cudaStreamWaitEvent(q->cs, q->ev_ready, 0));
+    q->inflight++;
+    if (wire == COMM_F32) {
+        CC_TRY(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, q->nc, q->cs));
+        return AVERIS_OK;
+    }
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    k_to_bf16<<<blocks, 256, 0, q->cs>>>(buf, bf, n);
+    CU_LAUNCHED();
+    CC_TRY(c, ncclAllReduce(bf, bf, n, ncclBfloat16, ncclSum, q->nc, q->cs));
+    k_from_bf16<<<blocks, 256, 0, q->cs>>>(bf, buf, n);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
+/* The model's stream waits for the buckets; the host watches them finish
+ * (a dead peer fails here at the timeout rather than hanging the norm) */
+averis_status cc_allreduce_wait(comm *c) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    if (!q->inflight) return AVERIS_OK;
+    q->inflight = 0, q->bf_used = 0;
+    CU_TRY(cudaEventRecord(q->ev_done, q->cs));
+    CU_TRY(cudaStreamWaitEvent(q->s, q->ev_done, 0));
+    return cc_wait_stream(c, q->cs, "bucketed all-reduce of the gradients");
+}
+
+/* Chunks of k ≤ K floats per rank through a device buffer [world·K] and
+ * the all-gather; rank 0 copies each rank's part out. K: 64 MiB in all,
+ * at least 256 KiB a rank. */
+averis_status cc_gather_host(comm *c, const float *src, float *dst, size_t n) {
+    cc_nccl *q = (cc_nccl *)c->impl;
+    int r = c->rank, w = c->world;
+    if (r == 0 && !dst && n) return averis_fail(AVERIS_EINVAL, "nccl gather: no destination on rank 0");
+    if (!n) return AVERIS_OK;
+    if (w == 1) {
+        memcpy(dst, src, n * sizeof *dst);
+        return AVERIS_OK;
+    }
+    size_t K = std::min(n, std::max<size_t>((size_t)1 << 16, ((size_t)16 << 20) / (size_t)w));
+    float *stage = nullptr;
+    CU_TRY(cudaMalloc(&stage, (size_t)w * K * sizeof(float)));
+    averis_status st = AVERIS_OK;
+    for (size_t o = 0; o < n && !st; o += K) {
+        size_t k = std::min(K, n - o);
+        cudaError_t e = cudaMemcpyAsync(stage + (size_t)r * k, src + o, k * sizeof(float), cudaMemcpyHostToDevice, q->s);
+        if (e != cudaSuccess) { st = averis_fail(AVERIS_EIO, "nccl gather: %s", cudaGetErrorString(e)); break; }
+        if ((st = c->allgather(c, stage, k))) break;
+        for (int p = 0; r == 0 && p < w && e == cudaSuccess; p++)
+            e = cudaMemcpyAsync(dst + (size_t)p * n + o, stage + (size_t)p * k, k * sizeof(float), cudaMemcpyDeviceToHost, q->s);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(q->s);
+        if (e != cudaSuccess) st = averis_fail(AVERIS_EIO, "nccl gather: %s", cudaGetErrorString(e));
+    }
+    cudaFree(stage);
+    return st;
 }
 
 averis_status cc_allgather(comm *c, float *buf, size_t per_rank) {
@@ -168,6 +265,9 @@ void cc_destroy(comm *c) {
     }
     if (n->bf) cudaFree(n->bf);
     if (n->hv) cudaFree(n->hv);
+    if (n->ev_ready) cudaEventDestroy(n->ev_ready);
+    if (n->ev_done) cudaEventDestroy(n->ev_done);
+    if (n->cs) cudaStreamDestroy(n->cs);
     delete n;
     free(c);
 }
@@ -232,8 +332,8 @@ averis_status comm_nccl_create(comm **out, const comm_nccl_opts *o) {
     cc_nccl *n = new cc_nccl();
     if (!c) { delete n; return averis_fail(AVERIS_ENOMEM, "nccl: out of memory"); }
     n->timeout_s = timeout_s;
-    *c = comm{o->rank, o->world, "nccl", cc_allreduce, cc_allgather, cc_allreduce_host, cc_set_stream, cc_abort,
-              cc_destroy, n};
+    *c = comm{o->rank, o->world, "nccl", cc_allreduce, cc_allgather, cc_allreduce_start, cc_allreduce_wait,
+              cc_gather_host, cc_allreduce_host, cc_set_stream, cc_abort, cc_destroy, n};
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclResult_t r = ncclCommInitRankConfig(&n->nc, o->world, id, o->rank, &cfg);

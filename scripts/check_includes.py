@@ -24,7 +24,7 @@ LAYERS = [
     ["nvfp4_spec", "io", "json", "comm"],  # files, JSON and the collectives know nothing of NVFP4
     ["nvfp4"],
     ["quant", "gemm"],
-    ["qlinear", "model_spec"],
+    ["qlinear", "model_spec", "moments"],  # moments: which AdamW moments a process holds
     ["model", "safetensors"],
     ["data", "tokenizer"],
     ["analysis"],

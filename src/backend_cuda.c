@@ -13,7 +13,10 @@ typedef struct {
     avc_model_opts opts;
     avc_model *gm;
     model *m; /* the host copy: checkpoints and analysis read it */
-    float *mom, *var;
+    float *mom, *var; /* [moment_window_numel(&win)] the host's moments */
+    moment_window win; /* the moments the device holds (a ZeRO-1 rank's shard and tail, or all) */
+    train_grad_ready_fn ready; /* the next backward's grad_hook, or NULL */
+    void *ready_ctx;
     avc_analysis *ana; /* made at the first analysis */
     char gpu_desc[256], line[512];
 } cuda_backend;
@@ -35,14 +38,17 @@ static void cuda_destroy(void *be) {
     free(c);
 }
 
-static averis_status cuda_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+static averis_status cuda_bind(void *be, model *m, float *mom, float *var, const moment_window *win, int B, int T) {
     cuda_backend *c = be;
     c->m = m, c->mom = mom, c->var = var;
+    c->win = win ? *win : moment_window_all(m->nparams);
     avc_analysis_free(c->ana);
     c->ana = NULL;
     avc_model_free(c->gm);
     c->gm = NULL;
-    return avc_model_create(&c->gm, m, B, T, &c->opts);
+    avc_model_opts o = c->opts;
+    o.moments = &c->win; /* the device allocates the window's moments only */
+    return avc_model_create(&c->gm, m, B, T, &o);
 }
 
 static averis_status cuda_upload(void *be) {
@@ -57,9 +63,20 @@ static averis_status cuda_download(void *be, int moments) {
 
 static averis_status cuda_zero_grad(void *be) { return avc_model_zero_grad(((cuda_backend *)be)->gm); }
 
+/* a grad_hook is the next backward's only */
 static averis_status cuda_step(void *be, const int *tokens, const int *targets, int backward, float loss_scale,
                                uint64_t sr_stream, float *loss) {
-    return avc_model_step(((cuda_backend *)be)->gm, tokens, targets, backward, loss_scale, sr_stream, loss);
+    cuda_backend *c = be;
+    if (backward && c->ready) avc_model_set_grad_hook(c->gm, c->ready, c->ready_ctx);
+    averis_status st = avc_model_step(c->gm, tokens, targets, backward, loss_scale, sr_stream, loss);
+    if (backward && c->ready) avc_model_set_grad_hook(c->gm, NULL, NULL), c->ready = NULL;
+    return st;
+}
+
+static averis_status cuda_grad_hook(void *be, train_grad_ready_fn fn, void *ctx) {
+    cuda_backend *c = be;
+    c->ready = fn, c->ready_ctx = ctx;
+    return AVERIS_OK;
 }
 
 static averis_status cuda_grad_norm(void *be, double *norm) { return avc_model_grad_norm(((cuda_backend *)be)->gm, norm); }
@@ -69,19 +86,25 @@ static averis_status cuda_adamw(void *be, double lr, double beta1, double beta2,
     return avc_model_adamw(((cuda_backend *)be)->gm, lr, beta1, beta2, eps, weight_decay, t, gscale);
 }
 
-static averis_status cuda_flat(void *be, float **params, float **grads, float **mom, float **var, void **stream) {
+static averis_status cuda_flat(void *be, float **params, float **grads, void **stream) {
     cuda_backend *c = be;
     if (!c->gm) return averis_fail(AVERIS_EINVAL, "cuda backend: flat buffers before bind");
-    return avc_model_flat(c->gm, params, grads, mom, var, stream);
+    return avc_model_flat(c->gm, params, grads, NULL, NULL, stream);
 }
 
+/* [lo, hi)'s moments are held from the window's index `at` on */
 static averis_status cuda_adamw_range(void *be, size_t lo, size_t hi, double lr, double beta1, double beta2, double eps,
                                       double weight_decay, int64_t t, float gscale) {
     cuda_backend *c = be;
     float *p, *g, *m, *v;
     void *s;
-    averis_status st = cuda_flat(be, &p, &g, &m, &v, &s);
-    return st ? st : avc_adamw_range(c->m->tensors, c->m->ntensors, p, g, m, v, lo, hi, lr, beta1, beta2, eps,
+    size_t at = moment_window_at(&c->win, lo, hi);
+    if (at == SIZE_MAX)
+        return averis_fail(AVERIS_EINVAL, "cuda backend: adamw over [%zu, %zu), whose moments are not all held ([%zu, %zu) "
+                                          "and [%zu, %zu) are)", lo, hi, c->win.lo[0], c->win.hi[0], c->win.lo[1], c->win.hi[1]);
+    if (!c->gm) return averis_fail(AVERIS_EINVAL, "cuda backend: adamw before bind");
+    averis_status st = avc_model_flat(c->gm, &p, &g, &m, &v, &s);
+    return st ? st : avc_adamw_range(c->m->tensors, c->m->ntensors, p, g, m + at, v + at, lo, hi, lr, beta1, beta2, eps,
                                      weight_decay, t, gscale, s);
 }
 
@@ -109,5 +132,5 @@ const train_backend train_backend_cuda = {
     .name = "cuda", .create = cuda_create, .destroy = cuda_destroy, .bind = cuda_bind, .upload = cuda_upload,
     .download = cuda_download, .zero_grad = cuda_zero_grad, .step = cuda_step, .grad_norm = cuda_grad_norm,
     .adamw = cuda_adamw, .describe = cuda_describe, .analyze = cuda_analyze, .flat = cuda_flat,
-    .adamw_range = cuda_adamw_range, .params_changed = cuda_params_changed,
+    .adamw_range = cuda_adamw_range, .params_changed = cuda_params_changed, .grad_hook = cuda_grad_hook,
 };

@@ -76,6 +76,21 @@ static void hread(hfile *r, void *p, size_t n) {
     for (size_t i = 0; i < n; i++) r->h = (r->h ^ b[i]) * 1099511628211ull;
 }
 
+/* n floats of the file, hashed whole; only the elements of window w are
+ * kept, into out [moment_window_numel(w)] (w NULL: all, into out [n]) */
+static void hread_window(hfile *r, float *out, size_t n, const moment_window *w) {
+    if (!w) { hread(r, out, n * sizeof(float)); return; }
+    float buf[16384];
+    for (size_t c0 = 0; c0 < n; c0 += sizeof buf / sizeof *buf) {
+        size_t c1 = c0 + sizeof buf / sizeof *buf < n ? c0 + sizeof buf / sizeof *buf : n;
+        hread(r, buf, (c1 - c0) * sizeof(float));
+        for (int k = 0; k < 2; k++) { /* [a, b): this chunk ∩ range k */
+            size_t a = w->lo[k] > c0 ? w->lo[k] : c0, b = w->hi[k] < c1 ? w->hi[k] : c1;
+            if (a < b) memcpy(out + moment_window_at(w, a, b), buf + (a - c0), (b - a) * sizeof(float));
+        }
+    }
+}
+
 static const char k_state_magic[8] = {'A', 'V', 'S', 'T', 'A', 'T', 'E', '1'};
 
 averis_status ckpt_state_write(const char *path, const ckpt_state *s, const float *mom, const float *var) {
@@ -155,8 +170,14 @@ averis_status ckpt_state_read(const char *path, const ckpt_limits *lim, ckpt_sta
         return averis_fail(AVERIS_EFORMAT, "%s: state holds %llu parameters, the model has %zu", path,
                            (unsigned long long)s->nparams, nparams);
     }
-    hread(&r, mom, nparams * sizeof(float));
-    hread(&r, var, nparams * sizeof(float));
+    const moment_window *w = lim->window;
+    if (w && (w->lo[0] > w->hi[0] || w->hi[0] > w->lo[1] || w->lo[1] > w->hi[1] || w->hi[1] > nparams)) {
+        fclose(f);
+        return averis_fail(AVERIS_EINVAL, "%s: the moments [%zu, %zu) and [%zu, %zu) asked for are not ranges of %zu "
+                                          "parameters", path, w->lo[0], w->hi[0], w->lo[1], w->hi[1], nparams);
+    }
+    hread_window(&r, mom, nparams, w);
+    hread_window(&r, var, nparams, w);
     uint64_t want = r.h, got = 0;
     hread(&r, &got, sizeof got);
     int extra = fgetc(f) != EOF;
@@ -558,13 +579,14 @@ averis_status ckpt_load_model(const char *dir, const char *recipe_override, mode
     return AVERIS_OK;
 }
 
-averis_status ckpt_load_state(const char *dir, model *m, uint64_t data_tokens, ckpt_state *s, float *mom, float *var) {
+averis_status ckpt_load_state(const char *dir, model *m, uint64_t data_tokens, const moment_window *window, ckpt_state *s,
+                              float *mom, float *var) {
     char p[4200];
     path_join(p, sizeof p, dir, "model.safetensors");
     averis_status st = model_load_weights(m, p);
     if (st) return st;
     path_join(p, sizeof p, dir, "state.bin");
-    return ckpt_state_read(p, &(ckpt_limits){m->nparams, data_tokens}, s, mom, var);
+    return ckpt_state_read(p, &(ckpt_limits){m->nparams, data_tokens, window}, s, mom, var);
 }
 
 averis_status ckpt_verify_latest(const char *out_dir, const char *name) {

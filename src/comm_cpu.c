@@ -157,6 +157,25 @@ static averis_status cpu_allgather(comm *c, float *buf, size_t per_rank) {
     return group_barrier(g, r->rank);
 }
 
+/* the CPU group's buckets are plain all-reduces, one after the other */
+static averis_status cpu_allreduce_start(comm *c, float *buf, size_t n, comm_wire wire) { return cpu_allreduce(c, buf, n, wire); }
+static averis_status cpu_allreduce_wait(comm *c) { (void)c; return AVERIS_OK; }
+
+static averis_status cpu_gather_host(comm *c, const float *src, float *dst, size_t n) {
+    cpu_rank *r = c->impl;
+    cpu_group *g = r->g;
+    if (r->rank == 0 && !dst && n) return averis_fail(AVERIS_EINVAL, "comm (cpu) gather: no destination on rank 0");
+    if (c->world == 1) {
+        if (n) memcpy(dst, src, n * sizeof *dst);
+        return AVERIS_OK;
+    }
+    averis_status st = publish(r, (void *)src, n, "gather"); /* only read */
+    if (st) return st;
+    for (int q = 0; r->rank == 0 && n && q < g->world; q++)
+        memcpy(dst + (size_t)q * n, g->ptr[q], n * sizeof *dst);
+    return group_barrier(g, r->rank); /* the sources are read before their ranks go on */
+}
+
 static averis_status cpu_allreduce_host(comm *c, double *v, int n) {
     cpu_rank *r = c->impl;
     cpu_group *g = r->g;
@@ -219,8 +238,9 @@ averis_status comm_cpu_group(int world, comm **ranks) {
         }
         cr->g = g, cr->rank = r;
         *c = (comm){.rank = r, .world = world, .kind = "cpu", .allreduce = cpu_allreduce, .allgather = cpu_allgather,
-                    .allreduce_host = cpu_allreduce_host, .set_stream = cpu_set_stream, .abort = cpu_abort,
-                    .destroy = cpu_destroy, .impl = cr};
+                    .allreduce_start = cpu_allreduce_start, .allreduce_wait = cpu_allreduce_wait,
+                    .gather_host = cpu_gather_host, .allreduce_host = cpu_allreduce_host, .set_stream = cpu_set_stream,
+                    .abort = cpu_abort, .destroy = cpu_destroy, .impl = cr};
         g->refs++;
         ranks[r] = c;
     }

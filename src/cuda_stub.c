@@ -46,6 +46,7 @@ averis_status avc_model_flat(avc_model *g, float **p, float **gr, float **m, flo
     return NO_CUDA;
 }
 void avc_model_params_changed(avc_model *g) { (void)g; }
+void avc_model_set_grad_hook(avc_model *g, avc_grad_ready_fn fn, void *ctx) { (void)g; (void)fn; (void)ctx; }
 averis_status avc_adamw_range(const model_tensor *tensors, int ntensors, float *p, const float *g, float *m, float *v,
                               size_t lo, size_t hi, double lr, double b1, double b2, double eps, double wd, int64_t t,
                               float gscale, void *stream) {

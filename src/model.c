@@ -455,6 +455,20 @@ void model_free(model *m) {
     memset(m, 0, sizeof *m);
 }
 
+/* where layer l's parameters begin in the flat vector (l = L: the final norm's) */
+static size_t layer_start(const model *m, int l) {
+    const float *p = l < m->cfg.num_hidden_layers ? m->w.blocks[l].in_norm : m->w.final_norm;
+    return (size_t)(p - m->params);
+}
+
+int model_grad_segment(const model *m, int k, size_t *lo, size_t *hi) {
+    int L = m->cfg.num_hidden_layers;
+    if (k < 0 || k > L + 1) return 0;
+    *lo = k == L + 1 ? 0 : layer_start(m, L - k);
+    *hi = k == 0 ? m->nparams : layer_start(m, L + 1 - k);
+    return 1;
+}
+
 const model_tensor *model_find_tensor(const model *m, const char *name) {
     for (int i = 0; i < m->ntensors; i++)
         if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];

@@ -91,7 +91,7 @@ averis_status train_eval_loss(model *m, const data_loader *dl, int B, int T, int
     const train_backend *be = &train_backend_cpu;
     void *ctx = NULL;
     averis_status st = be->create(&ctx, &(train_backend_opts){0});
-    if (!st && !(st = be->bind(ctx, m, NULL, NULL, B, T))) st = eval_loss(be, ctx, dl, B, T, nbatches, loss);
+    if (!st && !(st = be->bind(ctx, m, NULL, NULL, NULL, B, T))) st = eval_loss(be, ctx, dl, B, T, nbatches, loss);
     if (ctx) be->destroy(ctx);
     return st;
 }
@@ -121,7 +121,8 @@ typedef struct {
     void *bctx;
     model m;                  /* the host model: init, resume, analysis and checkpoints */
     data_loader train, val;
-    float *mom, *var;         /* [nparams] the host's AdamW moments */
+    moment_window win;        /* the AdamW moments this process holds: all, or a ZeRO-1 rank's shard and tail */
+    float *mom, *var;         /* [moment_window_numel(&win)] the host's AdamW moments */
     int *in, *tg;             /* [B·T] one micro-batch */
     int *ana_in, *ana_tg;     /* [B·T] the fixed analysis batch */
     FILE *log, *ana;          /* OUT/log.csv, OUT/analysis.csv */
@@ -221,8 +222,16 @@ static averis_status trainer_open(trainer *t, const train_opts *oin, train_resul
         t->inject_nan_step = (int)k;
         fprintf(stderr, "train: AVERIS_INJECT_NAN_STEP: the gradients of step %ld will be NaN (fault injection)\n", k);
     }
-    t->mom = calloc(t->m.nparams, sizeof *t->mom);
-    t->var = calloc(t->m.nparams, sizeof *t->var);
+    /* the moments the backend keeps (a ZeRO-1 rank: its window), no more on the host either */
+    t->win = moment_window_all(t->m.nparams);
+    if (t->be->moment_window && (st = t->be->moment_window(t->bctx, t->m.nparams, &t->win))) return st;
+    if (!moment_window_is_all(&t->win, t->m.nparams) && !t->be->gather_moments)
+        return averis_fail(AVERIS_EINVAL, "train: the %s backend holds a window of the moments but cannot gather them",
+                           t->be->name);
+    size_t held = moment_window_numel(&t->win);
+    t->mom = calloc(held ? held : 1, sizeof *t->mom);
+    t->var = calloc(held ? held : 1, sizeof *t->var);
+    res->moment_bytes = 2 * held * sizeof *t->mom;
     t->in = malloc(N * sizeof *t->in);
     t->tg = malloc(N * sizeof *t->tg);
     res->losses = malloc((size_t)o->steps * sizeof *res->losses);
@@ -298,7 +307,7 @@ static averis_status trainer_start(trainer *t) {
     if (resuming) {
         snprintf(dir, sizeof dir, "%s/%s", o->out_dir, latest);
         if ((st = ckpt_verify_latest(o->out_dir, latest)) || (st = resume_check(t, dir))) return st;
-        if ((st = ckpt_load_state(dir, &t->m, t->train.n, s, t->mom, t->var))) return st;
+        if ((st = ckpt_load_state(dir, &t->m, t->train.n, &t->win, s, t->mom, t->var))) return st; /* the window's */
         if (strcmp(s->recipe, o->recipe))
             return averis_fail(AVERIS_EINVAL, "train: --recipe %s differs from the checkpoint's recipe %s (%s); resume with the same",
                                o->recipe, s->recipe, dir);
@@ -351,7 +360,8 @@ static averis_status trainer_start(trainer *t) {
     return AVERIS_OK;
 }
 
-/* load batch → forward → loss → backward, per micro-batch: the step's mean loss */
+/* load batch → forward → loss → backward, per micro-batch: the step's mean
+ * loss; the last micro-batch's backward leaves the gradients final */
 static averis_status forward_backward(trainer *t, int step, double *loss) {
     const train_opts *o = &t->o;
     averis_status st = t->be->zero_grad(t->bctx);
@@ -362,7 +372,8 @@ static averis_status forward_backward(trainer *t, int step, double *loss) {
         /* fault injection: a NaN loss scale makes every gradient NaN on the backend itself */
         float scale = step + 1 == t->inject_nan_step && k == 0 ? NAN : 1.0f / (float)o->accum;
         if (!(st = loader_next(&t->train, o->batch, o->seq, t->in, t->tg)) &&
-            !(st = t->be->step(t->bctx, t->in, t->tg, 1, scale, sr_stream, &l)))
+            !(st = t->be->step(t->bctx, t->in, t->tg, k + 1 == o->accum ? TRAIN_BACKWARD_LAST : TRAIN_BACKWARD, scale,
+                               sr_stream, &l)))
             *loss += l / o->accum;
     }
     return st;
@@ -400,7 +411,7 @@ static averis_status trainer_bind(trainer *t) {
         fprintf(stderr, "train: %s (%.2fM params), recipe %s, %d steps × %d×%d tokens × %d, lr %g, data %zu tokens\n",
                 o->config, (double)t->m.nparams / 1e6, o->recipe, o->steps, o->batch, o->seq, o->accum, o->lr,
                 t->train.n);
-    averis_status st = t->be->bind(t->bctx, &t->m, t->mom, t->var, o->batch, o->seq);
+    averis_status st = t->be->bind(t->bctx, &t->m, t->mom, t->var, &t->win, o->batch, o->seq);
     if (st || (st = t->be->upload(t->bctx))) return st;
     const char *how = t->be->describe(t->bctx);
     if (!o->quiet && how) fprintf(stderr, "train: %s\n", how);
@@ -423,6 +434,23 @@ static void log_step(trainer *t, double lr, double loss, double norm, int bad, d
             norm, t->tokens_per_step * t->steps_timed / t->t_steps, eta);
     if (do_val) fprintf(stderr, " | val %.4f", vloss);
     fputc('\n', stderr);
+}
+
+/* A checkpoint of the host model (downloaded) and the moments: the
+ * writer's own, or, for a window (ZeRO-1), all of them gathered to the
+ * writer for the write (every rank takes part). */
+static averis_status checkpoint(trainer *t) {
+    size_t n = t->m.nparams;
+    if (moment_window_is_all(&t->win, n)) return t->writer ? ckpt_write(&t->ck, &t->m, &t->s, t->mom, t->var) : AVERIS_OK;
+    float *mom = NULL, *var = NULL;
+    averis_status st = AVERIS_OK;
+    if (t->writer && (!(mom = malloc(n * sizeof *mom)) || !(var = malloc(n * sizeof *var))))
+        st = averis_fail(AVERIS_ENOMEM, "train: out of memory for the %zu moments of a checkpoint", n);
+    if (!st) st = t->be->gather_moments(t->bctx, mom, var);
+    if (!st && t->writer) st = ckpt_write(&t->ck, &t->m, &t->s, mom, var);
+    free(mom);
+    free(var);
+    return st;
 }
 
 averis_status train_run(const train_opts *oin, train_result *res) {
@@ -465,7 +493,7 @@ averis_status train_run(const train_opts *oin, train_result *res) {
         int do_ckpt = (o->ckpt_every > 0 && t.s.step % o->ckpt_every == 0) || t.s.step == o->steps || stop;
         if (((do_ana && !be->analyze) || do_ckpt) && (st = be->download(t.bctx, do_ckpt))) goto out;
         if (do_ana && (st = analyze_rows(&t, (int)t.s.step))) goto out;
-        if (do_ckpt && t.writer && (st = ckpt_write(&t.ck, &t.m, &t.s, t.mom, t.var))) goto out;
+        if (do_ckpt && (st = checkpoint(&t))) goto out;
         res->steps_done = (int)t.s.step;
         if (stop) break;
     }

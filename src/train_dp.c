@@ -34,7 +34,7 @@ static void *rank_main(void *arg) {
     return NULL;
 }
 
-averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, train_result *res) {
+averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, size_t bucket_bytes, train_result *res) {
     memset(res, 0, sizeof *res);
     if (world < 1 || world > 64) return averis_fail(AVERIS_EINVAL, "train: %d ranks (1 to 64)", world);
     comm *ranks[64];
@@ -52,7 +52,7 @@ averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, 
     for (int r = 0; r < world; r++) {
         rank_job *j = &jobs[r];
         j->o = *o;
-        j->dp = (dp_opts){.comm = ranks[r], .wire = wire};
+        j->dp = (dp_opts){.comm = ranks[r], .wire = wire, .bucket_bytes = bucket_bytes};
         j->o.dp = &j->dp;
         if (r) j->o.quiet = 1;
         j->omp_threads = omp;

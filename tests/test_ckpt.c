@@ -103,7 +103,7 @@ void test_ckpt_state_ranges(void) {
     snprintf(p, sizeof p, "%s/state.bin", dir);
     CHECK(!ckpt_state_write(p, &s, mom, var), "%s", averis_last_error());
     ckpt_state r;
-    ckpt_limits lim = {N, 1000};
+    ckpt_limits lim = {N, 1000, NULL};
     CHECK(!ckpt_state_read(p, &lim, &r, m2, v2) && !memcmp(&r, &s, sizeof s) && !memcmp(m2, mom, sizeof mom) &&
               !memcmp(v2, var, sizeof var), "round trip: %s", averis_last_error());
     uint8_t good[8 + sizeof s + 2 * N * 4 + 8], b[sizeof good];
@@ -182,6 +182,62 @@ void test_ckpt_state_ranges(void) {
         free(t);
     }
     free(sb);
+    test_rm_tree(dir);
+}
+
+/* A ZeRO-1 rank reads only its window of state.bin's moments (its shard and
+ * the tail, averis/moments.h): the same values as the full read's, across
+ * the reader's 16384-float chunks; the checksum still covers the moments
+ * outside the window; a window past the parameters is refused. */
+void test_ckpt_state_window(void) {
+    char dir[64], p[512];
+    if (test_mkdtemp(dir, sizeof dir, "ckptw", 1)) return;
+    enum { N = 40001 };
+    float *mom = malloc(N * sizeof *mom), *var = malloc(N * sizeof *var), *wm = malloc(N * sizeof *wm),
+          *wv = malloc(N * sizeof *wv);
+    for (int i = 0; i < N; i++) mom[i] = (float)i + 0.5f, var[i] = -(float)i;
+    ckpt_state s, r;
+    memset(&s, 0, sizeof s);
+    s.step = 1, s.adam_t = 1, s.nparams = N, s.seed = 1, s.batch = 1, s.seq = 2, s.accum = 1, s.steps = 2;
+    strcpy(s.recipe, "fp32");
+    snprintf(p, sizeof p, "%s/state.bin", dir);
+    CHECK(!ckpt_state_write(p, &s, mom, var), "%s", averis_last_error());
+    /* 3 ranks of 40001: shards of 13333, the tail [39999, 40001); each
+     * window crosses a chunk boundary (16384, 32768) somewhere */
+    for (int rank = 0; rank < 3; rank++) {
+        size_t S = N / 3;
+        moment_window w = {{rank * S, N / 3 * 3}, {(rank + 1) * S, N}};
+        ckpt_limits lim = {N, 0, &w};
+        size_t k = moment_window_numel(&w);
+        memset(wm, 0xff, k * sizeof *wm);
+        CHECK(!ckpt_state_read(p, &lim, &r, wm, wv), "rank %d: %s", rank, averis_last_error());
+        for (size_t i = 0, j = 0; i < N; i++) {
+            if (!((i >= w.lo[0] && i < w.hi[0]) || (i >= w.lo[1] && i < w.hi[1]))) continue;
+            if (wm[j] != mom[i] || wv[j] != var[i]) {
+                CHECK(0, "rank %d: element %zu (held at %zu): %g %g, want %g %g", rank, i, j, wm[j], wv[j], mom[i], var[i]);
+                break;
+            }
+            j++;
+        }
+    }
+    /* a flipped byte of a moment outside rank 0's window still fails the checksum */
+    char *b;
+    size_t n;
+    CHECK(!averis_read_file(p, &b, &n), "%s", averis_last_error());
+    if (b) {
+        b[8 + sizeof s + 4 * (N - 10)] ^= 1; /* mom[N − 10]: rank 2's shard */
+        CHECK(write_file(p, b, n), "write");
+        moment_window w0 = {{0, N / 3 * 3}, {N / 3, N}};
+        ckpt_limits lim = {N, 0, &w0};
+        CHECK(ckpt_state_read(p, &lim, &r, wm, wv) && strstr(averis_last_error(), "checksum"), "outside the window: %s",
+              averis_last_error());
+        free(b);
+    }
+    moment_window bad = {{0, N}, {N, N + 1}};
+    ckpt_limits lim = {N, 0, &bad};
+    CHECK(ckpt_state_read(p, &lim, &r, wm, wv) && strstr(averis_last_error(), "not ranges"), "a window past the end: %s",
+          averis_last_error());
+    free(mom), free(var), free(wm), free(wv);
     test_rm_tree(dir);
 }
 

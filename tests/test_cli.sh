@@ -142,6 +142,16 @@ expect_err "resume on nothing" "holds no checkpoint" "${TR[@]}" --recipe bf16 --
         "$T/dp_one/log.csv" "$T/dp_two/log.csv" \
     && ok || bad "train --gpus 2 (cpu) vs --batch 2: $(cat "$T/dp.out")"
 expect_err "bad --grad-dtype" "--grad-dtype must be fp32 or bf16" "${TR[@]}" --gpus 2 --grad-dtype fp16 --out "$T/dpr1"
+# the gradients in 0.01 MiB buckets (3 or 4 here) vs one all-reduce: the same log; the startup line names the
+# buckets and the moments a rank holds (its shard and the tail: some bytes saved)
+"$BIN" train --config "$T/cfg.json" --data "$D" --batch 1 --seq 32 --val-batches 2 --recipe fp32 --steps 4 --gpus 2 \
+        --dp-buckets 0.01 --out "$T/dp_b" >"$T/dpb.out" 2>&1 \
+    && "${TR[@]}" --batch 1 --recipe fp32 --steps 4 --gpus 2 --dp-buckets 0 --out "$T/dp_nb" >/dev/null 2>&1 \
+    && grep -q "AdamW moments of [0-9]* parameters on this rank ([0-9]* bytes; [1-9][0-9]* bytes" "$T/dpb.out" \
+    && grep -q "in [2-9] buckets of" "$T/dpb.out" \
+    && diff <(cut -d, -f1-6 "$T/dp_b/log.csv") <(cut -d, -f1-6 "$T/dp_nb/log.csv") >/dev/null \
+    && ok || bad "train --gpus 2 --dp-buckets 0.01 vs 0: $(cat "$T/dpb.out")"
+expect_err "bad --dp-buckets" "--dp-buckets needs a number" "${TR[@]}" --gpus 2 --dp-buckets -1 --out "$T/dpr5"
 expect_err "cpu ranks from the environment" "needs --device cuda" env RANK=0 WORLD_SIZE=2 "${TR[@]}" --out "$T/dpr2"
 expect_err "bad RANK" "RANK='x'" env RANK=x WORLD_SIZE=2 "${TR[@]}" --out "$T/dpr3"
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then

@@ -4,9 +4,14 @@
  *   - N = 1 through the data-parallel path = the plain trainer, bit for bit;
  *   - N ranks × batch b = one process × batch N·b (fp32 recipe) within a
  *     stated tolerance, and an N-rank quantized run replays bit for bit;
- *   - rank 0's checkpoint holds the gathered ZeRO-1 moments: a 2-rank run
- *     stopped and resumed on 2 ranks equals the straight run bit for bit,
- *     and it resumes on 1 rank (and a 1-rank checkpoint on 2);
+ *   - each rank holds only its ZeRO-1 window of the moments (its shard and
+ *     the tail), as many bytes as it reports;
+ *   - the gradient all-reduce in buckets (the backward's segments joined,
+ *     dp_bucket_plan) gives the bits of one all-reduce;
+ *   - rank 0's checkpoint holds the moments gathered from the windows: a
+ *     2-rank (and a 3-rank) run stopped and resumed on as many ranks equals
+ *     the straight run bit for bit, the 2-rank checkpoint resumes on 1 rank
+ *     and on 3, and one process and 1 rank resume each other bit for bit;
  *   - a rank that fails makes the others fail, not hang. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -22,6 +27,11 @@
 #include "averis/train.h"
 #include "check.h"
 #include "test_util.h"
+
+/* The trainers' all-reduce buckets: 16 KiB gives the tiny model's 80 KiB of
+ * gradients 3 buckets (test_dp_bucket_plan); test_dp_buckets compares with
+ * one all-reduce. */
+#define BUCKETS ((size_t)16 << 10)
 
 /* ---------------------------------------------------------- bookkeeping */
 void test_dp_bookkeeping(void) {
@@ -55,6 +65,64 @@ void test_dp_bookkeeping(void) {
                       (unsigned long long)s, r, (unsigned long long)k);
                 if (k < sizeof seen) seen[k] = 1;
             }
+    }
+}
+
+/* The backward's segments (model_grad_segment) tile the flat vector from
+ * its end: the head, the layers L−1 … 0 (each starting at its
+ * input_layernorm), the embedding; the bucket plan joins whole segments
+ * from the end until a bucket holds bucket_bytes, the rest last. Tied and
+ * untied heads, a MoE config. */
+void test_dp_bucket_plan(void) {
+    static const char *const untied = "{\"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
+                                      "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+                                      "\"head_dim\": 8, \"max_position_embeddings\": 64, \"tie_word_embeddings\": false}";
+    const char *jsons[3] = {TEST_TINY_MODEL_JSON, untied, NULL};
+    for (int c = 0; c < 3; c++) {
+        model_config cfg;
+        model m;
+        CHECK(c < 2 ? !model_config_from_json(jsons[c], strlen(jsons[c]), "t.json", &cfg) : !model_config_load("moe-tiny", &cfg),
+              "config %d: %s", c, averis_last_error());
+        if (model_create(&m, &cfg)) { CHECK(0, "config %d: %s", c, averis_last_error()); continue; }
+        int L = cfg.num_hidden_layers;
+        size_t n = m.nparams, lo, hi, next = n;
+        for (int k = 0; k < L + 2; k++) { /* segment k ends where k − 1 begins */
+            CHECK(model_grad_segment(&m, k, &lo, &hi) && hi == next && lo < hi, "config %d segment %d: [%zu, %zu), want to %zu",
+                  c, k, lo, hi, next);
+            char want[96];
+            snprintf(want, sizeof want, "model.layers.%d.input_layernorm.weight", L - k);
+            const model_tensor *t = k >= 1 && k <= L ? model_find_tensor(&m, want) : NULL;
+            CHECK(!(k >= 1 && k <= L) || (t && t->offset == lo), "config %d segment %d starts at %zu, not at %s", c, k, lo, want);
+            next = lo;
+        }
+        CHECK(next == 0 && !model_grad_segment(&m, L + 2, &lo, &hi) && !model_grad_segment(&m, -1, &lo, &hi),
+              "config %d: the segments end at %zu", c, next);
+        CHECK(model_grad_segment(&m, 0, &lo, &hi) && hi - lo == (size_t)cfg.hidden_size * (cfg.tie_word_embeddings ? 1 : 1 + cfg.vocab_size),
+              "config %d: head segment of %zu", c, hi - lo);
+        static const size_t bytes[] = {0, 1, 16 << 10, 100 << 10, (size_t)1 << 40};
+        for (size_t b = 0; b < sizeof bytes / sizeof *bytes; b++) {
+            dp_range plan[64];
+            int nb = dp_bucket_plan(&m, bytes[b], plan, 64);
+            size_t top = n;
+            for (int i = 0; i < nb; i++) { /* from the end, adjacent, whole segments, full but the last */
+                int whole = plan[i].lo == 0;
+                for (int k = 0; k < L + 2 && !whole; k++) whole = model_grad_segment(&m, k, &lo, &hi) && lo == plan[i].lo;
+                CHECK(plan[i].hi == top && plan[i].lo < top && whole, "config %d, %zu bytes, bucket %d: [%zu, %zu)", c, bytes[b],
+                      i, plan[i].lo, plan[i].hi);
+                CHECK(i == nb - 1 || (plan[i].hi - plan[i].lo) * 4 >= bytes[b], "config %d, %zu bytes: bucket %d of %zu bytes",
+                      c, bytes[b], i, (plan[i].hi - plan[i].lo) * 4);
+                top = plan[i].lo;
+            }
+            CHECK(top == 0, "config %d, %zu bytes: the buckets stop at %zu", c, bytes[b], top);
+            int want = bytes[b] == 0 || bytes[b] > 4 * n ? 1 : bytes[b] == 1 ? L + 2 : -1;
+            CHECK(want < 0 || nb == want, "config %d, %zu bytes: %d buckets, want %d", c, bytes[b], nb, want);
+        }
+        if (c == 0) { /* the trainers' BUCKETS on the tiny model: head + layer 1 | layer 0 | embedding */
+            dp_range plan[8];
+            CHECK(dp_bucket_plan(&m, BUCKETS, plan, 8) == 3, "tiny: %d buckets of %zu bytes, want 3",
+                  dp_bucket_plan(&m, BUCKETS, plan, 8), BUCKETS);
+        }
+        model_free(&m);
     }
 }
 
@@ -258,7 +326,7 @@ void test_dp_one_rank_bit_exact(void) {
     opts_for(&o, dir, 0, "plain", "averis-rht");
     CHECK(!train_run(&o, &ra), "plain: %s", averis_last_error());
     opts_for(&o, dir, 1, "dp1", "averis-rht");
-    CHECK(!train_run_threads(&o, 1, COMM_F32, &rb), "dp 1: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 1, COMM_F32, BUCKETS, &rb), "dp 1: %s", averis_last_error());
     CHECK(bits_equal(ra.losses, rb.losses, 8, &at), "step %d: loss %.9g plain vs %.9g dp", at + 1, ra.losses[at], rb.losses[at]);
     CHECK(ra.final_val_loss == rb.final_val_loss, "val loss %.9g vs %.9g", ra.final_val_loss, rb.final_val_loss);
     CHECK(same_ckpt(g_out[0], g_out[1], 8), "the final checkpoints differ");
@@ -282,7 +350,7 @@ void test_dp_ranks_match_one_process(void) {
         char sub[16];
         snprintf(sub, sizeof sub, "n%d", w);
         opts_for(&o, dir, 1, sub, "fp32");
-        CHECK(!train_run_threads(&o, w, COMM_F32, &rn), "%d ranks: %s", w, averis_last_error());
+        CHECK(!train_run_threads(&o, w, COMM_F32, BUCKETS, &rn), "%d ranks: %s", w, averis_last_error());
         double worst = 0;
         for (int i = 0; i < 8; i++) {
             double d = fabs((double)rn.losses[i] - r1.losses[i]) / fabs((double)r1.losses[i]);
@@ -304,7 +372,7 @@ void test_dp_ranks_match_one_process(void) {
     }
     /* bf16 on the wire: close, not equal */
     opts_for(&o, dir, 2, "n2bf16", "fp32");
-    CHECK(!train_run_threads(&o, 2, COMM_BF16, &rn), "bf16 wire: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_BF16, BUCKETS, &rn), "bf16 wire: %s", averis_last_error());
     CHECK(fabs(rn.losses[7] - r1.losses[7]) < 2e-2 * r1.losses[7], "bf16 wire: final loss %.6g vs %.6g", rn.losses[7],
           r1.losses[7]);
     train_result_free(&rn);
@@ -313,9 +381,9 @@ void test_dp_ranks_match_one_process(void) {
     train_result ra, rb;
     int at = -1;
     opts_for(&o, dir, 3, "qa", "averis-rht");
-    CHECK(!train_run_threads(&o, 2, COMM_F32, &ra), "%s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &ra), "%s", averis_last_error());
     opts_for(&o, dir, 4, "qb", "averis-rht");
-    CHECK(!train_run_threads(&o, 2, COMM_F32, &rb), "%s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &rb), "%s", averis_last_error());
     CHECK(bits_equal(ra.losses, rb.losses, 8, &at), "replay, step %d: %.9g vs %.9g", at + 1, ra.losses[at], rb.losses[at]);
     CHECK(same_ckpt(g_out[3], g_out[4], 8), "replayed 2-rank checkpoints differ");
     CHECK(ra.losses[7] < ra.losses[0], "the loss falls (%.4f → %.4f)", ra.losses[0], ra.losses[7]);
@@ -324,10 +392,109 @@ void test_dp_ranks_match_one_process(void) {
     test_rm_tree(dir);
 }
 
-/* Rank 0's checkpoint carries the gathered moments: 2 ranks stopped at 4
- * and resumed on 2 ranks = straight, bit for bit (a shard's moments lost
- * would show); the same checkpoint resumes on 1 rank (within the fp32
- * tolerance of the test above) and a 1-rank checkpoint resumes on 3. */
+/* ZeRO-1's memory: each of N ranks (threads, each its own train_run) holds
+ * the moments of its shard and the tail only, 2·4·(⌊n/N⌋ + n mod N) bytes
+ * as its train_result reports them (the size the trainer allocates and
+ * binds), against 2·4·n for one process; N = 3 has a tail. */
+typedef struct {
+    train_opts o;
+    dp_opts dp;
+    train_result res;
+    averis_status st;
+} moment_job;
+
+static void *moment_rank(void *arg) {
+    moment_job *j = arg;
+    j->st = train_run(&j->o, &j->res);
+    if (j->st) j->dp.comm->abort(j->dp.comm);
+    return NULL;
+}
+
+void test_dp_moments_are_the_shard(void) {
+    char dir[64];
+    make_fixture(dir);
+    model_config cfg;
+    char cpath[128];
+    snprintf(cpath, sizeof cpath, "%s/model.json", dir);
+    CHECK(!model_config_load(cpath, &cfg), "%s", averis_last_error());
+    size_t n = (size_t)model_config_nparams(&cfg);
+    train_opts o;
+    train_result r1;
+    opts_for(&o, dir, 0, "one", "fp32");
+    o.steps = 2, o.batch = 6, o.accum = 1;
+    CHECK(!train_run(&o, &r1) && r1.moment_bytes == 8 * n, "one process: %zu bytes of moments, want 8·%zu: %s",
+          r1.moment_bytes, n, averis_last_error());
+    train_result_free(&r1);
+    for (int w = 2; w <= 3; w++) {
+        comm *ranks[3];
+        moment_job jobs[3];
+        pthread_t th[3];
+        CHECK(!comm_cpu_group(w, ranks), "%s", averis_last_error());
+        for (int r = 0; r < w; r++) {
+            char sub[16];
+            snprintf(sub, sizeof sub, "w%d", w);
+            opts_for(&jobs[r].o, dir, 1, sub, "fp32");
+            jobs[r].o.steps = 2, jobs[r].o.batch = 6, jobs[r].o.accum = 1, jobs[r].o.quiet = 1;
+            jobs[r].dp = (dp_opts){.comm = ranks[r], .wire = COMM_F32, .bucket_bytes = BUCKETS};
+            jobs[r].o.dp = &jobs[r].dp;
+            pthread_create(&th[r], NULL, moment_rank, &jobs[r]);
+        }
+        for (int r = 0; r < w; r++) pthread_join(th[r], NULL);
+        size_t S = n / (size_t)w, tail = n - S * (size_t)w;
+        for (int r = 0; r < w; r++) {
+            CHECK(jobs[r].st == AVERIS_OK, "%d ranks, rank %d: %s", w, r, averis_last_error());
+            CHECK(jobs[r].res.moment_bytes == 8 * (S + tail) && jobs[r].res.moment_bytes < 8 * n,
+                  "%d ranks, rank %d: %zu bytes of moments, want 8·(%zu + %zu) = %zu (all: %zu)", w, r,
+                  jobs[r].res.moment_bytes, S, tail, 8 * (S + tail), 8 * n);
+            train_result_free(&jobs[r].res);
+            ranks[r]->destroy(ranks[r]);
+        }
+        if (getenv("AVERIS_TEST_VERBOSE"))
+            fprintf(stderr, "  %d ranks: moments of %zu + %zu of %zu parameters a rank\n", w, S, tail, n);
+    }
+    test_rm_tree(dir);
+}
+
+/* Buckets: the gradients all-reduced in the plan's 3 buckets of the tiny
+ * model as the backward reports its segments (the CPU: a sequence of
+ * all-reduces after it) give the same bits as one all-reduce, for fp32
+ * and BF16 on the wire, 2 ranks, 2 micro-batches a step (so a bucket sent
+ * on the first micro-batch, a sum counted twice, would show). */
+void test_dp_buckets_match_one_allreduce(void) {
+    char dir[64];
+    make_fixture(dir);
+    train_opts o;
+    train_result ra, rb;
+    int at = -1;
+    for (int wire = 0; wire < 2; wire++) {
+        comm_wire cw = wire ? COMM_BF16 : COMM_F32;
+        opts_for(&o, dir, 0, wire ? "one_bf16" : "one", "fp32");
+        CHECK(o.accum == 2, "accum %d", o.accum);
+        CHECK(!train_run_threads(&o, 2, cw, 0, &ra), "one all-reduce: %s", averis_last_error());
+        opts_for(&o, dir, 1, wire ? "buckets_bf16" : "buckets", "fp32");
+        CHECK(!train_run_threads(&o, 2, cw, BUCKETS, &rb), "buckets: %s", averis_last_error());
+        CHECK(bits_equal(ra.losses, rb.losses, 8, &at), "%s, step %d: loss %.9g in one all-reduce, %.9g in buckets",
+              wire ? "bf16" : "fp32", at + 1, ra.losses[at], rb.losses[at]);
+        CHECK(ra.final_val_loss == rb.final_val_loss, "%s: val loss %.9g vs %.9g", wire ? "bf16" : "fp32",
+              ra.final_val_loss, rb.final_val_loss);
+        CHECK(same_ckpt(g_out[0], g_out[1], 8), "%s: the checkpoints of one all-reduce and of buckets differ",
+              wire ? "bf16" : "fp32");
+        double na[8], nb[8];
+        CHECK(read_norms(g_out[0], na, 8) == 8 && read_norms(g_out[1], nb, 8) == 8 && !memcmp(na, nb, sizeof na),
+              "%s: the gradient norms differ", wire ? "bf16" : "fp32");
+        train_result_free(&ra);
+        train_result_free(&rb);
+    }
+    test_rm_tree(dir);
+}
+
+/* Rank 0's checkpoint carries the moments gathered from the ranks' windows,
+ * and a resume reads each rank's window of it: 2 ranks, and 3 (with a
+ * tail), stopped at 4 and resumed on as many = straight, bit for bit (a
+ * shard's moments lost or misplaced would show); the 2-rank checkpoint
+ * resumes on 1 rank (the plain trainer) and on 3, within the fp32
+ * tolerance of the test above; a 1-rank checkpoint resumes in the plain
+ * trainer and a plain one on 1 rank, bit for bit. */
 void test_dp_checkpoint_resume_any_world(void) {
     char dir[64];
     make_fixture(dir);
@@ -336,14 +503,14 @@ void test_dp_checkpoint_resume_any_world(void) {
     int at = -1;
     opts_for(&o, dir, 0, "straight", "fp32");
     o.batch = 6;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, &ra), "straight: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &ra), "straight: %s", averis_last_error());
     opts_for(&o, dir, 1, "stopped", "fp32");
     o.batch = 6;
     o.stop_after = 4;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, &rb1) && rb1.steps_done == 4, "stop: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &rb1) && rb1.steps_done == 4, "stop: %s", averis_last_error());
     o.stop_after = 0;
     o.resume = 1;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, &rb2) && rb2.steps_done == 8, "resume on 2: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &rb2) && rb2.steps_done == 8, "resume on 2: %s", averis_last_error());
     float lb[8];
     for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
     CHECK(bits_equal(ra.losses, lb, 8, &at), "step %d: %.9g straight vs %.9g resumed", at + 1, ra.losses[at], lb[at]);
@@ -367,18 +534,59 @@ void test_dp_checkpoint_resume_any_world(void) {
     opts_for(&o, dir, 3, "three", "fp32");
     o.batch = 6;
     o.resume = 1;
-    CHECK(!train_run_threads(&o, 3, COMM_F32, &rc) && rc.steps_done == 8, "on 3 ranks: %s", averis_last_error());
+    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &rc) && rc.steps_done == 8, "on 3 ranks: %s", averis_last_error());
     for (int i = 4; i < 8; i++)
         CHECK(fabs(rc.losses[i] - ra.losses[i]) < 1e-4 * ra.losses[i], "on 3 ranks, step %d: %.7g vs %.7g", i + 1,
               rc.losses[i], ra.losses[i]);
     train_result_free(&rc);
+    train_result_free(&ra);
+    train_result_free(&rb1);
+    /* 3 ranks (n mod 3 = 2: a tail): stopped and resumed = straight */
+    opts_for(&o, dir, 0, "straight3", "fp32");
+    o.batch = 6;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &ra), "straight on 3: %s", averis_last_error());
+    opts_for(&o, dir, 1, "stopped3", "fp32");
+    o.batch = 6;
+    o.stop_after = 4;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &rb1) && rb1.steps_done == 4, "stop on 3: %s", averis_last_error());
+    o.stop_after = 0;
+    o.resume = 1;
+    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &rb2) && rb2.steps_done == 8, "resume on 3: %s", averis_last_error());
+    for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
+    CHECK(bits_equal(ra.losses, lb, 8, &at), "3 ranks, step %d: %.9g straight vs %.9g resumed", at + 1, ra.losses[at], lb[at]);
+    CHECK(same_ckpt(g_out[0], g_out[1], 8), "resumed 3-rank run ends elsewhere than the straight one");
+    train_result_free(&ra);
+    train_result_free(&rb1);
+    train_result_free(&rb2);
+    /* one process ↔ 1 rank: a plain run stopped at 4 and resumed on 1 rank, and
+     * a 1-rank run stopped at 4 and resumed plain, both = the plain straight run */
+    opts_for(&o, dir, 0, "plain", "fp32");
+    o.batch = 6;
+    CHECK(!train_run(&o, &ra), "plain: %s", averis_last_error());
+    for (int k = 0; k < 2; k++) {
+        opts_for(&o, dir, 1, k ? "dp_then_plain" : "plain_then_dp", "fp32");
+        o.batch = 6;
+        o.stop_after = 4;
+        CHECK(!(k ? train_run_threads(&o, 1, COMM_F32, BUCKETS, &rb1) : train_run(&o, &rb1)) && rb1.steps_done == 4,
+              "stop (%d): %s", k, averis_last_error());
+        o.stop_after = 0;
+        o.resume = 1;
+        CHECK(!(k ? train_run(&o, &rb2) : train_run_threads(&o, 1, COMM_F32, BUCKETS, &rb2)) && rb2.steps_done == 8,
+              "resume (%d): %s", k, averis_last_error());
+        for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
+        CHECK(bits_equal(ra.losses, lb, 8, &at), "%s, step %d: %.9g straight vs %.9g", k ? "1 rank then plain" :
+              "plain then 1 rank", at + 1, ra.losses[at], lb[at]);
+        CHECK(same_ckpt(g_out[0], g_out[1], 8), "%s ends elsewhere than the plain run", k ? "1 rank then plain" :
+              "plain then 1 rank");
+        train_result_free(&rb1);
+        train_result_free(&rb2);
+    }
+    train_result_free(&ra);
     /* a global batch the ranks cannot split is refused by name */
     opts_for(&o, dir, 4, "odd", "fp32");
     o.batch = 5;
-    CHECK(train_run_threads(&o, 2, COMM_F32, &rc) != AVERIS_OK && strstr(averis_last_error(), "5 rows"), "odd batch: %s",
+    CHECK(train_run_threads(&o, 2, COMM_F32, BUCKETS, &rc) != AVERIS_OK && strstr(averis_last_error(), "5 rows"), "odd batch: %s",
           averis_last_error());
-    train_result_free(&ra);
-    train_result_free(&rb1);
     test_rm_tree(dir);
 }
 
@@ -426,7 +634,7 @@ void test_dp_rank_failure_stops_the_others(void) {
     train_result res;
     opts_for(&o, dir, 7, "r", "fp32");
     o.data_dir = "/nonexistent/averis-data";
-    CHECK(train_run_threads(&o, 2, COMM_F32, &res) != AVERIS_OK && strstr(averis_last_error(), "rank 0 of 2") &&
+    CHECK(train_run_threads(&o, 2, COMM_F32, BUCKETS, &res) != AVERIS_OK && strstr(averis_last_error(), "rank 0 of 2") &&
               strstr(averis_last_error(), "averis-data"),
           "message: %s", averis_last_error());
     test_rm_tree(dir);

@@ -207,7 +207,7 @@ static averis_status seed_state(const char *path) {
 static averis_status load_state(const char *path) {
     float mom[FUZZ_STATE_N], var[FUZZ_STATE_N];
     ckpt_state s;
-    ckpt_limits lim = {FUZZ_STATE_N, 4096};
+    ckpt_limits lim = {FUZZ_STATE_N, 4096, NULL};
     averis_status st = ckpt_state_read(path, &lim, &s, mom, var);
     char *b;
     size_t n;

@@ -205,7 +205,7 @@ static void mirror_destroy(void *be) {
     free(d->var);
     free(d);
 }
-static averis_status mirror_bind(void *be, model *m, float *mom, float *var, int B, int T) {
+static averis_status mirror_bind(void *be, model *m, float *mom, float *var, const moment_window *win, int B, int T) {
     mirror_backend *d = be;
     g_seam.bind++;
     d->host = m, d->host_mom = mom, d->host_var = var;
@@ -215,7 +215,7 @@ static averis_status mirror_bind(void *be, model *m, float *mom, float *var, int
     d->dev.bf16_last = m->bf16_last;
     d->mom = calloc(m->nparams, sizeof *d->mom);
     d->var = calloc(m->nparams, sizeof *d->var);
-    return d->mom && d->var ? train_backend_cpu.bind(d->cpu, &d->dev, d->mom, d->var, B, T) : AVERIS_ENOMEM;
+    return d->mom && d->var ? train_backend_cpu.bind(d->cpu, &d->dev, d->mom, d->var, win, B, T) : AVERIS_ENOMEM;
 }
 static averis_status mirror_upload(void *be) {
     mirror_backend *d = be;

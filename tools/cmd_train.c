@@ -70,6 +70,9 @@ static void train_usage(FILE *f) {
             "                      OMPI_COMM_WORLD_* make this process one rank (docs/multigpu.md)\n"
             "  --grad-dtype fp32|bf16\n"
             "                      (data parallel) the gradients' type in the all-reduce (default fp32)\n"
+            "  --dp-buckets MB     (data parallel) all-reduce the gradients in buckets of about MB MiB\n"
+            "                      as the backward finishes them, overlapped with it on the GPU\n"
+            "                      (default %g; 0: one all-reduce after the backward)\n"
             "  --threads N         OpenMP threads (default: all)\n"
             "  --quiet             no progress lines\n"
             "  -h, --help          this text\n"
@@ -79,7 +82,8 @@ static void train_usage(FILE *f) {
             "--resume. AVERIS_INJECT_NAN_STEP=K makes step K's gradients NaN (fault\n"
             "injection: the step is skipped, as any non-finite step is).\n",
             model_preset_names(), d.config, d.recipe, d.data_dir, d.out_dir, d.steps, d.batch, d.seq, d.accum, d.lr,
-            d.min_lr_frac, d.weight_decay, d.clip, d.val_batches, d.keep, (unsigned long long)d.seed, d.max_bad_steps);
+            d.min_lr_frac, d.weight_decay, d.clip, d.val_batches, d.keep, (unsigned long long)d.seed, d.max_bad_steps,
+            DP_BUCKET_MB_DEFAULT);
 }
 
 static volatile sig_atomic_t g_stop;
@@ -95,6 +99,7 @@ int cmd_train(int argc, char **argv) {
     const char *act = NULL, *attn = NULL, *act_from = "--gpu-act", *attn_from = "--gpu-attn";
     int gpus = 0; /* data parallel (dp_launch.c) */
     const char *grad_dtype = NULL;
+    double dp_bucket_mb = DP_BUCKET_MB_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -133,6 +138,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--gpu-attn")) { CLI_NEED_VAL("train"); attn = val; }
         else if (!strcmp(a, "--gpus")) { CLI_NEED_VAL("train"); ok = cli_parse_int(a, val, 1, 1024, &gpus); }
         else if (!strcmp(a, "--grad-dtype")) { CLI_NEED_VAL("train"); grad_dtype = val; }
+        else if (!strcmp(a, "--dp-buckets")) { CLI_NEED_VAL("train"); ok = cli_parse_double(a, val, 0.0, 1e6, &dp_bucket_mb); }
         else if (!strcmp(a, "--resume")) o.resume = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--threads")) { CLI_NEED_VAL("train"); ok = cli_set_threads(a, val); }
@@ -152,7 +158,7 @@ int cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     o.stop_flag = &g_stop;
-    if (dp_launch_wanted(gpus)) return dp_launch_train(&o, gpus, grad_dtype);
+    if (dp_launch_wanted(gpus)) return dp_launch_train(&o, gpus, grad_dtype, dp_bucket_mb);
     train_result r;
     averis_status st = train_run(&o, &r);
     if (st) fprintf(stderr, "averis train: %s\n", averis_last_error());

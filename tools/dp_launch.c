@@ -47,7 +47,7 @@ static int report(const train_opts *o, averis_status st, train_result *r, int ra
 }
 
 /* This process as one NCCL rank. */
-static int run_rank(train_opts *o, int rank, int world, int local_rank, comm_wire wire) {
+static int run_rank(train_opts *o, int rank, int world, int local_rank, comm_wire wire, size_t bucket_bytes) {
     char id_file[4200];
     const char *e = getenv("AVERIS_NCCL_ID_FILE");
     averis_status st = AVERIS_OK;
@@ -64,7 +64,7 @@ static int run_rank(train_opts *o, int rank, int world, int local_rank, comm_wir
         fprintf(stderr, "averis train: rank %d of %d: %s\n", rank, world, averis_last_error());
         return 1;
     }
-    dp_opts dp = {.comm = c, .wire = wire};
+    dp_opts dp = {.comm = c, .wire = wire, .bucket_bytes = bucket_bytes};
     o->dp = &dp;
     o->gpu += local_rank;
     o->batch *= world;
@@ -89,7 +89,7 @@ static double now_s(void) {
 }
 
 /* The parent of --gpus N: forks the ranks and waits for them. */
-static int fork_ranks(train_opts *o, int n, comm_wire wire) {
+static int fork_ranks(train_opts *o, int n, comm_wire wire, size_t bucket_bytes) {
     char id_file[4200];
     if (averis_mkdir_p(o->out_dir)) { fprintf(stderr, "averis train: %s\n", averis_last_error()); return 1; }
     const char *e = getenv("AVERIS_NCCL_ID_FILE");
@@ -114,7 +114,7 @@ static int fork_ranks(train_opts *o, int n, comm_wire wire) {
             snprintf(v, sizeof v, "%d", r); setenv("RANK", v, 1); setenv("LOCAL_RANK", v, 1);
             snprintf(v, sizeof v, "%d", n); setenv("WORLD_SIZE", v, 1);
             setenv("AVERIS_NCCL_ID_FILE", id_file, 1);
-            exit(run_rank(o, r, n, r, wire));
+            exit(run_rank(o, r, n, r, wire, bucket_bytes));
         }
         pids[r] = p;
     }
@@ -154,8 +154,9 @@ static int fork_ranks(train_opts *o, int n, comm_wire wire) {
     return rc;
 }
 
-int dp_launch_train(train_opts *o, int gpus, const char *grad_wire) {
+int dp_launch_train(train_opts *o, int gpus, const char *grad_wire, double bucket_mb) {
     comm_wire wire = COMM_F32;
+    size_t bucket_bytes = (size_t)(bucket_mb * 1048576.0 + 0.5);
     if (grad_wire && !strcmp(grad_wire, "bf16")) wire = COMM_BF16;
     else if (grad_wire && strcmp(grad_wire, "fp32")) {
         fprintf(stderr, "averis train: --grad-dtype must be fp32 or bf16 (got '%s')\n", grad_wire);
@@ -175,7 +176,7 @@ int dp_launch_train(train_opts *o, int gpus, const char *grad_wire) {
         }
         o->batch *= gpus;
         train_result r;
-        averis_status st = train_run_threads(o, gpus, wire, &r);
+        averis_status st = train_run_threads(o, gpus, wire, bucket_bytes, &r);
         return report(o, st, &r, 0);
     }
     if (found && world > 1) {
@@ -184,12 +185,12 @@ int dp_launch_train(train_opts *o, int gpus, const char *grad_wire) {
                     getenv("RANK") ? "RANK" : "the launcher's rank variables");
             return 2;
         }
-        return run_rank(o, rank, world, local, wire);
+        return run_rank(o, rank, world, local, wire, bucket_bytes);
     }
     if (!comm_nccl_compiled()) {
         fprintf(stderr, "averis train: --gpus: this averis was built without NCCL (see `make features`)\n");
         return 1;
     }
-    if (gpus == 1) return run_rank(o, 0, 1, 0, wire); /* the data-parallel path on one GPU */
-    return fork_ranks(o, gpus, wire);
+    if (gpus == 1) return run_rank(o, 0, 1, 0, wire, bucket_bytes); /* the data-parallel path on one GPU */
+    return fork_ranks(o, gpus, wire, bucket_bytes);
 }

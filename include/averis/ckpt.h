@@ -31,6 +31,7 @@
 #include <stdio.h>
 
 #include "averis/model.h"
+#include "averis/moments.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -73,6 +74,9 @@ averis_status ckpt_train_json_read(const char *path, ckpt_train_info *t);
 typedef struct {
     size_t nparams;       /* the model's parameters (must equal the state's) */
     uint64_t data_tokens; /* tokens of the train split: data_pos ≤ this (0: not checked) */
+    /* the moments to keep (a ZeRO-1 rank's shard and tail, averis/moments.h);
+     * NULL: all [nparams]. The checksum still covers the whole file. */
+    const moment_window *window;
 } ckpt_limits;
 
 /* state.bin (the layout above), written atomically; a write error names the
@@ -82,7 +86,8 @@ averis_status ckpt_state_write(const char *path, const ckpt_state *s, const floa
  * field against itself and lim (0 ≤ step ≤ steps, adam_t + skipped = step,
  * bad_run ≤ skipped, batch/seq/accum in the CLI's ranges, data_pos a
  * multiple of batch·seq and ≤ the data, data_epoch ≤ step·accum, the recipe
- * a NUL-terminated printable string). mom/var [lim->nparams]. */
+ * a NUL-terminated printable string). mom/var [lim->nparams], or
+ * [moment_window_numel(lim->window)] holding the window's moments only. */
 averis_status ckpt_state_read(const char *path, const ckpt_limits *lim, ckpt_state *s, float *mom, float *var);
 
 /* A fast 64-bit checksum (avh64: four multiply-xor lanes over 8-byte words,
@@ -122,9 +127,11 @@ averis_status ckpt_resolve(const char *path, char *dir, size_t cap);
  * recipe checks the widths (multiples of 16, naming the field). */
 averis_status ckpt_load_model(const char *dir, const char *recipe_override, model *m, int *seq_len);
 /* Loads a checkpoint's weights into m (of the same config) and its
- * state.bin into s and mom/var [m->nparams]; a truncated, corrupt or out
- * of range state is an error (data_tokens: see ckpt_limits). */
-averis_status ckpt_load_state(const char *dir, model *m, uint64_t data_tokens, ckpt_state *s, float *mom, float *var);
+ * state.bin into s and mom/var: [m->nparams], or the moments of `window`
+ * only (NULL: all); a truncated, corrupt or out of range state is an error
+ * (data_tokens, window: see ckpt_limits). */
+averis_status ckpt_load_state(const char *dir, model *m, uint64_t data_tokens, const moment_window *window, ckpt_state *s,
+                              float *mom, float *var);
 
 /* Opens a per-step CSV of the run (log.csv, analysis.csv) for appending: a
  * fresh run starts it anew (*fresh: write the header); a resumed run keeps

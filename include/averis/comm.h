@@ -6,10 +6,12 @@
  *   - NCCL (cuda/nccl.cu; src/comm_nccl_stub.c in builds without it): one
  *     process per GPU, buffers in device memory.
  *
- * Every collective is blocking from the caller's view and fails with a
- * message (never hangs) when a peer rank is gone: the CPU group's waits
- * and NCCL's polling both stop after a timeout (AVERIS_COMM_TIMEOUT
- * seconds, default 600) or when a peer called abort.
+ * Every collective is blocking from the caller's view (but the bucket
+ * all-reduces, allreduce_start … allreduce_wait) and fails with a message
+ * (never hangs) when a peer rank is gone: the CPU group's waits and
+ * NCCL's polling both stop after a timeout (AVERIS_COMM_TIMEOUT seconds,
+ * default 600) or when a peer called abort. Every rank calls the same
+ * collectives in the same order.
  *
  * The result of a reduction has the same bits on every rank. The CPU group
  * sums in rank order, element by element, so N = 1 is the identity and
@@ -38,6 +40,19 @@ struct comm {
     averis_status (*allreduce)(comm *c, float *buf, size_t n, comm_wire wire);
     /* buf [world·per_rank]: rank r's part buf[r·per_rank ..) goes to every rank */
     averis_status (*allgather)(comm *c, float *buf, size_t per_rank);
+    /* Bucketed all-reduce, overlapped with the work on the stream: buf [n]
+     * (comm memory) ← Σ over ranks, once the work queued so far on the
+     * stream (set_stream) has run; NCCL runs it on a stream of its own (the
+     * CPU group at once). Several may be in flight, on disjoint buffers;
+     * allreduce_wait makes the stream wait for all of them and reports their
+     * failures. A bucket's sum is that of allreduce element by element (the
+     * CPU group: the same bits; NCCL: up to its order, which may depend on n). */
+    averis_status (*allreduce_start)(comm *c, float *buf, size_t n, comm_wire wire);
+    averis_status (*allreduce_wait)(comm *c);
+    /* rank 0's host dst [world·n] ← every rank's host src [n], in rank order
+     * (dst NULL on the other ranks); through the comm's memory in chunks (a
+     * checkpoint's ZeRO-1 moments) */
+    averis_status (*gather_host)(comm *c, const float *src, float *dst, size_t n);
     /* host doubles v [n] ← Σ over ranks, in place */
     averis_status (*allreduce_host)(comm *c, double *v, int n);
     /* the later collectives go on this stream (a cudaStream_t; cpu: ignored) */

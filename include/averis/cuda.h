@@ -13,6 +13,7 @@
 #define AVERIS_CUDA_H
 
 #include "averis/model.h"
+#include "averis/moments.h"
 #include "averis/nvfp4.h"
 #include "averis/qlinear.h"
 
@@ -79,8 +80,9 @@ typedef enum { AVC_ATTN_AUTO = 0, AVC_ATTN_MATERIALISED = 1, AVC_ATTN_FLASH = 2,
  * fused flash attention with BF16 activations where the build has cuDNN and
  * the GPU takes it (sm_80 on), else materialises P unless it would take over
  * a quarter of the GPU's memory, then flash.cu. CUDNN needs BF16
- * activations. */
-typedef struct { avc_act act; avc_attn attn; } avc_model_opts;
+ * activations. moments: the AdamW moments the model holds (a ZeRO-1 rank's
+ * window, read at create; NULL: all). */
+typedef struct { avc_act act; avc_attn attn; const moment_window *moments; } avc_model_opts;
 /* Reads the CLI-level names ("bf16"/"fp32", "naive"/"flash"/"cudnn"; NULL or "" =
  * auto) into o; `what_act`/`what_attn` name their source in errors (e.g.
  * "AVERIS_ACT"). Pure C: works in builds without CUDA. */
@@ -92,7 +94,8 @@ void avc_model_free(avc_model *g);
 /* how it runs, one line: activation type (AVERIS_ACT=bf16, the default, or
  * fp32) and attention path (AVERIS_ATTN=cudnn, naive or flash) */
 const char *avc_model_describe(const avc_model *g);
-/* params/mom/var [nparams] host ↔ device (mom/var may be NULL) */
+/* params [nparams], mom/var [the moment window's elements] host ↔ device
+ * (mom/var may be NULL) */
 averis_status avc_model_upload(avc_model *g, const float *params, const float *mom, const float *var);
 averis_status avc_model_download(avc_model *g, float *params, float *mom, float *var);
 averis_status avc_model_zero_grad(avc_model *g);
@@ -107,20 +110,29 @@ averis_status avc_model_step(avc_model *g, const int *tokens, const int *targets
 averis_status avc_model_token_losses(avc_model *g, float *losses);
 /* ‖grads‖₂ (deterministic) */
 averis_status avc_model_grad_norm(avc_model *g, double *norm);
-/* AdamW as train.c's adamw_step: t is the step count after this update. */
+/* AdamW as train.c's adamw_step: t is the step count after this update.
+ * Needs all the moments (a window: avc_adamw_range). */
 averis_status avc_model_adamw(avc_model *g, double lr, double beta1, double beta2, double eps, double weight_decay,
                               int64_t t, float gscale);
 
 /* -------------------------------------- data parallel (src/dp.c hooks) */
-/* The model's flat device buffers [nparams] and its cudaStream_t, for the
- * collectives; any of the pointers may be NULL. */
+/* The model's flat device buffers params/grads [nparams], mom/var [the
+ * moment window's elements] and its cudaStream_t, for the collectives; any
+ * of the pointers may be NULL. */
 averis_status avc_model_flat(avc_model *g, float **params, float **grads, float **mom, float **var, void **stream);
 /* The parameters were written from outside (the all-gather): the weight
  * operands are rebuilt before the next forward. */
 void avc_model_params_changed(avc_model *g);
+/* Called by avc_model_step's backward as each segment [lo, hi) of the flat
+ * gradient (model_grad_segment's, in its order) becomes final: the kernels
+ * queued on the model's stream so far complete it. An error stops the step. */
+typedef averis_status (*avc_grad_ready_fn)(void *ctx, size_t lo, size_t hi);
+/* fn for the backwards from now on (NULL: none) */
+void avc_model_set_grad_hook(avc_model *g, avc_grad_ready_fn fn, void *ctx);
 /* AdamW (as avc_model_adamw) over the flat elements [lo, hi) of
- * params/grads/mom/var (device) laid out as tensors [ntensors] (host; the
- * decay per tensor), on `stream`; cuda/dp.cu. */
+ * params/grads (device, [nparams]) laid out as tensors [ntensors] (host;
+ * the decay per tensor), with their moments at mom/var [hi − lo] (device:
+ * element lo's first), on `stream`; cuda/dp.cu. */
 averis_status avc_adamw_range(const model_tensor *tensors, int ntensors, float *params_dev, const float *grads_dev,
                               float *mom_dev, float *var_dev, size_t lo, size_t hi, double lr, double beta1,
                               double beta2, double eps, double weight_decay, int64_t t, float gscale, void *stream);

@@ -157,6 +157,15 @@ void model_free(model *m);
 /* Hugging Face's init: linears and embedding N(0, 0.02), norms 1. */
 void model_init_weights(model *m, uint64_t seed);
 const model_tensor *model_find_tensor(const model *m, const char *name);
+/* The backward finishes the flat gradient from its end, in L + 2 segments
+ * (the CPU and GPU models alike):
+ *
+ *   flat:  | embed | layer 0 | ... | layer L−1 | final norm, untied lm_head |
+ *   k:       L+1      L              1           0
+ *
+ * Segment k is [*lo, *hi); an LM head tied to the embedding is the
+ * embedding's segment. Returns 0 (and nothing) for k outside 0..L+1. */
+int model_grad_segment(const model *m, int k, size_t *lo, size_t *hi);
 
 /* Forward over tokens [B·T] (each row a sequence from position 0). With
  * targets [B·T] it returns the mean cross-entropy in *loss and keeps what the

@@ -57,6 +57,7 @@ typedef struct {
     float *losses;          /* [steps] train loss per step (NaN where not run in this call) */
     float final_val_loss;
     double tokens_per_s;
+    size_t moment_bytes;    /* the AdamW moments (m and v) this process held: 2·4·nparams, or a ZeRO-1 rank's window */
 } train_result;
 
 /* Runs (or resumes) training. Errors leave the last good checkpoint intact. */
@@ -66,9 +67,9 @@ void train_result_free(train_result *r);
 /* o's run on `world` data-parallel ranks that are threads of this process
  * (the CPU group of averis/comm.h; src/train_dp.c): the multi-GPU path
  * without GPUs, for the tests and `train --device cpu --gpus N`. o->batch is
- * the global batch; res gets rank 0's result. A failing rank aborts the
- * group, so the others stop too. */
-averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, train_result *res);
+ * the global batch; wire and bucket_bytes as dp_opts has them; res gets
+ * rank 0's result. A failing rank aborts the group, so the others stop too. */
+averis_status train_run_threads(const train_opts *o, int world, comm_wire wire, size_t bucket_bytes, train_result *res);
 
 /* The mean loss over the first nbatches B×T batches of the loader's data
  * (the validation loss the trainer logs), on the CPU model m. */

@@ -34,7 +34,7 @@ static void gpu_model_steps(const char *config, const char *recipe, avc_act act,
     CHECK(qlin_recipe_parse(recipe, &m.recipe) == AVERIS_OK, "recipe %s", recipe);
     m.recipe.seed = 3;
     avc_model *net = nullptr;
-    const avc_model_opts o = {act, AVC_ATTN_AUTO};
+    const avc_model_opts o = {act, AVC_ATTN_AUTO, nullptr};
     averis_status st = avc_model_create(&net, &m, B, T, &o);
     CHECK(st == AVERIS_OK, "%s %s: avc_model_create: %s", config, recipe, averis_last_error());
     if (st == AVERIS_OK) {

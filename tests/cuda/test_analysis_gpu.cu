@@ -380,7 +380,7 @@ void test_model_rows() {
     averis_status st = analysis_model_rows(&m, in.data(), tg.data(), B, T, fc, "", 0, nullptr);
     CHECK(!st, "CPU rows: %s", averis_last_error());
     avc_model *g = nullptr;
-    avc_model_opts o = {AVC_ACT_FP32, AVC_ATTN_AUTO};
+    avc_model_opts o = {AVC_ACT_FP32, AVC_ATTN_AUTO, nullptr};
     avc_analysis *a = nullptr;
     if (!st) st = avc_model_create(&g, &m, B, T, &o);
     if (!st) st = avc_analysis_create(&a, avc_model_stream(g));

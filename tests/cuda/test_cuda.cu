@@ -12,6 +12,8 @@
  *              error of qlin_forward / qlin_backward
  *   fused_*    the fewer-pass paths (quant_fused.cuh) = the ones they
  *              replace, bit for bit (fused_check.cu)
+ *   dp_*       the backward's gradient segments for the bucketed all-reduce,
+ *              ZeRO-1's moment windows (dp_check.cu)
  *   moe_*      the MoE experts' segmented quantization (seg.cuh) = the
  *              per-expert calls' bits; our grouped GEMM (grouped_gemm.cuh)
  *              against fp64 (grouped_gemm_check.cu); the segmented linears
@@ -780,14 +782,14 @@ void test_moe_grouped_modes(void);
 /* model_check.cu: one step of the tiny model per recipe vs the CPU */
 void test_model_vs_cpu_T(int T, const avc_model_opts *opts);
 template <int T, avc_act ACT, avc_attn ATTN> static void test_model_vs_cpu(void) {
-    const avc_model_opts o = {ACT, ATTN};
+    const avc_model_opts o = {ACT, ATTN, nullptr};
     test_model_vs_cpu_T(T, &o);
 }
 
 /* the Qwen3-MoE model (cuda/moe.cu) the same way, moe-tiny */
 void test_moe_vs_cpu_T(int T, const avc_model_opts *opts);
 template <int T, avc_act ACT> static void test_moe_vs_cpu(void) {
-    const avc_model_opts o = {ACT, AVC_ATTN_AUTO};
+    const avc_model_opts o = {ACT, AVC_ATTN_AUTO, nullptr};
     test_moe_vs_cpu_T(T, &o);
 }
 
@@ -797,9 +799,13 @@ template <int T> static void test_model_vs_cpu_cudnn(void) {
         printf("  skipped: built without cuDNN attention\n");
         return;
     }
-    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_CUDNN};
+    const avc_model_opts o = {AVC_ACT_BF16, AVC_ATTN_CUDNN, nullptr};
     test_model_vs_cpu_T(T, &o);
 }
+
+/* dp_check.cu: data parallel's GPU half on one GPU (docs/multigpu.md) */
+void test_grad_hook_segments(void);
+void test_zero_window_on_gpu(void);
 
 /* fused_check.cu: the fewer-pass quantization paths (quant_fused.cuh) vs the paths they replace, bit for bit */
 void test_fused_quant_d(void);
@@ -841,6 +847,9 @@ static const test_case k_tests[] = {
     {"moe_grouped_gemm_vs_fp64", test_moe_grouped_gemm_vs_fp64},
     {"moe_group_linear_own_gemm", test_moe_group_linear_own_gemm},
     {"moe_grouped_vs_per_expert", test_moe_grouped_modes},
+    /* issue 16: the backward's gradient segments (bucketed all-reduce), ZeRO-1's moment windows */
+    {"dp_grad_hook_segments", test_grad_hook_segments},
+    {"dp_zero_window", test_zero_window_on_gpu},
 };
 
 int main(int argc, char **argv) {
