@@ -420,7 +420,7 @@ void test_model_rows() {
     /* BF16 activations: the deferred taps' copies alternate (the second stream may lag
      * behind the model); their rows against the path without deferral, R bit for bit */
     avc_model *gb = nullptr;
-    avc_model_opts ob = {AVC_ACT_BF16, AVC_ATTN_AUTO};
+    avc_model_opts ob = {AVC_ACT_BF16, AVC_ATTN_AUTO, nullptr};
     FILE *fb = tmpfile(), *fbi = tmpfile();
     analysis_csv_header(fb, "layer,kind");
     analysis_csv_header(fbi, "layer,kind");
