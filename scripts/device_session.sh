@@ -32,8 +32,9 @@
 # each script alone on the GPU: scripts/device_analysis.sh (no memcheck),
 # scripts/device_moe.sh (GPU part, no memcheck, 7B-A1.5B at 8 then 6
 # layers), test_cudnn_att, test_cuda's kernel tests ($VERIFY_CUDA_TESTS),
-# scripts/device_nccl.sh bench (N = 1 overhead); no foreground. VERIFY_PARTS
-# picks among "analysis moe cudnn cuda nccl" (default all), VERIFY_EXTRA names
+# scripts/device_nccl.sh quick and bench (N = 1), scripts/device_speed.sh;
+# no foreground. VERIFY_PARTS picks among "analysis moe cudnn cuda nccl
+# speed" (default all but speed), VERIFY_EXTRA names
 # a script run last with the output directory as its argument.
 # Knobs: Q (state dir, /tmp/averis_q), SKIP_FG=1 (no foreground checks),
 # SWEEP_STEPS (800), ANA_STEPS (3052 = 50M tokens), CORPUS_MB (200).
@@ -112,6 +113,11 @@ verify() {
         OUT="$Q/out/ana" RUNS="$Q/ana_runs" DEVICE_ANALYSIS_MEMCHECK=${DEVICE_ANALYSIS_MEMCHECK:-0} bash scripts/device_analysis.sh >"$Q/out/device_analysis.log" 2>&1
         log "verify: device_analysis exit $?"
     fi
+    if [[ $parts == *" speed "* ]]; then
+        log "verify: device_speed.sh"
+        bash scripts/device_speed.sh "$Q/out/speed" >"$Q/out/device_speed.log" 2>&1
+        log "verify: device_speed exit $?"
+    fi
     if [[ $parts == *" moe "* ]]; then
         log "verify: device_moe.sh (GPU part)"
         OUT="$Q/out/moe" RUNS="$Q/moe_runs" MOE_PARTS=gpu MOE_MEMCHECK=0 MOE_7B_LAYERS="8 6" bash scripts/device_moe.sh \
@@ -127,9 +133,11 @@ verify() {
         done
     fi
     if [[ $parts == *" nccl "* ]]; then
-        log "verify: device_nccl.sh bench"
-        OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh bench >"$Q/out/device_nccl.log" 2>&1
-        log "verify: device_nccl exit $?"
+        for mode in quick bench; do
+            log "verify: device_nccl.sh $mode"
+            OUT="$Q/out/nccl" RUNS="$Q/nccl_runs" BUILD=build bash scripts/device_nccl.sh $mode >"$Q/out/device_nccl_$mode.log" 2>&1
+            log "verify: device_nccl $mode exit $?"
+        done
     fi
     if [[ -n ${VERIFY_EXTRA:-} ]]; then # a script of further checks, its output in the session log
         log "verify: $VERIFY_EXTRA"
