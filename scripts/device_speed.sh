@@ -59,12 +59,12 @@ if grep -qs AVERIS_MOE_GROUPED cuda/*.cu; then
         timeout 300 build/bench_cuda grouped_gemm >"$OUT/bench_grouped_gemm.txt" 2>&1 || note_fail "bench grouped_gemm"
         cat "$OUT/bench_grouped_gemm.txt"
     fi
-    step "bench_cuda step moe-small, AVERIS_MOE_GROUPED 0, 2, 3, 1 in one run"
-    timeout 400 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 --moe-modes 0,2,3,1 \
+    step "bench_cuda step moe-small, AVERIS_MOE_GROUPED 0, 2, 3 in one run (1 runs as 3: cuBLAS refuses BF16 with an fp32 output)"
+    timeout 400 build/bench_cuda step --config moe-small --batch 8 --seq 1024 --steps 5 --moe-modes 0,2,3 \
         >"$OUT/step_moe_small_modes.txt" 2>&1 || note_fail "moe-small modes"
     grep -vE "^\s*$" "$OUT/step_moe_small_modes.txt" | tail -28
-    [[ ${SPEED_7B:-1} == 1 ]] && step "bench_cuda step qwen3-moe-7b-a1.5b (6 layers), modes 0, 2, 3" && timeout 500 build/bench_cuda step --config qwen3-moe-7b-a1.5b --layers 6 --batch 4 --seq 1024 --steps 3 \
-        --recipes bf16,nvfp4,averis --moe-modes 0,2,3 >"$OUT/step_moe_7b_modes.txt" 2>&1
+    [[ ${SPEED_7B:-1} == 1 ]] && step "bench_cuda step qwen3-moe-7b-a1.5b (6 layers), modes 2, 3" && timeout 500 build/bench_cuda step --config qwen3-moe-7b-a1.5b --layers 6 --batch 4 --seq 1024 --steps 3 \
+        --recipes bf16,nvfp4,averis --moe-modes 2,3 >"$OUT/step_moe_7b_modes.txt" 2>&1
     [[ -f $OUT/step_moe_7b_modes.txt ]] && grep -vE "^\s*$" "$OUT/step_moe_7b_modes.txt" | tail -18
 else
     echo "(no AVERIS_MOE_GROUPED in this tree: the MoE comparison skipped)"
