@@ -282,12 +282,9 @@ __global__ void k_count_ge(const float *x, int64_t n, const long long *sel, unsi
     if (threadIdx.x == 0) cnt[blockIdx.x] = c;
 }
 
-/* one thread block: off = the exclusive scan of the chunk counts; sel[2] =
- * how many ρ are written, min(Σ counts, cnt), 0 where the threshold is not
- * positive (all zeros: no ρ, as the CPU) */
-__global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t nch, long long cnt, int64_t *off,
-                                                      long long *sel, const long long *gate = nullptr, int want = 0) {
-    if (gated_off(gate, want)) return;
+/* one thread block of ANA_PICK: off = the exclusive scan of the chunk
+ * counts c [nch]; returns their sum */
+__device__ long long chunk_scan(const unsigned *c, int64_t nch, int64_t *off) {
     typedef cub::BlockScan<long long, ANA_PICK> scan;
     __shared__ typename scan::TempStorage tmp;
     long long run = 0;
@@ -299,6 +296,16 @@ __global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t
         if (i < nch) off[i] = run + ex;
         run += tot;
     }
+    return run;
+}
+
+/* one thread block: off = the exclusive scan of the chunk counts; sel[2] =
+ * how many ρ are written, min(Σ counts, cnt), 0 where the threshold is not
+ * positive (all zeros: no ρ, as the CPU) */
+__global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t nch, long long cnt, int64_t *off,
+                                                      long long *sel, const long long *gate = nullptr, int want = 0) {
+    if (gated_off(gate, want)) return;
+    const long long run = chunk_scan(c, nch, off);
     if (threadIdx.x == 0) {
         float thr = __uint_as_float((uint32_t)sel[0]);
         sel[2] = thr > 0 ? (run < cnt ? run : cnt) : 0;
@@ -378,17 +385,7 @@ __global__ void __launch_bounds__(ANA_PICK) k_sample_thr(const float *x, int64_t
  * total, st[1] = 1 where cnt ≤ total ≤ cap (the candidates hold the top cnt) */
 __global__ void __launch_bounds__(ANA_PICK) k_cand_offsets(const unsigned *c, int64_t nch, long long cnt, long long cap,
                                                            int64_t *off, long long *st) {
-    typedef cub::BlockScan<long long, ANA_PICK> scan;
-    __shared__ typename scan::TempStorage tmp;
-    long long run = 0;
-    for (int64_t base = 0; base < nch; base += ANA_PICK) {
-        int64_t i = base + threadIdx.x;
-        long long v = i < nch ? (long long)c[i] : 0, ex, tot;
-        scan(tmp).ExclusiveSum(v, ex, tot);
-        __syncthreads();
-        if (i < nch) off[i] = run + ex;
-        run += tot;
-    }
+    const long long run = chunk_scan(c, nch, off);
     if (threadIdx.x == 0) {
         st[2] = run;
         st[1] = run >= cnt && run <= cap;
