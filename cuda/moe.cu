@@ -220,11 +220,13 @@ averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t 
     return AVERIS_OK;
 }
 
-averis_status cm_moe_mode(int *mode) {
+averis_status cm_moe_mode(int *mode, int64_t C, int64_t I) {
     const char *v = getenv("AVERIS_MOE_GROUPED");
-    /* 2 by default: cuBLAS 13 refuses its grouped GEMM for BF16 operands with an fp32
-     * output (status 15 on the H200, 2026-12-06); ours (3) is not yet measured */
-    *mode = CM_MOE_DEFAULT_MODE;
+    /* unset: our grouped GEMM (3) for small experts, one cuBLASLt GEMM per expert (2)
+     * for large ones (H200, 2026-12-06: ours 1.75-2.8x cuBLASLt's per-expert loop at
+     * C 512 × I 384, 0.61-0.73x at C 2048 × I 1024; cuBLAS's own grouped GEMM (1)
+     * refuses BF16 operands with an fp32 output) */
+    *mode = C * I <= CM_MOE_OWN_GEMM_MAX_CI ? (int)CL_SEG_OWN_GROUPED : (int)CM_MOE_DEFAULT_MODE;
     if (!v || !*v) return AVERIS_OK;
     if (strcmp(v, "0") && strcmp(v, "1") && strcmp(v, "2") && strcmp(v, "3"))
         return averis_fail(AVERIS_EINVAL, "AVERIS_MOE_GROUPED=%s: 0 (per expert), 1 (cuBLAS's grouped GEMMs), 2 (batched "
@@ -234,7 +236,7 @@ averis_status cm_moe_mode(int *mode) {
 }
 
 averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const cm_alloc_fn &alloc) {
-    CU_OK(cm_moe_mode(&mo->mode));
+    CU_OK(cm_moe_mode(&mo->mode, c.hidden_size, c.moe_intermediate_size));
     mo->E = c.num_experts, mo->k = c.num_experts_per_tok, mo->L = c.num_hidden_layers;
     mo->norm_topk = c.norm_topk_prob, mo->aux_on = c.output_router_logits, mo->coef = c.router_aux_loss_coef;
     mo->N = N, mo->C = c.hidden_size, mo->I = c.moe_intermediate_size, mo->R = N * mo->k;

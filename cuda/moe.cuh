@@ -57,8 +57,10 @@ struct cm_moe_layer {
  * then it runs as 3); all through qlinear_group.cuh. 0: cl_prep_x /
  * cl_forward / cl_backward per expert. */
 enum { CM_MOE_PER_EXPERT = 0 };
-/* the mode when AVERIS_MOE_GROUPED is unset */
+/* the mode when AVERIS_MOE_GROUPED is unset: our grouped GEMM where an expert's
+ * hidden × intermediate is at most CM_MOE_OWN_GEMM_MAX_CI, else CM_MOE_DEFAULT_MODE */
 enum { CM_MOE_DEFAULT_MODE = CL_SEG_PER_EXPERT };
+static const int64_t CM_MOE_OWN_GEMM_MAX_CI = (int64_t)1 << 20;
 struct cm_moe {
     int E = 0, k = 0, L = 0, nmoe = 0, norm_topk = 0, aux_on = 0;
     int mode = CM_MOE_DEFAULT_MODE;
@@ -88,8 +90,8 @@ typedef std::function<averis_status(void **, size_t)> cm_alloc_fn;
 
 /* I·C and C·I shapes accepted by recipe r for up to N rows */
 averis_status cm_moe_check(const qlin_recipe *r, const model_config &c, int64_t N);
-/* the mode from AVERIS_MOE_GROUPED (unset: CM_MOE_DEFAULT_MODE) */
-averis_status cm_moe_mode(int *mode);
+/* the mode from AVERIS_MOE_GROUPED (unset: by the experts' shape, C × I) */
+averis_status cm_moe_mode(int *mode, int64_t C, int64_t I);
 /* buffers for N tokens; weights/grads: the model's layer pointers (router,
  * eg, eu, ed) bound per MoE layer with cm_moe_bind */
 averis_status cm_moe_setup(cm_moe *mo, const model_config &c, int64_t N, const cm_alloc_fn &alloc);

@@ -9,6 +9,7 @@ averis_status avc_model_opts_parse(const char *act, const char *attn, const char
                                    avc_model_opts *o) {
     o->act = AVC_ACT_AUTO;
     o->attn = AVC_ATTN_AUTO;
+    o->moments = NULL; /* all the moments (a data-parallel rank sets its window after) */
     if (act && *act) {
         if (!strcmp(act, "bf16")) o->act = AVC_ACT_BF16;
         else if (!strcmp(act, "fp32")) o->act = AVC_ACT_FP32;
