@@ -488,6 +488,36 @@ void test_dp_buckets_match_one_allreduce(void) {
     test_rm_tree(dir);
 }
 
+/* N ranks: a straight 8-step run (slot 0) and one stopped after 4 steps and
+ * resumed (slot 1) give the same losses bit for bit and the same final
+ * checkpoint; the straight run's and the stopped run's results stay in ra, rb1 */
+static void stop_resume_matches(const char *dir, int world, const char *tag, train_result *ra, train_result *rb1) {
+    train_opts o;
+    train_result rb2;
+    char sub[64];
+    int at = -1;
+    snprintf(sub, sizeof sub, "straight%s", tag);
+    opts_for(&o, dir, 0, sub, "fp32");
+    o.batch = 6;
+    CHECK(!train_run_threads(&o, world, COMM_F32, BUCKETS, ra), "straight on %d: %s", world, averis_last_error());
+    snprintf(sub, sizeof sub, "stopped%s", tag);
+    opts_for(&o, dir, 1, sub, "fp32");
+    o.batch = 6;
+    o.stop_after = 4;
+    CHECK(!train_run_threads(&o, world, COMM_F32, BUCKETS, rb1) && rb1->steps_done == 4, "stop on %d: %s", world,
+          averis_last_error());
+    o.stop_after = 0;
+    o.resume = 1;
+    CHECK(!train_run_threads(&o, world, COMM_F32, BUCKETS, &rb2) && rb2.steps_done == 8, "resume on %d: %s", world,
+          averis_last_error());
+    float lb[8];
+    for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1->losses[i] : rb2.losses[i];
+    CHECK(bits_equal(ra->losses, lb, 8, &at), "%d ranks, step %d: %.9g straight vs %.9g resumed", world, at + 1,
+          ra->losses[at], lb[at]);
+    CHECK(same_ckpt(g_out[0], g_out[1], 8), "resumed %d-rank run ends elsewhere than the straight one", world);
+    train_result_free(&rb2);
+}
+
 /* Rank 0's checkpoint carries the moments gathered from the ranks' windows,
  * and a resume reads each rank's window of it: 2 ranks, and 3 (with a
  * tail), stopped at 4 and resumed on as many = straight, bit for bit (a
@@ -501,21 +531,7 @@ void test_dp_checkpoint_resume_any_world(void) {
     train_opts o;
     train_result ra, rb1, rb2, rc;
     int at = -1;
-    opts_for(&o, dir, 0, "straight", "fp32");
-    o.batch = 6;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &ra), "straight: %s", averis_last_error());
-    opts_for(&o, dir, 1, "stopped", "fp32");
-    o.batch = 6;
-    o.stop_after = 4;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &rb1) && rb1.steps_done == 4, "stop: %s", averis_last_error());
-    o.stop_after = 0;
-    o.resume = 1;
-    CHECK(!train_run_threads(&o, 2, COMM_F32, BUCKETS, &rb2) && rb2.steps_done == 8, "resume on 2: %s", averis_last_error());
-    float lb[8];
-    for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
-    CHECK(bits_equal(ra.losses, lb, 8, &at), "step %d: %.9g straight vs %.9g resumed", at + 1, ra.losses[at], lb[at]);
-    CHECK(same_ckpt(g_out[0], g_out[1], 8), "resumed 2-rank run ends elsewhere than the straight one");
-    train_result_free(&rb2);
+    stop_resume_matches(dir, 2, "", &ra, &rb1);
     /* the step-4 checkpoint of 2 ranks, on 1 rank (plain trainer) and on 3 */
     char cmd[600];
     snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/one' && cp -r '%s' '%s/three'", g_out[1], dir, g_out[1], dir);
@@ -542,22 +558,9 @@ void test_dp_checkpoint_resume_any_world(void) {
     train_result_free(&ra);
     train_result_free(&rb1);
     /* 3 ranks (n mod 3 = 2: a tail): stopped and resumed = straight */
-    opts_for(&o, dir, 0, "straight3", "fp32");
-    o.batch = 6;
-    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &ra), "straight on 3: %s", averis_last_error());
-    opts_for(&o, dir, 1, "stopped3", "fp32");
-    o.batch = 6;
-    o.stop_after = 4;
-    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &rb1) && rb1.steps_done == 4, "stop on 3: %s", averis_last_error());
-    o.stop_after = 0;
-    o.resume = 1;
-    CHECK(!train_run_threads(&o, 3, COMM_F32, BUCKETS, &rb2) && rb2.steps_done == 8, "resume on 3: %s", averis_last_error());
-    for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
-    CHECK(bits_equal(ra.losses, lb, 8, &at), "3 ranks, step %d: %.9g straight vs %.9g resumed", at + 1, ra.losses[at], lb[at]);
-    CHECK(same_ckpt(g_out[0], g_out[1], 8), "resumed 3-rank run ends elsewhere than the straight one");
+    stop_resume_matches(dir, 3, "3", &ra, &rb1);
     train_result_free(&ra);
     train_result_free(&rb1);
-    train_result_free(&rb2);
     /* one process ↔ 1 rank: a plain run stopped at 4 and resumed on 1 rank, and
      * a 1-rank run stopped at 4 and resumed plain, both = the plain straight run */
     opts_for(&o, dir, 0, "plain", "fp32");
@@ -573,6 +576,7 @@ void test_dp_checkpoint_resume_any_world(void) {
         o.resume = 1;
         CHECK(!(k ? train_run(&o, &rb2) : train_run_threads(&o, 1, COMM_F32, BUCKETS, &rb2)) && rb2.steps_done == 8,
               "resume (%d): %s", k, averis_last_error());
+        float lb[8];
         for (int i = 0; i < 8; i++) lb[i] = i < 4 ? rb1.losses[i] : rb2.losses[i];
         CHECK(bits_equal(ra.losses, lb, 8, &at), "%s, step %d: %.9g straight vs %.9g", k ? "1 rank then plain" :
               "plain then 1 rank", at + 1, ra.losses[at], lb[at]);
