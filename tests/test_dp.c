@@ -396,17 +396,22 @@ void test_dp_ranks_match_one_process(void) {
  * the moments of its shard and the tail only, 2·4·(⌊n/N⌋ + n mod N) bytes
  * as its train_result reports them (the size the trainer allocates and
  * binds), against 2·4·n for one process; N = 3 has a tail. */
+/* one rank of a CPU group in a thread: its train_run's status, result (the
+ * caller frees it) and wall time; a failing rank aborts the group */
 typedef struct {
     train_opts o;
     dp_opts dp;
     train_result res;
     averis_status st;
-} moment_job;
+    double took_s;
+} rank_job;
 
-static void *moment_rank(void *arg) {
-    moment_job *j = arg;
+static void *run_rank(void *arg) {
+    rank_job *j = arg;
+    double t0 = mono_s();
     j->st = train_run(&j->o, &j->res);
     if (j->st) j->dp.comm->abort(j->dp.comm);
+    j->took_s = mono_s() - t0;
     return NULL;
 }
 
@@ -427,7 +432,7 @@ void test_dp_moments_are_the_shard(void) {
     train_result_free(&r1);
     for (int w = 2; w <= 3; w++) {
         comm *ranks[3];
-        moment_job jobs[3];
+        rank_job jobs[3];
         pthread_t th[3];
         CHECK(!comm_cpu_group(w, ranks), "%s", averis_last_error());
         for (int r = 0; r < w; r++) {
@@ -437,7 +442,7 @@ void test_dp_moments_are_the_shard(void) {
             jobs[r].o.steps = 2, jobs[r].o.batch = 6, jobs[r].o.accum = 1, jobs[r].o.quiet = 1;
             jobs[r].dp = (dp_opts){.comm = ranks[r], .wire = COMM_F32, .bucket_bytes = BUCKETS};
             jobs[r].o.dp = &jobs[r].dp;
-            pthread_create(&th[r], NULL, moment_rank, &jobs[r]);
+            pthread_create(&th[r], NULL, run_rank, &jobs[r]);
         }
         for (int r = 0; r < w; r++) pthread_join(th[r], NULL);
         size_t S = n / (size_t)w, tail = n - S * (size_t)w;
@@ -597,29 +602,11 @@ void test_dp_checkpoint_resume_any_world(void) {
 /* A rank that fails (here: its data directory is missing) aborts the group;
  * the other rank's train_run fails at its next collective instead of
  * waiting forever. */
-typedef struct {
-    train_opts o;
-    dp_opts dp;
-    averis_status st;
-    double took_s;
-} fail_job;
-
-static void *fail_rank(void *arg) {
-    fail_job *j = arg;
-    double t0 = mono_s();
-    train_result r;
-    j->st = train_run(&j->o, &r);
-    if (j->st) j->dp.comm->abort(j->dp.comm);
-    train_result_free(&r);
-    j->took_s = mono_s() - t0;
-    return NULL;
-}
-
 void test_dp_rank_failure_stops_the_others(void) {
     char dir[64];
     make_fixture(dir);
     comm *ranks[2];
-    fail_job jobs[2];
+    rank_job jobs[2];
     pthread_t th[2];
     CHECK(!comm_cpu_group(2, ranks), "%s", averis_last_error());
     for (int r = 0; r < 2; r++) {
@@ -628,11 +615,14 @@ void test_dp_rank_failure_stops_the_others(void) {
         jobs[r].o.dp = &jobs[r].dp;
     }
     jobs[1].o.data_dir = "/nonexistent/averis-data";
-    for (int r = 0; r < 2; r++) pthread_create(&th[r], NULL, fail_rank, &jobs[r]);
+    for (int r = 0; r < 2; r++) pthread_create(&th[r], NULL, run_rank, &jobs[r]);
     for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
     CHECK(jobs[1].st != AVERIS_OK, "rank 1 with no data succeeded");
     CHECK(jobs[0].st != AVERIS_OK && jobs[0].took_s < 10.0, "rank 0: status %d after %.1f s", jobs[0].st, jobs[0].took_s);
-    for (int r = 0; r < 2; r++) ranks[r]->destroy(ranks[r]);
+    for (int r = 0; r < 2; r++) {
+        train_result_free(&jobs[r].res);
+        ranks[r]->destroy(ranks[r]);
+    }
     /* through train_run_threads the message names the rank and the cause */
     train_opts o;
     train_result res;
