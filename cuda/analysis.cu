@@ -314,13 +314,13 @@ __global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t
 
 /* ρ = μ_j²/x² of the elements ≥ thr whose index-order rank is below sel[2],
  * at their rank */
-__global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, const long long *sel, const int64_t *off,
-                      double *rho, const long long *gate = nullptr, int want = 0, const long long *idx = nullptr) {
-    if (gated_off(gate, want)) return;
+/* the elements of this thread block's chunk of x with |x| ≥ thr, in index
+ * order: put(i, v, r) for each, r its rank among all of them (off: the
+ * chunks' exclusive scan) */
+template <typename Put>
+__device__ __forceinline__ void for_each_ge_ranked(const float *x, int64_t n, float thr, const int64_t *off, Put put) {
     typedef cub::BlockScan<int, ANA_THREADS> scan;
     __shared__ typename scan::TempStorage tmp;
-    const float thr = __uint_as_float((uint32_t)sel[0]);
-    const int64_t cnt = sel[2];
     int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
     for (int t = 0; t < 16; t++) {
         int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
@@ -328,13 +328,21 @@ __global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, c
         int f = i < n && fabsf(v) >= thr, rank, total;
         scan(tmp).ExclusiveSum(f, rank, total);
         __syncthreads();
-        int64_t r = run + rank;
-        if (f && r < cnt) {
+        if (f) put(i, v, run + rank);
+        run += total;
+    }
+}
+
+__global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, const long long *sel, const int64_t *off,
+                      double *rho, const long long *gate = nullptr, int want = 0, const long long *idx = nullptr) {
+    if (gated_off(gate, want)) return;
+    const int64_t cnt = sel[2];
+    for_each_ge_ranked(x, n, __uint_as_float((uint32_t)sel[0]), off, [&](int64_t i, float v, int64_t r) {
+        if (r < cnt) {
             double mj = mean[(idx ? idx[i] : i) % m], xv = v; /* idx: x holds candidates, their indices */
             rho[r] = mj * mj / (xv * xv);
         }
-        run += total;
-    }
+    });
 }
 
 /* The sampled select: a threshold t below the ⌈0.1 % n⌉-th largest magnitude
@@ -395,22 +403,10 @@ __global__ void __launch_bounds__(ANA_PICK) k_cand_offsets(const unsigned *c, in
 /* the elements ≥ t (st[0]) and their indices, in index order, at off */
 __global__ void k_compact(const float *x, int64_t n, const long long *st, const int64_t *off, float *cv, long long *ci) {
     if (!st[1]) return;
-    typedef cub::BlockScan<int, ANA_THREADS> scan;
-    __shared__ typename scan::TempStorage tmp;
-    const float thr = __uint_as_float((uint32_t)st[0]);
-    int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
-    for (int t = 0; t < 16; t++) {
-        int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
-        float v = i < n ? x[i] : 0.0f;
-        int f = i < n && fabsf(v) >= thr, rank, total;
-        scan(tmp).ExclusiveSum(f, rank, total);
-        __syncthreads();
-        if (f) {
-            cv[run + rank] = v;
-            ci[run + rank] = i;
-        }
-        run += total;
-    }
+    for_each_ge_ranked(x, n, __uint_as_float((uint32_t)st[0]), off, [&](int64_t i, float v, int64_t r) {
+        cv[r] = v;
+        ci[r] = i;
+    });
 }
 
 /* Xc = X − 1μᵀ (the Gram path's centred copy) */
