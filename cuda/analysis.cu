@@ -1153,8 +1153,18 @@ void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const
     }
 }
 
-/* the sampled select's buffers for job j (after j.cnt and j.nch are set) */
+/* phases 3 and 4's stream: the second one where there is one (AVERIS_ANALYSIS_SIDE=0: none) */
+cudaStream_t side_stream(const avc_analysis *a) {
+    const char *e = getenv("AVERIS_ANALYSIS_SIDE");
+    return a->side && !(e && *e == '0') ? a->side : a->s;
+}
+
+/* the scratch of phase 3 for job j (after j.cnt and j.nch are set): the
+ * histogram, the chunk counts and offsets, and the sampled select's */
 averis_status select_bufs(avc_analysis *a, ana_job &j) {
+    CU_OK(a->get(a->hist, 2048, &j.hist));
+    CU_OK(a->get(a->cnt, j.nch, &j.cnt_d));
+    CU_OK(a->get(a->off, j.nch, &j.off_d));
     if (!env_sampled_select()) {
         j.cap = 0;
         return AVERIS_OK;
@@ -1210,8 +1220,7 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
     const int64_t n = l * m;
     const float *X = static_cast<const float *>(x_dev);
     ana_job jb = {};
-    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
-    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
+    jb.side = side_stream(a);
     /* a BF16 X is widened into a copy of the analysis's own, xf or xf2 by turns: the
      * second stream's reads of it need not hold the model up; an fp32 X is the
      * model's tensor, so the model waits for them */
@@ -1236,9 +1245,6 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
     jb.dpart = reinterpret_cast<double *>(slot + L.dpart);
     jb.rho = reinterpret_cast<double *>(slot + L.rho);
     jb.sel = reinterpret_cast<long long *>(slot + L.sel);
-    CU_OK(a->get(a->hist, 2048, &jb.hist));
-    CU_OK(a->get(a->cnt, jb.nch, &jb.cnt_d));
-    CU_OK(a->get(a->off, jb.nch, &jb.off_d));
     CU_OK(select_bufs(a, jb));
     CU_OK(a->get(a->xc, n, &jb.Xc));
     {
@@ -1577,9 +1583,7 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
         X = xf;
     }
     ana_job jb = {};
-    /* the second stream where there is one (AVERIS_ANALYSIS_SIDE=0: none) */
-    const char *side_env = getenv("AVERIS_ANALYSIS_SIDE");
-    jb.side = a->side && !(side_env && *side_env == '0') ? a->side : s;
+    jb.side = side_stream(a);
     jb.l = l, jb.m = m, jb.n = n, jb.p1 = p1, jb.p2 = p2, jb.gram = gram, jb.X = X;
     jb.cnt = (int64_t)ceil(0.001 * (double)n);
     jb.nch = (n + ANA_CHUNK - 1) / ANA_CHUNK;
@@ -1597,9 +1601,6 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
     CU_OK(a->get(a->ones, std::max(l, m), &jb.ones));
     CU_OK(a->get(a->vec1, 2 * AVC_ANA_PMAX, &jb.vec1));
     CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &jb.dpart));
-    CU_OK(a->get(a->hist, 2048, &jb.hist));
-    CU_OK(a->get(a->cnt, jb.nch, &jb.cnt_d));
-    CU_OK(a->get(a->off, jb.nch, &jb.off_d));
     CU_OK(select_bufs(a, jb));
     CU_OK(a->get(a->rho, jb.cnt, &jb.rho));
     if (gram) {
