@@ -1556,9 +1556,9 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
     out->rows = l, out->cols = m;
     cudaStream_t s = a->s;
     int64_t n = l * m, g = std::min(l, m);
-    int k = (int)ceil(0.01 * (double)g);
-    if (k < 1) k = 1;
-    int p1 = (int)std::min<int64_t>(AVC_ANA_P1, g), p2 = (int)std::min<int64_t>(k + AVC_ANA_OVER, g), P = p1 + p2;
+    int k, p1, p2;
+    blocks_for(l, m, &k, &p1, &p2);
+    const int P = p1 + p2;
     if (p2 > AVC_ANA_PMAX)
         return averis_fail(AVERIS_EINVAL, "cuda analysis: %lld × %lld needs a spike block of %d > %d vectors", (long long)l,
                            (long long)m, p2, AVC_ANA_PMAX);
