@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# device_check.sh — the CUDA path's correctness checks in one call, on a GPU
-# machine (issue: "the device correctness script passes in one call"):
-#   1. build (CPU library + CUDA path) and the device test binary
+# device_check.sh — the CUDA path's checks and benchmarks in one call (one
+# run on the device machine, 10 minutes), on a GPU machine:
+#   1. build (CPU library + CUDA path) and the device test binaries
 #   2. test_cuda (tests/cuda): quantize kernels bit-exact vs the CPU spec
 #      over the adversarial corpus, colstats, dequantize, qlinear per recipe,
-#      one model step per recipe vs model.c; quant_lab check (dev/cuda): the
-#      kernel lab's other quantize versions bit-exact vs the same spec
+#      one model step per recipe vs model.c, the fused quantization, MoE, data
+#      parallel's GPU half; quant_lab check (dev/cuda): the kernel lab's other
+#      quantize versions bit-exact vs the same spec; test_cudnn_att
 #   3. compute-sanitizer memcheck on the device tests and the lab's checks
 #   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
 #      (BF16 activations and cuDNN attention, the defaults), averis with fp32
 #      activations, with P materialised and with flash attention
 #   5. checkpoints interchange: the GPU run's checkpoint evaluated by the CPU
-#      build, and resumed on the CPU
-#   6. NCCL data parallel at N = 1 (scripts/device_nccl.sh quick), if built
-# Then, unless DEVICE_CHECK_BENCH=0: bench_cuda quant, fused and step (also with
-# AVERIS_FUSED_QUANT=0), quant_lab bench.
+#      build, and resumed on the CPU, and the other way
+#   6. Qwen3-0.6B trains 60 steps; NCCL data parallel at N = 1
+#      (scripts/device_nccl.sh quick), if built
+# Then, unless DEVICE_CHECK_BENCH=0, alone on the GPU: bench_cuda quant, fused,
+# quant_lab bench, bench_cuda step at the 0.6B and the 114M shapes with the
+# profile, and the PyTorch peers (BF16 eager and torch.compile, the NVFP4
+# fake-quant compiled; DEVICE_CHECK_TORCH=0 leaves them out).
+# To fit one call, what needs no quiet GPU runs beside the foreground checks
+# in the background: memcheck, the CPU halves of step 4, and a first pass of
+# the PyTorch peers that fills torch.compile's disk cache (so that the timed
+# pass at the end does not compile). DEVICE_CHECK_VARIANTS=1 adds the step
+# benchmark with the attention, activation and fused-quantization variants.
 # Needs: nvcc, a GPU, data/default (scripts/get_data.sh; carried to the
 # device). Writes logs to $OUT (or out/device_check). Exit status: failures.
 set -uo pipefail
@@ -24,7 +33,8 @@ RUNS=${RUNS:-/tmp/averis_device_runs}   # training runs (checkpoints are large)
 mkdir -p "$OUT" "$RUNS"
 JOBS=$(nproc 2>/dev/null || echo 4)
 fail=0
-step() { echo; echo "=== $*"; }
+T0=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 note_fail() { echo "FAILED: $*"; fail=$((fail + 1)); }
 
 source scripts/device_env.sh  # OpenBLAS from .debs/ (MAKE_CC)
@@ -36,6 +46,47 @@ if ! make -s -j"$JOBS" "${MAKE_CC[@]}" CUDA=1 all cuda-tests >"$RUNS/build.log" 
 fi
 grep -E "✓|✗" "$RUNS/build.log" | head -8
 
+# --- background: what needs no quiet GPU (results in $RUNS/bg_*: memcheck's exit
+# statuses, the CPU runs' failures; the peers' first pass in $RUNS/torch_warm.log)
+# lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
+# steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
+TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
+CPU_RECIPES=(bf16 averis)
+bg_memcheck() {
+    local prog log rc
+    for prog in test_cuda "quant_lab check"; do
+        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog%% *}.log"
+        timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/$prog >"$log" 2>&1
+        rc=$?
+        echo "${prog%% *} $rc" >>"$RUNS/bg_memcheck.rcs"
+    done
+}
+bg_cpu_tiny() {
+    local r
+    for r in "${CPU_RECIPES[@]}"; do
+        rm -rf "$RUNS/tiny_cpu_$r"
+        build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" \
+            || echo "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")" >>"$RUNS/bg_cpu_tiny.fail"
+    done
+}
+TORCH_PEERS=0
+if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 && "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
+    TORCH_PEERS=1
+    export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$RUNS/inductor_cache}
+fi
+TORCH_MODES=${TORCH_MODES:-eager,compile,fq-compile}
+bg_torch_warm() {   # fills torch.compile's disk cache; its timings are not reported
+    local modes; modes=$(echo "$TORCH_MODES" | tr , '\n' | grep compile | paste -sd,)
+    [[ -n $modes ]] || return 0
+    timeout 330 python3 bench/torch_gpu_train.py --steps 1 --modes "$modes" >"$RUNS/torch_warm.log" 2>&1
+    timeout 200 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 1 --modes "$modes" >>"$RUNS/torch_warm.log" 2>&1
+}
+rm -f "$RUNS"/bg_*
+BG=()
+if command -v compute-sanitizer >/dev/null; then bg_memcheck & BG+=($!); fi
+bg_cpu_tiny & CPU_TINY=$!
+if [[ $TORCH_PEERS == 1 ]]; then bg_torch_warm & BG+=($!); fi
+
 step "test_cuda (kernels bit-exact, qlinear and model vs CPU)"
 build/test_cuda 2>&1 | tee "$OUT/test_cuda.log" || note_fail "test_cuda"
 build/quant_lab check 2>&1 | tee "$OUT/quant_lab_check.log" || note_fail "quant_lab check"
@@ -46,40 +97,31 @@ else
     note_fail "the build found no cuDNN attention: $(grep "cuDNN attention" "$RUNS/build.log")"
 fi
 
-step "compute-sanitizer memcheck"
-if command -v compute-sanitizer >/dev/null; then
-    for prog in test_cuda "quant_lab check"; do
-        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog%% *}.log"
-        timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/$prog >"$log" 2>&1
-        rc=$?
-        tail -3 "$log"
-        # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
-        [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck $prog (exit $rc)"
-        grep -q "ERROR SUMMARY: 0 errors" "$log" || note_fail "memcheck $prog reported errors"
-    done
-else
-    note_fail "compute-sanitizer not found"
-fi
-
 step "tiny: first 50 steps, CPU vs GPU"
-# lr 1e-3: at the demo's 3e-3 this tiny model is chaotic (loss spikes at different
-# steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
-TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
 # bf16, averis: the defaults (BF16 activations, attention by cuDNN);
 # averis:naive = attention with P materialised (AVERIS_ATTN=naive);
 # averis:flash = the GPU run with attention through cuda/flash.cu (AVERIS_ATTN=flash);
 # averis:fp32act = with fp32 activations between kernels (AVERIS_ACT=fp32), as the CPU keeps them
-for spec in bf16 averis averis:naive averis:fp32act averis:flash; do
+# (the CPU runs, one per recipe, ran in the background)
+SPECS=(bf16 averis averis:naive averis:fp32act averis:flash)
+for spec in "${SPECS[@]}"; do
     r=${spec%%:*} attn= act=bf16 tag=$spec
     [[ $spec == *:flash ]] && attn=flash tag=${r}_flash
     [[ $spec == *:naive ]] && attn=naive tag=${r}_naive
     [[ $spec == *:fp32act ]] && act=fp32 tag=${r}_fp32act
-    rm -rf "$RUNS/tiny_cpu_$tag" "$RUNS/tiny_gpu_$tag"
-    build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$tag" >/dev/null 2>"$RUNS/tiny_cpu_$tag.err" || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$tag.err")"
+    rm -rf "$RUNS/tiny_gpu_$tag"
     AVERIS_ATTN=$attn AVERIS_ACT=$act build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$tag" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$tag.err" || note_fail "gpu train $spec: $(tail -1 "$RUNS/tiny_gpu_$tag.err")"
+done
+wait $CPU_TINY
+[[ -f $RUNS/bg_cpu_tiny.fail ]] && note_fail "$(cat "$RUNS/bg_cpu_tiny.fail")"
+for spec in "${SPECS[@]}"; do
+    r=${spec%%:*} tag=$spec
+    [[ $spec == *:flash ]] && tag=${r}_flash
+    [[ $spec == *:naive ]] && tag=${r}_naive
+    [[ $spec == *:fp32act ]] && tag=${r}_fp32act
     # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
     # (measured with fp32 activations: bf16 4e-5, averis 8e-4)
-    python3 - "$RUNS/tiny_cpu_$tag/log.csv" "$RUNS/tiny_gpu_$tag/log.csv" $spec <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
+    python3 - "$RUNS/tiny_cpu_$r/log.csv" "$RUNS/tiny_gpu_$tag/log.csv" $spec <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
 import csv, sys
 a = list(csv.DictReader(open(sys.argv[1]))); b = list(csv.DictReader(open(sys.argv[2])))
 assert len(a) == len(b) == 50, (len(a), len(b))
@@ -129,44 +171,65 @@ else
     echo "NCCL not built: skipped"
 fi
 
+step "waiting for the background (memcheck, the peers' compilation)"
+for p in "${BG[@]}"; do wait "$p"; done
+step "compute-sanitizer memcheck (ran in the background)"
+if command -v compute-sanitizer >/dev/null; then
+    while read -r prog rc; do
+        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog}.log"
+        echo "$prog: exit $rc; $(grep -h "ERROR SUMMARY" "$log" | tail -1)"
+        # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
+        [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck $prog (exit $rc)"
+        grep -q "ERROR SUMMARY: 0 errors" "$log" || note_fail "memcheck $prog reported errors"
+    done <"$RUNS/bg_memcheck.rcs"
+    [[ $(wc -l <"$RUNS/bg_memcheck.rcs") -eq 2 ]] || note_fail "memcheck did not run both programs"
+else
+    note_fail "compute-sanitizer not found"
+fi
+[[ $TORCH_PEERS == 1 ]] && { echo "the peers' first pass (compilation, untimed):"; grep -E "^(mode|eager|compile|fq-)|Error" "$RUNS/torch_warm.log"; }
+
 if [[ "${DEVICE_CHECK_BENCH:-1}" != 0 ]]; then
+    # the targets' numbers first (bench_cuda step at both shapes, the peers), then the kernels
+    step "bench: Qwen3-0.6B training step"
+    build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
+    if [[ "${DEVICE_CHECK_VARIANTS:-0}" != 0 ]]; then
+        echo "--- the same with P materialised (AVERIS_ATTN=naive, the default before cuDNN)" | tee -a "$OUT/bench_step.txt"
+        AVERIS_ATTN=naive build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+            | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (naive)"
+        echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"
+        AVERIS_ATTN=flash build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+            | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
+        echo "--- the same with fp32 activations between kernels (AVERIS_ACT=fp32)" | tee -a "$OUT/bench_step.txt"
+        AVERIS_ACT=fp32 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
+            | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fp32 activations)"
+        echo "--- the same with the fewer-pass quantization off (AVERIS_FUSED_QUANT=0)" | tee -a "$OUT/bench_step.txt"
+        AVERIS_FUSED_QUANT=0 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes nvfp4,averis 2>&1 \
+            | tail -5 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fused quantization off)"
+    fi
+    step "bench: a ~114M shape (bench/configs/qwen3-114m.json), 16 x 1024 tokens"
+    build/bench_cuda step --config bench/configs/qwen3-114m.json --batch 16 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step_114m.txt" \
+        || note_fail "bench step 114m"
+    if [[ $TORCH_PEERS == 1 ]]; then
+        step "peers: the same steps in PyTorch (BF16 eager, torch.compile; NVFP4 fake-quant compiled per layer)"
+        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 --modes "$TORCH_MODES" 2>&1 \
+            | grep -v Warning | tee "$OUT/bench_torch.txt"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer"
+        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 10 \
+            --modes "$TORCH_MODES" 2>&1 | grep -v Warning | tee "$OUT/bench_torch_114m.txt"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer 114m"
+    fi
+    step "profile: where the averis step's device time goes (AVERIS_CUDA_PROFILE=1)"
+    AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,averis 2>&1 \
+        | tee "$OUT/profile_step.txt" >/dev/null || note_fail "profile step"
     step "bench: quantize kernels"
     build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
     step "bench: an output gradient to both of its operands, two calls vs one (bench_cuda fused)"
     build/bench_cuda fused 2>&1 | tee "$OUT/bench_fused.txt" || note_fail "bench fused"
     step "bench: the kernel lab's quantize versions"
     build/quant_lab bench 2>&1 | tee "$OUT/bench_quant_lab.txt" || note_fail "quant_lab bench"
-    step "bench: Qwen3-0.6B training step"
-    build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step.txt" || note_fail "bench step"
-    echo "--- the same with P materialised (AVERIS_ATTN=naive, the default before cuDNN)" | tee -a "$OUT/bench_step.txt"
-    AVERIS_ATTN=naive build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
-        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (naive)"
-    echo "--- the same with attention through cuda/flash.cu (AVERIS_ATTN=flash)" | tee -a "$OUT/bench_step.txt"
-    AVERIS_ATTN=flash build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
-        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (flash)"
-    echo "--- the same with fp32 activations between kernels (AVERIS_ACT=fp32)" | tee -a "$OUT/bench_step.txt"
-    AVERIS_ACT=fp32 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,nvfp4,averis 2>&1 \
-        | tail -6 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fp32 activations)"
-    echo "--- the same with the fewer-pass quantization off (AVERIS_FUSED_QUANT=0)" | tee -a "$OUT/bench_step.txt"
-    AVERIS_FUSED_QUANT=0 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes nvfp4,averis 2>&1 \
-        | tail -5 | tee -a "$OUT/bench_step.txt" || note_fail "bench step (fused quantization off)"
-    step "profile: where the averis step's device time goes (AVERIS_CUDA_PROFILE=1)"
-    AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,averis 2>&1 \
-        | tee "$OUT/profile_step.txt" >/dev/null || note_fail "profile step"
-    step "bench: a ~114M shape (bench/configs/qwen3-114m.json), 16 x 1024 tokens"
-    build/bench_cuda step --config bench/configs/qwen3-114m.json --batch 16 --seq 1024 --steps 5 2>&1 | tee "$OUT/bench_step_114m.txt" \
-        || note_fail "bench step 114m"
-    if [[ "${DEVICE_CHECK_TORCH:-1}" != 0 ]]; then
-        step "peers: the same steps in PyTorch (BF16 eager, torch.compile; NVFP4 fake-quant compiled)"
-        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --steps 10 --modes ${TORCH_MODES:-eager,compile,fq-compile} 2>&1 \
-            | grep -v Warning | tee "$OUT/bench_torch.txt"
-        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer"
-        PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 10 \
-            --modes ${TORCH_MODES:-eager,compile,fq-compile} 2>&1 | grep -v Warning | tee "$OUT/bench_torch_114m.txt"
-        [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "torch peer 114m"
-    fi
+    step "issue 14's targets from this run (bench/targets.py)"
+    python3 bench/targets.py "$OUT" | tee "$OUT/targets.txt"
 fi
-
 echo
 echo "device_check: $fail failure(s)"
 exit $((fail > 0))
