@@ -7,7 +7,8 @@
 #      one model step per recipe vs model.c, the fused quantization, MoE, data
 #      parallel's GPU half; quant_lab check (dev/cuda): the kernel lab's other
 #      quantize versions bit-exact vs the same spec; test_cudnn_att
-#   3. compute-sanitizer memcheck on the device tests and the lab's checks
+#   3. compute-sanitizer memcheck on the device tests (in four parts at once)
+#      and the lab's checks
 #   4. the tiny config's first 50 steps: CPU vs GPU losses, bf16 and averis
 #      (BF16 activations and cuDNN attention, the defaults), averis with fp32
 #      activations, with P materialised and with flash attention
@@ -52,14 +53,20 @@ grep -E "✓|✗" "$RUNS/build.log" | head -8
 # steps from 1e-3-sized differences, measured 2026-11-23), which would test the weather
 TRAIN=(--config tiny --data data/default --steps 50 --batch 8 --seq 128 --lr 1e-3 --seed 1 --val-every 25 --log-every 25)
 CPU_RECIPES=(bf16 averis)
+# memcheck: test_cuda in four parts at once (together every test; checked below), the lab's check
+MEMCHECK_PARTS=(e2m1,quantize_bitexact,transposed,colstats,qlinear_vs_cpu,flash_attention model_vs_cpu moe_ fused_,dp_)
 bg_memcheck() {
-    local prog log rc
-    for prog in test_cuda "quant_lab check"; do
-        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog%% *}.log"
-        timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/$prog >"$log" 2>&1
-        rc=$?
-        echo "${prog%% *} $rc" >>"$RUNS/bg_memcheck.rcs"
+    local i rc pids=()
+    for i in "${!MEMCHECK_PARTS[@]}"; do
+        ( timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_cuda "${MEMCHECK_PARTS[$i]}" \
+              >"$OUT/memcheck_test_cuda_$i.log" 2>&1
+          echo "test_cuda_$i $?" >>"$RUNS/bg_memcheck.rcs" ) &
+        pids+=($!)
     done
+    timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/quant_lab check \
+        >"$OUT/memcheck_quant_lab.log" 2>&1
+    echo "quant_lab $?" >>"$RUNS/bg_memcheck.rcs"
+    for i in "${pids[@]}"; do wait "$i"; done
 }
 bg_cpu_tiny() {
     local r
@@ -176,13 +183,17 @@ for p in "${BG[@]}"; do wait "$p"; done
 step "compute-sanitizer memcheck (ran in the background)"
 if command -v compute-sanitizer >/dev/null; then
     while read -r prog rc; do
-        log="$OUT/memcheck.log"; [[ $prog == test_cuda ]] || log="$OUT/memcheck_${prog}.log"
-        echo "$prog: exit $rc; $(grep -h "ERROR SUMMARY" "$log" | tail -1)"
+        log="$OUT/memcheck_${prog}.log"
+        echo "$prog: exit $rc; $(tail -2 "$log" | head -1); $(grep -h "ERROR SUMMARY" "$log" | tail -1)"
         # 9: memcheck found errors; 1: a test failed (reported above); 124: timeout
         [[ $rc -eq 9 || $rc -eq 124 ]] && note_fail "memcheck $prog (exit $rc)"
         grep -q "ERROR SUMMARY: 0 errors" "$log" || note_fail "memcheck $prog reported errors"
     done <"$RUNS/bg_memcheck.rcs"
-    [[ $(wc -l <"$RUNS/bg_memcheck.rcs") -eq 2 ]] || note_fail "memcheck did not run both programs"
+    [[ $(wc -l <"$RUNS/bg_memcheck.rcs") -eq $(( ${#MEMCHECK_PARTS[@]} + 1 )) ]] || note_fail "memcheck did not run every part"
+    # the parts together ran every test of test_cuda once
+    n_all=$(grep -cE "^(ok  |FAIL)  " "$OUT/test_cuda.log"); n_parts=$(cat "$OUT"/memcheck_test_cuda_*.log | grep -cE "^(ok  |FAIL)  ")
+    echo "tests under memcheck: $n_parts of test_cuda's $n_all"
+    [[ $n_all -gt 0 && $n_all -eq $n_parts ]] || note_fail "memcheck's parts ran $n_parts tests, test_cuda has $n_all"
 else
     note_fail "compute-sanitizer not found"
 fi
