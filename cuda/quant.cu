@@ -22,7 +22,6 @@
 #include "nvfp4_device.cuh"
 
 #include <algorithm>
-#include <atomic>
 #include <cfloat>
 #include <cstdio>
 #include <cstdlib>
@@ -296,53 +295,6 @@ __global__ void k_colstats_part(const T *x, int64_t rows, int64_t cols, int64_t 
     colstats_chunk(x, rows, cols, ld, j, c, part, pmx, pmn);
 }
 
-/* The same partials from a tile of NVFP4_SPLIT_CHUNK rows × 128 bytes of
- * columns (64 BF16 or 32 fp32) staged in shared memory by 16-byte cp.async,
- * all of the tile's loads in flight at once (the column-per-thread walk
- * above keeps too few bytes in flight for the model's tensors: 0.25 of copy
- * on BF16 8192 × 1024, H100 2026-12-06); then the first TC threads walk their
- * column in row order, the spec's fp64 sum. Needs x and ld·sizeof(T) 16-byte
- * aligned and cols % TC == 0 (colstats_tile_ok). */
-__device__ __forceinline__ float cs_f(float v) { return v; }
-__device__ __forceinline__ float cs_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __host__ __device__ constexpr int cs_tile_cols() { return 128 / (int)sizeof(T); }
-template <typename T>
-__global__ void __launch_bounds__(256) k_colstats_tile(const T *x, int64_t rows, int64_t cols, int64_t ld, double *part,
-                                                       float *pmx, float *pmn, float *res_amax) {
-    constexpr int TC = cs_tile_cols<T>(), V = 16 / (int)sizeof(T), R = NVFP4_SPLIT_CHUNK;
-    __shared__ __align__(16) T tile[R][TC]; /* 32 KiB */
-    const int64_t j0 = (int64_t)blockIdx.x * TC, c = blockIdx.y, r0 = c * R;
-    const int nr = (int)(rows - r0 < R ? rows - r0 : R);
-    if (res_amax && blockIdx.x == 0 && c == 0 && threadIdx.x == 0) *res_amax = 0.0f; /* for k_colstats_final */
-    for (int p = threadIdx.x; p < nr * (TC / V); p += blockDim.x) {
-        int r = p / (TC / V), q = p % (TC / V);
-        unsigned sa = (unsigned)__cvta_generic_to_shared(&tile[r][q * V]);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(x + (r0 + r) * ld + j0 + q * V));
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncthreads();
-    if (threadIdx.x >= TC) return;
-    const int t = threadIdx.x;
-    double s = 0.0;
-    float mx = -INFINITY, mn = INFINITY;
-#pragma unroll 8
-    for (int r = 0; r < nr; r++) {
-        float v = cs_f(tile[r][t]);
-        s += (double)v;
-        mx = v > mx ? v : mx;
-        mn = v < mn ? v : mn;
-    }
-    part[c * cols + j0 + t] = s;
-    pmx[c * cols + j0 + t] = mx;
-    pmn[c * cols + j0 + t] = mn;
-}
-std::atomic<int> g_colstats_tile{-1};
-template <typename T> static bool colstats_tile_ok(const void *x, int64_t cols, int64_t ld) {
-    return ((uintptr_t)x % 16) == 0 && (ld * (int64_t)sizeof(T)) % 16 == 0 && cols % cs_tile_cols<T>() == 0 &&
-           cq_colstats_tile();
-}
-
 /* column j's mean, max and min from its chunks' partials (in chunk order);
  * the residual's amax max(|max − μ|, |μ − min|) into *res_amax */
 __device__ __forceinline__ float colstats_final_col(const double *part, const float *pmx, const float *pmn, int64_t nchunk,
@@ -522,20 +474,6 @@ averis_status cq_quantize(const cq_job *j, cudaStream_t s) {
     return cq_run(j, &p, s);
 }
 
-int cq_colstats_tile(void) {
-    int v = g_colstats_tile.load();
-    if (v >= 0) return v;
-    const char *e = getenv("AVERIS_COLSTATS_TILE");
-    int on = (e && *e) ? atoi(e) != 0 : 1, expect = -1;
-    g_colstats_tile.compare_exchange_strong(expect, on); /* a cq_set_colstats_tile before the first query wins */
-    return g_colstats_tile.load();
-}
-int cq_set_colstats_tile(int on) {
-    int prev = cq_colstats_tile();
-    g_colstats_tile.store(on ? 1 : 0);
-    return prev;
-}
-
 averis_status cq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean,
                            float *res_amax, float *col_max, float *col_min, cudaStream_t s) {
     CU_PROF("averis colstats", s);
@@ -549,13 +487,7 @@ averis_status cq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols
     double *part = reinterpret_cast<double *>(buf);
     float *pmx = reinterpret_cast<float *>(part + n), *pmn = pmx + n;
     dim3 grid(cu_blocks(cols, 128), (unsigned)nchunk);
-    if (bf16_in && colstats_tile_ok<__nv_bfloat16>(x, cols, ld))
-        k_colstats_tile<<<dim3((unsigned)(cols / cs_tile_cols<__nv_bfloat16>()), (unsigned)nchunk), 256, 0, s>>>(
-            static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn, res_amax);
-    else if (!bf16_in && colstats_tile_ok<float>(x, cols, ld))
-        k_colstats_tile<<<dim3((unsigned)(cols / cs_tile_cols<float>()), (unsigned)nchunk), 256, 0, s>>>(
-            static_cast<const float *>(x), rows, cols, ld, part, pmx, pmn, res_amax);
-    else if (bf16_in)
+    if (bf16_in)
         k_colstats_part<<<grid, 128, 0, s>>>(static_cast<const __nv_bfloat16 *>(x), rows, cols, ld, part, pmx, pmn,
                                              res_amax);
     else

@@ -39,12 +39,6 @@ size_t cq_ws_bytes(int64_t rows, int64_t cols);
  * residual's amax [1]; col_max/col_min may be NULL. */
 averis_status cq_colstats(const void *x, int bf16_in, int64_t rows, int64_t cols, int64_t ld, float *mean, float *res_amax,
                           float *col_max, float *col_min, cudaStream_t s);
-/* Whether cq_colstats stages tiles in shared memory where the shape allows
- * (the default; AVERIS_COLSTATS_TILE=0 in the environment, read once, keeps
- * the column-per-thread kernel). cq_set_colstats_tile returns the previous
- * setting (tests compare the two). */
-int cq_colstats_tile(void);
-int cq_set_colstats_tile(int on);
 /* y = bf16(x), n elements */
 averis_status cq_to_bf16(const float *x, __nv_bfloat16 *y, int64_t n, cudaStream_t s);
 /* out = a·b on device scalars: the GEMM alpha S_decA·S_decB from two amaxes */

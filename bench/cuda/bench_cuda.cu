@@ -71,22 +71,14 @@ static int bench_quant(void) {
     void *ws = nullptr;
     DEV(cudaMalloc(&ws, cq_ws_bytes(rows, cols)));
     cq_set_workspace(ws, cq_ws_bytes(rows, cols)); /* as the model does: no allocation per call */
-    /* tiles staged in shared memory (the default), then a column per thread (AVERIS_COLSTATS_TILE=0) */
-    const int tile_was = cq_colstats_tile();
-    for (int tile = 1; tile >= 0; tile--) {
-        cq_set_colstats_tile(tile);
-        for (const auto &c : cs) {
-            double ms = median_ms([&] {
-                cq_colstats(c.bf16 ? (const void *)b.xb : (const void *)b.x, c.bf16, c.r, c.c, c.c, b.mean, b.res,
-                            nullptr, nullptr, 0);
-            });
-            double gbs = (double)c.r * c.c * (c.bf16 ? 2 : 4) / (ms * 1e6);
-            char name[96];
-            snprintf(name, sizeof name, "%s%s", c.name, tile ? "" : ", a column a thread");
-            printf("%-52s %9.3f %9.0f %9.2f\n", name, ms, gbs, gbs / b.copy_gbs);
-        }
+    for (const auto &c : cs) {
+        double ms = median_ms([&] {
+            cq_colstats(c.bf16 ? (const void *)b.xb : (const void *)b.x, c.bf16, c.r, c.c, c.c, b.mean, b.res, nullptr,
+                        nullptr, 0);
+        });
+        double gbs = (double)c.r * c.c * (c.bf16 ? 2 : 4) / (ms * 1e6);
+        printf("%-52s %9.3f %9.0f %9.2f\n", c.name, ms, gbs, gbs / b.copy_gbs);
     }
-    cq_set_colstats_tile(tile_was);
     cq_set_workspace(nullptr, 0);
     cudaFree(ws);
     return 0;
