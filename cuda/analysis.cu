@@ -22,9 +22,9 @@
  *      block-diagonal W = diag(R₁⁻¹, R₂⁻¹); the early-stop check reads both
  *      traces with one wait.
  *      Then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) in fp64 (X V_b in full
- *      fp32), eigenvalues on the host (cyclic Jacobi for block 1's vectors,
- *      Householder + QL for block 2's values): σ₁², v₁ = V₁u₁ and the spike
- *      Σ top-k of block 2.
+ *      fp32), eigenvalues on the host (Householder + QL; block 1's top
+ *      eigenvector u₁ by inverse iteration): σ₁², v₁ = V₁u₁ and the spike
+ *      Σ top-k of block 2; the deferred taps' host work on several threads.
  *   3. ρ: the bits of |x| (a monotone key) by a 3-pass histogram select give
  *      the exact ⌈0.001 n⌉-th largest magnitude, each pass's bucket chosen by
  *      a one-block kernel (k_pick), the state on the device; the elements ≥
@@ -59,11 +59,13 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <cfloat>
 #include <optional>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -542,141 +544,6 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
     }
 }
 
-/* eigenvalues (descending) and, if vec, eigenvectors (columns of V, col-major)
- * of the symmetric p × p col-major A, by cyclic Jacobi in fp64 */
-void jacobi_eig(std::vector<double> A, int p, std::vector<double> &w, std::vector<double> *vec) {
-    std::vector<double> V;
-    if (vec) {
-        V.assign((size_t)p * p, 0.0);
-        for (int i = 0; i < p; i++) V[(size_t)i * p + i] = 1.0;
-    }
-    auto a = [&](int i, int j) -> double & { return A[(size_t)j * p + i]; };
-    for (int sweep = 0; sweep < 60; sweep++) {
-        double off = 0, diag = 0;
-        for (int j = 0; j < p; j++)
-            for (int i = 0; i < p; i++) (i == j ? diag : off) += a(i, j) * a(i, j);
-        if (off <= 1e-30 * diag || off == 0) break;
-        for (int i = 0; i < p - 1; i++)
-            for (int j = i + 1; j < p; j++) {
-                double aij = a(i, j);
-                if (fabs(aij) <= 1e-300) continue;
-                double th = (a(j, j) - a(i, i)) / (2 * aij);
-                double t = (th >= 0 ? 1.0 : -1.0) / (fabs(th) + sqrt(th * th + 1));
-                double c = 1 / sqrt(t * t + 1), s = t * c;
-                for (int k = 0; k < p; k++) { /* A ← A J (columns i, j) */
-                    double x = a(k, i), y = a(k, j);
-                    a(k, i) = c * x - s * y;
-                    a(k, j) = s * x + c * y;
-                }
-                for (int k = 0; k < p; k++) { /* A ← Jᵀ A (rows i, j) */
-                    double x = a(i, k), y = a(j, k);
-                    a(i, k) = c * x - s * y;
-                    a(j, k) = s * x + c * y;
-                }
-                if (vec)
-                    for (int k = 0; k < p; k++) {
-                        double x = V[(size_t)i * p + k], y = V[(size_t)j * p + k];
-                        V[(size_t)i * p + k] = c * x - s * y;
-                        V[(size_t)j * p + k] = s * x + c * y;
-                    }
-            }
-    }
-    std::vector<int> idx((size_t)p);
-    for (int i = 0; i < p; i++) idx[(size_t)i] = i;
-    std::sort(idx.begin(), idx.end(), [&](int x, int y) { return a(x, x) > a(y, y); });
-    w.resize((size_t)p);
-    for (int i = 0; i < p; i++) w[(size_t)i] = a(idx[(size_t)i], idx[(size_t)i]);
-    if (vec) {
-        vec->assign((size_t)p * p, 0.0);
-        for (int c = 0; c < p; c++)
-            for (int k = 0; k < p; k++) (*vec)[(size_t)c * p + k] = V[(size_t)idx[(size_t)c] * p + k];
-    }
-}
-
-/* eigenvalues (descending) of the symmetric p × p A (col-major; symmetric, so
- * rows = columns): Householder to tridiagonal, then implicit QL
- * (O(p³) once, not per sweep as Jacobi) */
-void sym_eigvals(std::vector<double> A, int n, std::vector<double> &w) {
-    auto a = [&](int i, int j) -> double & { return A[(size_t)i * n + j]; };
-    std::vector<double> d((size_t)n), e((size_t)n);
-    for (int i = n - 1; i > 0; i--) {
-        int l = i - 1;
-        double h = 0, scale = 0;
-        if (l > 0) {
-            for (int k = 0; k <= l; k++) scale += fabs(a(i, k));
-            if (scale == 0.0) e[(size_t)i] = a(i, l);
-            else {
-                for (int k = 0; k <= l; k++) {
-                    a(i, k) /= scale;
-                    h += a(i, k) * a(i, k);
-                }
-                double f = a(i, l), g = f >= 0.0 ? -sqrt(h) : sqrt(h);
-                e[(size_t)i] = scale * g;
-                h -= f * g;
-                a(i, l) = f - g;
-                f = 0.0;
-                for (int j = 0; j <= l; j++) {
-                    g = 0.0;
-                    for (int k = 0; k <= j; k++) g += a(j, k) * a(i, k);
-                    for (int k = j + 1; k <= l; k++) g += a(k, j) * a(i, k);
-                    e[(size_t)j] = g / h;
-                    f += e[(size_t)j] * a(i, j);
-                }
-                double hh = f / (h + h);
-                for (int j = 0; j <= l; j++) {
-                    f = a(i, j);
-                    e[(size_t)j] = g = e[(size_t)j] - hh * f;
-                    for (int k = 0; k <= j; k++) a(j, k) -= (f * e[(size_t)k] + g * a(i, k));
-                }
-            }
-        } else {
-            e[(size_t)i] = a(i, l);
-        }
-        d[(size_t)i] = h;
-    }
-    for (int i = 0; i < n; i++) d[(size_t)i] = a(i, i);
-    for (int i = 1; i < n; i++) e[(size_t)i - 1] = e[(size_t)i];
-    if (n > 0) e[(size_t)n - 1] = 0.0;
-    for (int l = 0; l < n; l++) {
-        int iter = 0, m;
-        do {
-            for (m = l; m < n - 1; m++) {
-                double dd = fabs(d[(size_t)m]) + fabs(d[(size_t)m + 1]);
-                if (fabs(e[(size_t)m]) <= 1e-15 * dd) break;
-            }
-            if (m != l) {
-                if (iter++ == 60) break;
-                double g = (d[(size_t)l + 1] - d[(size_t)l]) / (2.0 * e[(size_t)l]);
-                double r = hypot(g, 1.0);
-                g = d[(size_t)m] - d[(size_t)l] + e[(size_t)l] / (g + copysign(r, g));
-                double s = 1.0, c = 1.0, p = 0.0;
-                int i;
-                for (i = m - 1; i >= l; i--) {
-                    double f = s * e[(size_t)i], b = c * e[(size_t)i];
-                    e[(size_t)i + 1] = (r = hypot(f, g));
-                    if (r == 0.0) {
-                        d[(size_t)i + 1] -= p;
-                        e[(size_t)m] = 0.0;
-                        break;
-                    }
-                    s = f / r;
-                    c = g / r;
-                    g = d[(size_t)i + 1] - p;
-                    r = (d[(size_t)i] - g) * s + 2.0 * c * b;
-                    d[(size_t)i + 1] = g + (p = s * r);
-                    g = c * r - b;
-                }
-                if (r == 0.0 && i >= l) continue;
-                d[(size_t)l] -= p;
-                e[(size_t)l] = g;
-                e[(size_t)m] = 0.0;
-            }
-        } while (m != l);
-    }
-    std::sort(d.begin(), d.end(), [](double x, double y) { return x > y; });
-    w = d;
-}
-
 } // namespace
 
 struct avc_analysis {
@@ -1107,9 +974,12 @@ void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const
     out->mean_norm = sqrt(mu2);
     out->rms_token_norm = sqrt(total / (double)l);
     out->R = total > 0 ? out->mean_norm / out->rms_token_norm : 0.0;
-    std::vector<double> w1, u1, w2;
-    jacobi_eig(B1, p1, w1, &u1);
-    sym_eigvals(B2, p2, w2); /* p2 reaches 172 for the LM head: not Jacobi */
+    /* eigenvalues, and block 1's top eigenvector u1 (v₁ = V1·u1), on the host (src/analysis.c: QL and inverse
+     * iteration; cyclic Jacobi with vectors before, 0.6 ms at p = 29 against 0.05) */
+    std::vector<double> w1((size_t)p1), u1((size_t)p1), w2((size_t)p2), A1(B1);
+    analysis_sym_eigvals(A1.data(), p1, w1.data());
+    analysis_top_eigvec(B1.data(), p1, w1[0], u1.data());
+    analysis_sym_eigvals(B2.data(), p2, w2.data());
     out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
     if (info) {
         info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
@@ -1460,34 +1330,54 @@ averis_status flush_impl(avc_analysis *a) {
         CU_TRY(cudaMemcpyAsync(h, slot + L.mean, (size_t)e.m * sizeof(float), cudaMemcpyDeviceToHost, s));
     }
     CU_TRY(cudaStreamSynchronize(s));
-    for (group &g : gs) {
-        const int p = g.p;
+    /* the host's part (eigensolvers, the median of ρ: ~0.2–0.5 ms a tap, ~50 ms for the 88M model's
+     * 156 taps on one core, H100 host, 2026-12-07) on several threads: the taps are independent */
+    struct fin_item {
+        avc_analysis::pending *e;
+        const double *h, *b; /* the tap's host block; its two p × p Rayleigh–Ritz matrices */
+        const float *V1;
+        int p;
+    };
+    std::vector<fin_item> items;
+    for (group &g : gs)
         for (size_t t = 0; t < g.taps.size(); t++) {
             avc_analysis::pending &e = a->pend[g.taps[t]];
             const double *h = hd + o_tap[g.taps[t]];
-            const double *part = h;
-            const double *rho = h + (size_t)ANA_SLOTS * ANA_NBLK;
             long long sel_h[4];
-            memcpy(sel_h, rho + e.cnt, sizeof sel_h);
-            const float *mu_h = reinterpret_cast<const float *>(rho + e.cnt + 4);
+            memcpy(sel_h, h + (size_t)ANA_SLOTS * ANA_NBLK + e.cnt, sizeof sel_h);
             if (sel_h[2] < 0 || sel_h[2] > e.cnt)
                 return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)e.cnt);
-            std::vector<double> B[2];
-            for (int b = 0; b < 2; b++) {
-                const double *src = hd + g.o_b + (2 * t + b) * (size_t)p * p;
-                B[b].resize((size_t)p * p);
-                for (int c = 0; c < p; c++)
-                    for (int r = 0; r < p; r++)
-                        B[b][(size_t)c * p + r] = 0.5 * (src[(size_t)c * p + r] + src[(size_t)r * p + c]);
-            }
-            std::vector<double> rho_h(rho, rho + sel_h[2]);
-            const float *V1 = reinterpret_cast<const float *>(hd + g.o_v) + t * (size_t)g.m * p;
-            memset(&e.met, 0, sizeof e.met);
-            memset(&e.info, 0, sizeof e.info);
-            e.met.rows = e.l, e.met.cols = e.m;
-            finish_metrics(e.l, e.m, e.k, p, p, iters, part, B[0], B[1], V1, mu_h, rho_h, &e.met, &e.info);
+            items.push_back({&e, h, hd + g.o_b + 2 * t * (size_t)g.p * g.p,
+                             reinterpret_cast<const float *>(hd + g.o_v) + t * (size_t)g.m * g.p, g.p});
         }
-    }
+    auto finish_one = [&](const fin_item &it) {
+        avc_analysis::pending &e = *it.e;
+        const int p = it.p;
+        const double *part = it.h, *rho = it.h + (size_t)ANA_SLOTS * ANA_NBLK;
+        long long sel_h[4];
+        memcpy(sel_h, rho + e.cnt, sizeof sel_h);
+        const float *mu_h = reinterpret_cast<const float *>(rho + e.cnt + 4);
+        std::vector<double> B[2];
+        for (int b = 0; b < 2; b++) {
+            const double *src = it.b + b * (size_t)p * p;
+            B[b].resize((size_t)p * p);
+            for (int c = 0; c < p; c++)
+                for (int r = 0; r < p; r++) B[b][(size_t)c * p + r] = 0.5 * (src[(size_t)c * p + r] + src[(size_t)r * p + c]);
+        }
+        std::vector<double> rho_h(rho, rho + sel_h[2]);
+        memset(&e.met, 0, sizeof e.met);
+        memset(&e.info, 0, sizeof e.info);
+        e.met.rows = e.l, e.met.cols = e.m;
+        finish_metrics(e.l, e.m, e.k, p, p, iters, part, B[0], B[1], it.V1, mu_h, rho_h, &e.met, &e.info);
+    };
+    const size_t nth = std::min<size_t>(items.size(), std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
+    auto work = [&](size_t i0) {
+        for (size_t i = i0; i < items.size(); i += nth) finish_one(items[i]);
+    };
+    std::vector<std::thread> th;
+    for (size_t k = 1; k < nth; k++) th.emplace_back(work, k);
+    work(0);
+    for (std::thread &t : th) t.join();
     return AVERIS_OK;
 }
 

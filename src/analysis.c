@@ -276,3 +276,150 @@ averis_status analysis_model_rows(model *m, const int *inputs, const int *target
     fflush(csv);
     return st ? st : ctx.st;
 }
+
+/* ------------------------------------------- small symmetric eigenproblems */
+static int cmp_double_desc(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+averis_status analysis_sym_eigvals(double *A, int n, double *w) {
+    if (n < 1) return AVERIS_OK;
+    double *d = w, *e = malloc(sizeof(double) * (size_t)n);
+    if (!e) return averis_fail(AVERIS_ENOMEM, "analysis: eigenvalues of a %d x %d matrix", n, n);
+#define AA(i, j) A[(size_t)(i) * (size_t)n + (size_t)(j)]
+    /* Householder reduction to tridiagonal form (d: diagonal, e: off-diagonal) */
+    for (int i = n - 1; i > 0; i--) {
+        int l = i - 1;
+        double h = 0, scale = 0;
+        if (l > 0) {
+            for (int k = 0; k <= l; k++) scale += fabs(AA(i, k));
+            if (scale == 0.0) e[i] = AA(i, l);
+            else {
+                for (int k = 0; k <= l; k++) {
+                    AA(i, k) /= scale;
+                    h += AA(i, k) * AA(i, k);
+                }
+                double f = AA(i, l), g = f >= 0.0 ? -sqrt(h) : sqrt(h);
+                e[i] = scale * g;
+                h -= f * g;
+                AA(i, l) = f - g;
+                f = 0.0;
+                for (int j = 0; j <= l; j++) {
+                    g = 0.0;
+                    for (int k = 0; k <= j; k++) g += AA(j, k) * AA(i, k);
+                    for (int k = j + 1; k <= l; k++) g += AA(k, j) * AA(i, k);
+                    e[j] = g / h;
+                    f += e[j] * AA(i, j);
+                }
+                double hh = f / (h + h);
+                for (int j = 0; j <= l; j++) {
+                    f = AA(i, j);
+                    e[j] = g = e[j] - hh * f;
+                    for (int k = 0; k <= j; k++) AA(j, k) -= (f * e[k] + g * AA(i, k));
+                }
+            }
+        } else {
+            e[i] = AA(i, l);
+        }
+        d[i] = h;
+    }
+    for (int i = 0; i < n; i++) d[i] = AA(i, i);
+#undef AA
+    for (int i = 1; i < n; i++) e[i - 1] = e[i];
+    e[n - 1] = 0.0;
+    /* implicit QL with shifts on the tridiagonal matrix */
+    for (int l = 0; l < n; l++) {
+        int iter = 0, m;
+        do {
+            for (m = l; m < n - 1; m++) {
+                double dd = fabs(d[m]) + fabs(d[m + 1]);
+                if (fabs(e[m]) <= 1e-15 * dd) break;
+            }
+            if (m != l) {
+                if (iter++ == 60) break;
+                double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+                double r = hypot(g, 1.0);
+                g = d[m] - d[l] + e[l] / (g + copysign(r, g));
+                double s = 1.0, c = 1.0, p = 0.0;
+                int i;
+                for (i = m - 1; i >= l; i--) {
+                    double f = s * e[i], b = c * e[i];
+                    e[i + 1] = (r = hypot(f, g));
+                    if (r == 0.0) {
+                        d[i + 1] -= p;
+                        e[m] = 0.0;
+                        break;
+                    }
+                    s = f / r;
+                    c = g / r;
+                    g = d[i + 1] - p;
+                    r = (d[i] - g) * s + 2.0 * c * b;
+                    d[i + 1] = g + (p = s * r);
+                    g = c * r - b;
+                }
+                if (r == 0.0 && i >= l) continue;
+                d[l] -= p;
+                e[l] = g;
+                e[m] = 0.0;
+            }
+        } while (m != l);
+    }
+    free(e);
+    qsort(d, (size_t)n, sizeof *d, cmp_double_desc);
+    return AVERIS_OK;
+}
+
+averis_status analysis_top_eigvec(const double *A, int n, double lam, double *x) {
+    if (n < 1) return AVERIS_OK;
+    double *M = malloc(sizeof(double) * (size_t)n * (size_t)n); /* row-major A − lam·I */
+    int *piv = malloc(sizeof(int) * (size_t)n);
+    if (!M || !piv) {
+        free(M), free(piv);
+        return averis_fail(AVERIS_ENOMEM, "analysis: eigenvector of a %d x %d matrix", n, n);
+    }
+    double scale = 0;
+    for (size_t i = 0; i < (size_t)n * (size_t)n; i++) scale = fmax(scale, fabs(A[i]));
+    const double tiny = (scale > 0 ? scale : 1.0) * 2.220446049250313e-16; /* DBL_EPSILON·max|A| */
+#define MM(r, c) M[(size_t)(r) * (size_t)n + (size_t)(c)]
+    for (int c = 0; c < n; c++)
+        for (int r = 0; r < n; r++) MM(r, c) = A[(size_t)c * (size_t)n + (size_t)r] - (r == c ? lam : 0.0);
+    for (int k = 0; k < n; k++) { /* Gaussian elimination, partial pivoting */
+        int b = k;
+        for (int r = k + 1; r < n; r++)
+            if (fabs(MM(r, k)) > fabs(MM(b, k))) b = r;
+        piv[k] = b;
+        if (b != k)
+            for (int c = 0; c < n; c++) {
+                double t = MM(k, c);
+                MM(k, c) = MM(b, c), MM(b, c) = t;
+            }
+        if (fabs(MM(k, k)) < tiny) MM(k, k) = tiny; /* lam exact: a zero pivot */
+        for (int r = k + 1; r < n; r++) {
+            double f = MM(r, k) / MM(k, k);
+            MM(r, k) = f;
+            for (int c = k + 1; c < n; c++) MM(r, c) -= f * MM(k, c);
+        }
+    }
+    for (int i = 0; i < n; i++) x[i] = 1.0 + 0.01 * i; /* a component along every direction */
+    for (int it = 0; it < 3; it++) {
+        for (int k = 0; k < n; k++) {
+            double t = x[k];
+            x[k] = x[piv[k]], x[piv[k]] = t;
+        }
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < r; c++) x[r] -= MM(r, c) * x[c];
+        for (int r = n - 1; r >= 0; r--) {
+            for (int c = r + 1; c < n; c++) x[r] -= MM(r, c) * x[c];
+            x[r] /= MM(r, r);
+        }
+        double nn = 0;
+        for (int i = 0; i < n; i++) nn += x[i] * x[i];
+        nn = sqrt(nn);
+        if (!(nn > 0) || !isfinite(nn)) break; /* NaN input */
+        for (int i = 0; i < n; i++) x[i] /= nn;
+    }
+#undef MM
+    free(M), free(piv);
+    return AVERIS_OK;
+}

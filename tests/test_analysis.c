@@ -126,3 +126,70 @@ void test_analysis_vs_numpy(void) {
     json_free(&root);
     free(buf);
 }
+
+/* The host eigensolvers the GPU analysis uses (analysis_sym_eigvals,
+ * analysis_top_eigvec) on A = Q·diag(λ)·Qᵀ with Q a random orthogonal
+ * matrix and λ known: the eigenvalues to 1e-12·λ₁, the top eigenvector to
+ * |⟨x, q₁⟩| ≥ 1 − 1e-12; then a rank-one A, a zero A, and λ₂ = λ₁(1 − 1e-9)
+ * (x in the top pair's span: ‖Ax − λ₁x‖ ≤ 1e-6·λ₁). */
+static void random_orthogonal(double *Q, int n, uint64_t *s) {
+    for (int i = 0; i < n * n; i++) {
+        *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+        Q[i] = (double)(*s >> 11) / 9007199254740992.0 - 0.5;
+    }
+    for (int c = 0; c < n; c++) { /* Gram–Schmidt on the columns, twice */
+        for (int pass = 0; pass < 2; pass++)
+            for (int p = 0; p < c; p++) {
+                double d = 0;
+                for (int r = 0; r < n; r++) d += Q[p * n + r] * Q[c * n + r];
+                for (int r = 0; r < n; r++) Q[c * n + r] -= d * Q[p * n + r];
+            }
+        double nn = 0;
+        for (int r = 0; r < n; r++) nn += Q[c * n + r] * Q[c * n + r];
+        for (int r = 0; r < n; r++) Q[c * n + r] /= sqrt(nn);
+    }
+}
+
+void test_analysis_small_eigen(void) {
+    uint64_t s = 42;
+    const int sizes[] = {1, 2, 5, 16, 29, 64, 172};
+    double *Q = malloc(sizeof(double) * 172 * 172), *A = malloc(sizeof(double) * 172 * 172),
+           *A2 = malloc(sizeof(double) * 172 * 172), lam[172], w[172], x[172];
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int n = sizes[si];
+            random_orthogonal(Q, n, &s);
+            for (int i = 0; i < n; i++)
+                lam[i] = kind == 1 ? (i == 0 ? 3.0 : 0.0)          /* rank one */
+                         : kind == 2 ? 0.0                          /* zero */
+                         : kind == 3 && i == 1 ? 100.0 * (1 - 1e-9) /* a near-double top */
+                                      : 100.0 * pow(0.8, i);        /* a decaying spectrum */
+            for (int c = 0; c < n; c++)
+                for (int r = 0; r < n; r++) {
+                    double v = 0;
+                    for (int k = 0; k < n; k++) v += Q[k * n + r] * lam[k] * Q[k * n + c];
+                    A[c * n + r] = v;
+                }
+            for (int c = 0; c < n; c++)
+                for (int r = 0; r < c; r++) A[c * n + r] = A[r * n + c] = 0.5 * (A[c * n + r] + A[r * n + c]);
+            memcpy(A2, A, sizeof(double) * (size_t)(n * n));
+            CHECK(!analysis_sym_eigvals(A2, n, w), "%s", averis_last_error());
+            double worst = 0;
+            for (int i = 0; i < n; i++) worst = fmax(worst, fabs(w[i] - lam[i]));
+            const double scale = fmax(lam[0], 1.0);
+            CHECK(worst <= 1e-12 * scale, "n %d kind %d: eigenvalues off by %.3g", n, kind, worst);
+            CHECK(!analysis_top_eigvec(A, n, w[0], x), "%s", averis_last_error());
+            double dot = 0, xn = 0, res = 0;
+            for (int r = 0; r < n; r++) dot += x[r] * Q[r], xn += x[r] * x[r];
+            for (int r = 0; r < n; r++) {
+                double ax = 0;
+                for (int c = 0; c < n; c++) ax += A[c * n + r] * x[c];
+                res += (ax - w[0] * x[r]) * (ax - w[0] * x[r]);
+            }
+            CHECK(fabs(xn - 1) <= 1e-12, "n %d kind %d: |x|² = %.17g", n, kind, xn);
+            if (kind == 0 || kind == 1)
+                CHECK(fabs(dot) >= 1 - 1e-12, "n %d kind %d: |<x, q1>| = %.17g", n, kind, fabs(dot));
+            if (kind == 3 && n > 1) CHECK(sqrt(res) <= 1e-6 * lam[0], "n %d near-double: residual %.3g", n, sqrt(res));
+        }
+    free(Q), free(A), free(A2);
+}

@@ -46,6 +46,16 @@ const char *analysis_quant_name(int k); /* "plain", "split", "rht", "split_rht" 
 /* Computes every metric of X (finite values expected). */
 averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_metrics *out);
 
+/* Small symmetric eigenproblems (the GPU analysis's Rayleigh–Ritz
+ * matrices, p ≤ ~200, solved on the host). analysis_sym_eigvals: the
+ * eigenvalues w [n], descending, of the symmetric n × n A (overwritten) by
+ * Householder tridiagonalisation and implicit QL. analysis_top_eigvec: the
+ * unit eigenvector x [n] of the symmetric column-major A (not modified) for
+ * its eigenvalue lam (the largest, from analysis_sym_eigvals), by inverse
+ * iteration; a near-double eigenvalue leaves x in its eigenspace. */
+averis_status analysis_sym_eigvals(double *A, int n, double *w);
+averis_status analysis_top_eigvec(const double *A, int n, double lam, double *x);
+
 /* CSV: the header (with prefix columns, e.g. "step,layer,kind") and a row. */
 void analysis_csv_header(FILE *f, const char *prefix_cols);
 void analysis_csv_row(FILE *f, const char *prefix, const analysis_metrics *a);
