@@ -58,12 +58,12 @@ MEMCHECK_PARTS=(e2m1,quantize_bitexact,transposed,colstats,qlinear_vs_cpu,flash_
 bg_memcheck() {
     local i rc pids=()
     for i in "${!MEMCHECK_PARTS[@]}"; do
-        ( timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_cuda "${MEMCHECK_PARTS[$i]}" \
+        ( env "${BGENV[@]}" timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/test_cuda "${MEMCHECK_PARTS[$i]}" \
               >"$OUT/memcheck_test_cuda_$i.log" 2>&1
           echo "test_cuda_$i $?" >>"$RUNS/bg_memcheck.rcs" ) &
         pids+=($!)
     done
-    timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/quant_lab check \
+    env "${BGENV[@]}" timeout 400 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 build/quant_lab check \
         >"$OUT/memcheck_quant_lab.log" 2>&1
     echo "quant_lab $?" >>"$RUNS/bg_memcheck.rcs"
     for i in "${pids[@]}"; do wait "$i"; done
@@ -72,7 +72,7 @@ bg_cpu_tiny() {
     local r
     for r in "${CPU_RECIPES[@]}"; do
         rm -rf "$RUNS/tiny_cpu_$r"
-        build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" \
+        env "${BGENV[@]}" build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_cpu_$r" >/dev/null 2>"$RUNS/tiny_cpu_$r.err" \
             || echo "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")" >>"$RUNS/bg_cpu_tiny.fail"
     done
 }
@@ -85,10 +85,16 @@ TORCH_MODES=${TORCH_MODES:-eager,compile,fq-compile}
 bg_torch_warm() {   # fills torch.compile's disk cache; its timings are not reported
     local modes; modes=$(echo "$TORCH_MODES" | tr , '\n' | grep compile | paste -sd,)
     [[ -n $modes ]] || return 0
-    timeout 330 python3 bench/torch_gpu_train.py --steps 1 --modes "$modes" >"$RUNS/torch_warm.log" 2>&1
-    timeout 200 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 1 --modes "$modes" >>"$RUNS/torch_warm.log" 2>&1
+    env "${BGENV[@]}" timeout 330 python3 bench/torch_gpu_train.py --steps 1 --modes "$modes" >"$RUNS/torch_warm.log" 2>&1
+    env "${BGENV[@]}" timeout 200 python3 bench/torch_gpu_train.py --config qwen3-114m --batch 16 --steps 1 --modes "$modes" >>"$RUNS/torch_warm.log" 2>&1
 }
 rm -f "$RUNS"/bg_*
+# While the background runs, ~7 processes share the cores: OpenMP threads
+# yield instead of spinning, and the background ones are few (on an H100
+# host, 2026-12-07, with spinning threads and every process at all 16 cores,
+# test_cuda's model checks took 140 s each and the call ran out of time).
+export OMP_WAIT_POLICY=PASSIVE
+BGENV=(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=4)
 BG=()
 if command -v compute-sanitizer >/dev/null; then bg_memcheck & BG+=($!); fi
 bg_cpu_tiny & CPU_TINY=$!
@@ -180,6 +186,7 @@ fi
 
 step "waiting for the background (memcheck, the peers' compilation)"
 for p in "${BG[@]}"; do wait "$p"; done
+unset OMP_WAIT_POLICY
 step "compute-sanitizer memcheck (ran in the background)"
 if command -v compute-sanitizer >/dev/null; then
     while read -r prog rc; do
