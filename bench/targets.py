@@ -68,7 +68,8 @@ def main():
         judge(f"{shape}: nvfp4 / bf16 (step time)", r(ms.get("nvfp4"), ms.get("bf16")), 1.20, True)
         judge(f"{shape}: averis / nvfp4 (step time)", r(ms.get("averis"), ms.get("nvfp4")), 1.02, True)
         v = r(ms.get("nvfp4-rht"), ms.get("nvfp4"))
-        lines.append(f"{shape + ": nvfp4-rht / nvfp4 (reported)":<54} " + (f"{v:8.3f}" if v else "missing"))
+        name = shape + ": nvfp4-rht / nvfp4 (reported)"
+        lines.append(f"{name:<54} " + (f"{v:8.3f}" if v else "missing"))
         judge(f"{shape}: nvfp4 vs compiled fake-quant (tokens/s)", r(pms.get("fq-compile"), ms.get("nvfp4")), 1.5, False)
     q = quant_rows(os.path.join(d, "bench_quant.txt"))
     one = [v for k, v in q.items() if "amax known" in k]
