@@ -853,6 +853,10 @@ static const test_case k_tests[] = {
 };
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--list")) { /* the tests' names, a line each (scripts/device_check.sh) */
+        for (const test_case &t : k_tests) printf("%s\n", t.name);
+        return 0;
+    }
     tool_device_init("test_cuda");
     int passed = 0, failed = 0;
     run_device_tests(k_tests, sizeof k_tests / sizeof k_tests[0], argc > 1 ? argv[1] : nullptr, &passed, &failed);
