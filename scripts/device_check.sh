@@ -161,7 +161,7 @@ for p in "${BG[@]}"; do wait "$p"; done
 unset OMP_WAIT_POLICY
 while read -r part rc; do
     log="$OUT/$part.log"
-    echo "$part: exit $rc; $(tail -1 "$log"); $(grep -h "ERROR SUMMARY" "$log" | tail -1)"
+    echo "$part: exit $rc; $(grep -hE "passed, [0-9]+ failed" "$log" | tail -1); $(grep -h "ERROR SUMMARY" "$log" | tail -1)"
     # 9: memcheck found errors; 124: timeout; other nonzero: a test failed
     case $rc in
         0) ;;
