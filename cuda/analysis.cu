@@ -866,6 +866,22 @@ averis_status stage_rr(avc_analysis *a, const ana_job &j) {
     return AVERIS_OK;
 }
 
+/* the exact select over x [n] (X itself, or the sampled select's candidates
+ * with their indices idx), then the counts per chunk of its nch, their scan
+ * and ρ at its rank; the kernels run only where *gate says `want` (both
+ * paths are launched, one returns at once; gate NULL: always) */
+averis_status exact_rho(cudaStream_t s, const ana_job &j, const float *x, int64_t n, int64_t nch, unsigned *cnt,
+                        int64_t *off, const long long *gate, int want, const long long *idx) {
+    CU_OK(select_threshold(s, x, n, j.cnt, j.hist, j.sel, gate, want));
+    k_count_ge<<<(unsigned)nch, ANA_THREADS, 0, s>>>(x, n, j.sel, cnt, gate, want);
+    CU_LAUNCHED();
+    k_offsets<<<1, ANA_PICK, 0, s>>>(cnt, nch, (long long)j.cnt, off, j.sel, gate, want);
+    CU_LAUNCHED();
+    k_rho<<<(unsigned)nch, ANA_THREADS, 0, s>>>(x, j.mean, n, j.m, j.sel, off, j.rho, gate, want, idx);
+    CU_LAUNCHED();
+    return AVERIS_OK;
+}
+
 /* 3. the top-0.1% threshold and ρ; 4. the NVFP4 round trips: on j.side,
  * beside the iteration (they read X and μ only) */
 averis_status stage_side(avc_analysis *a, const ana_job &j) {
@@ -890,22 +906,9 @@ averis_status stage_side(avc_analysis *a, const ana_job &j) {
         CU_TRY(cudaMemsetAsync(j.cand_v, 0, (size_t)j.cap * sizeof(float), s)); /* zeros past the candidates */
         k_compact<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.st, j.off_d, j.cand_v, j.cand_i);
         CU_LAUNCHED();
-        CU_OK(select_threshold(s, j.cand_v, j.cap, j.cnt, j.hist, j.sel, gate, 1));
-        k_count_ge<<<(unsigned)j.nch_c, ANA_THREADS, 0, s>>>(j.cand_v, j.cap, j.sel, j.cnt_c, gate, 1);
-        CU_LAUNCHED();
-        k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_c, j.nch_c, (long long)j.cnt, j.off_c, j.sel, gate, 1);
-        CU_LAUNCHED();
-        k_rho<<<(unsigned)j.nch_c, ANA_THREADS, 0, s>>>(j.cand_v, j.mean, j.cap, m, j.sel, j.off_c, j.rho, gate, 1,
-                                                        j.cand_i);
-        CU_LAUNCHED();
+        CU_OK(exact_rho(s, j, j.cand_v, j.cap, j.nch_c, j.cnt_c, j.off_c, gate, 1, j.cand_i));
     }
-    CU_OK(select_threshold(s, j.X, j.n, j.cnt, j.hist, j.sel, gate, 0));
-    k_count_ge<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.n, j.sel, j.cnt_d, gate, 0);
-    CU_LAUNCHED();
-    k_offsets<<<1, ANA_PICK, 0, s>>>(j.cnt_d, j.nch, (long long)j.cnt, j.off_d, j.sel, gate, 0);
-    CU_LAUNCHED();
-    k_rho<<<(unsigned)j.nch, ANA_THREADS, 0, s>>>(j.X, j.mean, j.n, m, j.sel, j.off_d, j.rho, gate, 0);
-    CU_LAUNCHED();
+    CU_OK(exact_rho(s, j, j.X, j.n, j.nch, j.cnt_d, j.off_d, gate, 0, nullptr));
 
     phase.reset();
     phase.emplace("analysis 4: NVFP4 round trips and errors", s);
