@@ -998,16 +998,9 @@ void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const
         vn += v * v;
     }
     out->cos_mu_v1 = out->mean_norm > 0 && vn > 0 ? fabs(dot) / (out->mean_norm * sqrt(vn)) : 0.0;
-    double e_mean = (double)l * mu2, e_c = total - e_mean, e_spike = 0;
+    double e_spike = 0;
     for (int i = 0; i < k && i < p2; i++) e_spike += std::max(w2[(size_t)i], 0.0);
-    if (e_c < 0) e_c = 0;
-    if (e_spike > e_c) e_spike = e_c;
-    out->spike_k = k;
-    if (total > 0) {
-        out->e_mean = e_mean / total;
-        out->e_spike = e_spike / total;
-        out->e_tail = (e_c - e_spike) / total;
-    }
+    analysis_energy_split(total, (double)l * mu2, e_spike, k, out);
     int64_t r = (int64_t)rho_h.size();
     out->top_count = r;
     if (r > 0) {

@@ -153,16 +153,8 @@ averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_me
         for (int64_t j = 0; j < m; j++) Xc[t * m + j] = (float)(((double)X[t * m + j] - mu[j]) * inv);
     if (l < m) averis_sgemm(0, 1, l, l, m, 1.0f, Xc, m, Xc, m, 0.0f, G, l);
     else averis_sgemm(1, 0, m, m, l, 1.0f, Xc, m, Xc, m, 0.0f, G, m);
-    double e_mean = (double)l * mu2, e_c = total - e_mean;
-    double e_spike = total > 0 && cmax > 0 ? top_k_trace(G, g, k, V, W) * cmax * cmax : 0.0;
-    if (e_c < 0) e_c = 0;
-    if (e_spike > e_c) e_spike = e_c;
-    a->spike_k = k;
-    if (total > 0) {
-        a->e_mean = e_mean / total;
-        a->e_spike = e_spike / total;
-        a->e_tail = (e_c - e_spike) / total;
-    }
+    analysis_energy_split(total, (double)l * mu2, total > 0 && cmax > 0 ? top_k_trace(G, g, k, V, W) * cmax * cmax : 0.0,
+                          k, a);
     /* ρ over the top 0.1% magnitudes */
     int64_t n = l * m, cnt = (int64_t)ceil(0.001 * (double)n);
     for (int64_t i = 0; i < n; i++) mag[i] = fabsf(X[i]);
@@ -275,6 +267,18 @@ averis_status analysis_model_rows(model *m, const int *inputs, const int *target
     m->tap_ctx = NULL;
     fflush(csv);
     return st ? st : ctx.st;
+}
+
+void analysis_energy_split(double total, double e_mean, double e_spike, int k, analysis_metrics *a) {
+    double e_c = total - e_mean; /* the centred energy */
+    if (e_c < 0) e_c = 0;
+    if (e_spike > e_c) e_spike = e_c;
+    a->spike_k = k;
+    if (total > 0) {
+        a->e_mean = e_mean / total;
+        a->e_spike = e_spike / total;
+        a->e_tail = (e_c - e_spike) / total;
+    }
 }
 
 /* ------------------------------------------- small symmetric eigenproblems */

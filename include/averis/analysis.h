@@ -46,6 +46,12 @@ const char *analysis_quant_name(int k); /* "plain", "split", "rht", "split_rht" 
 /* Computes every metric of X (finite values expected). */
 averis_status analysis_compute(const float *X, int64_t l, int64_t m, analysis_metrics *out);
 
+/* a's spike_k and energy fractions from ‖X‖_F² (total), the mean's l‖μ‖²
+ * and the top-k energy of X − 1μ (capped at the centred energy total −
+ * e_mean, itself at 0); the fractions stay as they are when total is 0.
+ * Shared by analysis_compute and the GPU analysis. */
+void analysis_energy_split(double total, double e_mean, double e_spike, int k, analysis_metrics *a);
+
 /* Small symmetric eigenproblems (the GPU analysis's Rayleigh–Ritz
  * matrices, p ≤ ~200, solved on the host). analysis_sym_eigvals: the
  * eigenvalues w [n], descending, of the symmetric n × n A (overwritten) by
