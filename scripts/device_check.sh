@@ -92,18 +92,15 @@ for r in bf16 averis; do   # the CPU runs, one per recipe
         || note_fail "cpu train $r: $(tail -1 "$RUNS/tiny_cpu_$r.err")"
 done
 for spec in "${SPECS[@]}"; do
-    r=${spec%%:*} attn= act=bf16 tag=$spec
-    [[ $spec == *:flash ]] && attn=flash tag=${r}_flash
-    [[ $spec == *:naive ]] && attn=naive tag=${r}_naive
-    [[ $spec == *:fp32act ]] && act=fp32 tag=${r}_fp32act
+    r=${spec%%:*} attn= act=bf16 tag=${spec/:/_}
+    [[ $spec == *:flash ]] && attn=flash
+    [[ $spec == *:naive ]] && attn=naive
+    [[ $spec == *:fp32act ]] && act=fp32
     rm -rf "$RUNS/tiny_gpu_$tag"
     AVERIS_ATTN=$attn AVERIS_ACT=$act build/averis train "${TRAIN[@]}" --recipe $r --out "$RUNS/tiny_gpu_$tag" --device cuda >/dev/null 2>"$RUNS/tiny_gpu_$tag.err" || note_fail "gpu train $spec: $(tail -1 "$RUNS/tiny_gpu_$tag.err")"
 done
 for spec in "${SPECS[@]}"; do
-    r=${spec%%:*} tag=$spec
-    [[ $spec == *:flash ]] && tag=${r}_flash
-    [[ $spec == *:naive ]] && tag=${r}_naive
-    [[ $spec == *:fp32act ]] && tag=${r}_fp32act
+    r=${spec%%:*} tag=${spec/:/_}
     # |Δloss| / loss per step; the bound covers BF16 attention/LM-head rounding and SR draws on diverged inputs
     # (measured with fp32 activations: bf16 4e-5, averis 8e-4)
     python3 - "$RUNS/tiny_cpu_$r/log.csv" "$RUNS/tiny_gpu_$tag/log.csv" $spec <<'EOF' 2>&1 | tee -a "$OUT/tiny_cpu_vs_gpu.txt"
