@@ -12,10 +12,10 @@ along the tokens), eager (fq-eager) and compiled (fq-compile).
 `compile` compiles the whole model. `fq-compile` compiles each decoder
 layer (regional compilation: one graph, reused by every layer), because the
 whole fake-quant model's graph did not finish compiling in 200 s on an H100
-(2026-12-06); `fq-compile-model` compiles the whole model anyway. Compilation
-is cached on disk (TORCHINDUCTOR_CACHE_DIR): scripts/device_check.sh runs this
-once with --steps 1 in the background so that the timed run finds the cache
-hot. The time to the first step (compilation included) is printed apart.
+(2026-12-06); `fq-compile-model` compiles the whole model anyway. The time
+of the warm-up steps (compilation included) is printed apart; inductor's
+disk cache (TORCHINDUCTOR_CACHE_DIR) shortens it in a later run on the same
+machine. scripts/device_targets.sh runs this beside bench_cuda step.
 
     python3 bench/torch_gpu_train.py [--config qwen3-0.6b|qwen3-114m|tiny] [--batch 8] [--seq 1024]
                                      [--steps 10] [--modes eager,compile,fq-eager,fq-compile,fq-compile-model]
@@ -139,7 +139,7 @@ def main():
         if mode == "fq-compile":
             for layer in model.model.layers:
                 layer.compile()
-        elif mode.endswith("compile") or mode.endswith("compile-model"):
+        elif "compile" in mode:  # compile, fq-compile-model: the whole model
             fwd = torch.compile(model)
         x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), device=dev)
 

@@ -59,7 +59,6 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
-#include <cfloat>
 #include <optional>
 #include <cmath>
 #include <cstdlib>
