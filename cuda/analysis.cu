@@ -80,6 +80,16 @@ __global__ void k_widen(const __nv_bfloat16 *x, float *y, int64_t n) {
         y[i] = __bfloat162float(x[i]);
 }
 
+/* v rounded to BF16 in place, its BF16 copy in vb: the GEMMs and the
+ * centring terms beside them then use the same (rounded) panel */
+__global__ void k_round_bf16(float *v, __nv_bfloat16 *vb, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
+        vb[i] = b;
+        v[i] = __bfloat162float(b);
+    }
+}
+
 /* Σx² per thread block → part[blockIdx] */
 __global__ void k_sumsq(const float *x, int64_t n, double *part) {
     __shared__ typename ana_reduce::TempStorage tmp;
@@ -553,6 +563,7 @@ struct avc_analysis {
         size_t cap = 0;
     };
     buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C, Z2;
+    buf vb, yb; /* the panel iteration on a BF16 tensor: V and Y rounded to BF16 */
     buf st, cand_v, cand_i, cnt_c, off_c; /* the sampled select */
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
     int smem_optin = 0; /* the shared memory a block may opt in to (bytes) */
@@ -609,7 +620,7 @@ struct avc_analysis {
         for (cudaEvent_t e : tjoin)
             if (e) cudaEventDestroy(e);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C, &Z2, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
+                       &off, &rho, &xc, &C, &Z2, &vb, &yb, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
             if (b->p) cudaFree(b->p);
         for (buf &b : slots)
             if (b.p) cudaFree(b.p);
@@ -741,6 +752,13 @@ averis_status select_threshold(cudaStream_t st, const float *X, int64_t n, int64
     return AVERIS_OK;
 }
 
+/* the panel iteration of a BF16 tensor on BF16 tensor cores (default);
+ * AVERIS_ANALYSIS_PANEL_BF16=0: TF32 on its fp32 copy, as an fp32 tensor */
+int env_panel_bf16() {
+    const char *e = getenv("AVERIS_ANALYSIS_PANEL_BF16");
+    return !(e && *e == '0');
+}
+
 /* the sampled select's candidate buffer: ANA_CAND_MUL·cnt elements */
 int64_t cand_cap(int64_t cnt) { return ANA_CAND_MUL * cnt; }
 
@@ -757,6 +775,10 @@ struct ana_job {
     int p1, p2, gram;
     int step2; /* Gram path: two products by C per orthonormalisation (Z2 between them) */
     const float *X;
+    /* the panel iteration on a BF16 input: X as it came (BF16), and the panels
+     * V and Y rounded to BF16 beside their fp32 copies (null: TF32 on X) */
+    const __nv_bfloat16 *Xb;
+    __nv_bfloat16 *Vb, *Yb;
     float *mean, *scal, *V, *Y, *Z, *W, *ones, *vec1, *Xc, *C, *Z2;
     double *Zd, *G, *Gs, *tr, *dpart, *rho;
     long long *sel;
@@ -831,6 +853,28 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
                                       in + (int64_t)p1 * m, (int)m, &zerof, out + (int64_t)p1 * m, (int)m));
             in = out;
         }
+    } else if (j.Xb) {
+        /* a BF16 tensor (the LM head's gradient): the products on BF16 tensor cores
+         * from X as it came, with V and Y rounded to BF16 (fp32 sums); the centring
+         * terms use the same rounded panels, so each product is the exact centred
+         * operator's on them. Only the subspace is found here: Rayleigh–Ritz (stage_rr)
+         * reads X in full fp32 */
+        k_round_bf16<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(j.V, j.Vb, m * P);
+        CU_LAUNCHED();
+        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)l, P, (int)m, &onef, j.Xb, CUDA_R_16BF, (int)m,
+                                   j.Vb, CUDA_R_16BF, (int)m, &zerof, j.Y, CUDA_R_32F, (int)l, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)m, p2, &onef, j.V + (int64_t)p1 * m, (int)m, j.mean, 1, &zerof,
+                                  j.vec1, 1));
+        CU_CUBLAS_TRY(cublasSger(a->cb, (int)l, p2, &neg, j.ones, 1, j.vec1, 1, j.Y + (int64_t)p1 * l, (int)l));
+        k_round_bf16<<<grid_for(l * P), ANA_THREADS, 0, a->s>>>(j.Y, j.Yb, l * P);
+        CU_LAUNCHED();
+        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.Xb, CUDA_R_16BF, (int)m,
+                                   j.Yb, CUDA_R_16BF, (int)l, &zerof, j.Z, CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, j.Y + (int64_t)p1 * l, (int)l, j.ones, 1, &zerof,
+                                  j.vec1, 1));
+        CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, j.mean, 1, j.vec1, 1, j.Z + (int64_t)p1 * m, (int)m));
     } else {
         CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.X, (int)m, j.Y, (int)l,
@@ -1488,6 +1532,11 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
     CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &jb.dpart));
     CU_OK(select_bufs(a, jb));
     CU_OK(a->get(a->rho, jb.cnt, &jb.rho));
+    if (!gram && bf16 && env_panel_bf16()) {
+        jb.Xb = static_cast<const __nv_bfloat16 *>(x_dev);
+        CU_OK(a->get(a->vb, m * P, &jb.Vb));
+        CU_OK(a->get(a->yb, l * P, &jb.Yb));
+    }
     if (gram) {
         CU_OK(a->get(a->xc, n, &jb.Xc));
         CU_OK(a->get(a->C, 2 * m * m, &jb.C));

@@ -234,6 +234,20 @@ std::vector<float> synth(int64_t l, int64_t m, double bias, int spikes, double s
     return X;
 }
 
+/* an LM-head-like gradient: softmax − onehot rows, scaled 1/l */
+std::vector<float> dlogits(int64_t l, int64_t m) {
+    rng r{99};
+    std::vector<float> X((size_t)(l * m));
+    for (int64_t t = 0; t < l; t++) {
+        double z = 0;
+        std::vector<double> p((size_t)m);
+        for (int64_t j = 0; j < m; j++) z += p[(size_t)j] = exp(2.0 * r.normal() - 0.002 * (double)j);
+        int64_t tgt = (int64_t)(r.u() * (double)m) % m;
+        for (int64_t j = 0; j < m; j++) X[(size_t)(t * m + j)] = (float)((p[(size_t)j] / z - (j == tgt)) / (double)l);
+    }
+    return X;
+}
+
 /* small shapes (also what memcheck runs) */
 void test_small() {
     compare("gauss 512x64", synth(512, 64, 0.0, 0, 1, 1), 512, 64, 0);
@@ -260,18 +274,7 @@ void test_synthetic() {
     compare("bf16 ties 1024x256", synth(1024, 256, 1.5, 3, 8.0, 5), 1024, 256, 1);
     compare("wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
     compare("tall 8192x48", synth(8192, 48, 3.0, 1, 4.0, 7), 8192, 48, 0);
-    /* an LM-head-like gradient: softmax − onehot rows, scaled 1/l */
-    int64_t l = 1024, m = 2048;
-    rng r{99};
-    std::vector<float> X((size_t)(l * m));
-    for (int64_t t = 0; t < l; t++) {
-        double z = 0;
-        std::vector<double> p((size_t)m);
-        for (int64_t j = 0; j < m; j++) z += p[(size_t)j] = exp(2.0 * r.normal() - 0.002 * (double)j);
-        int64_t tgt = (int64_t)(r.u() * (double)m) % m;
-        for (int64_t j = 0; j < m; j++) X[(size_t)(t * m + j)] = (float)((p[(size_t)j] / z - (j == tgt)) / (double)l);
-    }
-    compare("dlogits 1024x2048", X, l, m, 0);
+    compare("dlogits 1024x2048", dlogits(1024, 2048), 1024, 2048, 0);
 }
 
 /* the code paths the default shapes do not reach: the panel iteration
@@ -284,6 +287,11 @@ void test_paths() {
     compare("panel mean+spikes 2048x768", synth(2048, 768, 1.0, 4, 20.0, 3), 2048, 768, 0);
     compare("panel odd cols 1000x40", synth(1000, 40, 0.7, 2, 5.0, 4), 1000, 40, 0);
     compare("panel wide 256x4096", synth(256, 4096, 0.5, 0, 1, 6), 256, 4096, 0);
+    /* a BF16 tensor on the panel path (the LM head's gradient): its iteration on
+     * BF16 tensor cores, Rayleigh–Ritz in fp32 */
+    compare("panel bf16 ties 1024x256", synth(1024, 256, 1.5, 3, 8.0, 5), 1024, 256, 1);
+    compare("panel bf16 mean+spikes 2048x768", synth(2048, 768, 1.0, 4, 20.0, 3), 2048, 768, 1);
+    compare("panel bf16 dlogits 1024x2048", dlogits(1024, 2048), 1024, 2048, 1);
     unsetenv("AVERIS_ANALYSIS_GRAM");
     setenv("AVERIS_ANALYSIS_CHOL_GLOBAL", "1", 1); /* the path without deferral's */
     setenv("AVERIS_ANALYSIS_DEFER", "0", 1);
