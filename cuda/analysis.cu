@@ -835,6 +835,25 @@ averis_status stage_pre(avc_analysis *a, const ana_job &j) {
     return AVERIS_OK;
 }
 
+/* a product of the BF16 panel iteration: out [rows × P] = op(X)·in with in
+ * [inner × P] rounded to BF16 first (in place; its BF16 copy in inb), then
+ * block 2 centred on the same rounded panel: out₂ −= u·(wᵀ in₂) (Y = X V:
+ * w = μ, u = 1; Z = Xᵀ Y: w = 1, u = μ) */
+averis_status bf16_product(avc_analysis *a, const ana_job &j, cublasOperation_t op, int64_t rows, int64_t inner,
+                           float *in, __nv_bfloat16 *inb, float *out, const float *w, const float *u) {
+    const float onef = 1.0f, zerof = 0.0f, neg = -1.0f;
+    const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
+    k_round_bf16<<<grid_for(inner * P), ANA_THREADS, 0, a->s>>>(in, inb, inner * P);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasGemmEx(a->cb, op, CUBLAS_OP_N, (int)rows, P, (int)inner, &onef, j.Xb, CUDA_R_16BF, (int)j.m, inb,
+                               CUDA_R_16BF, (int)inner, &zerof, out, CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+    CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)inner, p2, &onef, in + (int64_t)p1 * inner, (int)inner, w, 1,
+                              &zerof, j.vec1, 1));
+    CU_CUBLAS_TRY(cublasSger(a->cb, (int)rows, p2, &neg, u, 1, j.vec1, 1, out + (int64_t)p1 * rows, (int)rows));
+    return AVERIS_OK;
+}
+
 /* one subspace iteration: block 1 on X (C₁), block 2 on Xc (Cc), then
  * Cholesky-QR of both blocks back into V; tr holds both blocks' traces */
 averis_status stage_iter(avc_analysis *a, const ana_job &j) {
@@ -859,22 +878,8 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
          * terms use the same rounded panels, so each product is the exact centred
          * operator's on them. Only the subspace is found here: Rayleigh–Ritz (stage_rr)
          * reads X in full fp32 */
-        k_round_bf16<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(j.V, j.Vb, m * P);
-        CU_LAUNCHED();
-        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)l, P, (int)m, &onef, j.Xb, CUDA_R_16BF, (int)m,
-                                   j.Vb, CUDA_R_16BF, (int)m, &zerof, j.Y, CUDA_R_32F, (int)l, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
-        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)m, p2, &onef, j.V + (int64_t)p1 * m, (int)m, j.mean, 1, &zerof,
-                                  j.vec1, 1));
-        CU_CUBLAS_TRY(cublasSger(a->cb, (int)l, p2, &neg, j.ones, 1, j.vec1, 1, j.Y + (int64_t)p1 * l, (int)l));
-        k_round_bf16<<<grid_for(l * P), ANA_THREADS, 0, a->s>>>(j.Y, j.Yb, l * P);
-        CU_LAUNCHED();
-        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.Xb, CUDA_R_16BF, (int)m,
-                                   j.Yb, CUDA_R_16BF, (int)l, &zerof, j.Z, CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
-        CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)l, p2, &onef, j.Y + (int64_t)p1 * l, (int)l, j.ones, 1, &zerof,
-                                  j.vec1, 1));
-        CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, j.mean, 1, j.vec1, 1, j.Z + (int64_t)p1 * m, (int)m));
+        CU_OK(bf16_product(a, j, CUBLAS_OP_T, l, m, j.V, j.Vb, j.Y, j.mean, j.ones)); /* Y = Xc V */
+        CU_OK(bf16_product(a, j, CUBLAS_OP_N, m, l, j.Y, j.Yb, j.Z, j.ones, j.mean)); /* Z = Xcᵀ Y */
     } else {
         CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, j.X, (int)m, j.Y, (int)l,
