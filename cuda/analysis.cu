@@ -1009,9 +1009,9 @@ std::vector<int64_t> job_key(const ana_job &j) {
  * them: part the fp64 partial sums (ANA_SLOTS rows of ANA_NBLK), B₁ (p1 × p1)
  * and B₂ (p2 × p2) the Rayleigh–Ritz matrices, V1 [m × p1] (column-major)
  * block 1's panel, mu_h μ, rho_h the ρ of the top 0.1 %; used products */
-void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const double *part, std::vector<double> &B1,
-                    std::vector<double> &B2, const float *V1, const float *mu_h, std::vector<double> &rho_h,
-                    analysis_metrics *out, avc_analysis_info *info) {
+averis_status finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const double *part,
+                             std::vector<double> &B1, std::vector<double> &B2, const float *V1, const float *mu_h,
+                             std::vector<double> &rho_h, analysis_metrics *out, avc_analysis_info *info) {
     const int64_t g = std::min(l, m);
     auto slot = [&](int sl) {
         double t = 0;
@@ -1028,9 +1028,9 @@ void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const
     /* eigenvalues, and block 1's top eigenvector u1 (v₁ = V1·u1), on the host (src/analysis.c: QL and inverse
      * iteration; cyclic Jacobi with vectors before, 0.6 ms at p = 29 against 0.05) */
     std::vector<double> w1((size_t)p1), u1((size_t)p1), w2((size_t)p2), A1(B1);
-    analysis_sym_eigvals(A1.data(), p1, w1.data());
-    analysis_top_eigvec(B1.data(), p1, w1[0], u1.data());
-    analysis_sym_eigvals(B2.data(), p2, w2.data());
+    CU_OK(analysis_sym_eigvals(A1.data(), p1, w1.data()));
+    CU_OK(analysis_top_eigvec(B1.data(), p1, w1[0], u1.data()));
+    CU_OK(analysis_sym_eigvals(B2.data(), p2, w2.data()));
     out->sigma1 = total > 0 ? sqrt(std::max(w1[0], 0.0)) : 0.0;
     if (info) {
         info->sigma2 = p1 > 1 ? sqrt(std::max(w1[1], 0.0)) : 0.0;
@@ -1065,6 +1065,7 @@ void finish_metrics(int64_t l, int64_t m, int k, int p1, int p2, int used, const
         out->q_rel_mse[qv] = total > 0 ? err / total : (err > 0 ? INFINITY : 0.0);
         out->q_flushed[qv] = nz > 0 ? fl / nz : 0.0;
     }
+    return AVERIS_OK;
 }
 
 /* phases 3 and 4's stream: the second one where there is one (AVERIS_ANALYSIS_SIDE=0: none) */
@@ -1381,6 +1382,7 @@ averis_status flush_impl(avc_analysis *a) {
         const double *h, *b; /* the tap's host block; its two p × p Rayleigh–Ritz matrices */
         const float *V1;
         int p;
+        int64_t top; /* its ρ count (checked here) */
     };
     std::vector<fin_item> items;
     for (group &g : gs)
@@ -1392,14 +1394,12 @@ averis_status flush_impl(avc_analysis *a) {
             if (sel_h[2] < 0 || sel_h[2] > e.cnt)
                 return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)e.cnt);
             items.push_back({&e, h, hd + g.o_b + 2 * t * (size_t)g.p * g.p,
-                             reinterpret_cast<const float *>(hd + g.o_v) + t * (size_t)g.m * g.p, g.p});
+                             reinterpret_cast<const float *>(hd + g.o_v) + t * (size_t)g.m * g.p, g.p, sel_h[2]});
         }
     auto finish_one = [&](const fin_item &it) {
         avc_analysis::pending &e = *it.e;
         const int p = it.p;
         const double *part = it.h, *rho = it.h + (size_t)ANA_SLOTS * ANA_NBLK;
-        long long sel_h[4];
-        memcpy(sel_h, rho + e.cnt, sizeof sel_h);
         const float *mu_h = reinterpret_cast<const float *>(rho + e.cnt + 4);
         std::vector<double> B[2];
         for (int b = 0; b < 2; b++) {
@@ -1408,20 +1408,26 @@ averis_status flush_impl(avc_analysis *a) {
             for (int c = 0; c < p; c++)
                 for (int r = 0; r < p; r++) B[b][(size_t)c * p + r] = 0.5 * (src[(size_t)c * p + r] + src[(size_t)r * p + c]);
         }
-        std::vector<double> rho_h(rho, rho + sel_h[2]);
+        std::vector<double> rho_h(rho, rho + it.top);
         memset(&e.met, 0, sizeof e.met);
         memset(&e.info, 0, sizeof e.info);
         e.met.rows = e.l, e.met.cols = e.m;
-        finish_metrics(e.l, e.m, e.k, p, p, iters, part, B[0], B[1], it.V1, mu_h, rho_h, &e.met, &e.info);
+        return finish_metrics(e.l, e.m, e.k, p, p, iters, part, B[0], B[1], it.V1, mu_h, rho_h, &e.met, &e.info);
     };
     const size_t nth = std::min<size_t>(items.size(), std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
+    /* a thread's first failure and its message (the error text is per thread) */
+    std::vector<averis_status> fail(nth, AVERIS_OK);
+    std::vector<std::string> why(nth);
     auto work = [&](size_t i0) {
-        for (size_t i = i0; i < items.size(); i += nth) finish_one(items[i]);
+        for (size_t i = i0; i < items.size() && !fail[i0]; i += nth)
+            if ((fail[i0] = finish_one(items[i]))) why[i0] = averis_last_error();
     };
     std::vector<std::thread> th;
     for (size_t k = 1; k < nth; k++) th.emplace_back(work, k);
     work(0);
     for (std::thread &t : th) t.join();
+    for (size_t k = 0; k < nth; k++)
+        if (fail[k]) return averis_fail(fail[k], "%s", why[k].c_str());
     return AVERIS_OK;
 }
 
@@ -1664,8 +1670,7 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
         return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)cnt);
     std::vector<double> B1(hd + o_b1, hd + o_b1 + (size_t)p1 * p1), B2(hd + o_b2, hd + o_b2 + (size_t)p2 * p2),
         rho_h(hd + o_rho, hd + o_rho + (size_t)sel_h[2]);
-    finish_metrics(l, m, k, p1, p2, used, part, B1, B2, V1, mu_h, rho_h, out, info);
-    return AVERIS_OK;
+    return finish_metrics(l, m, k, p1, p2, used, part, B1, B2, V1, mu_h, rho_h, out, info);
 }
 
 void avc_analysis_set_sink(avc_analysis *a, avc_result_fn fn, void *ctx) {
