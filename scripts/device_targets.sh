@@ -10,7 +10,8 @@
 #      under TORCH_TIMEOUT seconds (default 300; the 0.6B torch.compile alone
 #      takes minutes of the host's time)
 #   4. bench_cuda quant (the quantize kernels against a device copy)
-#   5. bench/targets.py: each target with its value, met or NOT MET
+#   5. the 0.6B step's profile, bf16 and averis (AVERIS_CUDA_PROFILE=1)
+#   6. bench/targets.py: each target with its value, met or NOT MET
 # Expected 6–8 minutes on an H100 or H200. Knobs: TORCH_MODES
 # (eager,compile,fq-compile), TORCH_TIMEOUT, STEPS (bench_cuda's timed steps, 5).
 # Writes to $OUT (default out/device_targets). Exit status: the number of
@@ -56,6 +57,11 @@ rc=${PIPESTATUS[0]}
 
 step "bench_cuda quant"
 build/bench_cuda quant 2>&1 | tee "$OUT/bench_quant.txt" || note_fail "bench quant"
+
+step "profile: where the 0.6B step's device time goes (AVERIS_CUDA_PROFILE=1, bf16 and averis)"
+AVERIS_CUDA_PROFILE=1 build/bench_cuda step --config qwen3-0.6b --batch 8 --seq 1024 --steps 3 --recipes bf16,averis \
+    >"$OUT/profile_step.txt" 2>&1 || note_fail "profile step"
+tail -4 "$OUT/profile_step.txt"
 
 step "issue 14's targets from this run (bench/targets.py)"
 python3 bench/targets.py "$OUT" | tee "$OUT/targets.txt"
