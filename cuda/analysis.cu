@@ -700,19 +700,10 @@ averis_status launch_chol(avc_analysis *a, const double *G, int p1, int p2, floa
     return AVERIS_OK;
 }
 
-/* Cholesky-QR of both blocks of the m × (p1 + p2) panel Z into V: Zd = Z in
- * fp64, G = ZdᵀZd (the P × P Gram, one DGEMM; only its diagonal blocks are
- * used), one k_chol_inv launch (a thread block per block) for the
- * block-diagonal W = diag(R₁⁻¹, R₂⁻¹) and tr = tr(Z_bᵀZ_b) of both blocks on
- * the device, V = Z W (one SGEMM). */
-averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
-                     double *Gs, float *W, double *tr) {
-    const double one = 1.0, zero = 0.0;
-    const float onef = 1.0f, zerof = 0.0f;
-    const int P = p1 + p2, pm = std::max(p1, p2);
-    k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
-    CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
+/* cholqr's factorisation: W = diag(R₁⁻¹, R₂⁻¹) and the traces from the
+ * P × P Gram G, one k_chol_inv launch */
+averis_status chol_factor(avc_analysis *a, const double *G, int p1, int p2, float *W, double *tr, double *Gs) {
+    const int pm = std::max(p1, p2);
     /* R in shared memory where the packed triangle fits beside the static 8 KiB */
     size_t smem = (size_t)pm * (pm + 1) / 2 * sizeof(double);
     const char *force = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL"); /* tests: the global-memory path */
@@ -722,6 +713,23 @@ averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p
     else if (pm <= 64) CU_OK(launch_chol<2>(a, G, p1, p2, W, tr, Gs, threads, smem));
     else if (pm <= 256) CU_OK(launch_chol<8>(a, G, p1, p2, W, tr, Gs, threads, smem));
     else CU_OK(launch_chol<(AVC_ANA_PMAX + 31) / 32>(a, G, p1, p2, W, tr, Gs, threads, smem));
+    return AVERIS_OK;
+}
+
+/* Cholesky-QR of both blocks of the m × (p1 + p2) panel Z into V: Zd = Z in
+ * fp64, G = ZdᵀZd (the P × P Gram, one DGEMM; only its diagonal blocks are
+ * used), one k_chol_inv launch (a thread block per block) for the
+ * block-diagonal W = diag(R₁⁻¹, R₂⁻¹) and tr = tr(Z_bᵀZ_b) of both blocks on
+ * the device, V = Z W (one SGEMM). */
+averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
+                     double *Gs, float *W, double *tr) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    const int P = p1 + p2;
+    k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
+    CU_LAUNCHED();
+    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
+    CU_OK(chol_factor(a, G, p1, p2, W, tr, Gs));
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, Z, (int)m, W, P, &zerof, V, (int)m));
     return AVERIS_OK;
 }
@@ -1803,4 +1811,181 @@ extern "C" averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, 
     avc_analysis_set_sink(a, nullptr, nullptr);
     fflush(csv);
     return st ? st : ctx.st;
+}
+
+/* ------------------------------------------------------------ benchmarks */
+namespace {
+
+__global__ void k_sum_parts(const double *part, int S, int64_t n, double *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        double t = 0;
+        for (int s = 0; s < S; s++) t += part[(int64_t)s * n + i];
+        out[i] = t;
+    }
+}
+
+/* ms per call of f over reps calls on a->s, after one warm-up call */
+template <class F> averis_status time_calls(avc_analysis *a, int reps, F f, double *ms) {
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    CU_TRY(cudaEventCreate(&e0));
+    CU_TRY(cudaEventCreate(&e1));
+    averis_status st = f();
+    for (int r = 0; !st && r < reps; r++) {
+        if (r == 0) CU_TRY(cudaEventRecord(e0, a->s));
+        st = f();
+    }
+    if (!st) {
+        CU_TRY(cudaEventRecord(e1, a->s));
+        CU_TRY(cudaEventSynchronize(e1));
+        float t = 0;
+        CU_TRY(cudaEventElapsedTime(&t, e0, e1));
+        *ms = t / reps;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return st;
+}
+
+} // namespace
+
+extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, int64_t m, int reps, FILE *out) {
+    int k, p1, p2;
+    blocks_for(l, m, &k, &p1, &p2);
+    const int P = p1 + p2, S = 16;
+    if (reps < 1 || l < 1 || m < 1 || m % S)
+        return averis_fail(AVERIS_EINVAL, "analysis panel bench: l %lld, m %lld (a multiple of %d), reps %d", (long long)l,
+                           (long long)m, S, reps);
+    cudaStream_t s = a->s;
+    struct device_mem { /* freed on every return */
+        std::vector<void *> p;
+        ~device_mem() {
+            for (void *q : p) cudaFree(q);
+        }
+    } mem;
+    auto get = [&](auto **p, size_t n) -> averis_status {
+        const size_t bytes = std::max<size_t>(n, 1) * sizeof(**p);
+        CU_ALLOC(cudaMalloc((void **)p, bytes), bytes);
+        mem.p.push_back((void *)*p);
+        return AVERIS_OK;
+    };
+    const int64_t lm = l * m, wide = std::max(l, m);
+    const size_t pmax2 = (size_t)AVC_ANA_PMAX * AVC_ANA_PMAX;
+    ana_job j = {};
+    j.l = l, j.m = m, j.n = lm, j.p1 = p1, j.p2 = p2;
+    float *X = nullptr;
+    __nv_bfloat16 *Xb = nullptr;
+    double *part = nullptr, *Gk = nullptr;
+    CU_OK(get(&X, (size_t)lm));
+    CU_OK(get(&Xb, (size_t)lm));
+    CU_OK(get(&j.V, (size_t)(m * P)));
+    CU_OK(get(&j.Vb, (size_t)(m * P)));
+    CU_OK(get(&j.Y, (size_t)(l * P)));
+    CU_OK(get(&j.Yb, (size_t)(l * P)));
+    CU_OK(get(&j.Z, (size_t)(m * P)));
+    CU_OK(get(&j.Zd, (size_t)(wide * P)));
+    CU_OK(get(&j.G, 2 * pmax2));
+    CU_OK(get(&j.Gs, 2 * pmax2));
+    CU_OK(get(&j.W, pmax2));
+    CU_OK(get(&j.tr, 2));
+    CU_OK(get(&j.mean, (size_t)m));
+    CU_OK(get(&j.ones, (size_t)wide));
+    CU_OK(get(&j.vec1, (size_t)AVC_ANA_PMAX));
+    CU_OK(get(&part, (size_t)S * P * P));
+    CU_OK(get(&Gk, (size_t)P * P));
+    /* X: uniform in [−½, ½) rounded to BF16 (X its fp32 copy), μ small, V a start panel */
+    k_start<<<grid_for(lm), ANA_THREADS, 0, s>>>(X, lm, 0x1234567u);
+    k_round_bf16<<<grid_for(lm), ANA_THREADS, 0, s>>>(X, Xb, lm);
+    k_start<<<grid_for(m), ANA_THREADS, 0, s>>>(j.mean, m, 0x89abcdu);
+    k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.V, m * P, 0x5eed1234u);
+    CU_LAUNCHED();
+    std::vector<float> one_h((size_t)wide, 1.0f);
+    CU_TRY(cudaMemcpyAsync(j.ones, one_h.data(), one_h.size() * sizeof(float), cudaMemcpyHostToDevice, s));
+    CU_OK(cholqr(a, j.V, j.Z, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr));
+    CU_TRY(cudaMemcpyAsync(j.V, j.Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    j.Xb = Xb;
+    CU_OK(stage_iter(a, j)); /* a panel a few products in */
+    CU_OK(stage_iter(a, j));
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    double ms[12] = {0};
+    int q = 0;
+    auto T = [&](auto f) -> averis_status { return time_calls(a, reps, f, &ms[q++]); };
+    CU_OK(T([&]() -> averis_status {
+        k_round_bf16<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.V, j.Vb, m * P);
+        CU_LAUNCHED();
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status {
+        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)l, P, (int)m, &onef, Xb, CUDA_R_16BF, (int)m, j.Vb,
+                                   CUDA_R_16BF, (int)m, &zerof, j.Y, CUDA_R_32F, (int)l, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status {
+        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, Xb, CUDA_R_16BF, (int)m, j.Yb,
+                                   CUDA_R_16BF, (int)l, &zerof, j.Z, CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status { return bf16_product(a, j, CUBLAS_OP_T, l, m, j.V, j.Vb, j.Y, j.mean, j.ones); }));
+    CU_OK(T([&]() -> averis_status {
+        k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.Z, j.Zd, m * P);
+        CU_LAUNCHED();
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status {
+        CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, j.Zd, (int)m, j.Zd, (int)m, &zero,
+                                  j.G, P));
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status { /* the same Gram split over S row chunks: S batched DGEMMs, their sum in order */
+        const int64_t c = m / S;
+        CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)c, &one, j.Zd, (int)m, c, j.Zd,
+                                                (int)m, c, &zero, part, P, (long long)P * P, S));
+        k_sum_parts<<<grid_for((int64_t)P * P), ANA_THREADS, 0, s>>>(part, S, (int64_t)P * P, Gk);
+        CU_LAUNCHED();
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status { return chol_factor(a, j.G, p1, p2, j.W, j.tr, j.Gs); }));
+    CU_OK(T([&]() -> averis_status {
+        CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, j.Z, (int)m, j.W, P, &zerof, j.V,
+                                  (int)m));
+        return AVERIS_OK;
+    }));
+    CU_OK(T([&]() -> averis_status { return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr); }));
+    CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
+    j.Xb = nullptr, j.X = X; /* TF32 on the fp32 copy */
+    CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
+    /* the split Gram against the one DGEMM, on the same Zd */
+    std::vector<double> g1((size_t)P * P), g2((size_t)P * P);
+    CU_TRY(cudaMemcpyAsync(g1.data(), j.G, g1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(g2.data(), Gk, g2.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaStreamSynchronize(s));
+    double gmax = 0, gdiff = 0;
+    for (size_t i = 0; i < g1.size(); i++) gmax = std::max(gmax, fabs(g1[i]));
+    for (size_t i = 0; i < g1.size(); i++) gdiff = std::max(gdiff, fabs(g1[i] - g2[i]) / (gmax > 0 ? gmax : 1.0));
+    const double gflop = 2.0 * (double)l * (double)m * P * 1e-9; /* GFLOP of one panel GEMM: TFLOP/s = gflop / ms */
+    fprintf(out, "the panel iteration's pieces at l x m = %lld x %lld (BF16 X), p1 %d, p2 %d (P %d); ms per call, mean of %d\n",
+            (long long)l, (long long)m, p1, p2, P, reps);
+    static const char *names[12] = {"round V to BF16 (m x P)",
+                                    "Y = X V, GemmEx BF16 (op T)",
+                                    "Z = X^T Y, GemmEx BF16 (op N)",
+                                    "bf16_product: round + GemmEx + centring",
+                                    "cholqr: Z to fp64",
+                                    "cholqr: G = Zd^T Zd, one DGEMM",
+                                    "  the same split in 16 chunks + sum",
+                                    "cholqr: Cholesky + R^-1 (k_chol_inv)",
+                                    "cholqr: V = Z W, SGEMM",
+                                    "cholqr, whole",
+                                    "one iteration (stage_iter), BF16",
+                                    "one iteration, TF32 on the fp32 copy"};
+    for (int i = 0; i < 12; i++) {
+        fprintf(out, "  %-42s %8.3f ms", names[i], ms[i]);
+        if (i == 1 || i == 2) fprintf(out, "   %6.0f TFLOP/s", gflop / ms[i]);
+        if (i == 6) fprintf(out, "   (max |diff| %.1e of max |G|)", gdiff);
+        fprintf(out, "\n");
+    }
+    fprintf(out, "  (%d iterations + the start's and Rayleigh-Ritz's Cholesky-QR: about %.1f ms of cholqr a tap)\n",
+            AVC_ANA_ITERS, (AVC_ANA_ITERS + 2) * ms[9]);
+    return AVERIS_OK;
 }

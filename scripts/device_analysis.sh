@@ -11,7 +11,8 @@
 #      vocab 16384, 16×1024 tokens), averis and bf16 (goal ≤ 2%); then averis
 #      without deferral (AVERIS_ANALYSIS_DEFER=0: each tap's iteration at
 #      once, CUDA graphs; also tested in 2.) and on one stream
-#      (AVERIS_ANALYSIS_SIDE=0)
+#      (AVERIS_ANALYSIS_SIDE=0); the panel iteration's pieces at the LM head's
+#      shape (bench_analysis --panel-parts: GEMMs, Cholesky-QR's parts)
 #   5. end to end: `train --device cuda --analyze-every` on tiny (rows at
 #      steps 0, 10, 20, no weights downloaded for them) and
 #      `analyze CKPT --device cuda`; moe-tiny's rows include the experts
@@ -80,6 +81,11 @@ step "bench_analysis, averis, variants: ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEF
 for v in ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFER=0 AVERIS_ANALYSIS_SIDE=0}; do
     env "$v" timeout 240 build/bench_analysis --recipe averis --every 250 --steps 10 \
         --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${v%%=*}.log" | grep -E "overhead|analysis step"
+done
+step "the panel iteration's pieces (the LM-head gradient's path): 16384 x 16384 and 16384 x 2048, BF16"
+for shape in 16384x16384 16384x2048; do
+    timeout 120 build/bench_analysis --panel-parts $shape 2>&1 | tee -a "$OUT/panel_parts.txt"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis --panel-parts $shape"
 done
 step "end to end: train --device cuda --analyze-every, analyze --device cuda"
 if [[ ${DEVICE_ANALYSIS_E2E:-1} == 0 ]]; then

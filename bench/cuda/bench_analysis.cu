@@ -4,6 +4,7 @@
  * grad, forward, backward, grad norm, AdamW), on one model shape.
  *
  *   bench_analysis [--config C] [--batch B] [--seq T] [--recipe R] [--steps S] [--every K] [--csv FILE]
+ *   bench_analysis --panel-parts LxM
  *
  * Default shape: the 88M model of issue 24 (width 768, 12 layers, 12/4
  * heads, FFN 2048, vocabulary 16384, tied embeddings), 16 × 1024 tokens,
@@ -13,6 +14,9 @@
  * kind; --csv appends "config,recipe,B,T,step_ms,analysis_ms,every,overhead".
  * AVERIS_CUDA_PROFILE=1: then one more analysis step with the profiler on,
  * its device time by phase of cuda/analysis.cu (and the model's categories).
+ * --panel-parts LxM: instead, the pieces of one panel iteration (the LM-head
+ * gradient's path: GEMMs, Cholesky-QR's parts, the whole iteration) on a
+ * random BF16 X of l × m, ms per call (avc_analysis_bench_panel).
  */
 #include "common.cuh"
 #include "../../dev/cuda/tool_util.cuh"
@@ -60,10 +64,12 @@ static void timed_tap(void *ctx, int layer, const char *kind, const void *x, int
 
 int main(int argc, char **argv) {
     const char *config = nullptr, *recipe = "averis", *csv = nullptr;
+    long long panel_l = 0, panel_m = 0;
     int B = 16, T = 1024, steps = 10, every = 250;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: bench_analysis [--config C] [--batch B] [--seq T] [--recipe R] [--steps S] [--every K] [--csv FILE]\n"
+                   "       bench_analysis --panel-parts LxM   (the panel iteration's pieces on a random BF16 L x M)\n"
                    "  default: the 88M shape (768 wide, 12 layers, 12/4 heads, FFN 2048, vocab 16384), 16x1024, averis, K=250\n");
             return 0;
         }
@@ -76,10 +82,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--every")) every = atoi(v);
         else if (!strcmp(a, "--csv")) csv = v;
+        else if (!strcmp(a, "--panel-parts")) {
+            if (sscanf(v, "%lldx%lld", &panel_l, &panel_m) != 2 || panel_l < 1 || panel_m < 1) {
+                fprintf(stderr, "bench_analysis: --panel-parts wants LxM (e.g. 16384x16384), not '%s'\n", v);
+                return 2;
+            }
+        }
         else { fprintf(stderr, "bench_analysis: unknown option %s\n", a); return 2; }
     }
     if (B < 1 || T < 2 || steps < 1 || every < 1) { fprintf(stderr, "bench_analysis: bad sizes\n"); return 2; }
     tool_device_init("bench_analysis");
+    if (panel_l > 0) {
+        avc_analysis *pa;
+        TOOL_OK(avc_analysis_create(&pa, nullptr));
+        TOOL_OK(avc_analysis_bench_panel(pa, panel_l, panel_m, 20, stdout));
+        avc_analysis_free(pa);
+        return 0;
+    }
     model_config cfg;
     if (config) TOOL_OK(model_config_load(config, &cfg));
     else TOOL_OK(model_config_from_json(k_88m, sizeof k_88m - 1, "the 88M shape", &cfg));

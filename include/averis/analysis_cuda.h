@@ -97,6 +97,11 @@ void avc_analysis_set_sink(avc_analysis *a, avc_result_fn fn, void *ctx);
 averis_status avc_analysis_submit(avc_analysis *a, const void *x_dev, int bf16, int64_t l, int64_t m, void *tag);
 averis_status avc_analysis_flush(avc_analysis *a);
 
+/* Benchmarks (bench_analysis --panel-parts): the panel iteration's pieces on
+ * a random BF16 X [l × m] (m a multiple of 16) with the blocks a tap of that
+ * shape gets, ms per call over reps calls each, written to out. */
+averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, int64_t m, int reps, FILE *out);
+
 /* ------------------------------------------------ taps of the GPU model */
 /* Called at each analysed tensor during avc_model_step: layer, kind (as the
  * CPU model's taps, plus resid_attn / resid_ffn: the fp32 residual stream
