@@ -18,6 +18,7 @@
 #      `analyze CKPT --device cuda`; moe-tiny's rows include the experts
 # Needs nvcc, a GPU; step 5 needs a corpus (DATA, default data/default).
 # Knobs: DEVICE_ANALYSIS_MEMCHECK=0, DEVICE_ANALYSIS_E2E=0 (skip 3., 5.),
+# DEVICE_ANALYSIS_NCU=1 (ncu's per-kernel times of one bf16 analysis step),
 # DEVICE_ANALYSIS_NODEFER_TEST=0 (2. only with deferral),
 # ANALYSIS_VARIANTS (the environment settings step 4 times averis under).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
@@ -87,6 +88,18 @@ for shape in 16384x16384 16384x2048; do
     timeout 120 build/bench_analysis --panel-parts $shape 2>&1 | tee -a "$OUT/panel_parts.txt"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis --panel-parts $shape"
 done
+step "the analysis step's kernels, bf16 (ncu, DEVICE_ANALYSIS_NCU=1)"
+if [[ ${DEVICE_ANALYSIS_NCU:-0} == 0 ]]; then
+    echo "(skipped: DEVICE_ANALYSIS_NCU=0)"
+elif command -v ncu >/dev/null; then
+    # one metric, one pass: no replay; each launch's duration as CSV, summed by kernel name below
+    AVERIS_NCU_RANGE=1 timeout 300 ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum \
+        --csv build/bench_analysis --recipe bf16 --steps 2 >"$OUT/ncu_kernels.txt" 2>&1 \
+        || note_fail "ncu over the analysis step"
+    python3 scripts/ncu_summary.py "$OUT/ncu_kernels.txt" | head -40
+else
+    echo "(ncu not found)"
+fi
 step "end to end: train --device cuda --analyze-every, analyze --device cuda"
 if [[ ${DEVICE_ANALYSIS_E2E:-1} == 0 ]]; then
     echo "(skipped: DEVICE_ANALYSIS_E2E=0)"

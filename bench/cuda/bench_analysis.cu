@@ -14,6 +14,8 @@
  * kind; --csv appends "config,recipe,B,T,step_ms,analysis_ms,every,overhead".
  * AVERIS_CUDA_PROFILE=1: then one more analysis step with the profiler on,
  * its device time by phase of cuda/analysis.cu (and the model's categories).
+ * AVERIS_NCU_RANGE=1: then one more analysis step between cudaProfilerStart
+ * and cudaProfilerStop, for `ncu --profile-from-start off`.
  * --panel-parts LxM: instead, the pieces of one panel iteration (the LM-head
  * gradient's path: GEMMs, Cholesky-QR's parts, the whole iteration) on a
  * random BF16 X of l × m, ms per call (avc_analysis_bench_panel).
@@ -21,6 +23,8 @@
 #include "common.cuh"
 #include "../../dev/cuda/tool_util.cuh"
 #include "averis/analysis_cuda.h"
+
+#include <cuda_profiler_api.h>
 
 #include <algorithm>
 #include <chrono>
@@ -175,6 +179,14 @@ int main(int argc, char **argv) {
         printf("one analysis step by phase (AVERIS_CUDA_PROFILE=1):\n");
         cu_prof_report(1);
         cu_prof_enable(0);
+    }
+    if (getenv("AVERIS_NCU_RANGE") && atoi(getenv("AVERIS_NCU_RANGE")) > 0) {
+        /* one more analysis step between cudaProfilerStart and Stop: what
+         * `ncu --profile-from-start off` profiles (device_analysis.sh, DEVICE_ANALYSIS_NCU=1) */
+        DEV(cudaProfilerStart());
+        TOOL_OK(avc_analysis_model_rows(net, a, tok.data(), tgt.data(), sink, "0", UINT64_MAX - 98, nullptr));
+        DEV(cudaDeviceSynchronize());
+        DEV(cudaProfilerStop());
     }
     if (csv) {
         FILE *f = fopen(csv, "a");
