@@ -116,6 +116,15 @@ __global__ void k_to_f64(const float *x, double *y, int64_t n) {
         y[i] = x[i];
 }
 
+/* out [n] = Σ_s part[s·n …] in chunk order (the split Gram's partial sums) */
+__global__ void k_sum_parts(const double *part, int S, int64_t n, double *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        double t = 0;
+        for (int s = 0; s < S; s++) t += part[(int64_t)s * n + i];
+        out[i] = t;
+    }
+}
+
 /* Cholesky-QR's factorisation, both blocks in one launch: thread block b
  * takes the diagonal block b of the P × P Gram G (col-major fp64, ld P;
  * block 0: p1 × p1 at 0, block 1: p2 × p2 at p1), G_b = RᵀR, and writes
@@ -562,7 +571,7 @@ struct avc_analysis {
         void *p = nullptr;
         size_t cap = 0;
     };
-    buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C, Z2;
+    buf xf, q, mean, scal, V, Y, Z, Zd, G, Gs, W, tr, ones, vec1, dpart, hist, sel, cnt, off, rho, xc, C, Z2, gp;
     buf vb, yb; /* the panel iteration on a BF16 tensor: V and Y rounded to BF16 */
     buf st, cand_v, cand_i, cnt_c, off_c; /* the sampled select */
     int64_t ones_n = 0; /* elements of `ones` set to 1 */
@@ -620,7 +629,7 @@ struct avc_analysis {
         for (cudaEvent_t e : tjoin)
             if (e) cudaEventDestroy(e);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C, &Z2, &vb, &yb, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
+                       &off, &rho, &xc, &C, &Z2, &gp, &vb, &yb, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
             if (b->p) cudaFree(b->p);
         for (buf &b : slots)
             if (b.p) cudaFree(b.p);
@@ -722,13 +731,21 @@ averis_status chol_factor(avc_analysis *a, const double *G, int p1, int p2, floa
  * block-diagonal W = diag(R₁⁻¹, R₂⁻¹) and tr = tr(Z_bᵀZ_b) of both blocks on
  * the device, V = Z W (one SGEMM). */
 averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
-                     double *Gs, float *W, double *tr) {
+                     double *Gs, float *W, double *tr, double *Gp = nullptr, int S = 0) {
     const double one = 1.0, zero = 0.0;
     const float onef = 1.0f, zerof = 0.0f;
     const int P = p1 + p2;
     k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
     CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
+    if (S > 1 && Gp && m % S == 0) { /* the Gram over S row chunks of m / S (a P × P output has few tiles for one DGEMM) */
+        const int64_t c = m / S;
+        CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)c, &one, Zd, (int)m, c, Zd,
+                                                (int)m, c, &zero, Gp, P, (long long)P * P, S));
+        k_sum_parts<<<grid_for((int64_t)P * P), ANA_THREADS, 0, a->s>>>(Gp, S, (int64_t)P * P, G);
+        CU_LAUNCHED();
+    } else {
+        CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
+    }
     CU_OK(chol_factor(a, G, p1, p2, W, tr, Gs));
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, Z, (int)m, W, P, &zerof, V, (int)m));
     return AVERIS_OK;
@@ -760,6 +777,14 @@ averis_status select_threshold(cudaStream_t st, const float *X, int64_t n, int64
     return AVERIS_OK;
 }
 
+/* Cholesky-QR's Gram in AVERIS_ANALYSIS_GRAM_SPLIT row chunks (2…64) where the
+ * panel has ≥ 256 rows a chunk; default 0: one DGEMM */
+int env_gram_split(int64_t m) {
+    const char *e = getenv("AVERIS_ANALYSIS_GRAM_SPLIT");
+    const int S = e && *e ? atoi(e) : 0;
+    return S >= 2 && S <= 64 && m % S == 0 && m / S >= 256 ? S : 0;
+}
+
 /* the panel iteration of a BF16 tensor on BF16 tensor cores (default);
  * AVERIS_ANALYSIS_PANEL_BF16=0: TF32 on its fp32 copy, as an fp32 tensor */
 int env_panel_bf16() {
@@ -782,6 +807,8 @@ struct ana_job {
     int64_t l, m, n, cnt, nch;
     int p1, p2, gram;
     int step2; /* Gram path: two products by C per orthonormalisation (Z2 between them) */
+    int gsplit; /* Cholesky-QR's Gram G = ZdᵀZd as gsplit batched DGEMMs over row chunks, summed (Gp: their parts; 0: one DGEMM) */
+    double *Gp;
     const float *X;
     /* the panel iteration on a BF16 input: X as it came (BF16), and the panels
      * V and Y rounded to BF16 beside their fp32 copies (null: TF32 on X) */
@@ -833,7 +860,7 @@ averis_status stage_pre(avc_analysis *a, const ana_job &j) {
     phase.emplace(j.gram ? "analysis 2: Gram matrix and subspace iteration" : "analysis 2: subspace iteration (panel)", s);
     k_start<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.V, m * P, 0x5eed1234u);
     CU_LAUNCHED();
-    CU_OK(cholqr(a, j.V, j.Z, m, j.p1, j.p2, j.Zd, j.G, j.Gs, j.W, j.tr));
+    CU_OK(cholqr(a, j.V, j.Z, m, j.p1, j.p2, j.Zd, j.G, j.Gs, j.W, j.tr, j.Gp, j.gsplit));
     CU_TRY(cudaMemcpyAsync(j.V, j.Z, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     /* the iterations only find the subspace: their GEMMs on X may use TF32
      * tensor cores (an angle error ~1e-3, i.e. ~1e-6 on the Ritz values);
@@ -896,7 +923,7 @@ averis_status stage_iter(avc_analysis *a, const ana_job &j) {
                                   j.vec1, 1));
         CU_CUBLAS_TRY(cublasSger(a->cb, (int)m, p2, &neg, j.mean, 1, j.vec1, 1, j.Z + (int64_t)p1 * m, (int)m));
     }
-    return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr);
+    return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr, j.Gp, j.gsplit);
 }
 
 /* 2b. re-orthonormalise, Rayleigh–Ritz's B_b = (X V_b)ᵀ(X V_b) in fp64 */
@@ -910,7 +937,7 @@ averis_status stage_rr(avc_analysis *a, const ana_job &j) {
     phase.emplace("analysis 2b: Rayleigh-Ritz", s);
     /* re-orthonormalise (Cholesky-QR twice), then Rayleigh–Ritz: B_b = (X V_b)ᵀ(X V_b) */
     CU_TRY(cudaMemcpyAsync(j.Z, j.V, (size_t)(m * P) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CU_OK(cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr));
+    CU_OK(cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr, j.Gp, j.gsplit));
     CU_OK(panel_xv(a, j.X, j.mean, j.ones, l, m, p1, p2, j.V, j.Y, j.vec1));
     k_to_f64<<<grid_for(l * P), ANA_THREADS, 0, s>>>(j.Y, j.Zd, l * P);
     CU_LAUNCHED();
@@ -1001,11 +1028,11 @@ averis_status capture(avc_analysis *a, const ana_job &j, averis_status (*stage)(
 /* the graphs' key: the shape, every device pointer, the settings read while capturing */
 std::vector<int64_t> job_key(const ana_job &j) {
     const char *cg = getenv("AVERIS_ANALYSIS_CHOL_GLOBAL");
-    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1', j.step2, j.cap};
+    std::vector<int64_t> k = {j.l, j.m, j.p1, j.p2, j.gram, cg && *cg == '1', j.step2, j.cap, j.gsplit};
     for (const void *p : {(const void *)j.Z2, (const void *)j.X, (const void *)j.mean, (const void *)j.scal, (const void *)j.V,
                           (const void *)j.Y, (const void *)j.Z, (const void *)j.W, (const void *)j.ones,
                           (const void *)j.vec1, (const void *)j.Xc, (const void *)j.C, (const void *)j.Zd,
-                          (const void *)j.G, (const void *)j.Gs, (const void *)j.tr, (const void *)j.dpart,
+                          (const void *)j.G, (const void *)j.Gs, (const void *)j.Gp, (const void *)j.tr, (const void *)j.dpart,
                           (const void *)j.rho, (const void *)j.sel, (const void *)j.cnt_d, (const void *)j.hist,
                           (const void *)j.off_d, (const void *)j.st, (const void *)j.cand_i, (const void *)j.cand_v,
                           (const void *)j.cnt_c, (const void *)j.off_c})
@@ -1551,6 +1578,7 @@ static averis_status compute_now(avc_analysis *a, const void *x_dev, int bf16, i
     CU_OK(a->get(a->dpart, (int64_t)ANA_SLOTS * ANA_NBLK, &jb.dpart));
     CU_OK(select_bufs(a, jb));
     CU_OK(a->get(a->rho, jb.cnt, &jb.rho));
+    if ((jb.gsplit = env_gram_split(m))) CU_OK(a->get(a->gp, (int64_t)jb.gsplit * P * P, &jb.Gp));
     if (!gram && bf16 && env_panel_bf16()) {
         jb.Xb = static_cast<const __nv_bfloat16 *>(x_dev);
         CU_OK(a->get(a->vb, m * P, &jb.Vb));
@@ -1816,14 +1844,6 @@ extern "C" averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, 
 /* ------------------------------------------------------------ benchmarks */
 namespace {
 
-__global__ void k_sum_parts(const double *part, int S, int64_t n, double *out) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        double t = 0;
-        for (int s = 0; s < S; s++) t += part[(int64_t)s * n + i];
-        out[i] = t;
-    }
-}
-
 /* ms per call of f over reps calls on a->s, after one warm-up call */
 template <class F> averis_status time_calls(avc_analysis *a, int reps, F f, double *ms) {
     cudaEvent_t e0 = nullptr, e1 = nullptr;
@@ -1907,7 +1927,7 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
     CU_OK(stage_iter(a, j));
     const double one = 1.0, zero = 0.0;
     const float onef = 1.0f, zerof = 0.0f;
-    double ms[12] = {0};
+    double ms[13] = {0};
     int q = 0;
     auto T = [&](auto f) -> averis_status { return time_calls(a, reps, f, &ms[q++]); };
     CU_OK(T([&]() -> averis_status {
@@ -1953,6 +1973,7 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
         return AVERIS_OK;
     }));
     CU_OK(T([&]() -> averis_status { return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr); }));
+    CU_OK(T([&]() -> averis_status { return cholqr(a, j.Z, j.V, m, p1, p2, j.Zd, j.G, j.Gs, j.W, j.tr, part, S); }));
     CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
     j.Xb = nullptr, j.X = X; /* TF32 on the fp32 copy */
     CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
@@ -1967,7 +1988,7 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
     const double gflop = 2.0 * (double)l * (double)m * P * 1e-9; /* GFLOP of one panel GEMM: TFLOP/s = gflop / ms */
     fprintf(out, "the panel iteration's pieces at l x m = %lld x %lld (BF16 X), p1 %d, p2 %d (P %d); ms per call, mean of %d\n",
             (long long)l, (long long)m, p1, p2, P, reps);
-    static const char *names[12] = {"round V to BF16 (m x P)",
+    static const char *names[13] = {"round V to BF16 (m x P)",
                                     "Y = X V, GemmEx BF16 (op T)",
                                     "Z = X^T Y, GemmEx BF16 (op N)",
                                     "bf16_product: round + GemmEx + centring",
@@ -1977,9 +1998,10 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
                                     "cholqr: Cholesky + R^-1 (k_chol_inv)",
                                     "cholqr: V = Z W, SGEMM",
                                     "cholqr, whole",
+                                    "cholqr, whole, Gram split in 16",
                                     "one iteration (stage_iter), BF16",
                                     "one iteration, TF32 on the fp32 copy"};
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 13; i++) {
         fprintf(out, "  %-42s %8.3f ms", names[i], ms[i]);
         if (i == 1 || i == 2) fprintf(out, "   %6.0f TFLOP/s", gflop / ms[i]);
         if (i == 6) fprintf(out, "   (max |diff| %.1e of max |G|)", gdiff);

@@ -20,7 +20,10 @@
 # Knobs: DEVICE_ANALYSIS_MEMCHECK=0, DEVICE_ANALYSIS_E2E=0 (skip 3., 5.),
 # DEVICE_ANALYSIS_NCU=1 (ncu's per-kernel times of one bf16 analysis step),
 # DEVICE_ANALYSIS_NODEFER_TEST=0 (2. only with deferral),
-# ANALYSIS_VARIANTS (the environment settings step 4 times averis under).
+# ANALYSIS_VARIANTS (the environment settings step 4 times under, for the
+# recipes in ANALYSIS_VARIANT_RECIPES, default averis; e.g. bf16,averis),
+# ANALYSIS_TEST_VARIANTS (settings test_analysis_gpu runs again under, e.g.
+# AVERIS_ANALYSIS_GRAM_SPLIT=16).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +59,13 @@ else
     grep -E "largest|graphs|deferred|passed" "$OUT/test_analysis_gpu_nodefer.log"
     [[ $rc -eq 0 ]] || note_fail "test_analysis_gpu AVERIS_ANALYSIS_DEFER=0"
 fi
+for v in ${ANALYSIS_TEST_VARIANTS:-}; do
+    step "test_analysis_gpu under $v"
+    env "$v" timeout 300 build/test_analysis_gpu >"$OUT/test_analysis_gpu_${v%%=*}.log" 2>&1
+    rc=$?
+    grep -E "largest|graphs|deferred|passed" "$OUT/test_analysis_gpu_${v%%=*}.log"
+    [[ $rc -eq 0 ]] || note_fail "test_analysis_gpu $v"
+done
 step "compute-sanitizer memcheck (the small synthetic cases)"
 if [[ ${DEVICE_ANALYSIS_MEMCHECK:-1} == 0 ]]; then
     echo "(skipped: DEVICE_ANALYSIS_MEMCHECK=0)"
@@ -78,10 +88,14 @@ for r in averis bf16; do
     [[ ${PIPESTATUS[0]} -eq 0 ]] || note_fail "bench_analysis $r"
 done
 
-step "bench_analysis, averis, variants: ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFER=0 AVERIS_ANALYSIS_SIDE=0}"
+VREC=${ANALYSIS_VARIANT_RECIPES:-averis}
+step "bench_analysis, $VREC, variants: ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFER=0 AVERIS_ANALYSIS_SIDE=0}"
 for v in ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFER=0 AVERIS_ANALYSIS_SIDE=0}; do
-    env "$v" timeout 240 build/bench_analysis --recipe averis --every 250 --steps 10 \
-        --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${v%%=*}.log" | grep -E "overhead|analysis step"
+    for r in ${VREC//,/ }; do
+        echo "--- $r, $v"
+        env "$v" timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 \
+            --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${r}_${v%%=*}.log" | grep -E "overhead|analysis step"
+    done
 done
 step "the panel iteration's pieces (the LM-head gradient's path): 16384 x 16384 and 16384 x 2048, BF16"
 for shape in 16384x16384 16384x2048; do
