@@ -1966,6 +1966,15 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
         CU_LAUNCHED();
         return AVERIS_OK;
     }));
+    /* the split Gram against the one DGEMM, on the same Zd (before
+     * anything below writes G or Zd again) */
+    std::vector<double> g1((size_t)P * P), g2((size_t)P * P);
+    CU_TRY(cudaMemcpyAsync(g1.data(), j.G, g1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaMemcpyAsync(g2.data(), Gk, g2.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CU_TRY(cudaStreamSynchronize(s));
+    double gmax = 0, gdiff = 0;
+    for (size_t i = 0; i < g1.size(); i++) gmax = std::max(gmax, fabs(g1[i]));
+    for (size_t i = 0; i < g1.size(); i++) gdiff = std::max(gdiff, fabs(g1[i] - g2[i]) / (gmax > 0 ? gmax : 1.0));
     CU_OK(T([&]() -> averis_status { return chol_factor(a, j.G, p1, p2, j.W, j.tr, j.Gs); }));
     CU_OK(T([&]() -> averis_status {
         CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, j.Z, (int)m, j.W, P, &zerof, j.V,
@@ -1977,14 +1986,6 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
     CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
     j.Xb = nullptr, j.X = X; /* TF32 on the fp32 copy */
     CU_OK(T([&]() -> averis_status { return stage_iter(a, j); }));
-    /* the split Gram against the one DGEMM, on the same Zd */
-    std::vector<double> g1((size_t)P * P), g2((size_t)P * P);
-    CU_TRY(cudaMemcpyAsync(g1.data(), j.G, g1.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaMemcpyAsync(g2.data(), Gk, g2.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CU_TRY(cudaStreamSynchronize(s));
-    double gmax = 0, gdiff = 0;
-    for (size_t i = 0; i < g1.size(); i++) gmax = std::max(gmax, fabs(g1[i]));
-    for (size_t i = 0; i < g1.size(); i++) gdiff = std::max(gdiff, fabs(g1[i] - g2[i]) / (gmax > 0 ? gmax : 1.0));
     const double gflop = 2.0 * (double)l * (double)m * P * 1e-9; /* GFLOP of one panel GEMM: TFLOP/s = gflop / ms */
     fprintf(out, "the panel iteration's pieces at l x m = %lld x %lld (BF16 X), p1 %d, p2 %d (P %d); ms per call, mean of %d\n",
             (long long)l, (long long)m, p1, p2, P, reps);
