@@ -726,18 +726,16 @@ averis_status chol_factor(avc_analysis *a, const double *G, int p1, int p2, floa
 }
 
 /* Cholesky-QR of both blocks of the m × (p1 + p2) panel Z into V: Zd = Z in
- * fp64, G = ZdᵀZd (the P × P Gram, one DGEMM; only its diagonal blocks are
+ * fp64, G = ZdᵀZd (the P × P Gram, panel_gram; only its diagonal blocks are
  * used), one k_chol_inv launch (a thread block per block) for the
  * block-diagonal W = diag(R₁⁻¹, R₂⁻¹) and tr = tr(Z_bᵀZ_b) of both blocks on
  * the device, V = Z W (one SGEMM). */
-averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
-                     double *Gs, float *W, double *tr, double *Gp = nullptr, int S = 0) {
+/* G = ZdᵀZd (P × P, fp64) of the m × P panel Zd: one DGEMM, or with S > 1
+ * (m a multiple of S) S batched DGEMMs over row chunks of m / S into Gp
+ * [S × P²], summed in chunk order (a P × P output has few tiles for one) */
+averis_status panel_gram(avc_analysis *a, const double *Zd, int64_t m, int P, double *G, double *Gp, int S) {
     const double one = 1.0, zero = 0.0;
-    const float onef = 1.0f, zerof = 0.0f;
-    const int P = p1 + p2;
-    k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
-    CU_LAUNCHED();
-    if (S > 1 && Gp && m % S == 0) { /* the Gram over S row chunks of m / S (a P × P output has few tiles for one DGEMM) */
+    if (S > 1 && Gp && m % S == 0) {
         const int64_t c = m / S;
         CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)c, &one, Zd, (int)m, c, Zd,
                                                 (int)m, c, &zero, Gp, P, (long long)P * P, S));
@@ -746,6 +744,16 @@ averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p
     } else {
         CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, Zd, (int)m, Zd, (int)m, &zero, G, P));
     }
+    return AVERIS_OK;
+}
+
+averis_status cholqr(avc_analysis *a, const float *Z, float *V, int64_t m, int p1, int p2, double *Zd, double *G,
+                     double *Gs, float *W, double *tr, double *Gp = nullptr, int S = 0) {
+    const float onef = 1.0f, zerof = 0.0f;
+    const int P = p1 + p2;
+    k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, a->s>>>(Z, Zd, m * P);
+    CU_LAUNCHED();
+    CU_OK(panel_gram(a, Zd, m, P, G, Gp, S));
     CU_OK(chol_factor(a, G, p1, p2, W, tr, Gs));
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, P, &onef, Z, (int)m, W, P, &zerof, V, (int)m));
     return AVERIS_OK;
@@ -870,6 +878,17 @@ averis_status stage_pre(avc_analysis *a, const ana_job &j) {
     return AVERIS_OK;
 }
 
+/* out [rows × P] (fp32) = op(Xb)·inb [inner × P] on BF16 tensor cores, fp32 sums; Xb
+ * is the l × m tensor, row-major (ld m) */
+averis_status bf16_gemm(avc_analysis *a, const __nv_bfloat16 *Xb, int64_t m, cublasOperation_t op, int64_t rows,
+                        int64_t inner, int P, const __nv_bfloat16 *inb, float *out) {
+    const float onef = 1.0f, zerof = 0.0f;
+    CU_CUBLAS_TRY(cublasGemmEx(a->cb, op, CUBLAS_OP_N, (int)rows, P, (int)inner, &onef, Xb, CUDA_R_16BF, (int)m, inb,
+                               CUDA_R_16BF, (int)inner, &zerof, out, CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+    return AVERIS_OK;
+}
+
 /* a product of the BF16 panel iteration: out [rows × P] = op(X)·in with in
  * [inner × P] rounded to BF16 first (in place; its BF16 copy in inb), then
  * block 2 centred on the same rounded panel: out₂ −= u·(wᵀ in₂) (Y = X V:
@@ -880,9 +899,7 @@ averis_status bf16_product(avc_analysis *a, const ana_job &j, cublasOperation_t 
     const int p1 = j.p1, p2 = j.p2, P = p1 + p2;
     k_round_bf16<<<grid_for(inner * P), ANA_THREADS, 0, a->s>>>(in, inb, inner * P);
     CU_LAUNCHED();
-    CU_CUBLAS_TRY(cublasGemmEx(a->cb, op, CUBLAS_OP_N, (int)rows, P, (int)inner, &onef, j.Xb, CUDA_R_16BF, (int)j.m, inb,
-                               CUDA_R_16BF, (int)inner, &zerof, out, CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT));
+    CU_OK(bf16_gemm(a, j.Xb, j.m, op, rows, inner, P, inb, out));
     CU_CUBLAS_TRY(cublasSgemv(a->cb, CUBLAS_OP_T, (int)inner, p2, &onef, in + (int64_t)p1 * inner, (int)inner, w, 1,
                               &zerof, j.vec1, 1));
     CU_CUBLAS_TRY(cublasSger(a->cb, (int)rows, p2, &neg, u, 1, j.vec1, 1, out + (int64_t)p1 * rows, (int)rows));
@@ -1844,26 +1861,27 @@ extern "C" averis_status avc_analysis_model_rows(avc_model *g, avc_analysis *a, 
 /* ------------------------------------------------------------ benchmarks */
 namespace {
 
-/* ms per call of f over reps calls on a->s, after one warm-up call */
+/* ms per call of f over reps calls on a->s, after one warm-up call (the
+ * tools' median_ms, dev/cuda/tool_util.cuh, is not the library's to use) */
 template <class F> averis_status time_calls(avc_analysis *a, int reps, F f, double *ms) {
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
-    CU_TRY(cudaEventCreate(&e0));
-    CU_TRY(cudaEventCreate(&e1));
-    averis_status st = f();
-    for (int r = 0; !st && r < reps; r++) {
-        if (r == 0) CU_TRY(cudaEventRecord(e0, a->s));
-        st = f();
-    }
-    if (!st) {
-        CU_TRY(cudaEventRecord(e1, a->s));
-        CU_TRY(cudaEventSynchronize(e1));
-        float t = 0;
-        CU_TRY(cudaEventElapsedTime(&t, e0, e1));
-        *ms = t / reps;
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return st;
+    struct events {
+        cudaEvent_t e[2] = {nullptr, nullptr};
+        ~events() {
+            for (cudaEvent_t x : e)
+                if (x) cudaEventDestroy(x);
+        }
+    } ev;
+    CU_TRY(cudaEventCreate(&ev.e[0]));
+    CU_TRY(cudaEventCreate(&ev.e[1]));
+    CU_OK(f());
+    CU_TRY(cudaEventRecord(ev.e[0], a->s));
+    for (int r = 0; r < reps; r++) CU_OK(f());
+    CU_TRY(cudaEventRecord(ev.e[1], a->s));
+    CU_TRY(cudaEventSynchronize(ev.e[1]));
+    float t = 0;
+    CU_TRY(cudaEventElapsedTime(&t, ev.e[0], ev.e[1]));
+    *ms = t / reps;
+    return AVERIS_OK;
 }
 
 } // namespace
@@ -1925,7 +1943,6 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
     j.Xb = Xb;
     CU_OK(stage_iter(a, j)); /* a panel a few products in */
     CU_OK(stage_iter(a, j));
-    const double one = 1.0, zero = 0.0;
     const float onef = 1.0f, zerof = 0.0f;
     double ms[13] = {0};
     int q = 0;
@@ -1935,37 +1952,16 @@ extern "C" averis_status avc_analysis_bench_panel(avc_analysis *a, int64_t l, in
         CU_LAUNCHED();
         return AVERIS_OK;
     }));
-    CU_OK(T([&]() -> averis_status {
-        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)l, P, (int)m, &onef, Xb, CUDA_R_16BF, (int)m, j.Vb,
-                                   CUDA_R_16BF, (int)m, &zerof, j.Y, CUDA_R_32F, (int)l, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
-        return AVERIS_OK;
-    }));
-    CU_OK(T([&]() -> averis_status {
-        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, P, (int)l, &onef, Xb, CUDA_R_16BF, (int)m, j.Yb,
-                                   CUDA_R_16BF, (int)l, &zerof, j.Z, CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
-        return AVERIS_OK;
-    }));
+    CU_OK(T([&]() -> averis_status { return bf16_gemm(a, Xb, m, CUBLAS_OP_T, l, m, P, j.Vb, j.Y); }));
+    CU_OK(T([&]() -> averis_status { return bf16_gemm(a, Xb, m, CUBLAS_OP_N, m, l, P, j.Yb, j.Z); }));
     CU_OK(T([&]() -> averis_status { return bf16_product(a, j, CUBLAS_OP_T, l, m, j.V, j.Vb, j.Y, j.mean, j.ones); }));
     CU_OK(T([&]() -> averis_status {
         k_to_f64<<<grid_for(m * P), ANA_THREADS, 0, s>>>(j.Z, j.Zd, m * P);
         CU_LAUNCHED();
         return AVERIS_OK;
     }));
-    CU_OK(T([&]() -> averis_status {
-        CU_CUBLAS_TRY(cublasDgemm(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)m, &one, j.Zd, (int)m, j.Zd, (int)m, &zero,
-                                  j.G, P));
-        return AVERIS_OK;
-    }));
-    CU_OK(T([&]() -> averis_status { /* the same Gram split over S row chunks: S batched DGEMMs, their sum in order */
-        const int64_t c = m / S;
-        CU_CUBLAS_TRY(cublasDgemmStridedBatched(a->cb, CUBLAS_OP_T, CUBLAS_OP_N, P, P, (int)c, &one, j.Zd, (int)m, c, j.Zd,
-                                                (int)m, c, &zero, part, P, (long long)P * P, S));
-        k_sum_parts<<<grid_for((int64_t)P * P), ANA_THREADS, 0, s>>>(part, S, (int64_t)P * P, Gk);
-        CU_LAUNCHED();
-        return AVERIS_OK;
-    }));
+    CU_OK(T([&]() -> averis_status { return panel_gram(a, j.Zd, m, P, j.G, nullptr, 0); }));
+    CU_OK(T([&]() -> averis_status { return panel_gram(a, j.Zd, m, P, Gk, part, S); }));
     /* the split Gram against the one DGEMM, on the same Zd (before
      * anything below writes G or Zd again) */
     std::vector<double> g1((size_t)P * P), g2((size_t)P * P);
