@@ -6,6 +6,7 @@ its launches, total ms, mean µs and share, largest first.
 
     python3 scripts/ncu_summary.py NCU_OUTPUT [--top N]
 """
+import argparse
 import csv
 import io
 import sys
@@ -36,20 +37,19 @@ def summarise(text):
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if len(argv) >= 2 else 2
-    top = int(argv[argv.index("--top") + 1]) if "--top" in argv else 40
-    path = argv[1]
+    ap = argparse.ArgumentParser(prog="ncu_summary.py", description=__doc__.strip().splitlines()[0])
+    ap.add_argument("path", help="ncu's output (--csv --metrics gpu__time_duration.sum)")
+    ap.add_argument("--top", type=int, default=40, help="kernels to list (default 40)")
+    args = ap.parse_args(argv[1:])
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(args.path, encoding="utf-8", errors="replace") as f:
             s = summarise(f.read())
     except (OSError, ValueError) as e:
-        print(f"ncu_summary: {path}: {e}", file=sys.stderr)
+        print(f"ncu_summary: {args.path}: {e}", file=sys.stderr)
         return 1
     total = sum(v[1] for v in s.values())
     print(f"{'kernel':60s} {'launches':>8s} {'ms':>9s} {'us each':>9s} {'share':>6s}")
-    for name, (n, ms) in sorted(s.items(), key=lambda kv: -kv[1][1])[:top]:
+    for name, (n, ms) in sorted(s.items(), key=lambda kv: -kv[1][1])[:args.top]:
         print(f"{name[:60]:60s} {n:8d} {ms:9.3f} {1e3 * ms / n:9.2f} {100 * ms / total if total else 0:5.1f}%")
     print(f"{'(all kernels)':60s} {sum(v[0] for v in s.values()):8d} {total:9.3f}")
     return 0
