@@ -14,7 +14,7 @@ def bf16(a):
     return r.astype(np.uint32).view(np.float32)
 def run(X, p1=16, k=None, iters=16, mode='bf16'):
     """σ₁, cos(μ, v₁), spike share by the GPU's panel iteration (mode 'bf16': rounded panels)"""
-    l,m=X.shape; g=min(l,m); k=k or int(np.ceil(0.01*g)); p2=max(16,k+8)
+    l,m=X.shape; g=min(l,m); k=k or int(np.ceil(0.01*g)); p1=min(p1,g); p2=min(k+8,g)  # as blocks_for
     mu=X.mean(0); Xc=X-mu
     rng=np.random.default_rng(0)
     V=[rng.random((m,p))-0.5 for p in (p1,p2)]
@@ -36,7 +36,7 @@ def run(X, p1=16, k=None, iters=16, mode='bf16'):
         out[b]=(w[::-1],q@U[:,::-1])
     s1=np.sqrt(out[0][0][0]); v1=out[0][1][:,0]
     cos=abs(mu@v1)/np.linalg.norm(mu)
-    tot=(Xc.astype(np.float64)**2).sum(); spike=out[1][0][:k].sum()/ (X.astype(np.float64)**2).sum()
+    spike=out[1][0][:k].sum()/ (X.astype(np.float64)**2).sum()
     return s1,cos,spike
 def exact(X):
     """the same from the SVD, and σ₂/σ₁"""
