@@ -70,7 +70,7 @@
 
 namespace {
 
-enum { ANA_THREADS = 256, ANA_NBLK = 512, ANA_CHUNK = ANA_THREADS * 16, ANA_SLOTS = 1 + 3 * ANALYSIS_NQ };
+enum { ANA_THREADS = 256, ANA_NBLK = 512, ANA_CHUNK = ANA_THREADS * 16, ANA_SLOTS = 1 + 3 * ANALYSIS_NQ, ANA_RING_MAX = 8 };
 
 typedef cub::BlockReduce<double, ANA_THREADS> ana_reduce;
 
@@ -339,17 +339,34 @@ __global__ void __launch_bounds__(ANA_PICK) k_offsets(const unsigned *c, int64_t
  * chunks' exclusive scan) */
 template <typename Put>
 __device__ __forceinline__ void for_each_ge_ranked(const float *x, int64_t n, float thr, const int64_t *off, Put put) {
+    /* thread t holds the chunk's elements [16t, 16t + 16): index order is
+     * thread order, so one block scan of the threads' counts ranks them all */
     typedef cub::BlockScan<int, ANA_THREADS> scan;
     __shared__ typename scan::TempStorage tmp;
-    int64_t base = (int64_t)blockIdx.x * ANA_CHUNK, run = off[blockIdx.x];
-    for (int t = 0; t < 16; t++) {
-        int64_t i = base + (int64_t)t * ANA_THREADS + threadIdx.x;
-        float v = i < n ? x[i] : 0.0f;
-        int f = i < n && fabsf(v) >= thr, rank, total;
-        scan(tmp).ExclusiveSum(f, rank, total);
-        __syncthreads();
-        if (f) put(i, v, run + rank);
-        run += total;
+    static_assert(ANA_CHUNK == ANA_THREADS * 16, "a chunk is 16 elements a thread");
+    const int64_t i0 = (int64_t)blockIdx.x * ANA_CHUNK + (int64_t)threadIdx.x * 16;
+    float v[16];
+    if (i0 + 16 <= n && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+        const float4 *p = reinterpret_cast<const float4 *>(x + i0);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float4 f = __ldg(p + k);
+            v[4 * k] = f.x, v[4 * k + 1] = f.y, v[4 * k + 2] = f.z, v[4 * k + 3] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 16; k++) v[k] = i0 + k < n ? __ldg(x + i0 + k) : 0.0f;
+    }
+    int c = 0;
+#pragma unroll
+    for (int k = 0; k < 16; k++) c += i0 + k < n && fabsf(v[k]) >= thr;
+    int rank;
+    scan(tmp).ExclusiveSum(c, rank);
+    if (c) {
+        int64_t r = off[blockIdx.x] + rank;
+#pragma unroll
+        for (int k = 0; k < 16; k++)
+            if (i0 + k < n && fabsf(v[k]) >= thr) put(i0 + k, v[k], r++);
     }
 }
 
@@ -370,7 +387,7 @@ __global__ void k_rho(const float *x, const float *mean, int64_t n, int64_t m, c
  * order, the exact select and ρ among them. Where the sample misled (fewer
  * than cnt or more than the buffer's cap elements ≥ t) the full 3-pass path
  * runs instead (the gates): the same results either way. */
-enum { ANA_SAMPLE = 65536, ANA_CAND_MUL = 8 };
+enum { ANA_SAMPLE = 65536, ANA_CAND_MUL = 8, ANA_SAMPLE_ILP = 8 };
 
 /* one block: ns = min(n, ANA_SAMPLE) magnitudes at quasi-random indices
  * (⌊frac(s·φ)·n⌋: no period that could follow the columns) in a histogram of
@@ -383,12 +400,21 @@ __global__ void __launch_bounds__(ANA_PICK) k_sample_thr(const float *x, int64_t
     for (int i = threadIdx.x; i < 2048; i += blockDim.x) h[i] = 0;
     __syncthreads();
     const int64_t ns = n < ANA_SAMPLE ? n : ANA_SAMPLE;
-    for (int64_t q = threadIdx.x; q < ns; q += blockDim.x) {
-        double f = (double)q * 0.6180339887498949;
-        int64_t i = (int64_t)((f - floor(f)) * (double)n);
-        i = i < n ? i : n - 1;
-        uint32_t key = __float_as_uint(x[i]) & 0x7fffffffu;
-        atomicAdd(&h[key >> 20], 1u);
+    /* ANA_SAMPLE_ILP loads in flight per thread before their atomics (the
+     * reads are scattered: one at a time, each waited a DRAM latency) */
+    for (int64_t q0 = threadIdx.x; q0 < ns; q0 += (int64_t)ANA_SAMPLE_ILP * blockDim.x) {
+        uint32_t key[ANA_SAMPLE_ILP];
+#pragma unroll
+        for (int u = 0; u < ANA_SAMPLE_ILP; u++) {
+            const int64_t q = q0 + (int64_t)u * blockDim.x;
+            double f = (double)q * 0.6180339887498949;
+            int64_t i = (int64_t)((f - floor(f)) * (double)n);
+            i = i < n ? i : n - 1;
+            key[u] = q < ns ? __float_as_uint(__ldg(x + i)) & 0x7fffffffu : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < ANA_SAMPLE_ILP; u++)
+            if (q0 + (int64_t)u * blockDim.x < ns) atomicAdd(&h[key[u] >> 20], 1u);
     }
     __syncthreads();
     long long need = (long long)ceil(2.0 * (double)cnt * (double)ns / (double)n);
@@ -497,13 +523,28 @@ __global__ void k_qamax4(const float *x, const float *mean, int64_t l, int64_t m
     }
 }
 
+/* E2M1 round to nearest even and back to the value: avd_e2m1_decode(avd_e2m1_rn(x))
+ * without branches (below 1 the grid is 0, ½, 1: rintf(2a)/2; from 1 on the fp32
+ * mantissa rounded to its top bit, ties to even, past 6 (+inf, NaN) clamped to 6;
+ * the sign of x < 0, as avd_e2m1_rn) */
+__device__ __forceinline__ float e2m1_roundtrip(float x) {
+    const float a = fabsf(x);
+    const float lo = rintf(a + a) * 0.5f;
+    uint32_t b = __float_as_uint(a);
+    b += 0x1FFFFFu + ((b >> 22) & 1u);
+    const float hi = fminf(__uint_as_float(b & 0xFFC00000u), 6.0f);
+    const float q = a < 1.0f ? lo : hi;
+    return x < 0.0f ? -q : q;
+}
+
 /* all four transforms' NVFP4 round trips in one read (1×16 along the
  * features, round to nearest, the quantizer's bits: the block scale, the
  * E2M1 codes, e2m1·e4m3·S_dec, the inverse RHT), each summing Σ(x̂ − x)², the
  * nonzero and the flushed inputs into its three partial-sum rows
- * part + (1 + 3·qv)·ANA_NBLK (fp64, a thread's blocks in grid-stride order) */
-__global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m, int vec, const float *amax,
-                        double *part) {
+ * part + (1 + 3·qv)·ANA_NBLK (fp64, a thread's blocks in grid-stride order;
+ * a block's 16 squared errors are summed in fp32 first). VEC: m % 16 == 0. */
+template <int VEC>
+__global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m, const float *amax, double *part) {
     __shared__ typename ana_reduce::TempStorage tmp;
     int64_t nb = (m + 15) / 16, nblocks = l * nb;
     float s_enc[ANALYSIS_NQ], s_dec[ANALYSIS_NQ];
@@ -514,13 +555,19 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
     int nz[ANALYSIS_NQ] = {0, 0, 0, 0}, fl[ANALYSIS_NQ] = {0, 0, 0, 0};
     for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < nblocks; g += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = g / nb, c0 = (g % nb) * 16;
-        float o[16];
-        qerr_load(x, r, c0, m, vec, o);
+        float o[16], xs[16];
+        qerr_load(x, r, c0, m, VEC, o);
+        /* the split's input x − μ (zeros past m, as qerr_input) */
+#pragma unroll
+        for (int i = 0; i < 16; i++) xs[i] = VEC || c0 + i < m ? o[i] - __ldg(mean + c0 + i) : o[i];
 #pragma unroll
         for (int qv = 0; qv < ANALYSIS_NQ; qv++) {
             const int split = qv == ANALYSIS_SPLIT || qv == ANALYSIS_SPLIT_RHT, rht = qv == ANALYSIS_RHT || qv == ANALYSIS_SPLIT_RHT;
-            float v[16], d[16];
-            qerr_input(o, mean, c0, m, split, rht, v);
+            const float *ref = split ? xs : o; /* the transform's input before the RHT */
+            float v[16];
+#pragma unroll
+            for (int i = 0; i < 16; i++) v[i] = ref[i];
+            if (rht) nvfp4_spec_rht16(v);
             float bamax = 0.0f;
 #pragma unroll
             for (int i = 0; i < 16; i++) {
@@ -531,20 +578,20 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
             float enc = avd_block_enc(sc, s_dec[qv]), sb = avd_e4m3_decode(sc);
 #pragma unroll
             for (int i = 0; i < 16; i++) {
-                float qval = avd_e2m1_decode(avd_e2m1_rn(v[i] * enc)) * sb; /* exact: the BF16 operand's value */
-                d[i] = qval * s_dec[qv];
+                float qval = e2m1_roundtrip(v[i] * enc) * sb; /* exact: the BF16 operand's value */
                 nz[qv] += v[i] != 0.0f;
                 fl[qv] += v[i] != 0.0f && qval == 0.0f;
+                v[i] = qval * s_dec[qv]; /* x̂ (before the inverse RHT) */
             }
-            if (rht) nvfp4_spec_rht16_inv(d);
+            if (rht) nvfp4_spec_rht16_inv(v);
+            float be = 0.0f;
 #pragma unroll
             for (int i = 0; i < 16; i++)
-                if (c0 + i < m) {
-                    /* the error against the transform's input before the RHT: x − μ for the split */
-                    float ref = split ? o[i] - __ldg(mean + c0 + i) : o[i];
-                    double e = (double)d[i] - (double)ref;
-                    err[qv] += e * e;
+                if (VEC || c0 + i < m) {
+                    float e = v[i] - ref[i];
+                    be += e * e;
                 }
+            err[qv] += (double)be;
         }
     }
 #pragma unroll
@@ -615,12 +662,15 @@ struct avc_analysis {
     /* phases 3 and 4 on a second stream beside the iteration (a created stream only) */
     cudaStream_t side = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr;
-    /* deferred BF16 taps widen into xf or xf2 by turns, so the second stream may still
-     * read one tap's copy while the model goes on: tjoin[b] marks the end of the
-     * side work that read buffer b (tlive[b]: recorded and not yet waited for) */
-    buf xf2;
-    cudaEvent_t tjoin[2] = {nullptr, nullptr};
-    int tflip = 0, tlive[2] = {0, 0};
+    /* deferred BF16 taps widen into a ring of nring copies (xf, then xring[1…]) by
+     * turns, so the second stream may still read a tap's copy while the model goes
+     * on; with copy32 an fp32 tap is copied into it too, instead of holding the
+     * model until the side work has read it. tjoin[b] marks the end of the side
+     * work that read buffer b (tlive[b]: recorded and not yet waited for) */
+    buf xring[ANA_RING_MAX];
+    cudaEvent_t tjoin[ANA_RING_MAX] = {};
+    int nring = 2, copy32 = 0, tnext = 0, tlive[ANA_RING_MAX] = {};
+    buf &ring(int b) { return b == 0 ? xf : xring[b]; }
     ~avc_analysis() {
         for (graphs &g : cache) g.destroy();
         if (side) cudaStreamDestroy(side);
@@ -628,8 +678,10 @@ struct avc_analysis {
         if (join) cudaEventDestroy(join);
         for (cudaEvent_t e : tjoin)
             if (e) cudaEventDestroy(e);
+        for (buf &b : xring)
+            if (b.p) cudaFree(b.p);
         for (buf *b : {&xf, &q, &mean, &scal, &V, &Y, &Z, &Zd, &G, &Gs, &W, &tr, &ones, &vec1, &dpart, &hist, &sel, &cnt,
-                       &off, &rho, &xc, &C, &Z2, &gp, &vb, &yb, &xf2, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
+                       &off, &rho, &xc, &C, &Z2, &gp, &vb, &yb, &st, &cand_v, &cand_i, &cnt_c, &off_c, &gV, &gZ, &gZ2, &gZd, &gYd, &gG, &gW, &gtr, &gptr})
             if (b->p) cudaFree(b->p);
         for (buf &b : slots)
             if (b.p) cudaFree(b.p);
@@ -1018,7 +1070,8 @@ averis_status stage_side(avc_analysis *a, const ana_job &j) {
     CU_TRY(cudaMemsetAsync(j.scal + 1, 0, ANALYSIS_NQ * sizeof(float), s));
     k_qamax4<<<grid_for(l * ((m + 15) / 16)), ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, vec, j.scal + 1);
     CU_LAUNCHED();
-    k_qerr4<<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, vec, j.scal + 1, j.dpart);
+    if (vec) k_qerr4<1><<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, j.scal + 1, j.dpart);
+    else k_qerr4<0><<<ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, l, m, j.scal + 1, j.dpart);
     CU_LAUNCHED();
     return AVERIS_OK;
 }
@@ -1164,6 +1217,17 @@ slot_layout layout_for(int64_t m, int64_t cnt) {
     return L;
 }
 
+/* the deferred taps' copies for the second stream: AVERIS_ANALYSIS_RING buffers
+ * (2…ANA_RING_MAX, default 2), and AVERIS_ANALYSIS_COPY32=1: fp32 taps copied
+ * too (default 0: the model waits for the side work on its own tensor) */
+void env_ring(int *nring, int *copy32) {
+    const char *e = getenv("AVERIS_ANALYSIS_RING");
+    const int r = e && *e ? atoi(e) : 2;
+    *nring = std::min(std::max(r, 2), (int)ANA_RING_MAX);
+    e = getenv("AVERIS_ANALYSIS_COPY32");
+    *copy32 = e && *e == '1';
+}
+
 /* MiB the queued slots may take (AVERIS_ANALYSIS_DEFER; 0: no deferral) */
 size_t env_defer_bytes() {
     const char *e = getenv("AVERIS_ANALYSIS_DEFER");
@@ -1188,19 +1252,24 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
     const float *X = static_cast<const float *>(x_dev);
     ana_job jb = {};
     jb.side = side_stream(a);
-    /* a BF16 X is widened into a copy of the analysis's own, xf or xf2 by turns: the
-     * second stream's reads of it need not hold the model up; an fp32 X is the
-     * model's tensor, so the model waits for them */
-    const int tb = bf16 && jb.side != s ? (a->tflip ^= 1) : -1;
-    if (tb >= 0 && a->tlive[tb]) { /* the side work that read this buffer two taps ago */
+    /* a BF16 X is widened into a copy of the analysis's own, the ring's buffers by
+     * turns: the second stream's reads of it need not hold the model up; an fp32 X
+     * is the model's tensor, so the model waits for them, unless copy32 copies it
+     * into the ring too (AVERIS_ANALYSIS_COPY32) */
+    const int tb = (bf16 || a->copy32) && jb.side != s ? (a->tnext = (a->tnext + 1) % a->nring) : -1;
+    if (tb >= 0 && a->tlive[tb]) { /* the side work that read this buffer nring taps ago */
         CU_TRY(cudaStreamWaitEvent(s, a->tjoin[tb], 0));
         a->tlive[tb] = 0;
     }
-    if (bf16) {
+    if (bf16 || tb >= 0) {
         float *xf = nullptr;
-        CU_OK(a->get(tb == 1 ? a->xf2 : a->xf, n, &xf));
-        k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
-        CU_LAUNCHED();
+        CU_OK(a->get(a->ring(tb >= 0 ? tb : 0), n, &xf));
+        if (bf16) {
+            k_widen<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(static_cast<const __nv_bfloat16 *>(x_dev), xf, n);
+            CU_LAUNCHED();
+        } else {
+            CU_TRY(cudaMemcpyAsync(xf, x_dev, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        }
         X = xf;
     }
     jb.l = l, jb.m = m, jb.n = n, jb.gram = 1, jb.X = X;
@@ -1247,7 +1316,7 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
 
 /* the stream waits for every tap's side work still outstanding */
 averis_status join_taps(avc_analysis *a) {
-    for (int b = 0; b < 2; b++)
+    for (int b = 0; b < a->nring; b++)
         if (a->tlive[b]) {
             CU_TRY(cudaStreamWaitEvent(a->s, a->tjoin[b], 0));
             a->tlive[b] = 0;
@@ -1322,7 +1391,7 @@ averis_status group_iter(avc_analysis *a, int64_t m, int p, int nb, int iters, c
 averis_status flush_impl(avc_analysis *a) {
     cudaStream_t s = a->s;
     const int iters = env_iters();
-    CU_OK(join_taps(a)); /* the slots' side results, and xf/xf2 free for others */
+    CU_OK(join_taps(a)); /* the slots' side results, and the ring free for others */
     /* groups by (m, p), in order of first appearance */
     struct group {
         int64_t m;
@@ -1513,13 +1582,18 @@ averis_status avc_analysis_create(avc_analysis **out, void *stream) {
     }
     if (a->s && (cudaStreamCreateWithFlags(&a->side, cudaStreamNonBlocking) != cudaSuccess ||
                  cudaEventCreateWithFlags(&a->fork, cudaEventDisableTiming) != cudaSuccess ||
-                 cudaEventCreateWithFlags(&a->join, cudaEventDisableTiming) != cudaSuccess ||
-                 cudaEventCreateWithFlags(&a->tjoin[0], cudaEventDisableTiming) != cudaSuccess ||
-                 cudaEventCreateWithFlags(&a->tjoin[1], cudaEventDisableTiming) != cudaSuccess)) {
+                 cudaEventCreateWithFlags(&a->join, cudaEventDisableTiming) != cudaSuccess)) {
         (void)cudaGetLastError();
         delete a;
         return averis_fail(AVERIS_EIO, "cuda analysis: cannot create its second stream");
     }
+    env_ring(&a->nring, &a->copy32);
+    for (int b = 0; a->side && b < a->nring; b++)
+        if (cudaEventCreateWithFlags(&a->tjoin[b], cudaEventDisableTiming) != cudaSuccess) {
+            (void)cudaGetLastError();
+            delete a;
+            return averis_fail(AVERIS_EIO, "cuda analysis: cannot create its events");
+        }
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&a->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)

@@ -21,7 +21,8 @@
 # DEVICE_ANALYSIS_NCU=1 (ncu's per-kernel times of one bf16 analysis step),
 # DEVICE_ANALYSIS_NODEFER_TEST=0 (2. only with deferral),
 # ANALYSIS_VARIANTS (the environment settings step 4 times under, for the
-# recipes in ANALYSIS_VARIANT_RECIPES, default averis; e.g. bf16,averis),
+# recipes in ANALYSIS_VARIANT_RECIPES, default averis; e.g. bf16,averis;
+# a variant of several settings joins them with commas: A=1,B=2),
 # ANALYSIS_TEST_VARIANTS (settings test_analysis_gpu runs again under, e.g.
 # AVERIS_ANALYSIS_GRAM_SPLIT=16).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
@@ -88,8 +89,8 @@ step "bench_analysis, $VREC, variants: ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFE
 for v in ${ANALYSIS_VARIANTS:-AVERIS_ANALYSIS_DEFER=0 AVERIS_ANALYSIS_SIDE=0}; do
     for r in ${VREC//,/ }; do
         echo "--- $r, $v"
-        env "$v" timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 \
-            --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${r}_${v%%=*}.log" | grep -E "overhead|analysis step"
+        env ${v//,/ } timeout 240 build/bench_analysis --recipe "$r" --every 250 --steps 10 \
+            --csv "$OUT/bench_analysis_variants.csv" 2>&1 | tee "$OUT/bench_analysis_${r}_${v//[^A-Za-z0-9]/_}.log" | grep -E "overhead|analysis step"
     done
 done
 step "the panel iteration's pieces (the LM-head gradient's path): 16384 x 16384 and 16384 x 2048, BF16"
