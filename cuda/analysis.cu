@@ -461,6 +461,14 @@ __global__ void k_center(const float *x, const float *mean, float *xc, int64_t n
         xc[i] = x[i] - mean[i % m];
 }
 
+/* Cc = C₁ − l·μμᵀ (m × m), the centred Gram from the uncentred one (the BF16 Gram) */
+__global__ void k_gram_c(const float *c1, const float *mean, double l, float *cc, int64_t m) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < m * m; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i % m, c = i / m;
+        cc[i] = (float)((double)c1[i] - l * (double)mean[r] * (double)mean[c]);
+    }
+}
+
 /* C₁ = Cc + l·μμᵀ (m × m), the uncentred Gram from the centred one */
 __global__ void k_gram1(const float *cc, const float *mean, double l, float *c1, int64_t m) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < m * m; i += (int64_t)gridDim.x * blockDim.x) {
@@ -845,6 +853,13 @@ int env_gram_split(int64_t m) {
     return S >= 2 && S <= 64 && m % S == 0 && m / S >= 256 ? S : 0;
 }
 
+/* a deferred BF16 tap's Gram matrices on BF16 tensor cores from X
+ * (AVERIS_ANALYSIS_GRAM_BF16=1; default 0: TF32 on the centred fp32 copy) */
+int env_gram_bf16() {
+    const char *e = getenv("AVERIS_ANALYSIS_GRAM_BF16");
+    return e && *e == '1';
+}
+
 /* the panel iteration of a BF16 tensor on BF16 tensor cores (default);
  * AVERIS_ANALYSIS_PANEL_BF16=0: TF32 on its fp32 copy, as an fp32 tensor */
 int env_panel_bf16() {
@@ -874,6 +889,9 @@ struct ana_job {
      * V and Y rounded to BF16 beside their fp32 copies (null: TF32 on X) */
     const __nv_bfloat16 *Xb;
     __nv_bfloat16 *Vb, *Yb;
+    /* a deferred BF16 tap's Gram on BF16 tensor cores from X as it came (exact
+     * products, fp32 sums; AVERIS_ANALYSIS_GRAM_BF16=1), null: TF32 on Xc */
+    const __nv_bfloat16 *Gb;
     float *mean, *scal, *V, *Y, *Z, *W, *ones, *vec1, *Xc, *C, *Z2;
     double *Zd, *G, *Gs, *tr, *dpart, *rho;
     long long *sel;
@@ -896,6 +914,14 @@ averis_status gram_form(avc_analysis *a, const ana_job &j) {
     const int64_t m = j.m, l = j.l;
     const float onef = 1.0f, zerof = 0.0f;
     CU_CUBLAS_TRY(cublasSetMathMode(a->cb, CUBLAS_TF32_TENSOR_OP_MATH));
+    if (j.Gb) { /* C₁ = XᵀX from the BF16 values (exact products), Cc = C₁ − l·μμᵀ */
+        CU_CUBLAS_TRY(cublasGemmEx(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, j.Gb, CUDA_R_16BF,
+                                   (int)m, j.Gb, CUDA_R_16BF, (int)m, &zerof, j.C, CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+        k_gram_c<<<grid_for(m * m), ANA_THREADS, 0, s>>>(j.C, j.mean, (double)l, j.C + m * m, m);
+        CU_LAUNCHED();
+        return AVERIS_OK;
+    }
     k_center<<<4 * ANA_NBLK, ANA_THREADS, 0, s>>>(j.X, j.mean, j.Xc, j.n, m);
     CU_LAUNCHED();
     CU_CUBLAS_TRY(cublasSgemm(a->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)m, (int)m, (int)l, &onef, j.Xc, (int)m, j.Xc,
@@ -1282,7 +1308,8 @@ averis_status tap_stage(avc_analysis *a, const void *x_dev, int bf16, int64_t l,
     jb.rho = reinterpret_cast<double *>(slot + L.rho);
     jb.sel = reinterpret_cast<long long *>(slot + L.sel);
     CU_OK(select_bufs(a, jb));
-    CU_OK(a->get(a->xc, n, &jb.Xc));
+    if (bf16 && env_gram_bf16()) jb.Gb = static_cast<const __nv_bfloat16 *>(x_dev);
+    else CU_OK(a->get(a->xc, n, &jb.Xc));
     {
         std::optional<cu_prof_scope> phase;
         phase.emplace("analysis 1: column stats, sum of squares", s);
