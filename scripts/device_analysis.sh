@@ -24,7 +24,7 @@
 # recipes in ANALYSIS_VARIANT_RECIPES, default averis; e.g. bf16,averis;
 # a variant of several settings joins them with commas: A=1,B=2),
 # ANALYSIS_TEST_VARIANTS (settings test_analysis_gpu runs again under, e.g.
-# AVERIS_ANALYSIS_GRAM_SPLIT=16).
+# AVERIS_ANALYSIS_GRAM_SPLIT=16; several settings at once joined by commas).
 # Logs and CSVs under $OUT (default out/device_analysis). Exit status: failures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,9 +57,10 @@ TEST_VARIANTS=(${ANALYSIS_TEST_VARIANTS:-})
 [[ ${DEVICE_ANALYSIS_NODEFER_TEST:-1} == 0 ]] || TEST_VARIANTS=(AVERIS_ANALYSIS_DEFER=0 "${TEST_VARIANTS[@]}")
 for v in "${TEST_VARIANTS[@]}"; do
     step "test_analysis_gpu under $v"
-    env "$v" timeout 300 build/test_analysis_gpu >"$OUT/test_analysis_gpu_${v%%=*}.log" 2>&1
+    log="$OUT/test_analysis_gpu_${v//[^A-Za-z0-9]/_}.log"
+    env ${v//,/ } timeout 300 build/test_analysis_gpu >"$log" 2>&1
     rc=$?
-    grep -E "largest|graphs|deferred|passed" "$OUT/test_analysis_gpu_${v%%=*}.log"
+    grep -E "largest|graphs|deferred|passed" "$log"
     [[ $rc -eq 0 ]] || note_fail "test_analysis_gpu $v"
 done
 step "compute-sanitizer memcheck (the small synthetic cases)"
