@@ -531,20 +531,6 @@ __global__ void k_qamax4(const float *x, const float *mean, int64_t l, int64_t m
     }
 }
 
-/* E2M1 round to nearest even and back to the value: avd_e2m1_decode(avd_e2m1_rn(x))
- * without branches (below 1 the grid is 0, ½, 1: rintf(2a)/2; from 1 on the fp32
- * mantissa rounded to its top bit, ties to even, past 6 (+inf, NaN) clamped to 6;
- * the sign of x < 0, as avd_e2m1_rn) */
-__device__ __forceinline__ float e2m1_roundtrip(float x) {
-    const float a = fabsf(x);
-    const float lo = rintf(a + a) * 0.5f;
-    uint32_t b = __float_as_uint(a);
-    b += 0x1FFFFFu + ((b >> 22) & 1u);
-    const float hi = fminf(__uint_as_float(b & 0xFFC00000u), 6.0f);
-    const float q = a < 1.0f ? lo : hi;
-    return x < 0.0f ? -q : q;
-}
-
 /* all four transforms' NVFP4 round trips in one read (1×16 along the
  * features, round to nearest, the quantizer's bits: the block scale, the
  * E2M1 codes, e2m1·e4m3·S_dec, the inverse RHT), each summing Σ(x̂ − x)², the
@@ -586,7 +572,7 @@ __global__ void k_qerr4(const float *x, const float *mean, int64_t l, int64_t m,
             float enc = avd_block_enc(sc, s_dec[qv]), sb = avd_e4m3_decode(sc);
 #pragma unroll
             for (int i = 0; i < 16; i++) {
-                float qval = e2m1_roundtrip(v[i] * enc) * sb; /* exact: the BF16 operand's value */
+                float qval = avd_e2m1_rn_value(v[i] * enc) * sb; /* exact: the BF16 operand's value */
                 nz[qv] += v[i] != 0.0f;
                 fl[qv] += v[i] != 0.0f && qval == 0.0f;
                 v[i] = qval * s_dec[qv]; /* x̂ (before the inverse RHT) */

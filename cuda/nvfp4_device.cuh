@@ -46,6 +46,20 @@ AVD float avd_e2m1_decode(uint32_t code) {
     return (code & 8) ? -m : m;
 }
 
+/* E2M1 round to nearest even and back to the value: avd_e2m1_decode(avd_e2m1_rn(x))
+ * without branches (below 1 the grid is 0, ½, 1: rintf(2a)/2; from 1 on the fp32
+ * mantissa rounded to its top bit, ties to even; from 6 on (+inf, NaN) 6;
+ * the sign of x < 0, as avd_e2m1_rn). test_cuda checks it on every fp32 value. */
+AVD float avd_e2m1_rn_value(float x) {
+    const float a = fabsf(x);
+    const float lo = rintf(a + a) * 0.5f;
+    uint32_t b = __float_as_uint(a);
+    b += 0x1FFFFFu + ((b >> 22) & 1u);
+    const float hi = a < 6.0f ? __uint_as_float(b & 0xFFC00000u) : 6.0f; /* NaN too */
+    const float q = a < 1.0f ? lo : hi;
+    return x < 0.0f ? -q : q;
+}
+
 /* E2M1 stochastic rounding (nvfp4_spec_e2m1_sr) from the bits: from 1 on,
  * lo and mag(lo) are a's exponent and mantissa truncated to one bit, and
  * hi − lo = 2^(e−1), whose inverse makes the multiply the spec's exact

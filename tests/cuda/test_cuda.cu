@@ -51,7 +51,7 @@ int g_check_failed;
 /* ------------------------------------------------------------ quantize */
 /* The GPU's bit-trick codecs against the spec (averis/nvfp4_spec.h), on
  * every fp32 value: the E2M1 encoders (RNE, and SR with three uniforms
- * each); and the magnitudes of the 8 indices and the E4M3 decode of the
+ * each), the branch-free RNE round trip to the value (the analysis's); and the magnitudes of the 8 indices and the E4M3 decode of the
  * 256 codes (NaN = NaN). */
 __global__ void k_e2m1_exhaustive(unsigned long long *bad, uint32_t *first) {
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (1ull << 32);
@@ -60,7 +60,8 @@ __global__ void k_e2m1_exhaustive(unsigned long long *bad, uint32_t *first) {
         float x = __uint_as_float(bits);
         bool ok = avd_e2m1_rn(x) == nvfp4_spec_e2m1_rn(x) && avd_e2m1_sr(x, u) == nvfp4_spec_e2m1_sr(x, u) &&
                   avd_e2m1_sr(x, 0) == nvfp4_spec_e2m1_sr(x, 0) &&
-                  avd_e2m1_sr(x, 0xFFFFFFu) == nvfp4_spec_e2m1_sr(x, 0xFFFFFFu);
+                  avd_e2m1_sr(x, 0xFFFFFFu) == nvfp4_spec_e2m1_sr(x, 0xFFFFFFu) &&
+                  __float_as_uint(avd_e2m1_rn_value(x)) == __float_as_uint(nvfp4_spec_e2m1_decode(nvfp4_spec_e2m1_rn(x)));
         if (i < 8) ok = ok && __float_as_uint(avd_e2m1_mag(bits)) == __float_as_uint(nvfp4_spec_e2m1_mag(bits));
         if (i < 256) {
             float d = avd_e4m3_decode(bits), s = nvfp4_spec_e4m3_decode(bits);
