@@ -1426,7 +1426,7 @@ averis_status flush_impl(avc_analysis *a) {
         g->taps.push_back(i);
     }
     if (gs.empty()) return AVERIS_OK;
-    /* the host layout (doubles): per group B and V₁, per tap part, ρ, sel, μ */
+    /* the host layout (doubles): per group B and V₁, per tap its slot from μ on */
     size_t o = 0, nptr = 0, scratch = 0;
     for (group &g : gs) {
         size_t T = g.taps.size();
@@ -1439,8 +1439,9 @@ averis_status flush_impl(avc_analysis *a) {
     for (size_t i = 0; i < a->pend.size(); i++) {
         const avc_analysis::pending &e = a->pend[i];
         if (!e.deferred) continue;
-        o_tap[i] = o;
-        o += (size_t)ANA_SLOTS * ANA_NBLK + (size_t)e.cnt + 4 + ((size_t)e.m + 1) / 2;
+        o_tap[i] = o; /* the slot's bytes from μ to its end (μ, scal, part, ρ, sel), one copy */
+        const slot_layout L = layout_for(e.m, e.cnt);
+        o += (L.end - L.mean + sizeof(double) - 1) / sizeof(double);
     }
     double *hd = nullptr;
     CU_OK(a->get_host(o * sizeof(double), reinterpret_cast<void **>(&hd)));
@@ -1499,21 +1500,15 @@ averis_status flush_impl(avc_analysis *a) {
         if (!e.deferred) continue;
         const slot_layout L = layout_for(e.m, e.cnt);
         const char *slot = static_cast<const char *>(a->slots[e.slot].p);
-        double *h = hd + o_tap[i];
-        CU_TRY(cudaMemcpyAsync(h, slot + L.dpart, (size_t)ANA_SLOTS * ANA_NBLK * sizeof(double), cudaMemcpyDeviceToHost, s));
-        h += (size_t)ANA_SLOTS * ANA_NBLK;
-        CU_TRY(cudaMemcpyAsync(h, slot + L.rho, (size_t)e.cnt * sizeof(double), cudaMemcpyDeviceToHost, s));
-        h += e.cnt;
-        CU_TRY(cudaMemcpyAsync(h, slot + L.sel, 4 * sizeof(long long), cudaMemcpyDeviceToHost, s));
-        h += 4;
-        CU_TRY(cudaMemcpyAsync(h, slot + L.mean, (size_t)e.m * sizeof(float), cudaMemcpyDeviceToHost, s));
+        CU_TRY(cudaMemcpyAsync(hd + o_tap[i], slot + L.mean, L.end - L.mean, cudaMemcpyDeviceToHost, s));
     }
     CU_TRY(cudaStreamSynchronize(s));
     /* the host's part (eigensolvers, the median of ρ: ~0.2–0.5 ms a tap, ~50 ms for the 88M model's
      * 156 taps on one core, H100 host, 2026-12-07) on several threads: the taps are independent */
     struct fin_item {
         avc_analysis::pending *e;
-        const double *h, *b; /* the tap's host block; its two p × p Rayleigh–Ritz matrices */
+        const char *h; /* the tap's host copy of its slot from μ on (slot_layout offsets − L.mean) */
+        const double *b; /* its two p × p Rayleigh–Ritz matrices */
         const float *V1;
         int p;
         int64_t top; /* its ρ count (checked here) */
@@ -1522,9 +1517,10 @@ averis_status flush_impl(avc_analysis *a) {
     for (group &g : gs)
         for (size_t t = 0; t < g.taps.size(); t++) {
             avc_analysis::pending &e = a->pend[g.taps[t]];
-            const double *h = hd + o_tap[g.taps[t]];
+            const char *h = reinterpret_cast<const char *>(hd + o_tap[g.taps[t]]);
+            const slot_layout L = layout_for(e.m, e.cnt);
             long long sel_h[4];
-            memcpy(sel_h, h + (size_t)ANA_SLOTS * ANA_NBLK + e.cnt, sizeof sel_h);
+            memcpy(sel_h, h + (L.sel - L.mean), sizeof sel_h);
             if (sel_h[2] < 0 || sel_h[2] > e.cnt)
                 return averis_fail(AVERIS_EIO, "cuda analysis: %lld top-0.1%% elements of %lld", sel_h[2], (long long)e.cnt);
             items.push_back({&e, h, hd + g.o_b + 2 * t * (size_t)g.p * g.p,
@@ -1533,8 +1529,10 @@ averis_status flush_impl(avc_analysis *a) {
     auto finish_one = [&](const fin_item &it) {
         avc_analysis::pending &e = *it.e;
         const int p = it.p;
-        const double *part = it.h, *rho = it.h + (size_t)ANA_SLOTS * ANA_NBLK;
-        const float *mu_h = reinterpret_cast<const float *>(rho + e.cnt + 4);
+        const slot_layout L = layout_for(e.m, e.cnt);
+        const double *part = reinterpret_cast<const double *>(it.h + (L.dpart - L.mean));
+        const double *rho = reinterpret_cast<const double *>(it.h + (L.rho - L.mean));
+        const float *mu_h = reinterpret_cast<const float *>(it.h);
         std::vector<double> B[2];
         for (int b = 0; b < 2; b++) {
             const double *src = it.b + b * (size_t)p * p;
