@@ -107,7 +107,8 @@ elif command -v ncu >/dev/null; then
     AVERIS_NCU_RANGE=1 timeout 300 ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum \
         --csv build/bench_analysis --recipe bf16 --steps 2 >"$OUT/ncu_kernels.txt" 2>&1 \
         || note_fail "ncu over the analysis step"
-    python3 scripts/ncu_summary.py "$OUT/ncu_kernels.txt" | head -40
+    python3 scripts/ncu_summary.py "$OUT/ncu_kernels.txt" >"$OUT/ncu_summary.txt" || note_fail "ncu_summary.py"
+    head -40 "$OUT/ncu_summary.txt"
 else
     echo "(ncu not found)"
 fi
