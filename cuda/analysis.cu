@@ -663,7 +663,7 @@ struct avc_analysis {
      * work that read buffer b (tlive[b]: recorded and not yet waited for) */
     buf xring[ANA_RING_MAX];
     cudaEvent_t tjoin[ANA_RING_MAX] = {};
-    int nring = 4, copy32 = 1, tnext = 0, tlive[ANA_RING_MAX] = {};
+    int nring = 2, copy32 = 1, tnext = 0, tlive[ANA_RING_MAX] = {};
     buf &ring(int b) { return b == 0 ? xf : xring[b]; }
     ~avc_analysis() {
         for (graphs &g : cache) g.destroy();
@@ -840,7 +840,8 @@ int env_gram_split(int64_t m) {
 }
 
 /* a deferred BF16 tap's Gram matrices on BF16 tensor cores from X (the
- * default: 8 % off the bf16 analysis step of the 88M shape, H100, 2026-12-07);
+ * default; with the copies of fp32 taps 8 % off a bf16 analysis step of the 88M
+ * shape, H100, 2026-12-07);
  * AVERIS_ANALYSIS_GRAM_BF16=0: TF32 on the centred fp32 copy */
 int env_gram_bf16() {
     const char *e = getenv("AVERIS_ANALYSIS_GRAM_BF16");
@@ -1231,13 +1232,14 @@ slot_layout layout_for(int64_t m, int64_t cnt) {
 }
 
 /* the deferred taps' copies for the second stream: AVERIS_ANALYSIS_RING buffers
- * (2…ANA_RING_MAX, default 4), and fp32 taps copied too (the default: the model
- * goes on while the side work reads the copy; AVERIS_ANALYSIS_COPY32=0: the
- * model waits for the side work on its own tensor). Together with the BF16 Gram
- * 194.0 → 180.2 ms a bf16 analysis step of the 88M shape (H100, 2026-12-07). */
+ * (2…ANA_RING_MAX, default 2; 4 gave no more: 179.8 ms, 180.0 with 2), and fp32 taps
+ * copied too (the default: the model goes on while the side work reads the
+ * copy; AVERIS_ANALYSIS_COPY32=0: the model waits for the side work on its own
+ * tensor). With the BF16 Gram: 194.7 → 179.8 ms a bf16 analysis step of the 88M
+ * shape (H100, 2026-12-07). */
 void env_ring(int *nring, int *copy32) {
     const char *e = getenv("AVERIS_ANALYSIS_RING");
-    const int r = e && *e ? atoi(e) : 4;
+    const int r = e && *e ? atoi(e) : 2;
     *nring = std::min(std::max(r, 2), (int)ANA_RING_MAX);
     e = getenv("AVERIS_ANALYSIS_COPY32");
     *copy32 = !(e && *e == '0');
